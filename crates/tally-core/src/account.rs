@@ -1,0 +1,329 @@
+//! Account state: posted and pending totals, holds, postings, remembered idempotency keys.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+
+use crate::command::{Digest, Outcome};
+use crate::{AccountId, Amount, HoldId, OpId, PostingId, Timestamp};
+
+/// What an account is for. The kind decides which operations it may take part in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AccountKind {
+    /// A customer's account: funded, holds reserved against it, never below `−credit_limit`.
+    User,
+    /// An app's (provider's) account: commits and charges are credited to it, refunds are debited
+    /// from it. A refund reverses a posting and is applied even if the revenue account has paid
+    /// out since; transfers out of it (payouts) are checked against its available balance.
+    Revenue,
+    /// Where money enters: the source of every funding. It may overdraw without limit; its
+    /// balance is minus the total funded.
+    Funding,
+}
+
+impl AccountKind {
+    /// The kind's name, as used in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            AccountKind::User => "user",
+            AccountKind::Revenue => "revenue",
+            AccountKind::Funding => "funding",
+        }
+    }
+}
+
+/// Account flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AccountFlags {
+    /// Debits may exceed credits plus the credit limit (always true for funding accounts).
+    pub may_overdraw: bool,
+}
+
+/// What an account is opened with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AccountSpec {
+    /// Its kind.
+    pub kind: AccountKind,
+    /// How far below zero its available balance may go (default 0).
+    pub credit_limit: Amount,
+    /// Its flags.
+    pub flags: AccountFlags,
+}
+
+impl AccountSpec {
+    /// A user account with no credit.
+    pub fn user() -> Self {
+        AccountSpec {
+            kind: AccountKind::User,
+            credit_limit: Amount::ZERO,
+            flags: AccountFlags::default(),
+        }
+    }
+    /// A revenue account for an app.
+    pub fn revenue() -> Self {
+        AccountSpec {
+            kind: AccountKind::Revenue,
+            ..Self::user()
+        }
+    }
+    /// A funding account (may overdraw).
+    pub fn funding() -> Self {
+        AccountSpec {
+            kind: AccountKind::Funding,
+            credit_limit: Amount::ZERO,
+            flags: AccountFlags { may_overdraw: true },
+        }
+    }
+    /// The same spec with a credit limit.
+    pub fn with_credit_limit(mut self, credit_limit: Amount) -> Self {
+        self.credit_limit = credit_limit;
+        self
+    }
+
+    /// Whether debits of this account are checked against its available balance.
+    pub fn may_overdraw(&self) -> bool {
+        self.flags.may_overdraw || self.kind == AccountKind::Funding
+    }
+}
+
+/// Where a hold stands. `Pending` moves to exactly one of the other three, once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HoldStatus {
+    /// Funds are held.
+    Pending,
+    /// Committed: part or all of the hold was posted, the rest released.
+    Posted,
+    /// Released by request.
+    Voided,
+    /// Released because its timeout passed.
+    Expired,
+}
+
+impl fmt::Display for HoldStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HoldStatus::Pending => "pending",
+            HoldStatus::Posted => "posted",
+            HoldStatus::Voided => "voided",
+            HoldStatus::Expired => "expired",
+        })
+    }
+}
+
+/// A reservation of funds for work in progress (the seeds' delegated transfer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Its id.
+    pub id: HoldId,
+    /// The amount held.
+    pub amount: Amount,
+    /// The app (revenue account) a commit credits.
+    pub app: AccountId,
+    /// The app's endpoint that does the work.
+    pub endpoint: String,
+    /// Caller's metadata.
+    pub metadata: String,
+    /// When it was reserved.
+    pub created_at: Timestamp,
+    /// When it expires if still pending.
+    pub expires_at: Timestamp,
+    /// Where it stands.
+    pub status: HoldStatus,
+    /// The amount posted (zero unless `Posted`).
+    pub amount_posted: Amount,
+    /// The posting a commit made.
+    pub posting: Option<PostingId>,
+    /// When it was resolved.
+    pub resolved_at: Option<Timestamp>,
+}
+
+/// Money moved from a user to an app, refundable in parts up to its amount.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    /// Its id.
+    pub id: PostingId,
+    /// The app credited.
+    pub app: AccountId,
+    /// The amount posted.
+    pub amount: Amount,
+    /// The amount refunded so far (never above `amount`).
+    pub amount_refunded: Amount,
+    /// When it was posted.
+    pub posted_at: Timestamp,
+}
+
+impl Posting {
+    /// What remains refundable.
+    pub fn refundable(&self) -> Amount {
+        self.amount
+            .checked_sub(self.amount_refunded)
+            .unwrap_or(Amount::ZERO)
+    }
+}
+
+/// An account's balance. `available = credits_posted − debits_posted − debits_pending +
+/// credit_limit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    /// The account.
+    pub account: AccountId,
+    /// Sum of posted credits.
+    pub credits_posted: u128,
+    /// Sum of posted debits.
+    pub debits_posted: u128,
+    /// Sum of pending holds.
+    pub debits_pending: u128,
+    /// The credit limit.
+    pub credit_limit: Amount,
+    /// `credits_posted − debits_posted`.
+    pub posted: i128,
+    /// What can be reserved or charged now.
+    pub available: i128,
+}
+
+/// What the account remembers of an executed request, to answer its retry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Remembered {
+    pub(crate) digest: Digest,
+    pub(crate) outcome: Outcome,
+    pub(crate) at: Timestamp,
+    /// The journal sequence number of the record (0 until known).
+    pub(crate) seq: u64,
+}
+
+/// One account's whole state, owned by exactly one actor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Its id.
+    pub id: AccountId,
+    /// What it was opened with.
+    pub spec: AccountSpec,
+    pub(crate) credits_posted: u128,
+    pub(crate) debits_posted: u128,
+    pub(crate) debits_pending: u128,
+    /// The next sequence number for a hold or posting of this account.
+    pub(crate) next_seq: u64,
+    /// Pending holds and the most recent resolved ones.
+    pub(crate) holds: HashMap<u64, Hold>,
+    /// Pending holds by deadline, soonest first.
+    pub(crate) deadlines: BTreeSet<(Timestamp, u64)>,
+    /// Resolved holds, oldest first, for pruning.
+    pub(crate) resolved_order: VecDeque<u64>,
+    /// Postings still refundable.
+    pub(crate) postings: HashMap<u64, Posting>,
+    pub(crate) posting_order: VecDeque<u64>,
+    /// Remembered idempotency keys.
+    pub(crate) remembered: HashMap<OpId, Remembered>,
+    pub(crate) remembered_order: VecDeque<(Timestamp, OpId)>,
+    /// Journal sequence number of the last record applied to this account.
+    pub(crate) last_seq: u64,
+}
+
+impl Account {
+    /// A new, empty account.
+    pub fn new(id: AccountId, spec: AccountSpec) -> Self {
+        Account {
+            id,
+            spec,
+            credits_posted: 0,
+            debits_posted: 0,
+            debits_pending: 0,
+            next_seq: 1,
+            holds: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            resolved_order: VecDeque::new(),
+            postings: HashMap::new(),
+            posting_order: VecDeque::new(),
+            remembered: HashMap::new(),
+            remembered_order: VecDeque::new(),
+            last_seq: 0,
+        }
+    }
+
+    /// The account's balance.
+    pub fn balance(&self) -> Balance {
+        Balance {
+            account: self.id,
+            credits_posted: self.credits_posted,
+            debits_posted: self.debits_posted,
+            debits_pending: self.debits_pending,
+            credit_limit: self.spec.credit_limit,
+            posted: signed_diff(self.credits_posted, self.debits_posted),
+            available: self.available(),
+        }
+    }
+
+    /// `credits_posted − debits_posted − debits_pending + credit_limit`.
+    pub fn available(&self) -> i128 {
+        let plus = self
+            .credits_posted
+            .saturating_add(self.spec.credit_limit.wide());
+        let minus = self.debits_posted.saturating_add(self.debits_pending);
+        signed_diff(plus, minus)
+    }
+
+    /// Whether `available ≥ minimum`: the seeds' `get_funding_allowed`.
+    pub fn check(&self, minimum: Amount) -> bool {
+        self.available() >= minimum.wide() as i128
+    }
+
+    /// A hold of this account (pending, or resolved and still retained).
+    pub fn hold(&self, seq: u64) -> Option<&Hold> {
+        self.holds.get(&seq)
+    }
+
+    /// The pending holds, soonest deadline first.
+    pub fn pending_holds(&self) -> impl Iterator<Item = &Hold> {
+        self.deadlines
+            .iter()
+            .filter_map(|(_, seq)| self.holds.get(seq))
+    }
+
+    /// A posting of this account, if still retained.
+    pub fn posting(&self, seq: u64) -> Option<&Posting> {
+        self.postings.get(&seq)
+    }
+
+    /// The retained postings, oldest first.
+    pub fn postings(&self) -> impl Iterator<Item = &Posting> {
+        self.posting_order
+            .iter()
+            .filter_map(|seq| self.postings.get(seq))
+    }
+
+    /// Holds whose deadline is at or before `now` (to be expired, soonest first).
+    pub fn due_holds(&self, now: Timestamp) -> impl Iterator<Item = HoldId> + '_ {
+        let id = self.id;
+        self.deadlines
+            .iter()
+            .take_while(move |(deadline, _)| *deadline <= now)
+            .map(move |(_, seq)| HoldId {
+                account: id,
+                seq: *seq,
+            })
+    }
+
+    /// The earliest deadline of a pending hold.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.deadlines.first().map(|(deadline, _)| *deadline)
+    }
+
+    /// Journal sequence number of the last record applied to this account (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Remembered idempotency keys (for memory accounting and tests).
+    pub fn remembered_keys(&self) -> usize {
+        self.remembered.len()
+    }
+}
+
+/// `a − b` as a signed number (saturating at the ends of `i128`).
+pub(crate) fn signed_diff(a: u128, b: u128) -> i128 {
+    if a >= b {
+        i128::try_from(a - b).unwrap_or(i128::MAX)
+    } else {
+        i128::try_from(b - a).map(|d| -d).unwrap_or(i128::MIN)
+    }
+}

@@ -1,0 +1,502 @@
+//! Requests, their outcomes, and the journal record every state change is.
+
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
+
+use crate::{AccountId, AccountSpec, Amount, HoldId, OpId, PostingId, Timestamp};
+
+/// A write request: a caller-chosen operation id (the idempotency key) and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The idempotency key: the same id with the same command returns the first outcome.
+    pub op: OpId,
+    /// What to do.
+    pub command: Command,
+}
+
+/// A write, executed by one account's actor: the user account for fund, reserve, commit, void,
+/// charge and refund; the source account for a transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Credit this account from a funding account (a top-up).
+    Fund {
+        /// The funding account debited.
+        from: AccountId,
+        /// The amount.
+        amount: Amount,
+    },
+    /// Hold `amount` of this account's available funds for work an app is about to do.
+    Reserve {
+        /// The app's revenue account, credited by the commit.
+        app: AccountId,
+        /// The amount to hold (the estimate, or the most the work can cost).
+        amount: Amount,
+        /// How long the hold lives before it is voided automatically.
+        timeout_ms: u64,
+        /// The app's endpoint.
+        endpoint: String,
+        /// Caller's metadata (opaque).
+        metadata: String,
+    },
+    /// Post `amount ≤ held` of a hold to its app and release the rest.
+    Commit {
+        /// The hold.
+        hold: HoldId,
+        /// The actual cost.
+        amount: Amount,
+    },
+    /// Release a hold entirely.
+    Void {
+        /// The hold.
+        hold: HoldId,
+    },
+    /// Reserve and commit in one step (fixed-cost work).
+    Charge {
+        /// The app's revenue account.
+        app: AccountId,
+        /// The amount.
+        amount: Amount,
+        /// The app's endpoint.
+        endpoint: String,
+        /// Caller's metadata (opaque).
+        metadata: String,
+    },
+    /// Return part or all of a posting from its app to this account.
+    Refund {
+        /// The posting.
+        posting: PostingId,
+        /// The amount to return.
+        amount: Amount,
+    },
+    /// Move posted funds from this account to another.
+    Transfer {
+        /// The account credited.
+        to: AccountId,
+        /// The amount.
+        amount: Amount,
+    },
+}
+
+impl Command {
+    /// The other account this command names directly, which must exist (and be of the right
+    /// kind) for it to succeed. Commit and refund name theirs through the hold or posting.
+    pub fn counterparty(&self) -> Option<AccountId> {
+        match self {
+            Command::Fund { from, .. } => Some(*from),
+            Command::Reserve { app, .. } | Command::Charge { app, .. } => Some(*app),
+            Command::Transfer { to, .. } => Some(*to),
+            Command::Commit { .. } | Command::Void { .. } | Command::Refund { .. } => None,
+        }
+    }
+
+    /// The command's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Fund { .. } => "fund",
+            Command::Reserve { .. } => "reserve",
+            Command::Commit { .. } => "commit",
+            Command::Void { .. } => "void",
+            Command::Charge { .. } => "charge",
+            Command::Refund { .. } => "refund",
+            Command::Transfer { .. } => "transfer",
+        }
+    }
+
+    fn kind_index(&self) -> u8 {
+        match self {
+            Command::Fund { .. } => 0,
+            Command::Reserve { .. } => 1,
+            Command::Commit { .. } => 2,
+            Command::Void { .. } => 3,
+            Command::Charge { .. } => 4,
+            Command::Refund { .. } => 5,
+            Command::Transfer { .. } => 6,
+        }
+    }
+
+    /// A compact fingerprint of the command's content: its kind and one number per field (text
+    /// fields hashed), enough to tell a retry from a different request and to name the field that
+    /// differs, without keeping the request's text in memory.
+    pub(crate) fn digest(&self) -> Digest {
+        let fields: [u64; 5] = match self {
+            Command::Fund { from, amount } => [from.0, amount.get(), 0, 0, 0],
+            Command::Reserve {
+                app,
+                amount,
+                timeout_ms,
+                endpoint,
+                metadata,
+            } => [
+                app.0,
+                amount.get(),
+                *timeout_ms,
+                text_hash(endpoint),
+                text_hash(metadata),
+            ],
+            Command::Commit { hold, amount } => [hold.account.0, hold.seq, amount.get(), 0, 0],
+            Command::Void { hold } => [hold.account.0, hold.seq, 0, 0, 0],
+            Command::Charge {
+                app,
+                amount,
+                endpoint,
+                metadata,
+            } => [
+                app.0,
+                amount.get(),
+                text_hash(endpoint),
+                text_hash(metadata),
+                0,
+            ],
+            Command::Refund { posting, amount } => {
+                [posting.account.0, posting.seq, amount.get(), 0, 0]
+            }
+            Command::Transfer { to, amount } => [to.0, amount.get(), 0, 0, 0],
+        };
+        Digest {
+            kind: self.kind_index(),
+            fields,
+        }
+    }
+}
+
+/// Field names of each command kind, in [`Command::digest`]'s order.
+const DIGEST_FIELDS: [[&str; 5]; 7] = [
+    ["from", "amount", "", "", ""],
+    ["app", "amount", "timeout_ms", "endpoint", "metadata"],
+    ["hold", "hold", "amount", "", ""],
+    ["hold", "hold", "", "", ""],
+    ["app", "amount", "endpoint", "metadata", ""],
+    ["posting", "posting", "amount", "", ""],
+    ["to", "amount", "", "", ""],
+];
+
+fn text_hash(text: &str) -> u64 {
+    // SipHash with fixed keys: deterministic within a build, which is all that is needed since
+    // digests are rebuilt from the journal's text on every open.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A command's fingerprint (see [`Command::digest`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Digest {
+    kind: u8,
+    fields: [u64; 5],
+}
+
+impl Digest {
+    /// The first field in which `other` differs from `self` (`operation` for another kind of
+    /// request), or `None` when they are the same request.
+    pub(crate) fn first_difference(&self, other: &Digest) -> Option<&'static str> {
+        if self.kind != other.kind {
+            return Some("operation");
+        }
+        let names = DIGEST_FIELDS.get(usize::from(self.kind))?;
+        self.fields
+            .iter()
+            .zip(other.fields.iter())
+            .zip(names.iter())
+            .find(|((a, b), _)| a != b)
+            .map(|(_, name)| *name)
+    }
+}
+
+/// What a successful write produced. A retry with the same operation id returns the same value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The account was opened.
+    Opened,
+    /// The account was credited.
+    Funded,
+    /// Funds are held.
+    Reserved {
+        /// The new hold.
+        hold: HoldId,
+        /// When it expires unless committed or voided.
+        expires_at: Timestamp,
+    },
+    /// A hold was committed.
+    Committed {
+        /// The posting made (refund against it).
+        posting: PostingId,
+        /// The amount posted to the app.
+        amount_posted: Amount,
+        /// The amount released back to the account.
+        amount_released: Amount,
+    },
+    /// A hold was voided.
+    Voided {
+        /// The amount released.
+        amount_released: Amount,
+    },
+    /// A hold expired (made by the engine, never by a request).
+    Expired {
+        /// The amount released.
+        amount_released: Amount,
+    },
+    /// A charge was posted.
+    Charged {
+        /// The posting made.
+        posting: PostingId,
+    },
+    /// A refund was made.
+    Refunded {
+        /// The posting refunded.
+        posting: PostingId,
+    },
+    /// A transfer was made.
+    Transferred,
+}
+
+/// One journal record: one state change of one account (and, for a two-account change, the leg
+/// of its counterparty). Records are what the store makes durable and what recovery replays.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The account whose actor made the change.
+    pub account: AccountId,
+    /// The request's operation id (`None` for changes the engine makes itself: expiry).
+    pub op: Option<OpId>,
+    /// When the change was made.
+    pub at: Timestamp,
+    /// What changed.
+    pub change: Change,
+}
+
+/// What a record changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// The account was opened.
+    Opened {
+        /// Its specification.
+        spec: AccountSpec,
+    },
+    /// Credited from a funding account (whose debit is the leg).
+    Funded {
+        /// The funding account.
+        from: AccountId,
+        /// The amount.
+        amount: Amount,
+    },
+    /// A hold was made.
+    Reserved {
+        /// The hold's sequence number in the account.
+        hold: u64,
+        /// The app.
+        app: AccountId,
+        /// The amount held.
+        amount: Amount,
+        /// When it expires.
+        expires_at: Timestamp,
+        /// The endpoint.
+        endpoint: String,
+        /// The metadata.
+        metadata: String,
+    },
+    /// A hold was committed (the app's credit is the leg).
+    Committed {
+        /// The hold.
+        hold: u64,
+        /// The app credited.
+        app: AccountId,
+        /// The amount posted.
+        amount_posted: Amount,
+        /// The amount released.
+        amount_released: Amount,
+        /// The posting's sequence number in the account.
+        posting: u64,
+    },
+    /// A hold was voided.
+    Voided {
+        /// The hold.
+        hold: u64,
+        /// The amount released.
+        amount_released: Amount,
+    },
+    /// A hold expired.
+    Expired {
+        /// The hold.
+        hold: u64,
+        /// The amount released.
+        amount_released: Amount,
+    },
+    /// A charge (the app's credit is the leg).
+    Charged {
+        /// The app credited.
+        app: AccountId,
+        /// The amount.
+        amount: Amount,
+        /// The endpoint.
+        endpoint: String,
+        /// The metadata.
+        metadata: String,
+        /// The posting's sequence number in the account.
+        posting: u64,
+    },
+    /// A refund (the app's debit is the leg).
+    Refunded {
+        /// The posting's sequence number in the account.
+        posting: u64,
+        /// The app debited.
+        app: AccountId,
+        /// The amount returned.
+        amount: Amount,
+    },
+    /// A transfer out (the credit of `to` is the leg).
+    Transferred {
+        /// The account credited.
+        to: AccountId,
+        /// The amount.
+        amount: Amount,
+    },
+}
+
+/// The counterparty's side of a two-account record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leg {
+    /// The counterparty is credited.
+    Credit(AccountId, Amount),
+    /// The counterparty is debited.
+    Debit(AccountId, Amount),
+}
+
+impl Record {
+    /// The counterparty's leg, if the change moved money between two accounts.
+    pub fn leg(&self) -> Option<Leg> {
+        match &self.change {
+            Change::Funded { from, amount } => Some(Leg::Debit(*from, *amount)),
+            Change::Committed {
+                app, amount_posted, ..
+            } => Some(Leg::Credit(*app, *amount_posted)),
+            Change::Charged { app, amount, .. } => Some(Leg::Credit(*app, *amount)),
+            Change::Refunded { app, amount, .. } => Some(Leg::Debit(*app, *amount)),
+            Change::Transferred { to, amount } => Some(Leg::Credit(*to, *amount)),
+            Change::Opened { .. }
+            | Change::Reserved { .. }
+            | Change::Voided { .. }
+            | Change::Expired { .. } => None,
+        }
+    }
+
+    /// The request that made this record (`None` for opening and expiry).
+    pub fn command(&self) -> Option<Command> {
+        let account = self.account;
+        Some(match &self.change {
+            Change::Opened { .. } | Change::Expired { .. } => return None,
+            Change::Funded { from, amount } => Command::Fund {
+                from: *from,
+                amount: *amount,
+            },
+            Change::Reserved {
+                app,
+                amount,
+                expires_at,
+                endpoint,
+                metadata,
+                ..
+            } => Command::Reserve {
+                app: *app,
+                amount: *amount,
+                timeout_ms: expires_at.0.saturating_sub(self.at.0),
+                endpoint: endpoint.clone(),
+                metadata: metadata.clone(),
+            },
+            Change::Committed {
+                hold,
+                amount_posted,
+                ..
+            } => Command::Commit {
+                hold: HoldId {
+                    account,
+                    seq: *hold,
+                },
+                amount: *amount_posted,
+            },
+            Change::Voided { hold, .. } => Command::Void {
+                hold: HoldId {
+                    account,
+                    seq: *hold,
+                },
+            },
+            Change::Charged {
+                app,
+                amount,
+                endpoint,
+                metadata,
+                ..
+            } => Command::Charge {
+                app: *app,
+                amount: *amount,
+                endpoint: endpoint.clone(),
+                metadata: metadata.clone(),
+            },
+            Change::Refunded {
+                posting, amount, ..
+            } => Command::Refund {
+                posting: PostingId {
+                    account,
+                    seq: *posting,
+                },
+                amount: *amount,
+            },
+            Change::Transferred { to, amount } => Command::Transfer {
+                to: *to,
+                amount: *amount,
+            },
+        })
+    }
+
+    /// What the change produced, as its request's caller saw it.
+    pub fn outcome(&self) -> Outcome {
+        let account = self.account;
+        match &self.change {
+            Change::Opened { .. } => Outcome::Opened,
+            Change::Funded { .. } => Outcome::Funded,
+            Change::Reserved {
+                hold, expires_at, ..
+            } => Outcome::Reserved {
+                hold: HoldId {
+                    account,
+                    seq: *hold,
+                },
+                expires_at: *expires_at,
+            },
+            Change::Committed {
+                amount_posted,
+                amount_released,
+                posting,
+                ..
+            } => Outcome::Committed {
+                posting: PostingId {
+                    account,
+                    seq: *posting,
+                },
+                amount_posted: *amount_posted,
+                amount_released: *amount_released,
+            },
+            Change::Voided {
+                amount_released, ..
+            } => Outcome::Voided {
+                amount_released: *amount_released,
+            },
+            Change::Expired {
+                amount_released, ..
+            } => Outcome::Expired {
+                amount_released: *amount_released,
+            },
+            Change::Charged { posting, .. } => Outcome::Charged {
+                posting: PostingId {
+                    account,
+                    seq: *posting,
+                },
+            },
+            Change::Refunded { posting, .. } => Outcome::Refunded {
+                posting: PostingId {
+                    account,
+                    seq: *posting,
+                },
+            },
+            Change::Transferred { .. } => Outcome::Transferred,
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Typed domain errors. A rejected request changes nothing.
+
+use crate::{AccountId, HoldId, HoldStatus, OpId, PostingId, Timestamp};
+
+/// Why the ledger refused a request. Every variant names the account, hold or posting concerned
+/// and the amounts and limit involved; a request that fails leaves every account unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// An amount that must be positive was zero.
+    #[error("{field} must be greater than zero")]
+    ZeroAmount {
+        /// The field that was zero.
+        field: &'static str,
+    },
+    /// An amount above the per-operation maximum (2^63 − 1), `u64::MAX` included.
+    #[error("amount {amount} exceeds the per-operation maximum {max}")]
+    AmountTooLarge {
+        /// The amount given.
+        amount: u64,
+        /// The largest amount allowed.
+        max: u64,
+    },
+    /// Not enough available funds.
+    #[error("insufficient funds in {account}: {requested} requested, {available} available")]
+    InsufficientFunds {
+        /// The account debited.
+        account: AccountId,
+        /// Available = credits − debits − pending + credit limit, at the time of the request.
+        available: i128,
+        /// The amount requested.
+        requested: u64,
+    },
+    /// An account total would pass `u128::MAX`.
+    #[error("{field} of {account} would overflow")]
+    Overflow {
+        /// The account.
+        account: AccountId,
+        /// The total that would overflow.
+        field: &'static str,
+    },
+    /// No such account.
+    #[error("{account} does not exist")]
+    UnknownAccount {
+        /// The account named.
+        account: AccountId,
+    },
+    /// Opening an account that exists with a different specification.
+    #[error("{account} already exists with a different {field}")]
+    AccountExists {
+        /// The account.
+        account: AccountId,
+        /// The first field that differs.
+        field: &'static str,
+    },
+    /// The account is of the wrong kind for this operation.
+    #[error("{account} is a {actual} account; this needs {expected}")]
+    WrongAccountKind {
+        /// The account.
+        account: AccountId,
+        /// Its kind.
+        actual: &'static str,
+        /// What the operation needs.
+        expected: &'static str,
+    },
+    /// A transfer from an account to itself.
+    #[error("{account} cannot transfer to itself")]
+    SameAccount {
+        /// The account.
+        account: AccountId,
+    },
+    /// No such hold (never created, or resolved long enough ago to be forgotten).
+    #[error("{hold} does not exist")]
+    UnknownHold {
+        /// The hold named.
+        hold: HoldId,
+    },
+    /// The hold was already posted or voided.
+    #[error("{hold} is already {status}")]
+    HoldAlreadyResolved {
+        /// The hold.
+        hold: HoldId,
+        /// How it was resolved.
+        status: HoldStatus,
+    },
+    /// The hold timed out before it was committed; its funds were released.
+    #[error("{hold} expired at {expired_at}")]
+    HoldExpired {
+        /// The hold.
+        hold: HoldId,
+        /// When it expired.
+        expired_at: Timestamp,
+    },
+    /// A commit above the amount held.
+    #[error("commit of {requested} exceeds the {held} held by {hold}")]
+    CommitExceedsHold {
+        /// The hold.
+        hold: HoldId,
+        /// The amount held.
+        held: u64,
+        /// The amount requested.
+        requested: u64,
+    },
+    /// One more pending hold than the account may have.
+    #[error("{account} already has {limit} pending holds")]
+    TooManyHolds {
+        /// The account.
+        account: AccountId,
+        /// The limit.
+        limit: usize,
+    },
+    /// No such posting (never made, or older than the retained postings).
+    #[error("{posting} does not exist or is no longer refundable")]
+    UnknownPosting {
+        /// The posting named.
+        posting: PostingId,
+    },
+    /// A refund above what remains refundable of the posting.
+    #[error("refund of {requested} exceeds the {refundable} still refundable of {posting}")]
+    RefundExceedsPosting {
+        /// The posting.
+        posting: PostingId,
+        /// What remains refundable.
+        refundable: u64,
+        /// The amount requested.
+        requested: u64,
+    },
+    /// The operation id was used before for a request with different content.
+    #[error("{op} was used for a different request: {field} differs")]
+    IdempotencyConflict {
+        /// The reused operation id.
+        op: OpId,
+        /// The first field that differs (`operation` when it was another kind of request).
+        field: &'static str,
+    },
+    /// A hold timeout outside the allowed range.
+    #[error("hold timeout {timeout_ms} ms is outside {min_ms}..={max_ms} ms")]
+    InvalidTimeout {
+        /// The timeout given.
+        timeout_ms: u64,
+        /// The shortest allowed.
+        min_ms: u64,
+        /// The longest allowed.
+        max_ms: u64,
+    },
+    /// A text field longer than its limit.
+    #[error("{field} is {len} bytes; the limit is {max}")]
+    FieldTooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+}

@@ -1,0 +1,569 @@
+//! The decisions: validate a request against an account (`decide`), then change the account by
+//! applying the record (`apply`, `apply_leg`). Deciding never mutates; applying never fails.
+
+use crate::account::Remembered;
+use crate::command::Leg;
+use crate::{
+    Account, AccountId, AccountKind, AccountSpec, Amount, Change, Command, Error, Hold, HoldId,
+    HoldStatus, Limits, OpId, Outcome, Posting, PostingId, Record, Request, Timestamp,
+};
+
+/// The other account a request names, as the engine's directory knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counterparty {
+    /// Its id.
+    pub id: AccountId,
+    /// Its kind.
+    pub kind: AccountKind,
+}
+
+/// What a decision needs besides the account: the time, the limits and the counterparty.
+#[derive(Clone, Copy, Debug)]
+pub struct DecideCtx<'a> {
+    /// Now, from the engine's clock.
+    pub now: Timestamp,
+    /// The account limits.
+    pub limits: &'a Limits,
+    /// The account [`Command::counterparty`] names, if it exists.
+    pub counterparty: Option<Counterparty>,
+}
+
+/// The result of deciding a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// A new change: make `record` durable, apply it, answer `outcome`.
+    Apply {
+        /// The record to journal and apply.
+        record: Record,
+        /// What the caller is told.
+        outcome: Outcome,
+    },
+    /// A retry of a request already executed: answer its first outcome (once record `seq` is
+    /// durable); nothing changes.
+    Replay {
+        /// The first outcome.
+        outcome: Outcome,
+        /// The journal sequence number of the first execution's record.
+        seq: u64,
+    },
+}
+
+fn positive(amount: Amount, field: &'static str) -> Result<(), Error> {
+    if amount.is_zero() {
+        Err(Error::ZeroAmount { field })
+    } else {
+        Ok(())
+    }
+}
+
+fn bounded_text(text: &str, field: &'static str, max: usize) -> Result<(), Error> {
+    if text.len() > max {
+        Err(Error::FieldTooLong {
+            field,
+            len: text.len(),
+            max,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+impl Account {
+    /// The record that opens an account.
+    pub fn open_record(id: AccountId, spec: AccountSpec, at: Timestamp) -> Record {
+        Record {
+            account: id,
+            op: None,
+            at,
+            change: Change::Opened { spec },
+        }
+    }
+
+    /// Decides a request: validates it and returns the record it makes, or why it is refused.
+    /// Never mutates the account.
+    pub fn decide(&self, request: &Request, ctx: &DecideCtx<'_>) -> Result<Decision, Error> {
+        if let Some(seen) = self.remembered.get(&request.op) {
+            return match seen.digest.first_difference(&request.command.digest()) {
+                None => Ok(Decision::Replay {
+                    outcome: seen.outcome,
+                    seq: seen.seq,
+                }),
+                Some(field) => Err(Error::IdempotencyConflict {
+                    op: request.op,
+                    field,
+                }),
+            };
+        }
+        let change = self.decide_change(&request.command, ctx)?;
+        let record = Record {
+            account: self.id,
+            op: Some(request.op),
+            at: ctx.now,
+            change,
+        };
+        let outcome = record.outcome();
+        Ok(Decision::Apply { record, outcome })
+    }
+
+    fn decide_change(&self, command: &Command, ctx: &DecideCtx<'_>) -> Result<Change, Error> {
+        match command {
+            Command::Fund { from, amount } => {
+                positive(*amount, "amount")?;
+                self.require_kind_not(AccountKind::Funding, "a user or revenue account")?;
+                require_counterparty(ctx, *from, Some(AccountKind::Funding), "a funding account")?;
+                self.credit_fits(*amount)?;
+                Ok(Change::Funded {
+                    from: *from,
+                    amount: *amount,
+                })
+            }
+            Command::Reserve {
+                app,
+                amount,
+                timeout_ms,
+                endpoint,
+                metadata,
+            } => {
+                positive(*amount, "amount")?;
+                self.require_kind(AccountKind::User, "a user account")?;
+                require_counterparty(ctx, *app, Some(AccountKind::Revenue), "a revenue account")?;
+                let limits = ctx.limits;
+                if *timeout_ms < limits.hold_timeout_ms_min
+                    || *timeout_ms > limits.hold_timeout_ms_max
+                {
+                    return Err(Error::InvalidTimeout {
+                        timeout_ms: *timeout_ms,
+                        min_ms: limits.hold_timeout_ms_min,
+                        max_ms: limits.hold_timeout_ms_max,
+                    });
+                }
+                bounded_text(endpoint, "endpoint", limits.endpoint_bytes_max)?;
+                bounded_text(metadata, "metadata", limits.metadata_bytes_max)?;
+                if self.deadlines.len() >= limits.holds_pending_max {
+                    return Err(Error::TooManyHolds {
+                        account: self.id,
+                        limit: limits.holds_pending_max,
+                    });
+                }
+                self.debit_fits(*amount)?;
+                Ok(Change::Reserved {
+                    hold: self.next_seq,
+                    app: *app,
+                    amount: *amount,
+                    expires_at: ctx.now.plus_ms(*timeout_ms),
+                    endpoint: endpoint.clone(),
+                    metadata: metadata.clone(),
+                })
+            }
+            Command::Commit { hold, amount } => {
+                positive(*amount, "amount")?;
+                let held = self.pending_hold(*hold, ctx.now)?;
+                if *amount > held.amount {
+                    return Err(Error::CommitExceedsHold {
+                        hold: *hold,
+                        held: held.amount.get(),
+                        requested: amount.get(),
+                    });
+                }
+                let amount_released = held.amount.checked_sub(*amount).unwrap_or(Amount::ZERO);
+                Ok(Change::Committed {
+                    hold: hold.seq,
+                    app: held.app,
+                    amount_posted: *amount,
+                    amount_released,
+                    posting: self.next_seq,
+                })
+            }
+            Command::Void { hold } => {
+                let held = self.pending_hold(*hold, ctx.now)?;
+                Ok(Change::Voided {
+                    hold: hold.seq,
+                    amount_released: held.amount,
+                })
+            }
+            Command::Charge {
+                app,
+                amount,
+                endpoint,
+                metadata,
+            } => {
+                positive(*amount, "amount")?;
+                self.require_kind(AccountKind::User, "a user account")?;
+                require_counterparty(ctx, *app, Some(AccountKind::Revenue), "a revenue account")?;
+                bounded_text(endpoint, "endpoint", ctx.limits.endpoint_bytes_max)?;
+                bounded_text(metadata, "metadata", ctx.limits.metadata_bytes_max)?;
+                self.debit_fits(*amount)?;
+                Ok(Change::Charged {
+                    app: *app,
+                    amount: *amount,
+                    endpoint: endpoint.clone(),
+                    metadata: metadata.clone(),
+                    posting: self.next_seq,
+                })
+            }
+            Command::Refund { posting, amount } => {
+                positive(*amount, "amount")?;
+                let found = self.retained_posting(*posting)?;
+                let refundable = found.refundable();
+                if *amount > refundable {
+                    return Err(Error::RefundExceedsPosting {
+                        posting: *posting,
+                        refundable: refundable.get(),
+                        requested: amount.get(),
+                    });
+                }
+                self.credit_fits(*amount)?;
+                Ok(Change::Refunded {
+                    posting: posting.seq,
+                    app: found.app,
+                    amount: *amount,
+                })
+            }
+            Command::Transfer { to, amount } => {
+                positive(*amount, "amount")?;
+                if *to == self.id {
+                    return Err(Error::SameAccount { account: self.id });
+                }
+                require_counterparty(ctx, *to, None, "an account")?;
+                self.debit_fits(*amount)?;
+                Ok(Change::Transferred {
+                    to: *to,
+                    amount: *amount,
+                })
+            }
+        }
+    }
+
+    /// The record that expires a pending hold whose deadline has passed, if `hold` is one.
+    pub fn expire_record(&self, hold: u64, now: Timestamp) -> Option<Record> {
+        let found = self.holds.get(&hold)?;
+        (found.status == HoldStatus::Pending && found.expires_at <= now).then(|| Record {
+            account: self.id,
+            op: None,
+            at: now,
+            change: Change::Expired {
+                hold,
+                amount_released: found.amount,
+            },
+        })
+    }
+
+    fn require_kind(&self, kind: AccountKind, expected: &'static str) -> Result<(), Error> {
+        if self.spec.kind == kind {
+            Ok(())
+        } else {
+            Err(self.wrong_kind(expected))
+        }
+    }
+
+    fn require_kind_not(&self, kind: AccountKind, expected: &'static str) -> Result<(), Error> {
+        if self.spec.kind != kind {
+            Ok(())
+        } else {
+            Err(self.wrong_kind(expected))
+        }
+    }
+
+    fn wrong_kind(&self, expected: &'static str) -> Error {
+        Error::WrongAccountKind {
+            account: self.id,
+            actual: self.spec.kind.name(),
+            expected,
+        }
+    }
+
+    /// A debit of `amount` (posted or pending) keeps the account within its limit.
+    fn debit_fits(&self, amount: Amount) -> Result<(), Error> {
+        let total = self.debits_posted.checked_add(self.debits_pending);
+        if total.and_then(|t| t.checked_add(amount.wide())).is_none() {
+            return Err(Error::Overflow {
+                account: self.id,
+                field: "debits",
+            });
+        }
+        let available = self.available();
+        if !self.spec.may_overdraw() && available < amount.wide() as i128 {
+            return Err(Error::InsufficientFunds {
+                account: self.id,
+                available,
+                requested: amount.get(),
+            });
+        }
+        Ok(())
+    }
+
+    fn credit_fits(&self, amount: Amount) -> Result<(), Error> {
+        self.credits_posted
+            .checked_add(amount.wide())
+            .and_then(|c| c.checked_add(self.spec.credit_limit.wide()))
+            .map(|_| ())
+            .ok_or(Error::Overflow {
+                account: self.id,
+                field: "credits_posted",
+            })
+    }
+
+    /// The hold, if it belongs here and is still pending at `now`.
+    fn pending_hold(&self, hold: HoldId, now: Timestamp) -> Result<&Hold, Error> {
+        let found = self
+            .holds
+            .get(&hold.seq)
+            .filter(|_| hold.account == self.id)
+            .ok_or(Error::UnknownHold { hold })?;
+        match found.status {
+            HoldStatus::Pending if found.expires_at <= now => Err(Error::HoldExpired {
+                hold,
+                expired_at: found.expires_at,
+            }),
+            HoldStatus::Pending => Ok(found),
+            HoldStatus::Expired => Err(Error::HoldExpired {
+                hold,
+                expired_at: found.expires_at,
+            }),
+            status => Err(Error::HoldAlreadyResolved { hold, status }),
+        }
+    }
+
+    fn retained_posting(&self, posting: PostingId) -> Result<&Posting, Error> {
+        self.postings
+            .get(&posting.seq)
+            .filter(|_| posting.account == self.id)
+            .ok_or(Error::UnknownPosting { posting })
+    }
+
+    /// A new account from its `Opened` record (`None` for any other record).
+    pub fn from_open_record(record: &Record, seq: u64) -> Option<Account> {
+        match &record.change {
+            Change::Opened { spec } => {
+                let mut account = Account::new(record.account, *spec);
+                account.last_seq = seq;
+                Some(account)
+            }
+            _ => None,
+        }
+    }
+
+    /// Applies a record this account made (decided here, or read back from the journal).
+    /// Infallible: the record was validated when it was decided.
+    pub fn apply(&mut self, record: &Record, seq: u64, limits: &Limits) {
+        debug_assert_eq!(
+            record.account, self.id,
+            "record applied to the wrong account"
+        );
+        self.last_seq = self.last_seq.max(seq);
+        match &record.change {
+            Change::Opened { .. } => {}
+            Change::Funded { amount, .. } => {
+                self.credits_posted = self.credits_posted.saturating_add(amount.wide());
+            }
+            Change::Reserved {
+                hold,
+                app,
+                amount,
+                expires_at,
+                endpoint,
+                metadata,
+            } => {
+                self.debits_pending = self.debits_pending.saturating_add(amount.wide());
+                self.next_seq = self.next_seq.max(hold.saturating_add(1));
+                self.deadlines.insert((*expires_at, *hold));
+                self.holds.insert(
+                    *hold,
+                    Hold {
+                        id: HoldId {
+                            account: self.id,
+                            seq: *hold,
+                        },
+                        amount: *amount,
+                        app: *app,
+                        endpoint: endpoint.clone(),
+                        metadata: metadata.clone(),
+                        created_at: record.at,
+                        expires_at: *expires_at,
+                        status: HoldStatus::Pending,
+                        amount_posted: Amount::ZERO,
+                        posting: None,
+                        resolved_at: None,
+                    },
+                );
+            }
+            Change::Committed {
+                hold,
+                app,
+                amount_posted,
+                posting,
+                ..
+            } => {
+                self.debits_posted = self.debits_posted.saturating_add(amount_posted.wide());
+                let posting_id = PostingId {
+                    account: self.id,
+                    seq: *posting,
+                };
+                self.resolve(*hold, HoldStatus::Posted, record.at, limits, |h| {
+                    h.amount_posted = *amount_posted;
+                    h.posting = Some(posting_id);
+                });
+                self.add_posting(*posting, *app, *amount_posted, record.at, limits);
+            }
+            Change::Voided { hold, .. } => {
+                self.resolve(*hold, HoldStatus::Voided, record.at, limits, |_| {});
+            }
+            Change::Expired { hold, .. } => {
+                self.resolve(*hold, HoldStatus::Expired, record.at, limits, |_| {});
+            }
+            Change::Charged {
+                app,
+                amount,
+                posting,
+                ..
+            } => {
+                self.debits_posted = self.debits_posted.saturating_add(amount.wide());
+                self.add_posting(*posting, *app, *amount, record.at, limits);
+            }
+            Change::Refunded {
+                posting, amount, ..
+            } => {
+                self.credits_posted = self.credits_posted.saturating_add(amount.wide());
+                if let Some(p) = self.postings.get_mut(posting) {
+                    p.amount_refunded = p.amount_refunded.checked_add(*amount).unwrap_or(p.amount);
+                }
+            }
+            Change::Transferred { amount, .. } => {
+                self.debits_posted = self.debits_posted.saturating_add(amount.wide());
+            }
+        }
+        if let (Some(op), Some(command)) = (record.op, record.command()) {
+            self.remember(
+                op,
+                command.digest(),
+                record.outcome(),
+                record.at,
+                seq,
+                limits,
+            );
+        }
+    }
+
+    /// Applies the counterparty's side of a record another account made: the credit of a
+    /// revenue account by a commit or charge, the debit of a funding account by a funding, the
+    /// debit of a revenue account by a refund, the credit of a transfer's target.
+    pub fn apply_leg(&mut self, record: &Record, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+        match record.leg() {
+            Some(Leg::Credit(id, amount)) if id == self.id => {
+                self.credits_posted = self.credits_posted.saturating_add(amount.wide());
+            }
+            Some(Leg::Debit(id, amount)) if id == self.id => {
+                self.debits_posted = self.debits_posted.saturating_add(amount.wide());
+            }
+            _ => debug_assert!(false, "leg applied to the wrong account"),
+        }
+    }
+
+    fn resolve(
+        &mut self,
+        hold: u64,
+        status: HoldStatus,
+        at: Timestamp,
+        limits: &Limits,
+        update: impl FnOnce(&mut Hold),
+    ) {
+        let Some(h) = self.holds.get_mut(&hold) else {
+            debug_assert!(false, "resolving an unknown hold");
+            return;
+        };
+        debug_assert_eq!(h.status, HoldStatus::Pending, "hold resolved twice");
+        h.status = status;
+        h.resolved_at = Some(at);
+        update(h);
+        self.debits_pending = self.debits_pending.saturating_sub(h.amount.wide());
+        self.deadlines.remove(&(h.expires_at, hold));
+        self.resolved_order.push_back(hold);
+        self.next_seq = self.next_seq.max(hold.saturating_add(1));
+        while self.resolved_order.len() > limits.holds_resolved_retained {
+            if let Some(old) = self.resolved_order.pop_front() {
+                self.holds.remove(&old);
+            }
+        }
+    }
+
+    fn add_posting(
+        &mut self,
+        seq: u64,
+        app: AccountId,
+        amount: Amount,
+        at: Timestamp,
+        limits: &Limits,
+    ) {
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+        self.postings.insert(
+            seq,
+            Posting {
+                id: PostingId {
+                    account: self.id,
+                    seq,
+                },
+                app,
+                amount,
+                amount_refunded: Amount::ZERO,
+                posted_at: at,
+            },
+        );
+        self.posting_order.push_back(seq);
+        while self.posting_order.len() > limits.postings_retained {
+            if let Some(old) = self.posting_order.pop_front() {
+                self.postings.remove(&old);
+            }
+        }
+    }
+
+    fn remember(
+        &mut self,
+        op: OpId,
+        digest: crate::command::Digest,
+        outcome: Outcome,
+        at: Timestamp,
+        seq: u64,
+        limits: &Limits,
+    ) {
+        self.remembered.insert(
+            op,
+            Remembered {
+                digest,
+                outcome,
+                at,
+                seq,
+            },
+        );
+        self.remembered_order.push_back((at, op));
+        let horizon = at.0.saturating_sub(limits.idempotency_retention_ms);
+        while let Some(&(first_at, first_op)) = self.remembered_order.front() {
+            if self.remembered_order.len() > limits.idempotency_keys_max || first_at.0 < horizon {
+                self.remembered_order.pop_front();
+                self.remembered.remove(&first_op);
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+fn require_counterparty(
+    ctx: &DecideCtx<'_>,
+    id: AccountId,
+    kind: Option<AccountKind>,
+    expected: &'static str,
+) -> Result<Counterparty, Error> {
+    let cp = ctx
+        .counterparty
+        .filter(|cp| cp.id == id)
+        .ok_or(Error::UnknownAccount { account: id })?;
+    match kind {
+        Some(kind) if cp.kind != kind => Err(Error::WrongAccountKind {
+            account: id,
+            actual: cp.kind.name(),
+            expected,
+        }),
+        _ => Ok(cp),
+    }
+}

@@ -1,0 +1,41 @@
+//! tally-core: the pure domain of the tally accounting engine.
+//!
+//! Everything here is deterministic and synchronous: no async, no I/O, no clocks, no
+//! serialization format. The engine feeds it commands and the current time, and it answers with
+//! a journal [`Record`] (what changed) or a typed [`Error`] (why nothing changed).
+//!
+//! The split follows event sourcing:
+//! - [`Account::decide`] validates a [`Request`] against the account's state and returns the
+//!   record it would produce, without mutating anything;
+//! - [`Account::apply`] applies a record to the account that executed it, and
+//!   [`Account::apply_leg`] applies the other side of a two-account record (the credit to a
+//!   revenue account, the debit of a funding account). Both are infallible, so replaying a
+//!   journal after a crash rebuilds exactly the state the accounts passed through.
+//!
+//! Money is integers: an [`Amount`] is a `u64` in the ledger unit (microcents by default) no
+//! larger than [`Amount::MAX`]; account totals are `u128`; every step is checked. No floats.
+
+mod account;
+mod amount;
+mod audit;
+mod command;
+mod error;
+mod ids;
+mod ledger;
+mod limits;
+mod route;
+
+pub use account::{
+    Account, AccountFlags, AccountKind, AccountSpec, Balance, Hold, HoldStatus, Posting,
+};
+pub use amount::Amount;
+pub use audit::{audit, AuditReport, Violation};
+pub use command::{Change, Command, Leg, Outcome, Record, Request};
+pub use error::Error;
+pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp};
+pub use ledger::{Counterparty, DecideCtx, Decision};
+pub use limits::Limits;
+
+/// The default minimum of a funds check, in the ledger unit: 100 µ¢ (a tenth of a cent), as in
+/// the seeds' `get_funding_allowed({ minimum = 100 })`.
+pub const CHECK_MINIMUM_DEFAULT: Amount = Amount::from_const(100);

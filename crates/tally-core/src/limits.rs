@@ -1,0 +1,48 @@
+//! The bounds every account lives within.
+
+use serde::{Deserialize, Serialize};
+
+/// Per-account limits. Each one says what happens when it is reached; the defaults keep a quiet
+/// account's memory small and a busy one's bounded.
+///
+/// The pruning limits (`*_retained`, `idempotency_*`) are applied while records are applied, from
+/// the records' own timestamps, so replaying a journal with the same limits rebuilds the same
+/// state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Pending holds one account may have at once; one more reserve is `TooManyHolds`.
+    pub holds_pending_max: usize,
+    /// Resolved (posted, voided, expired) holds kept for look-up and for precise errors on a
+    /// second commit; older ones are forgotten and then answer `UnknownHold`.
+    pub holds_resolved_retained: usize,
+    /// Postings kept refundable per account; a refund of an older one is `UnknownPosting`.
+    pub postings_retained: usize,
+    /// Idempotency keys remembered per account (the oldest is forgotten first) ...
+    pub idempotency_keys_max: usize,
+    /// ... and for how long (ms). A retry after either bound is executed as a new request.
+    pub idempotency_retention_ms: u64,
+    /// Shortest hold timeout (ms).
+    pub hold_timeout_ms_min: u64,
+    /// Longest hold timeout (ms).
+    pub hold_timeout_ms_max: u64,
+    /// Longest endpoint name (bytes).
+    pub endpoint_bytes_max: usize,
+    /// Longest metadata (bytes).
+    pub metadata_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            holds_pending_max: 10_000,
+            holds_resolved_retained: 1_024,
+            postings_retained: 4_096,
+            idempotency_keys_max: 10_000,
+            idempotency_retention_ms: 24 * 60 * 60 * 1000,
+            hold_timeout_ms_min: 1,
+            hold_timeout_ms_max: 7 * 24 * 60 * 60 * 1000,
+            endpoint_bytes_max: 128,
+            metadata_bytes_max: 1_024,
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Which accounts a command touches, so the engine can lock them in a fixed order.
+
+use crate::{Account, AccountId, Command};
+
+impl Account {
+    /// The other account whose leg `command` would change, if it succeeds: the funding account of
+    /// a fund, the app of a charge, commit or refund, the target of a transfer. `None` for
+    /// reserve and void (one account only), for a hold or posting this account does not have,
+    /// and for a transfer to itself (which is refused).
+    pub fn leg_counterparty(&self, command: &Command) -> Option<AccountId> {
+        let other = match command {
+            Command::Fund { from, .. } => Some(*from),
+            Command::Charge { app, .. } => Some(*app),
+            Command::Transfer { to, .. } => Some(*to),
+            Command::Commit { hold, .. } => self
+                .holds
+                .get(&hold.seq)
+                .filter(|_| hold.account == self.id)
+                .map(|h| h.app),
+            Command::Refund { posting, .. } => self
+                .postings
+                .get(&posting.seq)
+                .filter(|_| posting.account == self.id)
+                .map(|p| p.app),
+            Command::Reserve { .. } | Command::Void { .. } => None,
+        };
+        other.filter(|id| *id != self.id)
+    }
+}

@@ -1,0 +1,177 @@
+//! The account actor: one per resident account, handling that account's messages one at a time.
+//!
+//! The actor struct is empty; its state is the slot it serves. Each handler is a few lines that
+//! delegate to [`Shared`] and to tally-core. Domain errors travel in the reply; a handler returns
+//! `Err` (which stops the actor) only for bugs, and a panic is caught by ractor and reported to
+//! the supervisor, which retires the slot so the next request reloads the account from the
+//! store.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_core::{Account, Amount, Balance, Hold, Outcome, Request, Timestamp};
+
+use crate::shared::{Reply, Shared, Slot};
+
+/// Queries answered from the account's state.
+pub(crate) enum Query {
+    Balance,
+    Check(Amount),
+    Hold(u64),
+    State,
+}
+
+/// Answers to [`Query`].
+pub(crate) enum Answer {
+    Balance(Balance),
+    Check(bool),
+    Hold(Option<Hold>),
+    State(Box<Account>),
+}
+
+/// Messages an account actor handles.
+pub(crate) enum AccountMsg {
+    /// A write.
+    Execute {
+        request: Request,
+        reply: RpcReplyPort<Reply<Outcome>>,
+    },
+    /// A read (after expiring due holds).
+    Read {
+        query: Query,
+        reply: RpcReplyPort<Reply<Answer>>,
+    },
+    /// The expiry timer fired.
+    Expire,
+    /// Leave memory if idle: snapshot, leave the routing map, stop.
+    Passivate,
+    /// Test hook: panic inside the handler, as a bug would.
+    Panic,
+}
+
+pub(crate) struct AccountActor;
+
+pub(crate) struct ActorState {
+    shared: Arc<Shared>,
+    slot: Arc<Slot>,
+    /// The deadline the armed expiry timer fires for.
+    timer_at: Option<Timestamp>,
+}
+
+impl Actor for AccountActor {
+    type Msg = AccountMsg;
+    type State = ActorState;
+    type Arguments = (Arc<Shared>, Arc<Slot>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        (shared, slot): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ActorState {
+            shared,
+            slot,
+            timer_at: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.slot.state.lock().retired {
+            // Passivated or retired while this message waited: drop it (its reply port with it),
+            // and the caller re-routes to the account's new actor.
+            return Ok(());
+        }
+        match message {
+            AccountMsg::Execute { request, reply } => {
+                state.shared.expire_due(&state.slot);
+                let answer = state.shared.execute(&state.slot, &request);
+                let _ = reply.send(answer);
+            }
+            AccountMsg::Read { query, reply } => {
+                state.shared.expire_due(&state.slot);
+                let _ = reply.send(read(&state.slot, query));
+            }
+            AccountMsg::Expire => {
+                state.timer_at = None;
+                state.shared.expire_due(&state.slot);
+            }
+            AccountMsg::Passivate => {
+                if passivate(&state.shared, &state.slot).await {
+                    myself.stop(Some("passivated".into()));
+                    return Ok(());
+                }
+            }
+            AccountMsg::Panic => panic!("injected panic in the actor of {}", state.slot.id),
+        }
+        arm_timer(&myself, state);
+        Ok(())
+    }
+}
+
+fn read(slot: &Slot, query: Query) -> Reply<Answer> {
+    let state = slot.state.lock();
+    let account = &state.account;
+    let answer = match query {
+        Query::Balance => Answer::Balance(account.balance()),
+        Query::Check(minimum) => Answer::Check(account.check(minimum)),
+        Query::Hold(seq) => Answer::Hold(account.hold(seq).cloned()),
+        Query::State => Answer::State(Box::new(account.clone())),
+    };
+    Reply {
+        result: Ok(answer),
+        // Show nothing that is not durable: wait for everything this state reflects.
+        wait_seq: account.last_seq(),
+    }
+}
+
+/// Arms the expiry timer for the earliest pending deadline, unless one is armed for it already.
+fn arm_timer(myself: &ActorRef<AccountMsg>, state: &mut ActorState) {
+    let Some(deadline) = state.slot.state.lock().account.next_deadline() else {
+        return;
+    };
+    if state.timer_at.is_some_and(|armed| armed <= deadline) {
+        return;
+    }
+    let now = state.shared.now_ms();
+    let wait = Duration::from_millis(deadline.0.saturating_sub(now).max(1));
+    state.timer_at = Some(deadline);
+    myself.send_after(wait, || AccountMsg::Expire);
+}
+
+/// Saves a snapshot and leaves the routing map, if the account is idle and everything its state
+/// reflects is durable. Returns whether the actor should stop.
+async fn passivate(shared: &Shared, slot: &Slot) -> bool {
+    loop {
+        if slot.inflight.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let seq = slot.state.lock().account.last_seq();
+        if shared.wait_durable(seq).await.is_err() {
+            return false;
+        }
+        let _stripe = shared.stripe(slot.id);
+        let mut state = slot.state.lock();
+        if state.retired {
+            return true;
+        }
+        if state.account.last_seq() != seq {
+            continue; // a leg arrived meanwhile; wait for it to be durable too
+        }
+        if slot.inflight.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        if let Err(e) = shared.store.save(&state.account) {
+            tracing::warn!(account = %slot.id, error = %e, "snapshot failed; account stays resident");
+            return false;
+        }
+        shared.retire(slot, &mut state);
+        return true;
+    }
+}

@@ -1,0 +1,64 @@
+//! The engine's errors: the ledger's domain errors plus what admission and storage can say.
+
+use std::sync::Arc;
+
+/// Why a request failed. A request that fails changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The ledger refused the request (insufficient funds, unknown hold, ...).
+    #[error(transparent)]
+    Ledger(#[from] tally_core::Error),
+    /// Admission is at a limit; retry later. Nothing was queued.
+    #[error("overloaded: {scope} is at its limit of {limit} requests in flight")]
+    Overloaded {
+        /// Which limit: `engine` (all requests), `account` (one account), `journal` (records
+        /// waiting to be made durable) or `resident accounts`.
+        scope: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+    /// Making records durable failed; the engine is fail-stopped and refuses writes until it is
+    /// reopened. The request was not acknowledged.
+    #[error("storage failed; the engine refuses writes until reopened: {reason}")]
+    StorageFailed {
+        /// What the store said.
+        reason: Arc<str>,
+    },
+    /// Reading or snapshotting failed.
+    #[error("storage error: {reason}")]
+    Storage {
+        /// What the store said.
+        reason: Arc<str>,
+    },
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    Shutdown,
+    /// A bug: the engine reached a state it should not. Please report it.
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What happened.
+        reason: Arc<str>,
+    },
+    /// The account's actor could not be reached after restarts (it keeps failing).
+    #[error("{account} is unavailable: its actor stopped {attempts} times")]
+    Unavailable {
+        /// The account.
+        account: tally_core::AccountId,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+impl From<tally_store::StoreError> for Error {
+    fn from(e: tally_store::StoreError) -> Self {
+        use tally_store::StoreError as S;
+        match e {
+            S::Full { limit, .. } => Error::Overloaded {
+                scope: "journal",
+                limit,
+            },
+            S::Failed(reason) => Error::StorageFailed { reason },
+            S::Io(reason) | S::Corrupt(reason) => Error::Storage { reason },
+        }
+    }
+}

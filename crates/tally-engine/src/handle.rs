@@ -1,0 +1,563 @@
+//! The embedding API: [`Tally`], a cheap `Clone + Send + Sync` handle.
+//!
+//! A call routes to the account's actor through the concurrent routing map (activating the
+//! account on a miss), waits for its reply, then waits until the record it produced is durable.
+//! Only then does it return `Ok`.
+
+use ractor::{Actor, RpcReplyPort};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+use tally_core::{
+    AccountId, AccountSpec, Amount, AuditReport, Balance, Command, Hold, HoldId, OpId, Outcome,
+    PostingId, Request, Timestamp, CHECK_MINIMUM_DEFAULT,
+};
+use tally_store::{HistoryEntry, MemStore, Store};
+
+use crate::actor::{AccountMsg, Answer, Query};
+use crate::guard::HoldGuard;
+use crate::shared::{Reply, Shared};
+use crate::supervisor::Supervisor;
+use crate::{EngineConfig, Error};
+
+/// How often a request is re-routed when it finds its account's actor stopped (passivated or
+/// failed) before giving up with [`Error::Unavailable`].
+const ROUTE_ATTEMPTS: u32 = 16;
+
+/// The most history entries one page returns.
+pub const HISTORY_PAGE_MAX: usize = 1_000;
+
+/// A handle to a running engine. Cloning is cheap; every clone drives the same engine. When the
+/// last clone is dropped the engine's actors stop without saving (as a crash would: the journal
+/// is the truth); call [`Tally::shutdown`] to drain and snapshot first.
+#[derive(Clone)]
+pub struct Tally {
+    shared: Arc<Shared>,
+    _life: Arc<Life>,
+}
+
+struct Life {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        stop_all(&self.shared);
+    }
+}
+
+fn stop_all(shared: &Shared) {
+    shared.shutting_down.store(true, Ordering::Release);
+    for entry in shared.resident.iter() {
+        if let Some(actor) = entry.value().actor.get() {
+            actor.stop(None);
+        }
+    }
+    if let Some(supervisor) = shared.supervisor.get() {
+        supervisor.stop(None);
+    }
+}
+
+/// A reservation request: hold `amount` of `account` for work `app` is about to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReserveRequest {
+    /// The user account.
+    pub account: AccountId,
+    /// The app's revenue account (credited by the commit).
+    pub app: AccountId,
+    /// The amount to hold, in the ledger unit.
+    pub amount: u64,
+    /// How long the hold lives before it is voided automatically.
+    pub timeout: Duration,
+    /// The app's endpoint.
+    pub endpoint: String,
+    /// Caller's metadata.
+    pub metadata: String,
+}
+
+impl ReserveRequest {
+    /// A request with a 60-second timeout and empty endpoint and metadata.
+    pub fn new(account: AccountId, app: AccountId, amount: u64) -> Self {
+        ReserveRequest {
+            account,
+            app,
+            amount,
+            timeout: Duration::from_secs(60),
+            endpoint: String::new(),
+            metadata: String::new(),
+        }
+    }
+    /// With a timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    /// With an endpoint.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = endpoint.into();
+        self
+    }
+    /// With metadata.
+    pub fn metadata(mut self, metadata: impl Into<String>) -> Self {
+        self.metadata = metadata.into();
+        self
+    }
+}
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The posting made (refunds name it).
+    pub posting: PostingId,
+    /// The amount posted to the app.
+    pub amount_posted: Amount,
+    /// The amount released back to the user.
+    pub amount_released: Amount,
+}
+
+/// One page of an account's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Records that touched the account, oldest first.
+    pub entries: Vec<HistoryEntry>,
+    /// Pass as `after_seq` for the next page; `None` when this page is the last.
+    pub next_after_seq: Option<u64>,
+}
+
+fn amount(value: u64) -> Result<Amount, Error> {
+    Ok(Amount::new(value)?)
+}
+
+fn unexpected(outcome: Outcome) -> Error {
+    Error::Internal {
+        reason: format!("unexpected outcome {outcome:?}").into(),
+    }
+}
+
+impl Tally {
+    /// An engine on a fresh in-memory store (nothing survives the process).
+    pub async fn in_memory() -> Result<Tally, Error> {
+        let config = EngineConfig::default();
+        Tally::open(Arc::new(MemStore::new(config.limits.clone())), config).await
+    }
+
+    /// Opens an engine on `store`, recovering the accounts it knows.
+    pub async fn open(store: Arc<dyn Store>, config: EngineConfig) -> Result<Tally, Error> {
+        let started = std::time::Instant::now();
+        let shared = Arc::new(Shared::new(store, config)?);
+        let (supervisor, _) = Actor::spawn(None, Supervisor, shared.clone())
+            .await
+            .map_err(|e| Error::Internal {
+                reason: format!("spawning the supervisor: {e}").into(),
+            })?;
+        let _ = shared.supervisor.set(supervisor.get_cell());
+        tracing::info!(
+            accounts = shared.directory.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "tally engine open"
+        );
+        Ok(Tally {
+            _life: Arc::new(Life {
+                shared: shared.clone(),
+            }),
+            shared,
+        })
+    }
+
+    /// Opens an account. Opening an account that exists with the same spec succeeds and changes
+    /// nothing; with a different spec it is `AccountExists` naming the field.
+    pub async fn open_account(&self, id: AccountId, spec: AccountSpec) -> Result<(), Error> {
+        self.admit()?;
+        let seq = {
+            let _stripe = self.shared.stripe(id);
+            if let Some(existing) = self.shared.directory.get(&id) {
+                let field = if existing.kind != spec.kind {
+                    Some("kind")
+                } else if existing.credit_limit != spec.credit_limit {
+                    Some("credit_limit")
+                } else if existing.flags != spec.flags {
+                    Some("flags")
+                } else {
+                    None
+                };
+                return match field {
+                    None => Ok(()),
+                    Some(field) => {
+                        Err(tally_core::Error::AccountExists { account: id, field }.into())
+                    }
+                };
+            }
+            let record = tally_core::Account::open_record(id, spec, self.shared.config.clock.now());
+            let seq = self.shared.store.append(&record)?;
+            self.shared.directory.insert(id, spec);
+            seq
+        };
+        self.shared.wait_durable(seq).await
+    }
+
+    /// Credits `account` from the funding account `from` (a top-up).
+    pub async fn fund(
+        &self,
+        op: OpId,
+        account: AccountId,
+        from: AccountId,
+        value: u64,
+    ) -> Result<(), Error> {
+        let command = Command::Fund {
+            from,
+            amount: amount(value)?,
+        };
+        match self.execute(account, Request { op, command }).await? {
+            Outcome::Funded => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Whether `available ≥ minimum` (default 100 µ¢): the seeds' `get_funding_allowed`.
+    pub async fn check(&self, account: AccountId, minimum: Option<u64>) -> Result<bool, Error> {
+        let minimum = minimum
+            .map(amount)
+            .transpose()?
+            .unwrap_or(CHECK_MINIMUM_DEFAULT);
+        match self.read(account, || Query::Check(minimum)).await? {
+            Answer::Check(ok) => Ok(ok),
+            _ => Err(Error::Internal {
+                reason: "unexpected answer to check".into(),
+            }),
+        }
+    }
+
+    /// Holds funds for work in progress; returns the hold, which a commit or void resolves.
+    pub async fn reserve(&self, op: OpId, request: ReserveRequest) -> Result<HoldId, Error> {
+        let command = Command::Reserve {
+            app: request.app,
+            amount: amount(request.amount)?,
+            timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
+            endpoint: request.endpoint,
+            metadata: request.metadata,
+        };
+        match self
+            .execute(request.account, Request { op, command })
+            .await?
+        {
+            Outcome::Reserved { hold, .. } => Ok(hold),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reserves and returns a guard (the seeds' delegated transfer): do the work, then
+    /// [`HoldGuard::commit`] the actual cost; if the guard is dropped unresolved (an error, a
+    /// panic, an early return) the hold is voided at once, so nobody pays for failed work.
+    pub async fn hold(&self, op: OpId, request: ReserveRequest) -> Result<HoldGuard, Error> {
+        let held = amount(request.amount)?;
+        let hold = self.reserve(op, request).await?;
+        Ok(HoldGuard::new(self.clone(), hold, held, op))
+    }
+
+    /// Posts `actual ≤ held` of a hold to its app and releases the rest.
+    pub async fn commit(&self, op: OpId, hold: HoldId, actual: u64) -> Result<Committed, Error> {
+        let command = Command::Commit {
+            hold,
+            amount: amount(actual)?,
+        };
+        match self.execute(hold.account, Request { op, command }).await? {
+            Outcome::Committed {
+                posting,
+                amount_posted,
+                amount_released,
+            } => Ok(Committed {
+                posting,
+                amount_posted,
+                amount_released,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Releases a hold entirely; returns the amount released.
+    pub async fn void(&self, op: OpId, hold: HoldId) -> Result<Amount, Error> {
+        let command = Command::Void { hold };
+        match self.execute(hold.account, Request { op, command }).await? {
+            Outcome::Voided { amount_released } => Ok(amount_released),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Charges a fixed cost in one step (reserve and commit together).
+    pub async fn charge(
+        &self,
+        op: OpId,
+        account: AccountId,
+        app: AccountId,
+        value: u64,
+        endpoint: impl Into<String>,
+    ) -> Result<PostingId, Error> {
+        let command = Command::Charge {
+            app,
+            amount: amount(value)?,
+            endpoint: endpoint.into(),
+            metadata: String::new(),
+        };
+        match self.execute(account, Request { op, command }).await? {
+            Outcome::Charged { posting } => Ok(posting),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Returns up to what remains refundable of a posting from its app to the user.
+    pub async fn refund(&self, op: OpId, posting: PostingId, value: u64) -> Result<(), Error> {
+        let command = Command::Refund {
+            posting,
+            amount: amount(value)?,
+        };
+        match self
+            .execute(posting.account, Request { op, command })
+            .await?
+        {
+            Outcome::Refunded { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Moves posted funds from one account to another.
+    pub async fn transfer(
+        &self,
+        op: OpId,
+        from: AccountId,
+        to: AccountId,
+        value: u64,
+    ) -> Result<(), Error> {
+        let command = Command::Transfer {
+            to,
+            amount: amount(value)?,
+        };
+        match self.execute(from, Request { op, command }).await? {
+            Outcome::Transferred => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Executes any write request on the account that must execute it (see [`Command`]).
+    pub async fn execute(&self, account: AccountId, request: Request) -> Result<Outcome, Error> {
+        self.call(account, |reply| AccountMsg::Execute {
+            request: request.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// The account's balance: posted, pending and available.
+    pub async fn balance(&self, account: AccountId) -> Result<Balance, Error> {
+        match self.read(account, || Query::Balance).await? {
+            Answer::Balance(balance) => Ok(balance),
+            _ => Err(Error::Internal {
+                reason: "unexpected answer to balance".into(),
+            }),
+        }
+    }
+
+    /// A hold, pending or recently resolved.
+    pub async fn get_hold(&self, hold: HoldId) -> Result<Hold, Error> {
+        match self.read(hold.account, || Query::Hold(hold.seq)).await? {
+            Answer::Hold(Some(found)) => Ok(found),
+            Answer::Hold(None) => Err(tally_core::Error::UnknownHold { hold }.into()),
+            _ => Err(Error::Internal {
+                reason: "unexpected answer to hold".into(),
+            }),
+        }
+    }
+
+    /// The account's full state (holds, postings, totals).
+    pub async fn account(&self, account: AccountId) -> Result<tally_core::Account, Error> {
+        match self.read(account, || Query::State).await? {
+            Answer::State(state) => Ok(*state),
+            _ => Err(Error::Internal {
+                reason: "unexpected answer to state".into(),
+            }),
+        }
+    }
+
+    /// A page of the records that touched `account` after `after_seq` (0 for the first page),
+    /// at most `limit` (capped at [`HISTORY_PAGE_MAX`]).
+    pub async fn history(
+        &self,
+        account: AccountId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, Error> {
+        if !self.shared.directory.contains_key(&account) {
+            return Err(tally_core::Error::UnknownAccount { account }.into());
+        }
+        let limit = limit.clamp(1, HISTORY_PAGE_MAX);
+        let durable = self.shared.durable.borrow().seq;
+        let mut entries = self.shared.store.history(account, after_seq, limit + 1)?;
+        entries.retain(|e| e.seq <= durable);
+        let next_after_seq = if entries.len() > limit {
+            entries.truncate(limit);
+            entries.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            entries,
+            next_after_seq,
+        })
+    }
+
+    /// Expires every due hold of every resident account now (the timers do this on their own;
+    /// this is for a [`crate::ManualClock`] moved by a test). Returns how many expired.
+    pub async fn expire_due(&self) -> Result<usize, Error> {
+        let slots: Vec<_> = self
+            .shared
+            .resident
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        let mut expired = 0;
+        let mut seq = 0;
+        for slot in slots {
+            expired += self.shared.expire_due(&slot);
+            seq = seq.max(slot.state.lock().account.last_seq());
+        }
+        self.shared.wait_durable(seq).await?;
+        Ok(expired)
+    }
+
+    /// Totals over every account and a check of every invariant. Call it at a quiescent point
+    /// (no request in flight): it reads accounts one by one.
+    pub async fn audit(&self) -> Result<AuditReport, Error> {
+        let ids: Vec<AccountId> = self.shared.directory.iter().map(|e| *e.key()).collect();
+        let mut accounts = Vec::with_capacity(ids.len());
+        for id in ids {
+            let resident = self.shared.resident.get(&id).map(|s| s.clone());
+            let account = match resident {
+                Some(slot) => Some(slot.state.lock().account.clone()),
+                None => self.shared.store.load(id)?,
+            };
+            accounts.extend(account);
+        }
+        Ok(tally_core::audit(accounts.iter()))
+    }
+
+    /// Accounts resident now.
+    pub fn resident_accounts(&self) -> usize {
+        self.shared.resident.len()
+    }
+
+    /// Accounts known.
+    pub fn known_accounts(&self) -> usize {
+        self.shared.directory.len()
+    }
+
+    /// The engine's clock reading.
+    pub fn now(&self) -> Timestamp {
+        self.shared.config.clock.now()
+    }
+
+    /// Stops accepting requests, waits for those in flight, snapshots every resident account and
+    /// stops the actors.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        let all = u32::try_from(self.shared.config.inflight_max).unwrap_or(u32::MAX);
+        let _drained = self.shared.admission.acquire_many(all).await;
+        let slots: Vec<_> = self
+            .shared
+            .resident
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        let mut result = Ok(());
+        for slot in slots {
+            let seq = slot.state.lock().account.last_seq();
+            self.shared.wait_durable(seq).await?;
+            let _stripe = self.shared.stripe(slot.id);
+            let mut state = slot.state.lock();
+            if let Err(e) = self.shared.store.save(&state.account) {
+                result = Err(e.into());
+            }
+            self.shared.retire(&slot, &mut state);
+        }
+        stop_all(&self.shared);
+        result
+    }
+
+    /// Test hook: makes the account's actor panic, as a bug would.
+    #[doc(hidden)]
+    pub async fn inject_panic(&self, account: AccountId) -> Result<(), Error> {
+        let slot = self.shared.slot(account)?;
+        if let Some(actor) = slot.actor.get() {
+            let _ = actor.send_message(AccountMsg::Panic);
+        }
+        Ok(())
+    }
+
+    fn admit(&self) -> Result<(), Error> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        Ok(())
+    }
+
+    async fn read(&self, account: AccountId, query: impl Fn() -> Query) -> Result<Answer, Error> {
+        self.call(account, |reply| AccountMsg::Read {
+            query: query(),
+            reply,
+        })
+        .await
+    }
+
+    /// Sends one message to the account's actor under admission control, re-routing if the actor
+    /// stopped, then waits for durability of what the reply reflects.
+    async fn call<T: Send + 'static>(
+        &self,
+        account: AccountId,
+        make: impl Fn(RpcReplyPort<Reply<T>>) -> AccountMsg,
+    ) -> Result<T, Error> {
+        self.admit()?;
+        let _permit = self
+            .shared
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded {
+                scope: "engine",
+                limit: self.shared.config.inflight_max,
+            })?;
+        let limit = self.shared.config.account_inflight_max;
+        for _ in 0..ROUTE_ATTEMPTS {
+            let slot = self.shared.slot(account)?;
+            if slot.inflight.fetch_add(1, Ordering::AcqRel) >= limit {
+                slot.inflight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Error::Overloaded {
+                    scope: "account",
+                    limit,
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            let sent = slot
+                .actor
+                .get()
+                .is_some_and(|actor| actor.send_message(make(tx.into())).is_ok());
+            let reply = if sent { rx.await.ok() } else { None };
+            slot.inflight.fetch_sub(1, Ordering::AcqRel);
+            if let Some(reply) = reply {
+                self.shared.wait_durable(reply.wait_seq).await?;
+                return reply.result;
+            }
+            // The actor stopped (passivated, or failed mid-request): retire its slot so the next
+            // attempt reloads the account from the store, where every journaled change is.
+            {
+                let _stripe = self.shared.stripe(account);
+                let mut state = slot.state.lock();
+                self.shared.retire(&slot, &mut state);
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(Error::Unavailable {
+            account,
+            attempts: ROUTE_ATTEMPTS,
+        })
+    }
+}

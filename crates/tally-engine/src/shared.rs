@@ -1,0 +1,313 @@
+//! What every actor and every handle shares: the routing map, the directory of known accounts,
+//! admission, and the one place where a decision becomes a journal record.
+//!
+//! Locking, in the only order it is ever taken: an activation stripe (for one account id), then
+//! account states in increasing account id. A decision and the append of its record happen under
+//! the locks of every account the record touches, so each account applies records in journal
+//! order, and a snapshot taken under an account's lock covers exactly the records up to its
+//! `last_seq`.
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, MutexGuard};
+use ractor::{ActorCell, ActorId, ActorRef};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{watch, Semaphore};
+
+use tally_core::{
+    Account, AccountId, AccountSpec, Counterparty, DecideCtx, Decision, Outcome, Request,
+};
+use tally_store::{DurablePoint, Store};
+
+use crate::actor::{AccountActor, AccountMsg};
+use crate::{EngineConfig, Error};
+
+/// Number of activation stripes (a power of two).
+const STRIPES: usize = 256;
+
+/// An account's state while it is resident.
+pub(crate) struct SlotState {
+    pub(crate) account: Account,
+    /// Set when the slot leaves the routing map (passivated or its actor failed). A retired
+    /// slot is never written again; whoever finds it retired looks the account up anew.
+    pub(crate) retired: bool,
+}
+
+/// A resident account: its state, its actor, and its admission counter.
+pub(crate) struct Slot {
+    pub(crate) id: AccountId,
+    pub(crate) state: Mutex<SlotState>,
+    pub(crate) actor: OnceLock<ActorRef<AccountMsg>>,
+    pub(crate) inflight: AtomicUsize,
+    pub(crate) last_access_ms: AtomicU64,
+}
+
+/// A reply from an account actor: the result and the journal sequence number the caller must
+/// see durable before it is answered (0: nothing to wait for).
+pub(crate) struct Reply<T> {
+    pub(crate) result: Result<T, Error>,
+    pub(crate) wait_seq: u64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: EngineConfig,
+    pub(crate) directory: DashMap<AccountId, AccountSpec>,
+    pub(crate) resident: DashMap<AccountId, Arc<Slot>>,
+    stripes: Box<[Mutex<()>]>,
+    pub(crate) admission: Arc<Semaphore>,
+    pub(crate) durable: watch::Receiver<DurablePoint>,
+    pub(crate) supervisor: OnceLock<ActorCell>,
+    pub(crate) actors: DashMap<ActorId, AccountId>,
+    pub(crate) shutting_down: AtomicBool,
+    eviction_requested: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(store: Arc<dyn Store>, config: EngineConfig) -> Result<Self, Error> {
+        let directory = DashMap::new();
+        for (id, spec) in store.accounts()? {
+            directory.insert(id, spec);
+        }
+        let durable = store.durable();
+        Ok(Shared {
+            store,
+            admission: Arc::new(Semaphore::new(config.inflight_max)),
+            config,
+            directory,
+            resident: DashMap::new(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            durable,
+            supervisor: OnceLock::new(),
+            actors: DashMap::new(),
+            shutting_down: AtomicBool::new(false),
+            eviction_requested: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn stripe(&self, id: AccountId) -> MutexGuard<'_, ()> {
+        let index = (id.0 as usize).wrapping_mul(0x9E37_79B9) % STRIPES;
+        // The index is in range by construction; fall back to the first stripe regardless.
+        self.stripes.get(index).unwrap_or(&self.stripes[0]).lock()
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.config.clock.now().0
+    }
+
+    /// The resident slot of `id`, activating it (load + spawn) on a miss.
+    pub(crate) fn slot(self: &Arc<Self>, id: AccountId) -> Result<Arc<Slot>, Error> {
+        if let Some(slot) = self.resident.get(&id) {
+            slot.last_access_ms.store(self.now_ms(), Ordering::Relaxed);
+            return Ok(slot.clone());
+        }
+        if !self.directory.contains_key(&id) {
+            return Err(tally_core::Error::UnknownAccount { account: id }.into());
+        }
+        self.activate(id)
+    }
+
+    fn activate(self: &Arc<Self>, id: AccountId) -> Result<Arc<Slot>, Error> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        let _stripe = self.stripe(id);
+        if let Some(slot) = self.resident.get(&id) {
+            return Ok(slot.clone());
+        }
+        let hard_max = self
+            .config
+            .resident_max
+            .saturating_add(self.config.resident_max / 2);
+        if self.resident.len() >= hard_max {
+            self.request_eviction();
+            return Err(Error::Overloaded {
+                scope: "resident accounts",
+                limit: hard_max,
+            });
+        }
+        let account = self
+            .store
+            .load(id)?
+            .ok_or(tally_core::Error::UnknownAccount { account: id })?;
+        let supervisor = self.supervisor.get().cloned().ok_or(Error::Shutdown)?;
+        let slot = Arc::new(Slot {
+            id,
+            state: Mutex::new(SlotState {
+                account,
+                retired: false,
+            }),
+            actor: OnceLock::new(),
+            inflight: AtomicUsize::new(0),
+            last_access_ms: AtomicU64::new(self.now_ms()),
+        });
+        let (actor, _) = ractor::ActorRuntime::spawn_linked_instant(
+            None,
+            AccountActor,
+            (self.clone(), slot.clone()),
+            supervisor,
+        )
+        .map_err(|e| Error::Storage {
+            reason: format!("spawning the actor of {id}: {e}").into(),
+        })?;
+        self.actors.insert(actor.get_id(), id);
+        let _ = slot.actor.set(actor);
+        self.resident.insert(id, slot.clone());
+        if self.resident.len() > self.config.resident_max {
+            self.request_eviction();
+        }
+        Ok(slot)
+    }
+
+    fn request_eviction(&self) {
+        if !self.eviction_requested.swap(true, Ordering::AcqRel) {
+            if let Some(supervisor) = self.supervisor.get() {
+                let _ = supervisor.send_message(crate::supervisor::SupervisorMsg::Evict);
+            }
+        }
+    }
+
+    pub(crate) fn eviction_done(&self) {
+        self.eviction_requested.store(false, Ordering::Release);
+    }
+
+    /// Removes a slot from the routing map, if it is still the one routed to.
+    pub(crate) fn retire(&self, slot: &Slot, state: &mut SlotState) {
+        state.retired = true;
+        self.resident
+            .remove_if(&slot.id, |_, routed| std::ptr::eq(routed.as_ref(), slot));
+    }
+
+    fn counterparty(&self, request: &Request) -> Option<Counterparty> {
+        let id = request.command.counterparty()?;
+        self.directory.get(&id).map(|spec| Counterparty {
+            id,
+            kind: spec.kind,
+        })
+    }
+
+    /// Decides `request` on the account of `slot`, journals the record and applies it (to the
+    /// counterparty too). Runs inside the account's actor, one request at a time.
+    pub(crate) fn execute(self: &Arc<Self>, slot: &Slot, request: &Request) -> Reply<Outcome> {
+        let counterparty = self.counterparty(request);
+        let leg_id = slot.state.lock().account.leg_counterparty(&request.command);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let other = match leg_id {
+                Some(id) => match self.slot(id) {
+                    Ok(other) => Some(other),
+                    Err(e) => return reply_err(e),
+                },
+                None => None,
+            };
+            let (mut own, mut theirs) = match &other {
+                None => (slot.state.lock(), None),
+                Some(other) if other.id < slot.id => {
+                    let theirs = other.state.lock();
+                    (slot.state.lock(), Some(theirs))
+                }
+                Some(other) => {
+                    let own = slot.state.lock();
+                    (own, Some(other.state.lock()))
+                }
+            };
+            if own.retired {
+                return reply_err(Error::Unavailable {
+                    account: slot.id,
+                    attempts,
+                });
+            }
+            if theirs.as_ref().is_some_and(|t| t.retired) {
+                // Passivated between look-up and lock: look it up again.
+                if attempts >= 8 {
+                    return reply_err(Error::Unavailable {
+                        account: leg_id.unwrap_or(slot.id),
+                        attempts,
+                    });
+                }
+                continue;
+            }
+            let ctx = DecideCtx {
+                now: self.config.clock.now(),
+                limits: &self.config.limits,
+                counterparty,
+            };
+            return match own.account.decide(request, &ctx) {
+                Err(e) => reply_err(e.into()),
+                Ok(Decision::Replay { outcome, seq }) => Reply {
+                    result: Ok(outcome),
+                    wait_seq: seq,
+                },
+                Ok(Decision::Apply { record, outcome }) => match self.store.append(&record) {
+                    Err(e) => reply_err(e.into()),
+                    Ok(seq) => {
+                        own.account.apply(&record, seq, &self.config.limits);
+                        if let Some(theirs) = theirs.as_mut() {
+                            theirs.account.apply_leg(&record, seq);
+                        }
+                        Reply {
+                            result: Ok(outcome),
+                            wait_seq: seq,
+                        }
+                    }
+                },
+            };
+        }
+    }
+
+    /// Expires every pending hold of the account whose deadline has passed; returns how many.
+    pub(crate) fn expire_due(&self, slot: &Slot) -> usize {
+        let now = self.config.clock.now();
+        let mut state = slot.state.lock();
+        if state.retired || state.account.next_deadline().is_none_or(|d| d > now) {
+            return 0;
+        }
+        let due: Vec<_> = state.account.due_holds(now).collect();
+        let mut expired = 0;
+        for hold in due {
+            let Some(record) = state.account.expire_record(hold.seq, now) else {
+                continue;
+            };
+            match self.store.append(&record) {
+                Ok(seq) => {
+                    state.account.apply(&record, seq, &self.config.limits);
+                    expired += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(account = %slot.id, error = %e, "expiry deferred");
+                    break;
+                }
+            }
+        }
+        expired
+    }
+
+    /// Waits until the journal is durable up to `seq`.
+    pub(crate) async fn wait_durable(&self, seq: u64) -> Result<(), Error> {
+        if seq == 0 {
+            return Ok(());
+        }
+        let mut rx = self.durable.clone();
+        let point = rx
+            .wait_for(|d| d.seq >= seq || d.failed.is_some())
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        if point.seq >= seq {
+            return Ok(());
+        }
+        Err(Error::StorageFailed {
+            reason: point
+                .failed
+                .clone()
+                .unwrap_or_else(|| Arc::from("unknown failure")),
+        })
+    }
+}
+
+fn reply_err<T>(e: Error) -> Reply<T> {
+    Reply {
+        result: Err(e),
+        wait_seq: 0,
+    }
+}

@@ -1,0 +1,121 @@
+//! The supervisor: parent of every account actor. It restarts failed accounts (by retiring their
+//! slot, so the next request reloads the account's last durable state from the store) and
+//! passivates idle accounts and, past the resident cap, the least recently used ones. It is not
+//! on the request path: routing goes through the handle's concurrent map.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::actor::AccountMsg;
+use crate::shared::Shared;
+
+/// Messages the supervisor handles.
+pub(crate) enum SupervisorMsg {
+    /// Periodic: passivate idle accounts.
+    Tick,
+    /// More accounts are resident than the cap: passivate the least recently used.
+    Evict,
+}
+
+pub(crate) struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = Arc<Shared>;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        shared: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(shared.config.supervisor_tick, || SupervisorMsg::Tick);
+        Ok(shared)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        shared: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Tick => passivate_idle(shared),
+            SupervisorMsg::Evict => {
+                evict_least_recent(shared);
+                shared.eviction_done();
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        shared: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                let Some((_, id)) = shared.actors.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                tracing::error!(account = %id, %error, "account actor failed; reloading it from the store on next use");
+                let _stripe = shared.stripe(id);
+                if let Some(slot) = shared.resident.get(&id).map(|s| s.clone()) {
+                    let mut state = slot.state.lock();
+                    shared.retire(&slot, &mut state);
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                shared.actors.remove(&cell.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn passivate_idle(shared: &Shared) {
+    let idle_ms = u64::try_from(shared.config.idle_passivate_after.as_millis()).unwrap_or(u64::MAX);
+    let horizon = shared.now_ms().saturating_sub(idle_ms);
+    for entry in shared.resident.iter() {
+        let slot = entry.value();
+        if slot.last_access_ms.load(Ordering::Relaxed) < horizon
+            && slot.inflight.load(Ordering::Relaxed) == 0
+        {
+            if let Some(actor) = slot.actor.get() {
+                let _ = actor.send_message(AccountMsg::Passivate);
+            }
+        }
+    }
+}
+
+fn evict_least_recent(shared: &Shared) {
+    let cap = shared.config.resident_max;
+    let resident = shared.resident.len();
+    if resident <= cap {
+        return;
+    }
+    // Bring residency to 90% of the cap, oldest access first.
+    let target = resident - cap + cap / 10;
+    let mut candidates: Vec<(u64, ractor::ActorRef<AccountMsg>)> = shared
+        .resident
+        .iter()
+        .filter(|e| e.value().inflight.load(Ordering::Relaxed) == 0)
+        .filter_map(|e| {
+            let slot = e.value();
+            let actor = slot.actor.get()?.clone();
+            Some((slot.last_access_ms.load(Ordering::Relaxed), actor))
+        })
+        .collect();
+    let target = target.min(candidates.len());
+    if target == 0 {
+        return;
+    }
+    candidates.select_nth_unstable_by_key(target - 1, |(at, _)| *at);
+    for (_, actor) in candidates.into_iter().take(target) {
+        let _ = actor.send_message(AccountMsg::Passivate);
+    }
+}

@@ -1,0 +1,283 @@
+//! The on-disk format: segment file names, the segment header and record framing.
+//!
+//! Everything that knows a byte offset lives here, so a format change is a change to this file
+//! plus a bump of [`FORMAT_VERSION`]. The layout itself is described in the parent module's docs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::RECORD_BYTES_MAX;
+
+/// First eight bytes of every segment file.
+pub(crate) const MAGIC: [u8; 8] = *b"TALLYJNL";
+/// Version of the segment and record layout; bump it on any format change.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Segment header: magic (8) | version u32 LE (4) | first_seq u64 LE (8) | crc32c u32 LE (4).
+pub(crate) const HEADER_LEN: usize = 24;
+/// Record frame header: length u32 LE (4) | crc32c u32 LE (4) | seq u64 LE (8).
+pub(crate) const FRAME_HEADER_LEN: usize = 16;
+
+const SEGMENT_PREFIX: &str = "journal-";
+const SEGMENT_SUFFIX: &str = ".log";
+const SEGMENT_DIGITS: usize = 20;
+
+/// Name of the segment whose first record has sequence number `first_seq`.
+pub(crate) fn segment_file_name(first_seq: u64) -> String {
+    format!("{SEGMENT_PREFIX}{first_seq:020}{SEGMENT_SUFFIX}")
+}
+
+/// The first sequence number encoded in a segment file name, or `None` for any other file.
+pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name
+        .strip_prefix(SEGMENT_PREFIX)?
+        .strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEGMENT_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A segment file found in the journal directory.
+#[derive(Clone, Debug)]
+pub(crate) struct SegmentFile {
+    /// Sequence number of its first record, from the file name.
+    pub(crate) first_seq: u64,
+    /// Full path.
+    pub(crate) path: PathBuf,
+}
+
+/// Every segment file in `dir`, sorted by first sequence number. Other files are ignored.
+pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<SegmentFile>> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(first_seq) = name.to_str().and_then(parse_segment_file_name) else {
+            continue;
+        };
+        segments.push(SegmentFile {
+            first_seq,
+            path: entry.path(),
+        });
+    }
+    segments.sort_by_key(|segment| segment.first_seq);
+    Ok(segments)
+}
+
+/// The header of a segment whose first record is `first_seq`.
+pub(crate) fn encode_header(first_seq: u64) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[0..8].copy_from_slice(&MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[12..20].copy_from_slice(&first_seq.to_le_bytes());
+    let crc = crc32c::crc32c(&header[0..20]);
+    header[20..24].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Checks a segment header and returns the first sequence number it records.
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<u64, String> {
+    let header = bytes
+        .get(0..HEADER_LEN)
+        .ok_or_else(|| format!("header is {} bytes, expected {HEADER_LEN}", bytes.len()))?;
+    if header[0..8] != MAGIC {
+        return Err("bad magic: not a tally journal segment".to_owned());
+    }
+    let version = read_u32(header, 8);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "unsupported format version {version} (this build reads version {FORMAT_VERSION})"
+        ));
+    }
+    let crc_stored = read_u32(header, 20);
+    let crc_computed = crc32c::crc32c(&header[0..20]);
+    if crc_stored != crc_computed {
+        return Err(format!(
+            "header checksum mismatch (stored {crc_stored:#010x}, computed {crc_computed:#010x})"
+        ));
+    }
+    Ok(read_u64(header, 12))
+}
+
+/// Creates a new segment file holding only its header. With `sync`, the file and then the
+/// directory are fsynced so the new name survives a crash.
+pub(crate) fn create_segment(
+    dir: &Path,
+    first_seq: u64,
+    sync: bool,
+) -> io::Result<(File, PathBuf)> {
+    let path = dir.join(segment_file_name(first_seq));
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)?;
+    file.write_all(&encode_header(first_seq))?;
+    if sync {
+        file.sync_all()?;
+        sync_dir(dir)?;
+    }
+    Ok((file, path))
+}
+
+/// Fsyncs a directory, making file creations and removals in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Checksum of a frame: crc32c over the length, the sequence number and the payload (the frame
+/// minus its own checksum field). `frame` must hold at least [`FRAME_HEADER_LEN`] bytes.
+pub(crate) fn frame_checksum(frame: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(frame.get(0..4).unwrap_or_default());
+    let crc = crc32c::crc32c_append(crc, frame.get(8..FRAME_HEADER_LEN).unwrap_or_default());
+    crc32c::crc32c_append(crc, frame.get(FRAME_HEADER_LEN..).unwrap_or_default())
+}
+
+/// Appends an unsealed frame (checksum field zero) for `payload` to `buf`; [`seal_frame`] fills
+/// in the checksum later, on the committer thread, so appenders hold the queue lock only for a
+/// copy.
+pub(crate) fn push_unsealed_frame(buf: &mut Vec<u8>, seq: u64, len: u32, payload: &[u8]) {
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&[0u8; 4]);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// Writes the checksum of a complete frame into its checksum field.
+pub(crate) fn seal_frame(frame: &mut [u8]) {
+    let crc = frame_checksum(frame);
+    if let Some(field) = frame.get_mut(4..8) {
+        field.copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// Length and sequence number of the frame at `offset` of a buffer of frames written by this
+/// process (trusted: lengths are not re-validated against [`RECORD_BYTES_MAX`]).
+pub(crate) fn peek_frame(buf: &[u8], offset: usize) -> Option<(usize, u64)> {
+    let header = buf.get(offset..offset.checked_add(FRAME_HEADER_LEN)?)?;
+    let payload_len = usize::try_from(read_u32(header, 0)).ok()?;
+    let frame_len = FRAME_HEADER_LEN.checked_add(payload_len)?;
+    Some((frame_len, read_u64(header, 8)))
+}
+
+/// A frame that decoded and whose checksum matched.
+#[derive(Clone, Debug)]
+pub(crate) struct Frame {
+    /// Its sequence number.
+    pub(crate) seq: u64,
+    /// Where its payload lies in the buffer.
+    pub(crate) payload: Range<usize>,
+    /// Offset just past the frame.
+    pub(crate) end: usize,
+}
+
+/// Decodes and verifies the frame at `offset` of `buf`; the error says what is wrong with it.
+pub(crate) fn decode_frame(buf: &[u8], offset: usize) -> Result<Frame, String> {
+    let available = buf.len().saturating_sub(offset);
+    let header = offset
+        .checked_add(FRAME_HEADER_LEN)
+        .and_then(|end| buf.get(offset..end))
+        .ok_or_else(|| {
+            format!("incomplete record header ({available} of {FRAME_HEADER_LEN} bytes)")
+        })?;
+    let payload_len = read_u32(header, 0);
+    let seq = read_u64(header, 8);
+    let crc_stored = read_u32(header, 4);
+    let payload_len = usize::try_from(payload_len)
+        .ok()
+        .filter(|len| *len <= RECORD_BYTES_MAX)
+        .ok_or_else(|| {
+            format!("record length {payload_len} exceeds the maximum {RECORD_BYTES_MAX}")
+        })?;
+    let payload_start = offset
+        .checked_add(FRAME_HEADER_LEN)
+        .ok_or_else(|| "offset overflow".to_owned())?;
+    let end = payload_start
+        .checked_add(payload_len)
+        .ok_or_else(|| "offset overflow".to_owned())?;
+    let frame = buf.get(offset..end).ok_or_else(|| {
+        format!(
+            "incomplete record (needs {} bytes, {available} left in the file)",
+            FRAME_HEADER_LEN.saturating_add(payload_len)
+        )
+    })?;
+    let crc_computed = frame_checksum(frame);
+    if crc_stored != crc_computed {
+        return Err(format!(
+            "record checksum mismatch (stored {crc_stored:#010x}, computed {crc_computed:#010x})"
+        ));
+    }
+    Ok(Frame {
+        seq,
+        payload: payload_start..end,
+        end,
+    })
+}
+
+/// Offset of the first frame at or after `from` that decodes, verifies and has a sequence number
+/// of at least `seq_min`: evidence that the bytes before it are damage, not a torn tail.
+pub(crate) fn find_valid_frame(buf: &[u8], from: usize, seq_min: u64) -> Option<usize> {
+    let last_start = buf.len().checked_sub(FRAME_HEADER_LEN)?;
+    (from..=last_start).find(|offset| {
+        decode_frame(buf, *offset)
+            .map(|frame| frame.seq >= seq_min)
+            .unwrap_or(false)
+    })
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut out = [0u8; 4];
+    if let Some(src) = bytes.get(at..at.saturating_add(4)) {
+        out.copy_from_slice(src);
+    }
+    u32::from_le_bytes(out)
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut out = [0u8; 8];
+    if let Some(src) = bytes.get(at..at.saturating_add(8)) {
+        out.copy_from_slice(src);
+    }
+    u64::from_le_bytes(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip_and_sort_numerically() {
+        let name = segment_file_name(42);
+        assert_eq!(name, "journal-00000000000000000042.log");
+        assert_eq!(parse_segment_file_name(&name), Some(42));
+        assert_eq!(parse_segment_file_name("journal-42.log"), None);
+        assert_eq!(parse_segment_file_name("LOCK"), None);
+    }
+
+    #[test]
+    fn sealed_frame_decodes_and_a_flipped_bit_does_not() {
+        let mut buf = Vec::new();
+        push_unsealed_frame(&mut buf, 7, 3, b"abc");
+        seal_frame(&mut buf);
+        let frame = decode_frame(&buf, 0).map_err(|e| e.to_string());
+        assert!(matches!(
+            frame,
+            Ok(Frame {
+                seq: 7,
+                end: 19,
+                ..
+            })
+        ));
+        buf[17] ^= 1;
+        assert!(decode_frame(&buf, 0).is_err());
+    }
+
+    #[test]
+    fn header_round_trips() {
+        assert_eq!(decode_header(&encode_header(9)), Ok(9));
+        let mut header = encode_header(9);
+        header[13] ^= 1;
+        assert!(decode_header(&header).is_err());
+    }
+}

@@ -1,0 +1,681 @@
+//! The durable append-only journal: opaque records, numbered, group-committed, fail-stop.
+//!
+//! # Why it exists
+//!
+//! The journal is the truth (snapshots are a cache): a client hears `Ok` only after the record
+//! of its operation is on disk, and recovery replays the journal. Syncing every record alone
+//! would cap the engine at the disk's fsync rate (hundreds to a few thousand per second), so
+//! records are **group-committed**: one write and one `fdatasync` make a whole group durable.
+//! Appending never waits for the disk; the caller waits for the durable point instead
+//! ([`Journal::wait_durable`], [`Journal::durable`]), which is what lets an account actor take
+//! its next message while the previous one's record is being synced (pipelined durability).
+//! The journal stores opaque payloads: what a record means is the business of the layer above.
+//!
+//! # On-disk format (version 1)
+//!
+//! A journal is a directory holding a `LOCK` file and segment files named
+//! `journal-{first_seq:020}.log`, where `first_seq` is the sequence number of the segment's first
+//! record (zero-padded, so names sort in sequence order). Each segment is:
+//!
+//! ```text
+//! header (24 bytes): magic "TALLYJNL" | format version u32 LE (= 1) | first_seq u64 LE | crc32c u32 LE of the previous 20 bytes
+//! record*          : length u32 LE | crc32c u32 LE | seq u64 LE | payload (length bytes)
+//! ```
+//!
+//! A record's checksum is crc32c over its length, its sequence number and its payload (every
+//! frame byte except the checksum itself). Its payload is at most [`RECORD_BYTES_MAX`] bytes;
+//! empty payloads are allowed. The version lives in the header and is bumped on any format
+//! change; a segment of another version is refused as corrupt rather than misread.
+//!
+//! Creating a segment writes the header, fsyncs the file, then fsyncs the directory, so a
+//! segment name on disk never outlives its header. The committer rolls to a new segment before
+//! a group that would take the current one past [`JournalConfig::segment_bytes_max`] (a segment
+//! is therefore at most that big, unless a single group is bigger).
+//!
+//! # Sequence numbers
+//!
+//! [`Journal::append`] assigns the next sequence number: strictly increasing, without gaps, the
+//! first being one past the last record recovered (or `after + 1` for a fresh directory opened
+//! with [`Journal::open_after`]). Records reach the disk in sequence order, so the durable
+//! records are always a prefix `1..=durable.seq` of what was appended.
+//!
+//! # The committer
+//!
+//! One dedicated OS thread (blocking I/O has no business on an async runtime) loops: wait on a
+//! condition variable until records are queued; take them in FIFO order; for each group of at
+//! most [`JournalConfig::group_records_max`] records and [`JournalConfig::group_bytes_max`] bytes
+//! (at least one record), write it with one `write`, make it durable with one `fdatasync`
+//! ([`SyncMode::Data`]) and publish [`Durable`]`{ seq: last of the group }` on the watch.
+//! Appends that arrive during a sync queue up for the next group. Appenders only copy their
+//! frame into the queue under a mutex; the committer computes the checksums.
+//!
+//! # Limits
+//!
+//! A payload is at most [`RECORD_BYTES_MAX`] (1 MiB): larger gets [`JournalError::TooLarge`].
+//! At most [`JournalConfig::queue_records_max`] records and [`JournalConfig::queue_bytes_max`]
+//! frame bytes may be appended but not yet synced (queued or being written); an append past
+//! either gets [`JournalError::Full`] / [`JournalError::FullBytes`], which the caller turns into
+//! back-pressure (`Busy`). A single record is always admitted into an empty queue.
+//!
+//! # Fail-stop
+//!
+//! If a write or a sync fails, the journal can no longer tell what is on disk (after a failed
+//! `fsync` the kernel may have dropped the dirty pages), so it stops: the committer publishes
+//! `Durable { failed: Some(reason) }` with `seq` unchanged, drops the queued records (none was
+//! acknowledged) and exits; every later append gets [`JournalError::Failed`]. The durable point
+//! never advances past what was synced. Recovery is a restart: reopen the journal.
+//!
+//! # Recovery
+//!
+//! [`Journal::open`] takes an exclusive `flock` on `dir/LOCK` (a second opener, in this process
+//! or another, gets [`JournalError::Locked`]), then reads the segments in order and checks every
+//! record (header, length, checksum, sequence number), including those that
+//! [`Journal::open_after`] does not replay: verifying is cheap next to reading, and damage is
+//! better found now than when the snapshot that covers it is lost. The rules:
+//!
+//! - Sequence numbers are contiguous across segments; a gap or overlap is
+//!   [`JournalError::Corrupt`]. The first segment must start at or before the first record to
+//!   replay, or the open fails with [`JournalError::Trimmed`].
+//! - In the **newest** segment, a bad record (incomplete, or failing its checksum) after which
+//!   the rest of the file holds no valid record is a **torn tail**: the write of an
+//!   unacknowledged group was cut short (acknowledgements follow the sync). The file is
+//!   truncated at the start of that record, the bytes counted in
+//!   [`Recovery::torn_tail_bytes`] and logged with `tracing::warn!`. A newest segment whose
+//!   header is incomplete or invalid and that holds nothing else is treated the same way (its
+//!   header is rewritten).
+//! - A bad record followed by any later valid record, a bad record in an older segment, or a
+//!   checksum-valid record with the wrong sequence number is **corruption**: open fails with
+//!   [`JournalError::Corrupt`] naming the segment and the byte offset. Acknowledged data is never
+//!   dropped silently.
+//! - The newest segment is fsynced before the durable point is published as the last recovered
+//!   record: a record that reached the page cache but not the disk before a process crash is
+//!   made durable before anything is built on it.
+//!
+//! Open reads one segment at a time into memory, so its memory use is about one segment.
+
+pub mod ceiling;
+mod committer;
+mod format;
+mod recovery;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fs4::fs_std::FileExt;
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
+
+use committer::{Committer, CommitterConfig, Queue, Shared};
+
+/// Largest payload a record may carry, in bytes (1 MiB).
+pub const RECORD_BYTES_MAX: usize = 1 << 20;
+
+/// Name of the lock file inside the journal directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// How the committer makes a group durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `fdatasync` after every group: a published durable point survives power loss.
+    #[default]
+    Data,
+    /// No sync at all: the durable point only means "written to the OS". **Not durable**; for
+    /// benchmarks and tests that measure everything but the disk.
+    None,
+}
+
+/// Where a journal lives and the limits it runs under. [`JournalConfig::new`] gives defaults.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    /// Directory holding the segments and the lock file; created if missing.
+    pub dir: PathBuf,
+    /// A segment rolls over before a group that would take it past this many bytes. Default 64 MiB.
+    pub segment_bytes_max: u64,
+    /// Most records written and synced as one group. Default 4096.
+    pub group_records_max: usize,
+    /// Most bytes (frames included) written and synced as one group; a group holds at least one
+    /// record whatever its size. Default 4 MiB.
+    pub group_bytes_max: usize,
+    /// Most records appended but not yet synced; past it, appends get [`JournalError::Full`].
+    /// Default 262,144.
+    pub queue_records_max: usize,
+    /// Most frame bytes appended but not yet synced; past it, appends get
+    /// [`JournalError::FullBytes`]. Bounds the queue's memory. Default 64 MiB.
+    pub queue_bytes_max: usize,
+    /// How groups are made durable. Default [`SyncMode::Data`].
+    pub sync: SyncMode,
+    /// Test hook: the sync after this many successful syncs fails as if the disk had errored,
+    /// so that fail-stop can be tested. `None` in production.
+    #[doc(hidden)]
+    pub fail_after_syncs: Option<u64>,
+}
+
+impl JournalConfig {
+    /// Default limits for a journal in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_bytes_max: 64 << 20,
+            group_records_max: 4096,
+            group_bytes_max: 4 << 20,
+            queue_records_max: 262_144,
+            queue_bytes_max: 64 << 20,
+            sync: SyncMode::Data,
+            fail_after_syncs: None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), JournalError> {
+        let header_len = u64::try_from(format::HEADER_LEN).unwrap_or(u64::MAX);
+        let problem = if self.segment_bytes_max <= header_len {
+            Some(format!(
+                "segment_bytes_max = {} must exceed the {header_len}-byte segment header",
+                self.segment_bytes_max
+            ))
+        } else if self.group_records_max == 0 {
+            Some("group_records_max must be at least 1".to_owned())
+        } else if self.group_bytes_max == 0 {
+            Some("group_bytes_max must be at least 1".to_owned())
+        } else if self.queue_records_max == 0 {
+            Some("queue_records_max must be at least 1".to_owned())
+        } else if self.queue_bytes_max == 0 {
+            Some("queue_bytes_max must be at least 1".to_owned())
+        } else {
+            None
+        };
+        match problem {
+            Some(reason) => Err(JournalError::Config(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The durable point, published by the committer after every group's sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Durable {
+    /// Highest sequence number known durable; every record up to it is on disk.
+    pub seq: u64,
+    /// Set when the journal fail-stopped: the reason. `seq` no longer advances.
+    pub failed: Option<Arc<str>>,
+}
+
+/// What [`Journal::open`] found and replayed.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    /// Sequence number of the last record in the journal (`after` for a fresh directory); the
+    /// next append gets `last_seq + 1`.
+    pub last_seq: u64,
+    /// Records passed to the replay callback.
+    pub records: u64,
+    /// Records verified but not replayed because `seq <= after` ([`Journal::open_after`]).
+    pub records_skipped: u64,
+    /// Segment files in the journal after open.
+    pub segments: usize,
+    /// Bytes cut from the end of the newest segment as a torn tail (0 after a clean shutdown).
+    pub torn_tail_bytes: u64,
+    /// Time taken by open: scan, replay and truncation.
+    pub elapsed: Duration,
+}
+
+/// Everything that can go wrong with the journal. Messages name the file, offset or limit.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// An operating-system error on a journal file or directory.
+    #[error("journal I/O error: {op} {path}: {source}", path = .path.display())]
+    Io {
+        /// What was being done ("read", "create segment in", ...).
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another open journal (in this process or another) holds the directory's lock.
+    #[error(
+        "journal directory {dir} is locked by another open journal (exclusive lock on {dir}/{LOCK_FILE_NAME})",
+        dir = .dir.display()
+    )]
+    Locked {
+        /// The journal directory.
+        dir: PathBuf,
+    },
+    /// A segment holds damage that is not a torn tail; the journal refuses to open rather than
+    /// drop acknowledged records.
+    #[error(
+        "journal segment {segment} is corrupt at byte offset {offset}: {reason}; refusing to open",
+        segment = .segment.display()
+    )]
+    Corrupt {
+        /// The segment file.
+        segment: PathBuf,
+        /// Byte offset of the damage in that file.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Too many records appended but not yet synced.
+    #[error("journal queue is full: {queued} records are waiting to be synced, the limit is {limit} (queue_records_max)")]
+    Full {
+        /// Records appended but not yet synced.
+        queued: usize,
+        /// `queue_records_max`.
+        limit: usize,
+    },
+    /// Too many bytes appended but not yet synced.
+    #[error("journal queue is full: {bytes_queued} bytes are waiting to be synced, the limit is {bytes_max} (queue_bytes_max)")]
+    FullBytes {
+        /// Frame bytes appended but not yet synced.
+        bytes_queued: usize,
+        /// `queue_bytes_max`.
+        bytes_max: usize,
+    },
+    /// The journal fail-stopped after a failed write or sync; the reason names the file.
+    #[error("journal refuses appends: {0}")]
+    Failed(Arc<str>),
+    /// The payload exceeds [`RECORD_BYTES_MAX`].
+    #[error("journal record payload of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// The payload's length.
+        len: usize,
+        /// [`RECORD_BYTES_MAX`].
+        max: usize,
+    },
+    /// The replay callback rejected a record; open was aborted.
+    #[error("replay of journal record seq {seq} failed: {reason}")]
+    Replay {
+        /// The record's sequence number.
+        seq: u64,
+        /// The callback's error.
+        reason: String,
+    },
+    /// The journal's oldest record is newer than the first record the caller needs.
+    #[error(
+        "journal in {dir} starts at seq {first_seq} but replay must start at seq {next}: the \
+         records before were trimmed; open after a snapshot covering seq {covered}",
+        dir = .dir.display(),
+        next = .after.saturating_add(1),
+        covered = .first_seq.saturating_sub(1)
+    )]
+    Trimmed {
+        /// The journal directory.
+        dir: PathBuf,
+        /// Sequence number of the oldest record on disk.
+        first_seq: u64,
+        /// What the caller's snapshot covers (0 for [`Journal::open`]).
+        after: u64,
+    },
+    /// The configuration is unusable; the message names the field.
+    #[error("invalid journal configuration: {0}")]
+    Config(String),
+    /// The journal was closed.
+    #[error("journal is closed")]
+    Closed,
+}
+
+/// A handle to an open journal. Cheap to clone (an `Arc`), `Send + Sync`; the journal shuts
+/// down when [`Journal::close`] is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    lock_file: Mutex<Option<File>>,
+    trim: Mutex<()>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.inner.dir)
+            .field("last_seq", &self.last_seq())
+            .field("durable", &*self.inner.shared.durable_rx.borrow())
+            .finish()
+    }
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `config.dir`, takes an exclusive lock on
+    /// `dir/LOCK` (a second opener, also from another process, gets [`JournalError::Locked`]),
+    /// replays every valid record in sequence order through `on_record(seq, payload)` (an `Err`
+    /// from the callback aborts open with [`JournalError::Replay`]), truncates a torn tail (see
+    /// the module docs) and starts the committer thread.
+    pub fn open(
+        config: JournalConfig,
+        on_record: impl FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<(Journal, Recovery), JournalError> {
+        Self::open_after(config, 0, on_record)
+    }
+
+    /// Like [`Journal::open`], but replays only the records with `seq > after`: those a snapshot
+    /// covering `1..=after` does not hold. Records `<= after` are still read and
+    /// checksum-verified (counted in [`Recovery::records_skipped`]), so damage is found even in
+    /// a part a snapshot covers. The snapshot must cover only durable records; if the journal
+    /// ends before `after` the open fails with [`JournalError::Corrupt`], and if its oldest
+    /// segment starts after `after + 1` with [`JournalError::Trimmed`]. In an empty directory
+    /// the first append gets `after + 1`.
+    pub fn open_after(
+        config: JournalConfig,
+        after: u64,
+        mut on_record: impl FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<(Journal, Recovery), JournalError> {
+        let started = Instant::now();
+        config.validate()?;
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| JournalError::Io {
+            op: "create directory",
+            path: dir.clone(),
+            source,
+        })?;
+        let lock_file = lock_dir(&dir)?;
+        let sync = config.sync == SyncMode::Data;
+        let recovered = recovery::recover(&dir, after, sync, &mut on_record)?;
+
+        let last_seq = recovered.last_seq;
+        let (durable_tx, durable_rx) = watch::channel(Durable {
+            seq: last_seq,
+            failed: None,
+        });
+        let seq_next = last_seq.checked_add(1).ok_or_else(|| {
+            JournalError::Config(format!(
+                "the journal ends at seq {last_seq}: no sequence numbers left"
+            ))
+        })?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                bytes: Vec::new(),
+                seq_next,
+                seq_synced: last_seq,
+                bytes_unsynced: 0,
+                failed: None,
+                closing: false,
+                paused: false,
+            }),
+            work: Condvar::new(),
+            durable_rx,
+            queue_records_max: config.queue_records_max,
+            queue_bytes_max: config.queue_bytes_max,
+        });
+        let committer = Committer {
+            shared: Arc::clone(&shared),
+            durable_tx,
+            active: recovered.active,
+            config: CommitterConfig {
+                dir: dir.clone(),
+                segment_bytes_max: config.segment_bytes_max,
+                group_records_max: config.group_records_max,
+                group_bytes_max: config.group_bytes_max,
+                sync: config.sync,
+                fail_after_syncs: config.fail_after_syncs,
+            },
+            syncs_ok: 0,
+            batch: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("tally-journal".to_owned())
+            .spawn(move || committer.run())
+            .map_err(|source| JournalError::Io {
+                op: "spawn the committer thread for",
+                path: dir.clone(),
+                source,
+            })?;
+
+        let recovery = Recovery {
+            last_seq,
+            records: recovered.records_replayed,
+            records_skipped: recovered.records_skipped,
+            segments: recovered.segments,
+            torn_tail_bytes: recovered.torn_tail_bytes,
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            last_seq,
+            records_replayed = recovery.records,
+            records_skipped = recovery.records_skipped,
+            segments = recovery.segments,
+            torn_tail_bytes = recovery.torn_tail_bytes,
+            elapsed_ms = recovery.elapsed.as_millis(),
+            "journal: opened"
+        );
+        let journal = Journal {
+            inner: Arc::new(Inner {
+                shared,
+                dir,
+                committer: Mutex::new(Some(handle)),
+                lock_file: Mutex::new(Some(lock_file)),
+                trim: Mutex::new(()),
+            }),
+        };
+        Ok((journal, recovery))
+    }
+
+    /// Queues `payload` for the committer and returns its sequence number (the next one:
+    /// strictly increasing, no gaps). Never waits for the disk: wait for durability with
+    /// [`Journal::wait_durable`] or [`Journal::durable`]. Records reach the disk in sequence
+    /// order. Empty payloads are allowed.
+    ///
+    /// Errors: [`JournalError::TooLarge`] above [`RECORD_BYTES_MAX`]; [`JournalError::Full`] /
+    /// [`JournalError::FullBytes`] when the un-synced records reach the queue limits (back off
+    /// and retry); [`JournalError::Failed`] after fail-stop; [`JournalError::Closed`] after
+    /// close.
+    pub fn append(&self, payload: &[u8]) -> Result<u64, JournalError> {
+        let too_large = || JournalError::TooLarge {
+            len: payload.len(),
+            max: RECORD_BYTES_MAX,
+        };
+        if payload.len() > RECORD_BYTES_MAX {
+            return Err(too_large());
+        }
+        let len = u32::try_from(payload.len()).map_err(|_| too_large())?;
+        let frame_len = format::FRAME_HEADER_LEN.saturating_add(payload.len());
+        let shared = &self.inner.shared;
+
+        let mut queue = shared.queue.lock();
+        if let Some(reason) = &queue.failed {
+            return Err(JournalError::Failed(Arc::clone(reason)));
+        }
+        if queue.closing {
+            return Err(JournalError::Closed);
+        }
+        let queued = queue
+            .seq_next
+            .saturating_sub(1)
+            .saturating_sub(queue.seq_synced);
+        let queued = usize::try_from(queued).unwrap_or(usize::MAX);
+        if queued >= shared.queue_records_max {
+            return Err(JournalError::Full {
+                queued,
+                limit: shared.queue_records_max,
+            });
+        }
+        if queue.bytes_unsynced > 0
+            && queue.bytes_unsynced.saturating_add(frame_len) > shared.queue_bytes_max
+        {
+            return Err(JournalError::FullBytes {
+                bytes_queued: queue.bytes_unsynced,
+                bytes_max: shared.queue_bytes_max,
+            });
+        }
+        let seq = queue.seq_next;
+        let Some(seq_next) = seq.checked_add(1) else {
+            return Err(JournalError::Failed(Arc::from(
+                "sequence numbers exhausted",
+            )));
+        };
+        let was_empty = queue.bytes.is_empty();
+        format::push_unsealed_frame(&mut queue.bytes, seq, len, payload);
+        queue.seq_next = seq_next;
+        queue.bytes_unsynced = queue.bytes_unsynced.saturating_add(frame_len);
+        drop(queue);
+        if was_empty {
+            shared.work.notify_one();
+        }
+        Ok(seq)
+    }
+
+    /// A watch on the durable point; the committer updates it after each group's sync and on
+    /// fail-stop. The channel closes (`changed()` errs) once the committer has exited.
+    pub fn durable(&self) -> watch::Receiver<Durable> {
+        self.inner.shared.durable_rx.clone()
+    }
+
+    /// Waits until every record up to `seq` is durable. Errs with [`JournalError::Failed`] if
+    /// the journal fail-stopped first, or [`JournalError::Closed`] if it closed without `seq`
+    /// becoming durable (`seq` was never appended).
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), JournalError> {
+        let mut durable_rx = self.durable();
+        let waited = durable_rx
+            .wait_for(|durable| durable.seq >= seq || durable.failed.is_some())
+            .await
+            .map(|durable| durable.clone());
+        // On Err the committer has exited; its last publication is still readable.
+        let durable = match waited {
+            Ok(durable) => durable,
+            Err(_) => durable_rx.borrow().clone(),
+        };
+        if durable.seq >= seq {
+            Ok(())
+        } else if let Some(reason) = durable.failed {
+            Err(JournalError::Failed(reason))
+        } else {
+            Err(JournalError::Closed)
+        }
+    }
+
+    /// Deletes the whole segment files all of whose records have `seq < seq` (those a snapshot
+    /// covering `..seq` makes redundant), oldest first, never the newest (active) segment, and
+    /// returns how many were removed. The directory is fsynced after each removal, so a crash
+    /// leaves a contiguous suffix of segments.
+    pub fn trim_before(&self, seq: u64) -> Result<usize, JournalError> {
+        let _trim = self.inner.trim.lock();
+        {
+            let queue = self.inner.shared.queue.lock();
+            if queue.closing {
+                return Err(JournalError::Closed);
+            }
+        }
+        let dir = &self.inner.dir;
+        let segments = format::list_segments(dir).map_err(|source| JournalError::Io {
+            op: "list",
+            path: dir.clone(),
+            source,
+        })?;
+        let mut removed = 0usize;
+        // Segment i holds seq first_i ..= first_{i+1} - 1; it may go once first_{i+1} <= seq.
+        for pair in segments.windows(2) {
+            let [segment, next] = pair else { break };
+            if next.first_seq > seq {
+                break;
+            }
+            std::fs::remove_file(&segment.path).map_err(|source| JournalError::Io {
+                op: "remove segment",
+                path: segment.path.clone(),
+                source,
+            })?;
+            format::sync_dir(dir).map_err(|source| JournalError::Io {
+                op: "fsync directory",
+                path: dir.clone(),
+                source,
+            })?;
+            tracing::info!(segment = %segment.path.display(), "journal: trimmed segment");
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Stops accepting appends, syncs everything queued, joins the committer thread and
+    /// releases the lock. Other handles get [`JournalError::Closed`] from then on. Errs with
+    /// [`JournalError::Failed`] if the journal had fail-stopped (queued records were not
+    /// written).
+    pub fn close(self) -> Result<(), JournalError> {
+        self.inner.shutdown()
+    }
+
+    /// The last sequence number assigned (by an append, or recovered at open).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.shared.queue.lock().seq_next.saturating_sub(1)
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Test hook: while paused, the committer takes no new records (a group already taken
+    /// completes), so tests can fill the queue deterministically. Close overrides a pause.
+    #[doc(hidden)]
+    pub fn set_committer_paused(&self, paused: bool) {
+        self.inner.shared.queue.lock().paused = paused;
+        self.inner.shared.work.notify_one();
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) -> Result<(), JournalError> {
+        {
+            let mut queue = self.shared.queue.lock();
+            queue.closing = true;
+        }
+        self.shared.work.notify_one();
+        let handle = self.committer.lock().take();
+        let joined = match handle {
+            Some(handle) => handle.join().is_ok(),
+            None => true,
+        };
+        // The committer has exited: nothing writes to the directory any more.
+        drop(self.lock_file.lock().take());
+        if !joined {
+            return Err(JournalError::Failed(Arc::from(
+                "the journal committer thread panicked",
+            )));
+        }
+        match &self.shared.queue.lock().failed {
+            Some(reason) => Err(JournalError::Failed(Arc::clone(reason))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.committer.lock().is_none() {
+            return; // closed explicitly; close reported the outcome
+        }
+        if let Err(error) = self.shutdown() {
+            tracing::error!(dir = %self.dir.display(), %error, "journal: shut down with an error");
+        }
+    }
+}
+
+/// Creates `dir/LOCK` if needed and takes an exclusive `flock` on it, held until the returned
+/// file is dropped. The file holds the owner's process id, for people.
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let io = |op: &'static str| {
+        let path = path.clone();
+        move |source| JournalError::Io { op, path, source }
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io("open"))?;
+    if !FileExt::try_lock_exclusive(&file).map_err(io("lock"))? {
+        return Err(JournalError::Locked {
+            dir: dir.to_owned(),
+        });
+    }
+    file.set_len(0).map_err(io("truncate"))?;
+    writeln!(file, "pid {}", std::process::id()).map_err(io("write"))?;
+    Ok(file)
+}

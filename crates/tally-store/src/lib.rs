@@ -1,0 +1,93 @@
+//! tally-store: where tally's state lives between requests and across restarts.
+//!
+//! The engine knows storage only through the [`Store`] trait:
+//! - [`Store::append`] queues one journal [`Record`] and returns its sequence number at once; it
+//!   never waits for the disk. The journal is FIFO: sequence numbers are handed out in the order
+//!   records are queued, and the durable point only moves forward.
+//! - [`Store::durable`] watches the durable point. A caller is acknowledged only once the
+//!   durable point has reached its record's sequence number; if making a group durable fails the
+//!   point carries the failure and every later append is refused (fail-stop).
+//! - [`Store::load`] gives an account's state as the journal says it is: the newest snapshot plus
+//!   every record after it that touched the account. [`Store::save`] stores a snapshot (when an
+//!   account is passivated); snapshots are a cache, the journal is the truth.
+//!
+//! [`MemStore`] keeps all of it in memory: for tests, for embedding without durability, and as
+//! the engine's own ceiling in benchmarks. The [`journal`] module is the durable append-only log.
+
+pub mod journal;
+mod mem;
+
+use std::sync::Arc;
+
+use tally_core::{Account, AccountId, AccountSpec, Record};
+
+pub use mem::MemStore;
+
+/// The durable point of a store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurablePoint {
+    /// Every record with a sequence number up to this one is durable.
+    pub seq: u64,
+    /// Set once making a group durable failed: the store is fail-stopped and acknowledges
+    /// nothing more until reopened.
+    pub failed: Option<Arc<str>>,
+}
+
+/// Why a store refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The queue of records not yet durable is at its bound; try again shortly.
+    #[error("journal queue full: {queued} records waiting, limit {limit}")]
+    Full {
+        /// Records waiting.
+        queued: usize,
+        /// The bound.
+        limit: usize,
+    },
+    /// The store is fail-stopped after a write or sync failed.
+    #[error("storage failed: {0}")]
+    Failed(Arc<str>),
+    /// A read or snapshot failed.
+    #[error("storage error: {0}")]
+    Io(Arc<str>),
+    /// The stored data is not what was written (checksum, sequence or decoding failure).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(Arc<str>),
+}
+
+/// One record of an account's history, with its journal sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The journal sequence number.
+    pub seq: u64,
+    /// The record.
+    pub record: Record,
+}
+
+/// Durable state behind the engine. Implementations must be cheap to call from many threads.
+pub trait Store: Send + Sync + 'static {
+    /// Queues a record; returns its sequence number. Never waits for the disk.
+    fn append(&self, record: &Record) -> Result<u64, StoreError>;
+
+    /// A watch on the durable point.
+    fn durable(&self) -> tokio::sync::watch::Receiver<DurablePoint>;
+
+    /// Every account the store knows, with its specification (read once when the engine opens).
+    fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError>;
+
+    /// An account's state as of the last record appended for it, or `None` if it was never
+    /// opened.
+    fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError>;
+
+    /// Stores a snapshot of an account (its `last_seq` says which records it covers).
+    fn save(&self, account: &Account) -> Result<(), StoreError>;
+
+    /// Up to `limit` records that touched `id` (as the executing account or as a counterparty)
+    /// with a sequence number above `after_seq`, oldest first. Only durable records are listed.
+    fn history(
+        &self,
+        id: AccountId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
+}

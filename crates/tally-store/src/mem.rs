@@ -1,0 +1,204 @@
+//! The in-memory store: a journal in a `Vec`, snapshots in a map. Durable the moment a record is
+//! appended (there is no disk), so it measures the engine without storage.
+
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+use tally_core::{Account, AccountId, AccountSpec, Limits, Record};
+
+use crate::{DurablePoint, HistoryEntry, Store, StoreError};
+
+/// An in-memory [`Store`]. Cloning gives another handle to the same data, so a test can drop an
+/// engine without saving anything (as a crash would) and open a new one on the same journal.
+#[derive(Clone)]
+pub struct MemStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    limits: Limits,
+    journal: Mutex<Journal>,
+    snapshots: RwLock<HashMap<AccountId, Account>>,
+    durable: watch::Sender<DurablePoint>,
+    /// Test hook: refuse appends after this many.
+    fail_after: Option<u64>,
+}
+
+#[derive(Default)]
+struct Journal {
+    records: Vec<Record>,
+    /// Per account, the indexes (seq − 1) of the records that touched it.
+    by_account: HashMap<AccountId, Vec<u64>>,
+    failed: Option<Arc<str>>,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        Self::new(Limits::default())
+    }
+}
+
+impl MemStore {
+    /// An empty store whose replay uses `limits` (the engine's account limits).
+    pub fn new(limits: Limits) -> Self {
+        Self::build(limits, None)
+    }
+
+    /// A store that fail-stops on the append after `appends` successful ones, as a disk that
+    /// fails would: for testing fail-stop.
+    pub fn failing_after(limits: Limits, appends: u64) -> Self {
+        Self::build(limits, Some(appends))
+    }
+
+    fn build(limits: Limits, fail_after: Option<u64>) -> Self {
+        let (durable, _) = watch::channel(DurablePoint::default());
+        MemStore {
+            inner: Arc::new(Inner {
+                limits,
+                journal: Mutex::new(Journal::default()),
+                snapshots: RwLock::new(HashMap::new()),
+                durable,
+                fail_after,
+            }),
+        }
+    }
+
+    /// Every record appended so far, in sequence order (the first has sequence number 1).
+    pub fn records(&self) -> Vec<Record> {
+        self.inner.journal.lock().records.clone()
+    }
+
+    /// Rebuilds one account from its snapshot and the journal after it.
+    fn rebuild(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        let snapshot = self.inner.snapshots.read().get(&id).cloned();
+        let journal = self.inner.journal.lock();
+        let Some(indexes) = journal.by_account.get(&id) else {
+            return Ok(snapshot);
+        };
+        let mut account = snapshot;
+        for &index in indexes {
+            let seq = index + 1;
+            let record = usize::try_from(index)
+                .ok()
+                .and_then(|i| journal.records.get(i))
+                .ok_or_else(|| StoreError::Corrupt(format!("missing record {seq}").into()))?;
+            account = replay_one(account, record, seq, id, &self.inner.limits)?;
+        }
+        Ok(account)
+    }
+}
+
+/// Applies one record to the state of account `id` (`None` until its `Opened` record).
+pub(crate) fn replay_one(
+    account: Option<Account>,
+    record: &Record,
+    seq: u64,
+    id: AccountId,
+    limits: &Limits,
+) -> Result<Option<Account>, StoreError> {
+    match account {
+        Some(mut account) if seq > account.last_seq() => {
+            if record.account == id {
+                account.apply(record, seq, limits);
+            } else {
+                account.apply_leg(record, seq);
+            }
+            Ok(Some(account))
+        }
+        Some(account) => Ok(Some(account)),
+        None => Account::from_open_record(record, seq)
+            .map(Some)
+            .ok_or_else(|| {
+                StoreError::Corrupt(
+                    format!("record {seq} touches {id} before it was opened").into(),
+                )
+            }),
+    }
+}
+
+impl Store for MemStore {
+    fn append(&self, record: &Record) -> Result<u64, StoreError> {
+        let mut journal = self.inner.journal.lock();
+        if let Some(reason) = &journal.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        let index = journal.records.len() as u64;
+        if self.inner.fail_after.is_some_and(|n| index >= n) {
+            let reason: Arc<str> = Arc::from("injected failure: the store refuses writes");
+            journal.failed = Some(reason.clone());
+            self.inner
+                .durable
+                .send_modify(|d| d.failed = Some(reason.clone()));
+            return Err(StoreError::Failed(reason));
+        }
+        journal.records.push(record.clone());
+        journal
+            .by_account
+            .entry(record.account)
+            .or_default()
+            .push(index);
+        if let Some(leg) = record.leg() {
+            let other = match leg {
+                tally_core::Leg::Credit(id, _) | tally_core::Leg::Debit(id, _) => id,
+            };
+            journal.by_account.entry(other).or_default().push(index);
+        }
+        let seq = index + 1;
+        self.inner.durable.send_modify(|d| d.seq = seq);
+        Ok(seq)
+    }
+
+    fn durable(&self) -> watch::Receiver<DurablePoint> {
+        self.inner.durable.subscribe()
+    }
+
+    fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError> {
+        let journal = self.inner.journal.lock();
+        Ok(journal
+            .records
+            .iter()
+            .filter_map(|r| match r.change {
+                tally_core::Change::Opened { spec } => Some((r.account, spec)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        self.rebuild(id)
+    }
+
+    fn save(&self, account: &Account) -> Result<(), StoreError> {
+        self.inner
+            .snapshots
+            .write()
+            .insert(account.id, account.clone());
+        Ok(())
+    }
+
+    fn history(
+        &self,
+        id: AccountId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let journal = self.inner.journal.lock();
+        let Some(indexes) = journal.by_account.get(&id) else {
+            return Ok(Vec::new());
+        };
+        let start = indexes.partition_point(|&i| i + 1 <= after_seq);
+        Ok(indexes[start..]
+            .iter()
+            .take(limit)
+            .filter_map(|&i| {
+                let record = journal.records.get(usize::try_from(i).ok()?)?;
+                Some(HistoryEntry {
+                    seq: i + 1,
+                    record: record.clone(),
+                })
+            })
+            .collect())
+    }
+}

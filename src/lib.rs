@@ -1,0 +1,54 @@
+//! # tally
+//!
+//! An accounting engine for services that sell metered work: reserve funds before the work,
+//! commit the actual cost only if it succeeded, void or refund otherwise. Exact to the microcent
+//! (integers only), impossible to overspend (one actor per account decides, one request at a
+//! time), and nothing is acknowledged before it is durable.
+//!
+//! This crate is the facade: it re-exports the embedding API of [`tally_engine`], the domain
+//! types of [`tally_core`] and the stores of [`tally_store`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use tally::{AccountId, AccountSpec, OpId, ReserveRequest, Tally};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tally::Error> {
+//! let tally = Tally::in_memory().await?;
+//! let (bank, app, user) = (AccountId(1), AccountId(2), AccountId(3));
+//! tally.open_account(bank, AccountSpec::funding()).await?;
+//! tally.open_account(app, AccountSpec::revenue()).await?;
+//! tally.open_account(user, AccountSpec::user()).await?;
+//!
+//! // $1.00 = 100,000,000 µ¢
+//! tally.fund(OpId(1), user, bank, 100_000_000).await?;
+//!
+//! // Hold an estimate, do the work, commit what it actually cost.
+//! let request = ReserveRequest::new(user, app, 2_000_000).timeout(Duration::from_secs(30));
+//! let mut hold = tally.hold(OpId(2), request).await?;
+//! let committed = hold.commit(OpId(3), 1_400).await?;
+//! assert_eq!(committed.amount_posted.get(), 1_400);
+//!
+//! assert_eq!(tally.balance(user).await?.available, 100_000_000 - 1_400);
+//! assert!(tally.audit().await?.ok());
+//! # Ok(())
+//! # }
+//! ```
+
+pub use tally_core::{
+    audit, Account, AccountFlags, AccountId, AccountKind, AccountSpec, Amount, AuditReport,
+    Balance, Change, Command, Hold, HoldId, HoldStatus, Limits, OpId, Outcome, Posting, PostingId,
+    Record, Request, Timestamp, Violation, CHECK_MINIMUM_DEFAULT,
+};
+pub use tally_engine::{
+    Clock, Committed, EngineConfig, Error, HistoryPage, HoldGuard, ManualClock, ReserveRequest,
+    SystemClock, Tally, HISTORY_PAGE_MAX,
+};
+pub use tally_store::{DurablePoint, HistoryEntry, MemStore, Store, StoreError};
+
+/// The domain errors of the ledger (`tally::Error::Ledger` wraps them).
+pub use tally_core::Error as LedgerError;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
