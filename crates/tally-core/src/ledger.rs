@@ -237,7 +237,7 @@ impl Account {
     /// The record that expires a pending hold whose deadline has passed, if `hold` is one.
     pub fn expire_record(&self, hold: u64, now: Timestamp) -> Option<Record> {
         let found = self.holds.get(&hold)?;
-        (found.status == HoldStatus::Pending && found.expires_at <= now).then(|| Record {
+        (found.status == HoldStatus::Pending && found.expires_at <= now).then_some(Record {
             account: self.id,
             op: None,
             at: now,

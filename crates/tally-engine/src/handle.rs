@@ -294,11 +294,25 @@ impl Tally {
         value: u64,
         endpoint: impl Into<String>,
     ) -> Result<PostingId, Error> {
+        self.charge_with(op, account, app, value, endpoint, String::new())
+            .await
+    }
+
+    /// [`Tally::charge`] with metadata.
+    pub async fn charge_with(
+        &self,
+        op: OpId,
+        account: AccountId,
+        app: AccountId,
+        value: u64,
+        endpoint: impl Into<String>,
+        metadata: impl Into<String>,
+    ) -> Result<PostingId, Error> {
         let command = Command::Charge {
             app,
             amount: amount(value)?,
             endpoint: endpoint.into(),
-            metadata: String::new(),
+            metadata: metadata.into(),
         };
         match self.execute(account, Request { op, command }).await? {
             Outcome::Charged { posting } => Ok(posting),

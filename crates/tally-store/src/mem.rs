@@ -188,7 +188,7 @@ impl Store for MemStore {
         let Some(indexes) = journal.by_account.get(&id) else {
             return Ok(Vec::new());
         };
-        let start = indexes.partition_point(|&i| i + 1 <= after_seq);
+        let start = indexes.partition_point(|&i| i < after_seq);
         Ok(indexes[start..]
             .iter()
             .take(limit)

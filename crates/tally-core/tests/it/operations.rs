@@ -41,13 +41,20 @@ fn reserve_moves_the_amount_from_available_to_pending() {
     let expires_at = T0.plus_ms(TIMEOUT_MS);
     assert_eq!(outcome, Outcome::Reserved { hold, expires_at });
     assert_eq!(w.bal(USER), bal(1_000, 300, 700));
-    assert_eq!(w.bal(APP), bal(0, 0, 0), "the app gets nothing until the commit");
+    assert_eq!(
+        w.bal(APP),
+        bal(0, 0, 0),
+        "the app gets nothing until the commit"
+    );
     let h = w.account(USER).hold(hold.seq).unwrap();
     assert_eq!(
         (h.amount, h.app, h.status, h.expires_at, h.created_at),
         (amt(300), APP, HoldStatus::Pending, expires_at, T0)
     );
-    assert_eq!((h.endpoint.as_str(), h.metadata.as_str()), (ENDPOINT, METADATA));
+    assert_eq!(
+        (h.endpoint.as_str(), h.metadata.as_str()),
+        (ENDPOINT, METADATA)
+    );
     assert_eq!(w.account(USER).next_deadline(), Some(expires_at));
     assert_eq!(w.account(USER).pending_holds().count(), 1);
 }
@@ -79,7 +86,10 @@ fn full_commit_posts_the_whole_hold_to_the_app() {
         (h.status, h.amount_posted, h.posting, h.resolved_at),
         (HoldStatus::Posted, amt(300), Some(posting), Some(T0))
     );
-    assert_eq!(w.account(USER).posting(posting.seq).unwrap().amount, amt(300));
+    assert_eq!(
+        w.account(USER).posting(posting.seq).unwrap().amount,
+        amt(300)
+    );
     assert_eq!(w.account(USER).next_deadline(), None);
 }
 
@@ -123,7 +133,10 @@ fn void_releases_the_whole_hold_and_posts_nothing() {
     assert_eq!(w.bal(USER), bal(1_000, 0, 1_000));
     assert_eq!(w.bal(APP), bal(0, 0, 0));
     let h = w.account(USER).hold(hold.seq).unwrap();
-    assert_eq!((h.status, h.amount_posted), (HoldStatus::Voided, Amount::ZERO));
+    assert_eq!(
+        (h.status, h.amount_posted),
+        (HoldStatus::Voided, Amount::ZERO)
+    );
 }
 
 #[test]
@@ -206,7 +219,10 @@ fn full_refund_returns_the_whole_posting_from_the_app() {
     assert_eq!(outcome, Outcome::Refunded { posting });
     assert_eq!(w.bal(USER), bal(1_000, 0, 1_000));
     assert_eq!(w.bal(APP), bal(0, 0, 0));
-    assert_eq!(w.account(USER).posting(posting.seq).unwrap().refundable(), Amount::ZERO);
+    assert_eq!(
+        w.account(USER).posting(posting.seq).unwrap().refundable(),
+        Amount::ZERO
+    );
 }
 
 #[test]
@@ -382,5 +398,9 @@ fn holds_and_postings_number_from_one_shared_sequence() {
 
     assert_eq!((h1.seq, p2.seq, p3.seq, h4.seq), (1, 2, 3, 4));
     w.fund(USER2, 10);
-    assert_eq!(w.reserve(USER2, 10).seq, 1, "another account numbers its own");
+    assert_eq!(
+        w.reserve(USER2, 10).seq,
+        1,
+        "another account numbers its own"
+    );
 }

@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 
 use tally_core::{
-    audit, Account, AccountId, AccountSpec, Amount, AuditReport, Command, Counterparty,
-    DecideCtx, Decision, Error, HoldId, Leg, Limits, OpId, Outcome, PostingId, Record, Request,
-    Timestamp,
+    audit, Account, AccountId, AccountSpec, Amount, AuditReport, Command, Counterparty, DecideCtx,
+    Decision, Error, HoldId, Leg, Limits, OpId, Outcome, PostingId, Record, Request, Timestamp,
 };
 
 /// A customer.
@@ -281,8 +280,15 @@ impl World {
             Err(error) => error,
             Ok(outcome) => panic!("{shown} succeeded: {outcome:?}"),
         };
-        assert_eq!(self.accounts, accounts, "the rejected {shown} changed an account");
-        assert_eq!(self.journal.len(), journal_len, "the rejected {shown} was journaled");
+        assert_eq!(
+            self.accounts, accounts,
+            "the rejected {shown} changed an account"
+        );
+        assert_eq!(
+            self.journal.len(),
+            journal_len,
+            "the rejected {shown} was journaled"
+        );
         error
     }
 

@@ -172,44 +172,69 @@ pub(crate) struct Frame {
     pub(crate) end: usize,
 }
 
+/// Why a frame failed to decode. Cheap to build: recovery's torn-tail scan tries every offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// Fewer than [`FRAME_HEADER_LEN`] bytes remain.
+    IncompleteHeader { available: usize },
+    /// The length field exceeds [`RECORD_BYTES_MAX`].
+    TooLong { len: u32 },
+    /// The file ends inside the payload.
+    IncompletePayload { needed: usize, available: usize },
+    /// The checksum does not match.
+    Checksum { stored: u32, computed: u32 },
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::IncompleteHeader { available } => write!(
+                f,
+                "incomplete record header ({available} of {FRAME_HEADER_LEN} bytes)"
+            ),
+            Self::TooLong { len } => {
+                write!(
+                    f,
+                    "record length {len} exceeds the maximum {RECORD_BYTES_MAX}"
+                )
+            }
+            Self::IncompletePayload { needed, available } => write!(
+                f,
+                "incomplete record (needs {needed} bytes, {available} left in the file)"
+            ),
+            Self::Checksum { stored, computed } => write!(
+                f,
+                "record checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            ),
+        }
+    }
+}
+
 /// Decodes and verifies the frame at `offset` of `buf`; the error says what is wrong with it.
-pub(crate) fn decode_frame(buf: &[u8], offset: usize) -> Result<Frame, String> {
+pub(crate) fn decode_frame(buf: &[u8], offset: usize) -> Result<Frame, FrameError> {
     let available = buf.len().saturating_sub(offset);
-    let header = offset
-        .checked_add(FRAME_HEADER_LEN)
-        .and_then(|end| buf.get(offset..end))
-        .ok_or_else(|| {
-            format!("incomplete record header ({available} of {FRAME_HEADER_LEN} bytes)")
-        })?;
-    let payload_len = read_u32(header, 0);
-    let seq = read_u64(header, 8);
-    let crc_stored = read_u32(header, 4);
-    let payload_len = usize::try_from(payload_len)
+    let payload_start = offset.saturating_add(FRAME_HEADER_LEN);
+    let header = buf
+        .get(offset..payload_start)
+        .ok_or(FrameError::IncompleteHeader { available })?;
+    let len = read_u32(header, 0);
+    let payload_len = usize::try_from(len)
         .ok()
-        .filter(|len| *len <= RECORD_BYTES_MAX)
-        .ok_or_else(|| {
-            format!("record length {payload_len} exceeds the maximum {RECORD_BYTES_MAX}")
-        })?;
-    let payload_start = offset
-        .checked_add(FRAME_HEADER_LEN)
-        .ok_or_else(|| "offset overflow".to_owned())?;
-    let end = payload_start
-        .checked_add(payload_len)
-        .ok_or_else(|| "offset overflow".to_owned())?;
-    let frame = buf.get(offset..end).ok_or_else(|| {
-        format!(
-            "incomplete record (needs {} bytes, {available} left in the file)",
-            FRAME_HEADER_LEN.saturating_add(payload_len)
-        )
+        .filter(|payload_len| *payload_len <= RECORD_BYTES_MAX)
+        .ok_or(FrameError::TooLong { len })?;
+    // Cannot overflow: `payload_start <= buf.len()` and `payload_len <= RECORD_BYTES_MAX`.
+    let end = payload_start.saturating_add(payload_len);
+    let frame = buf.get(offset..end).ok_or(FrameError::IncompletePayload {
+        needed: FRAME_HEADER_LEN.saturating_add(payload_len),
+        available,
     })?;
-    let crc_computed = frame_checksum(frame);
-    if crc_stored != crc_computed {
-        return Err(format!(
-            "record checksum mismatch (stored {crc_stored:#010x}, computed {crc_computed:#010x})"
-        ));
+    let stored = read_u32(header, 4);
+    let computed = frame_checksum(frame);
+    if stored != computed {
+        return Err(FrameError::Checksum { stored, computed });
     }
     Ok(Frame {
-        seq,
+        seq: read_u64(header, 8),
         payload: payload_start..end,
         end,
     })
@@ -260,7 +285,7 @@ mod tests {
         let mut buf = Vec::new();
         push_unsealed_frame(&mut buf, 7, 3, b"abc");
         seal_frame(&mut buf);
-        let frame = decode_frame(&buf, 0).map_err(|e| e.to_string());
+        let frame = decode_frame(&buf, 0);
         assert!(matches!(
             frame,
             Ok(Frame {

@@ -101,22 +101,15 @@ pub(crate) fn recover(
 
     for (index, segment) in segments.iter().enumerate() {
         let is_last = index + 1 == segment_count;
-        let outcome = scan_segment(
-            segment,
-            is_last,
-            seq_expected,
-            after,
-            &mut |seq, payload| {
-                if seq > after {
-                    on_record(seq, payload)
-                        .map_err(|reason| JournalError::Replay { seq, reason })?;
-                    records_replayed += 1;
-                } else {
-                    records_skipped += 1;
-                }
-                Ok(())
-            },
-        )?;
+        let outcome = scan_segment(segment, is_last, seq_expected, &mut |seq, payload| {
+            if seq > after {
+                on_record(seq, payload).map_err(|reason| JournalError::Replay { seq, reason })?;
+                records_replayed += 1;
+            } else {
+                records_skipped += 1;
+            }
+            Ok(())
+        })?;
         seq_expected = outcome.seq_next;
         if is_last {
             torn_tail_bytes = outcome.torn_tail_bytes;
@@ -176,7 +169,6 @@ fn scan_segment(
     segment: &SegmentFile,
     is_last: bool,
     seq_expected: u64,
-    after: u64,
     on_record: &mut VisitFn<'_>,
 ) -> Result<SegmentOutcome, JournalError> {
     let path = &segment.path;
@@ -254,7 +246,7 @@ fn scan_segment(
                     ),
                 ))
             }
-            Err(reason) => reason,
+            Err(error) => error.to_string(),
         };
         if !is_last {
             return Err(corrupt(
@@ -275,7 +267,6 @@ fn scan_segment(
             offset,
             torn_tail_bytes = torn,
             %bad_reason,
-            after,
             "journal: truncating a torn tail (never acknowledged: acks follow the sync)"
         );
         truncate(path, offset_u64(offset))?;

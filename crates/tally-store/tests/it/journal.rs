@@ -419,6 +419,38 @@ fn garbage_appended_after_last_record_is_treated_as_torn_tail() {
 }
 
 #[test]
+fn zero_filled_tail_is_a_torn_tail() {
+    // What a crash can leave when the file size reached the disk but the data did not.
+    let dir = tempdir();
+    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    append_synced(&journal, 3);
+    journal.close().unwrap();
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let len = fs::metadata(&segment).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len + (64 << 10))
+        .unwrap();
+
+    let (_journal, recovery, records) = open(JournalConfig::new(dir.path()));
+    assert_records(&records, 1..=3);
+    assert_eq!(recovery.torn_tail_bytes, 64 << 10);
+    assert_eq!(fs::metadata(&segment).unwrap().len(), len);
+}
+
+#[test]
+fn journal_handles_and_waits_cross_threads() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    fn assert_send<T: Send>(_: &T) {}
+    let dir = tempdir();
+    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    assert_send_sync(&journal);
+    assert_send(&journal.wait_durable(1));
+}
+
+#[test]
 fn corrupt_record_in_the_middle_refuses_to_open() {
     let dir = tempdir();
     let (journal, _, _) = open(JournalConfig::new(dir.path()));
@@ -662,7 +694,9 @@ fn ceilings_measure_and_clean_up() {
 const CRASH_DIR_ENV: &str = "TALLY_JOURNAL_CRASH_WRITER_DIR";
 
 /// Not a test on its own: the writer half of [`acknowledged_records_survive_sigkill`], run in a
-/// child process. Appends batches of records and prints `ACK seq` for each once it is durable.
+/// child process. Appends batches of records, pipelined (batch k+1 is queued before batch k is
+/// waited for, so a group is always in flight), and prints `ACK seq` for each record once it is
+/// durable.
 #[test]
 fn crash_writer_child() {
     let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
@@ -673,23 +707,27 @@ fn crash_writer_child() {
         .build()
         .unwrap();
     let mut stdout = std::io::stdout();
+    stdout.write_all(b"\n").unwrap(); // end the test harness's line
     let started = Instant::now();
     let mut seq_next = recovery.last_seq + 1;
+    let mut unacked_from = seq_next;
     let mut batch = 1u64;
     while started.elapsed() < Duration::from_secs(20) {
-        let first = seq_next;
+        let batch_first = seq_next;
         for _ in 0..batch {
             assert_eq!(journal.append(&payload(seq_next)).unwrap(), seq_next);
             seq_next += 1;
         }
+        // Acknowledge the previous batch; this one stays in flight.
         runtime
-            .block_on(journal.wait_durable(seq_next - 1))
+            .block_on(journal.wait_durable(batch_first - 1))
             .unwrap();
-        let acks: String = (first..seq_next)
+        let acks: String = (unacked_from..batch_first)
             .map(|seq| format!("ACK {seq}\n"))
             .collect();
         stdout.write_all(acks.as_bytes()).unwrap();
         stdout.flush().unwrap();
+        unacked_from = batch_first;
         batch = batch % 64 + 1;
     }
 }
@@ -741,6 +779,12 @@ fn acknowledged_records_survive_sigkill() {
 
     let (_journal, recovery, records) = open(JournalConfig::new(dir.path()));
     let acked_max = *acked.iter().max().unwrap();
+    eprintln!(
+        "sigkill: {} acknowledged (max {acked_max}), journal ends at {}, torn tail {} bytes",
+        acked.len(),
+        recovery.last_seq,
+        recovery.torn_tail_bytes
+    );
     assert!(
         recovery.last_seq >= acked_max,
         "acknowledged seq {acked_max} lost: journal ends at {}",

@@ -1,0 +1,10 @@
+//! tally's integration tests: the embedding API end to end, one binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod concurrency;
+mod holds;
+mod idempotency;
+mod lifecycle;
+mod operations;
+mod rejections;
+mod support;

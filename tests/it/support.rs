@@ -1,0 +1,98 @@
+//! A small world: a funding account, an app, two users.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tally::{
+    AccountId, AccountSpec, EngineConfig, ManualClock, MemStore, OpId, Tally, Timestamp,
+};
+
+pub const BANK: AccountId = AccountId(1);
+pub const APP: AccountId = AccountId(2);
+pub const ALICE: AccountId = AccountId(10);
+pub const BOB: AccountId = AccountId(11);
+
+/// A fresh operation id per call.
+pub fn op() -> OpId {
+    static NEXT: AtomicU64 = AtomicU64::new(1_000_000);
+    OpId(u128::from(NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+pub struct World {
+    pub tally: Tally,
+    pub store: MemStore,
+    pub clock: ManualClock,
+    pub config: EngineConfig,
+}
+
+pub fn config(clock: &ManualClock) -> EngineConfig {
+    EngineConfig {
+        clock: Arc::new(clock.clone()),
+        ..EngineConfig::default()
+    }
+}
+
+impl World {
+    /// Bank, app, Alice funded with `alice_funds`, Bob with nothing.
+    pub async fn new(alice_funds: u64) -> World {
+        let clock = ManualClock::new(Timestamp(1_700_000_000_000));
+        World::with_config(alice_funds, config(&clock), clock).await
+    }
+
+    pub async fn with_config(alice_funds: u64, config: EngineConfig, clock: ManualClock) -> World {
+        let store = MemStore::new(config.limits.clone());
+        let tally = Tally::open(Arc::new(store.clone()), config.clone())
+            .await
+            .unwrap();
+        tally.open_account(BANK, AccountSpec::funding()).await.unwrap();
+        tally.open_account(APP, AccountSpec::revenue()).await.unwrap();
+        tally.open_account(ALICE, AccountSpec::user()).await.unwrap();
+        tally.open_account(BOB, AccountSpec::user()).await.unwrap();
+        if alice_funds > 0 {
+            tally.fund(op(), ALICE, BANK, alice_funds).await.unwrap();
+        }
+        World {
+            tally,
+            store,
+            clock,
+            config,
+        }
+    }
+
+    /// A new engine on the same store, as after a crash (nothing saved on the way down).
+    pub async fn reopen(self) -> World {
+        let World {
+            tally,
+            store,
+            clock,
+            config,
+        } = self;
+        drop(tally);
+        let tally = Tally::open(Arc::new(store.clone()), config.clone())
+            .await
+            .unwrap();
+        World {
+            tally,
+            store,
+            clock,
+            config,
+        }
+    }
+
+    pub async fn available(&self, account: AccountId) -> i128 {
+        self.tally.balance(account).await.unwrap().available
+    }
+
+    pub async fn assert_books_balance(&self) {
+        let report = self.tally.audit().await.unwrap();
+        assert!(report.ok(), "audit failed: {report:?}");
+    }
+}
+
+/// The ledger error inside an engine error.
+pub fn ledger(e: tally::Error) -> tally::LedgerError {
+    match e {
+        tally::Error::Ledger(e) => e,
+        other => panic!("expected a ledger error, got {other:?}"),
+    }
+}
