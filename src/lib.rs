@@ -44,7 +44,11 @@ pub use tally_engine::{
     Clock, Committed, EngineConfig, Error, HistoryPage, HoldGuard, ManualClock, ReserveRequest,
     SystemClock, Tally, HISTORY_PAGE_MAX,
 };
-pub use tally_store::{DurablePoint, HistoryEntry, MemStore, Store, StoreError};
+pub use tally_store::journal::SyncMode;
+pub use tally_store::{
+    DurableConfig, DurablePoint, DurableRecovery, DurableStore, HistoryEntry, MemStore, Store,
+    StoreError,
+};
 
 /// The domain errors of the ledger (`tally::Error::Ledger` wraps them).
 pub use tally_core::Error as LedgerError;

@@ -20,17 +20,35 @@ async fn sixty_four_tasks_on_one_account_never_overspend() {
             for i in 0..60u64 {
                 let amount = 1_000 + (task * 7 + i * 13) % 5_000;
                 let result = match (task + i) % 4 {
-                    0 => tally.charge(op(), ALICE, APP, amount, "").await.map(|_| amount),
-                    1 => match tally.reserve(op(), ReserveRequest::new(ALICE, APP, amount)).await {
-                        Ok(hold) => tally.commit(op(), hold, amount / 2 + 1).await.map(|c| c.amount_posted.get()),
+                    0 => tally
+                        .charge(op(), ALICE, APP, amount, "")
+                        .await
+                        .map(|_| amount),
+                    1 => match tally
+                        .reserve(op(), ReserveRequest::new(ALICE, APP, amount))
+                        .await
+                    {
+                        Ok(hold) => tally
+                            .commit(op(), hold, amount / 2 + 1)
+                            .await
+                            .map(|c| c.amount_posted.get()),
                         Err(e) => Err(e),
                     },
-                    2 => match tally.reserve(op(), ReserveRequest::new(ALICE, APP, amount)).await {
+                    2 => match tally
+                        .reserve(op(), ReserveRequest::new(ALICE, APP, amount))
+                        .await
+                    {
                         Ok(hold) => tally.void(op(), hold).await.map(|_| 0),
                         Err(e) => Err(e),
                     },
-                    _ => match tally.reserve(op(), ReserveRequest::new(ALICE, APP, amount)).await {
-                        Ok(hold) => tally.commit(op(), hold, amount).await.map(|c| c.amount_posted.get()),
+                    _ => match tally
+                        .reserve(op(), ReserveRequest::new(ALICE, APP, amount))
+                        .await
+                    {
+                        Ok(hold) => tally
+                            .commit(op(), hold, amount)
+                            .await
+                            .map(|c| c.amount_posted.get()),
                         Err(e) => Err(e),
                     },
                 };
@@ -52,11 +70,17 @@ async fn sixty_four_tasks_on_one_account_never_overspend() {
     }
     let posted = posted.load(Ordering::Relaxed);
     assert!(posted <= FUNDS, "posted {posted} of {FUNDS}");
-    assert!(refused.load(Ordering::Relaxed) > 0, "the workload should exhaust the funds");
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "the workload should exhaust the funds"
+    );
     let alice = w.tally.balance(ALICE).await.unwrap();
     assert_eq!(alice.debits_pending, 0);
     assert_eq!(alice.available, i128::from(FUNDS - posted));
-    assert_eq!(w.tally.balance(APP).await.unwrap().posted, i128::from(posted));
+    assert_eq!(
+        w.tally.balance(APP).await.unwrap().posted,
+        i128::from(posted)
+    );
     w.assert_books_balance().await;
 }
 
@@ -69,7 +93,11 @@ async fn opposite_transfers_between_two_accounts_do_not_deadlock() {
         let tally = w.tally.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..50 {
-                let (from, to) = if task % 2 == 0 { (ALICE, BOB) } else { (BOB, ALICE) };
+                let (from, to) = if task % 2 == 0 {
+                    (ALICE, BOB)
+                } else {
+                    (BOB, ALICE)
+                };
                 match tally.transfer(op(), from, to, 97).await {
                     Ok(()) | Err(Error::Ledger(LedgerError::InsufficientFunds { .. })) => {}
                     Err(e) => panic!("{e}"),
@@ -78,7 +106,9 @@ async fn opposite_transfers_between_two_accounts_do_not_deadlock() {
         }));
     }
     let all = futures_join(tasks);
-    tokio::time::timeout(Duration::from_secs(60), all).await.expect("transfers deadlocked");
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("transfers deadlocked");
     let (a, b) = (w.available(ALICE).await, w.available(BOB).await);
     assert_eq!(a + b, 100_000);
     w.assert_books_balance().await;
@@ -94,7 +124,11 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
 async fn commits_and_voids_racing_on_one_hold_resolve_it_exactly_once() {
     let w = World::new(10_000).await;
     for _ in 0..20 {
-        let hold = w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 100)).await.unwrap();
+        let hold = w
+            .tally
+            .reserve(op(), ReserveRequest::new(ALICE, APP, 100))
+            .await
+            .unwrap();
         let racers: Vec<_> = (0..8)
             .map(|i| {
                 let tally = w.tally.clone();

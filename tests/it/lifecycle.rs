@@ -9,7 +9,11 @@ use crate::support::*;
 #[tokio::test]
 async fn reopening_after_a_crash_recovers_every_acknowledged_change() {
     let w = World::new(10_000).await;
-    let hold = w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 1_000)).await.unwrap();
+    let hold = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 1_000))
+        .await
+        .unwrap();
     let posting = w.tally.charge(op(), ALICE, APP, 2_000, "").await.unwrap();
     w.tally.refund(op(), posting, 500).await.unwrap();
     w.tally.transfer(op(), ALICE, BOB, 300).await.unwrap();
@@ -41,7 +45,10 @@ async fn idle_accounts_are_passivated_and_come_back_unchanged() {
     let request = ReserveRequest::new(ALICE, APP, 1_000).timeout(Duration::from_secs(3_600));
     w.tally.reserve(op(), request).await.unwrap();
     let before = w.tally.account(ALICE).await.unwrap();
-    assert!(w.tally.resident_accounts() >= 2, "alice and the bank are resident");
+    assert!(
+        w.tally.resident_accounts() >= 2,
+        "alice and the bank are resident"
+    );
     w.clock.advance(60_000);
     for _ in 0..200 {
         if w.tally.resident_accounts() == 0 {
@@ -49,7 +56,11 @@ async fn idle_accounts_are_passivated_and_come_back_unchanged() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(w.tally.resident_accounts(), 0, "idle accounts should have been passivated");
+    assert_eq!(
+        w.tally.resident_accounts(),
+        0,
+        "idle accounts should have been passivated"
+    );
     let after = w.tally.account(ALICE).await.unwrap();
     assert_eq!(after.balance(), before.balance());
     assert_eq!(after.pending_holds().count(), 1);
@@ -66,10 +77,17 @@ async fn resident_accounts_stay_near_the_cap() {
     let w = World::with_config(0, config, clock).await;
     for i in 0..200u64 {
         let id = tally::AccountId(1_000 + i);
-        w.tally.open_account(id, tally::AccountSpec::user()).await.unwrap();
+        w.tally
+            .open_account(id, tally::AccountSpec::user())
+            .await
+            .unwrap();
         w.tally.fund(op(), id, BANK, 10).await.unwrap();
         w.clock.advance(1);
-        assert!(w.tally.resident_accounts() <= 30, "resident {} past the hard bound", w.tally.resident_accounts());
+        assert!(
+            w.tally.resident_accounts() <= 30,
+            "resident {} past the hard bound",
+            w.tally.resident_accounts()
+        );
     }
     for i in 0..200u64 {
         assert_eq!(w.available(tally::AccountId(1_000 + i)).await, 10);
@@ -80,11 +98,18 @@ async fn resident_accounts_stay_near_the_cap() {
 #[tokio::test]
 async fn a_panicked_account_is_restarted_from_its_last_state() {
     let w = World::new(10_000).await;
-    let hold = w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 1_000)).await.unwrap();
+    let hold = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 1_000))
+        .await
+        .unwrap();
     let before = w.tally.account(ALICE).await.unwrap();
     w.tally.inject_panic(ALICE).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(w.tally.account(ALICE).await.unwrap().balance(), before.balance());
+    assert_eq!(
+        w.tally.account(ALICE).await.unwrap().balance(),
+        before.balance()
+    );
     w.tally.commit(op(), hold, 400).await.unwrap();
     assert_eq!(w.available(ALICE).await, 9_600);
     w.assert_books_balance().await;
@@ -108,12 +133,19 @@ async fn past_the_per_account_limit_requests_are_refused_as_overloaded() {
     for task in tasks {
         match task.await.unwrap() {
             Ok(_) => ok += 1,
-            Err(Error::Overloaded { scope: "account", limit: 2 }) => overloaded += 1,
+            Err(Error::Overloaded {
+                scope: "account",
+                limit: 2,
+            }) => overloaded += 1,
             Err(e) => panic!("{e}"),
         }
     }
     assert_eq!(ok + overloaded, 64);
-    assert_eq!(w.available(ALICE).await, 1_000_000 - ok, "an overloaded request changed the balance");
+    assert_eq!(
+        w.available(ALICE).await,
+        1_000_000 - ok,
+        "an overloaded request changed the balance"
+    );
 }
 
 #[tokio::test]
@@ -129,7 +161,15 @@ async fn past_the_engine_limit_requests_are_refused_as_overloaded() {
     let (a, b) = tokio::join!(first, second);
     let overloaded = [&a, &b]
         .iter()
-        .filter(|r| matches!(r, Err(Error::Overloaded { scope: "engine", limit: 1 })))
+        .filter(|r| {
+            matches!(
+                r,
+                Err(Error::Overloaded {
+                    scope: "engine",
+                    limit: 1
+                })
+            )
+        })
         .count();
     assert_eq!(overloaded, 1, "{a:?} {b:?}");
 }
@@ -140,10 +180,22 @@ async fn a_failing_store_fail_stops_and_acknowledges_nothing_more() {
     // Four accounts opened and one funding: the sixth append fails.
     let store = MemStore::failing_after(config.limits.clone(), 5);
     let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
-    tally.open_account(BANK, tally::AccountSpec::funding()).await.unwrap();
-    tally.open_account(APP, tally::AccountSpec::revenue()).await.unwrap();
-    tally.open_account(ALICE, tally::AccountSpec::user()).await.unwrap();
-    tally.open_account(BOB, tally::AccountSpec::user()).await.unwrap();
+    tally
+        .open_account(BANK, tally::AccountSpec::funding())
+        .await
+        .unwrap();
+    tally
+        .open_account(APP, tally::AccountSpec::revenue())
+        .await
+        .unwrap();
+    tally
+        .open_account(ALICE, tally::AccountSpec::user())
+        .await
+        .unwrap();
+    tally
+        .open_account(BOB, tally::AccountSpec::user())
+        .await
+        .unwrap();
     tally.fund(op(), ALICE, BANK, 1_000).await.unwrap();
     let err = tally.charge(op(), ALICE, APP, 10, "").await.unwrap_err();
     assert!(matches!(err, Error::StorageFailed { .. }), "{err:?}");
@@ -159,7 +211,10 @@ async fn shutdown_drains_snapshots_and_refuses_new_requests() {
     w.tally.charge(op(), ALICE, APP, 1_000, "").await.unwrap();
     let other = w.tally.clone();
     w.tally.clone().shutdown().await.unwrap();
-    assert_eq!(other.charge(op(), ALICE, APP, 1, "").await.unwrap_err(), Error::Shutdown);
+    assert_eq!(
+        other.charge(op(), ALICE, APP, 1, "").await.unwrap_err(),
+        Error::Shutdown
+    );
     let w = w.reopen().await;
     assert_eq!(w.available(ALICE).await, 4_000);
     w.assert_books_balance().await;

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod concurrency;
+mod durable;
 mod holds;
 mod idempotency;
 mod lifecycle;

@@ -15,8 +15,16 @@ where
     let records_before = w.store.records().len();
     let err = action().await.expect_err("the request should be refused");
     assert_eq!(ledger(err), expected);
-    assert_eq!(snapshot(w).await, before, "a refused request changed an account");
-    assert_eq!(w.store.records().len(), records_before, "a refused request was journaled");
+    assert_eq!(
+        snapshot(w).await,
+        before,
+        "a refused request changed an account"
+    );
+    assert_eq!(
+        w.store.records().len(),
+        records_before,
+        "a refused request was journaled"
+    );
 }
 
 async fn snapshot(w: &World) -> Vec<tally::Account> {
@@ -30,11 +38,18 @@ async fn snapshot(w: &World) -> Vec<tally::Account> {
 #[tokio::test]
 async fn zero_amounts_are_rejected_for_every_operation() {
     let w = World::new(10_000).await;
-    let hold = w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 100)).await.unwrap();
+    let hold = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 100))
+        .await
+        .unwrap();
     let posting = w.tally.charge(op(), ALICE, APP, 100, "").await.unwrap();
     let zero = LedgerError::ZeroAmount { field: "amount" };
     rejected(&w, zero.clone(), || w.tally.fund(op(), ALICE, BANK, 0)).await;
-    rejected(&w, zero.clone(), || w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 0))).await;
+    rejected(&w, zero.clone(), || {
+        w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 0))
+    })
+    .await;
     rejected(&w, zero.clone(), || w.tally.commit(op(), hold, 0)).await;
     rejected(&w, zero.clone(), || w.tally.charge(op(), ALICE, APP, 0, "")).await;
     rejected(&w, zero.clone(), || w.tally.refund(op(), posting, 0)).await;
@@ -48,10 +63,17 @@ async fn u64_max_and_amounts_past_the_operation_limit_are_rejected() {
         amount,
         max: i64::MAX as u64,
     };
-    rejected(&w, too_large(u64::MAX), || w.tally.fund(op(), ALICE, BANK, u64::MAX)).await;
-    rejected(&w, too_large(1 << 63), || w.tally.charge(op(), ALICE, APP, 1 << 63, "")).await;
     rejected(&w, too_large(u64::MAX), || {
-        w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, u64::MAX))
+        w.tally.fund(op(), ALICE, BANK, u64::MAX)
+    })
+    .await;
+    rejected(&w, too_large(1 << 63), || {
+        w.tally.charge(op(), ALICE, APP, 1 << 63, "")
+    })
+    .await;
+    rejected(&w, too_large(u64::MAX), || {
+        w.tally
+            .reserve(op(), ReserveRequest::new(ALICE, APP, u64::MAX))
     })
     .await;
 }
@@ -74,8 +96,14 @@ async fn unknown_accounts_are_rejected() {
     let ghost = AccountId(999);
     let unknown = LedgerError::UnknownAccount { account: ghost };
     rejected(&w, unknown.clone(), || w.tally.fund(op(), ALICE, ghost, 5)).await;
-    rejected(&w, unknown.clone(), || w.tally.charge(op(), ALICE, ghost, 5, "")).await;
-    rejected(&w, unknown.clone(), || w.tally.transfer(op(), ALICE, ghost, 5)).await;
+    rejected(&w, unknown.clone(), || {
+        w.tally.charge(op(), ALICE, ghost, 5, "")
+    })
+    .await;
+    rejected(&w, unknown.clone(), || {
+        w.tally.transfer(op(), ALICE, ghost, 5)
+    })
+    .await;
     rejected(&w, unknown.clone(), || w.tally.balance(ghost)).await;
     rejected(&w, unknown, || w.tally.fund(op(), ghost, BANK, 5)).await;
 }
@@ -85,19 +113,31 @@ async fn wrong_account_kinds_are_rejected() {
     let w = World::new(10_000).await;
     rejected(
         &w,
-        LedgerError::WrongAccountKind { account: BOB, actual: "user", expected: "a funding account" },
+        LedgerError::WrongAccountKind {
+            account: BOB,
+            actual: "user",
+            expected: "a funding account",
+        },
         || w.tally.fund(op(), ALICE, BOB, 5),
     )
     .await;
     rejected(
         &w,
-        LedgerError::WrongAccountKind { account: BOB, actual: "user", expected: "a revenue account" },
+        LedgerError::WrongAccountKind {
+            account: BOB,
+            actual: "user",
+            expected: "a revenue account",
+        },
         || w.tally.reserve(op(), ReserveRequest::new(ALICE, BOB, 5)),
     )
     .await;
     rejected(
         &w,
-        LedgerError::WrongAccountKind { account: APP, actual: "revenue", expected: "a user account" },
+        LedgerError::WrongAccountKind {
+            account: APP,
+            actual: "revenue",
+            expected: "a user account",
+        },
         || w.tally.charge(op(), APP, APP, 5, ""),
     )
     .await;
@@ -106,31 +146,66 @@ async fn wrong_account_kinds_are_rejected() {
 #[tokio::test]
 async fn reopening_an_account_with_another_spec_is_rejected() {
     let w = World::new(0).await;
-    w.tally.open_account(ALICE, AccountSpec::user()).await.unwrap();
-    rejected(&w, LedgerError::AccountExists { account: ALICE, field: "kind" }, || {
-        w.tally.open_account(ALICE, AccountSpec::revenue())
-    })
+    w.tally
+        .open_account(ALICE, AccountSpec::user())
+        .await
+        .unwrap();
+    rejected(
+        &w,
+        LedgerError::AccountExists {
+            account: ALICE,
+            field: "kind",
+        },
+        || w.tally.open_account(ALICE, AccountSpec::revenue()),
+    )
     .await;
 }
 
 #[tokio::test]
 async fn unknown_holds_and_holds_of_other_accounts_are_rejected() {
     let w = World::new(10_000).await;
-    let missing = HoldId { account: ALICE, seq: 77 };
-    rejected(&w, LedgerError::UnknownHold { hold: missing }, || w.tally.commit(op(), missing, 1)).await;
-    rejected(&w, LedgerError::UnknownHold { hold: missing }, || w.tally.void(op(), missing)).await;
-    let hold = w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 100)).await.unwrap();
-    let elsewhere = HoldId { account: BOB, seq: hold.seq };
-    rejected(&w, LedgerError::UnknownHold { hold: elsewhere }, || w.tally.commit(op(), elsewhere, 1)).await;
+    let missing = HoldId {
+        account: ALICE,
+        seq: 77,
+    };
+    rejected(&w, LedgerError::UnknownHold { hold: missing }, || {
+        w.tally.commit(op(), missing, 1)
+    })
+    .await;
+    rejected(&w, LedgerError::UnknownHold { hold: missing }, || {
+        w.tally.void(op(), missing)
+    })
+    .await;
+    let hold = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 100))
+        .await
+        .unwrap();
+    let elsewhere = HoldId {
+        account: BOB,
+        seq: hold.seq,
+    };
+    rejected(&w, LedgerError::UnknownHold { hold: elsewhere }, || {
+        w.tally.commit(op(), elsewhere, 1)
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn commit_above_the_held_amount_is_rejected() {
     let w = World::new(10_000).await;
-    let hold = w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 100)).await.unwrap();
+    let hold = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 100))
+        .await
+        .unwrap();
     rejected(
         &w,
-        LedgerError::CommitExceedsHold { hold, held: 100, requested: 101 },
+        LedgerError::CommitExceedsHold {
+            hold,
+            held: 100,
+            requested: 101,
+        },
         || w.tally.commit(op(), hold, 101),
     )
     .await;
@@ -139,9 +214,16 @@ async fn commit_above_the_held_amount_is_rejected() {
 #[tokio::test]
 async fn a_second_commit_is_rejected() {
     let w = World::new(10_000).await;
-    let hold = w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 100)).await.unwrap();
+    let hold = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 100))
+        .await
+        .unwrap();
     w.tally.commit(op(), hold, 60).await.unwrap();
-    let resolved = LedgerError::HoldAlreadyResolved { hold, status: HoldStatus::Posted };
+    let resolved = LedgerError::HoldAlreadyResolved {
+        hold,
+        status: HoldStatus::Posted,
+    };
     rejected(&w, resolved.clone(), || w.tally.commit(op(), hold, 40)).await;
     rejected(&w, resolved, || w.tally.void(op(), hold)).await;
 }
@@ -149,11 +231,18 @@ async fn a_second_commit_is_rejected() {
 #[tokio::test]
 async fn commit_after_void_is_rejected() {
     let w = World::new(10_000).await;
-    let hold = w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 100)).await.unwrap();
+    let hold = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 100))
+        .await
+        .unwrap();
     w.tally.void(op(), hold).await.unwrap();
     rejected(
         &w,
-        LedgerError::HoldAlreadyResolved { hold, status: HoldStatus::Voided },
+        LedgerError::HoldAlreadyResolved {
+            hold,
+            status: HoldStatus::Voided,
+        },
         || w.tally.commit(op(), hold, 10),
     )
     .await;
@@ -166,34 +255,62 @@ async fn refund_above_what_was_posted_is_rejected() {
     w.tally.refund(op(), posting, 200).await.unwrap();
     rejected(
         &w,
-        LedgerError::RefundExceedsPosting { posting, refundable: 100, requested: 101 },
+        LedgerError::RefundExceedsPosting {
+            posting,
+            refundable: 100,
+            requested: 101,
+        },
         || w.tally.refund(op(), posting, 101),
     )
     .await;
-    let missing = PostingId { account: ALICE, seq: 999 };
-    rejected(&w, LedgerError::UnknownPosting { posting: missing }, || w.tally.refund(op(), missing, 1)).await;
+    let missing = PostingId {
+        account: ALICE,
+        seq: 999,
+    };
+    rejected(&w, LedgerError::UnknownPosting { posting: missing }, || {
+        w.tally.refund(op(), missing, 1)
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn insufficient_funds_counts_the_holds_still_pending() {
     let w = World::new(1_000).await;
-    w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 600)).await.unwrap();
-    w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 300)).await.unwrap();
+    w.tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 600))
+        .await
+        .unwrap();
+    w.tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 300))
+        .await
+        .unwrap();
     rejected(
         &w,
-        LedgerError::InsufficientFunds { account: ALICE, available: 100, requested: 101 },
+        LedgerError::InsufficientFunds {
+            account: ALICE,
+            available: 100,
+            requested: 101,
+        },
         || w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 101)),
     )
     .await;
     rejected(
         &w,
-        LedgerError::InsufficientFunds { account: ALICE, available: 100, requested: 200 },
+        LedgerError::InsufficientFunds {
+            account: ALICE,
+            available: 100,
+            requested: 200,
+        },
         || w.tally.charge(op(), ALICE, APP, 200, ""),
     )
     .await;
     rejected(
         &w,
-        LedgerError::InsufficientFunds { account: ALICE, available: 100, requested: 150 },
+        LedgerError::InsufficientFunds {
+            account: ALICE,
+            available: 100,
+            requested: 150,
+        },
         || w.tally.transfer(op(), ALICE, BOB, 150),
     )
     .await;
@@ -202,7 +319,10 @@ async fn insufficient_funds_counts_the_holds_still_pending() {
 #[tokio::test]
 async fn transfer_to_the_same_account_is_rejected() {
     let w = World::new(1_000).await;
-    rejected(&w, LedgerError::SameAccount { account: ALICE }, || w.tally.transfer(op(), ALICE, ALICE, 1)).await;
+    rejected(&w, LedgerError::SameAccount { account: ALICE }, || {
+        w.tally.transfer(op(), ALICE, ALICE, 1)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -211,20 +331,45 @@ async fn oversized_fields_and_bad_timeouts_are_rejected() {
     let long = "x".repeat(129);
     rejected(
         &w,
-        LedgerError::FieldTooLong { field: "endpoint", len: 129, max: 128 },
-        || w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 1).endpoint(long.clone())),
+        LedgerError::FieldTooLong {
+            field: "endpoint",
+            len: 129,
+            max: 128,
+        },
+        || {
+            w.tally.reserve(
+                op(),
+                ReserveRequest::new(ALICE, APP, 1).endpoint(long.clone()),
+            )
+        },
     )
     .await;
     rejected(
         &w,
-        LedgerError::FieldTooLong { field: "metadata", len: 2_000, max: 1_024 },
-        || w.tally.charge_with(op(), ALICE, APP, 1, "", "m".repeat(2_000)),
+        LedgerError::FieldTooLong {
+            field: "metadata",
+            len: 2_000,
+            max: 1_024,
+        },
+        || {
+            w.tally
+                .charge_with(op(), ALICE, APP, 1, "", "m".repeat(2_000))
+        },
     )
     .await;
     rejected(
         &w,
-        LedgerError::InvalidTimeout { timeout_ms: 0, min_ms: 1, max_ms: 7 * 24 * 3_600_000 },
-        || w.tally.reserve(op(), ReserveRequest::new(ALICE, APP, 1).timeout(std::time::Duration::ZERO)),
+        LedgerError::InvalidTimeout {
+            timeout_ms: 0,
+            min_ms: 1,
+            max_ms: 7 * 24 * 3_600_000,
+        },
+        || {
+            w.tally.reserve(
+                op(),
+                ReserveRequest::new(ALICE, APP, 1).timeout(std::time::Duration::ZERO),
+            )
+        },
     )
     .await;
 }

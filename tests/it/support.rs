@@ -3,9 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tally::{
-    AccountId, AccountSpec, EngineConfig, ManualClock, MemStore, OpId, Tally, Timestamp,
-};
+use tally::{AccountId, AccountSpec, EngineConfig, ManualClock, MemStore, OpId, Tally, Timestamp};
 
 pub const BANK: AccountId = AccountId(1);
 pub const APP: AccountId = AccountId(2);
@@ -44,9 +42,18 @@ impl World {
         let tally = Tally::open(Arc::new(store.clone()), config.clone())
             .await
             .unwrap();
-        tally.open_account(BANK, AccountSpec::funding()).await.unwrap();
-        tally.open_account(APP, AccountSpec::revenue()).await.unwrap();
-        tally.open_account(ALICE, AccountSpec::user()).await.unwrap();
+        tally
+            .open_account(BANK, AccountSpec::funding())
+            .await
+            .unwrap();
+        tally
+            .open_account(APP, AccountSpec::revenue())
+            .await
+            .unwrap();
+        tally
+            .open_account(ALICE, AccountSpec::user())
+            .await
+            .unwrap();
         tally.open_account(BOB, AccountSpec::user()).await.unwrap();
         if alice_funds > 0 {
             tally.fund(op(), ALICE, BANK, alice_funds).await.unwrap();

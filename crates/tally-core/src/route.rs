@@ -27,3 +27,11 @@ impl Account {
         other.filter(|id| *id != self.id)
     }
 }
+
+impl Account {
+    /// The outcome and journal sequence number of an operation this account executed, if it
+    /// still remembers the operation id (see [`crate::Limits::idempotency_keys_max`]).
+    pub fn remembered(&self, op: crate::OpId) -> Option<(crate::Outcome, u64)> {
+        self.remembered.get(&op).map(|r| (r.outcome, r.seq))
+    }
+}

@@ -20,6 +20,7 @@ pub(crate) enum Query {
     Balance,
     Check(Amount),
     Hold(u64),
+    Op(tally_core::OpId),
     State,
 }
 
@@ -28,6 +29,7 @@ pub(crate) enum Answer {
     Balance(Balance),
     Check(bool),
     Hold(Option<Hold>),
+    Op(Option<Outcome>),
     State(Box<Account>),
 }
 
@@ -122,6 +124,7 @@ fn read(slot: &Slot, query: Query) -> Reply<Answer> {
         Query::Balance => Answer::Balance(account.balance()),
         Query::Check(minimum) => Answer::Check(account.check(minimum)),
         Query::Hold(seq) => Answer::Hold(account.hold(seq).cloned()),
+        Query::Op(op) => Answer::Op(account.remembered(op).map(|(outcome, _)| outcome)),
         Query::State => Answer::State(Box::new(account.clone())),
     };
     Reply {

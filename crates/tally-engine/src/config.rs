@@ -25,6 +25,9 @@ pub struct EngineConfig {
     pub idle_passivate_after: Duration,
     /// How often the supervisor looks for idle accounts.
     pub supervisor_tick: Duration,
+    /// How often changed resident accounts are snapshotted and the journal trimmed (checked on
+    /// each supervisor tick). Longer: less snapshot work; shorter: a shorter journal to replay.
+    pub checkpoint_interval: Duration,
     /// The clock (inject a [`crate::ManualClock`] in tests).
     pub clock: Arc<dyn Clock>,
 }
@@ -38,6 +41,7 @@ impl Default for EngineConfig {
             resident_max: 100_000,
             idle_passivate_after: Duration::from_secs(60),
             supervisor_tick: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
         }
     }
@@ -52,6 +56,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("resident_max", &self.resident_max)
             .field("idle_passivate_after", &self.idle_passivate_after)
             .field("supervisor_tick", &self.supervisor_tick)
+            .field("checkpoint_interval", &self.checkpoint_interval)
             .finish_non_exhaustive()
     }
 }

@@ -58,7 +58,7 @@ impl From<tally_store::StoreError> for Error {
                 limit,
             },
             S::Failed(reason) => Error::StorageFailed { reason },
-            S::Io(reason) | S::Corrupt(reason) => Error::Storage { reason },
+            S::Io(reason) | S::Corrupt(reason) | S::Locked(reason) => Error::Storage { reason },
         }
     }
 }

@@ -14,7 +14,7 @@ use tally_core::{
     AccountId, AccountSpec, Amount, AuditReport, Balance, Command, Hold, HoldId, OpId, Outcome,
     PostingId, Request, Timestamp, CHECK_MINIMUM_DEFAULT,
 };
-use tally_store::{HistoryEntry, MemStore, Store};
+use tally_store::{DurableConfig, DurableRecovery, DurableStore, HistoryEntry, MemStore, Store};
 
 use crate::actor::{AccountMsg, Answer, Query};
 use crate::guard::HoldGuard;
@@ -143,6 +143,22 @@ impl Tally {
         Tally::open(Arc::new(MemStore::new(config.limits.clone())), config).await
     }
 
+    /// Opens an engine on the durable store in `dir` (journal + sled snapshots), recovering it.
+    pub async fn open_durable(
+        dir: impl Into<std::path::PathBuf>,
+        config: EngineConfig,
+    ) -> Result<(Tally, DurableRecovery), Error> {
+        let mut store_config = DurableConfig::new(dir);
+        store_config.limits = config.limits.clone();
+        let (store, recovery) =
+            tokio::task::spawn_blocking(move || DurableStore::open(store_config))
+                .await
+                .map_err(|e| Error::Internal {
+                    reason: format!("opening the store: {e}").into(),
+                })??;
+        Ok((Tally::open(Arc::new(store), config).await?, recovery))
+    }
+
     /// Opens an engine on `store`, recovering the accounts it knows.
     pub async fn open(store: Arc<dyn Store>, config: EngineConfig) -> Result<Tally, Error> {
         let started = std::time::Instant::now();
@@ -192,9 +208,16 @@ impl Tally {
             let record = tally_core::Account::open_record(id, spec, self.shared.config.clock.now());
             let seq = self.shared.store.append(&record)?;
             self.shared.directory.insert(id, spec);
-            seq
+            (record, seq)
         };
-        self.shared.wait_durable(seq).await
+        let (record, seq) = seq;
+        self.shared.wait_durable(seq).await?;
+        // Its first snapshot, so the journal need not keep the Opened record of an account that
+        // is never used (the store never replaces a newer snapshot with this one).
+        if let Some(account) = tally_core::Account::from_open_record(&record, seq) {
+            self.shared.store.save(&account)?;
+        }
+        Ok(())
     }
 
     /// Credits `account` from the funding account `from` (a top-up).
@@ -383,6 +406,17 @@ impl Tally {
         }
     }
 
+    /// The outcome of an operation `account` executed, if it still remembers its id (within
+    /// the idempotency retention): how a client or a crash test confirms an operation landed.
+    pub async fn find_op(&self, account: AccountId, op: OpId) -> Result<Option<Outcome>, Error> {
+        match self.read(account, || Query::Op(op)).await? {
+            Answer::Op(found) => Ok(found),
+            _ => Err(Error::Internal {
+                reason: "unexpected answer to find_op".into(),
+            }),
+        }
+    }
+
     /// The account's full state (holds, postings, totals).
     pub async fn account(&self, account: AccountId) -> Result<tally_core::Account, Error> {
         match self.read(account, || Query::State).await? {
@@ -492,6 +526,14 @@ impl Tally {
                 result = Err(e.into());
             }
             self.shared.retire(&slot, &mut state);
+        }
+        if result.is_ok() {
+            result = self
+                .shared
+                .store
+                .checkpoint()
+                .map(drop)
+                .map_err(Error::from);
         }
         stop_all(&self.shared);
         result

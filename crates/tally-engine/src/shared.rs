@@ -40,6 +40,8 @@ pub(crate) struct Slot {
     pub(crate) actor: OnceLock<ActorRef<AccountMsg>>,
     pub(crate) inflight: AtomicUsize,
     pub(crate) last_access_ms: AtomicU64,
+    /// The `last_seq` of the account's newest saved snapshot (0: none saved since activation).
+    pub(crate) snapshot_seq: AtomicU64,
 }
 
 /// A reply from an account actor: the result and the journal sequence number the caller must
@@ -140,6 +142,7 @@ impl Shared {
             actor: OnceLock::new(),
             inflight: AtomicUsize::new(0),
             last_access_ms: AtomicU64::new(self.now_ms()),
+            snapshot_seq: AtomicU64::new(0),
         });
         let (actor, _) = ractor::ActorRuntime::spawn_linked_instant(
             None,
@@ -281,6 +284,27 @@ impl Shared {
             }
         }
         expired
+    }
+
+    /// Saves the snapshot of every resident account changed since its last one (and durable),
+    /// then lets the store trim its journal. Returns how many snapshots were saved.
+    pub(crate) fn checkpoint(&self) -> Result<usize, Error> {
+        let durable = self.durable.borrow().seq;
+        let slots: Vec<_> = self.resident.iter().map(|e| e.value().clone()).collect();
+        let mut saved = 0;
+        for slot in slots {
+            let state = slot.state.lock();
+            let seq = state.account.last_seq();
+            if state.retired || seq <= slot.snapshot_seq.load(Ordering::Relaxed) || seq > durable {
+                continue;
+            }
+            self.store.save(&state.account)?;
+            slot.snapshot_seq.store(seq, Ordering::Relaxed);
+            saved += 1;
+        }
+        let removed = self.store.checkpoint()?;
+        tracing::debug!(saved, journal_files_removed = removed, "checkpoint");
+        Ok(saved)
     }
 
     /// Waits until the journal is durable up to `seq`.

@@ -6,6 +6,7 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::actor::AccountMsg;
 use crate::shared::Shared;
@@ -20,9 +21,14 @@ pub(crate) enum SupervisorMsg {
 
 pub(crate) struct Supervisor;
 
+pub(crate) struct SupervisorState {
+    shared: Arc<Shared>,
+    last_checkpoint: Instant,
+}
+
 impl Actor for Supervisor {
     type Msg = SupervisorMsg;
-    type State = Arc<Shared>;
+    type State = SupervisorState;
     type Arguments = Arc<Shared>;
 
     async fn pre_start(
@@ -31,17 +37,29 @@ impl Actor for Supervisor {
         shared: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(shared.config.supervisor_tick, || SupervisorMsg::Tick);
-        Ok(shared)
+        Ok(SupervisorState {
+            shared,
+            last_checkpoint: Instant::now(),
+        })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        shared: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let shared = &state.shared;
         match message {
-            SupervisorMsg::Tick => passivate_idle(shared),
+            SupervisorMsg::Tick => {
+                passivate_idle(shared);
+                if state.last_checkpoint.elapsed() >= shared.config.checkpoint_interval {
+                    state.last_checkpoint = Instant::now();
+                    if let Err(e) = shared.checkpoint() {
+                        tracing::warn!(error = %e, "checkpoint failed; the journal keeps growing until one succeeds");
+                    }
+                }
+            }
             SupervisorMsg::Evict => {
                 evict_least_recent(shared);
                 shared.eviction_done();
@@ -54,8 +72,9 @@ impl Actor for Supervisor {
         &self,
         _myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
-        shared: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let shared = &state.shared;
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
                 let Some((_, id)) = shared.actors.remove(&cell.get_id()) else {

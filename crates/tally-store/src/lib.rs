@@ -14,6 +14,8 @@
 //! [`MemStore`] keeps all of it in memory: for tests, for embedding without durability, and as
 //! the engine's own ceiling in benchmarks. The [`journal`] module is the durable append-only log.
 
+pub mod codec;
+mod durable;
 pub mod journal;
 mod mem;
 
@@ -21,6 +23,7 @@ use std::sync::Arc;
 
 use tally_core::{Account, AccountId, AccountSpec, Record};
 
+pub use durable::{DurableConfig, DurableRecovery, DurableStore};
 pub use mem::MemStore;
 
 /// The durable point of a store.
@@ -47,6 +50,9 @@ pub enum StoreError {
     /// The store is fail-stopped after a write or sync failed.
     #[error("storage failed: {0}")]
     Failed(Arc<str>),
+    /// Another process (or another store in this one) owns the data directory.
+    #[error("data directory locked: {0}")]
+    Locked(Arc<str>),
     /// A read or snapshot failed.
     #[error("storage error: {0}")]
     Io(Arc<str>),
@@ -79,8 +85,14 @@ pub trait Store: Send + Sync + 'static {
     /// opened.
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError>;
 
-    /// Stores a snapshot of an account (its `last_seq` says which records it covers).
+    /// Stores a snapshot of an account (its `last_seq` says which records it covers). The
+    /// engine saves only state that is durable up to its `last_seq`.
     fn save(&self, account: &Account) -> Result<(), StoreError>;
+
+    /// Makes the saved snapshots durable, then drops the journal records that every snapshot
+    /// covers (those older than the oldest record some account's snapshot does not cover yet).
+    /// Returns how many journal files were removed.
+    fn checkpoint(&self) -> Result<usize, StoreError>;
 
     /// Up to `limit` records that touched `id` (as the executing account or as a counterparty)
     /// with a sequence number above `after_seq`, oldest first. Only durable records are listed.

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 
 use tally_core::{
-    AccountId, Amount, Change, Decision, Error, HoldId, OpId, Outcome, PostingId, Record, Request,
-    Violation,
+    AccountId, Amount, Change, Decision, Error, HoldId, Leg, OpId, Outcome, PostingId, Record,
+    Request, Violation,
 };
 
 use crate::world::*;
@@ -299,11 +299,14 @@ proptest! {
                 Step::Spend(a) => (USER, transfer(APP, a)),
                 Step::Payout(a) => (APP, transfer(USER, a)),
             };
+            let predicted = w.account(account).leg_counterparty(&command);
             let request = Request { op: OpId(sent.len() as u128 + 1), command };
             let result = w.submit(account, request.clone());
             let mut first = None;
             match &result {
-                Ok(Decision::Apply { outcome, .. }) => {
+                Ok(Decision::Apply { outcome, record }) => {
+                    let leg = record.leg().map(|(Leg::Credit(id, _) | Leg::Debit(id, _))| id);
+                    prop_assert_eq!(predicted, leg, "the leg predicted before deciding");
                     first = Some((*outcome, w.last_seq()));
                     match *outcome {
                         Outcome::Reserved { hold, .. } => holds.push(hold),

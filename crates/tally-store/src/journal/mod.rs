@@ -92,15 +92,44 @@
 //!   made durable before anything is built on it.
 //!
 //! Open reads one segment at a time into memory, so its memory use is about one segment.
+//!
+//! # Reading
+//!
+//! [`Journal::read_from`] hands the records `from_seq ..= durable.seq` (the durable point as of
+//! the call) to a callback, in order, while the committer keeps appending. It reads the segment
+//! files through its own read-only handles and never touches the append queue, so it never
+//! blocks the committer (it takes the queue mutex once, for a moment, to check for close). It
+//! never reads a frame past the durable point, so it never sees a torn or unsynced record; the
+//! durable point is read before the directory is listed, so every segment holding a record up
+//! to it is in that listing (a segment is created before its first record is written).
+//! Segments that end before `from_seq` are skipped whole (a segment ends where the next one's
+//! file name says it starts); inside the first segment read, the frames before `from_seq` are
+//! skipped by their length (their sequence number is checked, their payload not read). Every
+//! frame handed to the callback has its checksum and sequence number verified; a mismatch, a
+//! gap, or a file that ends before a durable record is [`JournalError::Corrupt`]. Memory use is
+//! one read buffer plus the largest record handed out.
+//!
+//! **Trimming takes no lock against reads; a read that loses the race gets
+//! [`JournalError::Trimmed`].** Neither waits for the other. Segments are opened one at a time;
+//! once open, a segment stays readable even if [`Journal::trim_before`] unlinks it (POSIX
+//! semantics). A segment that is gone by the time the read reaches it (trimmed after the
+//! listing) ends the read with `Trimmed` whose `after + 1` is the first record that could not be
+//! read: possibly after some records were already handed out, always in order and without a
+//! gap, never by skipping a record silently. A read that starts at or after
+//! [`Journal::first_seq`] cannot hit this unless a new trim starts meanwhile. Rollover needs
+//! nothing: segments created after the listing hold only records past the durable point read.
+//! The callback may append, trim or read itself: the read holds no lock while calling it.
 
 pub mod ceiling;
 mod committer;
 mod format;
+mod reader;
 mod recovery;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -194,14 +223,10 @@ impl JournalConfig {
     }
 }
 
-/// The durable point, published by the committer after every group's sync.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Durable {
-    /// Highest sequence number known durable; every record up to it is on disk.
-    pub seq: u64,
-    /// Set when the journal fail-stopped: the reason. `seq` no longer advances.
-    pub failed: Option<Arc<str>>,
-}
+/// The durable point, published by the committer after every group's sync: the store-wide
+/// [`crate::DurablePoint`] (`seq` = highest sequence number on disk; `failed` = fail-stop
+/// reason, after which `seq` no longer advances).
+pub type Durable = crate::DurablePoint;
 
 /// What [`Journal::open`] found and replayed.
 #[derive(Clone, Debug)]
@@ -329,6 +354,8 @@ struct Inner {
     committer: Mutex<Option<JoinHandle<()>>>,
     lock_file: Mutex<Option<File>>,
     trim: Mutex<()>,
+    /// First seq of the oldest segment not being trimmed; see [`Journal::first_seq`].
+    first_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for Journal {
@@ -452,6 +479,7 @@ impl Journal {
                 committer: Mutex::new(Some(handle)),
                 lock_file: Mutex::new(Some(lock_file)),
                 trim: Mutex::new(()),
+                first_seq: AtomicU64::new(recovered.first_seq),
             }),
         };
         Ok((journal, recovery))
@@ -553,7 +581,9 @@ impl Journal {
     /// Deletes the whole segment files all of whose records have `seq < seq` (those a snapshot
     /// covering `..seq` makes redundant), oldest first, never the newest (active) segment, and
     /// returns how many were removed. The directory is fsynced after each removal, so a crash
-    /// leaves a contiguous suffix of segments.
+    /// leaves a contiguous suffix of segments. Takes no lock against [`Journal::read_from`]: a
+    /// read that needs a removed segment gets [`JournalError::Trimmed`] (module docs,
+    /// "Reading").
     pub fn trim_before(&self, seq: u64) -> Result<usize, JournalError> {
         let _trim = self.inner.trim.lock();
         {
@@ -575,11 +605,20 @@ impl Journal {
             if next.first_seq > seq {
                 break;
             }
-            std::fs::remove_file(&segment.path).map_err(|source| JournalError::Io {
-                op: "remove segment",
-                path: segment.path.clone(),
-                source,
-            })?;
+            // Published before the removal, so that a reader starting at `first_seq()` never
+            // asks for the segment being removed; taken back if the removal fails. Only trim
+            // (serialised by `self.inner.trim`) stores it.
+            let first_seq_before = self.inner.first_seq.swap(next.first_seq, Ordering::AcqRel);
+            if let Err(source) = std::fs::remove_file(&segment.path) {
+                self.inner
+                    .first_seq
+                    .store(first_seq_before, Ordering::Release);
+                return Err(JournalError::Io {
+                    op: "remove segment",
+                    path: segment.path.clone(),
+                    source,
+                });
+            }
             format::sync_dir(dir).map_err(|source| JournalError::Io {
                 op: "fsync directory",
                 path: dir.clone(),
@@ -597,6 +636,41 @@ impl Journal {
     /// written).
     pub fn close(self) -> Result<(), JournalError> {
         self.inner.shutdown()
+    }
+
+    /// Calls `f(seq, payload)` for every record with `from_seq <= seq <= durable.seq`, the
+    /// durable point as of the call, in sequence order, and returns how many records were passed
+    /// to `f` (the one for which it returned `Ok(false)` included). Stops early when `f` returns
+    /// `Ok(false)`; an `Err` from `f` stops the read and is returned as is. `from_seq` 0 reads
+    /// as 1. Records appended or made durable during the call are not read: call again from
+    /// the next seq. Usable from any thread while the committer appends; see the module docs,
+    /// "Reading", for how it stays off the committer's path and races with trimming.
+    ///
+    /// Errors: [`JournalError::Trimmed`] if `from_seq` is older than the oldest remaining
+    /// segment, or if a concurrent [`Journal::trim_before`] removed a segment before the read
+    /// reached it (`after + 1` is then the first record not read; earlier ones were handed
+    /// out); [`JournalError::Corrupt`] for a bad checksum, header or sequence number, or a
+    /// durable record missing from its segment; [`JournalError::Io`]; [`JournalError::Closed`]
+    /// after close.
+    pub fn read_from(
+        &self,
+        from_seq: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<bool, JournalError>,
+    ) -> Result<u64, JournalError> {
+        if self.inner.shared.queue.lock().closing {
+            return Err(JournalError::Closed);
+        }
+        // Read before listing the segments: see `reader::read_from`.
+        let durable_seq = self.inner.shared.durable_rx.borrow().seq;
+        reader::read_from(&self.inner.dir, from_seq, durable_seq, &mut f)
+    }
+
+    /// The sequence number of the first record still on disk: the first seq of the oldest
+    /// segment after [`Journal::trim_before`], or `last_seq + 1` if the journal holds no record
+    /// (a fresh journal). While a trim is removing a segment, this already names the first
+    /// record after it. Reads no file.
+    pub fn first_seq(&self) -> u64 {
+        self.inner.first_seq.load(Ordering::Acquire)
     }
 
     /// The last sequence number assigned (by an append, or recovered at open).

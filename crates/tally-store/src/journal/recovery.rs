@@ -30,6 +30,8 @@ type VisitFn<'a> = dyn FnMut(u64, &[u8]) -> Result<(), JournalError> + 'a;
 
 /// What recovery found, before the committer starts.
 pub(crate) struct Recovered {
+    /// First sequence number of the oldest segment (`last_seq + 1` when it holds no record).
+    pub(crate) first_seq: u64,
     pub(crate) last_seq: u64,
     pub(crate) records_replayed: u64,
     pub(crate) records_skipped: u64,
@@ -70,6 +72,7 @@ pub(crate) fn recover(
             .map_err(io_error("create segment in", dir))?;
         let len = offset_u64(HEADER_LEN);
         return Ok(Recovered {
+            first_seq,
             last_seq: after,
             records_replayed: 0,
             records_skipped: 0,
@@ -144,6 +147,7 @@ pub(crate) fn recover(
             .map_err(io_error("fdatasync", &last.path))?;
     }
     Ok(Recovered {
+        first_seq: first.first_seq,
         last_seq,
         records_replayed,
         records_skipped,

@@ -792,3 +792,323 @@ fn acknowledged_records_survive_sigkill() {
     );
     assert_records(&records, 1..=recovery.last_seq);
 }
+
+/// Every `(seq, payload)` that `read_from(from_seq)` hands out, and its return value.
+fn read_all(journal: &Journal, from_seq: u64) -> Result<(u64, Records), JournalError> {
+    let mut records = Vec::new();
+    let count = journal.read_from(from_seq, |seq, payload| {
+        records.push((seq, payload.to_vec()));
+        Ok(true)
+    })?;
+    Ok((count, records))
+}
+
+#[test]
+fn read_from_returns_durable_records_in_order() {
+    let dir = tempdir();
+    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    assert_eq!(
+        journal.first_seq(),
+        1,
+        "an empty journal starts at last_seq + 1"
+    );
+    assert_eq!(read_all(&journal, 1).unwrap(), (0, Vec::new()));
+    for seq in 1..=50 {
+        journal.append(&payload(seq)).unwrap();
+    }
+    wait(&journal, 50).unwrap();
+
+    let (count, records) = read_all(&journal, 1).unwrap();
+    assert_eq!(count, 50);
+    assert_records(&records, 1..=50);
+    let (count, records) = read_all(&journal, 0).unwrap();
+    assert_eq!(count, 50, "from_seq 0 reads from the first record");
+    assert_records(&records, 1..=50);
+    assert_eq!(read_all(&journal, 51).unwrap(), (0, Vec::new()));
+    assert_eq!(journal.first_seq(), 1);
+
+    // Records recovered at open are read the same way.
+    journal.close().unwrap();
+    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    let (_, records) = read_all(&journal, 20).unwrap();
+    assert_records(&records, 20..=50);
+    journal.close().unwrap();
+    let (journal, _, _) = open_after(JournalConfig::new(dir.path()), 50);
+    assert_eq!(read_all(&journal, 1).unwrap().0, 50);
+}
+
+#[test]
+fn read_from_a_middle_seq_across_segment_boundaries() {
+    let dir = tempdir();
+    // 3 one-record groups of "record N" (8-9 byte payloads) fit a segment, 4 do not.
+    let config = JournalConfig {
+        segment_bytes_max: HEADER_LEN + 3 * (FRAME_HEADER_LEN + 9),
+        ..JournalConfig::new(dir.path())
+    };
+    let (journal, _, _) = open(config);
+    append_synced(&journal, 14);
+    assert_eq!(segment_files(dir.path()).len(), 5); // 1, 4, 7, 10, 13
+
+    for from in 1..=15 {
+        let (count, records) = read_all(&journal, from).unwrap();
+        assert_eq!(count, 15 - from, "from {from}");
+        assert_records(&records, from..=14);
+    }
+}
+
+#[test]
+fn read_from_stops_when_callback_returns_false() {
+    let dir = tempdir();
+    let config = JournalConfig {
+        segment_bytes_max: HEADER_LEN + 3 * (FRAME_HEADER_LEN + 9),
+        ..JournalConfig::new(dir.path())
+    };
+    let (journal, _, _) = open(config);
+    append_synced(&journal, 10);
+
+    let mut seen = Vec::new();
+    let count = journal
+        .read_from(3, |seq, payload| {
+            seen.push((seq, payload.to_vec()));
+            Ok(seq < 6)
+        })
+        .unwrap();
+    assert_eq!(count, 4, "the record that stopped the read is counted");
+    assert_records(&seen, 3..=6);
+
+    // An error from the callback stops the read and comes back as is.
+    let mut calls = 0;
+    let error = journal
+        .read_from(1, |_, _| {
+            calls += 1;
+            Err(JournalError::Config("stop here".to_owned()))
+        })
+        .unwrap_err();
+    assert!(matches!(&error, JournalError::Config(reason) if reason == "stop here"));
+    assert_eq!(calls, 1);
+}
+
+#[test]
+fn read_from_never_returns_undurable_records() {
+    let dir = tempdir();
+    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    append_synced(&journal, 5);
+    journal.set_committer_paused(true);
+    for seq in 6..=10 {
+        assert_eq!(journal.append(&payload(seq)).unwrap(), seq);
+    }
+    assert_eq!(journal.durable().borrow().seq, 5);
+
+    let (count, records) = read_all(&journal, 1).unwrap();
+    assert_eq!(count, 5);
+    assert_records(&records, 1..=5);
+    assert_eq!(read_all(&journal, 6).unwrap(), (0, Vec::new()));
+
+    journal.set_committer_paused(false);
+    wait(&journal, 10).unwrap();
+    let (_, records) = read_all(&journal, 6).unwrap();
+    assert_records(&records, 6..=10);
+}
+
+#[test]
+fn read_from_after_trim_before_returns_trimmed_for_old_seq() {
+    let dir = tempdir();
+    let config = JournalConfig {
+        segment_bytes_max: HEADER_LEN + 3 * (FRAME_HEADER_LEN + 9),
+        ..JournalConfig::new(dir.path())
+    };
+    let (journal, _, _) = open(config);
+    append_synced(&journal, 12); // segments 1, 4, 7, 10
+    assert_eq!(journal.trim_before(7).unwrap(), 2);
+    assert_eq!(journal.first_seq(), 7);
+
+    for from in [1, 6] {
+        let error = read_all(&journal, from).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                JournalError::Trimmed { dir: trimmed_dir, first_seq: 7, after }
+                    if trimmed_dir == dir.path() && *after == from - 1
+            ),
+            "{error}"
+        );
+    }
+    let (_, records) = read_all(&journal, journal.first_seq()).unwrap();
+    assert_records(&records, 7..=12);
+
+    // Trimming everything but the active segment: first_seq follows.
+    assert_eq!(journal.trim_before(1_000).unwrap(), 1);
+    assert_eq!(journal.first_seq(), 10);
+    let (_, records) = read_all(&journal, 10).unwrap();
+    assert_records(&records, 10..=12);
+}
+
+#[test]
+fn read_from_reports_corrupt_on_a_bad_checksum() {
+    let dir = tempdir();
+    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    append_synced(&journal, 5);
+    // Records 1..=5 have 8-byte payloads: 24-byte frames. Flip a payload byte of record 3.
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let record_3_offset = HEADER_LEN + 2 * 24;
+    flip_byte(&segment, record_3_offset + FRAME_HEADER_LEN + 2);
+
+    let error = read_all(&journal, 1).unwrap_err();
+    assert!(
+        matches!(&error, JournalError::Corrupt { segment: path, offset, .. }
+            if *path == segment && *offset == record_3_offset),
+        "{error}"
+    );
+    // Records skipped by length are not checksummed; those handed out are.
+    let (_, records) = read_all(&journal, 4).unwrap();
+    assert_records(&records, 4..=5);
+}
+
+#[test]
+fn read_from_a_closed_journal_is_refused() {
+    let dir = tempdir();
+    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    let other = journal.clone();
+    journal.close().unwrap();
+    assert!(matches!(read_all(&other, 1), Err(JournalError::Closed)));
+}
+
+#[test]
+fn read_while_appending_concurrently() {
+    let dir = tempdir();
+    let config = JournalConfig {
+        sync: SyncMode::None,
+        segment_bytes_max: 2048,
+        group_records_max: 16,
+        ..JournalConfig::new(dir.path())
+    };
+    let (journal, _, _) = open(config);
+    const RECORDS: u64 = 5_000;
+    let reads = std::thread::scope(|scope| {
+        let appender = journal.clone();
+        scope.spawn(move || {
+            for seq in 1..=RECORDS {
+                loop {
+                    match appender.append(&payload(seq)) {
+                        Ok(appended) => {
+                            assert_eq!(appended, seq);
+                            break;
+                        }
+                        Err(JournalError::Full { .. } | JournalError::FullBytes { .. }) => {
+                            std::thread::yield_now();
+                        }
+                        Err(error) => panic!("append: {error}"),
+                    }
+                }
+            }
+        });
+        let reader = journal.clone();
+        let reading = scope.spawn(move || {
+            let mut reads = 0u64;
+            let mut last_end = 0u64;
+            loop {
+                let durable_before = reader.durable().borrow().seq;
+                let from = if reads % 2 == 0 { 1 } else { last_end / 2 + 1 };
+                let mut expected = from;
+                let count = reader
+                    .read_from(from, |seq, bytes| {
+                        assert_eq!(seq, expected, "a read skipped or repeated a record");
+                        assert_eq!(bytes, payload(seq));
+                        expected += 1;
+                        Ok(true)
+                    })
+                    .unwrap();
+                let end = expected - 1;
+                assert_eq!(count, end + 1 - from);
+                assert!(
+                    end >= durable_before,
+                    "read ended at {end}, before the durable point {durable_before}"
+                );
+                assert!(
+                    end <= reader.durable().borrow().seq,
+                    "read past the durable point"
+                );
+                assert!(end >= last_end, "a later read saw fewer records");
+                last_end = end;
+                reads += 1;
+                if end == RECORDS {
+                    return reads;
+                }
+            }
+        });
+        reading.join().unwrap()
+    });
+    assert!(reads > 1, "the reader ran {reads} reads");
+    assert!(
+        segment_files(dir.path()).len() > 10,
+        "the appends rolled segments"
+    );
+}
+
+#[test]
+fn read_racing_trim_before_gets_contiguous_records_or_trimmed() {
+    let dir = tempdir();
+    let config = JournalConfig {
+        sync: SyncMode::None,
+        segment_bytes_max: 1024,
+        group_records_max: 8,
+        ..JournalConfig::new(dir.path())
+    };
+    let (journal, _, _) = open(config);
+    for seq in 1..=2_000 {
+        journal.append(&payload(seq)).unwrap();
+    }
+    wait(&journal, 2_000).unwrap();
+    let trims_done = std::sync::atomic::AtomicBool::new(false);
+    let (complete, trimmed) = std::thread::scope(|scope| {
+        let trimmer = journal.clone();
+        let trims_done = &trims_done;
+        scope.spawn(move || {
+            for before in (0..=2_000).step_by(50) {
+                trimmer.trim_before(before).unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            trims_done.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let reader = journal.clone();
+        scope
+            .spawn(move || {
+                let (mut complete, mut trimmed) = (0u32, 0u32);
+                while !trims_done.load(std::sync::atomic::Ordering::Acquire) {
+                    let from = reader.first_seq();
+                    let mut expected = from;
+                    let result = reader.read_from(from, |seq, bytes| {
+                        assert_eq!(seq, expected, "a read skipped or repeated a record");
+                        assert_eq!(bytes, payload(seq));
+                        expected += 1;
+                        Ok(true)
+                    });
+                    match result {
+                        Ok(_) => {
+                            assert_eq!(expected, 2_001, "a complete read ends at the last record");
+                            complete += 1;
+                        }
+                        Err(JournalError::Trimmed {
+                            first_seq, after, ..
+                        }) => {
+                            assert_eq!(
+                                after + 1,
+                                expected,
+                                "Trimmed names the first record not read"
+                            );
+                            assert!(first_seq > after + 1);
+                            trimmed += 1;
+                        }
+                        Err(error) => panic!("read racing a trim: {error}"),
+                    }
+                }
+                (complete, trimmed)
+            })
+            .join()
+            .unwrap()
+    });
+    eprintln!("read racing trim: {complete} complete reads, {trimmed} trimmed");
+    assert!(complete + trimmed > 0, "the reader never ran");
+    let (_, records) = read_all(&journal, journal.first_seq()).unwrap();
+    assert_records(&records, journal.first_seq()..=2_000);
+}

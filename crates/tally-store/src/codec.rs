@@ -1,0 +1,88 @@
+//! How records and snapshots are written: a version byte, then postcard.
+//!
+//! Serialization lives here, at the storage edge; tally-core only derives serde. Bump the
+//! version byte when the encoding of a type changes, and keep decoding the old one.
+
+use serde::{de::DeserializeOwned, Serialize};
+use tally_core::{Account, Record};
+
+use crate::StoreError;
+
+/// Version of the record encoding.
+const RECORD_V1: u8 = 1;
+/// Version of the snapshot encoding.
+const SNAPSHOT_V1: u8 = 1;
+
+fn encode<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![version];
+    postcard::to_io(value, &mut out)
+        .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(version: u8, bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&v, rest)) if v == version => postcard::from_bytes(rest)
+            .map_err(|e| StoreError::Corrupt(format!("decoding a {what}: {e}").into())),
+        Some((&v, _)) => Err(StoreError::Corrupt(
+            format!("{what} has encoding version {v}; this build reads {version}").into(),
+        )),
+        None => Err(StoreError::Corrupt(format!("empty {what}").into())),
+    }
+}
+
+/// Encodes a journal record.
+pub fn encode_record(record: &Record) -> Result<Vec<u8>, StoreError> {
+    encode(RECORD_V1, record)
+}
+
+/// Decodes a journal record.
+pub fn decode_record(bytes: &[u8]) -> Result<Record, StoreError> {
+    decode(RECORD_V1, bytes, "record")
+}
+
+/// Encodes an account snapshot: the version byte, the journal sequence number it covers
+/// (`u64` little-endian, readable without decoding the rest), then postcard.
+pub fn encode_account(account: &Account) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![SNAPSHOT_V1];
+    out.extend_from_slice(&account.last_seq().to_le_bytes());
+    postcard::to_io(account, &mut out)
+        .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
+    Ok(out)
+}
+
+/// The journal sequence number an encoded snapshot covers.
+pub fn snapshot_seq(bytes: &[u8]) -> Result<u64, StoreError> {
+    bytes
+        .get(1..9)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| StoreError::Corrupt("snapshot shorter than its header".into()))
+}
+
+/// Decodes an account snapshot.
+pub fn decode_account(bytes: &[u8]) -> Result<Account, StoreError> {
+    match bytes.first() {
+        Some(&SNAPSHOT_V1) => {}
+        Some(v) => {
+            return Err(StoreError::Corrupt(
+                format!("snapshot has encoding version {v}; this build reads {SNAPSHOT_V1}").into(),
+            ))
+        }
+        None => return Err(StoreError::Corrupt("empty snapshot".into())),
+    }
+    let seq = snapshot_seq(bytes)?;
+    let body = bytes.get(9..).unwrap_or_default();
+    let account: Account = postcard::from_bytes(body)
+        .map_err(|e| StoreError::Corrupt(format!("decoding a snapshot: {e}").into()))?;
+    if account.last_seq() != seq {
+        return Err(StoreError::Corrupt(
+            format!(
+                "snapshot header says {seq}, its body {}",
+                account.last_seq()
+            )
+            .into(),
+        ));
+    }
+    Ok(account)
+}

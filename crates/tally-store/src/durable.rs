@@ -1,0 +1,500 @@
+//! The durable store: the journal for every change, sled for snapshots.
+//!
+//! Layout of a data directory:
+//! - `journal/`: the append-only log ([`crate::journal`]); its `LOCK` makes the directory
+//!   single-owner: a second opener, in this process or another, gets [`StoreError::Locked`].
+//! - `snapshots/`: a sled database with two trees: `accounts` (account id → encoded
+//!   [`Account`], whose `last_seq` says which records it covers) and `directory` (account id →
+//!   encoded [`AccountSpec`]).
+//!
+//! Measured on the development machine, sled with a flush per group reaches about 100,000
+//! records/s while raw appends with one fdatasync per group reach over a million, so every change
+//! goes to the journal and sled only receives snapshots, off the request path.
+//!
+//! **Open** = recovery: for each journal record, the account(s) it touches are loaded (snapshot,
+//! or nothing before the account's `Opened` record) and the record is applied where the
+//! snapshot does not cover it. Every account touched is then written back as a snapshot, sled is
+//! flushed, and the journal is trimmed: after open, every account's snapshot is current.
+//!
+//! **Checkpoint** ([`Store::checkpoint`]): the engine saves the snapshots of accounts changed
+//! since their last one, then asks to trim the journal before the oldest record a snapshot does
+//! not cover yet. sled is flushed before any segment is removed, so a trimmed record is always
+//! covered by a snapshot on disk.
+//!
+//! **Load** = snapshot + the journal records after it that touched the account (the store
+//! remembers, per account, the sequence number of the last record that touched it, so a load
+//! whose snapshot is current reads no journal).
+
+use dashmap::DashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use tally_core::{Account, AccountId, AccountSpec, Change, Leg, Limits, Record};
+
+use crate::codec::{decode_account, decode_record, encode_account, encode_record, snapshot_seq};
+use crate::journal::{Journal, JournalConfig, JournalError, SyncMode};
+use crate::mem::replay_one;
+use crate::{DurablePoint, HistoryEntry, Store, StoreError};
+
+/// How a [`DurableStore`] is opened.
+#[derive(Clone, Debug)]
+pub struct DurableConfig {
+    /// The data directory (created if missing).
+    pub dir: PathBuf,
+    /// The engine's account limits (used when replaying).
+    pub limits: Limits,
+    /// How groups are made durable. [`SyncMode::None`] is not durable: benchmarks only.
+    pub sync: SyncMode,
+    /// A journal segment rolls over past this size.
+    pub segment_bytes_max: u64,
+    /// Records appended but not yet durable; one more is refused as `Full` (`Overloaded`).
+    pub queue_records_max: usize,
+    /// Test hook: the journal's sync after this many fails, as a failing disk would.
+    #[doc(hidden)]
+    pub fail_after_syncs: Option<u64>,
+}
+
+impl DurableConfig {
+    /// Defaults for `dir`: fdatasync per group, 64 MiB segments, 262,144 queued records.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let journal = JournalConfig::new(PathBuf::new());
+        DurableConfig {
+            dir: dir.into(),
+            limits: Limits::default(),
+            sync: SyncMode::Data,
+            segment_bytes_max: journal.segment_bytes_max,
+            queue_records_max: journal.queue_records_max,
+            fail_after_syncs: None,
+        }
+    }
+}
+
+/// What opening found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurableRecovery {
+    /// Accounts known.
+    pub accounts: u64,
+    /// Snapshots read to replay onto.
+    pub snapshots_loaded: u64,
+    /// Journal records replayed.
+    pub records_replayed: u64,
+    /// Bytes of a torn journal tail cut off (an unacknowledged group cut short by a crash).
+    pub torn_tail_bytes: u64,
+    /// Sequence number of the last record.
+    pub last_seq: u64,
+    /// How long recovery took.
+    pub elapsed: Duration,
+}
+
+/// A [`Store`] on disk. Cloning gives another handle to the same store.
+#[derive(Clone)]
+pub struct DurableStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    limits: Limits,
+    journal: Journal,
+    db: sled::Db,
+    accounts: sled::Tree,
+    directory: sled::Tree,
+    /// Accounts touched by records their saved snapshot does not cover yet: the first such
+    /// record and the last. The oldest first record bounds what a checkpoint may trim.
+    dirty: DashMap<AccountId, Dirty>,
+    /// Held (shared) across a journal append and the `dirty` update that follows it, and
+    /// (exclusive) while a checkpoint computes its trim point, so no record is ever appended
+    /// but not yet counted as dirty when the trim point is chosen.
+    append_gate: parking_lot::RwLock<()>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Dirty {
+    first_seq: u64,
+    last_seq: u64,
+}
+
+fn journal_err(e: JournalError) -> StoreError {
+    match e {
+        JournalError::Full { queued, limit } => StoreError::Full { queued, limit },
+        JournalError::FullBytes {
+            bytes_queued,
+            bytes_max,
+        } => StoreError::Full {
+            queued: bytes_queued,
+            limit: bytes_max,
+        },
+        JournalError::Failed(reason) => StoreError::Failed(reason),
+        JournalError::Locked { .. } => StoreError::Locked(e.to_string().into()),
+        JournalError::Corrupt { .. }
+        | JournalError::Trimmed { .. }
+        | JournalError::Replay { .. } => StoreError::Corrupt(e.to_string().into()),
+        other => StoreError::Io(other.to_string().into()),
+    }
+}
+
+fn sled_err(e: sled::Error) -> StoreError {
+    StoreError::Io(format!("sled: {e}").into())
+}
+
+fn key(id: AccountId) -> [u8; 8] {
+    id.0.to_be_bytes()
+}
+
+fn touched(record: &Record) -> (AccountId, Option<AccountId>) {
+    let other = record.leg().map(|leg| match leg {
+        Leg::Credit(id, _) | Leg::Debit(id, _) => id,
+    });
+    (record.account, other)
+}
+
+impl DurableStore {
+    /// Opens (creating if needed) the store in `config.dir` and recovers it.
+    pub fn open(config: DurableConfig) -> Result<(DurableStore, DurableRecovery), StoreError> {
+        let started = Instant::now();
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display()).into()))?;
+        // sled locks its directory: a second owner stops here, before the journal is touched.
+        let db = sled::Config::new()
+            .path(dir.join("snapshots"))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(
+                    format!("{} is in use by another tally process", dir.display()).into(),
+                ),
+                other => sled_err(other),
+            })?;
+        let accounts = db.open_tree("accounts").map_err(sled_err)?;
+        let directory = db.open_tree("directory").map_err(sled_err)?;
+
+        let mut journal_config = JournalConfig::new(dir.join("journal"));
+        journal_config.sync = config.sync;
+        journal_config.segment_bytes_max = config.segment_bytes_max;
+        journal_config.queue_records_max = config.queue_records_max;
+        journal_config.fail_after_syncs = config.fail_after_syncs;
+
+        let mut replay = Replay {
+            accounts: &accounts,
+            directory: &directory,
+            limits: &config.limits,
+            touched: std::collections::HashMap::new(),
+            snapshots_loaded: 0,
+        };
+        // Records before the last trim point are covered by snapshots: verify, don't replay.
+        let trimmed_before = db
+            .get(TRIMMED_BEFORE_KEY)
+            .map_err(sled_err)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(1, u64::from_be_bytes);
+        let after = trimmed_before.saturating_sub(1);
+        let (journal, recovered) = Journal::open_after(journal_config, after, |seq, payload| {
+            replay.record(seq, payload).map_err(|e| e.to_string())
+        })
+        .map_err(|e| match e {
+            JournalError::Locked { .. } => StoreError::Locked(
+                format!("{} is in use by another tally process", dir.display()).into(),
+            ),
+            other => journal_err(other),
+        })?;
+        let snapshots_loaded = replay.snapshots_loaded;
+        for account in replay.touched.values() {
+            accounts
+                .insert(key(account.id), encode_account(account)?)
+                .map_err(sled_err)?;
+        }
+        // Every account's snapshot is now current: nothing in the journal is needed any more.
+        trim(&db, &journal, recovered.last_seq.saturating_add(1))?;
+        let report = DurableRecovery {
+            accounts: directory.len() as u64,
+            snapshots_loaded,
+            records_replayed: recovered.records,
+            torn_tail_bytes: recovered.torn_tail_bytes,
+            last_seq: recovered.last_seq,
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            accounts = report.accounts,
+            records_replayed = report.records_replayed,
+            snapshots_loaded = report.snapshots_loaded,
+            torn_tail_bytes = report.torn_tail_bytes,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "tally store recovered"
+        );
+        let store = DurableStore {
+            inner: Arc::new(Inner {
+                dir,
+                limits: config.limits,
+                journal,
+                db,
+                accounts,
+                directory,
+                dirty: DashMap::new(),
+                append_gate: parking_lot::RwLock::new(()),
+            }),
+        };
+        Ok((store, report))
+    }
+
+    /// Bytes the data directory holds on disk.
+    pub fn data_bytes(&self) -> u64 {
+        dir_bytes(&self.inner.dir)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The journal (for benchmarks and tools).
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    fn snapshot(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        self.inner
+            .accounts
+            .get(key(id))
+            .map_err(sled_err)?
+            .map(|bytes| decode_account(&bytes))
+            .transpose()
+    }
+}
+
+/// The sled key that records the journal's trim point (big-endian `u64`).
+const TRIMMED_BEFORE_KEY: &[u8] = b"journal_trimmed_before";
+
+/// Records the trim point and makes every snapshot durable, then trims: snapshots reach the
+/// disk before the journal records they replace leave it.
+fn trim(db: &sled::Db, journal: &Journal, trim_before: u64) -> Result<usize, StoreError> {
+    let previous = db
+        .get(TRIMMED_BEFORE_KEY)
+        .map_err(sled_err)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(1, u64::from_be_bytes);
+    let trim_before = trim_before.max(previous);
+    db.insert(TRIMMED_BEFORE_KEY, &trim_before.to_be_bytes())
+        .map_err(sled_err)?;
+    db.flush().map_err(sled_err)?;
+    journal.trim_before(trim_before).map_err(journal_err)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Recovery's working set: the accounts the journal touches, loaded from their snapshots.
+struct Replay<'a> {
+    accounts: &'a sled::Tree,
+    directory: &'a sled::Tree,
+    limits: &'a Limits,
+    touched: std::collections::HashMap<AccountId, Account>,
+    snapshots_loaded: u64,
+}
+
+impl Replay<'_> {
+    fn record(&mut self, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
+        let record = decode_record(payload)?;
+        if let Change::Opened { spec } = &record.change {
+            self.directory
+                .insert(key(record.account), encode_spec(spec)?)
+                .map_err(sled_err)?;
+        }
+        let (first, second) = touched(&record);
+        for id in std::iter::once(first).chain(second) {
+            let current = match self.touched.remove(&id) {
+                Some(account) => Some(account),
+                None => {
+                    let snapshot = self
+                        .accounts
+                        .get(key(id))
+                        .map_err(sled_err)?
+                        .map(|bytes| decode_account(&bytes))
+                        .transpose()?;
+                    self.snapshots_loaded += u64::from(snapshot.is_some());
+                    snapshot
+                }
+            };
+            if let Some(account) = replay_one(current, &record, seq, id, self.limits)? {
+                self.touched.insert(id, account);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_spec(spec: &AccountSpec) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(spec).map_err(|e| StoreError::Io(format!("encoding: {e}").into()))
+}
+
+impl Store for DurableStore {
+    fn append(&self, record: &Record) -> Result<u64, StoreError> {
+        let payload = encode_record(record)?;
+        let _gate = self.inner.append_gate.read();
+        let seq = self.inner.journal.append(&payload).map_err(journal_err)?;
+        let (first, second) = touched(record);
+        for id in std::iter::once(first).chain(second) {
+            self.inner
+                .dirty
+                .entry(id)
+                .and_modify(|d| d.last_seq = seq)
+                .or_insert(Dirty {
+                    first_seq: seq,
+                    last_seq: seq,
+                });
+        }
+        if let Change::Opened { spec } = &record.change {
+            // The directory is a cache of the journal's Opened records (recovery rebuilds it).
+            self.inner
+                .directory
+                .insert(key(record.account), encode_spec(spec)?)
+                .map_err(sled_err)?;
+        }
+        Ok(seq)
+    }
+
+    fn durable(&self) -> watch::Receiver<DurablePoint> {
+        self.inner.journal.durable()
+    }
+
+    fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError> {
+        self.inner
+            .directory
+            .iter()
+            .map(|entry| {
+                let (k, v) = entry.map_err(sled_err)?;
+                let id = <[u8; 8]>::try_from(k.as_ref())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("directory key is not 8 bytes".into()))?;
+                let spec = postcard::from_bytes(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("directory entry: {e}").into()))?;
+                Ok((AccountId(id), spec))
+            })
+            .collect()
+    }
+
+    fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        let snapshot = self.snapshot(id)?;
+        let covered = snapshot.as_ref().map_or(0, Account::last_seq);
+        let last_touch = self.inner.dirty.get(&id).map_or(0, |d| d.last_seq);
+        if last_touch <= covered {
+            return Ok(snapshot);
+        }
+        // Records after the snapshot touched the account: replay them from the journal.
+        let mut account = snapshot;
+        let mut failure = None;
+        let from = covered
+            .saturating_add(1)
+            .max(self.inner.journal.first_seq());
+        self.inner
+            .journal
+            .read_from(from, |seq, payload| {
+                let step = decode_record(payload).and_then(|record| {
+                    let (first, second) = touched(&record);
+                    if first == id || second == Some(id) {
+                        account = replay_one(account.take(), &record, seq, id, &self.inner.limits)?;
+                    }
+                    Ok(())
+                });
+                match step {
+                    Ok(()) => Ok(seq < last_touch),
+                    Err(e) => {
+                        failure = Some(e);
+                        Ok(false)
+                    }
+                }
+            })
+            .map_err(journal_err)?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(account),
+        }
+    }
+
+    fn save(&self, account: &Account) -> Result<(), StoreError> {
+        let k = key(account.id);
+        let new = encode_account(account)?;
+        // Never replace a snapshot with an older one (saves may race: a checkpoint and a
+        // passivation, or an account's first snapshot and its later ones).
+        loop {
+            let old = self.inner.accounts.get(k).map_err(sled_err)?;
+            if let Some(old) = &old {
+                if snapshot_seq(old)? >= account.last_seq() {
+                    break;
+                }
+            }
+            match self
+                .inner
+                .accounts
+                .compare_and_swap(k, old, Some(new.clone()))
+                .map_err(sled_err)?
+            {
+                Ok(()) => break,
+                Err(_) => continue,
+            }
+        }
+        self.inner
+            .dirty
+            .remove_if(&account.id, |_, d| d.last_seq <= account.last_seq());
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<usize, StoreError> {
+        let trim_before = {
+            let _gate = self.inner.append_gate.write();
+            self.inner
+                .dirty
+                .iter()
+                .map(|d| d.first_seq)
+                .min()
+                .unwrap_or_else(|| self.inner.journal.last_seq().saturating_add(1))
+        };
+        trim(&self.inner.db, &self.inner.journal, trim_before)
+    }
+
+    fn history(
+        &self,
+        id: AccountId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut entries = Vec::new();
+        let mut failure = None;
+        let from = after_seq
+            .saturating_add(1)
+            .max(self.inner.journal.first_seq());
+        self.inner
+            .journal
+            .read_from(from, |seq, payload| match decode_record(payload) {
+                Ok(record) => {
+                    let (first, second) = touched(&record);
+                    if first == id || second == Some(id) {
+                        entries.push(HistoryEntry { seq, record });
+                    }
+                    Ok(entries.len() < limit)
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    Ok(false)
+                }
+            })
+            .map_err(journal_err)?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(entries),
+        }
+    }
+}
