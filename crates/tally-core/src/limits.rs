@@ -19,7 +19,8 @@ pub struct Limits {
     pub postings_retained: usize,
     /// Idempotency keys remembered per account (the oldest is forgotten first) ...
     pub idempotency_keys_max: usize,
-    /// ... and for how long (ms). A retry after either bound is executed as a new request.
+    /// ... and for how long (ms). Keys past either bound are forgotten when the account next
+    /// makes a change; a retry after that is executed as a new request.
     pub idempotency_retention_ms: u64,
     /// Shortest hold timeout (ms).
     pub hold_timeout_ms_min: u64,
