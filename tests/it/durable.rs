@@ -251,3 +251,51 @@ async fn a_damaged_record_in_the_middle_refuses_to_open() {
         Ok(_) => panic!("a damaged journal opened"),
     }
 }
+
+#[tokio::test]
+async fn history_survives_checkpoints_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        supervisor_tick: Duration::from_millis(10),
+        checkpoint_interval: Duration::from_millis(10),
+        ..EngineConfig::default()
+    };
+    let mut store_config = DurableConfig::new(dir.path());
+    store_config.segment_bytes_max = 8 * 1024;
+    let (store, _) = DurableStore::open(store_config).unwrap();
+    let tally = Tally::open(Arc::new(store.clone()), config.clone())
+        .await
+        .unwrap();
+    setup(&tally).await;
+    for _ in 0..600 {
+        tally.charge(op(), ALICE, APP, 1, "").await.unwrap();
+    }
+    for _ in 0..300 {
+        if store.journal().first_seq() > 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        store.journal().first_seq() > 300,
+        "the journal was not trimmed"
+    );
+    let pages = |tally: Tally| async move {
+        let mut seqs = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = tally.history(ALICE, after, 128).await.unwrap();
+            seqs.extend(page.entries.iter().map(|e| e.seq));
+            match page.next_after_seq {
+                Some(next) => after = next,
+                None => return seqs,
+            }
+        }
+    };
+    let before = pages(tally.clone()).await;
+    assert_eq!(before.len(), 602, "opened + funded + 600 charges");
+    assert!(before.windows(2).all(|w| w[0] < w[1]));
+    drop((tally, store));
+    let (tally, _, _) = open(dir.path(), config).await;
+    assert_eq!(pages(tally).await, before);
+}

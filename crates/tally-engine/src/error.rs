@@ -59,6 +59,9 @@ impl From<tally_store::StoreError> for Error {
             },
             S::Failed(reason) => Error::StorageFailed { reason },
             S::Io(reason) | S::Corrupt(reason) | S::Locked(reason) => Error::Storage { reason },
+            S::Trimmed => Error::Storage {
+                reason: "the journal was trimmed under the reader".into(),
+            },
         }
     }
 }

@@ -55,7 +55,13 @@ impl Actor for Supervisor {
                 passivate_idle(shared);
                 if state.last_checkpoint.elapsed() >= shared.config.checkpoint_interval {
                     state.last_checkpoint = Instant::now();
-                    if let Err(e) = shared.checkpoint() {
+                    // Snapshot writes and archiving are blocking I/O: keep them off the workers.
+                    let worker = shared.clone();
+                    let done = tokio::task::spawn_blocking(move || worker.checkpoint()).await;
+                    if let Err(e) = done
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                    {
                         tracing::warn!(error = %e, "checkpoint failed; the journal keeps growing until one succeeds");
                     }
                 }

@@ -21,6 +21,11 @@
 //! not cover yet. sled is flushed before any segment is removed, so a trimmed record is always
 //! covered by a snapshot on disk.
 //!
+//! **History** is kept in a third tree, `history` ((account id, sequence number) → record):
+//! before journal records are trimmed, a checkpoint copies them there (at most
+//! [`ARCHIVE_RECORDS_PER_CHECKPOINT_MAX`] per checkpoint, so its work is bounded; the journal
+//! keeps the rest). A history page reads the archive, then the journal after it.
+//!
 //! **Load** = snapshot + the journal records after it that touched the account (the store
 //! remembers, per account, the sequence number of the last record that touched it, so a load
 //! whose snapshot is current reads no journal).
@@ -101,6 +106,7 @@ struct Inner {
     db: sled::Db,
     accounts: sled::Tree,
     directory: sled::Tree,
+    history: sled::Tree,
     /// Accounts touched by records their saved snapshot does not cover yet: the first such
     /// record and the last. The oldest first record bounds what a checkpoint may trim.
     dirty: DashMap<AccountId, Dirty>,
@@ -169,6 +175,7 @@ impl DurableStore {
             })?;
         let accounts = db.open_tree("accounts").map_err(sled_err)?;
         let directory = db.open_tree("directory").map_err(sled_err)?;
+        let history = db.open_tree("history").map_err(sled_err)?;
 
         let mut journal_config = JournalConfig::new(dir.join("journal"));
         journal_config.sync = config.sync;
@@ -205,8 +212,10 @@ impl DurableStore {
                 .insert(key(account.id), encode_account(account)?)
                 .map_err(sled_err)?;
         }
-        // Every account's snapshot is now current: nothing in the journal is needed any more.
-        trim(&db, &journal, recovered.last_seq.saturating_add(1))?;
+        // Every account's snapshot is now current: once the history archive has every record,
+        // nothing in the journal is needed any more.
+        let archived = archive(&db, &history, &journal, recovered.last_seq)?;
+        trim(&db, &journal, archived.saturating_add(1))?;
         let report = DurableRecovery {
             accounts: directory.len() as u64,
             snapshots_loaded,
@@ -232,6 +241,7 @@ impl DurableStore {
                 db,
                 accounts,
                 directory,
+                history,
                 dirty: DashMap::new(),
                 append_gate: parking_lot::RwLock::new(()),
             }),
@@ -262,6 +272,74 @@ impl DurableStore {
             .map(|bytes| decode_account(&bytes))
             .transpose()
     }
+}
+
+/// The sled key that records how far the history archive reaches (big-endian `u64`).
+const ARCHIVED_UPTO_KEY: &[u8] = b"history_archived_upto";
+
+/// Most journal records one checkpoint copies into the history archive, so a checkpoint's work
+/// is bounded; the journal keeps what is not archived yet.
+pub const ARCHIVE_RECORDS_PER_CHECKPOINT_MAX: u64 = 250_000;
+
+fn read_meta(db: &sled::Db, key: &[u8]) -> Result<u64, StoreError> {
+    Ok(db
+        .get(key)
+        .map_err(sled_err)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
+fn history_key(id: AccountId, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&id.0.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Copies the journal's records after the archive's end, up to `upto`, into the history tree
+/// (one entry per account a record touches). Returns how far the archive now reaches.
+fn archive(
+    db: &sled::Db,
+    history: &sled::Tree,
+    journal: &Journal,
+    upto: u64,
+) -> Result<u64, StoreError> {
+    let done = read_meta(db, ARCHIVED_UPTO_KEY)?;
+    if upto <= done {
+        return Ok(done);
+    }
+    let mut batch = sled::Batch::default();
+    let mut last = done;
+    let mut failure = None;
+    let from = done.saturating_add(1).max(journal.first_seq());
+    journal
+        .read_from(from, |seq, payload| {
+            if seq > upto {
+                return Ok(false);
+            }
+            match decode_record(payload) {
+                Ok(record) => {
+                    let (first, second) = touched(&record);
+                    for id in std::iter::once(first).chain(second) {
+                        batch.insert(&history_key(id, seq)[..], payload);
+                    }
+                    last = seq;
+                    Ok(seq < upto)
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    Ok(false)
+                }
+            }
+        })
+        .map_err(journal_err)?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    history.apply_batch(batch).map_err(sled_err)?;
+    db.insert(ARCHIVED_UPTO_KEY, &last.to_be_bytes())
+        .map_err(sled_err)?;
+    Ok(last)
 }
 
 /// The sled key that records the journal's trim point (big-endian `u64`).
@@ -453,16 +531,28 @@ impl Store for DurableStore {
     }
 
     fn checkpoint(&self) -> Result<usize, StoreError> {
-        let trim_before = {
-            let _gate = self.inner.append_gate.write();
-            self.inner
+        let inner = &self.inner;
+        let dirty_min = {
+            let _gate = inner.append_gate.write();
+            inner
                 .dirty
                 .iter()
                 .map(|d| d.first_seq)
                 .min()
-                .unwrap_or_else(|| self.inner.journal.last_seq().saturating_add(1))
+                .unwrap_or_else(|| inner.journal.last_seq().saturating_add(1))
         };
-        trim(&self.inner.db, &self.inner.journal, trim_before)
+        let durable = inner.journal.durable().borrow().seq;
+        let archived = read_meta(&inner.db, ARCHIVED_UPTO_KEY)?;
+        let target = dirty_min
+            .saturating_sub(1)
+            .min(durable)
+            .min(archived.saturating_add(ARCHIVE_RECORDS_PER_CHECKPOINT_MAX));
+        let archived = archive(&inner.db, &inner.history, &inner.journal, target)?;
+        trim(
+            &inner.db,
+            &inner.journal,
+            dirty_min.min(archived.saturating_add(1)),
+        )
     }
 
     fn history(
@@ -471,12 +561,53 @@ impl Store for DurableStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
+        // The archive first, then the journal after it. A checkpoint may archive and trim in
+        // between; then the journal read is refused as trimmed and the whole read is redone.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.history_once(id, after_seq, limit) {
+                Err(StoreError::Trimmed) if attempts < 4 => continue,
+                Err(StoreError::Trimmed) => {
+                    return Err(StoreError::Io(
+                        "history kept moving under the reader".into(),
+                    ))
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl DurableStore {
+    fn history_once(
+        &self,
+        id: AccountId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let inner = &self.inner;
+        let archived = read_meta(&inner.db, ARCHIVED_UPTO_KEY)?;
         let mut entries = Vec::new();
+        let range = history_key(id, after_seq.saturating_add(1))..=history_key(id, u64::MAX);
+        for item in inner.history.range(range).take(limit) {
+            let (key, payload) = item.map_err(sled_err)?;
+            let seq = key
+                .get(8..16)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt("history key is not 16 bytes".into()))?;
+            entries.push(HistoryEntry {
+                seq,
+                record: decode_record(&payload)?,
+            });
+        }
+        if entries.len() >= limit {
+            return Ok(entries);
+        }
         let mut failure = None;
-        let from = after_seq
-            .saturating_add(1)
-            .max(self.inner.journal.first_seq());
-        self.inner
+        let from = after_seq.max(archived).saturating_add(1);
+        let read = inner
             .journal
             .read_from(from, |seq, payload| match decode_record(payload) {
                 Ok(record) => {
@@ -490,11 +621,12 @@ impl Store for DurableStore {
                     failure = Some(e);
                     Ok(false)
                 }
-            })
-            .map_err(journal_err)?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(entries),
+            });
+        match (read, failure) {
+            (Err(JournalError::Trimmed { .. }), _) => Err(StoreError::Trimmed),
+            (Err(e), _) => Err(journal_err(e)),
+            (Ok(_), Some(e)) => Err(e),
+            (Ok(_), None) => Ok(entries),
         }
     }
 }

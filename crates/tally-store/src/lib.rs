@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use tally_core::{Account, AccountId, AccountSpec, Record};
 
-pub use durable::{DurableConfig, DurableRecovery, DurableStore};
+pub use durable::{
+    DurableConfig, DurableRecovery, DurableStore, ARCHIVE_RECORDS_PER_CHECKPOINT_MAX,
+};
 pub use mem::MemStore;
 
 /// The durable point of a store.
@@ -53,6 +55,9 @@ pub enum StoreError {
     /// Another process (or another store in this one) owns the data directory.
     #[error("data directory locked: {0}")]
     Locked(Arc<str>),
+    /// What a reader wanted was trimmed from the journal while it read; read again.
+    #[error("the journal was trimmed under the reader")]
+    Trimmed,
     /// A read or snapshot failed.
     #[error("storage error: {0}")]
     Io(Arc<str>),
