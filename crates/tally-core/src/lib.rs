@@ -23,6 +23,7 @@ mod error;
 mod ids;
 mod ledger;
 mod limits;
+mod pricing;
 mod route;
 
 pub use account::{
@@ -35,6 +36,10 @@ pub use error::Error;
 pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp};
 pub use ledger::{Counterparty, DecideCtx, Decision};
 pub use limits::Limits;
+pub use pricing::{
+    parse_cents, parse_usd, Meter, Price, PricingError, Rate, Tier, Usage, MICROCENTS_PER_CENT,
+    MICROCENTS_PER_USD,
+};
 
 /// The default minimum of a funds check, in the ledger unit: 100 µ¢ (a tenth of a cent), as in
 /// the seeds' `get_funding_allowed({ minimum = 100 })`.

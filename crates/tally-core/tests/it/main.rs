@@ -8,6 +8,7 @@ mod audit;
 mod idempotency;
 mod operations;
 mod overflow;
+mod pricing;
 mod rejections;
 mod replay;
 mod retention;
