@@ -40,9 +40,13 @@ pub use tally_core::{
     Balance, Change, Command, Hold, HoldId, HoldStatus, Limits, OpId, Outcome, Posting, PostingId,
     Record, Request, Timestamp, Violation, CHECK_MINIMUM_DEFAULT,
 };
+pub use tally_core::{
+    parse_cents, parse_usd, Meter, Price, PricingError, Rate, Tier, Usage, MICROCENTS_PER_CENT,
+    MICROCENTS_PER_USD,
+};
 pub use tally_engine::{
-    Clock, Committed, EngineConfig, Error, HistoryPage, HoldGuard, ManualClock, ReserveRequest,
-    SystemClock, Tally, HISTORY_PAGE_MAX,
+    Clock, Committed, EngineConfig, Error, HistoryPage, HoldGuard, ManualClock, MeterGuard,
+    ReserveRequest, SystemClock, Tally, HISTORY_PAGE_MAX,
 };
 pub use tally_store::journal::SyncMode;
 pub use tally_store::{

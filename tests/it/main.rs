@@ -6,6 +6,7 @@ mod durable;
 mod holds;
 mod idempotency;
 mod lifecycle;
+mod metering;
 mod operations;
 mod rejections;
 mod support;

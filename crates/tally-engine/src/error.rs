@@ -8,6 +8,17 @@ pub enum Error {
     /// The ledger refused the request (insufficient funds, unknown hold, ...).
     #[error(transparent)]
     Ledger(#[from] tally_core::Error),
+    /// A price could not be applied exactly.
+    #[error(transparent)]
+    Pricing(tally_core::PricingError),
+    /// No price is set for the app's endpoint.
+    #[error("no price is set for endpoint {endpoint:?} of {app}")]
+    NoPrice {
+        /// The app.
+        app: tally_core::AccountId,
+        /// The endpoint.
+        endpoint: String,
+    },
     /// Admission is at a limit; retry later. Nothing was queued.
     #[error("overloaded: {scope} is at its limit of {limit} requests in flight")]
     Overloaded {

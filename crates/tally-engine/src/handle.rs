@@ -34,7 +34,7 @@ pub const HISTORY_PAGE_MAX: usize = 1_000;
 /// is the truth); call [`Tally::shutdown`] to drain and snapshot first.
 #[derive(Clone)]
 pub struct Tally {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     _life: Arc<Life>,
 }
 

@@ -18,6 +18,7 @@ mod config;
 mod error;
 mod guard;
 mod handle;
+mod metering;
 mod shared;
 mod supervisor;
 
@@ -26,3 +27,4 @@ pub use config::EngineConfig;
 pub use error::Error;
 pub use guard::HoldGuard;
 pub use handle::{Committed, HistoryPage, ReserveRequest, Tally, HISTORY_PAGE_MAX};
+pub use metering::MeterGuard;

@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) actors: DashMap<ActorId, AccountId>,
     pub(crate) shutting_down: AtomicBool,
     eviction_requested: AtomicBool,
+    /// The price catalog: (app, endpoint) → price.
+    pub(crate) prices: DashMap<(AccountId, String), tally_core::Price>,
 }
 
 impl Shared {
@@ -84,6 +86,7 @@ impl Shared {
             actors: DashMap::new(),
             shutting_down: AtomicBool::new(false),
             eviction_requested: AtomicBool::new(false),
+            prices: DashMap::new(),
         })
     }
 

@@ -1,0 +1,155 @@
+//! The seeds' metered services, priced to the exact microcent and charged only on success.
+
+use std::time::Duration;
+use tally::{parse_usd, Price, Rate, Usage};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_text_model_holds_its_maximum_and_charges_the_tokens_used() {
+    let w = World::new(100_000_000).await;
+    w.tally.set_price(
+        APP,
+        "/chat",
+        Price::PerToken {
+            input: Rate::cents("200", 1_000_000).unwrap(),
+            output: Rate::cents("600", 1_000_000).unwrap(),
+        },
+    );
+    let max = Usage {
+        input_tokens: 1_200,
+        output_tokens: 4_096,
+        ..Usage::default()
+    };
+    let mut call = w
+        .tally
+        .meter(op(), ALICE, APP, "/chat", &max, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // 1,200 × 200 µ¢ + 4,096 × 600 µ¢ held.
+    assert_eq!(call.hold().amount().get(), 1_200 * 200 + 4_096 * 600);
+    let used = Usage {
+        input_tokens: 1_200,
+        output_tokens: 7,
+        ..Usage::default()
+    };
+    let committed = call.finish(op(), &used).await.unwrap();
+    assert_eq!(committed.amount_posted.get(), 240_000 + 4_200);
+    assert_eq!(w.tally.balance(APP).await.unwrap().posted, 244_200);
+    assert_eq!(w.available(ALICE).await, 100_000_000 - 244_200);
+}
+
+#[tokio::test]
+async fn text_to_speech_costs_400_microcents_per_character() {
+    let w = World::new(1_000_000).await;
+    w.tally.set_price(
+        APP,
+        "/polly",
+        Price::PerCharacter(Rate::new(400, 1).unwrap()),
+    );
+    let text = "Hello from tally, exact to the microcent.";
+    let cost = w
+        .tally
+        .quote(
+            APP,
+            "/polly",
+            &Usage {
+                characters: text.len() as u64,
+                ..Usage::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(cost.get(), 400 * text.len() as u64);
+    w.tally
+        .record_cost(op(), ALICE, cost.get(), APP, "/polly")
+        .await
+        .unwrap();
+    assert_eq!(w.available(ALICE).await, 1_000_000 - 16_400);
+}
+
+#[tokio::test]
+async fn document_pages_cost_150000_microcents_each() {
+    let w = World::new(10_000_000).await;
+    // 150 cents per 1,000 pages = 150,000 µ¢ per page.
+    w.tally.set_price(
+        APP,
+        "/textract",
+        Price::PerPage(Rate::cents("150", 1_000).unwrap()),
+    );
+    let max = Usage {
+        pages: 12,
+        ..Usage::default()
+    };
+    let mut call = w
+        .tally
+        .meter(op(), ALICE, APP, "/textract", &max, Duration::from_secs(60))
+        .await
+        .unwrap();
+    call.finish(
+        op(),
+        &Usage {
+            pages: 9,
+            ..Usage::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.tally.balance(APP).await.unwrap().posted, 9 * 150_000);
+}
+
+#[tokio::test]
+async fn a_search_at_one_cent_is_charged_only_when_the_work_succeeded() {
+    let w = World::new(5_000_000).await;
+    w.tally.set_price(
+        APP,
+        "/search",
+        Price::PerRequest(parse_usd("0.01").unwrap()),
+    );
+    assert!(w
+        .tally
+        .funding_allowed(ALICE, Some(1_000_000))
+        .await
+        .unwrap());
+    let one = Usage {
+        requests: 1,
+        ..Usage::default()
+    };
+    for succeeded in [true, false, true] {
+        let mut call = w
+            .tally
+            .meter(op(), ALICE, APP, "/search", &one, Duration::from_secs(5))
+            .await
+            .unwrap();
+        if succeeded {
+            call.finish(op(), &one).await.unwrap();
+        } // else dropped: voided
+    }
+    for _ in 0..200 {
+        if w.tally.balance(ALICE).await.unwrap().debits_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(w.tally.balance(APP).await.unwrap().posted, 2_000_000);
+    assert_eq!(w.available(ALICE).await, 3_000_000);
+}
+
+#[tokio::test]
+async fn an_endpoint_without_a_price_is_refused() {
+    let w = World::new(1_000).await;
+    let err = w
+        .tally
+        .meter(
+            op(),
+            ALICE,
+            APP,
+            "/unknown",
+            &Usage::default(),
+            Duration::from_secs(1),
+        )
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, tally::Error::NoPrice { .. }), "{err}");
+    assert_eq!(w.available(ALICE).await, 1_000);
+}
