@@ -41,7 +41,7 @@ impl Default for EngineConfig {
             resident_max: 100_000,
             idle_passivate_after: Duration::from_secs(60),
             supervisor_tick: Duration::from_secs(1),
-            checkpoint_interval: Duration::from_secs(10),
+            checkpoint_interval: Duration::from_secs(30),
             clock: Arc::new(SystemClock),
         }
     }

@@ -56,6 +56,8 @@ pub struct DurableConfig {
     pub segment_bytes_max: u64,
     /// Records appended but not yet durable; one more is refused as `Full` (`Overloaded`).
     pub queue_records_max: usize,
+    /// Memory sled may use as its page cache (bytes); sled's own default is 1 GiB.
+    pub snapshot_cache_bytes: u64,
     /// Test hook: the journal's sync after this many fails, as a failing disk would.
     #[doc(hidden)]
     pub fail_after_syncs: Option<u64>,
@@ -71,6 +73,7 @@ impl DurableConfig {
             sync: SyncMode::Data,
             segment_bytes_max: journal.segment_bytes_max,
             queue_records_max: journal.queue_records_max,
+            snapshot_cache_bytes: 64 * 1024 * 1024,
             fail_after_syncs: None,
         }
     }
@@ -166,6 +169,7 @@ impl DurableStore {
         // sled locks its directory: a second owner stops here, before the journal is touched.
         let db = sled::Config::new()
             .path(dir.join("snapshots"))
+            .cache_capacity(config.snapshot_cache_bytes)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(
