@@ -45,8 +45,8 @@ pub use tally_core::{
     MICROCENTS_PER_USD,
 };
 pub use tally_engine::{
-    Clock, Committed, EngineConfig, Error, HistoryPage, HoldGuard, ManualClock, MeterGuard,
-    ReserveRequest, SystemClock, Tally, HISTORY_PAGE_MAX,
+    Clock, Committed, Dispatch, EngineConfig, Error, HistoryPage, HoldGuard, ManualClock,
+    MeterGuard, ReserveRequest, SystemClock, Tally, HISTORY_PAGE_MAX,
 };
 pub use tally_store::journal::SyncMode;
 pub use tally_store::{

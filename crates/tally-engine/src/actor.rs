@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_core::{Account, Amount, Balance, Hold, Outcome, Request, Timestamp};
+use tally_core::{Account, Amount, Balance, Hold, Outcome, Request};
 
 use crate::shared::{Reply, Shared, Slot};
 
@@ -58,8 +58,6 @@ pub(crate) struct AccountActor;
 pub(crate) struct ActorState {
     shared: Arc<Shared>,
     slot: Arc<Slot>,
-    /// The deadline the armed expiry timer fires for.
-    timer_at: Option<Timestamp>,
 }
 
 impl Actor for AccountActor {
@@ -72,11 +70,7 @@ impl Actor for AccountActor {
         _myself: ActorRef<Self::Msg>,
         (shared, slot): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(ActorState {
-            shared,
-            slot,
-            timer_at: None,
-        })
+        Ok(ActorState { shared, slot })
     }
 
     async fn handle(
@@ -101,7 +95,7 @@ impl Actor for AccountActor {
                 let _ = reply.send(read(&state.slot, query));
             }
             AccountMsg::Expire => {
-                state.timer_at = None;
+                state.slot.timer_at_ms.store(0, Ordering::Release);
                 state.shared.expire_due(&state.slot);
             }
             AccountMsg::Passivate => {
@@ -117,7 +111,7 @@ impl Actor for AccountActor {
     }
 }
 
-fn read(slot: &Slot, query: Query) -> Reply<Answer> {
+pub(crate) fn read(slot: &Slot, query: Query) -> Reply<Answer> {
     let state = slot.state.lock();
     let account = &state.account;
     let answer = match query {
@@ -136,15 +130,17 @@ fn read(slot: &Slot, query: Query) -> Reply<Answer> {
 
 /// Arms the expiry timer for the earliest pending deadline, unless one is armed for it already.
 fn arm_timer(myself: &ActorRef<AccountMsg>, state: &mut ActorState) {
-    let Some(deadline) = state.slot.state.lock().account.next_deadline() else {
+    let slot = &state.slot;
+    let Some(deadline) = slot.state.lock().account.next_deadline() else {
         return;
     };
-    if state.timer_at.is_some_and(|armed| armed <= deadline) {
+    let armed = slot.timer_at_ms.load(Ordering::Acquire);
+    if armed != 0 && armed <= deadline.0 {
         return;
     }
     let now = state.shared.now_ms();
     let wait = Duration::from_millis(deadline.0.saturating_sub(now).max(1));
-    state.timer_at = Some(deadline);
+    slot.timer_at_ms.store(deadline.0.max(1), Ordering::Release);
     myself.send_after(wait, || AccountMsg::Expire);
 }
 

@@ -20,7 +20,7 @@ use crate::actor::{AccountMsg, Answer, Query};
 use crate::guard::HoldGuard;
 use crate::shared::{Reply, Shared};
 use crate::supervisor::Supervisor;
-use crate::{EngineConfig, Error};
+use crate::{Dispatch, EngineConfig, Error};
 
 /// How often a request is re-routed when it finds its account's actor stopped (passivated or
 /// failed) before giving up with [`Error::Unavailable`].
@@ -378,11 +378,24 @@ impl Tally {
 
     /// Executes any write request on the account that must execute it (see [`Command`]).
     pub async fn execute(&self, account: AccountId, request: Request) -> Result<Outcome, Error> {
-        self.call(account, |reply| AccountMsg::Execute {
-            request: request.clone(),
-            reply,
-        })
-        .await
+        match self.shared.config.dispatch {
+            Dispatch::Actor => {
+                self.call(account, |reply| AccountMsg::Execute {
+                    request: request.clone(),
+                    reply,
+                })
+                .await
+            }
+            Dispatch::Inline => {
+                self.inline(account, |shared, slot| {
+                    shared.expire_due(slot);
+                    let reply = shared.execute(slot, &request);
+                    slot.nudge_timer();
+                    reply
+                })
+                .await
+            }
+        }
     }
 
     /// The account's balance: posted, pending and available.
@@ -557,11 +570,94 @@ impl Tally {
     }
 
     async fn read(&self, account: AccountId, query: impl Fn() -> Query) -> Result<Answer, Error> {
-        self.call(account, |reply| AccountMsg::Read {
-            query: query(),
-            reply,
+        match self.shared.config.dispatch {
+            Dispatch::Actor => {
+                self.call(account, |reply| AccountMsg::Read {
+                    query: query(),
+                    reply,
+                })
+                .await
+            }
+            Dispatch::Inline => {
+                self.inline(account, |shared, slot| {
+                    shared.expire_due(slot);
+                    crate::actor::read(slot, query())
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs `work` on the account's slot in the caller's task, under admission control,
+    /// re-routing if the slot was retired (passivated or failed) meanwhile, then waits for
+    /// durability of what the reply reflects.
+    async fn inline<T>(
+        &self,
+        account: AccountId,
+        work: impl Fn(&Arc<Shared>, &crate::shared::Slot) -> Reply<T>,
+    ) -> Result<T, Error> {
+        // A request that finds everything durable never awaits; spend the task's cooperative
+        // budget so a caller looping on such requests still lets timers and actors run.
+        tokio::task::consume_budget().await;
+        self.admit()?;
+        let _permit = self
+            .shared
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded {
+                scope: "engine",
+                limit: self.shared.config.inflight_max,
+            })?;
+        let limit = self.shared.config.account_inflight_max;
+        for _ in 0..ROUTE_ATTEMPTS {
+            let slot = self.shared.slot(account)?;
+            if slot.inflight.fetch_add(1, Ordering::AcqRel) >= limit {
+                slot.inflight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Error::Overloaded {
+                    scope: "account",
+                    limit,
+                });
+            }
+            let reply = if slot.state.lock().retired {
+                None
+            } else {
+                // A panic here is a bug; treat it as the supervisor treats an actor's: retire
+                // the slot so the next request reloads the account from the store.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    work(&self.shared, &slot)
+                })) {
+                    Ok(reply) => Some(reply),
+                    Err(_) => {
+                        slot.inflight.fetch_sub(1, Ordering::AcqRel);
+                        let _stripe = self.shared.stripe(account);
+                        let mut state = slot.state.lock();
+                        self.shared.retire(&slot, &mut state);
+                        tracing::error!(%account, "request panicked; the account reloads from the store");
+                        return Err(Error::Internal {
+                            reason: format!("a request on {account} panicked").into(),
+                        });
+                    }
+                }
+            };
+            slot.inflight.fetch_sub(1, Ordering::AcqRel);
+            match reply {
+                Some(Reply {
+                    result: Err(Error::Unavailable { account: a, .. }),
+                    ..
+                }) if a == account => {}
+                Some(reply) => {
+                    self.shared.wait_durable(reply.wait_seq).await?;
+                    return reply.result;
+                }
+                None => {}
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(Error::Unavailable {
+            account,
+            attempts: ROUTE_ATTEMPTS,
         })
-        .await
     }
 
     /// Sends one message to the account's actor under admission control, re-routing if the actor

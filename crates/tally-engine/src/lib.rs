@@ -23,7 +23,7 @@ mod shared;
 mod supervisor;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::EngineConfig;
+pub use config::{Dispatch, EngineConfig};
 pub use error::Error;
 pub use guard::HoldGuard;
 pub use handle::{Committed, HistoryPage, ReserveRequest, Tally, HISTORY_PAGE_MAX};

@@ -42,6 +42,24 @@ pub(crate) struct Slot {
     pub(crate) last_access_ms: AtomicU64,
     /// The `last_seq` of the account's newest saved snapshot (0: none saved since activation).
     pub(crate) snapshot_seq: AtomicU64,
+    /// The deadline (ms) the actor's expiry timer is armed for (0: none).
+    pub(crate) timer_at_ms: AtomicU64,
+}
+
+impl Slot {
+    /// Asks the actor to arm its expiry timer if the account now has a deadline earlier than
+    /// the one armed (after a request executed outside the actor).
+    pub(crate) fn nudge_timer(&self) {
+        let Some(deadline) = self.state.lock().account.next_deadline() else {
+            return;
+        };
+        let armed = self.timer_at_ms.load(Ordering::Acquire);
+        if armed == 0 || deadline.0 < armed {
+            if let Some(actor) = self.actor.get() {
+                let _ = actor.send_message(AccountMsg::Expire);
+            }
+        }
+    }
 }
 
 /// A reply from an account actor: the result and the journal sequence number the caller must
@@ -116,14 +134,19 @@ impl Shared {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }
-        let _stripe = self.stripe(id);
-        if let Some(slot) = self.resident.get(&id) {
-            return Ok(slot.clone());
-        }
         let hard_max = self
             .config
             .resident_max
             .saturating_add(self.config.resident_max / 2);
+        if self.resident.len() >= hard_max {
+            // Make room now rather than wait for the supervisor (before taking our stripe:
+            // passivation takes the stripes of the accounts it passivates).
+            self.evict_least_recent();
+        }
+        let _stripe = self.stripe(id);
+        if let Some(slot) = self.resident.get(&id) {
+            return Ok(slot.clone());
+        }
         if self.resident.len() >= hard_max {
             self.request_eviction();
             return Err(Error::Overloaded {
@@ -146,6 +169,7 @@ impl Shared {
             inflight: AtomicUsize::new(0),
             last_access_ms: AtomicU64::new(self.now_ms()),
             snapshot_seq: AtomicU64::new(0),
+            timer_at_ms: AtomicU64::new(0),
         });
         let (actor, _) = ractor::ActorRuntime::spawn_linked_instant(
             None,
@@ -171,6 +195,61 @@ impl Shared {
                 let _ = supervisor.send_message(crate::supervisor::SupervisorMsg::Evict);
             }
         }
+    }
+
+    /// Passivates the least recently used idle accounts until residency is 90% of the cap.
+    /// Returns how many were passivated.
+    pub(crate) fn evict_least_recent(&self) -> usize {
+        let cap = self.config.resident_max;
+        let resident = self.resident.len();
+        if resident <= cap {
+            return 0;
+        }
+        let target = resident - cap + cap / 10;
+        let mut candidates: Vec<(u64, Arc<Slot>)> = self
+            .resident
+            .iter()
+            .filter(|e| e.value().inflight.load(Ordering::Relaxed) == 0)
+            .map(|e| {
+                (
+                    e.value().last_access_ms.load(Ordering::Relaxed),
+                    e.value().clone(),
+                )
+            })
+            .collect();
+        let target = target.min(candidates.len());
+        if target == 0 {
+            return 0;
+        }
+        candidates.select_nth_unstable_by_key(target - 1, |(at, _)| *at);
+        candidates
+            .into_iter()
+            .take(target)
+            .filter(|(_, slot)| self.passivate_now(slot))
+            .count()
+    }
+
+    /// Passivates an account now if it is idle and everything its state reflects is durable:
+    /// snapshot, leave the routing map, stop its actor. Returns whether it was passivated.
+    pub(crate) fn passivate_now(&self, slot: &Slot) -> bool {
+        let durable = self.durable.borrow().seq;
+        let _stripe = self.stripe(slot.id);
+        let mut state = slot.state.lock();
+        if state.retired {
+            return true;
+        }
+        if slot.inflight.load(Ordering::Acquire) > 0 || state.account.last_seq() > durable {
+            return false;
+        }
+        if let Err(e) = self.store.save(&state.account) {
+            tracing::warn!(account = %slot.id, error = %e, "snapshot failed; account stays resident");
+            return false;
+        }
+        self.retire(slot, &mut state);
+        if let Some(actor) = slot.actor.get() {
+            actor.stop(Some("passivated".into()));
+        }
+        true
     }
 
     pub(crate) fn eviction_done(&self) {

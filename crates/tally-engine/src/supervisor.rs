@@ -67,7 +67,7 @@ impl Actor for Supervisor {
                 }
             }
             SupervisorMsg::Evict => {
-                evict_least_recent(shared);
+                shared.evict_least_recent();
                 shared.eviction_done();
             }
         }
@@ -114,33 +114,5 @@ fn passivate_idle(shared: &Shared) {
                 let _ = actor.send_message(AccountMsg::Passivate);
             }
         }
-    }
-}
-
-fn evict_least_recent(shared: &Shared) {
-    let cap = shared.config.resident_max;
-    let resident = shared.resident.len();
-    if resident <= cap {
-        return;
-    }
-    // Bring residency to 90% of the cap, oldest access first.
-    let target = resident - cap + cap / 10;
-    let mut candidates: Vec<(u64, ractor::ActorRef<AccountMsg>)> = shared
-        .resident
-        .iter()
-        .filter(|e| e.value().inflight.load(Ordering::Relaxed) == 0)
-        .filter_map(|e| {
-            let slot = e.value();
-            let actor = slot.actor.get()?.clone();
-            Some((slot.last_access_ms.load(Ordering::Relaxed), actor))
-        })
-        .collect();
-    let target = target.min(candidates.len());
-    if target == 0 {
-        return;
-    }
-    candidates.select_nth_unstable_by_key(target - 1, |(at, _)| *at);
-    for (_, actor) in candidates.into_iter().take(target) {
-        let _ = actor.send_message(AccountMsg::Passivate);
     }
 }

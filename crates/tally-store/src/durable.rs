@@ -21,10 +21,12 @@
 //! not cover yet. sled is flushed before any segment is removed, so a trimmed record is always
 //! covered by a snapshot on disk.
 //!
-//! **History** is kept in a third tree, `history` ((account id, sequence number) → record):
-//! before journal records are trimmed, a checkpoint copies them there (at most
-//! [`ARCHIVE_RECORDS_PER_CHECKPOINT_MAX`] per checkpoint, so its work is bounded; the journal
-//! keeps the rest). A history page reads the archive, then the journal after it.
+//! **History**: a checkpoint does not delete journal segments, it moves them to `archive/`
+//! (same format), and indexes each archived segment in a fourth tree, `history_index`
+//! ((account id, segment's first sequence number) → nothing): one entry per account a segment
+//! touches, not per record, so keeping history costs the request path nothing. A history page
+//! reads the archived segments the index names for the account, then the journal. The archive
+//! grows with the ledger, as a ledger's history must; prune `archive/` by hand if you need to.
 //!
 //! **Load** = snapshot + the journal records after it that touched the account (the store
 //! remembers, per account, the sequence number of the last record that touched it, so a load
@@ -109,7 +111,7 @@ struct Inner {
     db: sled::Db,
     accounts: sled::Tree,
     directory: sled::Tree,
-    history: sled::Tree,
+    archive: Archive,
     /// Accounts touched by records their saved snapshot does not cover yet: the first such
     /// record and the last. The oldest first record bounds what a checkpoint may trim.
     dirty: DashMap<AccountId, Dirty>,
@@ -179,7 +181,11 @@ impl DurableStore {
             })?;
         let accounts = db.open_tree("accounts").map_err(sled_err)?;
         let directory = db.open_tree("directory").map_err(sled_err)?;
-        let history = db.open_tree("history").map_err(sled_err)?;
+        let archive = Archive {
+            dir: dir.join("archive"),
+            index: db.open_tree("history_index").map_err(sled_err)?,
+            lock: parking_lot::RwLock::new(()),
+        };
 
         let mut journal_config = JournalConfig::new(dir.join("journal"));
         journal_config.sync = config.sync;
@@ -216,10 +222,14 @@ impl DurableStore {
                 .insert(key(account.id), encode_account(account)?)
                 .map_err(sled_err)?;
         }
-        // Every account's snapshot is now current: once the history archive has every record,
-        // nothing in the journal is needed any more.
-        let archived = archive(&db, &history, &journal, recovered.last_seq)?;
-        trim(&db, &journal, archived.saturating_add(1))?;
+        // Every account's snapshot is now current: nothing in the journal is needed any more.
+        archive.index_unindexed(&db, &journal)?;
+        trim(
+            &db,
+            &journal,
+            &archive,
+            recovered.last_seq.saturating_add(1),
+        )?;
         let report = DurableRecovery {
             accounts: directory.len() as u64,
             snapshots_loaded,
@@ -245,7 +255,7 @@ impl DurableStore {
                 db,
                 accounts,
                 directory,
-                history,
+                archive,
                 dirty: DashMap::new(),
                 append_gate: parking_lot::RwLock::new(()),
             }),
@@ -278,12 +288,17 @@ impl DurableStore {
     }
 }
 
-/// The sled key that records how far the history archive reaches (big-endian `u64`).
-const ARCHIVED_UPTO_KEY: &[u8] = b"history_archived_upto";
+/// The history archive: journal segments moved out of the journal, and their index.
+struct Archive {
+    dir: PathBuf,
+    /// (account id, segment first seq) → (): which archived segments touch an account.
+    index: sled::Tree,
+    /// Exclusive while segments move and are indexed; shared while history reads them.
+    lock: parking_lot::RwLock<()>,
+}
 
-/// Most journal records one checkpoint copies into the history archive, so a checkpoint's work
-/// is bounded; the journal keeps what is not archived yet.
-pub const ARCHIVE_RECORDS_PER_CHECKPOINT_MAX: u64 = 250_000;
+/// The sled key of the first sequence number of the newest archived segment that is indexed.
+const INDEXED_SEGMENT_KEY: &[u8] = b"history_indexed_segment";
 
 fn read_meta(db: &sled::Db, key: &[u8]) -> Result<u64, StoreError> {
     Ok(db
@@ -293,57 +308,71 @@ fn read_meta(db: &sled::Db, key: &[u8]) -> Result<u64, StoreError> {
         .map_or(0, u64::from_be_bytes))
 }
 
-fn history_key(id: AccountId, seq: u64) -> [u8; 16] {
+fn index_key(id: AccountId, segment: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&id.0.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k[8..].copy_from_slice(&segment.to_be_bytes());
     k
 }
 
-/// Copies the journal's records after the archive's end, up to `upto`, into the history tree
-/// (one entry per account a record touches). Returns how far the archive now reaches.
-fn archive(
-    db: &sled::Db,
-    history: &sled::Tree,
-    journal: &Journal,
-    upto: u64,
-) -> Result<u64, StoreError> {
-    let done = read_meta(db, ARCHIVED_UPTO_KEY)?;
-    if upto <= done {
-        return Ok(done);
+impl Archive {
+    /// The archived segments and, for each, its last sequence number (the archive is
+    /// contiguous and ends where the journal begins).
+    fn segments(&self, journal: &Journal) -> Result<Vec<(u64, u64)>, StoreError> {
+        let starts = crate::journal::segment_starts(&self.dir).map_err(journal_err)?;
+        let journal_first = journal.first_seq();
+        Ok(starts
+            .iter()
+            .enumerate()
+            .map(|(i, &first)| {
+                let end = starts
+                    .get(i + 1)
+                    .copied()
+                    .unwrap_or(journal_first)
+                    .saturating_sub(1);
+                (first, end)
+            })
+            .collect())
     }
-    let mut batch = sled::Batch::default();
-    let mut last = done;
-    let mut failure = None;
-    let from = done.saturating_add(1).max(journal.first_seq());
-    journal
-        .read_from(from, |seq, payload| {
-            if seq > upto {
-                return Ok(false);
+
+    /// Indexes archived segments newer than the last one indexed (after a crash between a
+    /// segment's move and its indexing, or after the moves of a checkpoint).
+    fn index_unindexed(&self, db: &sled::Db, journal: &Journal) -> Result<(), StoreError> {
+        let indexed = read_meta(db, INDEXED_SEGMENT_KEY)?;
+        for (first, end) in self.segments(journal)? {
+            if first <= indexed && indexed != 0 {
+                continue;
             }
-            match decode_record(payload) {
-                Ok(record) => {
-                    let (first, second) = touched(&record);
-                    for id in std::iter::once(first).chain(second) {
-                        batch.insert(&history_key(id, seq)[..], payload);
+            let mut accounts = std::collections::HashSet::new();
+            let mut failure = None;
+            crate::journal::read_archive(&self.dir, first, end, |_, payload| {
+                match decode_record(payload) {
+                    Ok(record) => {
+                        let (a, b) = touched(&record);
+                        accounts.insert(a);
+                        accounts.extend(b);
+                        Ok(true)
                     }
-                    last = seq;
-                    Ok(seq < upto)
+                    Err(e) => {
+                        failure = Some(e);
+                        Ok(false)
+                    }
                 }
-                Err(e) => {
-                    failure = Some(e);
-                    Ok(false)
-                }
+            })
+            .map_err(journal_err)?;
+            if let Some(e) = failure {
+                return Err(e);
             }
-        })
-        .map_err(journal_err)?;
-    if let Some(e) = failure {
-        return Err(e);
+            let mut batch = sled::Batch::default();
+            for id in accounts {
+                batch.insert(&index_key(id, first)[..], &[][..]);
+            }
+            self.index.apply_batch(batch).map_err(sled_err)?;
+            db.insert(INDEXED_SEGMENT_KEY, &first.to_be_bytes())
+                .map_err(sled_err)?;
+        }
+        Ok(())
     }
-    history.apply_batch(batch).map_err(sled_err)?;
-    db.insert(ARCHIVED_UPTO_KEY, &last.to_be_bytes())
-        .map_err(sled_err)?;
-    Ok(last)
 }
 
 /// The sled key that records the journal's trim point (big-endian `u64`).
@@ -351,7 +380,12 @@ const TRIMMED_BEFORE_KEY: &[u8] = b"journal_trimmed_before";
 
 /// Records the trim point and makes every snapshot durable, then trims: snapshots reach the
 /// disk before the journal records they replace leave it.
-fn trim(db: &sled::Db, journal: &Journal, trim_before: u64) -> Result<usize, StoreError> {
+fn trim(
+    db: &sled::Db,
+    journal: &Journal,
+    archive: &Archive,
+    trim_before: u64,
+) -> Result<usize, StoreError> {
     let previous = db
         .get(TRIMMED_BEFORE_KEY)
         .map_err(sled_err)?
@@ -361,7 +395,12 @@ fn trim(db: &sled::Db, journal: &Journal, trim_before: u64) -> Result<usize, Sto
     db.insert(TRIMMED_BEFORE_KEY, &trim_before.to_be_bytes())
         .map_err(sled_err)?;
     db.flush().map_err(sled_err)?;
-    journal.trim_before(trim_before).map_err(journal_err)
+    let _moving = archive.lock.write();
+    let moved = journal
+        .archive_before(trim_before, &archive.dir)
+        .map_err(journal_err)?;
+    archive.index_unindexed(db, journal)?;
+    Ok(moved.len())
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -545,18 +584,7 @@ impl Store for DurableStore {
                 .min()
                 .unwrap_or_else(|| inner.journal.last_seq().saturating_add(1))
         };
-        let durable = inner.journal.durable().borrow().seq;
-        let archived = read_meta(&inner.db, ARCHIVED_UPTO_KEY)?;
-        let target = dirty_min
-            .saturating_sub(1)
-            .min(durable)
-            .min(archived.saturating_add(ARCHIVE_RECORDS_PER_CHECKPOINT_MAX));
-        let archived = archive(&inner.db, &inner.history, &inner.journal, target)?;
-        trim(
-            &inner.db,
-            &inner.journal,
-            dirty_min.min(archived.saturating_add(1)),
-        )
+        trim(&inner.db, &inner.journal, &inner.archive, dirty_min)
     }
 
     fn history(
@@ -591,26 +619,42 @@ impl DurableStore {
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         let inner = &self.inner;
-        let archived = read_meta(&inner.db, ARCHIVED_UPTO_KEY)?;
         let mut entries = Vec::new();
-        let range = history_key(id, after_seq.saturating_add(1))..=history_key(id, u64::MAX);
-        for item in inner.history.range(range).take(limit) {
-            let (key, payload) = item.map_err(sled_err)?;
-            let seq = key
+        let _reading = inner.archive.lock.read();
+        let segments = inner.archive.segments(&inner.journal)?;
+        let archived_end = segments.last().map_or(0, |(_, end)| *end);
+        let range = index_key(id, 0)..=index_key(id, u64::MAX);
+        for item in inner.archive.index.range(range) {
+            if entries.len() >= limit {
+                return Ok(entries);
+            }
+            let (key, _) = item.map_err(sled_err)?;
+            let first = key
                 .get(8..16)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map(u64::from_be_bytes)
-                .ok_or_else(|| StoreError::Corrupt("history key is not 16 bytes".into()))?;
-            entries.push(HistoryEntry {
-                seq,
-                record: decode_record(&payload)?,
-            });
+                .ok_or_else(|| StoreError::Corrupt("history index key is not 16 bytes".into()))?;
+            let Some(&(_, end)) = segments.iter().find(|(f, _)| *f == first) else {
+                continue; // pruned from the archive by hand
+            };
+            if end <= after_seq {
+                continue;
+            }
+            let mut failure = None;
+            let from = first.max(after_seq.saturating_add(1));
+            crate::journal::read_archive(&inner.archive.dir, from, end, |seq, payload| {
+                collect(id, seq, payload, &mut entries, &mut failure, limit)
+            })
+            .map_err(journal_err)?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
         }
         if entries.len() >= limit {
             return Ok(entries);
         }
         let mut failure = None;
-        let from = after_seq.max(archived).saturating_add(1);
+        let from = after_seq.max(archived_end).saturating_add(1);
         let read = inner
             .journal
             .read_from(from, |seq, payload| match decode_record(payload) {
@@ -631,6 +675,30 @@ impl DurableStore {
             (Err(e), _) => Err(journal_err(e)),
             (Ok(_), Some(e)) => Err(e),
             (Ok(_), None) => Ok(entries),
+        }
+    }
+}
+
+/// Keeps a record for `id`'s history; says whether to read on.
+fn collect(
+    id: AccountId,
+    seq: u64,
+    payload: &[u8],
+    entries: &mut Vec<HistoryEntry>,
+    failure: &mut Option<StoreError>,
+    limit: usize,
+) -> Result<bool, JournalError> {
+    match decode_record(payload) {
+        Ok(record) => {
+            let (first, second) = touched(&record);
+            if first == id || second == Some(id) {
+                entries.push(HistoryEntry { seq, record });
+            }
+            Ok(entries.len() < limit)
+        }
+        Err(e) => {
+            *failure = Some(e);
+            Ok(false)
         }
     }
 }

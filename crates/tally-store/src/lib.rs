@@ -23,9 +23,7 @@ use std::sync::Arc;
 
 use tally_core::{Account, AccountId, AccountSpec, Record};
 
-pub use durable::{
-    DurableConfig, DurableRecovery, DurableStore, ARCHIVE_RECORDS_PER_CHECKPOINT_MAX,
-};
+pub use durable::{DurableConfig, DurableRecovery, DurableStore};
 pub use mem::MemStore;
 
 /// The durable point of a store.

@@ -585,6 +585,22 @@ impl Journal {
     /// read that needs a removed segment gets [`JournalError::Trimmed`] (module docs,
     /// "Reading").
     pub fn trim_before(&self, seq: u64) -> Result<usize, JournalError> {
+        self.remove_before(seq, None).map(|moved| moved.len())
+    }
+
+    /// Like [`Journal::trim_before`], but moves the segments into `archive_dir` (created if
+    /// needed) instead of deleting them: the archive keeps the journal's file format and names,
+    /// and [`read_archive`] reads it. Returns the first sequence numbers of the segments moved.
+    pub fn archive_before(&self, seq: u64, archive_dir: &Path) -> Result<Vec<u64>, JournalError> {
+        std::fs::create_dir_all(archive_dir).map_err(|source| JournalError::Io {
+            op: "create archive directory",
+            path: archive_dir.to_owned(),
+            source,
+        })?;
+        self.remove_before(seq, Some(archive_dir))
+    }
+
+    fn remove_before(&self, seq: u64, archive: Option<&Path>) -> Result<Vec<u64>, JournalError> {
         let _trim = self.inner.trim.lock();
         {
             let queue = self.inner.shared.queue.lock();
@@ -598,7 +614,7 @@ impl Journal {
             path: dir.clone(),
             source,
         })?;
-        let mut removed = 0usize;
+        let mut removed = Vec::new();
         // Segment i holds seq first_i ..= first_{i+1} - 1; it may go once first_{i+1} <= seq.
         for pair in segments.windows(2) {
             let [segment, next] = pair else { break };
@@ -609,12 +625,21 @@ impl Journal {
             // asks for the segment being removed; taken back if the removal fails. Only trim
             // (serialised by `self.inner.trim`) stores it.
             let first_seq_before = self.inner.first_seq.swap(next.first_seq, Ordering::AcqRel);
-            if let Err(source) = std::fs::remove_file(&segment.path) {
+            let outcome = match archive {
+                None => std::fs::remove_file(&segment.path).map_err(|e| ("remove segment", e)),
+                Some(archive) => {
+                    let target = archive.join(format::segment_file_name(segment.first_seq));
+                    std::fs::rename(&segment.path, &target)
+                        .and_then(|()| format::sync_dir(archive))
+                        .map_err(|e| ("archive segment", e))
+                }
+            };
+            if let Err((op, source)) = outcome {
                 self.inner
                     .first_seq
                     .store(first_seq_before, Ordering::Release);
                 return Err(JournalError::Io {
-                    op: "remove segment",
+                    op,
                     path: segment.path.clone(),
                     source,
                 });
@@ -624,8 +649,8 @@ impl Journal {
                 path: dir.clone(),
                 source,
             })?;
-            tracing::info!(segment = %segment.path.display(), "journal: trimmed segment");
-            removed += 1;
+            tracing::debug!(segment = %segment.path.display(), archived = archive.is_some(), "journal: segment left the journal");
+            removed.push(segment.first_seq);
         }
         Ok(removed)
     }
@@ -752,4 +777,35 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     file.set_len(0).map_err(io("truncate"))?;
     writeln!(file, "pid {}", std::process::id()).map_err(io("write"))?;
     Ok(file)
+}
+
+/// Reads the records `from_seq ..= upto_seq` of an archive made by [`Journal::archive_before`]
+/// (read-only; the archive's segments are immutable), calling `f` for each in order until it
+/// returns `Ok(false)`. `upto_seq` must not pass the archive's last record (the journal's
+/// [`Journal::first_seq`] − 1). Returns the number of records passed to `f`.
+pub fn read_archive(
+    archive_dir: &Path,
+    from_seq: u64,
+    upto_seq: u64,
+    mut f: impl FnMut(u64, &[u8]) -> Result<bool, JournalError>,
+) -> Result<u64, JournalError> {
+    if !archive_dir.exists() {
+        return Ok(0);
+    }
+    reader::read_from(archive_dir, from_seq, upto_seq, &mut f)
+}
+
+/// The first sequence numbers of the segments in an archive (or journal) directory, oldest
+/// first; empty if the directory does not exist.
+pub fn segment_starts(dir: &Path) -> Result<Vec<u64>, JournalError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    format::list_segments(dir)
+        .map(|segments| segments.iter().map(|s| s.first_seq).collect())
+        .map_err(|source| JournalError::Io {
+            op: "list",
+            path: dir.to_owned(),
+            source,
+        })
 }
