@@ -1,0 +1,204 @@
+//! The command line: `tally-bench [run] [OPTIONS]` and `tally-bench verify`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::workload::{parse_duration, Mix};
+
+/// Load-test the tally accounting engine: throughput, latency percentiles, ceilings measured in
+/// the same run, and a check that the ledger balances and recovers exactly.
+///
+/// With no arguments: a 20-second load of 64 clients on 10,000 accounts against the durable
+/// store in a temporary directory, then the audit and a reopen-and-compare; prints PASS or FAIL.
+#[derive(Debug, Parser)]
+#[command(name = "tally-bench", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do (default: `run`).
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+    /// Options of `run`, when no subcommand is named.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl Cli {
+    /// The command to execute: `run` with the top-level options when none was named.
+    pub fn into_command(self) -> CliCommand {
+        self.command.unwrap_or(CliCommand::Run(self.run))
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run a load, then audit, reopen and compare (the default).
+    Run(RunArgs),
+    /// Check that every write in an acknowledgement log survived in a data directory.
+    Verify(VerifyArgs),
+}
+
+/// A named workload; explicit options override what it sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// Per-token LLM pricing: reserve the estimate for max_tokens, commit the tokens used at
+    /// 2 / 6 µ¢ per input / output token (200 / 600 cents per million); Zipf-skewed users.
+    LlmRouter,
+    /// A search API: a fixed charge of $0.01 (1,000,000 µ¢) per request.
+    SearchApi,
+    /// Every client on one account: the single-writer worst case.
+    HotWallet,
+    /// 1,000,000 accounts under a cap of 100,000 resident: activation and passivation churn;
+    /// reports memory per resident account.
+    ManyAccounts,
+}
+
+/// How the journal makes groups durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncArg {
+    /// fdatasync after every group (durable).
+    #[default]
+    Data,
+    /// No sync at all: NOT durable; measures everything but the disk.
+    None,
+}
+
+/// Options of `run`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct RunArgs {
+    /// A named workload (its settings are the defaults; explicit options win).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// User accounts [default: 10,000; presets differ].
+    #[arg(long, value_name = "N")]
+    pub accounts: Option<u64>,
+    /// Concurrent clients (tasks), each with one logical operation in flight [default: 64].
+    #[arg(long, value_name = "N")]
+    pub clients: Option<u32>,
+    /// How long the load runs: seconds (`10`), or `10s`, `2m`, `500ms` [default: 20s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "ops")]
+    pub duration: Option<Duration>,
+    /// Stop after this many logical operations instead of after a duration.
+    #[arg(long, value_name = "N")]
+    pub ops: Option<u64>,
+    /// Operation mix, e.g. `reserve-commit=70,charge=20,void=5,refund=5`; also `transfer`,
+    /// `fund` [default: that example].
+    #[arg(long, value_name = "SPEC", value_parser = clap::value_parser!(Mix))]
+    pub mix: Option<Mix>,
+    /// Share of commits that post less than was held, 0 to 1 [default: 0.5].
+    #[arg(long, value_name = "RATIO")]
+    pub partial_commit: Option<f64>,
+    /// Zipf exponent of the users' popularity; 0 = uniform [default: 0].
+    #[arg(long, value_name = "S")]
+    pub skew: Option<f64>,
+    /// Send the load to the first N users only (the others exist but stay idle).
+    #[arg(long, value_name = "N")]
+    pub hot_accounts: Option<u64>,
+    /// Most accounts resident in memory (EngineConfig::resident_max) [default: 100,000].
+    #[arg(long, value_name = "N")]
+    pub resident_max: Option<usize>,
+    /// Idempotency keys remembered per account (Limits::idempotency_keys_max). Large so that
+    /// nothing acknowledged is forgotten during a crash test; `verify` must use the same value
+    /// [default: 1,000,000].
+    #[arg(long, value_name = "N")]
+    pub idempotency_keys: Option<usize>,
+    /// Data directory of the durable store. An existing ledger is continued (recovered, not
+    /// re-created) [default: a temporary directory, deleted at the end unless --keep].
+    #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep the temporary data directory.
+    #[arg(long)]
+    pub keep: bool,
+    /// Use the in-memory store instead (no disk: the engine's own ceiling).
+    #[arg(long)]
+    pub in_memory: bool,
+    /// How journal groups are made durable.
+    #[arg(long, value_enum, default_value_t = SyncArg::Data)]
+    pub sync: SyncArg,
+    /// Seed of the workload's choices (users, amounts, mix) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Append one line per acknowledged write (`ACCOUNT OP OUTCOME`) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub ack_log: Option<PathBuf>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Skip the ceilings (fdatasync, group commit, core apply loop).
+    #[arg(long)]
+    pub no_ceilings: bool,
+    /// No progress display.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Options of `verify`.
+#[derive(Clone, Debug, Args)]
+pub struct VerifyArgs {
+    /// Data directory of the durable store to check.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// The acknowledgement log written by `run --ack-log`.
+    #[arg(long, value_name = "FILE")]
+    pub ack_log: PathBuf,
+    /// Idempotency keys remembered per account: the value the runs used [default: 1,000,000].
+    #[arg(long, value_name = "N")]
+    pub idempotency_keys: Option<usize>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<CliCommand, clap::Error> {
+        Cli::try_parse_from(args).map(Cli::into_command)
+    }
+
+    #[test]
+    fn no_arguments_means_run_with_defaults() {
+        let CliCommand::Run(args) = parse(&["tally-bench"]).unwrap() else {
+            panic!("expected run");
+        };
+        assert!(args.preset.is_none() && args.duration.is_none() && !args.in_memory);
+    }
+
+    #[test]
+    fn run_options_work_with_and_without_the_subcommand() {
+        for argv in [
+            &["tally-bench", "--in-memory", "--duration", "2m"][..],
+            &["tally-bench", "run", "--in-memory", "--duration", "2m"][..],
+        ] {
+            let CliCommand::Run(args) = parse(argv).unwrap() else {
+                panic!("expected run");
+            };
+            assert!(args.in_memory);
+            assert_eq!(args.duration, Some(Duration::from_secs(120)));
+        }
+    }
+
+    #[test]
+    fn verify_needs_its_directory_and_log() {
+        assert!(parse(&["tally-bench", "verify"]).is_err());
+        let CliCommand::Verify(args) =
+            parse(&["tally-bench", "verify", "--data-dir", "d", "--ack-log", "f"]).unwrap()
+        else {
+            panic!("expected verify");
+        };
+        assert_eq!(args.data_dir, PathBuf::from("d"));
+    }
+
+    #[test]
+    fn contradictory_options_are_refused() {
+        assert!(parse(&["tally-bench", "--duration", "5", "--ops", "5"]).is_err());
+        assert!(parse(&["tally-bench", "--in-memory", "--data-dir", "x"]).is_err());
+        assert!(parse(&["tally-bench", "--mix", "teleport=1"]).is_err());
+    }
+}

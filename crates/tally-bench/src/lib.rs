@@ -1,0 +1,29 @@
+//! tally-bench: the load-test program of the tally accounting engine.
+//!
+//! A benchmark is a program, not a timed test: it reports throughput and latency percentiles
+//! with its configuration and the machine, next to ceilings measured in the same run (the
+//! disk's fdatasync rate, a group-commit loop, the domain logic alone), and it proves that the
+//! ledger it produced balances and recovers exactly. The binary is a thin `main.rs`; everything
+//! here is a library so the workload and report code can be unit-tested.
+//!
+//! - [`cli`]: the command line (`run`, the default, and `verify`).
+//! - [`plan`]: the options resolved against a preset into one [`plan::Plan`].
+//! - [`workload`]: the mix, the user picker (uniform or Zipf), pricing models, operation ids.
+//! - [`run`]: setup, the clients, the checks (audit, shutdown, reopen, compare).
+//! - [`stats`]: latency histograms and error counts per client, merged at the end.
+//! - [`ceiling`]: fdatasync and group-commit rates of the data disk; the core apply loop.
+//! - [`acklog`] and [`verify`]: the acknowledgement log a crash test checks against.
+//! - [`report`]: the report's stable JSON names and its human summary.
+//! - [`store`] and [`sys`]: which store a run drives; resident memory.
+
+pub mod acklog;
+pub mod ceiling;
+pub mod cli;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod store;
+pub mod sys;
+pub mod verify;
+pub mod workload;

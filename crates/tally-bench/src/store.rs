@@ -1,0 +1,112 @@
+//! Which store a run drives: the embedded durable store in a directory, or the in-memory store
+//! (the engine's own ceiling: no disk at all).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tally::{
+    DurableConfig, DurableRecovery, DurableStore, EngineConfig, Limits, MemStore, Store,
+    StoreError, SyncMode, Tally,
+};
+
+/// How long a reopen waits for the previous owner of a data directory to let go of it (the
+/// actors of a shut-down engine drop their handles asynchronously).
+const REOPEN_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// An open store.
+#[derive(Clone)]
+pub enum Backend {
+    /// The durable store.
+    Durable(DurableStore),
+    /// The in-memory store (clones share the same data, so it can be "reopened").
+    Memory(MemStore),
+}
+
+impl Backend {
+    /// The store, for [`Tally::open`].
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Durable(store) => Arc::new(store.clone()),
+            Backend::Memory(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// Bytes on disk (`None` in memory).
+    pub fn data_bytes(&self) -> Option<u64> {
+        match self {
+            Backend::Durable(store) => Some(store.data_bytes()),
+            Backend::Memory(_) => None,
+        }
+    }
+
+    /// A short description for the summary.
+    pub fn describe(&self, sync: SyncMode) -> String {
+        match (self, sync) {
+            (Backend::Durable(store), SyncMode::Data) => {
+                format!(
+                    "durable store (fdatasync per group) in {}",
+                    store.dir().display()
+                )
+            }
+            (Backend::Durable(store), SyncMode::None) => format!(
+                "durable store WITHOUT fdatasync (not durable) in {}",
+                store.dir().display()
+            ),
+            (Backend::Memory(_), _) => "in-memory store (no disk: the engine's ceiling)".to_owned(),
+        }
+    }
+}
+
+/// Where and how to open the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// The data directory; `None` for the in-memory store.
+    pub dir: Option<PathBuf>,
+    /// Account limits (the engine's, also used when replaying).
+    pub limits: Limits,
+    /// How journal groups are made durable.
+    pub sync: SyncMode,
+}
+
+/// Opens the store: the durable one in `options.dir` (recovering what it holds, waiting up to
+/// [`REOPEN_WAIT_MAX`] for a previous owner in this process to let go), or a fresh in-memory one.
+pub fn open_store(options: &StoreOptions) -> anyhow::Result<(Backend, Option<DurableRecovery>)> {
+    match &options.dir {
+        None => Ok((Backend::Memory(MemStore::new(options.limits.clone())), None)),
+        Some(dir) => {
+            let (store, recovery) = open_durable(dir, &options.limits, options.sync)?;
+            Ok((Backend::Durable(store), Some(recovery)))
+        }
+    }
+}
+
+fn open_durable(
+    dir: &Path,
+    limits: &Limits,
+    sync: SyncMode,
+) -> anyhow::Result<(DurableStore, DurableRecovery)> {
+    let started = Instant::now();
+    loop {
+        let mut config = DurableConfig::new(dir);
+        config.limits = limits.clone();
+        config.sync = sync;
+        match DurableStore::open(config) {
+            Ok(opened) => return Ok(opened),
+            Err(StoreError::Locked(_)) if started.elapsed() < REOPEN_WAIT_MAX => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("opening the store in {}", dir.display()))
+            }
+        }
+    }
+}
+
+/// Opens an engine on `backend`.
+pub async fn open_engine(backend: &Backend, config: EngineConfig) -> anyhow::Result<Tally> {
+    Tally::open(backend.store(), config)
+        .await
+        .context("opening the engine")
+}
