@@ -30,7 +30,7 @@ fn execute(command: CliCommand) -> anyhow::Result<bool> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match command {
+    let verdict = match command {
         CliCommand::Run(args) => {
             let report = runtime.block_on(tally_bench::run::run(&args))?;
             print!("{}", report.human());
@@ -47,7 +47,11 @@ fn execute(command: CliCommand) -> anyhow::Result<bool> {
             }
             Ok(report.verdict == "PASS")
         }
-    }
+    };
+    // Everything is durable and checked by now. Give background work (a store dropped on a
+    // blocking thread flushing sled) a bounded time rather than wait on it forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    verdict
 }
 
 fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
