@@ -37,8 +37,8 @@
 
 pub use tally_core::{
     audit, Account, AccountFlags, AccountId, AccountKind, AccountSpec, Amount, AuditReport,
-    Balance, Change, Command, Hold, HoldId, HoldStatus, Limits, OpId, Outcome, Posting, PostingId,
-    Record, Request, Timestamp, Violation, CHECK_MINIMUM_DEFAULT,
+    Auditor, Balance, Change, Command, Hold, HoldId, HoldStatus, Limits, OpId, Outcome, Posting,
+    PostingId, Record, Request, Timestamp, Violation, CHECK_MINIMUM_DEFAULT,
 };
 pub use tally_core::{
     parse_cents, parse_usd, Meter, Price, PricingError, Rate, Tier, Usage, MICROCENTS_PER_CENT,

@@ -79,8 +79,24 @@ impl AuditReport {
 /// which reverse what they earned); every account's pending total equals its pending holds;
 /// no hold posted more than it held; no posting refunded more than it posted.
 pub fn audit<'a>(accounts: impl IntoIterator<Item = &'a Account>) -> AuditReport {
-    let mut report = AuditReport::default();
+    let mut auditor = Auditor::default();
     for account in accounts {
+        auditor.add(account);
+    }
+    auditor.finish()
+}
+
+/// The audit one account at a time, so a caller can stream accounts through it (load, add,
+/// drop) instead of holding them all in memory.
+#[derive(Debug, Default)]
+pub struct Auditor {
+    report: AuditReport,
+}
+
+impl Auditor {
+    /// Adds one account's totals and checks its own invariants.
+    pub fn add(&mut self, account: &Account) {
+        let report = &mut self.report;
         report.accounts += 1;
         report.debits_posted = report.debits_posted.saturating_add(account.debits_posted);
         report.credits_posted = report.credits_posted.saturating_add(account.credits_posted);
@@ -127,11 +143,16 @@ pub fn audit<'a>(accounts: impl IntoIterator<Item = &'a Account>) -> AuditReport
             }
         }
     }
-    if report.debits_posted != report.credits_posted {
-        report.violations.push(Violation::Unbalanced {
-            debits_posted: report.debits_posted,
-            credits_posted: report.credits_posted,
-        });
+
+    /// The report: the totals, and conservation checked over everything added.
+    pub fn finish(self) -> AuditReport {
+        let mut report = self.report;
+        if report.debits_posted != report.credits_posted {
+            report.violations.push(Violation::Unbalanced {
+                debits_posted: report.debits_posted,
+                credits_posted: report.credits_posted,
+            });
+        }
+        report
     }
-    report
 }

@@ -30,7 +30,7 @@ pub use account::{
     Account, AccountFlags, AccountKind, AccountSpec, Balance, Hold, HoldStatus, Posting,
 };
 pub use amount::Amount;
-pub use audit::{audit, AuditReport, Violation};
+pub use audit::{audit, AuditReport, Auditor, Violation};
 pub use command::{Change, Command, Leg, Outcome, Record, Request};
 pub use error::Error;
 pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp};

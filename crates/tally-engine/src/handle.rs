@@ -489,17 +489,21 @@ impl Tally {
     /// Totals over every account and a check of every invariant. Call it at a quiescent point
     /// (no request in flight): it reads accounts one by one.
     pub async fn audit(&self) -> Result<AuditReport, Error> {
+        // One account at a time: a million accounts are audited without holding them all.
         let ids: Vec<AccountId> = self.shared.directory.iter().map(|e| *e.key()).collect();
-        let mut accounts = Vec::with_capacity(ids.len());
+        let mut auditor = tally_core::Auditor::default();
         for id in ids {
             let resident = self.shared.resident.get(&id).map(|s| s.clone());
-            let account = match resident {
-                Some(slot) => Some(slot.state.lock().account.clone()),
-                None => self.shared.store.load(id)?,
-            };
-            accounts.extend(account);
+            match resident {
+                Some(slot) => auditor.add(&slot.state.lock().account),
+                None => {
+                    if let Some(account) = self.shared.store.load(id)? {
+                        auditor.add(&account);
+                    }
+                }
+            }
         }
-        Ok(tally_core::audit(accounts.iter()))
+        Ok(auditor.finish())
     }
 
     /// Accounts resident now.
