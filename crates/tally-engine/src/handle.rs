@@ -566,6 +566,35 @@ impl Tally {
         Ok(())
     }
 
+    /// Admission of one request: refused while shutting down or past the engine's limit; the
+    /// permit is held until the request is answered (its durability wait included).
+    fn admit_request(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        self.admit()?;
+        self.shared
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded {
+                scope: "engine",
+                limit: self.shared.config.inflight_max,
+            })
+    }
+
+    /// The account's slot, counted as one more request in flight on it (the caller decrements
+    /// `inflight` when done); refused past the per-account limit.
+    fn enter(&self, account: AccountId) -> Result<Arc<crate::shared::Slot>, Error> {
+        let limit = self.shared.config.account_inflight_max;
+        let slot = self.shared.slot(account)?;
+        if slot.inflight.fetch_add(1, Ordering::AcqRel) >= limit {
+            slot.inflight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Overloaded {
+                scope: "account",
+                limit,
+            });
+        }
+        Ok(slot)
+    }
+
     fn admit(&self) -> Result<(), Error> {
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
@@ -603,26 +632,9 @@ impl Tally {
         // A request that finds everything durable never awaits; spend the task's cooperative
         // budget so a caller looping on such requests still lets timers and actors run.
         tokio::task::consume_budget().await;
-        self.admit()?;
-        let _permit = self
-            .shared
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::Overloaded {
-                scope: "engine",
-                limit: self.shared.config.inflight_max,
-            })?;
-        let limit = self.shared.config.account_inflight_max;
+        let _permit = self.admit_request()?;
         for _ in 0..ROUTE_ATTEMPTS {
-            let slot = self.shared.slot(account)?;
-            if slot.inflight.fetch_add(1, Ordering::AcqRel) >= limit {
-                slot.inflight.fetch_sub(1, Ordering::AcqRel);
-                return Err(Error::Overloaded {
-                    scope: "account",
-                    limit,
-                });
-            }
+            let slot = self.enter(account)?;
             let reply = if slot.state.lock().retired {
                 None
             } else {
@@ -671,26 +683,9 @@ impl Tally {
         account: AccountId,
         make: impl Fn(RpcReplyPort<Reply<T>>) -> AccountMsg,
     ) -> Result<T, Error> {
-        self.admit()?;
-        let _permit = self
-            .shared
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::Overloaded {
-                scope: "engine",
-                limit: self.shared.config.inflight_max,
-            })?;
-        let limit = self.shared.config.account_inflight_max;
+        let _permit = self.admit_request()?;
         for _ in 0..ROUTE_ATTEMPTS {
-            let slot = self.shared.slot(account)?;
-            if slot.inflight.fetch_add(1, Ordering::AcqRel) >= limit {
-                slot.inflight.fetch_sub(1, Ordering::AcqRel);
-                return Err(Error::Overloaded {
-                    scope: "account",
-                    limit,
-                });
-            }
+            let slot = self.enter(account)?;
             let (tx, rx) = oneshot::channel();
             let sent = slot
                 .actor
