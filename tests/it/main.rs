@@ -8,5 +8,6 @@ mod idempotency;
 mod lifecycle;
 mod metering;
 mod operations;
+mod props;
 mod rejections;
 mod support;
