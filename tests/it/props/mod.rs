@@ -14,8 +14,10 @@
 
 mod calls;
 mod concurrency;
+mod engine;
 mod model;
 mod mutants;
+mod probe;
 mod recovery;
 mod reference;
 

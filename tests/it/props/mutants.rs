@@ -3,97 +3,20 @@
 //! durable the moment it is appended, so "no answer before durability" needs a store whose
 //! durable point the test moves by hand.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally::{
-    Account, AccountId, AccountSpec, DurablePoint, Error, HistoryEntry, MemStore, OpId, Record,
-    Store, StoreError, Tally,
-};
-use tokio::sync::watch;
+use tally::{Account, AccountId, AccountSpec, Error, OpId, Record, Tally};
 
 use super::model::{engine_config, runtime, START};
+use super::probe::ProbeStore;
 
 const BANK: AccountId = AccountId(1);
 const APP: AccountId = AccountId(2);
 const ALICE: AccountId = AccountId(10);
 
-/// A `MemStore` whose durable point moves only when the test says so (while held).
-#[derive(Clone)]
-struct GatedStore {
-    inner: MemStore,
-    held: Arc<AtomicBool>,
-    durable: Arc<watch::Sender<DurablePoint>>,
-}
-
-impl GatedStore {
-    fn new() -> GatedStore {
-        GatedStore {
-            inner: MemStore::new(super::small_limits()),
-            held: Arc::new(AtomicBool::new(false)),
-            durable: Arc::new(watch::channel(DurablePoint::default()).0),
-        }
-    }
-
-    fn last_seq(&self) -> u64 {
-        self.inner.records().len() as u64
-    }
-
-    /// From now on, appended records are not durable until `release`.
-    fn hold(&self) {
-        self.held.store(true, Ordering::SeqCst);
-    }
-
-    /// Everything appended so far is durable, and so is what comes next.
-    fn release(&self) {
-        self.held.store(false, Ordering::SeqCst);
-        let seq = self.last_seq();
-        self.durable.send_modify(|d| d.seq = seq);
-    }
-
-    /// Making the held records durable failed: the store is fail-stopped.
-    fn fail(&self) {
-        self.durable
-            .send_modify(|d| d.failed = Some(Arc::from("the disk failed")));
-    }
-}
-
-impl Store for GatedStore {
-    fn append(&self, record: &Record) -> Result<u64, StoreError> {
-        let seq = self.inner.append(record)?;
-        if !self.held.load(Ordering::SeqCst) {
-            self.durable.send_modify(|d| d.seq = d.seq.max(seq));
-        }
-        Ok(seq)
-    }
-    fn durable(&self) -> watch::Receiver<DurablePoint> {
-        self.durable.subscribe()
-    }
-    fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError> {
-        self.inner.accounts()
-    }
-    fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
-        self.inner.load(id)
-    }
-    fn save(&self, account: &Account) -> Result<(), StoreError> {
-        self.inner.save(account)
-    }
-    fn checkpoint(&self) -> Result<usize, StoreError> {
-        self.inner.checkpoint()
-    }
-    fn history(
-        &self,
-        id: AccountId,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.inner.history(id, after_seq, limit)
-    }
-}
-
-async fn gated_world(dispatch: tally::Dispatch) -> (Tally, GatedStore) {
-    let store = GatedStore::new();
+async fn gated_world(dispatch: tally::Dispatch) -> (Tally, ProbeStore) {
+    let store = ProbeStore::new(super::small_limits());
     let clock = tally::ManualClock::new(START);
     let config = engine_config(&clock, dispatch);
     let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
@@ -190,4 +113,217 @@ async fn failed_sync(dispatch: tally::Dispatch) {
         matches!(fund.await.unwrap(), Err(Error::StorageFailed { .. })),
         "a write whose sync failed must not be acknowledged"
     );
+}
+
+/// Errors name the account, the hold, the amounts and the limit, in words a person reads.
+#[test]
+fn errors_name_what_was_refused_in_words() {
+    let hold = tally::HoldId {
+        account: ALICE,
+        seq: 1,
+    };
+    let posting = tally::PostingId {
+        account: ALICE,
+        seq: 2,
+    };
+    let cases: Vec<(tally::LedgerError, &str)> = vec![
+        (
+            tally::LedgerError::HoldAlreadyResolved {
+                hold,
+                status: tally::HoldStatus::Posted,
+            },
+            "hold:10/1 is already posted",
+        ),
+        (
+            tally::LedgerError::HoldAlreadyResolved {
+                hold,
+                status: tally::HoldStatus::Voided,
+            },
+            "hold:10/1 is already voided",
+        ),
+        (
+            tally::LedgerError::HoldExpired {
+                hold,
+                expired_at: tally::Timestamp(1_700_000_060_000),
+            },
+            "hold:10/1 expired at 1700000060000ms",
+        ),
+        (
+            tally::LedgerError::InsufficientFunds {
+                account: ALICE,
+                available: 100,
+                requested: 500,
+            },
+            "insufficient funds in account:10: 500 requested, 100 available",
+        ),
+        (
+            tally::LedgerError::RefundExceedsPosting {
+                posting,
+                refundable: 3,
+                requested: 4,
+            },
+            "refund of 4 exceeds the 3 still refundable of posting:10/2",
+        ),
+        (
+            tally::LedgerError::IdempotencyConflict {
+                op: OpId(255),
+                field: "amount",
+            },
+            "op:000000000000000000000000000000ff was used for a different request: amount differs",
+        ),
+    ];
+    for (error, message) in cases {
+        assert_eq!(error.to_string(), message);
+    }
+    assert_eq!(tally::HoldStatus::Pending.to_string(), "pending");
+    assert_eq!(tally::HoldStatus::Expired.to_string(), "expired");
+}
+
+#[test]
+fn amounts_convert_and_print_as_plain_integers() {
+    let amount = tally::Amount::new(1_234).unwrap();
+    assert_eq!(amount.to_string(), "1234");
+    assert_eq!(u64::from(amount), 1_234);
+    assert_eq!(tally::Amount::from_const(u64::MAX), tally::Amount::MAX);
+    assert_eq!(tally::Amount::from_const(7).get(), 7);
+}
+
+#[test]
+fn commands_are_named_as_the_docs_name_them() {
+    let hold = tally::HoldId {
+        account: ALICE,
+        seq: 1,
+    };
+    let posting = tally::PostingId {
+        account: ALICE,
+        seq: 1,
+    };
+    let amount = tally::Amount::new(1).unwrap();
+    let cases = [
+        (tally::Command::Fund { from: BANK, amount }, "fund"),
+        (
+            tally::Command::Reserve {
+                app: APP,
+                amount,
+                timeout_ms: 1,
+                endpoint: String::new(),
+                metadata: String::new(),
+            },
+            "reserve",
+        ),
+        (tally::Command::Commit { hold, amount }, "commit"),
+        (tally::Command::Void { hold }, "void"),
+        (
+            tally::Command::Charge {
+                app: APP,
+                amount,
+                endpoint: String::new(),
+                metadata: String::new(),
+            },
+            "charge",
+        ),
+        (tally::Command::Refund { posting, amount }, "refund"),
+        (tally::Command::Transfer { to: APP, amount }, "transfer"),
+    ];
+    for (command, name) in cases {
+        assert_eq!(command.name(), name);
+    }
+}
+
+/// The audit notices books that do not balance: a credit whose debit never happened.
+#[test]
+fn the_audit_reports_books_that_do_not_balance() {
+    let limits = tally::Limits::default();
+    let mut alice = Account::new(ALICE, AccountSpec::user());
+    let bank = Account::new(BANK, AccountSpec::funding());
+    let funded = Record {
+        account: ALICE,
+        op: Some(OpId(1)),
+        at: START,
+        change: tally::Change::Funded {
+            from: BANK,
+            amount: tally::Amount::new(500).unwrap(),
+        },
+    };
+    alice.apply(&funded, 1, &limits);
+    let report = tally::audit([&alice, &bank]);
+    assert!(!report.ok(), "{report:?}");
+    assert_eq!(
+        report.violations,
+        vec![tally::Violation::Unbalanced {
+            debits_posted: 0,
+            credits_posted: 500,
+        }]
+    );
+}
+
+/// Prices: the digit limit of decimal text, exact sums over large denominators, and the shape
+/// of tiers.
+#[test]
+fn decimal_prices_have_at_most_thirty_digits() {
+    let malformed = |text: String| tally::PricingError::Malformed { text };
+    // 30 digits are read ...
+    let thirty = format!("0.{}", "0".repeat(29));
+    assert_eq!(tally::parse_cents(&thirty), Ok(tally::Amount::ZERO));
+    // ... 31 are not read at all, with or without a fraction.
+    let fraction = format!("0.{}", "0".repeat(30));
+    assert_eq!(tally::parse_cents(&fraction), Err(malformed(fraction)));
+    let integer = "1".repeat(31);
+    assert_eq!(tally::parse_cents(&integer), Err(malformed(integer)));
+}
+
+#[test]
+fn costs_are_exact_over_large_denominators_and_per_second_tiers() {
+    use tally::{Meter, Price, Rate, Tier, Usage};
+    let quintillion = 1_000_000_000_000_000_000;
+    let rate = Rate::new(1, quintillion).unwrap();
+    let tokens = Usage {
+        input_tokens: quintillion,
+        output_tokens: quintillion,
+        ..Usage::default()
+    };
+    let price = Price::PerToken {
+        input: rate,
+        output: rate,
+    };
+    assert_eq!(price.cost(&tokens).unwrap().get(), 2);
+
+    let per_second = Price::Tiered {
+        meter: Meter::Seconds,
+        tiers: vec![Tier {
+            up_to: None,
+            rate: Rate::new(1_000, 1).unwrap(),
+        }],
+    };
+    let call = Usage {
+        duration_ms: 1_500,
+        ..Usage::default()
+    };
+    assert_eq!(per_second.cost(&call).unwrap().get(), 1_500);
+}
+
+#[test]
+fn tiers_must_rise_and_only_the_last_may_be_open() {
+    use tally::{Meter, Price, PricingError, Rate, Tier, Usage};
+    let tier = |up_to| Tier {
+        up_to,
+        rate: Rate::new(1, 1).unwrap(),
+    };
+    let bad = [
+        vec![tier(Some(10)), tier(Some(10)), tier(None)],
+        vec![tier(None), tier(None)],
+        vec![tier(Some(10))],
+        vec![],
+    ];
+    let usage = Usage {
+        requests: 20,
+        ..Usage::default()
+    };
+    for tiers in bad {
+        let price = Price::Tiered {
+            meter: Meter::Requests,
+            tiers: tiers.clone(),
+        };
+        assert_eq!(price.cost(&usage), Err(PricingError::BadTiers), "{tiers:?}");
+    }
 }
