@@ -37,16 +37,23 @@
 
 pub use tally_core::{
     audit, Account, AccountFlags, AccountId, AccountKind, AccountSpec, Amount, AuditReport,
-    Auditor, Balance, Change, Command, Hold, HoldId, HoldStatus, Limits, OpId, Outcome, Posting,
-    PostingId, Record, Request, Timestamp, Violation, CHECK_MINIMUM_DEFAULT,
+    Auditor, Balance, Change, Command, Hold, HoldId, HoldStatus, Limits, OpId, Origin, Outcome,
+    Posting, PostingId, Record, Request, SpendCaps, Timestamp, Violation, CHECK_MINIMUM_DEFAULT,
+    DAY_MS,
 };
 pub use tally_core::{
     parse_cents, parse_usd, Meter, Price, PricingError, Rate, Tier, Usage, MICROCENTS_PER_CENT,
     MICROCENTS_PER_USD,
 };
+pub use tally_core::{
+    Granularity, UsageBook, UsageConfig, UsageKey, UsageQuery, UsageReport, UsageTotals,
+};
+/// A token bucket's rate (for [`RateLimit`]).
+pub use tally_engine::Rate as TokenRate;
 pub use tally_engine::{
-    Clock, Committed, Dispatch, EngineConfig, Error, HistoryPage, HoldGuard, ManualClock,
-    MeterGuard, ReserveRequest, SystemClock, Tally, HISTORY_PAGE_MAX,
+    BalancePoint, Clock, Committed, Dispatch, EngineConfig, Error, Event, EventKind, HistoryPage,
+    HoldGuard, LimitScope, ManualClock, MeterGuard, Missed, RateLimit, ReserveRequest,
+    Subscription, SystemClock, Tally, EVENTS_QUEUE, HISTORY_PAGE_MAX,
 };
 pub use tally_store::journal::SyncMode;
 pub use tally_store::{

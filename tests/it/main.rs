@@ -3,11 +3,14 @@
 
 mod concurrency;
 mod durable;
+mod events;
 mod holds;
 mod idempotency;
 mod lifecycle;
+mod limits;
 mod metering;
 mod operations;
 mod props;
 mod rejections;
 mod support;
+mod usage;

@@ -153,3 +153,83 @@ async fn an_endpoint_without_a_price_is_refused() {
     assert!(matches!(err, tally::Error::NoPrice { .. }), "{err}");
     assert_eq!(w.available(ALICE).await, 1_000);
 }
+
+#[tokio::test]
+async fn record_funding_update_moves_the_difference_and_checks_the_old_total() {
+    let w = World::new(1_000).await;
+    let account = w.tally.account(ALICE).await.unwrap();
+    assert_eq!(account.funded(), 1_000);
+    let raise = op();
+    let funded = w
+        .tally
+        .record_funding_update(raise, ALICE, BANK, 1_000, 5_000)
+        .await
+        .unwrap();
+    assert_eq!(funded.get(), 5_000);
+    assert_eq!(w.available(ALICE).await, 5_000);
+    assert_eq!(w.tally.balance(BANK).await.unwrap().posted, -5_000);
+    // A retry is answered as before; a stale `old` is refused, naming the current total.
+    let again = w
+        .tally
+        .record_funding_update(raise, ALICE, BANK, 1_000, 5_000)
+        .await
+        .unwrap();
+    assert_eq!(again.get(), 5_000);
+    let stale = w
+        .tally
+        .record_funding_update(op(), ALICE, BANK, 1_000, 7_000)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        ledger(stale),
+        tally::LedgerError::FundingMismatch {
+            account: ALICE,
+            current: 5_000,
+            expected: 1_000
+        }
+    );
+    assert_eq!(w.available(ALICE).await, 5_000);
+    // Lowering takes the difference back, but never money already spent or held.
+    w.tally
+        .record_funding_update(op(), ALICE, BANK, 5_000, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(w.available(ALICE).await, 2_000);
+    let _hold = w
+        .tally
+        .reserve(op(), tally::ReserveRequest::new(ALICE, APP, 1_500))
+        .await
+        .unwrap();
+    let e = w
+        .tally
+        .record_funding_update(op(), ALICE, BANK, 2_000, 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        ledger(e),
+        tally::LedgerError::InsufficientFunds { .. }
+    ));
+    // No change is not an update; the source must be a funding account; a fund adds to the
+    // total.
+    let e = w
+        .tally
+        .record_funding_update(op(), ALICE, BANK, 2_000, 2_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(ledger(e), tally::LedgerError::ZeroAmount { .. }));
+    let e = w
+        .tally
+        .record_funding_update(op(), ALICE, APP, 2_000, 3_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        ledger(e),
+        tally::LedgerError::WrongAccountKind { .. }
+    ));
+    w.tally.fund(op(), ALICE, BANK, 300).await.unwrap();
+    assert_eq!(w.tally.account(ALICE).await.unwrap().funded(), 2_300);
+    w.assert_books_balance().await;
+    // The total survives a crash.
+    let w = w.reopen().await;
+    assert_eq!(w.tally.account(ALICE).await.unwrap().funded(), 2_300);
+}

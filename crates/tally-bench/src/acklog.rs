@@ -33,6 +33,7 @@ pub fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::Charged { .. } => "charged",
         Outcome::Refunded { .. } => "refunded",
         Outcome::Transferred => "transferred",
+        Outcome::FundingUpdated { .. } => "funding_updated",
     }
 }
 

@@ -17,8 +17,9 @@ use tally::{
 };
 use tally_core::{Counterparty, DecideCtx, Decision};
 
-/// Bytes of a journal frame header (length, checksum, sequence number) in front of a payload.
-pub const FRAME_HEADER_BYTES: usize = 16;
+/// Bytes of a journal frame header (length, checksum, sequence number, chain hash) in front of a
+/// payload.
+pub const FRAME_HEADER_BYTES: usize = 48;
 
 /// The ceilings of one run. `None` where not measured.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -39,10 +40,13 @@ pub struct Ceilings {
 /// The encoded size of a typical journal record (a commit), frame header included.
 pub fn typical_record_bytes() -> usize {
     let record = Record {
+        origin: Default::default(),
         account: AccountId(1_000_042),
         op: Some(OpId(u128::MAX / 3)),
         at: Timestamp(1_750_000_000_000),
         change: Change::Committed {
+            endpoint: Default::default(),
+            usage: Default::default(),
             hold: 12_345,
             app: AccountId(2),
             amount_posted: Amount::from_const(123_456),
@@ -97,6 +101,7 @@ impl CoreLoop {
         let mut user = Account::new(AccountId(1_000), AccountSpec::user());
         let app = Account::new(AccountId(2), AccountSpec::revenue());
         let fund = Record {
+            origin: Default::default(),
             account: user.id,
             op: Some(OpId(u128::MAX)),
             at: Timestamp(1),
@@ -120,8 +125,10 @@ impl CoreLoop {
         self.next_op += 1;
         self.seq += 1;
         let request = Request {
+            origin: Default::default(),
             op: OpId(self.next_op),
             command: Command::Charge {
+                usage: Default::default(),
                 app: self.app.id,
                 amount,
                 endpoint: String::new(),
@@ -129,6 +136,7 @@ impl CoreLoop {
             },
         };
         let ctx = DecideCtx {
+            caps: Default::default(),
             now: Timestamp(2),
             limits: &self.limits,
             counterparty: Some(Counterparty {

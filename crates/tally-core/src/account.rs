@@ -217,6 +217,54 @@ pub struct Account {
     pub(crate) remembered_order: VecDeque<(Timestamp, OpId)>,
     /// Journal sequence number of the last record applied to this account.
     pub(crate) last_seq: u64,
+    /// Total funding: every `Fund` amount, reset by each funding update to its `new` total.
+    pub(crate) funded: u128,
+    /// What the account posted to apps during one UTC day (for spend caps).
+    pub(crate) spend: SpendDay,
+}
+
+/// Milliseconds in a day: spend caps count per UTC day of the records' timestamps.
+pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Posted spending (commits and charges) of one UTC day, in total and per app. Only the day of
+/// the newest record is kept, so its size is bounded by the apps an account uses in one day.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SpendDay {
+    /// Days since the epoch.
+    pub(crate) day: u64,
+    pub(crate) total: u128,
+    pub(crate) by_app: Vec<(AccountId, u128)>,
+}
+
+impl SpendDay {
+    /// Adds a posting of `amount` to `app` made at `at`.
+    pub(crate) fn add(&mut self, at: Timestamp, app: AccountId, amount: Amount) {
+        let day = at.0 / DAY_MS;
+        if day != self.day {
+            *self = SpendDay {
+                day,
+                ..SpendDay::default()
+            };
+        }
+        self.total = self.total.saturating_add(amount.wide());
+        match self.by_app.iter_mut().find(|(id, _)| *id == app) {
+            Some((_, spent)) => *spent = spent.saturating_add(amount.wide()),
+            None => self.by_app.push((app, amount.wide())),
+        }
+    }
+
+    /// Posted on the day of `now`, in total and to `app`.
+    pub(crate) fn on(&self, now: Timestamp, app: AccountId) -> (u128, u128) {
+        if now.0 / DAY_MS != self.day {
+            return (0, 0);
+        }
+        let to_app = self
+            .by_app
+            .iter()
+            .find(|(id, _)| *id == app)
+            .map_or(0, |(_, spent)| *spent);
+        (self.total, to_app)
+    }
 }
 
 impl Account {
@@ -237,6 +285,8 @@ impl Account {
             remembered: HashMap::new(),
             remembered_order: VecDeque::new(),
             last_seq: 0,
+            funded: 0,
+            spend: SpendDay::default(),
         }
     }
 
@@ -311,6 +361,18 @@ impl Account {
     /// Journal sequence number of the last record applied to this account (0 if none).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// Total funding: the sum of every `Fund`, set to `new` by each funding update (the seeds'
+    /// `record_funding_update({ old_amount, new_amount })` checks `old_amount` against it).
+    pub fn funded(&self) -> u128 {
+        self.funded
+    }
+
+    /// What the account posted to apps (commits and charges) on the UTC day of `now`: in total,
+    /// and to `app`.
+    pub fn spent_on_day(&self, now: Timestamp, app: AccountId) -> (u128, u128) {
+        self.spend.on(now, app)
     }
 
     /// Remembered idempotency keys (for memory accounting and tests).

@@ -2,15 +2,58 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AccountId, AccountSpec, Amount, HoldId, OpId, PostingId, Timestamp};
+use crate::{AccountId, AccountSpec, Amount, HoldId, OpId, PostingId, Timestamp, Usage};
 
-/// A write request: a caller-chosen operation id (the idempotency key) and what to do.
+/// A write request: a caller-chosen operation id (the idempotency key), what to do, and who
+/// asked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// The idempotency key: the same id with the same command returns the first outcome.
     pub op: OpId,
     /// What to do.
     pub command: Command,
+    /// Who asked (kept in the record for the audit trail; not part of the idempotency check, so
+    /// a retry from another instance of the same service is still a retry).
+    pub origin: Origin,
+}
+
+impl Request {
+    /// A request with no origin.
+    pub fn new(op: OpId, command: Command) -> Self {
+        Request {
+            op,
+            command,
+            origin: Origin::default(),
+        }
+    }
+}
+
+/// Who asked for a change: the calling service, the app it acted for and the end user, as the
+/// caller names them (each at most [`crate::Limits::origin_bytes_max`] bytes; empty when not
+/// given). Every journal record carries one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    /// The calling service (e.g. `"ai-router"`).
+    pub service: String,
+    /// The app the call was for (e.g. `"chat"`).
+    pub app: String,
+    /// The end user, in the caller's terms (e.g. a user id or name).
+    pub user: String,
+}
+
+impl Origin {
+    /// An origin from its three parts.
+    pub fn new(
+        service: impl Into<String>,
+        app: impl Into<String>,
+        user: impl Into<String>,
+    ) -> Self {
+        Origin {
+            service: service.into(),
+            app: app.into(),
+            user: user.into(),
+        }
+    }
 }
 
 /// A write, executed by one account's actor: the user account for fund, reserve, commit, void,
@@ -43,6 +86,8 @@ pub enum Command {
         hold: HoldId,
         /// The actual cost.
         amount: Amount,
+        /// What the work used (for usage tracking; all zero when not metered).
+        usage: Usage,
     },
     /// Release a hold entirely.
     Void {
@@ -59,6 +104,8 @@ pub enum Command {
         endpoint: String,
         /// Caller's metadata (opaque).
         metadata: String,
+        /// What the work used (for usage tracking; all zero when not metered).
+        usage: Usage,
     },
     /// Return part or all of a posting from its app to this account.
     Refund {
@@ -74,6 +121,18 @@ pub enum Command {
         /// The amount.
         amount: Amount,
     },
+    /// The seeds' `record_funding_update({ old_amount, new_amount })`: set the account's total
+    /// funding (everything funded into it, see [`crate::Account::funded`]) from `old` to `new`,
+    /// crediting the difference from (or returning it to) the funding account `from`. Refused
+    /// unless `old` is the current total: an optimistic check.
+    UpdateFunding {
+        /// The funding account on the other side.
+        from: AccountId,
+        /// What the caller believes the total funding is now.
+        old: Amount,
+        /// The total funding wanted.
+        new: Amount,
+    },
 }
 
 impl Command {
@@ -84,6 +143,7 @@ impl Command {
             Command::Fund { from, .. } => Some(*from),
             Command::Reserve { app, .. } | Command::Charge { app, .. } => Some(*app),
             Command::Transfer { to, .. } => Some(*to),
+            Command::UpdateFunding { from, .. } => Some(*from),
             Command::Commit { .. } | Command::Void { .. } | Command::Refund { .. } => None,
         }
     }
@@ -98,6 +158,7 @@ impl Command {
             Command::Charge { .. } => "charge",
             Command::Refund { .. } => "refund",
             Command::Transfer { .. } => "transfer",
+            Command::UpdateFunding { .. } => "update_funding",
         }
     }
 
@@ -110,6 +171,7 @@ impl Command {
             Command::Charge { .. } => 4,
             Command::Refund { .. } => 5,
             Command::Transfer { .. } => 6,
+            Command::UpdateFunding { .. } => 7,
         }
     }
 
@@ -132,24 +194,30 @@ impl Command {
                 text_hash(endpoint),
                 text_hash(metadata),
             ],
-            Command::Commit { hold, amount } => [hold.account.0, hold.seq, amount.get(), 0, 0],
+            Command::Commit {
+                hold,
+                amount,
+                usage,
+            } => [hold.account.0, hold.seq, amount.get(), usage_hash(usage), 0],
             Command::Void { hold } => [hold.account.0, hold.seq, 0, 0, 0],
             Command::Charge {
                 app,
                 amount,
                 endpoint,
                 metadata,
+                usage,
             } => [
                 app.0,
                 amount.get(),
                 text_hash(endpoint),
                 text_hash(metadata),
-                0,
+                usage_hash(usage),
             ],
             Command::Refund { posting, amount } => {
                 [posting.account.0, posting.seq, amount.get(), 0, 0]
             }
             Command::Transfer { to, amount } => [to.0, amount.get(), 0, 0, 0],
+            Command::UpdateFunding { from, old, new } => [from.0, old.get(), new.get(), 0, 0],
         };
         Digest {
             kind: self.kind_index(),
@@ -159,14 +227,15 @@ impl Command {
 }
 
 /// Field names of each command kind, in [`Command::digest`]'s order.
-const DIGEST_FIELDS: [[&str; 5]; 7] = [
+const DIGEST_FIELDS: [[&str; 5]; 8] = [
     ["from", "amount", "", "", ""],
     ["app", "amount", "timeout_ms", "endpoint", "metadata"],
-    ["hold", "hold", "amount", "", ""],
+    ["hold", "hold", "amount", "usage", ""],
     ["hold", "hold", "", "", ""],
-    ["app", "amount", "endpoint", "metadata", ""],
+    ["app", "amount", "endpoint", "metadata", "usage"],
     ["posting", "posting", "amount", "", ""],
     ["to", "amount", "", "", ""],
+    ["from", "old", "new", "", ""],
 ];
 
 /// FNV-1a (64-bit) of the text: fixed by its specification, so digests stored in snapshots
@@ -175,6 +244,25 @@ fn text_hash(text: &str) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     text.bytes().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+/// FNV-1a over a usage's fields (little-endian), in declaration order.
+fn usage_hash(usage: &Usage) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    [
+        usage.requests,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.characters,
+        usage.pages,
+        usage.duration_ms,
+    ]
+    .iter()
+    .flat_map(|field| field.to_le_bytes())
+    .fold(OFFSET, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(PRIME)
     })
 }
@@ -248,6 +336,11 @@ pub enum Outcome {
     },
     /// A transfer was made.
     Transferred,
+    /// The account's total funding was set.
+    FundingUpdated {
+        /// The total funding now.
+        funded: Amount,
+    },
 }
 
 /// One journal record: one state change of one account (and, for a two-account change, the leg
@@ -260,6 +353,8 @@ pub struct Record {
     pub op: Option<OpId>,
     /// When the change was made.
     pub at: Timestamp,
+    /// Who asked (empty for changes the engine makes itself).
+    pub origin: Origin,
     /// What changed.
     pub change: Change,
 }
@@ -306,6 +401,10 @@ pub enum Change {
         amount_released: Amount,
         /// The posting's sequence number in the account.
         posting: u64,
+        /// The hold's endpoint (copied, so usage is tracked from the record alone).
+        endpoint: String,
+        /// What the work used.
+        usage: Usage,
     },
     /// A hold was voided.
     Voided {
@@ -333,6 +432,8 @@ pub enum Change {
         metadata: String,
         /// The posting's sequence number in the account.
         posting: u64,
+        /// What the work used.
+        usage: Usage,
     },
     /// A refund (the app's debit is the leg).
     Refunded {
@@ -349,6 +450,16 @@ pub enum Change {
         to: AccountId,
         /// The amount.
         amount: Amount,
+    },
+    /// The total funding was set from `old` to `new` (the funding account's debit of
+    /// `new − old`, or credit of `old − new`, is the leg).
+    FundingUpdated {
+        /// The funding account.
+        from: AccountId,
+        /// The total before.
+        old: Amount,
+        /// The total after.
+        new: Amount,
     },
 }
 
@@ -372,6 +483,13 @@ impl Record {
             Change::Charged { app, amount, .. } => Some(Leg::Credit(*app, *amount)),
             Change::Refunded { app, amount, .. } => Some(Leg::Debit(*app, *amount)),
             Change::Transferred { to, amount } => Some(Leg::Credit(*to, *amount)),
+            Change::FundingUpdated { from, old, new } => {
+                if new >= old {
+                    new.checked_sub(*old).map(|d| Leg::Debit(*from, d))
+                } else {
+                    old.checked_sub(*new).map(|d| Leg::Credit(*from, d))
+                }
+            }
             Change::Opened { .. }
             | Change::Reserved { .. }
             | Change::Voided { .. }
@@ -405,6 +523,7 @@ impl Record {
             Change::Committed {
                 hold,
                 amount_posted,
+                usage,
                 ..
             } => Command::Commit {
                 hold: HoldId {
@@ -412,6 +531,7 @@ impl Record {
                     seq: *hold,
                 },
                 amount: *amount_posted,
+                usage: *usage,
             },
             Change::Voided { hold, .. } => Command::Void {
                 hold: HoldId {
@@ -424,12 +544,14 @@ impl Record {
                 amount,
                 endpoint,
                 metadata,
+                usage,
                 ..
             } => Command::Charge {
                 app: *app,
                 amount: *amount,
                 endpoint: endpoint.clone(),
                 metadata: metadata.clone(),
+                usage: *usage,
             },
             Change::Refunded {
                 posting, amount, ..
@@ -443,6 +565,11 @@ impl Record {
             Change::Transferred { to, amount } => Command::Transfer {
                 to: *to,
                 amount: *amount,
+            },
+            Change::FundingUpdated { from, old, new } => Command::UpdateFunding {
+                from: *from,
+                old: *old,
+                new: *new,
             },
         })
     }
@@ -498,6 +625,7 @@ impl Record {
                 },
             },
             Change::Transferred { .. } => Outcome::Transferred,
+            Change::FundingUpdated { new, .. } => Outcome::FundingUpdated { funded: *new },
         }
     }
 }

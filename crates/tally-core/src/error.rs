@@ -152,4 +152,29 @@ pub enum Error {
         /// The limit in bytes.
         max: usize,
     },
+    /// `record_funding_update`'s optimistic check: `old` is not the account's total funding.
+    #[error("funding of {account} is {current}, not {expected} as the update assumed")]
+    FundingMismatch {
+        /// The account.
+        account: AccountId,
+        /// Its total funding now.
+        current: u128,
+        /// What the update said it was.
+        expected: u64,
+    },
+    /// A reserve or charge would take the day's spending past a cap. Spending is what was
+    /// posted during the current UTC day plus what is held now.
+    #[error("spend cap ({scope}) of {account} reached: {spent} spent or held today, {requested} requested, cap {cap}")]
+    SpendCapExceeded {
+        /// The account.
+        account: AccountId,
+        /// Which cap: `"account per day"` or `"app per user per day"`.
+        scope: &'static str,
+        /// The cap.
+        cap: u64,
+        /// Spent (posted today) and held now.
+        spent: u128,
+        /// The amount asked for.
+        requested: u64,
+    },
 }

@@ -5,7 +5,7 @@ use crate::account::Remembered;
 use crate::command::Leg;
 use crate::{
     Account, AccountId, AccountKind, AccountSpec, Amount, Change, Command, Error, Hold, HoldId,
-    HoldStatus, Limits, OpId, Outcome, Posting, PostingId, Record, Request, Timestamp,
+    HoldStatus, Limits, OpId, Origin, Outcome, Posting, PostingId, Record, Request, Timestamp,
 };
 
 /// The other account a request names, as the engine's directory knows it.
@@ -17,7 +17,8 @@ pub struct Counterparty {
     pub kind: AccountKind,
 }
 
-/// What a decision needs besides the account: the time, the limits and the counterparty.
+/// What a decision needs besides the account: the time, the limits, the counterparty and the
+/// spend caps that apply.
 #[derive(Clone, Copy, Debug)]
 pub struct DecideCtx<'a> {
     /// Now, from the engine's clock.
@@ -26,9 +27,24 @@ pub struct DecideCtx<'a> {
     pub limits: &'a Limits,
     /// The account [`Command::counterparty`] names, if it exists.
     pub counterparty: Option<Counterparty>,
+    /// The spend caps of this account and of the app a reserve or charge names.
+    pub caps: SpendCaps,
+}
+
+/// Spend caps checked before a reserve or charge: posted today (UTC) + held now + the amount
+/// must stay within each cap that is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpendCaps {
+    /// Cap on the account's spending per day, over all apps.
+    pub account_per_day: Option<Amount>,
+    /// Cap on what one user may spend per day at the app named by the request.
+    pub app_per_user_per_day: Option<Amount>,
 }
 
 /// The result of deciding a request.
+// A decision is made and consumed once per write; boxing the record would cost an allocation
+// on every write to save a copy of a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// A new change: make `record` durable, apply it, answer `outcome`.
@@ -75,6 +91,7 @@ impl Account {
             account: id,
             op: None,
             at,
+            origin: Origin::default(),
             change: Change::Opened { spec },
         }
     }
@@ -82,6 +99,11 @@ impl Account {
     /// Decides a request: validates it and returns the record it makes, or why it is refused.
     /// Never mutates the account.
     pub fn decide(&self, request: &Request, ctx: &DecideCtx<'_>) -> Result<Decision, Error> {
+        let origin = &request.origin;
+        let max = ctx.limits.origin_bytes_max;
+        bounded_text(&origin.service, "origin.service", max)?;
+        bounded_text(&origin.app, "origin.app", max)?;
+        bounded_text(&origin.user, "origin.user", max)?;
         if let Some(seen) = self.remembered.get(&request.op) {
             return match seen.digest.first_difference(&request.command.digest()) {
                 None => Ok(Decision::Replay {
@@ -99,6 +121,7 @@ impl Account {
             account: self.id,
             op: Some(request.op),
             at: ctx.now,
+            origin: origin.clone(),
             change,
         };
         let outcome = record.outcome();
@@ -146,6 +169,7 @@ impl Account {
                     });
                 }
                 self.debit_fits(*amount)?;
+                self.within_caps(*app, *amount, ctx)?;
                 Ok(Change::Reserved {
                     hold: self.next_seq,
                     app: *app,
@@ -155,7 +179,11 @@ impl Account {
                     metadata: metadata.clone(),
                 })
             }
-            Command::Commit { hold, amount } => {
+            Command::Commit {
+                hold,
+                amount,
+                usage,
+            } => {
                 positive(*amount, "amount")?;
                 let held = self.pending_hold(*hold, ctx.now)?;
                 if *amount > held.amount {
@@ -172,6 +200,8 @@ impl Account {
                     amount_posted: *amount,
                     amount_released,
                     posting: self.next_seq,
+                    endpoint: held.endpoint.clone(),
+                    usage: *usage,
                 })
             }
             Command::Void { hold } => {
@@ -186,6 +216,7 @@ impl Account {
                 amount,
                 endpoint,
                 metadata,
+                usage,
             } => {
                 positive(*amount, "amount")?;
                 self.require_kind(AccountKind::User, "a user account")?;
@@ -193,12 +224,14 @@ impl Account {
                 bounded_text(endpoint, "endpoint", ctx.limits.endpoint_bytes_max)?;
                 bounded_text(metadata, "metadata", ctx.limits.metadata_bytes_max)?;
                 self.debit_fits(*amount)?;
+                self.within_caps(*app, *amount, ctx)?;
                 Ok(Change::Charged {
                     app: *app,
                     amount: *amount,
                     endpoint: endpoint.clone(),
                     metadata: metadata.clone(),
                     posting: self.next_seq,
+                    usage: *usage,
                 })
             }
             Command::Refund { posting, amount } => {
@@ -231,7 +264,76 @@ impl Account {
                     amount: *amount,
                 })
             }
+            Command::UpdateFunding { from, old, new } => {
+                self.require_kind_not(AccountKind::Funding, "a user or revenue account")?;
+                require_counterparty(ctx, *from, Some(AccountKind::Funding), "a funding account")?;
+                if old.wide() != self.funded {
+                    return Err(Error::FundingMismatch {
+                        account: self.id,
+                        current: self.funded,
+                        expected: old.get(),
+                    });
+                }
+                match (new.checked_sub(*old), old.checked_sub(*new)) {
+                    (Some(up), _) if !up.is_zero() => self.credit_fits(up)?,
+                    (_, Some(down)) if !down.is_zero() => self.debit_fits(down)?,
+                    _ => {
+                        return Err(Error::ZeroAmount {
+                            field: "new − old"
+                        })
+                    }
+                }
+                Ok(Change::FundingUpdated {
+                    from: *from,
+                    old: *old,
+                    new: *new,
+                })
+            }
         }
+    }
+
+    /// The spend caps in `ctx` allow holding or charging `amount` more for `app` now.
+    fn within_caps(
+        &self,
+        app: AccountId,
+        amount: Amount,
+        ctx: &DecideCtx<'_>,
+    ) -> Result<(), Error> {
+        let caps = ctx.caps;
+        if caps.account_per_day.is_none() && caps.app_per_user_per_day.is_none() {
+            return Ok(());
+        }
+        let (posted, posted_app) = self.spend.on(ctx.now, app);
+        let held_app: u128 = self
+            .pending_holds()
+            .filter(|h| h.app == app)
+            .map(|h| h.amount.wide())
+            .sum();
+        let checks = [
+            (
+                caps.account_per_day,
+                posted.saturating_add(self.debits_pending),
+                "account per day",
+            ),
+            (
+                caps.app_per_user_per_day,
+                posted_app.saturating_add(held_app),
+                "app per user per day",
+            ),
+        ];
+        for (cap, spent, scope) in checks {
+            let Some(cap) = cap else { continue };
+            if spent.saturating_add(amount.wide()) > cap.wide() {
+                return Err(Error::SpendCapExceeded {
+                    account: self.id,
+                    scope,
+                    cap: cap.get(),
+                    spent,
+                    requested: amount.get(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The record that expires a pending hold whose deadline has passed, if `hold` is one.
@@ -241,6 +343,7 @@ impl Account {
             account: self.id,
             op: None,
             at: now,
+            origin: Origin::default(),
             change: Change::Expired {
                 hold,
                 amount_released: found.amount,
@@ -355,6 +458,17 @@ impl Account {
             Change::Opened { .. } => {}
             Change::Funded { amount, .. } => {
                 self.credits_posted = self.credits_posted.saturating_add(amount.wide());
+                self.funded = self.funded.saturating_add(amount.wide());
+            }
+            Change::FundingUpdated { old, new, .. } => {
+                if new >= old {
+                    let up = new.wide() - old.wide();
+                    self.credits_posted = self.credits_posted.saturating_add(up);
+                } else {
+                    let down = old.wide() - new.wide();
+                    self.debits_posted = self.debits_posted.saturating_add(down);
+                }
+                self.funded = new.wide();
             }
             Change::Reserved {
                 hold,
@@ -404,6 +518,7 @@ impl Account {
                     h.posting = Some(posting_id);
                 });
                 self.add_posting(*posting, *app, *amount_posted, record.at, limits);
+                self.spend.add(record.at, *app, *amount_posted);
             }
             Change::Voided { hold, .. } => {
                 self.resolve(*hold, HoldStatus::Voided, record.at, limits, |_| {});
@@ -419,6 +534,7 @@ impl Account {
             } => {
                 self.debits_posted = self.debits_posted.saturating_add(amount.wide());
                 self.add_posting(*posting, *app, *amount, record.at, limits);
+                self.spend.add(record.at, *app, *amount);
             }
             Change::Refunded {
                 posting, amount, ..

@@ -25,20 +25,26 @@ mod ledger;
 mod limits;
 mod pricing;
 mod route;
+mod usage;
 
 pub use account::{
-    Account, AccountFlags, AccountKind, AccountSpec, Balance, Hold, HoldStatus, Posting,
+    Account, AccountFlags, AccountKind, AccountSpec, Balance, Hold, HoldStatus, Posting, DAY_MS,
 };
 pub use amount::Amount;
 pub use audit::{audit, AuditReport, Auditor, Violation};
-pub use command::{Change, Command, Leg, Outcome, Record, Request};
+pub use command::{Change, Command, Leg, Origin, Outcome, Record, Request};
 pub use error::Error;
 pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp};
-pub use ledger::{Counterparty, DecideCtx, Decision};
+pub use ledger::{Counterparty, DecideCtx, Decision, SpendCaps};
 pub use limits::Limits;
 pub use pricing::{
     parse_cents, parse_usd, Meter, Price, PricingError, Rate, Tier, Usage, MICROCENTS_PER_CENT,
     MICROCENTS_PER_USD,
+};
+
+pub use usage::{
+    Granularity, UsageBook, UsageChange, UsageConfig, UsageKey, UsageQuery, UsageReport,
+    UsageTotals,
 };
 
 /// The default minimum of a funds check, in the ledger unit: 100 µ¢ (a tenth of a cent), as in

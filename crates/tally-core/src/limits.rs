@@ -30,6 +30,8 @@ pub struct Limits {
     pub endpoint_bytes_max: usize,
     /// Longest metadata (bytes).
     pub metadata_bytes_max: usize,
+    /// Longest part of a request's origin: service, app or user (bytes).
+    pub origin_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +46,7 @@ impl Default for Limits {
             hold_timeout_ms_max: 7 * 24 * 60 * 60 * 1000,
             endpoint_bytes_max: 128,
             metadata_bytes_max: 1_024,
+            origin_bytes_max: 128,
         }
     }
 }

@@ -9,7 +9,7 @@ impl Account {
     /// and for a transfer to itself (which is refused).
     pub fn leg_counterparty(&self, command: &Command) -> Option<AccountId> {
         let other = match command {
-            Command::Fund { from, .. } => Some(*from),
+            Command::Fund { from, .. } | Command::UpdateFunding { from, .. } => Some(*from),
             Command::Charge { app, .. } => Some(*app),
             Command::Transfer { to, .. } => Some(*to),
             Command::Commit { hold, .. } => self

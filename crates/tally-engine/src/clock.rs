@@ -44,6 +44,11 @@ impl ManualClock {
     pub fn advance(&self, ms: u64) {
         self.ms.fetch_add(ms, Ordering::SeqCst);
     }
+
+    /// Moves the clock to `at`, never backwards (an earlier `at` leaves it where it is).
+    pub fn set(&self, at: Timestamp) {
+        self.ms.fetch_max(at.0, Ordering::SeqCst);
+    }
 }
 
 impl Clock for ManualClock {

@@ -50,6 +50,17 @@ pub enum Error {
         /// What happened.
         reason: Arc<str>,
     },
+    /// A rate limit refused the request (nothing was taken from any bucket); it would fit after
+    /// `retry_after_ms` (`u64::MAX`: never, the request is larger than the bucket).
+    #[error("rate limited ({limit} of {scope:?}); retry after {retry_after_ms} ms")]
+    RateLimited {
+        /// Whose limit.
+        scope: crate::LimitScope,
+        /// Which rate: `requests` or `cost`.
+        limit: &'static str,
+        /// How long until the request would fit.
+        retry_after_ms: u64,
+    },
     /// The account's actor could not be reached after restarts (it keeps failing).
     #[error("{account} is unavailable: its actor stopped {attempts} times")]
     Unavailable {

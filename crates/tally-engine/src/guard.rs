@@ -50,7 +50,21 @@ impl HoldGuard {
     /// Commits `actual ≤ held`. On success the guard is resolved; on error it stays pending
     /// (retry, or drop it to void).
     pub async fn commit(&mut self, op: OpId, actual: u64) -> Result<Committed, Error> {
-        let committed = self.tally.commit(op, self.hold, actual).await?;
+        self.commit_with_usage(op, actual, tally_core::Usage::default())
+            .await
+    }
+
+    /// [`HoldGuard::commit`] recording what the work used (for usage tracking).
+    pub async fn commit_with_usage(
+        &mut self,
+        op: OpId,
+        actual: u64,
+        usage: tally_core::Usage,
+    ) -> Result<Committed, Error> {
+        let committed = self
+            .tally
+            .commit_with_usage(op, self.hold, actual, usage)
+            .await?;
         self.resolved = true;
         Ok(committed)
     }

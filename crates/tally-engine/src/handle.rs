@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use tally_core::{
-    AccountId, AccountSpec, Amount, AuditReport, Balance, Command, Hold, HoldId, OpId, Outcome,
-    PostingId, Request, Timestamp, CHECK_MINIMUM_DEFAULT,
+    AccountId, AccountSpec, Amount, AuditReport, Balance, Command, Hold, HoldId, OpId, Origin,
+    Outcome, PostingId, Request, Timestamp, Usage, CHECK_MINIMUM_DEFAULT,
 };
 use tally_store::{DurableConfig, DurableRecovery, DurableStore, HistoryEntry, MemStore, Store};
 
@@ -36,6 +36,8 @@ pub const HISTORY_PAGE_MAX: usize = 1_000;
 pub struct Tally {
     pub(crate) shared: Arc<Shared>,
     _life: Arc<Life>,
+    /// Who asks, for the requests made through this handle (see [`Tally::with_origin`]).
+    origin: Origin,
 }
 
 struct Life {
@@ -50,6 +52,7 @@ impl Drop for Life {
 
 fn stop_all(shared: &Shared) {
     shared.shutting_down.store(true, Ordering::Release);
+    shared.events.stop.notify_one();
     for entry in shared.resident.iter() {
         if let Some(actor) = entry.value().actor.get() {
             actor.stop(None);
@@ -169,6 +172,10 @@ impl Tally {
                 reason: format!("spawning the supervisor: {e}").into(),
             })?;
         let _ = shared.supervisor.set(supervisor.get_cell());
+        tokio::spawn(crate::events::publisher(
+            shared.events.clone(),
+            shared.store.durable(),
+        ));
         tracing::info!(
             accounts = shared.directory.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -179,7 +186,30 @@ impl Tally {
                 shared: shared.clone(),
             }),
             shared,
+            origin: Origin::default(),
         })
+    }
+
+    /// A handle to the same engine whose requests say they come from `origin` (service, app,
+    /// user): every record they make carries it, for the audit trail and events.
+    pub fn with_origin(&self, origin: Origin) -> Tally {
+        Tally {
+            origin,
+            ..self.clone()
+        }
+    }
+
+    /// The origin of this handle's requests.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    fn request(&self, op: OpId, command: Command) -> Request {
+        Request {
+            op,
+            command,
+            origin: self.origin.clone(),
+        }
     }
 
     /// Opens an account. Opening an account that exists with the same spec succeeds and changes
@@ -232,7 +262,7 @@ impl Tally {
             from,
             amount: amount(value)?,
         };
-        match self.execute(account, Request { op, command }).await? {
+        match self.execute(account, self.request(op, command)).await? {
             Outcome::Funded => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -245,7 +275,23 @@ impl Tally {
             .transpose()?
             .unwrap_or(CHECK_MINIMUM_DEFAULT);
         match self.read(account, || Query::Check(minimum)).await? {
-            Answer::Check(ok) => Ok(ok),
+            Answer::Check(ok) => {
+                let durable = self.shared.durable.borrow().seq;
+                self.shared.events.publish_read(
+                    durable,
+                    crate::Event {
+                        seq: 0,
+                        at: self.shared.config.clock.now(),
+                        origin: self.origin.clone(),
+                        kind: crate::EventKind::CheckAvailable {
+                            account,
+                            minimum: minimum.get(),
+                            allowed: ok,
+                        },
+                    },
+                );
+                Ok(ok)
+            }
             _ => Err(Error::Internal {
                 reason: "unexpected answer to check".into(),
             }),
@@ -262,7 +308,7 @@ impl Tally {
             metadata: request.metadata,
         };
         match self
-            .execute(request.account, Request { op, command })
+            .execute(request.account, self.request(op, command))
             .await?
         {
             Outcome::Reserved { hold, .. } => Ok(hold),
@@ -281,11 +327,27 @@ impl Tally {
 
     /// Posts `actual ≤ held` of a hold to its app and releases the rest.
     pub async fn commit(&self, op: OpId, hold: HoldId, actual: u64) -> Result<Committed, Error> {
+        self.commit_with_usage(op, hold, actual, Usage::default())
+            .await
+    }
+
+    /// [`Tally::commit`] recording what the work used (for usage tracking).
+    pub async fn commit_with_usage(
+        &self,
+        op: OpId,
+        hold: HoldId,
+        actual: u64,
+        usage: Usage,
+    ) -> Result<Committed, Error> {
         let command = Command::Commit {
             hold,
             amount: amount(actual)?,
+            usage,
         };
-        match self.execute(hold.account, Request { op, command }).await? {
+        match self
+            .execute(hold.account, self.request(op, command))
+            .await?
+        {
             Outcome::Committed {
                 posting,
                 amount_posted,
@@ -302,7 +364,10 @@ impl Tally {
     /// Releases a hold entirely; returns the amount released.
     pub async fn void(&self, op: OpId, hold: HoldId) -> Result<Amount, Error> {
         let command = Command::Void { hold };
-        match self.execute(hold.account, Request { op, command }).await? {
+        match self
+            .execute(hold.account, self.request(op, command))
+            .await?
+        {
             Outcome::Voided { amount_released } => Ok(amount_released),
             other => Err(unexpected(other)),
         }
@@ -321,6 +386,29 @@ impl Tally {
             .await
     }
 
+    /// [`Tally::charge`] recording what the work used (for usage tracking).
+    pub async fn charge_with_usage(
+        &self,
+        op: OpId,
+        account: AccountId,
+        app: AccountId,
+        value: u64,
+        endpoint: impl Into<String>,
+        usage: Usage,
+    ) -> Result<PostingId, Error> {
+        let command = Command::Charge {
+            app,
+            amount: amount(value)?,
+            endpoint: endpoint.into(),
+            metadata: String::new(),
+            usage,
+        };
+        match self.execute(account, self.request(op, command)).await? {
+            Outcome::Charged { posting } => Ok(posting),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// [`Tally::charge`] with metadata.
     pub async fn charge_with(
         &self,
@@ -336,8 +424,9 @@ impl Tally {
             amount: amount(value)?,
             endpoint: endpoint.into(),
             metadata: metadata.into(),
+            usage: Usage::default(),
         };
-        match self.execute(account, Request { op, command }).await? {
+        match self.execute(account, self.request(op, command)).await? {
             Outcome::Charged { posting } => Ok(posting),
             other => Err(unexpected(other)),
         }
@@ -350,7 +439,7 @@ impl Tally {
             amount: amount(value)?,
         };
         match self
-            .execute(posting.account, Request { op, command })
+            .execute(posting.account, self.request(op, command))
             .await?
         {
             Outcome::Refunded { .. } => Ok(()),
@@ -370,7 +459,7 @@ impl Tally {
             to,
             amount: amount(value)?,
         };
-        match self.execute(from, Request { op, command }).await? {
+        match self.execute(from, self.request(op, command)).await? {
             Outcome::Transferred => Ok(()),
             other => Err(unexpected(other)),
         }

@@ -10,9 +10,12 @@
 
 use std::time::Duration;
 
-use tally_core::{AccountId, Amount, OpId, PostingId, Price, PricingError, Usage};
+use tally_core::{
+    AccountId, Amount, Change, Command, Leg, OpId, Outcome, PostingId, Price, PricingError, Record,
+    Request, Timestamp, Usage, UsageQuery, UsageReport, UsageTotals,
+};
 
-use crate::{Committed, Error, HoldGuard, ReserveRequest, Tally};
+use crate::{Committed, Error, HoldGuard, ReserveRequest, Tally, HISTORY_PAGE_MAX};
 
 /// Why a metered call could not be priced.
 impl From<PricingError> for Error {
@@ -38,7 +41,7 @@ impl MeterGuard {
     /// voids the hold: nobody pays for failed work.
     pub async fn finish(&mut self, op: OpId, usage: &Usage) -> Result<Committed, Error> {
         let cost = self.price.cost(usage)?;
-        self.hold.commit(op, cost.get()).await
+        self.hold.commit_with_usage(op, cost.get(), *usage).await
     }
 }
 
@@ -76,7 +79,8 @@ impl Tally {
         self.check(account, minimum).await
     }
 
-    /// The seeds' `record_cost({ cost })`: charge a cost the work already incurred.
+    /// The seeds' `record_cost({ cost })`: charge a cost the work already incurred (counted
+    /// as one request in usage).
     pub async fn record_cost(
         &self,
         op: OpId,
@@ -85,7 +89,66 @@ impl Tally {
         app: AccountId,
         endpoint: impl Into<String>,
     ) -> Result<PostingId, Error> {
-        self.charge(op, account, app, cost, endpoint).await
+        let usage = Usage {
+            requests: 1,
+            ..Usage::default()
+        };
+        self.charge_with_usage(op, account, app, cost, endpoint, usage)
+            .await
+    }
+
+    /// The seeds' `record_funding_update({ old_amount, new_amount })`: sets the account's total
+    /// funding ([`tally_core::Account::funded`]: every funding so far, or the last update's
+    /// total) from `old` to `new`, crediting the difference from the funding account `from`
+    /// (or returning it there when `new < old`, refused as `InsufficientFunds` if the account
+    /// no longer has it available). Refused with `FundingMismatch` (naming the current total)
+    /// when `old` is not the current total: an optimistic check, so two updates computed from
+    /// the same total never both apply. Returns the new total.
+    pub async fn record_funding_update(
+        &self,
+        op: OpId,
+        account: AccountId,
+        from: AccountId,
+        old: u64,
+        new: u64,
+    ) -> Result<Amount, Error> {
+        let command = Command::UpdateFunding {
+            from,
+            old: Amount::new(old)?,
+            new: Amount::new(new)?,
+        };
+        match self
+            .execute(
+                account,
+                Request {
+                    op,
+                    command,
+                    origin: self.origin().clone(),
+                },
+            )
+            .await?
+        {
+            Outcome::FundingUpdated { funded } => Ok(funded),
+            other => Err(Error::Internal {
+                reason: format!("unexpected outcome {other:?}").into(),
+            }),
+        }
+    }
+
+    /// Usage and cost of commits and charges, summed as `query` says (per account, app,
+    /// endpoint, over a range of minute, hour or day buckets; see [`tally_core::UsageBook`]).
+    pub fn usage(&self, query: &UsageQuery) -> Result<UsageReport, Error> {
+        Ok(self.shared.store.usage(query)?)
+    }
+
+    /// The `n` accounts that spent most in `query`'s range (at its app and endpoint, if set),
+    /// most first.
+    pub fn top_users(
+        &self,
+        query: &UsageQuery,
+        n: usize,
+    ) -> Result<Vec<(AccountId, UsageTotals)>, Error> {
+        Ok(self.shared.store.top_users(query, n)?)
     }
 
     /// Starts a metered call: holds the cost of `max_usage` at the endpoint's price, and returns
@@ -109,5 +172,114 @@ impl Tally {
             .endpoint(endpoint);
         let hold = self.hold(op, request).await?;
         Ok(MeterGuard { hold, price })
+    }
+
+    /// An account's balance after each change in `[from, to)` (at most `limit` points, oldest
+    /// first), rebuilt from its history: every durable record that touched it since it was
+    /// opened is read, so the cost grows with the account's history.
+    pub async fn balance_history(
+        &self,
+        account: AccountId,
+        from: Timestamp,
+        to: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<BalancePoint>, Error> {
+        let mut point = BalancePoint::default();
+        let mut points = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.history(account, after, HISTORY_PAGE_MAX).await?;
+            for entry in &page.entries {
+                let record = &entry.record;
+                if record.at >= to {
+                    return Ok(points);
+                }
+                point.apply(account, record);
+                point.seq = entry.seq;
+                point.at = record.at;
+                if record.at >= from {
+                    points.push(point);
+                    if points.len() >= limit {
+                        return Ok(points);
+                    }
+                }
+            }
+            match page.next_after_seq {
+                Some(next) => after = next,
+                None => return Ok(points),
+            }
+        }
+    }
+}
+
+/// An account's balance right after one change (see [`Tally::balance_history`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BalancePoint {
+    /// The change's journal sequence number.
+    pub seq: u64,
+    /// When it was made.
+    pub at: Timestamp,
+    /// Σ posted credits.
+    pub credits_posted: u128,
+    /// Σ posted debits.
+    pub debits_posted: u128,
+    /// Σ pending holds.
+    pub debits_pending: u128,
+}
+
+impl BalancePoint {
+    /// `credits_posted − debits_posted`.
+    pub fn posted(&self) -> i128 {
+        i128::try_from(self.credits_posted).unwrap_or(i128::MAX)
+            - i128::try_from(self.debits_posted).unwrap_or(i128::MAX)
+    }
+
+    fn apply(&mut self, account: AccountId, record: &Record) {
+        if record.account != account {
+            match record.leg() {
+                Some(Leg::Credit(id, amount)) if id == account => {
+                    self.credits_posted += amount.wide();
+                }
+                Some(Leg::Debit(id, amount)) if id == account => {
+                    self.debits_posted += amount.wide();
+                }
+                _ => {}
+            }
+            return;
+        }
+        match &record.change {
+            Change::Opened { .. } => {}
+            Change::Funded { amount, .. } | Change::Refunded { amount, .. } => {
+                self.credits_posted += amount.wide();
+            }
+            Change::FundingUpdated { old, new, .. } => {
+                if new >= old {
+                    self.credits_posted += new.wide() - old.wide();
+                } else {
+                    self.debits_posted += old.wide() - new.wide();
+                }
+            }
+            Change::Reserved { amount, .. } => self.debits_pending += amount.wide(),
+            Change::Committed {
+                amount_posted,
+                amount_released,
+                ..
+            } => {
+                let held = amount_posted.wide() + amount_released.wide();
+                self.debits_pending = self.debits_pending.saturating_sub(held);
+                self.debits_posted += amount_posted.wide();
+            }
+            Change::Voided {
+                amount_released, ..
+            }
+            | Change::Expired {
+                amount_released, ..
+            } => {
+                self.debits_pending = self.debits_pending.saturating_sub(amount_released.wide());
+            }
+            Change::Charged { amount, .. } | Change::Transferred { amount, .. } => {
+                self.debits_posted += amount.wide();
+            }
+        }
     }
 }

@@ -83,6 +83,10 @@ pub(crate) struct Shared {
     eviction_requested: AtomicBool,
     /// The price catalog: (app, endpoint) → price.
     pub(crate) prices: DashMap<(AccountId, String), tally_core::Price>,
+    /// Rate limits and spend caps.
+    pub(crate) policy: crate::policy::Policy,
+    /// Subscribers and the events waiting for durability.
+    pub(crate) events: Arc<crate::events::Events>,
 }
 
 impl Shared {
@@ -105,6 +109,8 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             eviction_requested: AtomicBool::new(false),
             prices: DashMap::new(),
+            policy: crate::policy::Policy::default(),
+            events: Arc::new(crate::events::Events::default()),
         })
     }
 
@@ -317,6 +323,7 @@ impl Shared {
                 now: self.config.clock.now(),
                 limits: &self.config.limits,
                 counterparty,
+                caps: self.policy.caps(slot.id, &request.command),
             };
             return match own.account.decide(request, &ctx) {
                 Err(e) => reply_err(e.into()),
@@ -324,19 +331,30 @@ impl Shared {
                     result: Ok(outcome),
                     wait_seq: seq,
                 },
-                Ok(Decision::Apply { record, outcome }) => match self.store.append(&record) {
-                    Err(e) => reply_err(e.into()),
-                    Ok(seq) => {
-                        own.account.apply(&record, seq, &self.config.limits);
-                        if let Some(theirs) = theirs.as_mut() {
-                            theirs.account.apply_leg(&record, seq);
-                        }
-                        Reply {
-                            result: Ok(outcome),
-                            wait_seq: seq,
+                Ok(Decision::Apply { record, outcome }) => {
+                    if let Err(e) = self.policy.take(slot.id, &request.command, ctx.now.0) {
+                        return reply_err(e);
+                    }
+                    match self.store.append(&record) {
+                        Err(e) => reply_err(e.into()),
+                        Ok(seq) => {
+                            own.account.apply(&record, seq, &self.config.limits);
+                            if let Some(theirs) = theirs.as_mut() {
+                                theirs.account.apply_leg(&record, seq);
+                            }
+                            self.events.on_record(
+                                &record,
+                                seq,
+                                &own.account,
+                                theirs.as_ref().map(|t| &t.account),
+                            );
+                            Reply {
+                                result: Ok(outcome),
+                                wait_seq: seq,
+                            }
                         }
                     }
-                },
+                }
             };
         }
     }
@@ -357,6 +375,7 @@ impl Shared {
             match self.store.append(&record) {
                 Ok(seq) => {
                     state.account.apply(&record, seq, &self.config.limits);
+                    self.events.on_record(&record, seq, &state.account, None);
                     expired += 1;
                 }
                 Err(e) => {

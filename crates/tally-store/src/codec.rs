@@ -1,17 +1,19 @@
 //! How records and snapshots are written: a version byte, then postcard.
 //!
 //! Serialization lives here, at the storage edge; tally-core only derives serde. Bump the
-//! version byte when the encoding of a type changes, and keep decoding the old one.
+//! version byte when the encoding of a type changes. Until the first release an older version is
+//! refused with a clear error; after it, keep decoding the old one.
 
 use serde::{de::DeserializeOwned, Serialize};
 use tally_core::{Account, Record};
 
 use crate::StoreError;
 
-/// Version of the record encoding.
-const RECORD_V1: u8 = 1;
-/// Version of the snapshot encoding.
-const SNAPSHOT_V1: u8 = 1;
+/// Version of the record encoding. Version 2 added the origin, usage and funding updates; data
+/// written by version 1 (pre-release builds only) is refused with a clear error.
+const RECORD_VERSION: u8 = 2;
+/// Version of the snapshot encoding (2: total funding and the day's spending).
+const SNAPSHOT_VERSION: u8 = 2;
 
 fn encode<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![version];
@@ -33,18 +35,18 @@ fn decode<T: DeserializeOwned>(version: u8, bytes: &[u8], what: &str) -> Result<
 
 /// Encodes a journal record.
 pub fn encode_record(record: &Record) -> Result<Vec<u8>, StoreError> {
-    encode(RECORD_V1, record)
+    encode(RECORD_VERSION, record)
 }
 
 /// Decodes a journal record.
 pub fn decode_record(bytes: &[u8]) -> Result<Record, StoreError> {
-    decode(RECORD_V1, bytes, "record")
+    decode(RECORD_VERSION, bytes, "record")
 }
 
 /// Encodes an account snapshot: the version byte, the journal sequence number it covers
 /// (`u64` little-endian, readable without decoding the rest), then postcard.
 pub fn encode_account(account: &Account) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![SNAPSHOT_V1];
+    let mut out = vec![SNAPSHOT_VERSION];
     out.extend_from_slice(&account.last_seq().to_le_bytes());
     postcard::to_io(account, &mut out)
         .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
@@ -63,10 +65,11 @@ pub fn snapshot_seq(bytes: &[u8]) -> Result<u64, StoreError> {
 /// Decodes an account snapshot.
 pub fn decode_account(bytes: &[u8]) -> Result<Account, StoreError> {
     match bytes.first() {
-        Some(&SNAPSHOT_V1) => {}
+        Some(&SNAPSHOT_VERSION) => {}
         Some(v) => {
             return Err(StoreError::Corrupt(
-                format!("snapshot has encoding version {v}; this build reads {SNAPSHOT_V1}").into(),
+                format!("snapshot has encoding version {v}; this build reads {SNAPSHOT_VERSION}")
+                    .into(),
             ))
         }
         None => return Err(StoreError::Corrupt("empty snapshot".into())),

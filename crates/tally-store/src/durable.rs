@@ -26,7 +26,21 @@
 //! ((account id, segment's first sequence number) → nothing): one entry per account a segment
 //! touches, not per record, so keeping history costs the request path nothing. A history page
 //! reads the archived segments the index names for the account, then the journal. The archive
-//! grows with the ledger, as a ledger's history must; prune `archive/` by hand if you need to.
+//! grows with the ledger, as a ledger's history must; prune `archive/` by hand if you need to
+//! (the audit trail then reports the pruned records as missing).
+//!
+//! **Audit trail** ([`crate::trail`]): journal records are hash-chained and segment headers
+//! link to the segment before, so `archive/` then `journal/` form one chain from seq 1.
+//! [`DurableStore::verify_trail`] (open store, up to the durable point, under the archive's read
+//! lock) and [`crate::verify_trail`] (a directory no store has open; works where open fails)
+//! report every record altered, inserted or removed, and every segment relinked. Open refuses
+//! a chain mismatch in `journal/` as corruption; `archive/` is not read at open, so damage
+//! there shows only to verify. Every open and every checkpoint stores the durable head
+//! ([`DurableStore::trail_head`]) as the **anchor** (sled key `trail_anchor`: seq, then hash;
+//! it only moves forward), so records cut from the end are reported too, and open refuses a
+//! journal that ends before its anchor. Someone able to rewrite every file *and* the sled
+//! database can rebuild a consistent chain and anchor: publish the head off the machine to
+//! close that gap.
 //!
 //! **Load** = snapshot + the journal records after it that touched the account (the store
 //! remembers, per account, the sequence number of the last record that touched it, so a load
@@ -38,11 +52,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-use tally_core::{Account, AccountId, AccountSpec, Change, Leg, Limits, Record};
+use tally_core::{
+    Account, AccountId, AccountSpec, Change, Leg, Limits, Record, UsageConfig, UsageQuery,
+    UsageReport, UsageTotals,
+};
 
 use crate::codec::{decode_account, decode_record, encode_account, encode_record, snapshot_seq};
 use crate::journal::{Journal, JournalConfig, JournalError, SyncMode};
 use crate::mem::replay_one;
+use crate::projection::Projection;
 use crate::{DurablePoint, HistoryEntry, Store, StoreError};
 
 /// How a [`DurableStore`] is opened.
@@ -60,6 +78,8 @@ pub struct DurableConfig {
     pub queue_records_max: usize,
     /// Memory sled may use as its page cache (bytes); sled's own default is 1 GiB.
     pub snapshot_cache_bytes: u64,
+    /// Bounds of the usage aggregates (see [`tally_core::UsageBook`]).
+    pub usage: UsageConfig,
     /// Test hook: the journal's sync after this many fails, as a failing disk would.
     #[doc(hidden)]
     pub fail_after_syncs: Option<u64>,
@@ -76,6 +96,7 @@ impl DurableConfig {
             segment_bytes_max: journal.segment_bytes_max,
             queue_records_max: journal.queue_records_max,
             snapshot_cache_bytes: 64 * 1024 * 1024,
+            usage: UsageConfig::default(),
             fail_after_syncs: None,
         }
     }
@@ -119,6 +140,8 @@ struct Inner {
     /// (exclusive) while a checkpoint computes its trim point, so no record is ever appended
     /// but not yet counted as dirty when the trim point is chosen.
     append_gate: parking_lot::RwLock<()>,
+    /// Usage aggregates of the commits and charges appended (see [`crate::projection`]).
+    usage: Projection,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -193,7 +216,9 @@ impl DurableStore {
         journal_config.queue_records_max = config.queue_records_max;
         journal_config.fail_after_syncs = config.fail_after_syncs;
 
+        let usage = Projection::open(&db, config.usage.clone())?;
         let mut replay = Replay {
+            usage: &usage,
             accounts: &accounts,
             directory: &directory,
             limits: &config.limits,
@@ -216,12 +241,15 @@ impl DurableStore {
             ),
             other => journal_err(other),
         })?;
+        crate::trail::check_anchor_at_open(&db, recovered.last_seq)?;
         let snapshots_loaded = replay.snapshots_loaded;
         for account in replay.touched.values() {
             accounts
                 .insert(key(account.id), encode_account(account)?)
                 .map_err(sled_err)?;
         }
+        // The usage aggregates now cover the whole journal too.
+        usage.save(&journal, recovered.last_seq, usage.take_changes())?;
         // Every account's snapshot is now current: nothing in the journal is needed any more.
         archive.index_unindexed(&db, &journal)?;
         trim(
@@ -258,6 +286,7 @@ impl DurableStore {
                 archive,
                 dirty: DashMap::new(),
                 append_gate: parking_lot::RwLock::new(()),
+                usage,
             }),
         };
         Ok((store, report))
@@ -394,6 +423,7 @@ fn trim(
     let trim_before = trim_before.max(previous);
     db.insert(TRIMMED_BEFORE_KEY, &trim_before.to_be_bytes())
         .map_err(sled_err)?;
+    crate::trail::store_anchor(db, journal.trail_head())?;
     db.flush().map_err(sled_err)?;
     let _moving = archive.lock.write();
     let moved = journal
@@ -419,6 +449,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 /// Recovery's working set: the accounts the journal touches, loaded from their snapshots.
 struct Replay<'a> {
+    usage: &'a Projection,
     accounts: &'a sled::Tree,
     directory: &'a sled::Tree,
     limits: &'a Limits,
@@ -429,6 +460,7 @@ struct Replay<'a> {
 impl Replay<'_> {
     fn record(&mut self, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
         let record = decode_record(payload)?;
+        self.usage.replay(seq, &record);
         if let Change::Opened { spec } = &record.change {
             self.directory
                 .insert(key(record.account), encode_spec(spec)?)
@@ -466,6 +498,7 @@ impl Store for DurableStore {
         let payload = encode_record(record)?;
         let _gate = self.inner.append_gate.read();
         let seq = self.inner.journal.append(&payload).map_err(journal_err)?;
+        self.inner.usage.fold(record);
         let (first, second) = touched(record);
         for id in std::iter::once(first).chain(second) {
             self.inner
@@ -575,15 +608,18 @@ impl Store for DurableStore {
 
     fn checkpoint(&self) -> Result<usize, StoreError> {
         let inner = &self.inner;
-        let dirty_min = {
+        let (dirty_min, cut, usage) = {
             let _gate = inner.append_gate.write();
-            inner
+            let cut = inner.journal.last_seq();
+            let dirty_min = inner
                 .dirty
                 .iter()
                 .map(|d| d.first_seq)
                 .min()
-                .unwrap_or_else(|| inner.journal.last_seq().saturating_add(1))
+                .unwrap_or_else(|| cut.saturating_add(1));
+            (dirty_min, cut, inner.usage.take_changes())
         };
+        inner.usage.save(&inner.journal, cut, usage)?;
         trim(&inner.db, &inner.journal, &inner.archive, dirty_min)
     }
 
@@ -608,6 +644,18 @@ impl Store for DurableStore {
                 other => return other,
             }
         }
+    }
+
+    fn usage(&self, query: &UsageQuery) -> Result<UsageReport, StoreError> {
+        Ok(self.inner.usage.report(query))
+    }
+
+    fn top_users(
+        &self,
+        query: &UsageQuery,
+        n: usize,
+    ) -> Result<Vec<(AccountId, UsageTotals)>, StoreError> {
+        Ok(self.inner.usage.top_users(query, n))
     }
 }
 
@@ -700,5 +748,32 @@ fn collect(
             *failure = Some(e);
             Ok(false)
         }
+    }
+}
+
+/// The audit trail (see [`crate::trail`]).
+impl DurableStore {
+    /// Verifies the audit trail while the store is open: the hash chain from seq 1 through
+    /// `archive/` and `journal/` up to the durable point (as of the call), the stored anchor,
+    /// and the durable head the journal holds in memory. Holds the archive's read lock (a
+    /// checkpoint waits to move segments; appends and history reads do not) and reads about
+    /// one segment at a time into memory. The report names every problem found;
+    /// [`crate::verify_trail`] does the same for a directory no store has open.
+    pub fn verify_trail(&self) -> Result<crate::journal::TrailReport, StoreError> {
+        let inner = &self.inner;
+        let _reading = inner.archive.lock.read();
+        let anchors: Vec<_> = crate::trail::read_anchor(&inner.db)?.into_iter().collect();
+        inner
+            .journal
+            .verify_trail(Some(&inner.archive.dir), &anchors)
+            .map_err(journal_err)
+    }
+
+    /// The durable head of the audit trail: the sequence number of the last durable record and
+    /// its chain hash (`(0, GENESIS)` for an empty store). Publish it off this machine from
+    /// time to time: a trail that later verifies to the same hash at that seq was not changed
+    /// up to it, even by someone who could rewrite every file here (see [`crate::trail`]).
+    pub fn trail_head(&self) -> (u64, [u8; 32]) {
+        self.inner.journal.trail_head()
     }
 }

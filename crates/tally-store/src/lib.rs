@@ -13,18 +13,25 @@
 //!
 //! [`MemStore`] keeps all of it in memory: for tests, for embedding without durability, and as
 //! the engine's own ceiling in benchmarks. The [`journal`] module is the durable append-only log.
+//! Its records are hash-chained into a tamper-evident audit trail: [`verify_trail`] (on a data
+//! directory), [`DurableStore::verify_trail`] and [`MemStore::verify_trail`] check it; the
+//! [`trail`] module says what it proves and what it cannot.
 
 pub mod codec;
 mod durable;
 pub mod journal;
 mod mem;
+mod projection;
+pub mod trail;
 
 use std::sync::Arc;
 
-use tally_core::{Account, AccountId, AccountSpec, Record};
+use tally_core::{Account, AccountId, AccountSpec, Record, UsageQuery, UsageReport, UsageTotals};
 
 pub use durable::{DurableConfig, DurableRecovery, DurableStore};
+pub use journal::{TrailProblem, TrailReport};
 pub use mem::MemStore;
+pub use trail::verify_trail;
 
 /// The durable point of a store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -105,4 +112,15 @@ pub trait Store: Send + Sync + 'static {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Usage and cost of the commits and charges appended so far, summed as `query` says (see
+    /// [`tally_core::UsageBook`]). The store keeps the aggregates durable with the journal.
+    fn usage(&self, query: &UsageQuery) -> Result<UsageReport, StoreError>;
+
+    /// The `n` accounts that spent most in `query`'s range (at its app and endpoint, if set).
+    fn top_users(
+        &self,
+        query: &UsageQuery,
+        n: usize,
+    ) -> Result<Vec<(AccountId, UsageTotals)>, StoreError>;
 }

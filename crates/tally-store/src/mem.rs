@@ -6,8 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-use tally_core::{Account, AccountId, AccountSpec, Limits, Record};
+use tally_core::{
+    Account, AccountId, AccountSpec, Limits, Record, UsageBook, UsageConfig, UsageQuery,
+    UsageReport, UsageTotals,
+};
 
+use crate::journal::{chain_next, Chain, TrailProblem, TrailReport, GENESIS, TRAIL_PROBLEMS_MAX};
 use crate::{DurablePoint, HistoryEntry, Store, StoreError};
 
 /// An in-memory [`Store`]. Cloning gives another handle to the same data, so a test can drop an
@@ -32,6 +36,10 @@ struct Journal {
     /// Per account, the indexes (seq − 1) of the records that touched it.
     by_account: HashMap<AccountId, Vec<u64>>,
     failed: Option<Arc<str>>,
+    /// The chain hash of each record (index seq − 1), as the durable journal computes it.
+    chain: Vec<Chain>,
+    /// Usage of every commit and charge appended.
+    usage: UsageBook,
 }
 
 impl Default for MemStore {
@@ -57,7 +65,10 @@ impl MemStore {
         MemStore {
             inner: Arc::new(Inner {
                 limits,
-                journal: Mutex::new(Journal::default()),
+                journal: Mutex::new(Journal {
+                    usage: UsageBook::new(UsageConfig::default()),
+                    ..Journal::default()
+                }),
                 snapshots: RwLock::new(HashMap::new()),
                 durable,
                 fail_after,
@@ -120,6 +131,8 @@ pub(crate) fn replay_one(
 
 impl Store for MemStore {
     fn append(&self, record: &Record) -> Result<u64, StoreError> {
+        // Encoded as the durable store would, for the audit trail's chain.
+        let payload = crate::codec::encode_record(record)?;
         let mut journal = self.inner.journal.lock();
         if let Some(reason) = &journal.failed {
             return Err(StoreError::Failed(reason.clone()));
@@ -134,6 +147,9 @@ impl Store for MemStore {
             return Err(StoreError::Failed(reason));
         }
         journal.records.push(record.clone());
+        let prev = journal.chain.last().copied().unwrap_or(GENESIS);
+        journal.chain.push(chain_next(&prev, index + 1, &payload));
+        journal.usage.fold(record);
         journal
             .by_account
             .entry(record.account)
@@ -205,5 +221,80 @@ impl Store for MemStore {
                 })
             })
             .collect())
+    }
+
+    fn usage(&self, query: &UsageQuery) -> Result<UsageReport, StoreError> {
+        Ok(self.inner.journal.lock().usage.report(query))
+    }
+
+    fn top_users(
+        &self,
+        query: &UsageQuery,
+        n: usize,
+    ) -> Result<Vec<(AccountId, UsageTotals)>, StoreError> {
+        Ok(self.inner.journal.lock().usage.top_users(query, n))
+    }
+}
+
+/// The audit trail: the durable journal's hash chain, over each record's encoding
+/// ([`crate::codec::encode_record`]), so the same records give the same chain in both stores.
+impl MemStore {
+    /// The head of the chain: the last record's sequence number and chain hash
+    /// (`(0, GENESIS)` while empty).
+    pub fn trail_head(&self) -> (u64, Chain) {
+        let journal = self.inner.journal.lock();
+        let seq = journal.chain.len() as u64;
+        (seq, journal.chain.last().copied().unwrap_or(GENESIS))
+    }
+
+    /// Recomputes the chain over every record and compares it with the hashes computed at
+    /// append; a record changed since (only [`MemStore::tamper_record`] can) is
+    /// [`TrailProblem::Altered`]. Appends wait meanwhile. Errs only if a record fails to
+    /// encode.
+    pub fn verify_trail(&self) -> Result<TrailReport, StoreError> {
+        let journal = self.inner.journal.lock();
+        let mut prev = GENESIS;
+        let mut problems = Vec::new();
+        let mut problems_total = 0u64;
+        for (seq, (record, stored)) in (1u64..).zip(journal.records.iter().zip(&journal.chain)) {
+            let payload = crate::codec::encode_record(record)?;
+            if chain_next(&prev, seq, &payload) != *stored {
+                problems_total += 1;
+                if problems.len() < TRAIL_PROBLEMS_MAX {
+                    problems.push(TrailProblem::Altered { seq });
+                }
+            }
+            prev = *stored;
+        }
+        let records = journal.chain.len() as u64;
+        Ok(TrailReport {
+            records,
+            segments: 0,
+            first_seq: u64::from(records > 0),
+            last_seq: records,
+            head: prev,
+            torn_tail_bytes: 0,
+            anchors_checked: 0,
+            problems,
+            problems_total,
+        })
+    }
+
+    /// Test hook: replaces record `seq` without updating its chain hash, as tampering would.
+    /// Returns whether there was such a record.
+    #[doc(hidden)]
+    pub fn tamper_record(&self, seq: u64, record: Record) -> bool {
+        let mut journal = self.inner.journal.lock();
+        let slot = usize::try_from(seq.saturating_sub(1))
+            .ok()
+            .filter(|_| seq > 0)
+            .and_then(|index| journal.records.get_mut(index));
+        match slot {
+            Some(slot) => {
+                *slot = record;
+                true
+            }
+            None => false,
+        }
     }
 }

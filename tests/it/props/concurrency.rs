@@ -870,6 +870,7 @@ proptest! {
     #[test]
     fn concurrent_work_on_hot_accounts_keeps_every_invariant(w in workload()) {
         run_workload(w);
+        super::case_passed("concurrent_work_on_hot_accounts_keeps_every_invariant");
     }
 
     /// Two commits of one hold, a commit and a void, a commit and the expiry, two refunds of one
@@ -882,5 +883,6 @@ proptest! {
         races in prop::collection::vec(race(), 1..=6),
     ) {
         run_races(workers, dispatch, races);
+        super::case_passed("races_on_one_hold_or_posting_resolve_exactly_once");
     }
 }

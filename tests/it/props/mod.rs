@@ -32,6 +32,26 @@ pub fn cases() -> u32 {
         .unwrap_or(256)
 }
 
+/// Counts a passed case of `property`; when the count reaches [`cases`], says so on stderr
+/// (seen with `--nocapture`), which is how a long pass records how many cases it ran.
+pub fn case_passed(property: &'static str) {
+    static COUNTS: std::sync::Mutex<Vec<(&str, u32)>> = std::sync::Mutex::new(Vec::new());
+    let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let n = match counts.iter_mut().find(|(name, _)| *name == property) {
+        Some((_, n)) => {
+            *n += 1;
+            *n
+        }
+        None => {
+            counts.push((property, 1));
+            1
+        }
+    };
+    if n == cases() {
+        eprintln!("props: {property}: {n} cases passed");
+    }
+}
+
 /// The proptest configuration of every property here.
 pub fn config() -> Config {
     Config {
@@ -44,6 +64,7 @@ pub fn config() -> Config {
 /// idempotency keys, timeouts, text fields) is reached by short histories.
 pub fn small_limits() -> Limits {
     Limits {
+        origin_bytes_max: Default::default(),
         holds_pending_max: 2,
         holds_resolved_retained: 3,
         postings_retained: 3,

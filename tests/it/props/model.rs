@@ -865,6 +865,7 @@ impl StateMachineTest for ModelTest {
             ));
             assert_eq!(got, expected, "at the end, {id:?} differs");
         }
+        super::case_passed("the_engine_equals_the_model_on_any_sequential_history");
     }
 }
 

@@ -211,10 +211,18 @@ fn commands_are_named_as_the_docs_name_them() {
             },
             "reserve",
         ),
-        (tally::Command::Commit { hold, amount }, "commit"),
+        (
+            tally::Command::Commit {
+                usage: Default::default(),
+                hold,
+                amount,
+            },
+            "commit",
+        ),
         (tally::Command::Void { hold }, "void"),
         (
             tally::Command::Charge {
+                usage: Default::default(),
                 app: APP,
                 amount,
                 endpoint: String::new(),
@@ -237,6 +245,7 @@ fn the_audit_reports_books_that_do_not_balance() {
     let mut alice = Account::new(ALICE, AccountSpec::user());
     let bank = Account::new(BANK, AccountSpec::funding());
     let funded = Record {
+        origin: Default::default(),
         account: ALICE,
         op: Some(OpId(1)),
         at: START,

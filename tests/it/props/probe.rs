@@ -161,4 +161,14 @@ impl Store for ProbeStore {
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         self.inner.history(id, after_seq, limit)
     }
+    fn usage(&self, query: &tally::UsageQuery) -> Result<tally::UsageReport, StoreError> {
+        self.inner.usage(query)
+    }
+    fn top_users(
+        &self,
+        query: &tally::UsageQuery,
+        n: usize,
+    ) -> Result<Vec<(AccountId, tally::UsageTotals)>, StoreError> {
+        self.inner.top_users(query, n)
+    }
 }

@@ -275,6 +275,7 @@ proptest! {
         (initial, steps, seen) in RecoveryRef::sequential_strategy(1..24)
     ) {
         run_history(Kind::Durable, initial, steps, seen);
+        super::case_passed("the_durable_store_recovers_exactly_what_was_acknowledged");
     }
 
     /// The same on the in-memory store (an engine reopened on the journal it left).
@@ -283,5 +284,6 @@ proptest! {
         (initial, steps, seen) in RecoveryRef::sequential_strategy(1..40)
     ) {
         run_history(Kind::Mem, initial, steps, seen);
+        super::case_passed("the_in_memory_store_recovers_exactly_what_was_acknowledged");
     }
 }

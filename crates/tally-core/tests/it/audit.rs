@@ -38,6 +38,7 @@ fn an_empty_ledger_audits_clean() {
 /// The record `command` would make on `account` in `w`, not applied.
 fn decided(w: &mut World, account: AccountId, command: tally_core::Command) -> Record {
     let request = Request {
+        origin: Default::default(),
         op: w.op(),
         command,
     };
@@ -90,6 +91,7 @@ fn a_record_applied_on_one_side_only_is_unbalanced() {
 /// Journals a record that was never decided (applies it with its leg, as recovery would).
 fn forced(w: &mut World, change: Change) {
     let record = Record {
+        origin: Default::default(),
         account: USER,
         op: None,
         at: w.now,
@@ -106,6 +108,7 @@ fn a_record_that_overspends_is_caught_as_overspent() {
     forced(
         &mut w,
         Change::Charged {
+            usage: Default::default(),
             app: APP,
             amount: amt(150),
             endpoint: String::new(),
@@ -132,6 +135,8 @@ fn a_commit_above_its_hold_is_caught() {
     forced(
         &mut w,
         Change::Committed {
+            endpoint: Default::default(),
+            usage: Default::default(),
             hold: hold.seq,
             app: APP,
             amount_posted: amt(150),
@@ -300,7 +305,7 @@ proptest! {
                 Step::Payout(a) => (APP, transfer(USER, a)),
             };
             let predicted = w.account(account).leg_counterparty(&command);
-            let request = Request { op: OpId(sent.len() as u128 + 1), command };
+            let request = Request { origin: Default::default(), op: OpId(sent.len() as u128 + 1), command };
             let result = w.submit(account, request.clone());
             let mut first = None;
             match &result {

@@ -43,6 +43,7 @@ fn a_retry_of_every_command_kind_replays_the_first_outcome_and_changes_nothing()
         let first = w.submit(
             account,
             Request {
+                origin: Default::default(),
                 op,
                 command: command.clone(),
             },
@@ -54,7 +55,14 @@ fn a_retry_of_every_command_kind_replays_the_first_outcome_and_changes_nothing()
         w.fund(USER2, 1); // a later, unrelated record
         let accounts = w.accounts.clone();
 
-        let retry = w.submit(account, Request { op, command });
+        let retry = w.submit(
+            account,
+            Request {
+                origin: Default::default(),
+                op,
+                command,
+            },
+        );
 
         assert_eq!(retry, Ok(Decision::Replay { outcome, seq }), "{name}");
         assert_eq!(w.accounts, accounts, "{name}: the retry changed an account");
@@ -185,6 +193,7 @@ fn operation_ids_are_scoped_to_the_executing_account() {
     let other = w.submit(
         USER2,
         Request {
+            origin: Default::default(),
             op,
             command: fund(BANK, 200),
         },
@@ -210,6 +219,7 @@ fn keys_beyond_the_count_limit_are_forgotten_oldest_first() {
     let oldest = w.submit(
         USER,
         Request {
+            origin: Default::default(),
             op: ops[0],
             command: fund(BANK, 100),
         },
@@ -217,6 +227,7 @@ fn keys_beyond_the_count_limit_are_forgotten_oldest_first() {
     let newest = w.decide(
         USER,
         &Request {
+            origin: Default::default(),
             op: ops[2],
             command: fund(BANK, 100),
         },
@@ -239,6 +250,7 @@ fn keys_older_than_the_retention_are_forgotten_once_a_later_record_is_applied() 
     };
     let mut w = World::with_limits(limits);
     let old = Request {
+        origin: Default::default(),
         op: OpId(1),
         command: fund(BANK, 100),
     };

@@ -12,4 +12,5 @@ mod pricing;
 mod rejections;
 mod replay;
 mod retention;
+mod usage;
 mod world;

@@ -99,6 +99,15 @@ fn user_with(id: AccountId, credit_limit: u64, totals: Totals) -> Account {
         (Val::Str("remembered"), empty_map()),
         (Val::Str("remembered_order"), empty_seq()),
         (Val::Str("last_seq"), Val::U64(0)),
+        (Val::Str("funded"), Val::U128(0)),
+        (
+            Val::Str("spend"),
+            Val::Map(vec![
+                (Val::Str("day"), Val::U64(0)),
+                (Val::Str("total"), Val::U128(0)),
+                (Val::Str("by_app"), empty_seq()),
+            ]),
+        ),
     ]);
     Account::deserialize(account).unwrap()
 }

@@ -110,6 +110,7 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
                 metadata,
             },
             Command::Commit { hold, .. } => Command::Commit {
+                usage: Default::default(),
                 hold,
                 amount: Amount::ZERO,
             },
@@ -119,6 +120,7 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
                 metadata,
                 ..
             } => Command::Charge {
+                usage: Default::default(),
                 app,
                 amount: Amount::ZERO,
                 endpoint,
@@ -131,6 +133,11 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
             Command::Transfer { to, .. } => Command::Transfer {
                 to,
                 amount: Amount::ZERO,
+            },
+            Command::UpdateFunding { from, old, .. } => Command::UpdateFunding {
+                from,
+                old,
+                new: old,
             },
             Command::Void { .. } => unreachable!("void carries no amount"),
         }
@@ -625,6 +632,7 @@ fn a_rejected_request_is_not_remembered_and_its_retry_runs_anew() {
     let mut w = World::new();
     let op = OpId(7);
     let request = Request {
+        origin: Default::default(),
         op,
         command: reserve(500),
     };
@@ -661,6 +669,7 @@ fn decide_changes_nothing_even_when_it_accepts() {
     ];
     for command in commands {
         let request = Request {
+            origin: Default::default(),
             op: OpId(1_000),
             command,
         };

@@ -69,6 +69,7 @@ fn a_retry_after_recovery_is_still_recognised() {
     for (seq, command) in &w.submitted {
         let record = &records[seq];
         let request = Request {
+            origin: Default::default(),
             op: record.op.unwrap(),
             command: command.clone(),
         };

@@ -64,6 +64,7 @@ pub fn reserve_with(
 
 pub fn commit(hold: HoldId, amount: u64) -> Command {
     Command::Commit {
+        usage: Default::default(),
         hold,
         amount: amt(amount),
     }
@@ -80,6 +81,7 @@ pub fn charge(amount: u64) -> Command {
 
 pub fn charge_with(app: AccountId, amount: u64, endpoint: &str, metadata: &str) -> Command {
     Command::Charge {
+        usage: Default::default(),
         app,
         amount: amt(amount),
         endpoint: endpoint.to_owned(),
@@ -214,6 +216,7 @@ impl World {
     /// What the engine's directory tells `decide` about the account a command names.
     pub fn ctx(&self, command: &Command) -> DecideCtx<'_> {
         DecideCtx {
+            caps: Default::default(),
             now: self.now,
             limits: &self.limits,
             counterparty: command
@@ -251,10 +254,17 @@ impl World {
         op: OpId,
         command: Command,
     ) -> Result<Outcome, Error> {
-        self.submit(account, Request { op, command })
-            .map(|decision| match decision {
-                Decision::Apply { outcome, .. } | Decision::Replay { outcome, .. } => outcome,
-            })
+        self.submit(
+            account,
+            Request {
+                origin: Default::default(),
+                op,
+                command,
+            },
+        )
+        .map(|decision| match decision {
+            Decision::Apply { outcome, .. } | Decision::Replay { outcome, .. } => outcome,
+        })
     }
 
     /// Runs `command` on `account` under a fresh operation id.

@@ -3,8 +3,10 @@
 //! Appenders copy an unsealed frame into [`Queue::bytes`] under a mutex and return at once. The
 //! committer swaps the whole buffer out (O(1); appends that arrive meanwhile fill the other
 //! buffer, which is what pipelines them behind the running sync), then, group by group, seals
-//! each frame's checksum, writes the group with one `write`, makes it durable with one
-//! `fdatasync` and publishes the last sequence number of the group on the `Durable` watch.
+//! each frame (its chain hash, which needs the previous frame's, then its checksum: frames are
+//! sealed here, in sequence order, never under the queue lock), writes the group with one
+//! `write`, makes it durable with one `fdatasync` and publishes the last sequence number of the
+//! group on the `Durable` watch.
 //! A failed write or sync is final: the committer records the reason, publishes it and exits.
 
 use std::fmt::Display;
@@ -17,7 +19,7 @@ use tokio::sync::watch;
 
 use super::format::{self, FRAME_HEADER_LEN};
 use super::recovery::ActiveSegment;
-use super::{Durable, SyncMode};
+use super::{Chain, Durable, SyncMode};
 
 /// State shared by every [`super::Journal`] handle and the committer thread.
 pub(crate) struct Shared {
@@ -42,6 +44,9 @@ pub(crate) struct Queue {
     pub(crate) seq_next: u64,
     /// Highest sequence number made durable.
     pub(crate) seq_synced: u64,
+    /// The chain hash of record `seq_synced` (the durable head of the trail), published with
+    /// it.
+    pub(crate) chain_synced: Chain,
     /// Frame bytes appended but not yet synced (queued plus in the committer's hands).
     pub(crate) bytes_unsynced: usize,
     /// Set once by the committer when a write or sync fails.
@@ -72,6 +77,8 @@ pub(crate) struct Committer {
     pub(crate) syncs_ok: u64,
     /// The buffer swapped out of the queue; kept to reuse its capacity.
     pub(crate) batch: Vec<u8>,
+    /// The chain hash of the last frame sealed (of the last record recovered at first).
+    pub(crate) chain: Chain,
 }
 
 /// A failed write or sync, with the file it concerned.
@@ -116,6 +123,8 @@ impl Committer {
     fn commit_batch(&mut self, batch: &mut [u8]) -> Result<(), CommitError> {
         let mut start = 0usize;
         while start < batch.len() {
+            // A segment the group rolls to links to the record before the group.
+            let chain_before = self.chain;
             let mut end = start;
             let mut records = 0usize;
             let mut seq_first = 0u64;
@@ -136,7 +145,7 @@ impl Committer {
                     })?;
                 debug_assert!(frame_len >= FRAME_HEADER_LEN);
                 if let Some(frame) = batch.get_mut(end..frame_end) {
-                    format::seal_frame(frame);
+                    format::seal_frame(frame, &mut self.chain);
                 }
                 if records == 0 {
                     seq_first = seq;
@@ -148,7 +157,7 @@ impl Committer {
                 end = frame_end;
             }
             let group = batch.get(start..end).unwrap_or_default();
-            self.write_group(group, seq_first, records)?;
+            self.write_group(group, seq_first, &chain_before, records)?;
             self.publish(seq_last, group.len());
             start = end;
         }
@@ -161,13 +170,14 @@ impl Committer {
         &mut self,
         group: &[u8],
         seq_first: u64,
+        chain_before: &Chain,
         records: usize,
     ) -> Result<(), CommitError> {
         let group_len = u64::try_from(group.len()).unwrap_or(u64::MAX);
         if self.active.records > 0
             && self.active.len.saturating_add(group_len) > self.config.segment_bytes_max
         {
-            self.roll(seq_first)?;
+            self.roll(seq_first, chain_before)?;
         }
         let path = &self.active.path;
         self.active
@@ -200,11 +210,12 @@ impl Committer {
         Ok(())
     }
 
-    /// Starts a new segment whose first record is `seq_first`. The old one needs no sync: every
-    /// group written to it was synced before the next one was taken.
-    fn roll(&mut self, seq_first: u64) -> Result<(), CommitError> {
+    /// Starts a new segment whose first record is `seq_first`, its header carrying the chain
+    /// hash of the record before. The old one needs no sync: every group written to it was
+    /// synced before the next one was taken.
+    fn roll(&mut self, seq_first: u64, chain_before: &Chain) -> Result<(), CommitError> {
         let sync = self.config.sync == SyncMode::Data;
-        let (file, path) = format::create_segment(&self.config.dir, seq_first, sync)
+        let (file, path) = format::create_segment(&self.config.dir, seq_first, chain_before, sync)
             .map_err(|e| CommitError::new("create segment in", &self.config.dir, e))?;
         tracing::debug!(segment = %path.display(), seq_first, "journal: rolled to a new segment");
         self.active = ActiveSegment {
@@ -220,6 +231,7 @@ impl Committer {
         {
             let mut queue = self.shared.queue.lock();
             queue.seq_synced = seq_last;
+            queue.chain_synced = self.chain;
             queue.bytes_unsynced = queue.bytes_unsynced.saturating_sub(group_bytes);
         }
         self.durable_tx.send_replace(Durable {

@@ -1,4 +1,5 @@
-//! The durable append-only journal: opaque records, numbered, group-committed, fail-stop.
+//! The durable append-only journal: opaque records, numbered, hash-chained, group-committed,
+//! fail-stop.
 //!
 //! # Why it exists
 //!
@@ -11,26 +12,64 @@
 //! its next message while the previous one's record is being synced (pipelined durability).
 //! The journal stores opaque payloads: what a record means is the business of the layer above.
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 2)
 //!
 //! A journal is a directory holding a `LOCK` file and segment files named
 //! `journal-{first_seq:020}.log`, where `first_seq` is the sequence number of the segment's first
 //! record (zero-padded, so names sort in sequence order). Each segment is:
 //!
 //! ```text
-//! header (24 bytes): magic "TALLYJNL" | format version u32 LE (= 1) | first_seq u64 LE | crc32c u32 LE of the previous 20 bytes
-//! record*          : length u32 LE | crc32c u32 LE | seq u64 LE | payload (length bytes)
+//! header (56 bytes): magic "TALLYJNL" | format version u32 LE (= 2) | first_seq u64 LE
+//!                    | chain_before [32] | crc32c u32 LE of the previous 52 bytes
+//! record* (48 + n) : length n u32 LE | crc32c u32 LE | seq u64 LE | chain [32] | payload (n bytes)
 //! ```
 //!
-//! A record's checksum is crc32c over its length, its sequence number and its payload (every
-//! frame byte except the checksum itself). Its payload is at most [`RECORD_BYTES_MAX`] bytes;
-//! empty payloads are allowed. The version lives in the header and is bumped on any format
-//! change; a segment of another version is refused as corrupt rather than misread.
+//! A record's checksum is crc32c over its length, its sequence number, its chain hash and its
+//! payload (every frame byte except the checksum itself). Its payload is at most
+//! [`RECORD_BYTES_MAX`] bytes; empty payloads are allowed. The version lives in the header and
+//! is bumped on any format change; a segment of another version is refused as corrupt rather
+//! than misread (version 1, without the chain, is not read: there is no migration).
 //!
 //! Creating a segment writes the header, fsyncs the file, then fsyncs the directory, so a
 //! segment name on disk never outlives its header. The committer rolls to a new segment before
 //! a group that would take the current one past [`JournalConfig::segment_bytes_max`] (a segment
 //! is therefore at most that big, unless a single group is bigger).
+//!
+//! # The hash chain
+//!
+//! The checksum finds damage; it cannot find a change made on purpose, since anyone can
+//! recompute a crc32c. So every record also carries a **chain hash**, which makes the journal a
+//! tamper-evident audit trail:
+//!
+//! ```text
+//! chain(seq) = BLAKE3(chain(seq - 1) || seq as u64 LE || payload)
+//! chain(0)   = 32 zero bytes (the genesis value)
+//! ```
+//!
+//! ([`chain_next`], [`GENESIS`]).
+//!
+//! Each segment's header carries `chain_before`, the chain hash of the record before its first
+//! one (the previous segment's last), so segments link to each other, also across the move to
+//! an archive ([`Journal::archive_before`] keeps files whole): an archive and the journal it was
+//! archived from verify as one chain from seq 1. The committer computes the hashes when it
+//! seals frames, in sequence order, on its own thread (appenders still only copy under the
+//! queue lock), and keeps the hash of the last durable record: [`Journal::trail_head`].
+//!
+//! **What the chain finds.** A record altered (even with its checksum recomputed), inserted,
+//! removed or reordered, as long as its chain hash and those after it were left as written; a
+//! segment removed from the middle, or one whose header was relinked. [`verify_segments`] (files only) and [`Journal::verify_trail`]
+//! (beside a running committer) walk the chain from the first record to the last and report
+//! each problem as a [`TrailProblem`] naming the sequence number, resynchronising on the stored
+//! hash so that one change is one problem.
+//!
+//! **What it cannot find alone.** Records cut from the end (a shorter chain is still a
+//! consistent chain), and a chain recomputed from the first changed record to the end: the hash
+//! is unkeyed, so anyone who can rewrite the files can recompute it. Both are found only against a head `(seq, hash)` known from elsewhere: an
+//! **anchor**. The verify calls take anchors and report a chain that ends before one, or
+//! differs at one, as [`TrailProblem::Truncated`]; [`Journal::verify_trail`] also checks the
+//! head the committer holds in memory. The durable store keeps one anchor in its snapshot
+//! database and says why a head should also be published off the machine
+//! ([`crate::trail`]).
 //!
 //! # Sequence numbers
 //!
@@ -47,7 +86,8 @@
 //! (at least one record), write it with one `write`, make it durable with one `fdatasync`
 //! ([`SyncMode::Data`]) and publish [`Durable`]`{ seq: last of the group }` on the watch.
 //! Appends that arrive during a sync queue up for the next group. Appenders only copy their
-//! frame into the queue under a mutex; the committer computes the checksums.
+//! frame into the queue under a mutex; the committer computes the chain hashes and the
+//! checksums.
 //!
 //! # Limits
 //!
@@ -69,13 +109,20 @@
 //!
 //! [`Journal::open`] takes an exclusive `flock` on `dir/LOCK` (a second opener, in this process
 //! or another, gets [`JournalError::Locked`]), then reads the segments in order and checks every
-//! record (header, length, checksum, sequence number), including those that
+//! record (header, length, checksum, sequence number, chain hash), including those that
 //! [`Journal::open_after`] does not replay: verifying is cheap next to reading, and damage is
 //! better found now than when the snapshot that covers it is lost. The rules:
 //!
 //! - Sequence numbers are contiguous across segments; a gap or overlap is
 //!   [`JournalError::Corrupt`]. The first segment must start at or before the first record to
 //!   replay, or the open fails with [`JournalError::Trimmed`].
+//! - The chain runs from the oldest segment's `chain_before` (the journal does not read an
+//!   archive at open) through every record; a record whose chain hash does not follow, or a
+//!   segment whose `chain_before` is not the previous segment's last hash, is
+//!   [`JournalError::Corrupt`] naming the sequence number, even in the newest segment: a
+//!   checksum-valid record is never a torn write. The committer continues from the chain hash
+//!   of the last valid record (after a torn tail is cut, of the last record before it). A
+//!   fresh directory starts its chain at [`GENESIS`], whatever `after` is.
 //! - In the **newest** segment, a bad record (incomplete, or failing its checksum) after which
 //!   the rest of the file holds no valid record is a **torn tail**: the write of an
 //!   unacknowledged group was cut short (acknowledgements follow the sync). The file is
@@ -106,8 +153,9 @@
 //! file name says it starts); inside the first segment read, the frames before `from_seq` are
 //! skipped by their length (their sequence number is checked, their payload not read). Every
 //! frame handed to the callback has its checksum and sequence number verified; a mismatch, a
-//! gap, or a file that ends before a durable record is [`JournalError::Corrupt`]. Memory use is
-//! one read buffer plus the largest record handed out.
+//! gap, or a file that ends before a durable record is [`JournalError::Corrupt`]. Reads do not
+//! check the chain (a read may start anywhere): the verify calls do. Memory use is one read
+//! buffer plus the largest record handed out.
 //!
 //! **Trimming takes no lock against reads; a read that loses the race gets
 //! [`JournalError::Trimmed`].** Neither waits for the other. Segments are opened one at a time;
@@ -125,6 +173,7 @@ mod committer;
 mod format;
 mod reader;
 mod recovery;
+mod trail;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -139,6 +188,12 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
 use committer::{Committer, CommitterConfig, Queue, Shared};
+
+pub use format::{chain_hex, chain_next, GENESIS};
+pub use trail::{verify_segments, TrailProblem, TrailReport, TRAIL_PROBLEMS_MAX};
+
+/// A chain hash: 32 bytes of BLAKE3 (see the module docs, "The hash chain").
+pub type Chain = [u8; 32];
 
 /// Largest payload a record may carry, in bytes (1 MiB).
 pub const RECORD_BYTES_MAX: usize = 1 << 20;
@@ -420,6 +475,7 @@ impl Journal {
                 bytes: Vec::new(),
                 seq_next,
                 seq_synced: last_seq,
+                chain_synced: recovered.chain,
                 bytes_unsynced: 0,
                 failed: None,
                 closing: false,
@@ -444,6 +500,7 @@ impl Journal {
             },
             syncs_ok: 0,
             batch: Vec::new(),
+            chain: recovered.chain,
         };
         let handle = std::thread::Builder::new()
             .name("tally-journal".to_owned())
@@ -706,6 +763,42 @@ impl Journal {
     /// The journal directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The durable head of the hash chain: the sequence number of the last durable record and
+    /// its chain hash (as of the call; published with the durable point). For a journal that
+    /// holds no record yet, the sequence number it continues after and [`GENESIS`].
+    pub fn trail_head(&self) -> (u64, Chain) {
+        let queue = self.inner.shared.queue.lock();
+        (queue.seq_synced, queue.chain_synced)
+    }
+
+    /// Verifies the hash chain from seq 1 to the durable point (as of the call) while the
+    /// journal is open: through the segments of `archive_dir` (made by
+    /// [`Journal::archive_before`]; `None` if there is none), then this journal's. Checks
+    /// `anchors` and, as one more anchor, the durable head the committer holds in memory
+    /// ([`Journal::trail_head`]), so a record changed on disk under the running journal is
+    /// found even at the head. Holds the trim lock meanwhile (a trim or archive waits; appends
+    /// and reads do not). See [`verify_segments`] for the report; records appended during the
+    /// call are not checked.
+    ///
+    /// Errors: [`JournalError::Io`]; [`JournalError::Closed`] after close.
+    pub fn verify_trail(
+        &self,
+        archive_dir: Option<&Path>,
+        anchors: &[(u64, Chain)],
+    ) -> Result<TrailReport, JournalError> {
+        let _trim = self.inner.trim.lock();
+        if self.inner.shared.queue.lock().closing {
+            return Err(JournalError::Closed);
+        }
+        // Read before listing the segments, as `read_from` does.
+        let head = self.trail_head();
+        let mut all = anchors.to_vec();
+        all.push(head);
+        let mut dirs: Vec<&Path> = archive_dir.into_iter().collect();
+        dirs.push(&self.inner.dir);
+        trail::walk(&dirs, Some(head.0), &all)
     }
 
     /// Test hook: while paused, the committer takes no new records (a group already taken

@@ -164,13 +164,13 @@ fn read_segment(
         ));
     }
     match format::decode_header(&header) {
-        Ok(first_seq) if first_seq == segment.first_seq => {}
-        Ok(first_seq) => {
+        Ok(header) if header.first_seq == segment.first_seq => {}
+        Ok(header) => {
             return Err(corrupt(
                 0,
                 format!(
-                    "header says first seq {first_seq}, the file name says {}",
-                    segment.first_seq
+                    "header says first seq {}, the file name says {}",
+                    header.first_seq, segment.first_seq
                 ),
             ))
         }

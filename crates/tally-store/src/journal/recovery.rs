@@ -1,4 +1,5 @@
-//! Open-time recovery: verify every segment, replay records, truncate a torn tail.
+//! Open-time recovery: verify every segment and the chain through it, replay records, truncate
+//! a torn tail.
 //!
 //! The rules (contiguous sequence numbers, torn tail versus corruption) are stated in the parent
 //! module's docs; this file applies them and is the only code that reads segments.
@@ -7,8 +8,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::format::{self, SegmentFile, HEADER_LEN};
-use super::JournalError;
+use super::format::{self, SegmentFile, GENESIS, HEADER_LEN};
+use super::{Chain, JournalError};
 
 /// The segment the committer appends to after open.
 pub(crate) struct ActiveSegment {
@@ -38,6 +39,8 @@ pub(crate) struct Recovered {
     pub(crate) segments: usize,
     pub(crate) torn_tail_bytes: u64,
     pub(crate) active: ActiveSegment,
+    /// The chain hash of record `last_seq`: where the committer's chain continues.
+    pub(crate) chain: Chain,
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
@@ -68,7 +71,8 @@ pub(crate) fn recover(
         let first_seq = after.checked_add(1).ok_or_else(|| {
             JournalError::Config(format!("after = {after} leaves no sequence numbers"))
         })?;
-        let (file, path) = format::create_segment(dir, first_seq, sync)
+        // Nothing before it is known here: the chain starts at the genesis value.
+        let (file, path) = format::create_segment(dir, first_seq, &GENESIS, sync)
             .map_err(io_error("create segment in", dir))?;
         let len = offset_u64(HEADER_LEN);
         return Ok(Recovered {
@@ -84,6 +88,7 @@ pub(crate) fn recover(
                 len,
                 records: 0,
             },
+            chain: GENESIS,
         });
     };
     if first.first_seq > after.saturating_add(1) {
@@ -100,11 +105,17 @@ pub(crate) fn recover(
     let mut torn_tail_bytes = 0u64;
     let mut active_len = 0u64;
     let mut active_records = 0u64;
+    // The oldest segment's header says where the chain starts; later ones must link to it.
+    let mut chain: Option<Chain> = None;
     let segment_count = segments.len();
 
     for (index, segment) in segments.iter().enumerate() {
         let is_last = index + 1 == segment_count;
-        let outcome = scan_segment(segment, is_last, seq_expected, &mut |seq, payload| {
+        let start = Start {
+            seq: seq_expected,
+            chain,
+        };
+        let outcome = scan_segment(segment, is_last, start, &mut |seq, payload| {
             if seq > after {
                 on_record(seq, payload).map_err(|reason| JournalError::Replay { seq, reason })?;
                 records_replayed += 1;
@@ -114,6 +125,7 @@ pub(crate) fn recover(
             Ok(())
         })?;
         seq_expected = outcome.seq_next;
+        chain = Some(outcome.chain);
         if is_last {
             torn_tail_bytes = outcome.torn_tail_bytes;
             active_len = outcome.len_valid;
@@ -159,7 +171,16 @@ pub(crate) fn recover(
             len: active_len,
             records: active_records,
         },
+        chain: chain.unwrap_or(GENESIS),
     })
+}
+
+/// Where a segment's scan starts: the sequence number and chain hash the previous segment
+/// ended with (`chain` is `None` for the oldest segment, which starts from its header's).
+#[derive(Clone, Copy)]
+struct Start {
+    seq: u64,
+    chain: Option<Chain>,
 }
 
 struct SegmentOutcome {
@@ -167,14 +188,17 @@ struct SegmentOutcome {
     records: u64,
     len_valid: u64,
     torn_tail_bytes: u64,
+    /// The chain hash of the segment's last valid record (or the one it starts from).
+    chain: Chain,
 }
 
 fn scan_segment(
     segment: &SegmentFile,
     is_last: bool,
-    seq_expected: u64,
+    start: Start,
     on_record: &mut VisitFn<'_>,
 ) -> Result<SegmentOutcome, JournalError> {
+    let seq_expected = start.seq;
     let path = &segment.path;
     let corrupt = |offset: usize, reason: String| JournalError::Corrupt {
         segment: path.clone(),
@@ -194,17 +218,32 @@ fn scan_segment(
     }
     let bytes = fs::read(path).map_err(io_error("read", path))?;
 
-    match format::decode_header(&bytes) {
-        Ok(first_seq) if first_seq == segment.first_seq => {}
-        Ok(first_seq) => {
+    let mut chain = match format::decode_header(&bytes) {
+        Ok(header) if header.first_seq != segment.first_seq => {
             return Err(corrupt(
                 0,
                 format!(
-                    "header says first seq {first_seq}, the file name says {}",
-                    segment.first_seq
+                    "header says first seq {}, the file name says {}",
+                    header.first_seq, segment.first_seq
                 ),
             ))
         }
+        Ok(header) => match start.chain {
+            Some(chain) if chain != header.chain_before => {
+                return Err(corrupt(
+                    0,
+                    format!(
+                        "chain broken before seq {}: the header carries {} but the previous \
+                         segment ends with {} (a segment was altered, replaced or removed)",
+                        segment.first_seq,
+                        format::chain_hex(&header.chain_before),
+                        format::chain_hex(&chain)
+                    ),
+                ))
+            }
+            Some(chain) => chain,
+            None => header.chain_before,
+        },
         // The newest segment was created but its header never reached the disk whole: it holds
         // no record, so rewriting the header loses nothing.
         Err(reason) if is_last && bytes.len() <= HEADER_LEN => {
@@ -214,16 +253,20 @@ fn scan_segment(
                 %reason,
                 "journal: rewriting the torn header of the newest segment"
             );
-            rewrite_header(path, segment.first_seq)?;
+            // The chain before it is the previous segment's last hash; with no previous
+            // segment it is unknown, and only a fresh journal can be here: genesis.
+            let chain = start.chain.unwrap_or(GENESIS);
+            rewrite_header(path, segment.first_seq, &chain)?;
             return Ok(SegmentOutcome {
                 seq_next: seq_expected,
                 records: 0,
                 len_valid: offset_u64(HEADER_LEN),
                 torn_tail_bytes: offset_u64(bytes.len()),
+                chain,
             });
         }
         Err(reason) => return Err(corrupt(0, reason)),
-    }
+    };
 
     let mut offset = HEADER_LEN;
     let mut seq_next = seq_expected;
@@ -232,6 +275,22 @@ fn scan_segment(
         let bad_reason = match format::decode_frame(&bytes, offset) {
             Ok(frame) if frame.seq == seq_next => {
                 let payload = bytes.get(frame.payload.clone()).unwrap_or_default();
+                // A checksum-valid record whose chain hash does not follow is never a torn
+                // write: a record was altered, inserted or removed.
+                let computed = format::chain_next(&chain, frame.seq, payload);
+                if computed != frame.chain {
+                    return Err(corrupt(
+                        offset,
+                        format!(
+                            "record seq {}: chain hash mismatch (stored {}, computed {}): the \
+                             record, or one before it, was altered, inserted or removed",
+                            frame.seq,
+                            format::chain_hex(&frame.chain),
+                            format::chain_hex(&computed)
+                        ),
+                    ));
+                }
+                chain = computed;
                 on_record(frame.seq, payload)?;
                 seq_next = seq_next
                     .checked_add(1)
@@ -279,6 +338,7 @@ fn scan_segment(
             records,
             len_valid: offset_u64(offset),
             torn_tail_bytes: torn,
+            chain,
         });
     }
     Ok(SegmentOutcome {
@@ -286,6 +346,7 @@ fn scan_segment(
         records,
         len_valid: offset_u64(bytes.len()),
         torn_tail_bytes: 0,
+        chain,
     })
 }
 
@@ -298,14 +359,14 @@ fn truncate(path: &Path, len: u64) -> Result<(), JournalError> {
     file.sync_all().map_err(io_error("fsync", path))
 }
 
-fn rewrite_header(path: &Path, first_seq: u64) -> Result<(), JournalError> {
+fn rewrite_header(path: &Path, first_seq: u64, chain_before: &Chain) -> Result<(), JournalError> {
     use std::io::Write;
     let mut file = OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .map_err(io_error("open for header rewrite", path))?;
-    file.write_all(&format::encode_header(first_seq))
+    file.write_all(&format::encode_header(first_seq, chain_before))
         .map_err(io_error("write header", path))?;
     file.sync_all().map_err(io_error("fsync", path))
 }

@@ -12,8 +12,10 @@ use tally_store::journal::{
 };
 
 /// Segment header and record frame header sizes, from the format in the module docs.
-const HEADER_LEN: u64 = 24;
-const FRAME_HEADER_LEN: u64 = 16;
+const HEADER_LEN: u64 = 56;
+const FRAME_HEADER_LEN: u64 = 48;
+/// A frame of one of the first nine records: [`payload`] gives them 8 bytes.
+const SMALL_FRAME_LEN: u64 = FRAME_HEADER_LEN + 8;
 
 type Records = Vec<(u64, Vec<u8>)>;
 
@@ -381,7 +383,7 @@ fn torn_frame_header_is_a_torn_tail() {
     journal.close().unwrap();
     let segment = segment_files(dir.path()).pop().unwrap();
     let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
-    file.write_all(&[9, 0, 0]).unwrap(); // 3 bytes of a 16-byte frame header
+    file.write_all(&[9, 0, 0]).unwrap(); // 3 bytes of a 48-byte frame header
     drop(file);
 
     let (_journal, recovery, records) = open(JournalConfig::new(dir.path()));
@@ -457,9 +459,9 @@ fn corrupt_record_in_the_middle_refuses_to_open() {
     append_synced(&journal, 5);
     journal.close().unwrap();
 
-    // Records 1..=5 have 8-byte payloads: 24-byte frames. Flip a payload byte of record 2.
+    // Records 1..=5 have 8-byte payloads. Flip a payload byte of record 2.
     let segment = segment_files(dir.path()).pop().unwrap();
-    let record_2_offset = HEADER_LEN + 24;
+    let record_2_offset = HEADER_LEN + SMALL_FRAME_LEN;
     flip_byte(&segment, record_2_offset + FRAME_HEADER_LEN + 3);
 
     let error = open_err(JournalConfig::new(dir.path()));
@@ -475,7 +477,8 @@ fn corrupt_record_in_the_middle_refuses_to_open() {
     }
     let message = error.to_string();
     assert!(
-        message.contains(&segment.display().to_string()) && message.contains("48"),
+        message.contains(&segment.display().to_string())
+            && message.contains(&record_2_offset.to_string()),
         "{message}"
     );
 }
@@ -484,7 +487,7 @@ fn corrupt_record_in_the_middle_refuses_to_open() {
 fn corrupt_record_in_an_older_segment_refuses_to_open() {
     let dir = tempdir();
     let config = JournalConfig {
-        segment_bytes_max: HEADER_LEN + 2 * 24,
+        segment_bytes_max: HEADER_LEN + 2 * SMALL_FRAME_LEN,
         ..JournalConfig::new(dir.path())
     };
     let (journal, _, _) = open(config.clone());
@@ -493,10 +496,12 @@ fn corrupt_record_in_an_older_segment_refuses_to_open() {
 
     // The last record of the first segment would look torn if that segment were the newest.
     let first = segment_files(dir.path()).remove(0);
-    flip_byte(&first, HEADER_LEN + 24 + FRAME_HEADER_LEN);
+    flip_byte(&first, HEADER_LEN + SMALL_FRAME_LEN + FRAME_HEADER_LEN);
     let error = open_err(config);
+    let record_2_offset = HEADER_LEN + SMALL_FRAME_LEN;
     assert!(
-        matches!(&error, JournalError::Corrupt { segment, offset: 48, .. } if *segment == first),
+        matches!(&error, JournalError::Corrupt { segment, offset, .. }
+            if *segment == first && *offset == record_2_offset),
         "{error}"
     );
 }
@@ -505,7 +510,7 @@ fn corrupt_record_in_an_older_segment_refuses_to_open() {
 fn missing_segment_in_the_middle_is_a_gap() {
     let dir = tempdir();
     let config = JournalConfig {
-        segment_bytes_max: HEADER_LEN + 2 * 24,
+        segment_bytes_max: HEADER_LEN + 2 * SMALL_FRAME_LEN,
         ..JournalConfig::new(dir.path())
     };
     let (journal, _, _) = open(config.clone());
@@ -626,7 +631,7 @@ fn full_queue_bytes_returns_full_bytes_but_admits_one_record_into_an_empty_queue
     assert!(matches!(
         journal.append(b"x"),
         Err(JournalError::FullBytes {
-            bytes_queued: 516,
+            bytes_queued: 548,
             bytes_max: 100
         })
     ));
@@ -948,9 +953,9 @@ fn read_from_reports_corrupt_on_a_bad_checksum() {
     let dir = tempdir();
     let (journal, _, _) = open(JournalConfig::new(dir.path()));
     append_synced(&journal, 5);
-    // Records 1..=5 have 8-byte payloads: 24-byte frames. Flip a payload byte of record 3.
+    // Records 1..=5 have 8-byte payloads. Flip a payload byte of record 3.
     let segment = segment_files(dir.path()).pop().unwrap();
-    let record_3_offset = HEADER_LEN + 2 * 24;
+    let record_3_offset = HEADER_LEN + 2 * SMALL_FRAME_LEN;
     flip_byte(&segment, record_3_offset + FRAME_HEADER_LEN + 2);
 
     let error = read_all(&journal, 1).unwrap_err();

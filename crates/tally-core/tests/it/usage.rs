@@ -1,0 +1,142 @@
+//! The usage book on its own: folding, bucket bounds, retention and the entry bound.
+
+use tally_core::{
+    AccountId, Amount, Change, Granularity, Origin, Record, Timestamp, Usage, UsageBook,
+    UsageConfig, UsageQuery,
+};
+
+const USER: AccountId = AccountId(10);
+const APP: AccountId = AccountId(2);
+const MINUTE: u64 = 60_000;
+
+fn charge(at: u64, amount: u64, endpoint: &str, tokens: u64) -> Record {
+    Record {
+        account: USER,
+        op: None,
+        at: Timestamp(at),
+        origin: Origin::default(),
+        change: Change::Charged {
+            app: APP,
+            amount: Amount::new(amount).unwrap(),
+            endpoint: endpoint.to_owned(),
+            metadata: String::new(),
+            posting: 1,
+            usage: Usage {
+                input_tokens: tokens,
+                ..Usage::default()
+            },
+        },
+    }
+}
+
+fn all(granularity: Granularity) -> UsageQuery {
+    UsageQuery::new(granularity, Timestamp(0), Timestamp(u64::MAX))
+}
+
+#[test]
+fn only_commits_and_charges_count_and_order_does_not_matter() {
+    let records = [charge(5, 10, "/a", 1), charge(MINUTE + 1, 20, "/a", 2)];
+    let mut forward = UsageBook::new(UsageConfig::default());
+    let mut backward = UsageBook::new(UsageConfig::default());
+    for r in &records {
+        assert!(forward.fold(r));
+    }
+    for r in records.iter().rev() {
+        backward.fold(r);
+    }
+    let voided = Record {
+        change: Change::Voided {
+            hold: 1,
+            amount_released: Amount::new(5).unwrap(),
+        },
+        ..charge(0, 1, "", 0)
+    };
+    assert!(!forward.fold(&voided));
+    for g in Granularity::ALL {
+        assert_eq!(forward.report(&all(g)), backward.report(&all(g)));
+    }
+    assert_eq!(forward.report(&all(Granularity::Minute)).buckets.len(), 2);
+    assert_eq!(forward.report(&all(Granularity::Hour)).totals.cost, 30);
+}
+
+#[test]
+fn the_entry_bound_drops_the_oldest_buckets_and_says_the_range_is_incomplete() {
+    let config = UsageConfig {
+        entries_max: 3,
+        ..UsageConfig::default()
+    };
+    let mut book = UsageBook::new(config);
+    for minute in 0..5 {
+        book.fold(&charge(minute * MINUTE, 1, "/a", 0));
+    }
+    // Minute buckets: only the newest three remain; hours and days hold one entry each.
+    let minutes = book.report(&all(Granularity::Minute));
+    assert!(!minutes.complete);
+    assert_eq!(
+        minutes.buckets.iter().map(|(t, _)| t.0).collect::<Vec<_>>(),
+        vec![2 * MINUTE, 3 * MINUTE, 4 * MINUTE]
+    );
+    let from_kept = UsageQuery::new(
+        Granularity::Minute,
+        Timestamp(2 * MINUTE),
+        Timestamp(u64::MAX),
+    );
+    assert!(book.report(&from_kept).complete);
+    let hours = book.report(&all(Granularity::Hour));
+    assert!(hours.complete);
+    assert_eq!(hours.totals.calls, 5);
+    assert_eq!(book.len(), 5);
+    // A record older than what is kept is not counted where it would be dropped at once.
+    book.fold(&charge(0, 1, "/a", 0));
+    assert_eq!(book.report(&all(Granularity::Minute)).totals.calls, 3);
+    assert_eq!(book.report(&all(Granularity::Day)).totals.calls, 6);
+}
+
+#[test]
+fn retention_drops_buckets_older_than_the_newest_minus_the_period() {
+    let config = UsageConfig {
+        retention_ms: [10 * MINUTE, u64::MAX, u64::MAX],
+        entries_max: 1_000,
+    };
+    let mut book = UsageBook::new(config);
+    book.fold(&charge(0, 1, "/a", 0));
+    book.fold(&charge(5 * MINUTE, 1, "/a", 0));
+    book.fold(&charge(12 * MINUTE, 1, "/a", 0));
+    let minutes = book.report(&all(Granularity::Minute));
+    assert_eq!(minutes.totals.calls, 2);
+    assert!(!minutes.complete);
+    // Saving sees the dropped entry as removed.
+    let changes = book.take_changes();
+    assert!(changes
+        .iter()
+        .any(|((g, k), v)| *g == Granularity::Minute && k.bucket == 0 && v.is_none()));
+    assert!(book.take_changes().is_empty());
+}
+
+#[test]
+fn sums_never_overflow_and_filters_select_exactly() {
+    let mut book = UsageBook::new(UsageConfig::default());
+    for _ in 0..3 {
+        book.fold(&charge(0, Amount::MAX.get(), "/big", u64::MAX));
+    }
+    book.fold(&charge(0, 7, "/small", 1));
+    let big = book.report(&all(Granularity::Day).endpoint("/big"));
+    assert_eq!(big.totals.cost, 3 * u128::from(Amount::MAX.get()));
+    assert_eq!(big.totals.input_tokens, 3 * u128::from(u64::MAX));
+    let small = book.report(
+        &all(Granularity::Day)
+            .endpoint("/small")
+            .app(APP)
+            .account(USER),
+    );
+    assert_eq!(small.totals.cost, 7);
+    assert_eq!(
+        book.report(&all(Granularity::Day).account(AccountId(99)))
+            .totals
+            .calls,
+        0
+    );
+    let top = book.top_users(&all(Granularity::Day), 5);
+    assert_eq!(top.len(), 1);
+    assert_eq!(top[0].0, USER);
+}

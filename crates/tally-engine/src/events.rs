@@ -1,0 +1,426 @@
+//! Events: what happened to the ledger, for whoever subscribes ([`Tally::subscribe`]).
+//!
+//! Events of journal records are published only once their record is durable, in journal
+//! order (a background task drains them as the durable point moves), so a subscriber never
+//! hears of a change a crash could undo. `credit.check-available` (a read) is published when
+//! it is answered, after the events of every record durable by then.
+//!
+//! **Bounds.** Each subscriber has a queue of [`EVENTS_QUEUE`] events. A subscriber that falls
+//! further behind loses the oldest and is told how many ([`Missed`]) on its next receive; the
+//! engine never waits for a subscriber. Events waiting for durability are bounded by the
+//! journal's own queue bound. With no subscriber, no event is built.
+//!
+//! **Low balance.** [`Tally::set_low_balance`] sets a threshold per account; `balance.low`
+//! fires once when a change takes the account's available balance below it, and again only
+//! after a change has taken it back to the threshold or above (once per crossing).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tally_core::{
+    Account, AccountId, Amount, Change, HoldId, Origin, PostingId, Record, Timestamp,
+};
+use tokio::sync::{broadcast, watch, Notify};
+
+use crate::Tally;
+
+/// Events each subscriber may fall behind by before it starts losing the oldest.
+pub const EVENTS_QUEUE: usize = 4_096;
+
+/// Something that happened, with when, who asked, and the journal sequence number of its
+/// record (0 for a read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The journal sequence number (0: not a record).
+    pub seq: u64,
+    /// When.
+    pub at: Timestamp,
+    /// Who asked.
+    pub origin: Origin,
+    /// What.
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `credit.check-available`: a funds check was answered.
+    CheckAvailable {
+        /// The account.
+        account: AccountId,
+        /// The minimum asked for.
+        minimum: u64,
+        /// The answer.
+        allowed: bool,
+    },
+    /// `credit.record-cost`: a cost was charged.
+    RecordCost {
+        /// The account charged.
+        account: AccountId,
+        /// The app credited.
+        app: AccountId,
+        /// The endpoint.
+        endpoint: String,
+        /// The cost.
+        amount: Amount,
+        /// The posting made.
+        posting: PostingId,
+    },
+    /// `credit.funding-update`: the account's total funding changed (a funding or an update).
+    FundingUpdate {
+        /// The account.
+        account: AccountId,
+        /// Total funding before.
+        old: u128,
+        /// Total funding after.
+        new: u128,
+    },
+    /// `hold.reserved`.
+    HoldReserved {
+        /// The hold.
+        hold: HoldId,
+        /// The app.
+        app: AccountId,
+        /// The amount held.
+        amount: Amount,
+        /// When it expires.
+        expires_at: Timestamp,
+    },
+    /// `hold.committed`.
+    HoldCommitted {
+        /// The hold.
+        hold: HoldId,
+        /// The posting made.
+        posting: PostingId,
+        /// Posted to the app.
+        amount_posted: Amount,
+        /// Released back.
+        amount_released: Amount,
+    },
+    /// `hold.voided`.
+    HoldVoided {
+        /// The hold.
+        hold: HoldId,
+        /// Released back.
+        amount_released: Amount,
+    },
+    /// `hold.expired`.
+    HoldExpired {
+        /// The hold.
+        hold: HoldId,
+        /// Released back.
+        amount_released: Amount,
+    },
+    /// `refund`.
+    Refund {
+        /// The posting refunded.
+        posting: PostingId,
+        /// The amount returned.
+        amount: Amount,
+    },
+    /// `balance.low`: the available balance went below the account's threshold.
+    LowBalance {
+        /// The account.
+        account: AccountId,
+        /// Available after the change.
+        available: i128,
+        /// The threshold.
+        threshold: u64,
+    },
+}
+
+impl Event {
+    /// The event's name (`credit.check-available`, `credit.record-cost`,
+    /// `credit.funding-update`, `hold.reserved`, `hold.committed`, `hold.voided`,
+    /// `hold.expired`, `refund`, `balance.low`).
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            EventKind::CheckAvailable { .. } => "credit.check-available",
+            EventKind::RecordCost { .. } => "credit.record-cost",
+            EventKind::FundingUpdate { .. } => "credit.funding-update",
+            EventKind::HoldReserved { .. } => "hold.reserved",
+            EventKind::HoldCommitted { .. } => "hold.committed",
+            EventKind::HoldVoided { .. } => "hold.voided",
+            EventKind::HoldExpired { .. } => "hold.expired",
+            EventKind::Refund { .. } => "refund",
+            EventKind::LowBalance { .. } => "balance.low",
+        }
+    }
+}
+
+/// A subscriber fell behind and lost this many events (the oldest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the subscriber fell behind and missed {0} events")]
+pub struct Missed(pub u64);
+
+/// A subscription: events in publication order.
+pub struct Subscription {
+    rx: broadcast::Receiver<Event>,
+}
+
+impl Subscription {
+    /// The next event; `Ok(None)` once the engine is gone; `Err(Missed(n))` once after falling
+    /// behind by `n` events (the next call goes on with the oldest still kept).
+    pub async fn recv(&mut self) -> Result<Option<Event>, Missed> {
+        match self.rx.recv().await {
+            Ok(event) => Ok(Some(event)),
+            Err(broadcast::error::RecvError::Closed) => Ok(None),
+            Err(broadcast::error::RecvError::Lagged(n)) => Err(Missed(n)),
+        }
+    }
+
+    /// The next event if one is ready (`Ok(None)`: none now).
+    pub fn try_recv(&mut self) -> Result<Option<Event>, Missed> {
+        match self.rx.try_recv() {
+            Ok(event) => Ok(Some(event)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(Missed(n)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+struct Threshold {
+    amount: u64,
+    below: AtomicBool,
+}
+
+/// The engine's side: events waiting for durability, the channel, the thresholds.
+pub(crate) struct Events {
+    tx: broadcast::Sender<Event>,
+    pending: Mutex<BTreeMap<u64, Vec<Event>>>,
+    thresholds: DashMap<AccountId, Threshold>,
+    any_thresholds: AtomicBool,
+    pub(crate) stop: Notify,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            tx: broadcast::channel(EVENTS_QUEUE).0,
+            pending: Mutex::new(BTreeMap::new()),
+            thresholds: DashMap::new(),
+            any_thresholds: AtomicBool::new(false),
+            stop: Notify::new(),
+        }
+    }
+}
+
+impl Events {
+    fn listening(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
+    /// Publishes a read's event, after the events of every record durable now (`durable`).
+    pub(crate) fn publish_read(&self, durable: u64, event: Event) {
+        if self.listening() {
+            self.pending.lock().entry(durable).or_default().push(event);
+            self.drain(durable);
+        }
+    }
+
+    /// The events of `record` (journal sequence number `seq`), applied to `own` (the account
+    /// that made it) and `theirs` (the counterparty whose leg it is), held until durable.
+    /// Called under the accounts' locks, right after applying.
+    pub(crate) fn on_record(
+        &self,
+        record: &Record,
+        seq: u64,
+        own: &Account,
+        theirs: Option<&Account>,
+    ) {
+        let listening = self.listening();
+        let watching = self.any_thresholds.load(Ordering::Acquire);
+        if !listening && !watching {
+            return;
+        }
+        let mut events = Vec::new();
+        if listening {
+            if let Some(kind) = kind_of(record, own) {
+                events.push(kind);
+            }
+        }
+        if watching {
+            for account in std::iter::once(own).chain(theirs) {
+                if let Some(kind) = self.crossing(account) {
+                    events.push(kind);
+                }
+            }
+        }
+        if !listening || events.is_empty() {
+            return;
+        }
+        let events = events
+            .into_iter()
+            .map(|kind| Event {
+                seq,
+                at: record.at,
+                origin: record.origin.clone(),
+                kind,
+            })
+            .collect();
+        self.pending.lock().insert(seq, events);
+    }
+
+    /// `balance.low` if this change took `account` below its threshold.
+    fn crossing(&self, account: &Account) -> Option<EventKind> {
+        let threshold = self.thresholds.get(&account.id)?;
+        let available = account.available();
+        let below = available < i128::from(threshold.amount);
+        let was_below = threshold.below.swap(below, Ordering::AcqRel);
+        (below && !was_below).then_some(EventKind::LowBalance {
+            account: account.id,
+            available,
+            threshold: threshold.amount,
+        })
+    }
+
+    /// Publishes, in journal order, every held event whose record is durable up to `durable`.
+    /// Sends under the lock, so two drains never interleave their events.
+    fn drain(&self, durable: u64) {
+        let mut pending = self.pending.lock();
+        let later = pending.split_off(&durable.saturating_add(1));
+        let ready = std::mem::replace(&mut *pending, later);
+        for event in ready.into_values().flatten() {
+            let _ = self.tx.send(event);
+        }
+    }
+
+    /// Drops held events of records that will never be durable (the store fail-stopped).
+    fn discard(&self) {
+        self.pending.lock().clear();
+    }
+}
+
+fn kind_of(record: &Record, own: &Account) -> Option<EventKind> {
+    let account = record.account;
+    let hold = |seq: u64| HoldId { account, seq };
+    let posting = |seq: u64| PostingId { account, seq };
+    Some(match &record.change {
+        Change::Opened { .. } | Change::Transferred { .. } => return None,
+        Change::Funded { amount, .. } => {
+            let new = own.funded();
+            EventKind::FundingUpdate {
+                account,
+                old: new.saturating_sub(amount.wide()),
+                new,
+            }
+        }
+        Change::FundingUpdated { old, new, .. } => EventKind::FundingUpdate {
+            account,
+            old: old.wide(),
+            new: new.wide(),
+        },
+        Change::Reserved {
+            hold: seq,
+            app,
+            amount,
+            expires_at,
+            ..
+        } => EventKind::HoldReserved {
+            hold: hold(*seq),
+            app: *app,
+            amount: *amount,
+            expires_at: *expires_at,
+        },
+        Change::Committed {
+            hold: seq,
+            amount_posted,
+            amount_released,
+            posting: p,
+            ..
+        } => EventKind::HoldCommitted {
+            hold: hold(*seq),
+            posting: posting(*p),
+            amount_posted: *amount_posted,
+            amount_released: *amount_released,
+        },
+        Change::Voided {
+            hold: seq,
+            amount_released,
+        } => EventKind::HoldVoided {
+            hold: hold(*seq),
+            amount_released: *amount_released,
+        },
+        Change::Expired {
+            hold: seq,
+            amount_released,
+        } => EventKind::HoldExpired {
+            hold: hold(*seq),
+            amount_released: *amount_released,
+        },
+        Change::Charged {
+            app,
+            amount,
+            endpoint,
+            posting: p,
+            ..
+        } => EventKind::RecordCost {
+            account,
+            app: *app,
+            endpoint: endpoint.clone(),
+            amount: *amount,
+            posting: posting(*p),
+        },
+        Change::Refunded {
+            posting: p, amount, ..
+        } => EventKind::Refund {
+            posting: posting(*p),
+            amount: *amount,
+        },
+    })
+}
+
+/// The task that publishes held events as the durable point moves; ends when the engine stops
+/// or the store goes away.
+pub(crate) async fn publisher(
+    events: Arc<Events>,
+    mut durable: watch::Receiver<tally_store::DurablePoint>,
+) {
+    loop {
+        let point = durable.borrow_and_update().clone();
+        if point.failed.is_some() {
+            events.discard();
+        } else {
+            events.drain(point.seq);
+        }
+        tokio::select! {
+            changed = durable.changed() => if changed.is_err() { return },
+            () = events.stop.notified() => return,
+        }
+    }
+}
+
+impl Tally {
+    /// Subscribes to the engine's events (see [`Event::name`] for the list). Events of records
+    /// are delivered once durable, in journal order.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            rx: self.shared.events.tx.subscribe(),
+        }
+    }
+
+    /// Sets (replacing) the low-balance threshold of an account, or removes it (`None`).
+    pub fn set_low_balance(&self, account: AccountId, threshold: Option<u64>) {
+        let events = &self.shared.events;
+        match threshold {
+            Some(amount) => {
+                events.thresholds.insert(
+                    account,
+                    Threshold {
+                        amount,
+                        below: AtomicBool::new(false),
+                    },
+                );
+            }
+            None => {
+                events.thresholds.remove(&account);
+            }
+        }
+        events
+            .any_thresholds
+            .store(!events.thresholds.is_empty(), Ordering::Release);
+    }
+}

@@ -1,0 +1,202 @@
+//! The durable store's usage projection: a [`UsageBook`] folded as records are appended, saved
+//! to the sled tree `usage` at each checkpoint, and restored when the store opens.
+//!
+//! Consistency with the journal: a checkpoint takes the book's changed entries and the journal's
+//! last sequence number `S` together (under the append gate held exclusively, so every record up
+//! to `S` is folded and none after it), waits until `S` is durable, then writes the entries and
+//! `S` in one sled batch. Opening loads the saved entries and folds the journal records after
+//! `S` again. The checkpoint's trim point is chosen under the same gate and is never after
+//! `S + 1`, so those records are always still in the journal.
+//!
+//! Stored keys: granularity (1 byte), bucket start, account, app (big-endian `u64` each), the
+//! endpoint's bytes; values: postcard [`UsageTotals`]. Meta keys start with `0xff`.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tally_core::{
+    AccountId, Granularity, Record, UsageBook, UsageChange, UsageConfig, UsageKey, UsageQuery,
+    UsageReport, UsageTotals,
+};
+
+use crate::journal::Journal;
+use crate::StoreError;
+
+const SEQ_KEY: &[u8] = b"\xffseq";
+const COMPLETE_KEY: &[u8] = b"\xffcomplete";
+/// How long a checkpoint waits for its cut to be durable before leaving the save to the next.
+const DURABLE_WAIT: Duration = Duration::from_secs(5);
+
+fn sled_err(e: sled::Error) -> StoreError {
+    StoreError::Io(format!("sled (usage): {e}").into())
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("usage tree: {what}").into())
+}
+
+fn encode_key(granularity: Granularity, key: &UsageKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(25 + key.endpoint.len());
+    out.push(granularity.index() as u8);
+    out.extend_from_slice(&key.bucket.to_be_bytes());
+    out.extend_from_slice(&key.account.0.to_be_bytes());
+    out.extend_from_slice(&key.app.0.to_be_bytes());
+    out.extend_from_slice(key.endpoint.as_bytes());
+    out
+}
+
+fn decode_key(bytes: &[u8]) -> Result<(Granularity, UsageKey), StoreError> {
+    let word = |at: usize| -> Result<u64, StoreError> {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| corrupt("short key"))
+    };
+    let granularity = bytes
+        .first()
+        .and_then(|&g| Granularity::ALL.get(usize::from(g)))
+        .copied()
+        .ok_or_else(|| corrupt("unknown granularity"))?;
+    let endpoint = std::str::from_utf8(bytes.get(25..).unwrap_or_default())
+        .map_err(|_| corrupt("endpoint is not UTF-8"))?;
+    Ok((
+        granularity,
+        UsageKey {
+            bucket: word(1)?,
+            account: AccountId(word(9)?),
+            app: AccountId(word(17)?),
+            endpoint: endpoint.to_owned(),
+        },
+    ))
+}
+
+/// The usage projection of a [`crate::DurableStore`].
+pub(crate) struct Projection {
+    book: Mutex<UsageBook>,
+    tree: sled::Tree,
+    /// The journal sequence number the saved entries cover.
+    saved_seq: u64,
+}
+
+impl Projection {
+    /// Loads the saved book.
+    pub(crate) fn open(db: &sled::Db, config: UsageConfig) -> Result<Projection, StoreError> {
+        let tree = db.open_tree("usage").map_err(sled_err)?;
+        let mut book = UsageBook::new(config);
+        let mut saved_seq = 0;
+        for entry in tree.iter() {
+            let (k, v) = entry.map_err(sled_err)?;
+            if k.as_ref() == SEQ_KEY {
+                saved_seq = <[u8; 8]>::try_from(v.as_ref())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| corrupt("bad sequence number"))?;
+            } else if k.as_ref() == COMPLETE_KEY {
+                for (i, granularity) in Granularity::ALL.into_iter().enumerate() {
+                    let from = v
+                        .get(i * 8..i * 8 + 8)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| corrupt("bad completeness"))?;
+                    book.restore_complete_from(granularity, from);
+                }
+            } else {
+                let (granularity, key) = decode_key(&k)?;
+                let totals: UsageTotals =
+                    postcard::from_bytes(&v).map_err(|e| corrupt(&format!("entry: {e}")))?;
+                book.restore(granularity, key, totals);
+            }
+        }
+        // Restoring is not a change: only what is folded from now on needs saving.
+        book.take_changes();
+        Ok(Projection {
+            book: Mutex::new(book),
+            tree,
+            saved_seq,
+        })
+    }
+
+    /// Folds a record replayed at open, unless the saved entries already cover it.
+    pub(crate) fn replay(&self, seq: u64, record: &Record) {
+        if seq > self.saved_seq {
+            self.book.lock().fold(record);
+        }
+    }
+
+    /// Folds an appended record.
+    pub(crate) fn fold(&self, record: &Record) {
+        if matches!(
+            record.change,
+            tally_core::Change::Committed { .. } | tally_core::Change::Charged { .. }
+        ) {
+            self.book.lock().fold(record);
+        }
+    }
+
+    /// The changed entries, to save once the journal is durable up to the cut taken with them.
+    pub(crate) fn take_changes(&self) -> (Vec<UsageChange>, [u64; 3]) {
+        let mut book = self.book.lock();
+        (book.take_changes(), book.complete_from())
+    }
+
+    /// Saves what [`Projection::take_changes`] took as covering the journal up to `seq`, once
+    /// `seq` is durable. If it cannot be saved, every entry is saved by the next checkpoint.
+    pub(crate) fn save(
+        &self,
+        journal: &Journal,
+        seq: u64,
+        (changes, complete_from): (Vec<UsageChange>, [u64; 3]),
+    ) -> Result<(), StoreError> {
+        let result = wait_durable(journal, seq).and_then(|()| {
+            let mut batch = sled::Batch::default();
+            for ((granularity, key), totals) in &changes {
+                let k = encode_key(*granularity, key);
+                match totals {
+                    Some(totals) => {
+                        let v = postcard::to_allocvec(totals)
+                            .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
+                        batch.insert(k, v);
+                    }
+                    None => batch.remove(k),
+                }
+            }
+            let complete: Vec<u8> = complete_from.iter().flat_map(|f| f.to_be_bytes()).collect();
+            batch.insert(COMPLETE_KEY, complete);
+            batch.insert(SEQ_KEY, &seq.to_be_bytes()[..]);
+            self.tree.apply_batch(batch).map_err(sled_err)
+        });
+        if result.is_err() {
+            self.book.lock().mark_all_changed();
+        }
+        result
+    }
+
+    pub(crate) fn report(&self, query: &UsageQuery) -> UsageReport {
+        self.book.lock().report(query)
+    }
+
+    pub(crate) fn top_users(&self, query: &UsageQuery, n: usize) -> Vec<(AccountId, UsageTotals)> {
+        self.book.lock().top_users(query, n)
+    }
+}
+
+/// Waits (a bounded while) until the journal is durable up to `seq`.
+fn wait_durable(journal: &Journal, seq: u64) -> Result<(), StoreError> {
+    let durable = journal.durable();
+    let started = Instant::now();
+    loop {
+        let point = durable.borrow().clone();
+        if point.seq >= seq {
+            return Ok(());
+        }
+        if let Some(reason) = point.failed {
+            return Err(StoreError::Failed(reason));
+        }
+        if started.elapsed() > DURABLE_WAIT {
+            return Err(StoreError::Io(
+                "the journal did not become durable in time for the usage save".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,151 @@
+//! The audit trail of a [`crate::DurableStore`]: the journal's hash chain, its anchors, and
+//! verifying both from the files of a data directory.
+//!
+//! Every journal record carries a chain hash that covers the record and, through the hash
+//! before it, every record since seq 1; each segment's header carries the hash before its
+//! first record, so the segments in `archive/` and those in `journal/` form one chain (the
+//! format is in [`crate::journal`]'s docs, "The hash chain"). The chain alone shows any record
+//! altered, inserted or removed *before the last one*; records removed from the end leave a
+//! shorter chain that is still consistent. So the store also keeps an **anchor**: the durable
+//! head `(seq, hash)`, written to the snapshot database at the end of every open and every
+//! checkpoint. It only moves forward: a head older than the stored anchor, or with another
+//! hash at the same seq, never replaces it. [`verify_trail`] reports a chain that ends before
+//! the anchor, or differs at it, as [`TrailProblem::Truncated`], and opening a store whose
+//! journal ends before its anchor fails as corrupt.
+//!
+//! **What it cannot detect.** Someone who can rewrite every segment file *and* the snapshot
+//! database can rebuild a consistent chain and anchor from scratch: the chain proves the trail
+//! is what was written only relative to a head known from elsewhere. Publish
+//! [`crate::DurableStore::trail_head`] off this machine (to another system, a ticket, a signed
+//! log) at the interval that matters to you, and compare it with [`TrailReport::head`] or with
+//! the hash at that seq: records up to a published head cannot be changed unseen. Records
+//! appended since the last anchor can still be cut off the end unseen by [`verify_trail`]
+//! alone.
+
+use std::path::Path;
+
+use crate::journal::{self, Chain, TrailReport};
+use crate::StoreError;
+
+#[cfg(doc)]
+use crate::journal::TrailProblem;
+
+/// The sled key of the anchor: `seq` (big-endian `u64`) then its 32-byte chain hash.
+const TRAIL_ANCHOR_KEY: &[u8] = b"trail_anchor";
+
+fn sled_err(e: sled::Error) -> StoreError {
+    StoreError::Io(format!("sled: {e}").into())
+}
+
+fn journal_io(e: journal::JournalError) -> StoreError {
+    StoreError::Io(e.to_string().into())
+}
+
+/// The anchor stored in `db`, if any.
+pub(crate) fn read_anchor(db: &sled::Db) -> Result<Option<(u64, Chain)>, StoreError> {
+    let Some(value) = db.get(TRAIL_ANCHOR_KEY).map_err(sled_err)? else {
+        return Ok(None);
+    };
+    let seq = value
+        .get(0..8)
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+        .map(u64::from_be_bytes);
+    let chain = value
+        .get(8..40)
+        .and_then(|bytes| <Chain>::try_from(bytes).ok());
+    match (seq, chain, value.len()) {
+        (Some(seq), Some(chain), 40) => Ok(Some((seq, chain))),
+        _ => Err(StoreError::Corrupt(
+            format!("the trail anchor is {} bytes, expected 40", value.len()).into(),
+        )),
+    }
+}
+
+/// Stores `head` as the anchor unless the stored one is newer or names the same seq (the
+/// anchor never moves back and never changes its mind: evidence of a cut stays). The caller
+/// flushes `db`.
+pub(crate) fn store_anchor(db: &sled::Db, head: (u64, Chain)) -> Result<(), StoreError> {
+    let (seq, chain) = head;
+    if seq == 0 {
+        return Ok(());
+    }
+    if let Some((anchored, _)) = read_anchor(db)? {
+        if anchored >= seq {
+            return Ok(());
+        }
+    }
+    let mut value = [0u8; 40];
+    value[0..8].copy_from_slice(&seq.to_be_bytes());
+    value[8..40].copy_from_slice(&chain);
+    db.insert(TRAIL_ANCHOR_KEY, &value[..]).map_err(sled_err)?;
+    Ok(())
+}
+
+/// At open: a journal that ends before the anchor lost records that were durable (and
+/// acknowledged) when the anchor was written; refuse it as corrupt.
+pub(crate) fn check_anchor_at_open(db: &sled::Db, last_seq: u64) -> Result<(), StoreError> {
+    match read_anchor(db)? {
+        Some((anchored, _)) if anchored > last_seq => Err(StoreError::Corrupt(
+            format!(
+                "the journal ends at seq {last_seq} but the trail was anchored at seq {anchored}: \
+                 durable records were removed from its end (run verify_trail for details)"
+            )
+            .into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Verifies the audit trail of the data directory `dir` of a [`crate::DurableStore`] that is
+/// **not** open: the hash chain through `archive/` then `journal/`, from seq 1 to the last
+/// record, and the anchor stored in the snapshot database. Works where opening the store
+/// fails (a corrupt journal): it names every problem it finds instead. Reads the segment files
+/// only; opens the snapshot database (`snapshots/`, if present) to read the anchor, which
+/// takes its lock, so no store can open the directory meanwhile.
+///
+/// Records that the snapshots cover are verified like all others: nothing but the hash chain
+/// decides. A journal trimmed or an archive pruned by hand shows as
+/// [`TrailProblem::Missing`] `{ after_seq: 0, .. }`.
+///
+/// Errors: [`StoreError::Locked`] while a store (in this process or another) has `dir` open:
+/// use [`crate::DurableStore::verify_trail`] then; [`StoreError::Io`] if `dir` does not exist
+/// or a file cannot be read; [`StoreError::Corrupt`] if the stored anchor is malformed. What
+/// is wrong with the trail itself is in the report.
+pub fn verify_trail(dir: &Path) -> Result<TrailReport, StoreError> {
+    if !dir.is_dir() {
+        return Err(StoreError::Io(
+            format!("{} is not a data directory", dir.display()).into(),
+        ));
+    }
+    let snapshots = dir.join("snapshots");
+    // Held through the walk: no store opens the directory under it.
+    let db = if snapshots.exists() {
+        let db = sled::Config::new()
+            .path(&snapshots)
+            .cache_capacity(1 << 20)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(
+                    format!(
+                        "{} is open in a tally store: verify through DurableStore::verify_trail",
+                        dir.display()
+                    )
+                    .into(),
+                ),
+                other => sled_err(other),
+            })?;
+        Some(db)
+    } else {
+        None
+    };
+    let anchors: Vec<(u64, Chain)> = match &db {
+        Some(db) => read_anchor(db)?.into_iter().collect(),
+        None => Vec::new(),
+    };
+    let archive = dir.join("archive");
+    let journal_dir = dir.join("journal");
+    let report =
+        journal::verify_segments(&[&archive, &journal_dir], &anchors).map_err(journal_io)?;
+    drop(db);
+    Ok(report)
+}

@@ -1,0 +1,430 @@
+//! The audit trail: a clean store verifies, and each way of tampering with the stored files
+//! (an altered, removed or forged record, a relinked segment, a cut tail) is found and named.
+//!
+//! The tests edit segment files by hand using the documented layout (journal module docs):
+//! segment header = magic (8) | version (4) | first_seq (8) | chain before (32) | crc32c (4);
+//! record = length (4) | crc32c (4) | seq (8) | chain (32) | payload, the crc32c covering every
+//! frame byte but itself.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tally_core::{AccountId, AccountSpec, Change, Origin, Record, Timestamp};
+use tally_store::journal::{verify_segments, Journal, JournalConfig, SyncMode};
+use tally_store::{
+    verify_trail, DurableConfig, DurableStore, MemStore, Store, StoreError, TrailProblem,
+    TrailReport,
+};
+
+const HEADER_LEN: usize = 56;
+const HEADER_CRC_AT: usize = 52;
+const FRAME_HEADER_LEN: usize = 48;
+/// Records per segment in these tests (records are appended and synced one at a time).
+const RECORDS_PER_SEGMENT: u64 = 4;
+
+/// Record `n` opens account `n`: replay accepts any number of them in any order.
+fn record(n: u64) -> Record {
+    Record {
+        account: AccountId(n),
+        op: None,
+        at: Timestamp(n),
+        origin: Origin::default(),
+        change: Change::Opened {
+            spec: AccountSpec::user(),
+        },
+    }
+}
+
+fn config(dir: &Path) -> DurableConfig {
+    let payload_len = tally_store::codec::encode_record(&record(1)).unwrap().len();
+    let frame_len = (FRAME_HEADER_LEN + payload_len) as u64;
+    DurableConfig {
+        sync: SyncMode::None,
+        segment_bytes_max: HEADER_LEN as u64 + RECORDS_PER_SEGMENT * frame_len,
+        snapshot_cache_bytes: 1 << 20,
+        ..DurableConfig::new(dir)
+    }
+}
+
+/// sled lets go of its lock a moment after the last handle is dropped: what opens it again
+/// (a store, or `verify_trail`) retries while it is `Locked`.
+fn unlocked<T>(mut attempt: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match attempt() {
+            Err(StoreError::Locked(_)) if started.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_open(dir: &Path) -> Result<DurableStore, StoreError> {
+    unlocked(|| DurableStore::open(config(dir)).map(|(store, _)| store))
+}
+
+fn open(dir: &Path) -> DurableStore {
+    try_open(dir).unwrap()
+}
+
+fn verify(dir: &Path) -> TrailReport {
+    unlocked(|| verify_trail(dir)).unwrap()
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// Appends records `from..=to`, each made durable before the next (one group each).
+fn append(store: &DurableStore, from: u64, to: u64) {
+    for n in from..=to {
+        let seq = store.append(&record(n)).unwrap();
+        assert_eq!(seq, n);
+        let mut durable = store.durable();
+        block_on(durable.wait_for(|point| point.seq >= seq)).unwrap();
+    }
+}
+
+/// Saves every account's snapshot and checkpoints: the segments before the newest move to
+/// `archive/`, and the durable head becomes the anchor.
+fn checkpoint(store: &DurableStore, accounts: u64) {
+    for n in 1..=accounts {
+        let account = store.load(AccountId(n)).unwrap().unwrap();
+        store.save(&account).unwrap();
+    }
+    store.checkpoint().unwrap();
+}
+
+/// A closed store holding records 1..=10, checkpointed: `archive/` holds segments 1 (1..=4)
+/// and 5 (5..=8), `journal/` segment 9 (9, 10); the anchor is at seq 10.
+fn store_of_ten(dir: &Path) {
+    let store = open(dir);
+    append(&store, 1, 10);
+    checkpoint(&store, 10);
+    drop(store);
+    assert_eq!(segments(&dir.join("archive")), [1, 5]);
+    assert_eq!(segments(&dir.join("journal")), [9]);
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("journal-{first_seq:020}.log"))
+}
+
+fn segments(dir: &Path) -> Vec<u64> {
+    let mut starts: Vec<u64> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.strip_prefix("journal-")?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    starts.sort_unstable();
+    starts
+}
+
+/// Where each frame of a segment lies: (offset, frame length, seq).
+fn frames(bytes: &[u8]) -> Vec<(usize, usize, u64)> {
+    let mut out = Vec::new();
+    let mut offset = HEADER_LEN;
+    while offset < bytes.len() {
+        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+        let seq = u64::from_le_bytes(bytes[offset + 8..offset + 16].try_into().unwrap());
+        out.push((offset, FRAME_HEADER_LEN + len, seq));
+        offset += FRAME_HEADER_LEN + len;
+    }
+    out
+}
+
+fn frame_of(bytes: &[u8], seq: u64) -> (usize, usize) {
+    let (offset, len, _) = frames(bytes)
+        .into_iter()
+        .find(|(_, _, s)| *s == seq)
+        .unwrap();
+    (offset, len)
+}
+
+/// Recomputes the crc32c of the frame at `offset` (length and seq, chain, payload).
+fn reseal_frame(bytes: &mut [u8], offset: usize, frame_len: usize) {
+    let crc = crc32c::crc32c(&bytes[offset..offset + 4]);
+    let crc = crc32c::crc32c_append(crc, &bytes[offset + 8..offset + frame_len]);
+    bytes[offset + 4..offset + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Alters the last payload byte of record `seq` in `segment` and fixes the frame's checksum,
+/// so that only the chain can tell.
+fn alter_record(segment: &Path, seq: u64) {
+    let mut bytes = fs::read(segment).unwrap();
+    let (offset, len) = frame_of(&bytes, seq);
+    bytes[offset + len - 1] ^= 0x01;
+    reseal_frame(&mut bytes, offset, len);
+    fs::write(segment, bytes).unwrap();
+}
+
+fn problems(dir: &Path) -> Vec<TrailProblem> {
+    let report = verify(dir);
+    assert_eq!(report.problems_total, report.problems.len() as u64);
+    report.problems
+}
+
+#[test]
+fn clean_store_with_archived_segments_verifies_and_the_chain_continues_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let report = verify(dir.path());
+    assert!(report.ok(), "{report}");
+
+    let store = open(dir.path());
+    append(&store, 11, 15);
+    let report = store.verify_trail().unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(
+        (report.records, report.first_seq, report.last_seq),
+        (15, 1, 15)
+    );
+    let head = store.trail_head();
+    assert_eq!((report.last_seq, report.head), head);
+    checkpoint(&store, 15);
+    drop(store);
+
+    let report = verify(dir.path());
+    assert!(report.ok(), "{report}");
+    assert_eq!(
+        (report.records, report.first_seq, report.last_seq),
+        (15, 1, 15)
+    );
+    assert_eq!(report.head, head.1);
+    assert_eq!(report.head_hex().len(), 64);
+    assert_eq!(report.anchors_checked, 1);
+    assert!(report.segments >= 4, "{report}");
+}
+
+#[test]
+fn altered_record_in_the_live_journal_refuses_open_and_verify_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    alter_record(&segment_path(&dir.path().join("journal"), 9), 9);
+
+    let error = try_open(dir.path()).err().unwrap();
+    assert!(
+        matches!(&error, StoreError::Corrupt(reason) if reason.contains("record seq 9: chain hash mismatch")),
+        "{error}"
+    );
+    assert_eq!(problems(dir.path()), [TrailProblem::Altered { seq: 9 }]);
+}
+
+#[test]
+fn altered_record_in_the_archive_is_found_by_both_verifies_while_open_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    alter_record(&segment_path(&dir.path().join("archive"), 5), 6);
+
+    assert_eq!(problems(dir.path()), [TrailProblem::Altered { seq: 6 }]);
+    let store = open(dir.path());
+    let report = store.verify_trail().unwrap();
+    assert_eq!(report.problems, [TrailProblem::Altered { seq: 6 }]);
+    assert_eq!(report.last_seq, 10);
+}
+
+#[test]
+fn removed_record_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let segment = segment_path(&dir.path().join("archive"), 5);
+    let mut bytes = fs::read(&segment).unwrap();
+    let (offset, len) = frame_of(&bytes, 6);
+    bytes.drain(offset..offset + len);
+    fs::write(&segment, bytes).unwrap();
+
+    assert_eq!(
+        problems(dir.path()),
+        [TrailProblem::Missing {
+            after_seq: 5,
+            next_seq: 7
+        }]
+    );
+}
+
+#[test]
+fn forged_record_with_a_valid_checksum_is_found_as_inserted() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let segment = segment_path(&dir.path().join("archive"), 5);
+    let mut bytes = fs::read(&segment).unwrap();
+    // A copy of record 7 with another payload, a made-up chain hash and a valid checksum,
+    // placed before the real record 7.
+    let (offset, len) = frame_of(&bytes, 7);
+    let mut forged = bytes[offset..offset + len].to_vec();
+    forged[16..48].copy_from_slice(&[0xab; 32]);
+    forged[len - 1] ^= 0x01;
+    reseal_frame(&mut forged, 0, len);
+    bytes.splice(offset..offset, forged);
+    fs::write(&segment, bytes).unwrap();
+
+    let report = verify(dir.path());
+    assert_eq!(report.problems, [TrailProblem::Inserted { seq: 7 }]);
+    assert_eq!((report.records, report.last_seq), (11, 10));
+}
+
+#[test]
+fn cut_tail_after_an_anchoring_checkpoint_is_truncated_and_refuses_open() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    // Records 11 and 12 are not in any snapshot: the checkpoint anchors them all the same.
+    let store = open(dir.path());
+    append(&store, 11, 12);
+    store.checkpoint().unwrap();
+    drop(store);
+    // Remove record 12 cleanly: what is left is a consistent, shorter chain.
+    let segment = segment_path(&dir.path().join("journal"), 9);
+    let bytes = fs::read(&segment).unwrap();
+    let (offset, _) = frame_of(&bytes, 12);
+    fs::write(&segment, &bytes[..offset]).unwrap();
+
+    assert_eq!(
+        problems(dir.path()),
+        [TrailProblem::Truncated { anchor_seq: 12 }]
+    );
+    let error = try_open(dir.path()).err().unwrap();
+    assert!(
+        matches!(&error, StoreError::Corrupt(reason) if reason.contains("anchored at seq 12")),
+        "{error}"
+    );
+}
+
+#[test]
+fn relinked_segment_header_is_a_broken_link() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let segment = segment_path(&dir.path().join("archive"), 5);
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[20..HEADER_CRC_AT].copy_from_slice(&[0x11; 32]);
+    let crc = crc32c::crc32c(&bytes[..HEADER_CRC_AT]);
+    bytes[HEADER_CRC_AT..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&segment, bytes).unwrap();
+
+    assert_eq!(
+        problems(dir.path()),
+        [TrailProblem::BrokenLink {
+            segment_first_seq: 5
+        }]
+    );
+}
+
+#[test]
+fn removed_archived_segment_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    fs::remove_file(segment_path(&dir.path().join("archive"), 5)).unwrap();
+
+    assert_eq!(
+        problems(dir.path()),
+        [TrailProblem::Missing {
+            after_seq: 4,
+            next_seq: 9
+        }]
+    );
+}
+
+#[test]
+fn flipped_bit_without_a_checksum_fix_is_altered() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let segment = segment_path(&dir.path().join("archive"), 5);
+    let mut bytes = fs::read(&segment).unwrap();
+    let (offset, len) = frame_of(&bytes, 6);
+    bytes[offset + len - 2] ^= 0x10;
+    fs::write(&segment, bytes).unwrap();
+
+    assert_eq!(problems(dir.path()), [TrailProblem::Altered { seq: 6 }]);
+}
+
+#[test]
+fn torn_tail_of_the_newest_segment_is_no_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let segment = segment_path(&dir.path().join("journal"), 9);
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes.extend_from_slice(&[9, 0, 0, 0, 1, 2]); // a frame cut short by a crash
+    fs::write(&segment, bytes).unwrap();
+
+    let report = verify(dir.path());
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.last_seq, report.torn_tail_bytes), (10, 6));
+}
+
+#[test]
+fn journal_chain_follows_the_documented_formula_across_groups_and_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes_max: 512,
+        group_records_max: 7,
+        ..JournalConfig::new(dir.path())
+    };
+    let (journal, _) = Journal::open(config, |_, _| Ok(())).unwrap();
+    let mut head = [0u8; 32];
+    let mut last = 0;
+    for seq in 1..=100u64 {
+        let payload = vec![u8::try_from(seq).unwrap(); usize::try_from(seq % 40).unwrap()];
+        last = journal.append(&payload).unwrap();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&head);
+        hasher.update(&seq.to_le_bytes());
+        hasher.update(&payload);
+        head = *hasher.finalize().as_bytes();
+    }
+    block_on(journal.wait_durable(last)).unwrap();
+    assert_eq!(journal.trail_head(), (100, head));
+    let report = journal.verify_trail(None, &[]).unwrap();
+    assert!(report.ok(), "{report}");
+    journal.close().unwrap();
+
+    let report = verify_segments(&[dir.path()], &[(100, head)]).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.records, report.head), (100, head));
+    assert!(report.segments > 3, "{report}");
+    // Reopened, the chain goes on from the last record.
+    let (journal, _) = Journal::open(JournalConfig::new(dir.path()), |_, _| Ok(())).unwrap();
+    assert_eq!(journal.trail_head(), (100, head));
+}
+
+#[test]
+fn open_store_sees_a_record_altered_under_it_and_refuses_a_second_verifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    append(&store, 1, 6);
+    alter_record(&segment_path(&dir.path().join("journal"), 5), 6);
+
+    let report = store.verify_trail().unwrap();
+    assert_eq!(report.problems, [TrailProblem::Altered { seq: 6 }]);
+    assert!(matches!(
+        verify_trail(dir.path()),
+        Err(StoreError::Locked(_))
+    ));
+}
+
+#[test]
+fn mem_store_chain_matches_the_durable_store_and_finds_a_tampered_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = open(dir.path());
+    let mem = MemStore::default();
+    append(&durable, 1, 6);
+    for n in 1..=6 {
+        mem.append(&record(n)).unwrap();
+    }
+    assert_eq!(mem.trail_head(), durable.trail_head());
+    let report = mem.verify_trail().unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.head, durable.verify_trail().unwrap().head);
+
+    assert!(mem.tamper_record(3, record(33)));
+    let report = mem.verify_trail().unwrap();
+    assert_eq!(report.problems, [TrailProblem::Altered { seq: 3 }]);
+}

@@ -1,0 +1,175 @@
+//! Rate limits (token buckets, per account and per app) and spend caps (per account per day,
+//! per app per user per day), enforced before a hold or charge; a refused request changes
+//! nothing.
+
+use tally::{
+    AccountId, AccountSpec, Error, LedgerError, LimitScope, RateLimit, ReserveRequest, TokenRate,
+    DAY_MS,
+};
+
+use crate::support::*;
+
+fn rate_limited(e: Error) -> (LimitScope, &'static str, u64) {
+    match e {
+        Error::RateLimited {
+            scope,
+            limit,
+            retry_after_ms,
+        } => (scope, limit, retry_after_ms),
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn requests_per_second_refill_continuously_and_a_refusal_takes_nothing() {
+    let w = World::new(1_000_000).await;
+    w.tally.set_rate_limit(
+        LimitScope::Account(ALICE),
+        RateLimit {
+            requests: Some(TokenRate {
+                per_second: 4,
+                burst: 2,
+            }),
+            cost: None,
+        },
+    );
+    w.tally.charge(op(), ALICE, APP, 10, "").await.unwrap();
+    let held = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 10))
+        .await
+        .unwrap();
+    let before = w.tally.balance(ALICE).await.unwrap();
+    let e = w.tally.charge(op(), ALICE, APP, 10, "").await.unwrap_err();
+    // 4 per second: one token every 250 ms.
+    assert_eq!(
+        rate_limited(e),
+        (LimitScope::Account(ALICE), "requests", 250)
+    );
+    assert_eq!(w.tally.balance(ALICE).await.unwrap(), before);
+    // Commits, voids and fundings are not limited; a retry of an accepted request is a replay.
+    w.tally.commit(op(), held, 5).await.unwrap();
+    w.tally.fund(op(), ALICE, BANK, 5).await.unwrap();
+    w.clock.advance(100);
+    let e = w.tally.charge(op(), ALICE, APP, 10, "").await.unwrap_err();
+    assert_eq!(rate_limited(e).2, 150);
+    w.clock.advance(150);
+    let again = op();
+    w.tally.charge(again, ALICE, APP, 10, "").await.unwrap();
+    w.tally.charge(again, ALICE, APP, 10, "").await.unwrap();
+    // Bob is not limited.
+    w.tally.fund(op(), BOB, BANK, 100).await.unwrap();
+    for _ in 0..5 {
+        w.tally.charge(op(), BOB, APP, 1, "").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_apps_cost_rate_is_shared_by_its_users() {
+    let w = World::new(1_000_000).await;
+    w.tally.fund(op(), BOB, BANK, 1_000_000).await.unwrap();
+    w.tally.set_rate_limit(
+        LimitScope::App(APP),
+        RateLimit {
+            requests: None,
+            cost: Some(TokenRate {
+                per_second: 1_000,
+                burst: 1_500,
+            }),
+        },
+    );
+    w.tally.charge(op(), ALICE, APP, 1_000, "").await.unwrap();
+    let e = w.tally.charge(op(), BOB, APP, 1_000, "").await.unwrap_err();
+    // 500 left; 500 more at 1 per ms.
+    assert_eq!(rate_limited(e), (LimitScope::App(APP), "cost", 500));
+    w.tally.charge(op(), BOB, APP, 500, "").await.unwrap();
+    // More than the bucket ever holds never fits.
+    w.clock.advance(10_000);
+    let e = w.tally.charge(op(), BOB, APP, 1_501, "").await.unwrap_err();
+    assert_eq!(rate_limited(e).2, u64::MAX);
+    // Removing the limit lifts it.
+    w.tally
+        .set_rate_limit(LimitScope::App(APP), RateLimit::default());
+    w.tally.charge(op(), BOB, APP, 100_000, "").await.unwrap();
+}
+
+fn cap_exceeded(e: Error) -> (&'static str, u64, u128, u64) {
+    match ledger(e) {
+        LedgerError::SpendCapExceeded {
+            scope,
+            cap,
+            spent,
+            requested,
+            ..
+        } => (scope, cap, spent, requested),
+        other => panic!("expected SpendCapExceeded, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_daily_spend_cap_counts_posted_today_plus_held_and_resets_at_midnight_utc() {
+    let w = World::new(1_000_000).await;
+    w.tally
+        .set_spend_cap(LimitScope::Account(ALICE), Some(1_000))
+        .unwrap();
+    w.tally.charge(op(), ALICE, APP, 600, "").await.unwrap();
+    let hold = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 300))
+        .await
+        .unwrap();
+    let before = w.tally.balance(ALICE).await.unwrap();
+    let e = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 101))
+        .await
+        .unwrap_err();
+    assert_eq!(cap_exceeded(e), ("account per day", 1_000, 900, 101));
+    assert_eq!(w.tally.balance(ALICE).await.unwrap(), before);
+    // Exactly at the cap is allowed.
+    w.tally.charge(op(), ALICE, APP, 100, "").await.unwrap();
+    // A commit below the hold frees the rest for today.
+    w.tally.commit(op(), hold, 100).await.unwrap();
+    w.tally.charge(op(), ALICE, APP, 200, "").await.unwrap();
+    assert!(w.tally.charge(op(), ALICE, APP, 1, "").await.is_err());
+    // The next UTC day starts from zero.
+    let now = w.tally.now().0;
+    w.clock.advance(DAY_MS - now % DAY_MS);
+    w.tally.charge(op(), ALICE, APP, 1_000, "").await.unwrap();
+    // The cap survives a crash: spending is ledger state.
+    let w = w.reopen().await;
+    w.tally
+        .set_spend_cap(LimitScope::Account(ALICE), Some(1_000))
+        .unwrap();
+    let e = w.tally.charge(op(), ALICE, APP, 1, "").await.unwrap_err();
+    assert_eq!(cap_exceeded(e).2, 1_000);
+    // Removed, nothing stops it.
+    w.tally
+        .set_spend_cap(LimitScope::Account(ALICE), None)
+        .unwrap();
+    w.tally.charge(op(), ALICE, APP, 1, "").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_apps_cap_limits_each_user_separately_and_other_apps_not_at_all() {
+    let w = World::new(1_000_000).await;
+    let other = AccountId(3);
+    w.tally
+        .open_account(other, AccountSpec::revenue())
+        .await
+        .unwrap();
+    w.tally.fund(op(), BOB, BANK, 1_000_000).await.unwrap();
+    w.tally
+        .set_spend_cap(LimitScope::App(APP), Some(500))
+        .unwrap();
+    w.tally.charge(op(), ALICE, APP, 500, "").await.unwrap();
+    w.tally.charge(op(), BOB, APP, 500, "").await.unwrap();
+    let e = w.tally.charge(op(), ALICE, APP, 1, "").await.unwrap_err();
+    assert_eq!(cap_exceeded(e), ("app per user per day", 500, 500, 1));
+    w.tally.charge(op(), ALICE, other, 5_000, "").await.unwrap();
+    // A cap of u64::MAX is not an amount.
+    assert!(w
+        .tally
+        .set_spend_cap(LimitScope::App(APP), Some(u64::MAX))
+        .is_err());
+}
