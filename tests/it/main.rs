@@ -13,4 +13,5 @@ mod operations;
 mod props;
 mod rejections;
 mod support;
+mod trail;
 mod usage;

@@ -174,6 +174,24 @@ impl Tally {
         Ok(MeterGuard { hold, price })
     }
 
+    /// Verifies the audit trail: walks the hash-chained journal (archive included) from its
+    /// first record and reports every altered, inserted, removed or truncated record (see
+    /// `tally_store::trail`). Reads the whole history on a blocking thread.
+    pub async fn verify_trail(&self) -> Result<tally_store::TrailReport, Error> {
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.verify_trail())
+            .await
+            .map_err(|e| Error::Internal {
+                reason: format!("verifying the trail: {e}").into(),
+            })?
+            .map_err(Error::from)
+    }
+
+    /// The last durable record's sequence number and chain hash, to publish off the machine.
+    pub fn trail_head(&self) -> (u64, [u8; 32]) {
+        self.shared.store.trail_head()
+    }
+
     /// An account's balance after each change in `[from, to)` (at most `limit` points, oldest
     /// first), rebuilt from its history: every durable record that touched it since it was
     /// opened is read, so the cost grows with the account's history.

@@ -657,6 +657,13 @@ impl Store for DurableStore {
     ) -> Result<Vec<(AccountId, UsageTotals)>, StoreError> {
         Ok(self.inner.usage.top_users(query, n))
     }
+    fn verify_trail(&self) -> Result<crate::TrailReport, StoreError> {
+        DurableStore::verify_trail(self)
+    }
+
+    fn trail_head(&self) -> (u64, crate::journal::Chain) {
+        DurableStore::trail_head(self)
+    }
 }
 
 impl DurableStore {

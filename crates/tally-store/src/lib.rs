@@ -123,4 +123,12 @@ pub trait Store: Send + Sync + 'static {
         query: &UsageQuery,
         n: usize,
     ) -> Result<Vec<(AccountId, UsageTotals)>, StoreError>;
+
+    /// Walks the hash-chained journal from its first record and reports every altered,
+    /// inserted, removed or truncated record found (see [`trail`]). Reads the whole history:
+    /// call it off the request path.
+    fn verify_trail(&self) -> Result<TrailReport, StoreError>;
+
+    /// The last durable record's sequence number and chain hash: publish it off the machine.
+    fn trail_head(&self) -> (u64, journal::Chain);
 }

@@ -234,6 +234,13 @@ impl Store for MemStore {
     ) -> Result<Vec<(AccountId, UsageTotals)>, StoreError> {
         Ok(self.inner.journal.lock().usage.top_users(query, n))
     }
+    fn verify_trail(&self) -> Result<crate::TrailReport, StoreError> {
+        MemStore::verify_trail(self)
+    }
+
+    fn trail_head(&self) -> (u64, crate::journal::Chain) {
+        MemStore::trail_head(self)
+    }
 }
 
 /// The audit trail: the durable journal's hash chain, over each record's encoding

@@ -171,4 +171,10 @@ impl Store for ProbeStore {
     ) -> Result<Vec<(AccountId, tally::UsageTotals)>, StoreError> {
         self.inner.top_users(query, n)
     }
+    fn verify_trail(&self) -> Result<tally::TrailReport, StoreError> {
+        self.inner.verify_trail()
+    }
+    fn trail_head(&self) -> (u64, [u8; 32]) {
+        self.inner.trail_head()
+    }
 }
