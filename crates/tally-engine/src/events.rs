@@ -15,7 +15,7 @@
 //! after a change has taken it back to the threshold or above (once per crossing).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -156,9 +156,16 @@ impl Event {
 #[error("the subscriber fell behind and missed {0} events")]
 pub struct Missed(pub u64);
 
-/// A subscription: events in publication order.
+/// A subscription: events in publication order. Dropping it unsubscribes.
 pub struct Subscription {
     rx: broadcast::Receiver<Event>,
+    events: Arc<Events>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.events.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Subscription {
@@ -193,6 +200,8 @@ pub(crate) struct Events {
     pending: Mutex<BTreeMap<u64, Vec<Event>>>,
     thresholds: DashMap<AccountId, Threshold>,
     any_thresholds: AtomicBool,
+    /// Live subscriptions (read on every write; the channel's own count takes a lock).
+    subscribers: AtomicUsize,
     pub(crate) stop: Notify,
 }
 
@@ -203,6 +212,7 @@ impl Default for Events {
             pending: Mutex::new(BTreeMap::new()),
             thresholds: DashMap::new(),
             any_thresholds: AtomicBool::new(false),
+            subscribers: AtomicUsize::new(0),
             stop: Notify::new(),
         }
     }
@@ -210,7 +220,7 @@ impl Default for Events {
 
 impl Events {
     fn listening(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.subscribers.load(Ordering::Acquire) > 0
     }
 
     /// Publishes a read's event, after the events of every record durable now (`durable`).
@@ -397,8 +407,11 @@ impl Tally {
     /// Subscribes to the engine's events (see [`Event::name`] for the list). Events of records
     /// are delivered once durable, in journal order.
     pub fn subscribe(&self) -> Subscription {
+        let events = self.shared.events.clone();
+        events.subscribers.fetch_add(1, Ordering::AcqRel);
         Subscription {
-            rx: self.shared.events.tx.subscribe(),
+            rx: events.tx.subscribe(),
+            events,
         }
     }
 
