@@ -158,3 +158,41 @@ async fn a_slow_subscriber_is_told_how_many_events_it_missed() {
     }
     assert_eq!(kept, EVENTS_QUEUE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_of_concurrent_writers_arrive_once_each_in_journal_order() {
+    let w = World::new(0).await;
+    let users: Vec<_> = (100..108).map(tally::AccountId).collect();
+    for &user in &users {
+        w.tally
+            .open_account(user, tally::AccountSpec::user())
+            .await
+            .unwrap();
+        w.tally.fund(op(), user, BANK, 1_000_000).await.unwrap();
+    }
+    let mut sub = w.tally.subscribe();
+    let per_task = 150;
+    let mut tasks = Vec::new();
+    for &user in &users {
+        let tally = w.tally.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_task {
+                tally.charge(op(), user, APP, 1, "/x").await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < users.len() * per_task {
+        let event = next(&mut sub).await;
+        assert_eq!(event.name(), "credit.record-cost");
+        seqs.push(event.seq);
+    }
+    assert!(
+        seqs.windows(2).all(|p| p[0] < p[1]),
+        "events out of journal order"
+    );
+    assert!(sub.try_recv().unwrap().is_none());
+}

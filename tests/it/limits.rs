@@ -83,6 +83,24 @@ async fn an_apps_cost_rate_is_shared_by_its_users() {
     // 500 left; 500 more at 1 per ms.
     assert_eq!(rate_limited(e), (LimitScope::App(APP), "cost", 500));
     w.tally.charge(op(), BOB, APP, 500, "").await.unwrap();
+    // When several buckets are short, the wait is the longest one's.
+    w.tally.set_rate_limit(
+        LimitScope::Account(BOB),
+        RateLimit {
+            requests: Some(TokenRate {
+                per_second: 10,
+                burst: 1,
+            }),
+            cost: None,
+        },
+    );
+    w.clock.advance(1_000);
+    w.tally.charge(op(), BOB, APP, 1_000, "").await.unwrap();
+    let e = w.tally.charge(op(), BOB, APP, 900, "").await.unwrap_err();
+    // Bob's requests: 100 ms; the app's cost: 900 at 1 per ms.
+    assert_eq!(rate_limited(e), (LimitScope::App(APP), "cost", 900));
+    w.tally
+        .set_rate_limit(LimitScope::Account(BOB), RateLimit::default());
     // More than the bucket ever holds never fits.
     w.clock.advance(10_000);
     let e = w.tally.charge(op(), BOB, APP, 1_501, "").await.unwrap_err();

@@ -239,8 +239,10 @@ pub(crate) struct SpendDay {
 impl SpendDay {
     /// Adds a posting of `amount` to `app` made at `at`.
     pub(crate) fn add(&mut self, at: Timestamp, app: AccountId, amount: Amount) {
+        // A later day starts from zero; a record dated earlier (a clock stepped back) counts
+        // in the current day, so a step back never wipes what was spent.
         let day = at.0 / DAY_MS;
-        if day != self.day {
+        if day > self.day {
             *self = SpendDay {
                 day,
                 ..SpendDay::default()
@@ -253,9 +255,10 @@ impl SpendDay {
         }
     }
 
-    /// Posted on the day of `now`, in total and to `app`.
+    /// Posted on the day of `now` (or on the newest day seen, if the clock is behind it), in
+    /// total and to `app`.
     pub(crate) fn on(&self, now: Timestamp, app: AccountId) -> (u128, u128) {
-        if now.0 / DAY_MS != self.day {
+        if now.0 / DAY_MS > self.day {
             return (0, 0);
         }
         let to_app = self

@@ -2,9 +2,14 @@
 //! and time bucket (minute, hour, day), in bounded memory.
 //!
 //! A [`UsageBook`] is a projection of the journal: [`UsageBook::fold`] adds one record (a
-//! `Committed` or `Charged` change; every other record is ignored), and sums are commutative,
-//! so records may be folded in any order. The store folds each record as it is appended and
-//! keeps the book durable with the journal (see `tally-store`).
+//! `Committed` or `Charged` change; every other record is ignored). Sums are commutative, so
+//! records may be folded in any order as long as no bound drops anything: which entries a
+//! bound drops, and whether a record for a bucket already dropped is counted, depends on the
+//! order. The store folds each record as it is appended and keeps the book durable with the
+//! journal (see `tally-store`).
+//!
+//! **Revenue** here is gross: refunds are not folded (a refund's record names the posting, not
+//! the endpoint). An app's net revenue is its account's balance.
 //!
 //! **Buckets.** A record counts in the bucket whose start is its timestamp rounded down to the
 //! bucket width (UTC minutes, hours, days since the epoch). A query over `[from, to)` covers
@@ -86,13 +91,19 @@ impl UsageTotals {
     /// Adds one call.
     pub fn add(&mut self, usage: &Usage, cost: Amount) {
         self.calls = self.calls.saturating_add(1);
-        self.requests += u128::from(usage.requests);
-        self.input_tokens += u128::from(usage.input_tokens);
-        self.output_tokens += u128::from(usage.output_tokens);
-        self.characters += u128::from(usage.characters);
-        self.pages += u128::from(usage.pages);
-        self.duration_ms += u128::from(usage.duration_ms);
-        self.cost += cost.wide();
+        self.requests = self.requests.saturating_add(u128::from(usage.requests));
+        self.input_tokens = self
+            .input_tokens
+            .saturating_add(u128::from(usage.input_tokens));
+        self.output_tokens = self
+            .output_tokens
+            .saturating_add(u128::from(usage.output_tokens));
+        self.characters = self.characters.saturating_add(u128::from(usage.characters));
+        self.pages = self.pages.saturating_add(u128::from(usage.pages));
+        self.duration_ms = self
+            .duration_ms
+            .saturating_add(u128::from(usage.duration_ms));
+        self.cost = self.cost.saturating_add(cost.wide());
     }
 
     /// Adds other sums.
@@ -219,14 +230,26 @@ pub struct UsageBook {
     series: [Series; 3],
     /// Entries changed (or dropped) since [`UsageBook::take_changes`], for incremental saves.
     changed: BTreeSet<(Granularity, UsageKey)>,
+    /// Whether to keep `changed` at all (a book nobody saves does not).
+    track_changes: bool,
 }
 
 /// An entry changed since the last save: its new sums, or `None` when it was dropped.
 pub type UsageChange = ((Granularity, UsageKey), Option<UsageTotals>);
 
 impl UsageBook {
-    /// An empty book with these bounds.
+    /// An empty book with these bounds, that remembers what changed for incremental saves
+    /// ([`UsageBook::take_changes`]).
     pub fn new(config: UsageConfig) -> Self {
+        UsageBook {
+            config,
+            track_changes: true,
+            ..UsageBook::default()
+        }
+    }
+
+    /// An empty book with these bounds that nobody saves (it keeps no change set).
+    pub fn unsaved(config: UsageConfig) -> Self {
         UsageBook {
             config,
             ..UsageBook::default()
@@ -271,7 +294,9 @@ impl UsageBook {
                 .or_default()
                 .add(usage, amount);
             series.newest = series.newest.max(bucket);
-            self.changed.insert((granularity, key));
+            if self.track_changes {
+                self.changed.insert((granularity, key));
+            }
             self.prune(granularity);
         }
         true
@@ -291,7 +316,9 @@ impl UsageBook {
             }
             series.entries.remove(&first);
             series.complete_from = series.complete_from.max(first.bucket.saturating_add(width));
-            self.changed.insert((granularity, first));
+            if self.track_changes {
+                self.changed.insert((granularity, first));
+            }
         }
     }
 
@@ -325,12 +352,11 @@ impl UsageBook {
             .collect()
     }
 
-    /// Marks every entry changed, so the next save writes them all (after a failed save).
-    pub fn mark_all_changed(&mut self) {
-        for granularity in Granularity::ALL {
-            for key in self.series[granularity.index()].entries.keys() {
-                self.changed.insert((granularity, key.clone()));
-            }
+    /// Gives back changes [`UsageBook::take_changes`] took and a save could not store: the
+    /// next take lists them again, with their sums as they are then (or as dropped).
+    pub fn return_changes(&mut self, changes: Vec<UsageChange>) {
+        if self.track_changes {
+            self.changed.extend(changes.into_iter().map(|(key, _)| key));
         }
     }
 

@@ -194,6 +194,9 @@ struct Threshold {
     below: AtomicBool,
 }
 
+/// The held events, locked.
+pub(crate) type Held<'a> = parking_lot::MutexGuard<'a, BTreeMap<u64, Vec<Event>>>;
+
 /// The engine's side: events waiting for durability, the channel, the thresholds.
 pub(crate) struct Events {
     tx: broadcast::Sender<Event>,
@@ -202,6 +205,8 @@ pub(crate) struct Events {
     any_thresholds: AtomicBool,
     /// Live subscriptions (read on every write; the channel's own count takes a lock).
     subscribers: AtomicUsize,
+    /// Held while a threshold changes and `any_thresholds` is recomputed.
+    settings: Mutex<()>,
     pub(crate) stop: Notify,
 }
 
@@ -213,6 +218,7 @@ impl Default for Events {
             thresholds: DashMap::new(),
             any_thresholds: AtomicBool::new(false),
             subscribers: AtomicUsize::new(0),
+            settings: Mutex::new(()),
             stop: Notify::new(),
         }
     }
@@ -231,35 +237,42 @@ impl Events {
         }
     }
 
+    /// Called before a record is appended: while anyone listens, the held events stay locked
+    /// from before the append (which fixes the record's sequence number) until its events are
+    /// in, so no drain can pass the record before its events are held.
+    pub(crate) fn before_append(&self) -> Option<Held<'_>> {
+        self.listening().then(|| self.pending.lock())
+    }
+
     /// The events of `record` (journal sequence number `seq`), applied to `own` (the account
     /// that made it) and `theirs` (the counterparty whose leg it is), held until durable.
-    /// Called under the accounts' locks, right after applying.
+    /// Called under the accounts' locks, right after applying, with what
+    /// [`Events::before_append`] returned.
     pub(crate) fn on_record(
         &self,
+        held: Option<Held<'_>>,
         record: &Record,
         seq: u64,
         own: &Account,
         theirs: Option<&Account>,
     ) {
-        let listening = self.listening();
-        let watching = self.any_thresholds.load(Ordering::Acquire);
-        if !listening && !watching {
-            return;
-        }
         let mut events = Vec::new();
-        if listening {
+        if held.is_some() {
             if let Some(kind) = kind_of(record, own) {
                 events.push(kind);
             }
         }
-        if watching {
+        if self.any_thresholds.load(Ordering::Acquire) {
             for account in std::iter::once(own).chain(theirs) {
                 if let Some(kind) = self.crossing(account) {
                     events.push(kind);
                 }
             }
         }
-        if !listening || events.is_empty() {
+        let Some(mut held) = held else {
+            return;
+        };
+        if events.is_empty() {
             return;
         }
         let events = events
@@ -271,7 +284,7 @@ impl Events {
                 kind,
             })
             .collect();
-        self.pending.lock().insert(seq, events);
+        held.insert(seq, events);
     }
 
     /// `balance.low` if this change took `account` below its threshold.
@@ -391,10 +404,10 @@ pub(crate) async fn publisher(
 ) {
     loop {
         let point = durable.borrow_and_update().clone();
+        // What is durable is published even after a failure; the rest never will be.
+        events.drain(point.seq);
         if point.failed.is_some() {
             events.discard();
-        } else {
-            events.drain(point.seq);
         }
         tokio::select! {
             changed = durable.changed() => if changed.is_err() { return },
@@ -418,6 +431,7 @@ impl Tally {
     /// Sets (replacing) the low-balance threshold of an account, or removes it (`None`).
     pub fn set_low_balance(&self, account: AccountId, threshold: Option<u64>) {
         let events = &self.shared.events;
+        let _settings = events.settings.lock();
         match threshold {
             Some(amount) => {
                 events.thresholds.insert(

@@ -192,9 +192,9 @@ impl Tally {
         self.shared.store.trail_head()
     }
 
-    /// An account's balance after each change in `[from, to)` (at most `limit` points, oldest
-    /// first), rebuilt from its history: every durable record that touched it since it was
-    /// opened is read, so the cost grows with the account's history.
+    /// An account's balance after each change made in `[from, to)` (at most `limit` points,
+    /// oldest first), rebuilt from its history: every durable record that touched it since it
+    /// was opened is read, so the cost grows with the account's history.
     pub async fn balance_history(
         &self,
         account: AccountId,
@@ -209,17 +209,14 @@ impl Tally {
             let page = self.history(account, after, HISTORY_PAGE_MAX).await?;
             for entry in &page.entries {
                 let record = &entry.record;
-                if record.at >= to {
-                    return Ok(points);
-                }
                 point.apply(account, record);
                 point.seq = entry.seq;
                 point.at = record.at;
-                if record.at >= from {
-                    points.push(point);
+                if record.at >= from && record.at < to {
                     if points.len() >= limit {
                         return Ok(points);
                     }
+                    points.push(point);
                 }
             }
             match page.next_after_seq {
@@ -255,12 +252,8 @@ impl BalancePoint {
     fn apply(&mut self, account: AccountId, record: &Record) {
         if record.account != account {
             match record.leg() {
-                Some(Leg::Credit(id, amount)) if id == account => {
-                    self.credits_posted += amount.wide();
-                }
-                Some(Leg::Debit(id, amount)) if id == account => {
-                    self.debits_posted += amount.wide();
-                }
+                Some(Leg::Credit(id, amount)) if id == account => self.credit(amount.wide()),
+                Some(Leg::Debit(id, amount)) if id == account => self.debit(amount.wide()),
                 _ => {}
             }
             return;
@@ -268,24 +261,26 @@ impl BalancePoint {
         match &record.change {
             Change::Opened { .. } => {}
             Change::Funded { amount, .. } | Change::Refunded { amount, .. } => {
-                self.credits_posted += amount.wide();
+                self.credit(amount.wide());
             }
             Change::FundingUpdated { old, new, .. } => {
                 if new >= old {
-                    self.credits_posted += new.wide() - old.wide();
+                    self.credit(new.wide().saturating_sub(old.wide()));
                 } else {
-                    self.debits_posted += old.wide() - new.wide();
+                    self.debit(old.wide().saturating_sub(new.wide()));
                 }
             }
-            Change::Reserved { amount, .. } => self.debits_pending += amount.wide(),
+            Change::Reserved { amount, .. } => {
+                self.debits_pending = self.debits_pending.saturating_add(amount.wide());
+            }
             Change::Committed {
                 amount_posted,
                 amount_released,
                 ..
             } => {
-                let held = amount_posted.wide() + amount_released.wide();
+                let held = amount_posted.wide().saturating_add(amount_released.wide());
                 self.debits_pending = self.debits_pending.saturating_sub(held);
-                self.debits_posted += amount_posted.wide();
+                self.debit(amount_posted.wide());
             }
             Change::Voided {
                 amount_released, ..
@@ -296,8 +291,16 @@ impl BalancePoint {
                 self.debits_pending = self.debits_pending.saturating_sub(amount_released.wide());
             }
             Change::Charged { amount, .. } | Change::Transferred { amount, .. } => {
-                self.debits_posted += amount.wide();
+                self.debit(amount.wide());
             }
         }
+    }
+
+    fn credit(&mut self, amount: u128) {
+        self.credits_posted = self.credits_posted.saturating_add(amount);
+    }
+
+    fn debit(&mut self, amount: u128) {
+        self.debits_posted = self.debits_posted.saturating_add(amount);
     }
 }

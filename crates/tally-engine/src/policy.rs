@@ -11,8 +11,10 @@
 //! most `burst` units and refills `per_second` units per second, continuously (per
 //! millisecond of the engine's clock). A request takes 1 request token and `amount` cost
 //! tokens from every bucket that applies (the account's, then the app's), or takes nothing and
-//! is refused with [`Error::RateLimited`] and the wait until it would fit. A request larger
-//! than a bucket's burst never fits: `retry_after_ms` is then `u64::MAX`.
+//! is refused with [`Error::RateLimited`] naming the bucket that needs the longest wait, and
+//! that wait (after it, every bucket has what the request needs, unless others took it
+//! meanwhile). A request larger than a bucket's burst never fits: `retry_after_ms` is then
+//! `u64::MAX`. If the journal then refuses the request's record, its tokens are given back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -94,7 +96,15 @@ impl Bucket {
     fn take(&mut self, units: u64) {
         self.level_milli = self.level_milli.saturating_sub(u128::from(units) * 1_000);
     }
+
+    fn give_back(&mut self, units: u64) {
+        let cap = u128::from(self.rate.burst) * 1_000;
+        self.level_milli = cap.min(self.level_milli.saturating_add(u128::from(units) * 1_000));
+    }
 }
+
+/// A scope's buckets, shared.
+type ScopedBuckets = (LimitScope, Arc<Mutex<Buckets>>);
 
 /// The buckets of one scope.
 #[derive(Debug)]
@@ -110,6 +120,9 @@ pub(crate) struct Policy {
     any_rates: AtomicBool,
     caps: DashMap<LimitScope, Amount>,
     any_caps: AtomicBool,
+    /// Held while a setting changes and its `any_*` flag is recomputed, so two changes cannot
+    /// leave a flag saying "none" while a limit is set.
+    settings: Mutex<()>,
 }
 
 /// The app and amount of a request that spends (reserve or charge).
@@ -137,27 +150,38 @@ impl Policy {
         }
     }
 
-    /// Takes the tokens `command` needs from the account's and the app's buckets, or nothing.
+    /// The buckets that apply to `command` executed by `account`, in locking order (the
+    /// account's, then the app's), with the amount it spends.
+    fn buckets(
+        &self,
+        account: AccountId,
+        command: &Command,
+    ) -> Option<(Amount, Vec<ScopedBuckets>)> {
+        if !self.any_rates.load(Ordering::Acquire) {
+            return None;
+        }
+        let (app, amount) = spending(command)?;
+        let found: Vec<_> = [LimitScope::Account(account), LimitScope::App(app)]
+            .iter()
+            .filter_map(|scope| self.rates.get(scope).map(|b| (*scope, b.clone())))
+            .collect();
+        (!found.is_empty()).then_some((amount, found))
+    }
+
+    /// Takes the tokens `command` needs from the account's and the app's buckets, or nothing
+    /// and says how long until every bucket would have them.
     pub(crate) fn take(
         &self,
         account: AccountId,
         command: &Command,
         now_ms: u64,
     ) -> Result<(), Error> {
-        if !self.any_rates.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let Some((app, amount)) = spending(command) else {
+        let Some((amount, found)) = self.buckets(account, command) else {
             return Ok(());
         };
-        let scopes = [LimitScope::Account(account), LimitScope::App(app)];
-        let found: Vec<(LimitScope, Arc<Mutex<Buckets>>)> = scopes
-            .iter()
-            .filter_map(|scope| self.rates.get(scope).map(|b| (*scope, b.clone())))
-            .collect();
-        // Locked in a fixed order (the account's, then the app's) and all checked before any
-        // is taken from.
+        // Locked in a fixed order and all checked before any is taken from.
         let mut guards: Vec<_> = found.iter().map(|(s, b)| (*s, b.lock())).collect();
+        let mut longest: Option<(LimitScope, &'static str, u64)> = None;
         for (scope, guard) in guards.iter_mut() {
             let buckets: &mut Buckets = guard;
             let needs = [
@@ -168,14 +192,17 @@ impl Policy {
                 let Some(bucket) = bucket else { continue };
                 bucket.refill(now_ms);
                 let wait = bucket.wait_for(units);
-                if wait > 0 {
-                    return Err(Error::RateLimited {
-                        scope: *scope,
-                        limit: what,
-                        retry_after_ms: wait,
-                    });
+                if wait > longest.map_or(0, |(_, _, w)| w) {
+                    longest = Some((*scope, what, wait));
                 }
             }
+        }
+        if let Some((scope, limit, retry_after_ms)) = longest {
+            return Err(Error::RateLimited {
+                scope,
+                limit,
+                retry_after_ms,
+            });
         }
         for (_, buckets) in guards.iter_mut() {
             if let Some(b) = buckets.requests.as_mut() {
@@ -187,6 +214,23 @@ impl Policy {
         }
         Ok(())
     }
+
+    /// Returns the tokens [`Policy::take`] took for a request that then failed (the journal
+    /// refused its record), up to each bucket's burst.
+    pub(crate) fn give_back(&self, account: AccountId, command: &Command) {
+        let Some((amount, found)) = self.buckets(account, command) else {
+            return;
+        };
+        for (_, buckets) in &found {
+            let mut buckets = buckets.lock();
+            if let Some(b) = buckets.requests.as_mut() {
+                b.give_back(1);
+            }
+            if let Some(b) = buckets.cost.as_mut() {
+                b.give_back(amount.get());
+            }
+        }
+    }
 }
 
 impl Tally {
@@ -194,6 +238,7 @@ impl Tally {
     /// `RateLimit::default()` (no rates) removes it.
     pub fn set_rate_limit(&self, scope: LimitScope, limit: RateLimit) {
         let policy = &self.shared.policy;
+        let _settings = policy.settings.lock();
         if limit.requests.is_none() && limit.cost.is_none() {
             policy.rates.remove(&scope);
         } else {
@@ -216,6 +261,7 @@ impl Tally {
     /// `SpendCapExceeded`. Refunds do not give cap room back.
     pub fn set_spend_cap(&self, scope: LimitScope, per_day: Option<u64>) -> Result<(), Error> {
         let policy = &self.shared.policy;
+        let _settings = policy.settings.lock();
         match per_day {
             None => {
                 policy.caps.remove(&scope);

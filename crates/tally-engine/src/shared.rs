@@ -335,14 +335,19 @@ impl Shared {
                     if let Err(e) = self.policy.take(slot.id, &request.command, ctx.now.0) {
                         return reply_err(e);
                     }
+                    let held = self.events.before_append();
                     match self.store.append(&record) {
-                        Err(e) => reply_err(e.into()),
+                        Err(e) => {
+                            self.policy.give_back(slot.id, &request.command);
+                            reply_err(e.into())
+                        }
                         Ok(seq) => {
                             own.account.apply(&record, seq, &self.config.limits);
                             if let Some(theirs) = theirs.as_mut() {
                                 theirs.account.apply_leg(&record, seq);
                             }
                             self.events.on_record(
+                                held,
                                 &record,
                                 seq,
                                 &own.account,
@@ -372,10 +377,12 @@ impl Shared {
             let Some(record) = state.account.expire_record(hold.seq, now) else {
                 continue;
             };
+            let held = self.events.before_append();
             match self.store.append(&record) {
                 Ok(seq) => {
                     state.account.apply(&record, seq, &self.config.limits);
-                    self.events.on_record(&record, seq, &state.account, None);
+                    self.events
+                        .on_record(held, &record, seq, &state.account, None);
                     expired += 1;
                 }
                 Err(e) => {

@@ -142,6 +142,9 @@ struct Inner {
     append_gate: parking_lot::RwLock<()>,
     /// Usage aggregates of the commits and charges appended (see [`crate::projection`]).
     usage: Projection,
+    /// Held through a whole checkpoint: two at once (the periodic one and a shutdown's) would
+    /// save usage cuts and trim points out of order.
+    checkpointing: parking_lot::Mutex<()>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -287,6 +290,7 @@ impl DurableStore {
                 dirty: DashMap::new(),
                 append_gate: parking_lot::RwLock::new(()),
                 usage,
+                checkpointing: parking_lot::Mutex::new(()),
             }),
         };
         Ok((store, report))
@@ -608,6 +612,7 @@ impl Store for DurableStore {
 
     fn checkpoint(&self) -> Result<usize, StoreError> {
         let inner = &self.inner;
+        let _checkpointing = inner.checkpointing.lock();
         let (dirty_min, cut, usage) = {
             let _gate = inner.append_gate.write();
             let cut = inner.journal.last_seq();

@@ -66,7 +66,7 @@ impl MemStore {
             inner: Arc::new(Inner {
                 limits,
                 journal: Mutex::new(Journal {
-                    usage: UsageBook::new(UsageConfig::default()),
+                    usage: UsageBook::unsaved(UsageConfig::default()),
                     ..Journal::default()
                 }),
                 snapshots: RwLock::new(HashMap::new()),

@@ -147,6 +147,13 @@ impl Projection {
         seq: u64,
         (changes, complete_from): (Vec<UsageChange>, [u64; 3]),
     ) -> Result<(), StoreError> {
+        let saved = self.saved_seq_now()?;
+        if seq < saved {
+            // A later cut was saved already (checkpoints are serialized, so this is a caller
+            // saving out of order): never move the saved point back; save these next time.
+            self.book.lock().return_changes(changes);
+            return Ok(());
+        }
         let result = wait_durable(journal, seq).and_then(|()| {
             let mut batch = sled::Batch::default();
             for ((granularity, key), totals) in &changes {
@@ -166,9 +173,19 @@ impl Projection {
             self.tree.apply_batch(batch).map_err(sled_err)
         });
         if result.is_err() {
-            self.book.lock().mark_all_changed();
+            self.book.lock().return_changes(changes);
         }
         result
+    }
+
+    /// The sequence number the stored entries cover now.
+    fn saved_seq_now(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .tree
+            .get(SEQ_KEY)
+            .map_err(sled_err)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
     }
 
     pub(crate) fn report(&self, query: &UsageQuery) -> UsageReport {
