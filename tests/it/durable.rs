@@ -10,36 +10,11 @@ use tally::{
 use crate::support::*;
 
 async fn open(dir: &Path, config: EngineConfig) -> (Tally, DurableStore, tally::DurableRecovery) {
-    // A store dropped a moment ago may still be closing (its actors stop asynchronously).
-    for _ in 0..200 {
-        match DurableStore::open(DurableConfig::new(dir)) {
-            Ok((store, recovery)) => {
-                let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
-                return (tally, store, recovery);
-            }
-            Err(tally::StoreError::Locked(_)) => {
-                tokio::time::sleep(Duration::from_millis(10)).await
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("the data directory stayed locked");
+    open_durable(DurableConfig::new(dir), config).await
 }
 
 async fn setup(tally: &Tally) {
-    tally
-        .open_account(BANK, AccountSpec::funding())
-        .await
-        .unwrap();
-    tally
-        .open_account(APP, AccountSpec::revenue())
-        .await
-        .unwrap();
-    tally
-        .open_account(ALICE, AccountSpec::user())
-        .await
-        .unwrap();
-    tally.open_account(BOB, AccountSpec::user()).await.unwrap();
+    open_accounts(tally).await;
     tally.fund(op(), ALICE, BANK, 100_000).await.unwrap();
 }
 

@@ -3,7 +3,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tally::{AccountId, AccountSpec, EngineConfig, ManualClock, MemStore, OpId, Tally, Timestamp};
+use std::time::Duration;
+
+use tally::{
+    AccountId, AccountSpec, DurableConfig, DurableRecovery, DurableStore, EngineConfig,
+    ManualClock, MemStore, OpId, Tally, Timestamp,
+};
 
 pub const BANK: AccountId = AccountId(1);
 pub const APP: AccountId = AccountId(2);
@@ -30,6 +35,44 @@ pub fn config(clock: &ManualClock) -> EngineConfig {
     }
 }
 
+/// Opens the world's accounts: the bank (funding), the app (revenue), Alice and Bob (users).
+pub async fn open_accounts(tally: &Tally) {
+    tally
+        .open_account(BANK, AccountSpec::funding())
+        .await
+        .unwrap();
+    tally
+        .open_account(APP, AccountSpec::revenue())
+        .await
+        .unwrap();
+    tally
+        .open_account(ALICE, AccountSpec::user())
+        .await
+        .unwrap();
+    tally.open_account(BOB, AccountSpec::user()).await.unwrap();
+}
+
+/// An engine on the durable store `store_config` names. A store dropped a moment ago may still
+/// be closing (its actors stop asynchronously): retry while its directory is locked.
+pub async fn open_durable(
+    store_config: DurableConfig,
+    config: EngineConfig,
+) -> (Tally, DurableStore, DurableRecovery) {
+    for _ in 0..500 {
+        match DurableStore::open(store_config.clone()) {
+            Ok((store, recovery)) => {
+                let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
+                return (tally, store, recovery);
+            }
+            Err(tally::StoreError::Locked(_)) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the data directory stayed locked");
+}
+
 impl World {
     /// Bank, app, Alice funded with `alice_funds`, Bob with nothing.
     pub async fn new(alice_funds: u64) -> World {
@@ -42,19 +85,7 @@ impl World {
         let tally = Tally::open(Arc::new(store.clone()), config.clone())
             .await
             .unwrap();
-        tally
-            .open_account(BANK, AccountSpec::funding())
-            .await
-            .unwrap();
-        tally
-            .open_account(APP, AccountSpec::revenue())
-            .await
-            .unwrap();
-        tally
-            .open_account(ALICE, AccountSpec::user())
-            .await
-            .unwrap();
-        tally.open_account(BOB, AccountSpec::user()).await.unwrap();
+        open_accounts(&tally).await;
         if alice_funds > 0 {
             tally.fund(op(), ALICE, BANK, alice_funds).await.unwrap();
         }

@@ -2,12 +2,9 @@
 //! idempotency id; the chain verifies across checkpoints and crashes, and a changed record is
 //! found. (Tampering with the files themselves is in tally-store's `tests/it/trail.rs`.)
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tally::{
-    AccountSpec, Change, DurableConfig, DurableStore, EngineConfig, Origin, Tally, TrailProblem,
-};
+use tally::{Change, DurableConfig, EngineConfig, Origin, TrailProblem};
 
 use crate::support::*;
 
@@ -56,38 +53,10 @@ async fn the_chain_verifies_across_checkpoints_archives_and_crashes() {
         checkpoint_interval: Duration::from_millis(20),
         ..EngineConfig::default()
     };
-    let open = |config: EngineConfig| {
-        let path = dir.path().to_path_buf();
-        async move {
-            for _ in 0..500 {
-                let mut store_config = DurableConfig::new(&path);
-                store_config.segment_bytes_max = 8 * 1024;
-                match DurableStore::open(store_config) {
-                    Ok((store, _)) => {
-                        return Tally::open(Arc::new(store), config).await.unwrap();
-                    }
-                    Err(tally::StoreError::Locked(_)) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await
-                    }
-                    Err(e) => panic!("{e}"),
-                }
-            }
-            panic!("the data directory stayed locked");
-        }
-    };
-    let tally = open(config.clone()).await;
-    tally
-        .open_account(BANK, AccountSpec::funding())
-        .await
-        .unwrap();
-    tally
-        .open_account(APP, AccountSpec::revenue())
-        .await
-        .unwrap();
-    tally
-        .open_account(ALICE, AccountSpec::user())
-        .await
-        .unwrap();
+    let mut store_config = DurableConfig::new(dir.path());
+    store_config.segment_bytes_max = 8 * 1024;
+    let (tally, _, _) = open_durable(store_config.clone(), config.clone()).await;
+    open_accounts(&tally).await;
     tally.fund(op(), ALICE, BANK, 1_000_000).await.unwrap();
     for _ in 0..300 {
         tally.charge(op(), ALICE, APP, 3, "/x").await.unwrap();
@@ -98,7 +67,7 @@ async fn the_chain_verifies_across_checkpoints_archives_and_crashes() {
     assert!(before.segments > 2, "{before}");
     // A crash (no shutdown), then more work.
     drop(tally);
-    let tally = open(config).await;
+    let (tally, _, _) = open_durable(store_config, config).await;
     for _ in 0..50 {
         tally.charge(op(), ALICE, APP, 3, "/x").await.unwrap();
     }

@@ -2,7 +2,6 @@
 //! across a crash and a checkpoint, top users, and balance history.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tally::{
@@ -182,21 +181,8 @@ fn reports(store: &dyn Store) -> (UsageReport, UsageReport, UsageReport) {
 }
 
 async fn open_on(dir: &Path, clock: &ManualClock) -> (Tally, DurableStore) {
-    for _ in 0..200 {
-        match DurableStore::open(DurableConfig::new(dir)) {
-            Ok((store, _)) => {
-                let tally = Tally::open(Arc::new(store.clone()), config(clock))
-                    .await
-                    .unwrap();
-                return (tally, store);
-            }
-            Err(tally::StoreError::Locked(_)) => {
-                tokio::time::sleep(Duration::from_millis(10)).await
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("the data directory stayed locked");
+    let (tally, store, _) = open_durable(DurableConfig::new(dir), config(clock)).await;
+    (tally, store)
 }
 
 #[tokio::test]
@@ -204,18 +190,7 @@ async fn usage_is_bucketed_by_minute_hour_and_day_and_survives_crashes_and_check
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(Timestamp(T0));
     let (tally, store) = open_on(dir.path(), &clock).await;
-    tally
-        .open_account(BANK, AccountSpec::funding())
-        .await
-        .unwrap();
-    tally
-        .open_account(APP, AccountSpec::revenue())
-        .await
-        .unwrap();
-    tally
-        .open_account(ALICE, AccountSpec::user())
-        .await
-        .unwrap();
+    open_accounts(&tally).await;
     tally.fund(op(), ALICE, BANK, 1_000_000).await.unwrap();
     three_buckets(&tally, &clock).await;
     let (m, h, d) = reports(&store);

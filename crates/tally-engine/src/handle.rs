@@ -133,7 +133,7 @@ fn amount(value: u64) -> Result<Amount, Error> {
     Ok(Amount::new(value)?)
 }
 
-fn unexpected(outcome: Outcome) -> Error {
+pub(crate) fn unexpected(outcome: Outcome) -> Error {
     Error::Internal {
         reason: format!("unexpected outcome {outcome:?}").into(),
     }
@@ -204,7 +204,7 @@ impl Tally {
         &self.origin
     }
 
-    fn request(&self, op: OpId, command: Command) -> Request {
+    pub(crate) fn request(&self, op: OpId, command: Command) -> Request {
         Request {
             op,
             command,
@@ -396,17 +396,16 @@ impl Tally {
         endpoint: impl Into<String>,
         usage: Usage,
     ) -> Result<PostingId, Error> {
-        let command = Command::Charge {
+        self.charge_full(
+            op,
+            account,
             app,
-            amount: amount(value)?,
-            endpoint: endpoint.into(),
-            metadata: String::new(),
+            value,
+            endpoint.into(),
+            String::new(),
             usage,
-        };
-        match self.execute(account, self.request(op, command)).await? {
-            Outcome::Charged { posting } => Ok(posting),
-            other => Err(unexpected(other)),
-        }
+        )
+        .await
     }
 
     /// [`Tally::charge`] with metadata.
@@ -419,12 +418,36 @@ impl Tally {
         endpoint: impl Into<String>,
         metadata: impl Into<String>,
     ) -> Result<PostingId, Error> {
+        let (endpoint, metadata) = (endpoint.into(), metadata.into());
+        self.charge_full(
+            op,
+            account,
+            app,
+            value,
+            endpoint,
+            metadata,
+            Usage::default(),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn charge_full(
+        &self,
+        op: OpId,
+        account: AccountId,
+        app: AccountId,
+        value: u64,
+        endpoint: String,
+        metadata: String,
+        usage: Usage,
+    ) -> Result<PostingId, Error> {
         let command = Command::Charge {
             app,
             amount: amount(value)?,
-            endpoint: endpoint.into(),
-            metadata: metadata.into(),
-            usage: Usage::default(),
+            endpoint,
+            metadata,
+            usage,
         };
         match self.execute(account, self.request(op, command)).await? {
             Outcome::Charged { posting } => Ok(posting),

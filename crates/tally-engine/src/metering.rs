@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tally_core::{
     AccountId, Amount, Change, Command, Leg, OpId, Outcome, PostingId, Price, PricingError, Record,
-    Request, Timestamp, Usage, UsageQuery, UsageReport, UsageTotals,
+    Timestamp, Usage, UsageQuery, UsageReport, UsageTotals,
 };
 
 use crate::{Committed, Error, HoldGuard, ReserveRequest, Tally, HISTORY_PAGE_MAX};
@@ -117,21 +117,9 @@ impl Tally {
             old: Amount::new(old)?,
             new: Amount::new(new)?,
         };
-        match self
-            .execute(
-                account,
-                Request {
-                    op,
-                    command,
-                    origin: self.origin().clone(),
-                },
-            )
-            .await?
-        {
+        match self.execute(account, self.request(op, command)).await? {
             Outcome::FundingUpdated { funded } => Ok(funded),
-            other => Err(Error::Internal {
-                reason: format!("unexpected outcome {other:?}").into(),
-            }),
+            other => Err(crate::handle::unexpected(other)),
         }
     }
 
