@@ -239,6 +239,9 @@ fn an_earlier_deadline_re_arms_the_expiry_timer() {
             tally.fund(OpId(1), ALICE, BANK, 1_000).await.unwrap();
             let late = ReserveRequest::new(ALICE, APP, 100).timeout(Duration::from_secs(60));
             let late = tally.reserve(OpId(2), late).await.unwrap();
+            // Let the actor arm its timer for the late deadline first, so the early one must
+            // re-arm it (without this pause both nudges may find no timer armed yet).
+            tokio::time::sleep(Duration::from_millis(100)).await;
             let soon = ReserveRequest::new(ALICE, APP, 100).timeout(Duration::from_millis(30));
             let soon = tally.reserve(OpId(3), soon).await.unwrap();
             let expired = |hold: u64| {
