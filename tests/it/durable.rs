@@ -274,3 +274,24 @@ async fn history_survives_checkpoints_and_reopen() {
     let (tally, _, _) = open(dir.path(), config).await;
     assert_eq!(pages(tally).await, before);
 }
+
+#[tokio::test]
+async fn a_checkpoint_saves_each_changed_account_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        checkpoint_interval: Duration::from_secs(3_600),
+        ..EngineConfig::default()
+    };
+    let (tally, _, _) = open(dir.path(), config).await;
+    setup(&tally).await;
+    // Opening leaves an account on disk, not resident; funding Alice from the bank made those
+    // two resident and changed.
+    assert_eq!(tally.checkpoint().await.unwrap(), 2);
+    assert_eq!(
+        tally.checkpoint().await.unwrap(),
+        0,
+        "nothing changed since"
+    );
+    tally.charge(op(), ALICE, APP, 10, "").await.unwrap();
+    assert_eq!(tally.checkpoint().await.unwrap(), 2, "Alice and the app");
+}

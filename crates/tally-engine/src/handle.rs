@@ -668,6 +668,19 @@ impl Tally {
         result
     }
 
+    /// Checkpoints now (as the supervisor does every `checkpoint_interval`): saves the snapshot
+    /// of every resident account changed since its last one whose state is durable, then lets
+    /// the store archive the journal it no longer needs (and save its usage aggregates). Use it
+    /// before a backup. Runs on a blocking thread; returns how many snapshots were saved.
+    pub async fn checkpoint(&self) -> Result<usize, Error> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.checkpoint())
+            .await
+            .map_err(|e| Error::Internal {
+                reason: format!("checkpointing: {e}").into(),
+            })?
+    }
+
     /// Test hook: makes the account's actor panic, as a bug would.
     #[doc(hidden)]
     pub async fn inject_panic(&self, account: AccountId) -> Result<(), Error> {

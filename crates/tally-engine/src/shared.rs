@@ -227,7 +227,7 @@ impl Shared {
         if target == 0 {
             return 0;
         }
-        candidates.select_nth_unstable_by_key(target - 1, |(at, _)| *at);
+        candidates.select_nth_unstable_by_key(target.saturating_sub(1), |(at, _)| *at);
         candidates
             .into_iter()
             .take(target)

@@ -378,3 +378,41 @@ fn transfers_racing_passivation_retry_and_lose_nothing() {
         rt.shutdown_timeout(Duration::from_secs(10));
     }
 }
+
+/// With no supervisor tick to fall back on, going past the resident cap asks the supervisor to
+/// evict at once (and only past it).
+#[test]
+fn going_past_the_resident_cap_asks_for_an_eviction_at_once() {
+    runtime().block_on(async {
+        let clock = ManualClock::new(START);
+        let store = ProbeStore::new(Limits::default());
+        let config = EngineConfig {
+            resident_max: 10,
+            supervisor_tick: Duration::from_secs(3_600),
+            ..config(&clock, Dispatch::Inline)
+        };
+        let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
+        let users: Vec<AccountId> = (100..111).map(AccountId).collect();
+        for user in &users {
+            tally
+                .open_account(*user, AccountSpec::user())
+                .await
+                .unwrap();
+        }
+        // Exactly at the cap: nothing to do (give the supervisor time to do it anyway).
+        for user in &users[..10] {
+            clock.advance(1);
+            tally.balance(*user).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(tally.resident_accounts(), 10);
+        // One past it.
+        clock.advance(1);
+        tally.balance(users[10]).await.unwrap();
+        assert!(
+            eventually(|| tally.resident_accounts() <= 10).await,
+            "{} resident past a cap of 10 with no eviction",
+            tally.resident_accounts()
+        );
+    });
+}
