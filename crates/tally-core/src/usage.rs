@@ -288,11 +288,15 @@ impl UsageBook {
                 app,
                 endpoint: endpoint.clone(),
             };
-            series
-                .entries
-                .entry(key.clone())
-                .or_default()
-                .add(usage, amount);
+            // One allocation (the key's endpoint) per granularity, a second only for a new entry.
+            match series.entries.get_mut(&key) {
+                Some(totals) => totals.add(usage, amount),
+                None => {
+                    let mut totals = UsageTotals::default();
+                    totals.add(usage, amount);
+                    series.entries.insert(key.clone(), totals);
+                }
+            }
             series.newest = series.newest.max(bucket);
             if self.track_changes {
                 self.changed.insert((granularity, key));
