@@ -185,6 +185,14 @@ async fn an_apps_cap_limits_each_user_separately_and_other_apps_not_at_all() {
     let e = w.tally.charge(op(), ALICE, APP, 1, "").await.unwrap_err();
     assert_eq!(cap_exceeded(e), ("app per user per day", 500, 500, 1));
     w.tally.charge(op(), ALICE, other, 5_000, "").await.unwrap();
+    // Spending at the other app is counted there, not at this one.
+    w.tally
+        .set_spend_cap(LimitScope::App(other), Some(5_000))
+        .unwrap();
+    let e = w.tally.charge(op(), ALICE, APP, 1, "").await.unwrap_err();
+    assert_eq!(cap_exceeded(e).2, 500);
+    let e = w.tally.charge(op(), ALICE, other, 1, "").await.unwrap_err();
+    assert_eq!(cap_exceeded(e).2, 5_000);
     // A cap of u64::MAX is not an amount.
     assert!(w
         .tally

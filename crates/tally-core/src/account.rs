@@ -224,7 +224,7 @@ pub struct Account {
 }
 
 /// Milliseconds in a day: spend caps count per UTC day of the records' timestamps.
-pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+pub const DAY_MS: u64 = 86_400_000;
 
 /// Posted spending (commits and charges) of one UTC day, in total and per app. Only the day of
 /// the newest record is kept, so its size is bounded by the apps an account uses in one day.
