@@ -193,6 +193,11 @@ async fn an_apps_cap_limits_each_user_separately_and_other_apps_not_at_all() {
     assert_eq!(cap_exceeded(e).2, 500);
     let e = w.tally.charge(op(), ALICE, other, 1, "").await.unwrap_err();
     assert_eq!(cap_exceeded(e).2, 5_000);
+    let alice = w.tally.account(ALICE).await.unwrap();
+    let now = w.tally.now();
+    assert_eq!(alice.spent_on_day(now, APP), (5_500, 500));
+    assert_eq!(alice.spent_on_day(now, other), (5_500, 5_000));
+    assert_eq!(alice.spent_on_day(tally::Timestamp(now.0 + DAY_MS), APP), (0, 0));
     // A cap of u64::MAX is not an amount.
     assert!(w
         .tally
