@@ -197,10 +197,48 @@ async fn an_apps_cap_limits_each_user_separately_and_other_apps_not_at_all() {
     let now = w.tally.now();
     assert_eq!(alice.spent_on_day(now, APP), (5_500, 500));
     assert_eq!(alice.spent_on_day(now, other), (5_500, 5_000));
-    assert_eq!(alice.spent_on_day(tally::Timestamp(now.0 + DAY_MS), APP), (0, 0));
+    assert_eq!(
+        alice.spent_on_day(tally::Timestamp(now.0 + DAY_MS), APP),
+        (0, 0)
+    );
     // A cap of u64::MAX is not an amount.
     assert!(w
         .tally
         .set_spend_cap(LimitScope::App(APP), Some(u64::MAX))
         .is_err());
+}
+
+#[tokio::test]
+async fn an_apps_cap_counts_only_what_is_held_for_that_app() {
+    let w = World::new(1_000_000).await;
+    let other = AccountId(3);
+    w.tally
+        .open_account(other, AccountSpec::revenue())
+        .await
+        .unwrap();
+    w.tally
+        .set_spend_cap(LimitScope::App(other), Some(1_000))
+        .unwrap();
+    // 900 held for APP does not count against the cap at the other app...
+    w.tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 900))
+        .await
+        .unwrap();
+    let held = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, other, 600))
+        .await
+        .unwrap();
+    // ... but what is held for the other app does.
+    let e = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, other, 401))
+        .await
+        .unwrap_err();
+    assert_eq!(cap_exceeded(e), ("app per user per day", 1_000, 600, 401));
+    w.tally.void(op(), held).await.unwrap();
+    w.tally
+        .reserve(op(), ReserveRequest::new(ALICE, other, 1_000))
+        .await
+        .unwrap();
 }

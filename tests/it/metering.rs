@@ -233,3 +233,60 @@ async fn record_funding_update_moves_the_difference_and_checks_the_old_total() {
     let w = w.reopen().await;
     assert_eq!(w.tally.account(ALICE).await.unwrap().funded(), 2_300);
 }
+
+#[tokio::test]
+async fn a_retry_that_reports_other_usage_is_a_conflict_naming_usage() {
+    let w = World::new(1_000_000).await;
+    let tokens = |input, output| Usage {
+        input_tokens: input,
+        output_tokens: output,
+        ..Usage::default()
+    };
+    let first = op();
+    w.tally
+        .charge_with_usage(first, ALICE, APP, 100, "/chat", tokens(10, 20))
+        .await
+        .unwrap();
+    w.tally
+        .charge_with_usage(first, ALICE, APP, 100, "/chat", tokens(10, 20))
+        .await
+        .unwrap();
+    for other in [
+        tokens(10, 21),
+        tokens(11, 20),
+        tokens(20, 10),
+        Usage::default(),
+    ] {
+        let e = w
+            .tally
+            .charge_with_usage(first, ALICE, APP, 100, "/chat", other)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            ledger(e),
+            tally::LedgerError::IdempotencyConflict {
+                op: first,
+                field: "usage"
+            }
+        );
+    }
+    let hold = w
+        .tally
+        .reserve(op(), tally::ReserveRequest::new(ALICE, APP, 500))
+        .await
+        .unwrap();
+    let commit = op();
+    w.tally
+        .commit_with_usage(commit, hold, 300, tokens(1, 2))
+        .await
+        .unwrap();
+    let e = w
+        .tally
+        .commit_with_usage(commit, hold, 300, tokens(2, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        ledger(e),
+        tally::LedgerError::IdempotencyConflict { field: "usage", .. }
+    ));
+}
