@@ -140,3 +140,28 @@ fn sums_never_overflow_and_filters_select_exactly() {
     assert_eq!(top.len(), 1);
     assert_eq!(top[0].0, USER);
 }
+
+#[test]
+fn a_restored_book_remembers_from_when_it_is_complete() {
+    let mut saved = UsageBook::new(UsageConfig {
+        entries_max: 1,
+        ..UsageConfig::default()
+    });
+    saved.fold(&charge(0, 1, "/a", 0));
+    saved.fold(&charge(MINUTE, 1, "/a", 0));
+    let mut restored = UsageBook::new(UsageConfig::default());
+    for ((granularity, key), totals) in saved.take_changes() {
+        if let Some(totals) = totals {
+            restored.restore(granularity, key, totals);
+        }
+    }
+    for (granularity, from) in Granularity::ALL.into_iter().zip(saved.complete_from()) {
+        restored.restore_complete_from(granularity, from);
+    }
+    assert_eq!(restored.complete_from(), [MINUTE, 0, 0]);
+    assert!(!restored.report(&all(Granularity::Minute)).complete);
+    assert_eq!(
+        restored.report(&all(Granularity::Minute)),
+        saved.report(&all(Granularity::Minute))
+    );
+}
