@@ -165,3 +165,37 @@ fn a_restored_book_remembers_from_when_it_is_complete() {
         saved.report(&all(Granularity::Minute))
     );
 }
+
+#[test]
+fn changes_a_save_could_not_store_are_listed_again() {
+    let mut book = UsageBook::new(UsageConfig::default());
+    assert!(book.is_empty());
+    book.fold(&charge(0, 5, "/a", 0));
+    assert!(!book.is_empty());
+    let taken = book.take_changes();
+    assert_eq!(taken.len(), 3, "one entry per granularity");
+    assert!(book.take_changes().is_empty());
+    book.return_changes(taken.clone());
+    assert_eq!(book.take_changes(), taken);
+    // A book nobody saves keeps no change set.
+    let mut unsaved = UsageBook::unsaved(UsageConfig::default());
+    unsaved.fold(&charge(0, 5, "/a", 0));
+    unsaved.return_changes(taken);
+    assert!(unsaved.take_changes().is_empty());
+    assert_eq!(unsaved.len(), 3);
+}
+
+#[test]
+fn a_report_has_one_row_per_bucket_whoever_used_it() {
+    let mut book = UsageBook::new(UsageConfig::default());
+    book.fold(&charge(1, 5, "/a", 1));
+    book.fold(&charge(2, 7, "/b", 2));
+    book.fold(&charge(MINUTE, 11, "/a", 4));
+    let report = book.report(&all(Granularity::Minute));
+    let rows: Vec<_> = report
+        .buckets
+        .iter()
+        .map(|(t, u)| (t.0, u.calls, u.cost, u.input_tokens))
+        .collect();
+    assert_eq!(rows, vec![(0, 2, 12, 3), (MINUTE, 1, 11, 4)]);
+}
