@@ -21,7 +21,7 @@
 //! first, and the granularity remembers from when it is complete: a query reaching further back
 //! says so ([`UsageReport::complete`] is false).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -195,10 +195,12 @@ impl UsageQuery {
         self
     }
 
-    fn matches(&self, key: &UsageKey) -> bool {
-        self.account.is_none_or(|a| a == key.account)
-            && self.app.is_none_or(|a| a == key.app)
-            && self.endpoint.as_ref().is_none_or(|e| *e == key.endpoint)
+    fn matches_pair(&self, (account, app): (AccountId, AccountId)) -> bool {
+        self.account.is_none_or(|a| a == account) && self.app.is_none_or(|a| a == app)
+    }
+
+    fn matches_endpoint(&self, endpoint: &str) -> bool {
+        self.endpoint.as_deref().is_none_or(|e| e == endpoint)
     }
 }
 
@@ -216,7 +218,11 @@ pub struct UsageReport {
 
 #[derive(Clone, Debug, Default)]
 struct Series {
-    entries: BTreeMap<UsageKey, UsageTotals>,
+    /// Bucket start → (account, app) → endpoint → sums: the current bucket is found by an
+    /// integer key and an entry by hashing, with no allocation when it exists.
+    buckets: BTreeMap<u64, ByPair>,
+    /// Entries over all buckets.
+    entries: usize,
     /// Buckets before this start were (partly) dropped.
     complete_from: u64,
     /// The newest bucket seen.
@@ -228,8 +234,10 @@ struct Series {
 pub struct UsageBook {
     config: UsageConfig,
     series: [Series; 3],
-    /// Entries changed (or dropped) since [`UsageBook::take_changes`], for incremental saves.
-    changed: BTreeSet<(Granularity, UsageKey)>,
+    /// Entries changed (or dropped) since [`UsageBook::take_changes`], for incremental saves:
+    /// (granularity, bucket, account, app) → endpoints, so marking an entry already marked
+    /// allocates nothing.
+    changed: HashMap<(Granularity, u64, AccountId, AccountId), HashSet<String>>,
     /// Whether to keep `changed` at all (a book nobody saves does not).
     track_changes: bool,
 }
@@ -282,31 +290,38 @@ impl UsageBook {
                 // Older than what this granularity keeps: it would be dropped at once.
                 continue;
             }
-            let key = UsageKey {
-                bucket,
-                account: record.account,
-                app,
-                endpoint: endpoint.clone(),
-            };
-            // One allocation (the key's endpoint) per granularity, a second only for a new entry.
-            match series.entries.get_mut(&key) {
+            let by_endpoint = series
+                .buckets
+                .entry(bucket)
+                .or_default()
+                .entry((record.account, app))
+                .or_default();
+            match by_endpoint.get_mut(endpoint.as_str()) {
                 Some(totals) => totals.add(usage, amount),
                 None => {
                     let mut totals = UsageTotals::default();
                     totals.add(usage, amount);
-                    series.entries.insert(key.clone(), totals);
+                    by_endpoint.insert(endpoint.clone(), totals);
+                    series.entries += 1;
                 }
             }
             series.newest = series.newest.max(bucket);
             if self.track_changes {
-                self.changed.insert((granularity, key));
+                let endpoints = self
+                    .changed
+                    .entry((granularity, bucket, record.account, app))
+                    .or_default();
+                if !endpoints.contains(endpoint.as_str()) {
+                    endpoints.insert(endpoint.clone());
+                }
             }
             self.prune(granularity);
         }
         true
     }
 
-    /// Drops the oldest entries of a granularity past its retention or its entry bound.
+    /// Drops the oldest entries of a granularity past its retention or its entry bound: whole
+    /// buckets past the retention, single entries of the oldest bucket past the bound.
     fn prune(&mut self, granularity: Granularity) {
         let index = granularity.index();
         let width = granularity.width_ms();
@@ -314,23 +329,70 @@ impl UsageBook {
         let horizon = series
             .newest
             .saturating_sub(self.config.retention_ms[index]);
-        while let Some(first) = series.entries.first_key_value().map(|(k, _)| k.clone()) {
-            if first.bucket >= horizon && series.entries.len() <= self.config.entries_max {
+        while let Some(mut oldest) = series.buckets.first_entry() {
+            let bucket = *oldest.key();
+            let too_old = bucket < horizon;
+            if !too_old && series.entries <= self.config.entries_max {
                 break;
             }
-            series.entries.remove(&first);
-            series.complete_from = series.complete_from.max(first.bucket.saturating_add(width));
+            let by_pair = oldest.get_mut();
+            let mut dropped = Vec::new();
+            if too_old {
+                for ((account, app), by_endpoint) in by_pair.drain() {
+                    for (endpoint, _) in by_endpoint {
+                        dropped.push((account, app, endpoint));
+                    }
+                }
+            } else if let Some(&pair) = by_pair.keys().next() {
+                if let Some(by_endpoint) = by_pair.get_mut(&pair) {
+                    if let Some(endpoint) = by_endpoint.keys().next().cloned() {
+                        by_endpoint.remove(&endpoint);
+                        dropped.push((pair.0, pair.1, endpoint));
+                    }
+                    if by_endpoint.is_empty() {
+                        by_pair.remove(&pair);
+                    }
+                }
+            }
+            if by_pair.is_empty() {
+                oldest.remove();
+            }
+            series.entries = series.entries.saturating_sub(dropped.len());
+            series.complete_from = series.complete_from.max(bucket.saturating_add(width));
             if self.track_changes {
-                self.changed.insert((granularity, first));
+                for (account, app, endpoint) in dropped {
+                    self.changed
+                        .entry((granularity, bucket, account, app))
+                        .or_default()
+                        .insert(endpoint);
+                }
             }
         }
+    }
+
+    fn get(&self, granularity: Granularity, key: &UsageKey) -> Option<UsageTotals> {
+        self.series[granularity.index()]
+            .buckets
+            .get(&key.bucket)?
+            .get(&(key.account, key.app))?
+            .get(key.endpoint.as_str())
+            .copied()
     }
 
     /// Restores a saved entry (when a store reopens).
     pub fn restore(&mut self, granularity: Granularity, key: UsageKey, totals: UsageTotals) {
         let series = &mut self.series[granularity.index()];
         series.newest = series.newest.max(key.bucket);
-        series.entries.insert(key, totals);
+        let previous = series
+            .buckets
+            .entry(key.bucket)
+            .or_default()
+            .entry((key.account, key.app))
+            .or_default()
+            .insert(key.endpoint, totals);
+        if previous.is_none() {
+            series.entries += 1;
+        }
     }
 
     /// Restores from when a granularity is complete (when a store reopens).
@@ -347,26 +409,44 @@ impl UsageBook {
 
     /// The entries changed or dropped since the last call, for an incremental save.
     pub fn take_changes(&mut self) -> Vec<UsageChange> {
-        std::mem::take(&mut self.changed)
+        let mut changes: Vec<UsageChange> = std::mem::take(&mut self.changed)
             .into_iter()
+            .flat_map(|((granularity, bucket, account, app), endpoints)| {
+                endpoints.into_iter().map(move |endpoint| {
+                    let key = UsageKey {
+                        bucket,
+                        account,
+                        app,
+                        endpoint,
+                    };
+                    (granularity, key)
+                })
+            })
             .map(|(granularity, key)| {
-                let totals = self.series[granularity.index()].entries.get(&key).copied();
+                let totals = self.get(granularity, &key);
                 ((granularity, key), totals)
             })
-            .collect()
+            .collect();
+        changes.sort_by(|(a, _), (b, _)| a.cmp(b));
+        changes
     }
 
     /// Gives back changes [`UsageBook::take_changes`] took and a save could not store: the
     /// next take lists them again, with their sums as they are then (or as dropped).
     pub fn return_changes(&mut self, changes: Vec<UsageChange>) {
         if self.track_changes {
-            self.changed.extend(changes.into_iter().map(|(key, _)| key));
+            for ((granularity, key), _) in changes {
+                self.changed
+                    .entry((granularity, key.bucket, key.account, key.app))
+                    .or_default()
+                    .insert(key.endpoint);
+            }
         }
     }
 
     /// Entries kept, over all granularities.
     pub fn len(&self) -> usize {
-        self.series.iter().map(|s| s.entries.len()).sum()
+        self.series.iter().map(|s| s.entries).sum()
     }
 
     /// Whether nothing is kept.
@@ -382,11 +462,14 @@ impl UsageBook {
             complete: from >= series.complete_from,
             ..UsageReport::default()
         };
-        for (key, totals) in self.range(query) {
-            report.totals.merge(totals);
-            match report.buckets.last_mut() {
-                Some((start, sums)) if start.0 == key.bucket => sums.merge(totals),
-                _ => report.buckets.push((Timestamp(key.bucket), *totals)),
+        for (bucket, by_pair) in self.buckets(query) {
+            let mut sums = UsageTotals::default();
+            for (_, totals) in matching(query, by_pair) {
+                sums.merge(totals);
+            }
+            if sums.calls > 0 {
+                report.totals.merge(&sums);
+                report.buckets.push((Timestamp(bucket), sums));
             }
         }
         report
@@ -396,8 +479,10 @@ impl UsageBook {
     /// first (ties by account id); each with its sums.
     pub fn top_users(&self, query: &UsageQuery, n: usize) -> Vec<(AccountId, UsageTotals)> {
         let mut by_account: BTreeMap<AccountId, UsageTotals> = BTreeMap::new();
-        for (key, totals) in self.range(query) {
-            by_account.entry(key.account).or_default().merge(totals);
+        for (_, by_pair) in self.buckets(query) {
+            for (account, totals) in matching(query, by_pair) {
+                by_account.entry(account).or_default().merge(totals);
+            }
         }
         let mut top: Vec<_> = by_account.into_iter().collect();
         top.sort_by(|(a, x), (b, y)| y.cost.cmp(&x.cost).then(a.cmp(b)));
@@ -405,22 +490,34 @@ impl UsageBook {
         top
     }
 
-    fn range<'a>(
-        &'a self,
-        query: &'a UsageQuery,
-    ) -> impl Iterator<Item = (&'a UsageKey, &'a UsageTotals)> + 'a {
+    /// The buckets of `query`'s granularity whose start lies in its range.
+    fn buckets<'a>(&'a self, query: &UsageQuery) -> impl Iterator<Item = (u64, &'a ByPair)> + 'a {
         let series = &self.series[query.granularity.index()];
         let from = query.granularity.bucket(query.from);
-        let start = UsageKey {
-            bucket: from,
-            account: AccountId(0),
-            app: AccountId(0),
-            endpoint: String::new(),
-        };
+        let to = query.to.0;
         series
-            .entries
-            .range(start..)
-            .take_while(move |(key, _)| key.bucket < query.to.0)
-            .filter(move |(key, _)| query.matches(key))
+            .buckets
+            .range(from..)
+            .take_while(move |(bucket, _)| **bucket < to)
+            .map(|(bucket, by_pair)| (*bucket, by_pair))
     }
+}
+
+/// One bucket's entries: (account, app) → endpoint → sums.
+type ByPair = HashMap<(AccountId, AccountId), HashMap<String, UsageTotals>>;
+
+/// The entries of one bucket that `query` selects, with their account.
+fn matching<'a>(
+    query: &'a UsageQuery,
+    by_pair: &'a ByPair,
+) -> impl Iterator<Item = (AccountId, &'a UsageTotals)> + 'a {
+    by_pair
+        .iter()
+        .filter(move |(pair, _)| query.matches_pair(**pair))
+        .flat_map(move |((account, _), by_endpoint)| {
+            by_endpoint
+                .iter()
+                .filter(move |(endpoint, _)| query.matches_endpoint(endpoint))
+                .map(move |(_, totals)| (*account, totals))
+        })
 }
