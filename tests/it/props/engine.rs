@@ -46,6 +46,27 @@ async fn eventually(mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+/// An engine capped at 10 resident accounts (Inline dispatch, the supervisor ticking every
+/// `tick`) with `n` users opened, none of them resident yet.
+async fn capped_world(tick: Duration, n: u64) -> (Tally, ProbeStore, ManualClock, Vec<AccountId>) {
+    let clock = ManualClock::new(START);
+    let store = ProbeStore::new(Limits::default());
+    let config = EngineConfig {
+        resident_max: 10,
+        supervisor_tick: tick,
+        ..config(&clock, Dispatch::Inline)
+    };
+    let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
+    let users: Vec<AccountId> = (100..100 + n).map(AccountId).collect();
+    for user in &users {
+        tally
+            .open_account(*user, AccountSpec::user())
+            .await
+            .unwrap();
+    }
+    (tally, store, clock, users)
+}
+
 fn saved_ids(events: &[Event]) -> Vec<AccountId> {
     let mut ids: Vec<AccountId> = events
         .iter()
@@ -65,21 +86,7 @@ fn saved_ids(events: &[Event]) -> Vec<AccountId> {
 #[test]
 fn the_resident_cap_passivates_the_least_recently_used_accounts() {
     runtime().block_on(async {
-        let clock = ManualClock::new(START);
-        let store = ProbeStore::new(Limits::default());
-        let config = EngineConfig {
-            resident_max: 10,
-            supervisor_tick: Duration::from_millis(2),
-            ..config(&clock, Dispatch::Inline)
-        };
-        let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
-        let users: Vec<AccountId> = (100..130).map(AccountId).collect();
-        for user in &users {
-            tally
-                .open_account(*user, AccountSpec::user())
-                .await
-                .unwrap();
-        }
+        let (tally, store, clock, users) = capped_world(Duration::from_millis(2), 30).await;
         store.take_events();
 
         // Wave 1: 20 accounts, oldest access first (the last one opened, whose record is the
@@ -384,21 +391,7 @@ fn transfers_racing_passivation_retry_and_lose_nothing() {
 #[test]
 fn going_past_the_resident_cap_asks_for_an_eviction_at_once() {
     runtime().block_on(async {
-        let clock = ManualClock::new(START);
-        let store = ProbeStore::new(Limits::default());
-        let config = EngineConfig {
-            resident_max: 10,
-            supervisor_tick: Duration::from_secs(3_600),
-            ..config(&clock, Dispatch::Inline)
-        };
-        let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
-        let users: Vec<AccountId> = (100..111).map(AccountId).collect();
-        for user in &users {
-            tally
-                .open_account(*user, AccountSpec::user())
-                .await
-                .unwrap();
-        }
+        let (tally, _store, clock, users) = capped_world(Duration::from_secs(3_600), 11).await;
         // Exactly at the cap: nothing to do (give the supervisor time to do it anyway).
         for user in &users[..10] {
             clock.advance(1);
