@@ -472,6 +472,30 @@ pub enum Leg {
     Debit(AccountId, Amount),
 }
 
+/// How one record changes one account's totals (see [`Record::effect_on`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effect {
+    /// Added to `credits_posted`.
+    pub credits: u128,
+    /// Added to `debits_posted`.
+    pub debits: u128,
+    /// Added to `debits_pending` (a hold made).
+    pub held: u128,
+    /// Taken from `debits_pending` (a hold resolved: posted, voided or expired).
+    pub released: u128,
+}
+
+impl Effect {
+    /// Adds the effect to totals (posted credits, posted debits, pending debits), saturating.
+    pub fn add_to(&self, credits_posted: &mut u128, debits_posted: &mut u128, pending: &mut u128) {
+        *credits_posted = credits_posted.saturating_add(self.credits);
+        *debits_posted = debits_posted.saturating_add(self.debits);
+        *pending = pending
+            .saturating_add(self.held)
+            .saturating_sub(self.released);
+    }
+}
+
 impl Record {
     /// The counterparty's leg, if the change moved money between two accounts.
     pub fn leg(&self) -> Option<Leg> {
@@ -494,6 +518,66 @@ impl Record {
             | Change::Reserved { .. }
             | Change::Voided { .. }
             | Change::Expired { .. } => None,
+        }
+    }
+
+    /// How this record changes the totals of `account`: the account that made it, or the
+    /// counterparty whose leg it carries; nothing for any other account. The one statement of
+    /// each change's arithmetic, used by `apply`, `apply_leg` and balance histories.
+    pub fn effect_on(&self, account: AccountId) -> Effect {
+        if account != self.account {
+            return match self.leg() {
+                Some(Leg::Credit(id, amount)) if id == account => Effect {
+                    credits: amount.wide(),
+                    ..Effect::default()
+                },
+                Some(Leg::Debit(id, amount)) if id == account => Effect {
+                    debits: amount.wide(),
+                    ..Effect::default()
+                },
+                _ => Effect::default(),
+            };
+        }
+        let credits = |amount: &Amount| Effect {
+            credits: amount.wide(),
+            ..Effect::default()
+        };
+        let debits = |amount: &Amount| Effect {
+            debits: amount.wide(),
+            ..Effect::default()
+        };
+        match &self.change {
+            Change::Opened { .. } => Effect::default(),
+            Change::Funded { amount, .. } | Change::Refunded { amount, .. } => credits(amount),
+            Change::FundingUpdated { old, new, .. } => match new.checked_sub(*old) {
+                Some(up) => credits(&up),
+                None => old
+                    .checked_sub(*new)
+                    .map_or_else(Effect::default, |d| debits(&d)),
+            },
+            Change::Reserved { amount, .. } => Effect {
+                held: amount.wide(),
+                ..Effect::default()
+            },
+            Change::Committed {
+                amount_posted,
+                amount_released,
+                ..
+            } => Effect {
+                debits: amount_posted.wide(),
+                released: amount_posted.wide().saturating_add(amount_released.wide()),
+                ..Effect::default()
+            },
+            Change::Voided {
+                amount_released, ..
+            }
+            | Change::Expired {
+                amount_released, ..
+            } => Effect {
+                released: amount_released.wide(),
+                ..Effect::default()
+            },
+            Change::Charged { amount, .. } | Change::Transferred { amount, .. } => debits(amount),
         }
     }
 

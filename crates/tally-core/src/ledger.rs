@@ -2,7 +2,7 @@
 //! applying the record (`apply`, `apply_leg`). Deciding never mutates; applying never fails.
 
 use crate::account::Remembered;
-use crate::command::Leg;
+use crate::command::{Effect, Leg};
 use crate::{
     Account, AccountId, AccountKind, AccountSpec, Amount, Change, Command, Error, Hold, HoldId,
     HoldStatus, Limits, OpId, Origin, Outcome, Posting, PostingId, Record, Request, Timestamp,
@@ -454,22 +454,13 @@ impl Account {
             "record applied to the wrong account"
         );
         self.last_seq = self.last_seq.max(seq);
+        self.add_effect(record.effect_on(self.id));
         match &record.change {
             Change::Opened { .. } => {}
             Change::Funded { amount, .. } => {
-                self.credits_posted = self.credits_posted.saturating_add(amount.wide());
                 self.funded = self.funded.saturating_add(amount.wide());
             }
-            Change::FundingUpdated { old, new, .. } => {
-                if new >= old {
-                    let up = new.wide() - old.wide();
-                    self.credits_posted = self.credits_posted.saturating_add(up);
-                } else {
-                    let down = old.wide() - new.wide();
-                    self.debits_posted = self.debits_posted.saturating_add(down);
-                }
-                self.funded = new.wide();
-            }
+            Change::FundingUpdated { new, .. } => self.funded = new.wide(),
             Change::Reserved {
                 hold,
                 app,
@@ -478,7 +469,6 @@ impl Account {
                 endpoint,
                 metadata,
             } => {
-                self.debits_pending = self.debits_pending.saturating_add(amount.wide());
                 self.next_seq = self.next_seq.max(hold.saturating_add(1));
                 self.deadlines.insert((*expires_at, *hold));
                 self.holds.insert(
@@ -508,7 +498,6 @@ impl Account {
                 posting,
                 ..
             } => {
-                self.debits_posted = self.debits_posted.saturating_add(amount_posted.wide());
                 let posting_id = PostingId {
                     account: self.id,
                     seq: *posting,
@@ -532,21 +521,17 @@ impl Account {
                 posting,
                 ..
             } => {
-                self.debits_posted = self.debits_posted.saturating_add(amount.wide());
                 self.add_posting(*posting, *app, *amount, record.at, limits);
                 self.spend.add(record.at, *app, *amount);
             }
             Change::Refunded {
                 posting, amount, ..
             } => {
-                self.credits_posted = self.credits_posted.saturating_add(amount.wide());
                 if let Some(p) = self.postings.get_mut(posting) {
                     p.amount_refunded = p.amount_refunded.checked_add(*amount).unwrap_or(p.amount);
                 }
             }
-            Change::Transferred { amount, .. } => {
-                self.debits_posted = self.debits_posted.saturating_add(amount.wide());
-            }
+            Change::Transferred { .. } => {}
         }
         if let (Some(op), Some(command)) = (record.op, record.command()) {
             self.remember(
@@ -565,15 +550,19 @@ impl Account {
     /// debit of a revenue account by a refund, the credit of a transfer's target.
     pub fn apply_leg(&mut self, record: &Record, seq: u64) {
         self.last_seq = self.last_seq.max(seq);
-        match record.leg() {
-            Some(Leg::Credit(id, amount)) if id == self.id => {
-                self.credits_posted = self.credits_posted.saturating_add(amount.wide());
-            }
-            Some(Leg::Debit(id, amount)) if id == self.id => {
-                self.debits_posted = self.debits_posted.saturating_add(amount.wide());
-            }
-            _ => debug_assert!(false, "leg applied to the wrong account"),
-        }
+        debug_assert!(
+            matches!(record.leg(), Some(Leg::Credit(id, _) | Leg::Debit(id, _)) if id == self.id),
+            "leg applied to the wrong account"
+        );
+        self.add_effect(record.effect_on(self.id));
+    }
+
+    fn add_effect(&mut self, effect: Effect) {
+        effect.add_to(
+            &mut self.credits_posted,
+            &mut self.debits_posted,
+            &mut self.debits_pending,
+        );
     }
 
     fn resolve(
@@ -592,7 +581,6 @@ impl Account {
         h.status = status;
         h.resolved_at = Some(at);
         update(h);
-        self.debits_pending = self.debits_pending.saturating_sub(h.amount.wide());
         self.deadlines.remove(&(h.expires_at, hold));
         self.resolved_order.push_back(hold);
         self.next_seq = self.next_seq.max(hold.saturating_add(1));

@@ -32,7 +32,7 @@ pub use account::{
 };
 pub use amount::Amount;
 pub use audit::{audit, AuditReport, Auditor, Violation};
-pub use command::{Change, Command, Leg, Origin, Outcome, Record, Request};
+pub use command::{Change, Command, Effect, Leg, Origin, Outcome, Record, Request};
 pub use error::Error;
 pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp};
 pub use ledger::{Counterparty, DecideCtx, Decision, SpendCaps};

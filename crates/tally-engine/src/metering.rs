@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use tally_core::{
-    AccountId, Amount, Change, Command, Leg, OpId, Outcome, PostingId, Price, PricingError, Record,
-    Timestamp, Usage, UsageQuery, UsageReport, UsageTotals,
+    AccountId, Amount, Command, OpId, Outcome, PostingId, Price, PricingError, Record, Timestamp,
+    Usage, UsageQuery, UsageReport, UsageTotals,
 };
 
 use crate::{Committed, Error, HoldGuard, ReserveRequest, Tally, HISTORY_PAGE_MAX};
@@ -238,57 +238,10 @@ impl BalancePoint {
     }
 
     fn apply(&mut self, account: AccountId, record: &Record) {
-        if record.account != account {
-            match record.leg() {
-                Some(Leg::Credit(id, amount)) if id == account => self.credit(amount.wide()),
-                Some(Leg::Debit(id, amount)) if id == account => self.debit(amount.wide()),
-                _ => {}
-            }
-            return;
-        }
-        match &record.change {
-            Change::Opened { .. } => {}
-            Change::Funded { amount, .. } | Change::Refunded { amount, .. } => {
-                self.credit(amount.wide());
-            }
-            Change::FundingUpdated { old, new, .. } => {
-                if new >= old {
-                    self.credit(new.wide().saturating_sub(old.wide()));
-                } else {
-                    self.debit(old.wide().saturating_sub(new.wide()));
-                }
-            }
-            Change::Reserved { amount, .. } => {
-                self.debits_pending = self.debits_pending.saturating_add(amount.wide());
-            }
-            Change::Committed {
-                amount_posted,
-                amount_released,
-                ..
-            } => {
-                let held = amount_posted.wide().saturating_add(amount_released.wide());
-                self.debits_pending = self.debits_pending.saturating_sub(held);
-                self.debit(amount_posted.wide());
-            }
-            Change::Voided {
-                amount_released, ..
-            }
-            | Change::Expired {
-                amount_released, ..
-            } => {
-                self.debits_pending = self.debits_pending.saturating_sub(amount_released.wide());
-            }
-            Change::Charged { amount, .. } | Change::Transferred { amount, .. } => {
-                self.debit(amount.wide());
-            }
-        }
-    }
-
-    fn credit(&mut self, amount: u128) {
-        self.credits_posted = self.credits_posted.saturating_add(amount);
-    }
-
-    fn debit(&mut self, amount: u128) {
-        self.debits_posted = self.debits_posted.saturating_add(amount);
+        record.effect_on(account).add_to(
+            &mut self.credits_posted,
+            &mut self.debits_posted,
+            &mut self.debits_pending,
+        );
     }
 }
