@@ -37,6 +37,11 @@ pub fn config(clock: &ManualClock) -> EngineConfig {
 
 /// Opens the world's accounts: the bank (funding), the app (revenue), Alice and Bob (users).
 pub async fn open_accounts(tally: &Tally) {
+    open_accounts_with(tally, &[ALICE, BOB]).await;
+}
+
+/// Opens the bank (funding), the app (revenue) and `users`.
+pub async fn open_accounts_with(tally: &Tally, users: &[AccountId]) {
     tally
         .open_account(BANK, AccountSpec::funding())
         .await
@@ -45,11 +50,9 @@ pub async fn open_accounts(tally: &Tally) {
         .open_account(APP, AccountSpec::revenue())
         .await
         .unwrap();
-    tally
-        .open_account(ALICE, AccountSpec::user())
-        .await
-        .unwrap();
-    tally.open_account(BOB, AccountSpec::user()).await.unwrap();
+    for &user in users {
+        tally.open_account(user, AccountSpec::user()).await.unwrap();
+    }
 }
 
 /// An engine on the durable store `store_config` names. A store dropped a moment ago may still

@@ -231,19 +231,7 @@ fn an_earlier_deadline_re_arms_the_expiry_timer() {
                 ..config(&ManualClock::default(), dispatch)
             };
             let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
-            tally
-                .open_account(BANK, AccountSpec::funding())
-                .await
-                .unwrap();
-            tally
-                .open_account(APP, AccountSpec::revenue())
-                .await
-                .unwrap();
-            tally
-                .open_account(ALICE, AccountSpec::user())
-                .await
-                .unwrap();
-            tally.fund(OpId(1), ALICE, BANK, 1_000).await.unwrap();
+            super::open_alice_funded(&tally).await;
             let late = ReserveRequest::new(ALICE, APP, 100).timeout(Duration::from_secs(60));
             let late = tally.reserve(OpId(2), late).await.unwrap();
             // Let the actor arm its timer for the late deadline first, so the early one must

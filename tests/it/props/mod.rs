@@ -79,6 +79,17 @@ pub fn small_limits() -> Limits {
     }
 }
 
+/// Opens the bank (funding), the app (revenue) and Alice (user), and funds Alice with 1,000
+/// (operation id 1): the small world of the scenario tests.
+pub async fn open_alice_funded(tally: &Tally) {
+    use crate::support::{open_accounts_with, ALICE, BANK};
+    open_accounts_with(tally, &[ALICE]).await;
+    tally
+        .fund(tally::OpId(1), ALICE, BANK, 1_000)
+        .await
+        .unwrap();
+}
+
 /// The invariants of the design brief, checked on a set of accounts (every account of an
 /// engine, read from its state or its store) by sums of our own, not by the engine's audit.
 /// Holds are probed up to sequence number `seq_max`.

@@ -20,19 +20,7 @@ async fn gated_world(dispatch: tally::Dispatch) -> (Tally, ProbeStore) {
     let clock = tally::ManualClock::new(START);
     let config = engine_config(&clock, dispatch);
     let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
-    tally
-        .open_account(BANK, AccountSpec::funding())
-        .await
-        .unwrap();
-    tally
-        .open_account(APP, AccountSpec::revenue())
-        .await
-        .unwrap();
-    tally
-        .open_account(ALICE, AccountSpec::user())
-        .await
-        .unwrap();
-    tally.fund(OpId(1), ALICE, BANK, 1_000).await.unwrap();
+    super::open_alice_funded(&tally).await;
     (tally, store)
 }
 
