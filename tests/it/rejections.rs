@@ -124,11 +124,11 @@ async fn wrong_account_kinds_are_rejected() {
     rejected(
         &w,
         LedgerError::WrongAccountKind {
-            account: BOB,
-            actual: "user",
-            expected: "a revenue account",
+            account: BANK,
+            actual: "funding",
+            expected: "a revenue or user account",
         },
-        || w.tally.reserve(op(), ReserveRequest::new(ALICE, BOB, 5)),
+        || w.tally.reserve(op(), ReserveRequest::new(ALICE, BANK, 5)),
     )
     .await;
     rejected(

@@ -149,7 +149,7 @@ impl Account {
             } => {
                 positive(*amount, "amount")?;
                 self.require_kind(AccountKind::User, "a user account")?;
-                require_counterparty(ctx, *app, Some(AccountKind::Revenue), "a revenue account")?;
+                self.require_payee(ctx, *app)?;
                 let limits = ctx.limits;
                 if *timeout_ms < limits.hold_timeout_ms_min
                     || *timeout_ms > limits.hold_timeout_ms_max
@@ -220,7 +220,7 @@ impl Account {
             } => {
                 positive(*amount, "amount")?;
                 self.require_kind(AccountKind::User, "a user account")?;
-                require_counterparty(ctx, *app, Some(AccountKind::Revenue), "a revenue account")?;
+                self.require_payee(ctx, *app)?;
                 bounded_text(endpoint, "endpoint", ctx.limits.endpoint_bytes_max)?;
                 bounded_text(metadata, "metadata", ctx.limits.metadata_bytes_max)?;
                 self.debit_fits(*amount)?;
@@ -237,6 +237,19 @@ impl Account {
             Command::Refund { posting, amount } => {
                 positive(*amount, "amount")?;
                 let found = self.retained_posting(*posting)?;
+                // A refund's debit of the payee may not be refused, which only a revenue account
+                // can take (it may go below zero; a user may not): money paid to a user goes
+                // back by a transfer, which the user decides.
+                if let Some(cp) = ctx.counterparty.filter(|cp| cp.id == found.app) {
+                    if cp.kind == AccountKind::User {
+                        return Err(Error::WrongAccountKind {
+                            account: found.app,
+                            actual: cp.kind.name(),
+                            expected:
+                                "a revenue account (a payment to a user is returned by a transfer)",
+                        });
+                    }
+                }
                 let refundable = found.refundable();
                 if *amount > refundable {
                     return Err(Error::RefundExceedsPosting {
@@ -365,6 +378,23 @@ impl Account {
         } else {
             Err(self.wrong_kind(expected))
         }
+    }
+
+    /// The payee of a hold or charge: an app's revenue account or another user (a transfer
+    /// between users of a delegated-payment service), never a funding account or itself.
+    fn require_payee(&self, ctx: &DecideCtx<'_>, app: AccountId) -> Result<(), Error> {
+        if app == self.id {
+            return Err(Error::SameAccount { account: self.id });
+        }
+        let cp = require_counterparty(ctx, app, None, "a revenue or user account")?;
+        if cp.kind == AccountKind::Funding {
+            return Err(Error::WrongAccountKind {
+                account: app,
+                actual: cp.kind.name(),
+                expected: "a revenue or user account",
+            });
+        }
+        Ok(())
     }
 
     fn wrong_kind(&self, expected: &'static str) -> Error {

@@ -618,6 +618,12 @@ impl Tally {
         Ok(auditor.finish())
     }
 
+    /// Why the engine fail-stopped (a write or sync failed and writes are refused until it is
+    /// reopened), or `None` while it accepts writes.
+    pub fn storage_failed(&self) -> Option<Arc<str>> {
+        self.shared.durable.borrow().failed.clone()
+    }
+
     /// Accounts resident now.
     pub fn resident_accounts(&self) -> usize {
         self.shared.resident.len()

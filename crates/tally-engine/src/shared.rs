@@ -269,8 +269,8 @@ impl Shared {
             .remove_if(&slot.id, |_, routed| std::ptr::eq(routed.as_ref(), slot));
     }
 
-    fn counterparty(&self, request: &Request) -> Option<Counterparty> {
-        let id = request.command.counterparty()?;
+    fn counterparty(&self, id: Option<AccountId>) -> Option<Counterparty> {
+        let id = id?;
         self.directory.get(&id).map(|spec| Counterparty {
             id,
             kind: spec.kind,
@@ -280,8 +280,9 @@ impl Shared {
     /// Decides `request` on the account of `slot`, journals the record and applies it (to the
     /// counterparty too). Runs inside the account's actor, one request at a time.
     pub(crate) fn execute(self: &Arc<Self>, slot: &Slot, request: &Request) -> Reply<Outcome> {
-        let counterparty = self.counterparty(request);
         let leg_id = slot.state.lock().account.leg_counterparty(&request.command);
+        // The named counterparty, or else the leg's (the payee of a refund's posting).
+        let counterparty = self.counterparty(request.command.counterparty().or(leg_id));
         let mut attempts = 0u32;
         loop {
             attempts += 1;

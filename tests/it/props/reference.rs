@@ -244,6 +244,18 @@ impl Ledger {
         }
     }
 
+    /// The payee of a hold or charge: a revenue or another user account.
+    fn payee(&self, id: AccountId, app: AccountId) -> Result<(), Error> {
+        if app == id {
+            return Err(ledger_err(LedgerError::SameAccount { account: id }));
+        }
+        let acct = self.acct(app)?;
+        if acct.spec.kind == AccountKind::Funding {
+            return Err(wrong_kind(app, acct.spec.kind, "a revenue or user account"));
+        }
+        Ok(())
+    }
+
     /// A debit of `value` must keep an account that may not overdraw at `available ≥ 0`.
     fn funds(&self, id: AccountId, value: u64) -> Result<(), Error> {
         let acct = self.acct(id)?;
@@ -470,7 +482,7 @@ impl Ledger {
                 if kind != AccountKind::User {
                     return Err(wrong_kind(id, kind, "a user account"));
                 }
-                self.need(*app, Some(AccountKind::Revenue), "a revenue account")?;
+                self.payee(id, *app)?;
                 if *timeout_ms < limits.hold_timeout_ms_min
                     || *timeout_ms > limits.hold_timeout_ms_max
                 {
@@ -565,7 +577,7 @@ impl Ledger {
                 if kind != AccountKind::User {
                     return Err(wrong_kind(id, kind, "a user account"));
                 }
-                self.need(*app, Some(AccountKind::Revenue), "a revenue account")?;
+                self.payee(id, *app)?;
                 text("endpoint", endpoint, limits.endpoint_bytes_max)?;
                 self.funds(id, *value)?;
                 self.acct_mut(id).debits += u128::from(*value);
@@ -585,6 +597,14 @@ impl Ledger {
                     .ok_or(ledger_err(LedgerError::UnknownPosting {
                         posting: *posting,
                     }))?;
+                let payee_kind = self.accounts[&found.app].spec.kind;
+                if payee_kind == AccountKind::User {
+                    return Err(wrong_kind(
+                        found.app,
+                        payee_kind,
+                        "a revenue account (a payment to a user is returned by a transfer)",
+                    ));
+                }
                 let refundable = found.amount.get() - found.amount_refunded.get();
                 if *value > refundable {
                     return Err(ledger_err(LedgerError::RefundExceedsPosting {

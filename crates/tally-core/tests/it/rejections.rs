@@ -222,16 +222,10 @@ fn an_account_of_the_wrong_kind_is_rejected_naming_it() {
                 wrong(BANK, "funding", "a user or revenue account"),
             ),
             (
-                "reserve with a user account as the app",
-                USER,
-                reserve_with(USER2, 1, TIMEOUT_MS, "", ""),
-                wrong(USER2, "user", "a revenue account"),
-            ),
-            (
                 "reserve with the funding account as the app",
                 USER,
                 reserve_with(BANK, 1, TIMEOUT_MS, "", ""),
-                wrong(BANK, "funding", "a revenue account"),
+                wrong(BANK, "funding", "a revenue or user account"),
             ),
             (
                 "reserve on a revenue account",
@@ -246,10 +240,10 @@ fn an_account_of_the_wrong_kind_is_rejected_naming_it() {
                 wrong(BANK, "funding", "a user account"),
             ),
             (
-                "charge with a user account as the app",
+                "charge with the funding account as the app",
                 USER,
-                charge_with(USER2, 1, "", ""),
-                wrong(USER2, "user", "a revenue account"),
+                charge_with(BANK, 1, "", ""),
+                wrong(BANK, "funding", "a revenue or user account"),
             ),
             (
                 "charge on a revenue account",

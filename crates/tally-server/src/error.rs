@@ -1,0 +1,252 @@
+//! The one mapping from a typed error to an HTTP answer: a documented status and
+//! `{"error": {"code", "message", ...details}}` with one stable code per typed error.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use tally::{Error as EngineError, LedgerError};
+
+/// An error answer. `code` is stable (clients match on it); `message` is for people.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The stable code.
+    pub code: &'static str,
+    /// A human message naming the account, amounts and limit where there are any.
+    pub message: String,
+    /// Extra fields of the error object (`field`, `available`, `retry_after_ms`, ...).
+    pub details: Map<String, Value>,
+    /// `Retry-After` in seconds, for 429 and 503.
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Map::new(),
+            retry_after_s: None,
+        }
+    }
+
+    /// Adds a detail field.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// 400 `invalid_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 400 `invalid_field`, naming the field.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_field", message).with("field", field)
+    }
+
+    /// 401 `unauthenticated`.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    /// 503 `overloaded` with a Retry-After.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
+        e.retry_after_s = Some(1);
+        e
+    }
+
+    /// 500 `internal`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut error = Map::new();
+        error.insert("code".into(), Value::from(self.code));
+        error.insert("message".into(), Value::from(self.message.clone()));
+        for (k, v) in &self.details {
+            error.insert(k.clone(), v.clone());
+        }
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after_s {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+/// A signed 128-bit total as JSON: a number when it fits an `i64`/`u64`, else a decimal string.
+pub fn wide(value: i128) -> Value {
+    if let Ok(v) = i64::try_from(value) {
+        Value::from(v)
+    } else if let Ok(v) = u64::try_from(value) {
+        Value::from(v)
+    } else {
+        Value::from(value.to_string())
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        use LedgerError as L;
+        let message = e.to_string();
+        let s = |status: StatusCode, code: &'static str| ApiError::new(status, code, &message);
+        match e {
+            L::ZeroAmount { field } => {
+                s(StatusCode::BAD_REQUEST, "zero_amount").with("field", field)
+            }
+            L::AmountTooLarge { amount, max } => s(StatusCode::BAD_REQUEST, "amount_too_large")
+                .with("amount", amount)
+                .with("max", max),
+            L::InsufficientFunds {
+                available,
+                requested,
+                ..
+            } => s(StatusCode::PAYMENT_REQUIRED, "insufficient_funds")
+                .with("available", wide(available))
+                .with("requested", requested),
+            L::Overflow { field, .. } => s(StatusCode::CONFLICT, "overflow").with("field", field),
+            L::UnknownAccount { .. } => s(StatusCode::NOT_FOUND, "unknown_account"),
+            L::AccountExists { field, .. } => {
+                s(StatusCode::CONFLICT, "account_exists").with("field", field)
+            }
+            L::WrongAccountKind {
+                actual, expected, ..
+            } => s(StatusCode::UNPROCESSABLE_ENTITY, "wrong_account_kind")
+                .with("actual", actual)
+                .with("expected", expected),
+            L::SameAccount { .. } => s(StatusCode::UNPROCESSABLE_ENTITY, "same_account"),
+            L::UnknownHold { .. } => s(StatusCode::NOT_FOUND, "unknown_hold"),
+            L::HoldAlreadyResolved { status, .. } => {
+                s(StatusCode::CONFLICT, "hold_already_resolved").with("status", status.to_string())
+            }
+            L::HoldExpired { expired_at, .. } => {
+                s(StatusCode::CONFLICT, "hold_expired").with("expired_at_ms", expired_at.0)
+            }
+            L::CommitExceedsHold {
+                held, requested, ..
+            } => s(StatusCode::UNPROCESSABLE_ENTITY, "commit_exceeds_hold")
+                .with("held", held)
+                .with("requested", requested),
+            L::TooManyHolds { limit, .. } => {
+                s(StatusCode::TOO_MANY_REQUESTS, "too_many_holds").with("limit", limit)
+            }
+            L::UnknownPosting { .. } => s(StatusCode::NOT_FOUND, "unknown_posting"),
+            L::RefundExceedsPosting {
+                refundable,
+                requested,
+                ..
+            } => s(StatusCode::UNPROCESSABLE_ENTITY, "refund_exceeds_posting")
+                .with("refundable", refundable)
+                .with("requested", requested),
+            L::IdempotencyConflict { field, .. } => {
+                s(StatusCode::CONFLICT, "idempotency_conflict").with("field", field)
+            }
+            L::InvalidTimeout { min_ms, max_ms, .. } => {
+                s(StatusCode::BAD_REQUEST, "invalid_timeout")
+                    .with("field", "timeout_ms")
+                    .with("min_ms", min_ms)
+                    .with("max_ms", max_ms)
+            }
+            L::FieldTooLong { field, len, max } => s(StatusCode::BAD_REQUEST, "field_too_long")
+                .with("field", field)
+                .with("len", len)
+                .with("max", max),
+            L::FundingMismatch {
+                current, expected, ..
+            } => s(StatusCode::CONFLICT, "funding_mismatch")
+                .with(
+                    "current",
+                    wide(i128::try_from(current).unwrap_or(i128::MAX)),
+                )
+                .with("expected", expected),
+            L::SpendCapExceeded {
+                scope,
+                cap,
+                spent,
+                requested,
+                ..
+            } => s(StatusCode::PAYMENT_REQUIRED, "spend_cap_exceeded")
+                .with("scope", scope)
+                .with("cap", cap)
+                .with("spent", wide(i128::try_from(spent).unwrap_or(i128::MAX)))
+                .with("requested", requested),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
+        match e {
+            EngineError::Ledger(l) => l.into(),
+            EngineError::Pricing(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "pricing_error", message)
+            }
+            EngineError::NoPrice { endpoint, .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "no_price", message).with("endpoint", endpoint)
+            }
+            EngineError::Overloaded { scope, limit } => ApiError::overloaded(message)
+                .with("scope", scope)
+                .with("limit", limit),
+            EngineError::StorageFailed { .. } => {
+                let mut e =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_failed", message);
+                e.retry_after_s = Some(5);
+                e
+            }
+            EngineError::Storage { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
+            }
+            EngineError::Shutdown => {
+                let mut e =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message);
+                e.retry_after_s = Some(1);
+                e
+            }
+            EngineError::Internal { .. } => ApiError::internal(message),
+            EngineError::RateLimited {
+                limit,
+                retry_after_ms,
+                ..
+            } => {
+                let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+                    .with("limit", limit)
+                    .with("retry_after_ms", retry_after_ms);
+                e.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1));
+                e
+            }
+            EngineError::Unavailable { .. } => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+                e.retry_after_s = Some(1);
+                e
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! tally-server: tally as a service.
+//!
+//! The server is an edge, not a second engine: [`router`] builds an axum `Router` from an
+//! [`AppState`] (a [`tally::Tally`] handle, the server's [`registry::Registry`] and its
+//! [`ServerConfig`]); handlers parse, authenticate, call one engine method and map the typed
+//! error to a status ([`error::ApiError`]). Every rule of money stays in tally-core and the
+//! engine, so the embedded and the HTTP user get the same answers.
+//!
+//! - `/v1`: the native API (JSON, amounts as integers in µ¢, `Idempotency-Key` on writes).
+//! - `/v1/cost`: the seeds' cost service calls.
+//! - `/syft/v1` and `/syft/v2`: the APIs the Syft accounting clients call.
+//! - `/healthz`, `/readyz`, `/metrics`, `/v1/openapi.json`.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod idempotency;
+pub mod json;
+pub mod metrics;
+pub mod registry;
+pub mod serve;
+pub mod syft;
+pub mod v1;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tally::{AccountId, AccountSpec, Tally};
+use tokio::sync::Semaphore;
+
+pub use config::ServerConfig;
+pub use serve::{router, Server};
+
+use crate::error::ApiError;
+use crate::registry::Registry;
+
+/// The name of the server's own funding account (Syft's `add-balance` draws on it).
+pub const FUNDING_ACCOUNT_NAME: &str = "tally:funding";
+/// Its account id.
+pub const FUNDING_ACCOUNT: AccountId = AccountId(1);
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<StateInner>);
+
+/// The shared state behind [`AppState`].
+pub struct StateInner {
+    /// The engine.
+    pub tally: Tally,
+    /// Names, keys, users, idempotency keys.
+    pub registry: Registry,
+    /// The configuration.
+    pub config: ServerConfig,
+    /// BLAKE3 of the admin key.
+    pub admin_hash: [u8; 32],
+    /// The secret delegation tokens are signed with.
+    pub jwt_secret: Vec<u8>,
+    /// Recently verified Syft passwords.
+    pub passwords: auth::PasswordCache,
+    /// Requests in flight (past it: 503).
+    pub in_flight: Arc<Semaphore>,
+    /// The Prometheus exporter's handle.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = StateInner;
+    fn deref(&self) -> &StateInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds the state over an open engine, opening the registry in `data_dir/server`, and
+    /// makes sure the server's funding account exists.
+    pub async fn open(
+        tally: Tally,
+        data_dir: &Path,
+        config: ServerConfig,
+        admin_key: &str,
+    ) -> Result<AppState, String> {
+        let now_ms = tally.now().0;
+        let registry = Registry::open(
+            &data_dir.join("server"),
+            config.sync,
+            config.registry_limits(),
+            now_ms,
+        )
+        .await?;
+        let jwt_secret = config::load_or_create_secret(&data_dir.join("jwt.secret"))?;
+        let state = AppState(Arc::new(StateInner {
+            in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
+            tally,
+            registry,
+            admin_hash: auth::hash_secret(admin_key),
+            jwt_secret,
+            passwords: auth::PasswordCache::default(),
+            metrics: metrics::install(),
+            config,
+        }));
+        state
+            .registry
+            .map_fixed(FUNDING_ACCOUNT_NAME, FUNDING_ACCOUNT)
+            .await
+            .map_err(|e| e.message)?;
+        state
+            .tally
+            .open_account(FUNDING_ACCOUNT, AccountSpec::funding())
+            .await
+            .map_err(|e| format!("opening the funding account: {e}"))?;
+        Ok(state)
+    }
+
+    /// The engine's clock, in ms since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.tally.now().0
+    }
+
+    /// The account a name maps to, or 404 `unknown_account`.
+    pub fn account(&self, name: &str) -> Result<AccountId, ApiError> {
+        self.registry.account(name).ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "unknown_account",
+                format!("account {name:?} does not exist"),
+            )
+            .with("account", name)
+        })
+    }
+
+    /// The name of an account id (its number if it has none).
+    pub fn name(&self, id: AccountId) -> String {
+        self.registry.name(id).unwrap_or_else(|| id.0.to_string())
+    }
+}

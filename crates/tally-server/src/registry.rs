@@ -1,0 +1,782 @@
+//! The server's own durable state, beside the ledger: account names, API keys, Syft users,
+//! idempotency keys, the operation-id epoch.
+//!
+//! It is a second journal (`<data>/server/`, the same segmented, checksummed, group-committed
+//! log the ledger uses) replayed into memory at open. Every change is appended and made durable
+//! *before* the ledger operation it enables runs, so a crash between the two leaves a name or a
+//! key whose operation a retry finishes, never an operation a retry repeats:
+//!
+//! - a name is mapped to an account id before the account is opened (opening is idempotent);
+//! - an `Idempotency-Key` is bound to an operation id before the operation runs; a retry after
+//!   a crash runs the same operation id again and the ledger answers with the first outcome.
+//!
+//! Writes without a key get a fresh operation id: `epoch << 64 | counter`, where the epoch is
+//! journaled once per start, so no id is ever reused across restarts.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tally::{AccountId, OpId};
+use tally_store::journal::{Journal, JournalConfig, JournalError, SyncMode};
+
+use crate::error::ApiError;
+
+const FORMAT_VERSION: u8 = 1;
+
+/// Names are at most this many bytes.
+pub const NAME_BYTES_MAX: usize = 128;
+/// Idempotency keys are at most this many bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
+/// What an API key may do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyScope {
+    /// Everything.
+    Admin,
+    /// Reserve, commit, void and charge for one app (its revenue account), and check balances.
+    Service {
+        /// The app's revenue account.
+        app: AccountId,
+    },
+}
+
+/// A stored API key: never the secret, only its BLAKE3 hash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Its id (the `tk_<id>_` prefix of the secret).
+    pub id: u64,
+    /// BLAKE3 of the whole secret.
+    pub hash: [u8; 32],
+    /// What it may do.
+    pub scope: KeyScope,
+    /// The operator's label.
+    pub label: String,
+    /// When it was created (ms since the epoch).
+    pub created_ms: u64,
+    /// When it stops working (ms since the epoch), if ever.
+    pub expires_ms: Option<u64>,
+    /// Revoked keys are kept so their ids are never reused.
+    pub revoked: bool,
+}
+
+/// A Syft user: an account keyed by email, with an argon2 password hash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct User {
+    /// The email (its account's name).
+    pub email: String,
+    /// The account.
+    pub account: AccountId,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// The user's organization, if given.
+    pub organization: Option<String>,
+    /// When it was created.
+    pub created_ms: u64,
+}
+
+/// Who created or resolved a Syft transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Party {
+    /// The server (an expiry).
+    System,
+    /// The payer.
+    Sender,
+    /// The payee.
+    Recipient,
+}
+
+/// Where a Syft transaction stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnStatus {
+    /// Its hold is pending.
+    Pending,
+    /// Confirmed: posted to the recipient.
+    Completed,
+    /// Cancelled or expired: released to the sender.
+    Cancelled,
+}
+
+/// A Syft transaction: a hold on the sender payable to the recipient.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Txn {
+    /// The hold (its id is the transaction's id).
+    pub hold: tally::HoldId,
+    /// The payer's email.
+    pub sender: String,
+    /// The payee's email.
+    pub recipient: String,
+    /// µ¢ held.
+    pub amount: u64,
+    /// Who created it.
+    pub created_by: Party,
+    /// When (ms since the epoch).
+    pub created_ms: u64,
+    /// The app's name, if given.
+    pub app_name: Option<String>,
+    /// The app's endpoint path, if given.
+    pub app_ep_path: Option<String>,
+    /// How and when it was resolved, once it was.
+    pub resolved: Option<(TxnStatus, Party, u64)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Entry {
+    Boot {
+        epoch: u64,
+        at_ms: u64,
+    },
+    Name {
+        name: String,
+        id: AccountId,
+    },
+    Key(ApiKey),
+    KeyRevoked {
+        id: u64,
+    },
+    Idempotency {
+        principal: String,
+        key: String,
+        op: u128,
+        route: String,
+        body: String,
+        at_ms: u64,
+    },
+    User(User),
+    UserPassword {
+        email: String,
+        password_hash: String,
+    },
+    UserOrganization {
+        email: String,
+        organization: Option<String>,
+    },
+    Txn(Txn),
+    TxnResolved {
+        hold: tally::HoldId,
+        status: TxnStatus,
+        by: Party,
+        at_ms: u64,
+    },
+}
+
+/// What [`Registry::begin`] found for an idempotency key.
+#[derive(Debug)]
+pub enum Begin {
+    /// The first response, to give back as is.
+    Cached {
+        /// Its status.
+        status: u16,
+        /// Its body.
+        body: Vec<u8>,
+    },
+    /// Run the operation with this id (the first time, or again after a restart).
+    Run {
+        /// The operation id bound to the key.
+        op: OpId,
+    },
+}
+
+struct IdemEntry {
+    op: OpId,
+    route: String,
+    body: String,
+    at_ms: u64,
+    /// The registry record binding it, which must be durable before the operation runs.
+    seq: u64,
+    response: Option<(u16, Vec<u8>)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    names: HashMap<String, AccountId>,
+    ids: HashMap<AccountId, String>,
+    id_next: u64,
+    keys: BTreeMap<u64, ApiKey>,
+    users: BTreeMap<String, User>,
+    idem: HashMap<(String, String), IdemEntry>,
+    idem_order: VecDeque<(u64, String, String)>,
+    epoch: u64,
+    txns: HashMap<tally::HoldId, Txn>,
+    txns_by_user: HashMap<String, Vec<tally::HoldId>>,
+}
+
+/// The bounds of the registry.
+#[derive(Clone, Debug)]
+pub struct RegistryLimits {
+    /// Idempotency keys are remembered this long (ms). Default 24 h.
+    pub idempotency_retention_ms: u64,
+    /// At most this many keys are remembered; past it a keyed write is refused with
+    /// `overloaded` (never forgotten early, which could repeat a charge). Default 1,000,000.
+    pub idempotency_keys_max: usize,
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            idempotency_retention_ms: 24 * 3_600_000,
+            idempotency_keys_max: 1_000_000,
+        }
+    }
+}
+
+/// The first account id handed to a name; lower ids are the server's own.
+pub const FIRST_NAMED_ID: u64 = 1_000;
+
+/// The server's durable state. See the module docs.
+pub struct Registry {
+    journal: Journal,
+    inner: Mutex<Inner>,
+    op_next: AtomicU64,
+    epoch: AtomicU64,
+    limits: RegistryLimits,
+}
+
+fn encode(entry: &Entry) -> Result<Vec<u8>, ApiError> {
+    postcard::to_extend(entry, vec![FORMAT_VERSION])
+        .map_err(|e| ApiError::internal(format!("encoding a registry entry: {e}")))
+}
+
+fn decode(payload: &[u8]) -> Result<Entry, String> {
+    match payload.split_first() {
+        Some((&FORMAT_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| format!("decoding a registry entry: {e}"))
+        }
+        Some((v, _)) => Err(format!("registry entry format {v} is not {FORMAT_VERSION}")),
+        None => Err("empty registry entry".to_owned()),
+    }
+}
+
+fn journal_error(e: JournalError) -> ApiError {
+    match e {
+        JournalError::Full { .. } | JournalError::FullBytes { .. } => {
+            ApiError::overloaded(format!("the server's registry queue is full: {e}"))
+                .with("scope", "registry")
+        }
+        JournalError::Failed(_) => {
+            let mut err = ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "storage_failed",
+                format!("the server's registry failed: {e}"),
+            );
+            err.retry_after_s = Some(5);
+            err
+        }
+        other => ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            format!("the server's registry: {other}"),
+        ),
+    }
+}
+
+impl Inner {
+    fn apply(&mut self, entry: Entry) {
+        match entry {
+            Entry::Boot { epoch, .. } => self.epoch = self.epoch.max(epoch),
+            Entry::Name { name, id } => {
+                self.id_next = self.id_next.max(id.0.saturating_add(1));
+                self.ids.insert(id, name.clone());
+                self.names.insert(name, id);
+            }
+            Entry::Key(key) => {
+                self.keys.insert(key.id, key);
+            }
+            Entry::KeyRevoked { id } => {
+                if let Some(k) = self.keys.get_mut(&id) {
+                    k.revoked = true;
+                }
+            }
+            Entry::Idempotency {
+                principal,
+                key,
+                op,
+                route,
+                body,
+                at_ms,
+            } => {
+                self.idem_order
+                    .push_back((at_ms, principal.clone(), key.clone()));
+                self.idem.insert(
+                    (principal, key),
+                    IdemEntry {
+                        op: OpId(op),
+                        route,
+                        body,
+                        at_ms,
+                        seq: 0,
+                        response: None,
+                    },
+                );
+            }
+            Entry::User(user) => {
+                self.users.insert(user.email.clone(), user);
+            }
+            Entry::UserPassword {
+                email,
+                password_hash,
+            } => {
+                if let Some(u) = self.users.get_mut(&email) {
+                    u.password_hash = password_hash;
+                }
+            }
+            Entry::UserOrganization {
+                email,
+                organization,
+            } => {
+                if let Some(u) = self.users.get_mut(&email) {
+                    u.organization = organization;
+                }
+            }
+            Entry::Txn(txn) => {
+                self.txns_by_user
+                    .entry(txn.sender.clone())
+                    .or_default()
+                    .push(txn.hold);
+                if txn.recipient != txn.sender {
+                    self.txns_by_user
+                        .entry(txn.recipient.clone())
+                        .or_default()
+                        .push(txn.hold);
+                }
+                self.txns.insert(txn.hold, txn);
+            }
+            Entry::TxnResolved {
+                hold,
+                status,
+                by,
+                at_ms,
+            } => {
+                if let Some(t) = self.txns.get_mut(&hold) {
+                    t.resolved.get_or_insert((status, by, at_ms));
+                }
+            }
+        }
+    }
+
+    fn expire_idempotency(&mut self, now_ms: u64, retention_ms: u64) {
+        let horizon = now_ms.saturating_sub(retention_ms);
+        while let Some((at, _, _)) = self.idem_order.front() {
+            if *at >= horizon {
+                break;
+            }
+            if let Some((_, principal, key)) = self.idem_order.pop_front() {
+                let k = (principal, key);
+                if self.idem.get(&k).is_some_and(|e| e.at_ms < horizon) {
+                    self.idem.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// Opens (or recovers) the registry in `dir`, starting a new operation-id epoch.
+    pub async fn open(
+        dir: &Path,
+        sync: SyncMode,
+        limits: RegistryLimits,
+        now_ms: u64,
+    ) -> Result<Registry, String> {
+        let mut config = JournalConfig::new(dir);
+        config.sync = sync;
+        let mut inner = Inner {
+            id_next: FIRST_NAMED_ID,
+            ..Inner::default()
+        };
+        let (journal, _recovery) = Journal::open(config, |_seq, payload| {
+            inner.apply(decode(payload)?);
+            Ok(())
+        })
+        .map_err(|e| format!("opening the server registry in {}: {e}", dir.display()))?;
+        inner.expire_idempotency(now_ms, limits.idempotency_retention_ms);
+        let epoch = inner
+            .epoch
+            .checked_add(1)
+            .ok_or("operation-id epochs exhausted")?;
+        let registry = Registry {
+            journal,
+            inner: Mutex::new(inner),
+            op_next: AtomicU64::new(0),
+            epoch: AtomicU64::new(epoch),
+            limits,
+        };
+        let boot = encode(&Entry::Boot {
+            epoch,
+            at_ms: now_ms,
+        })
+        .map_err(|e| e.message)?;
+        let seq = registry
+            .journal
+            .append(&boot)
+            .map_err(|e| format!("recording the start: {e}"))?;
+        registry.inner.lock().epoch = epoch;
+        // The epoch must be durable before any id of it is handed out.
+        registry
+            .journal
+            .wait_durable(seq)
+            .await
+            .map_err(|e| format!("recording the start: {e}"))?;
+        Ok(registry)
+    }
+
+    async fn append(&self, entry: &Entry) -> Result<u64, ApiError> {
+        let bytes = encode(entry)?;
+        let seq = self.journal.append(&bytes).map_err(journal_error)?;
+        Ok(seq)
+    }
+
+    async fn durable(&self, seq: u64) -> Result<(), ApiError> {
+        self.journal.wait_durable(seq).await.map_err(journal_error)
+    }
+
+    /// Closes the registry's journal (syncing what is queued).
+    pub fn close(&self) -> Result<(), String> {
+        self.journal.clone().close().map_err(|e| e.to_string())
+    }
+
+    /// A fresh operation id, never handed out before (also across restarts).
+    pub fn fresh_op(&self) -> OpId {
+        self.fresh_ops(1)
+    }
+
+    /// The first of `width` consecutive fresh operation ids (a batch's operations).
+    pub fn fresh_ops(&self, width: u64) -> OpId {
+        let counter = self.op_next.fetch_add(width.max(1), Ordering::Relaxed);
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        OpId((u128::from(epoch) << 64) | u128::from(counter))
+    }
+
+    /// The account a name maps to.
+    pub fn account(&self, name: &str) -> Option<AccountId> {
+        self.inner.lock().names.get(name).copied()
+    }
+
+    /// The name of an account.
+    pub fn name(&self, id: AccountId) -> Option<String> {
+        self.inner.lock().ids.get(&id).cloned()
+    }
+
+    /// The account a name maps to, mapping it (durably) to a new id if it is new. Returns the
+    /// id and whether it was new.
+    pub async fn map_name(&self, name: &str) -> Result<(AccountId, bool), ApiError> {
+        let (id, seq) = {
+            let mut inner = self.inner.lock();
+            if let Some(id) = inner.names.get(name) {
+                return Ok((*id, false));
+            }
+            let id = AccountId(inner.id_next);
+            let entry = Entry::Name {
+                name: name.to_owned(),
+                id,
+            };
+            let seq = self
+                .journal
+                .append(&encode(&entry)?)
+                .map_err(journal_error)?;
+            inner.apply(entry);
+            (id, seq)
+        };
+        self.durable(seq).await?;
+        Ok((id, true))
+    }
+
+    /// Maps a reserved name to a fixed id (the server's own accounts).
+    pub async fn map_fixed(&self, name: &str, id: AccountId) -> Result<(), ApiError> {
+        if self.account(name).is_some() {
+            return Ok(());
+        }
+        let entry = Entry::Name {
+            name: name.to_owned(),
+            id,
+        };
+        let seq = self.append(&entry).await?;
+        self.inner.lock().apply(entry);
+        self.durable(seq).await
+    }
+
+    /// Looks an idempotency key up, binding it (durably) to a fresh operation id if it is new.
+    /// `route` and `body` (canonical JSON) are what a retry must repeat exactly.
+    pub async fn begin(
+        &self,
+        principal: &str,
+        key: &str,
+        route: &str,
+        body: &str,
+        width: u64,
+        now_ms: u64,
+    ) -> Result<Begin, ApiError> {
+        let (op, seq) = match self.begin_locked(principal, key, route, body, width, now_ms)? {
+            Step::Cached(begin) => return Ok(begin),
+            Step::Wait { op, seq } => (op, seq),
+        };
+        self.durable(seq).await?;
+        Ok(Begin::Run { op })
+    }
+
+    fn begin_locked(
+        &self,
+        principal: &str,
+        key: &str,
+        route: &str,
+        body: &str,
+        width: u64,
+        now_ms: u64,
+    ) -> Result<Step, ApiError> {
+        let mut inner = self.inner.lock();
+        inner.expire_idempotency(now_ms, self.limits.idempotency_retention_ms);
+        let k = (principal.to_owned(), key.to_owned());
+        if let Some(entry) = inner.idem.get(&k) {
+            if entry.route != route {
+                return Err(conflict(key, "route"));
+            }
+            if entry.body != body {
+                return Err(conflict(key, &differing_field(&entry.body, body)));
+            }
+            if let Some((status, body)) = &entry.response {
+                return Ok(Step::Cached(Begin::Cached {
+                    status: *status,
+                    body: body.clone(),
+                }));
+            }
+            return Ok(Step::Wait {
+                op: entry.op,
+                seq: entry.seq,
+            });
+        }
+        if inner.idem.len() >= self.limits.idempotency_keys_max {
+            return Err(ApiError::overloaded(format!(
+                "{} idempotency keys are remembered, the limit; retry once older ones expire",
+                inner.idem.len()
+            ))
+            .with("scope", "idempotency keys")
+            .with("limit", self.limits.idempotency_keys_max));
+        }
+        let op = self.fresh_ops(width);
+        let entry = Entry::Idempotency {
+            principal: principal.to_owned(),
+            key: key.to_owned(),
+            op: op.0,
+            route: route.to_owned(),
+            body: body.to_owned(),
+            at_ms: now_ms,
+        };
+        // Appended under the lock, so a concurrent first use of the same key finds this entry
+        // and waits for the same record.
+        let seq = self
+            .journal
+            .append(&encode(&entry)?)
+            .map_err(journal_error)?;
+        inner
+            .idem_order
+            .push_back((now_ms, k.0.clone(), k.1.clone()));
+        inner.idem.insert(
+            k,
+            IdemEntry {
+                op,
+                route: route.to_owned(),
+                body: body.to_owned(),
+                at_ms: now_ms,
+                seq,
+                response: None,
+            },
+        );
+        Ok(Step::Wait { op, seq })
+    }
+
+    /// Remembers the response to a keyed request, for its retries.
+    pub fn finish(&self, principal: &str, key: &str, status: u16, body: Vec<u8>) {
+        let mut inner = self.inner.lock();
+        if let Some(entry) = inner.idem.get_mut(&(principal.to_owned(), key.to_owned())) {
+            entry.response = Some((status, body));
+        }
+    }
+
+    /// Idempotency keys remembered now.
+    pub fn idempotency_keys(&self) -> usize {
+        self.inner.lock().idem.len()
+    }
+
+    /// Stores a new API key.
+    pub async fn add_key(&self, key: ApiKey) -> Result<(), ApiError> {
+        let entry = Entry::Key(key);
+        let seq = self.append(&entry).await?;
+        self.inner.lock().apply(entry);
+        self.durable(seq).await
+    }
+
+    /// The next free key id.
+    pub fn next_key_id(&self) -> u64 {
+        self.inner
+            .lock()
+            .keys
+            .keys()
+            .next_back()
+            .map_or(1, |id| id.saturating_add(1))
+    }
+
+    /// A key by id.
+    pub fn key(&self, id: u64) -> Option<ApiKey> {
+        self.inner.lock().keys.get(&id).cloned()
+    }
+
+    /// Every key, revoked ones included.
+    pub fn keys(&self) -> Vec<ApiKey> {
+        self.inner.lock().keys.values().cloned().collect()
+    }
+
+    /// Revokes a key; false if there is none with that id.
+    pub async fn revoke_key(&self, id: u64) -> Result<bool, ApiError> {
+        if !self.inner.lock().keys.contains_key(&id) {
+            return Ok(false);
+        }
+        let entry = Entry::KeyRevoked { id };
+        let seq = self.append(&entry).await?;
+        self.inner.lock().apply(entry);
+        self.durable(seq).await?;
+        Ok(true)
+    }
+
+    /// A user by email.
+    pub fn user(&self, email: &str) -> Option<User> {
+        self.inner.lock().users.get(email).cloned()
+    }
+
+    /// Every user, by email.
+    pub fn users(&self) -> Vec<User> {
+        self.inner.lock().users.values().cloned().collect()
+    }
+
+    /// Stores a new user; false if the email is taken.
+    pub async fn add_user(&self, user: User) -> Result<bool, ApiError> {
+        let seq = {
+            let mut inner = self.inner.lock();
+            if inner.users.contains_key(&user.email) {
+                return Ok(false);
+            }
+            let entry = Entry::User(user);
+            let seq = self
+                .journal
+                .append(&encode(&entry)?)
+                .map_err(journal_error)?;
+            inner.apply(entry);
+            seq
+        };
+        self.durable(seq).await?;
+        Ok(true)
+    }
+
+    /// Changes a user's password hash.
+    pub async fn set_password(&self, email: &str, password_hash: String) -> Result<(), ApiError> {
+        let entry = Entry::UserPassword {
+            email: email.to_owned(),
+            password_hash,
+        };
+        let seq = self.append(&entry).await?;
+        self.inner.lock().apply(entry);
+        self.durable(seq).await
+    }
+
+    /// Changes a user's organization.
+    pub async fn set_organization(
+        &self,
+        email: &str,
+        organization: Option<String>,
+    ) -> Result<(), ApiError> {
+        let entry = Entry::UserOrganization {
+            email: email.to_owned(),
+            organization,
+        };
+        let seq = self.append(&entry).await?;
+        self.inner.lock().apply(entry);
+        self.durable(seq).await
+    }
+
+    /// Records a new Syft transaction.
+    pub async fn add_txn(&self, txn: Txn) -> Result<(), ApiError> {
+        let entry = Entry::Txn(txn);
+        let seq = self.append(&entry).await?;
+        self.inner.lock().apply(entry);
+        self.durable(seq).await
+    }
+
+    /// Records how a Syft transaction was resolved (the first resolution stands).
+    pub async fn resolve_txn(
+        &self,
+        hold: tally::HoldId,
+        status: TxnStatus,
+        by: Party,
+        at_ms: u64,
+    ) -> Result<(), ApiError> {
+        let entry = Entry::TxnResolved {
+            hold,
+            status,
+            by,
+            at_ms,
+        };
+        let seq = self.append(&entry).await?;
+        self.inner.lock().apply(entry);
+        self.durable(seq).await
+    }
+
+    /// A Syft transaction.
+    pub fn txn(&self, hold: tally::HoldId) -> Option<Txn> {
+        self.inner.lock().txns.get(&hold).cloned()
+    }
+
+    /// A user's Syft transactions (as sender or recipient), oldest first, `skip` then at most
+    /// `limit`.
+    pub fn txns_of(&self, email: &str, skip: usize, limit: usize) -> Vec<Txn> {
+        let inner = self.inner.lock();
+        inner
+            .txns_by_user
+            .get(email)
+            .map(|ids| {
+                ids.iter()
+                    .skip(skip)
+                    .take(limit)
+                    .filter_map(|id| inner.txns.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The registry journal's queue: appended, not yet durable.
+    pub fn durable_lag(&self) -> u64 {
+        let durable = self.journal.durable().borrow().seq;
+        self.journal.last_seq().saturating_sub(durable)
+    }
+}
+
+enum Step {
+    Cached(Begin),
+    Wait { op: OpId, seq: u64 },
+}
+
+fn conflict(key: &str, field: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        "idempotency_conflict",
+        format!("Idempotency-Key {key:?} was used for a different request: {field} differs"),
+    )
+    .with("field", field)
+}
+
+/// The first top-level field whose value differs between two canonical JSON bodies.
+fn differing_field(first: &str, now: &str) -> String {
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
+    match (parse(first), parse(now)) {
+        (Some(serde_json::Value::Object(a)), Some(serde_json::Value::Object(b))) => {
+            let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+            names.sort();
+            names.dedup();
+            names
+                .into_iter()
+                .find(|k| a.get(*k) != b.get(*k))
+                .map_or_else(|| "body".to_owned(), |k| k.clone())
+        }
+        _ => "body".to_owned(),
+    }
+}

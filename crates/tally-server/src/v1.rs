@@ -1,0 +1,1489 @@
+//! The native API under `/v1`: JSON, amounts as integers in µ¢, accounts named by strings,
+//! `Authorization: Bearer <key>`, `Idempotency-Key` on every write.
+//!
+//! Each handler parses, checks the credential's scope, calls one engine method and maps the
+//! answer; the rules of money are the engine's.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tally::{
+    AccountId, AccountKind, AccountSpec, Amount, Command, HoldId, OpId, Origin, Outcome, PostingId,
+    Request, Usage,
+};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{hash_secret, new_secret, Auth, Principal};
+use crate::error::{wide, ApiError};
+use crate::idempotency::{self, Answer};
+use crate::json::{from_value, Body, QueryParams};
+use crate::registry::{ApiKey, KeyScope, NAME_BYTES_MAX};
+use crate::AppState;
+
+/// The error body every 4xx and 5xx carries.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// `{"code": stable code, "message": for people, ...details}`.
+    pub error: ErrorObject,
+}
+
+/// The error object.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// Stable code, one per typed error (`insufficient_funds`, `idempotency_conflict`, ...).
+    pub code: String,
+    /// A message naming the account, the amounts and the limit.
+    pub message: String,
+}
+
+/// An account's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A customer: funded, holds and charges debit it, never below `-credit_limit`.
+    User,
+    /// An app's revenue account: commits and charges credit it.
+    Revenue,
+    /// Where money enters; may overdraw.
+    Funding,
+}
+
+impl From<Kind> for AccountKind {
+    fn from(k: Kind) -> AccountKind {
+        match k {
+            Kind::User => AccountKind::User,
+            Kind::Revenue => AccountKind::Revenue,
+            Kind::Funding => AccountKind::Funding,
+        }
+    }
+}
+
+impl From<AccountKind> for Kind {
+    fn from(k: AccountKind) -> Kind {
+        match k {
+            AccountKind::User => Kind::User,
+            AccountKind::Revenue => Kind::Revenue,
+            AccountKind::Funding => Kind::Funding,
+        }
+    }
+}
+
+/// Checks an account name: 1 to 128 bytes, no control characters, no `/`.
+pub fn check_name(name: &str, field: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(ApiError::invalid_field(
+            field,
+            format!(
+                "{field} must be 1 to {NAME_BYTES_MAX} bytes, not {}",
+                name.len()
+            ),
+        ));
+    }
+    if name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("{field} may not contain control characters or '/'"),
+        ));
+    }
+    Ok(())
+}
+
+fn amount_field(value: u64, field: &'static str) -> Result<Amount, ApiError> {
+    Amount::new(value).map_err(|e| match e {
+        tally::LedgerError::ZeroAmount { .. } => {
+            ApiError::from(tally::LedgerError::ZeroAmount { field })
+        }
+        other => ApiError::from(other).with("field", field),
+    })
+}
+
+/// A hold's id as the API spells it: `h_<account>_<seq>`.
+pub fn hold_str(id: HoldId) -> String {
+    format!("h_{}_{}", id.account.0, id.seq)
+}
+
+/// A posting's id as the API spells it: `p_<account>_<seq>`.
+pub fn posting_str(id: PostingId) -> String {
+    format!("p_{}_{}", id.account.0, id.seq)
+}
+
+fn parse_pair(s: &str, prefix: &str) -> Option<(u64, u64)> {
+    let rest = s.strip_prefix(prefix)?;
+    let (a, b) = rest.split_once('_')?;
+    let ok = |t: &str| !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()) && t.len() <= 20;
+    if !ok(a) || !ok(b) {
+        return None;
+    }
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Parses `h_<account>_<seq>`.
+pub fn parse_hold(s: &str) -> Result<HoldId, ApiError> {
+    parse_pair(s, "h_")
+        .map(|(a, seq)| HoldId {
+            account: AccountId(a),
+            seq,
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_hold",
+                format!("{s:?} is not a hold id (h_<account>_<seq>)"),
+            )
+        })
+}
+
+/// Parses `p_<account>_<seq>`.
+pub fn parse_posting(s: &str, field: &str) -> Result<PostingId, ApiError> {
+    parse_pair(s, "p_")
+        .map(|(a, seq)| PostingId {
+            account: AccountId(a),
+            seq,
+        })
+        .ok_or_else(|| {
+            ApiError::invalid_field(
+                field,
+                format!("{s:?} is not a posting id (p_<account>_<seq>)"),
+            )
+        })
+}
+
+/// Usage a call reports (all counts default to 0).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageBody {
+    /// Requests.
+    pub requests: u64,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Characters.
+    pub characters: u64,
+    /// Pages.
+    pub pages: u64,
+    /// Duration in ms.
+    pub duration_ms: u64,
+}
+
+impl From<UsageBody> for Usage {
+    fn from(u: UsageBody) -> Usage {
+        Usage {
+            requests: u.requests,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            characters: u.characters,
+            pages: u.pages,
+            duration_ms: u.duration_ms,
+        }
+    }
+}
+
+fn origin(principal: &Principal) -> Origin {
+    Origin::new("tally-server", principal.scope(), "")
+}
+
+async fn execute(
+    state: &AppState,
+    principal: &Principal,
+    account: AccountId,
+    op: OpId,
+    command: Command,
+) -> Result<Outcome, ApiError> {
+    let request = Request {
+        op,
+        command,
+        origin: origin(principal),
+    };
+    Ok(state.tally.execute(account, request).await?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts
+
+/// `POST /v1/accounts`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    /// The account's name (1 to 128 bytes; `tally:` names are the server's own).
+    pub id: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// How far below zero a user's available balance may go, in µ¢. Default 0.
+    #[serde(default)]
+    pub credit_limit: u64,
+}
+
+/// An account as created.
+#[derive(Serialize, ToSchema)]
+pub struct AccountBody {
+    /// Its name.
+    pub id: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its credit limit in µ¢.
+    pub credit_limit: u64,
+}
+
+/// Opens an account (idempotent: the same id and content again is 201 with the same body).
+#[utoipa::path(post, path = "/v1/accounts", request_body = CreateAccount,
+    responses((status = 201, body = AccountBody), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_account(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    body: Body<CreateAccount>,
+) -> Response {
+    if let Err(e) = principal.require_admin() {
+        return e.into_response();
+    }
+    let s = state.clone();
+    idempotency::run(
+        &state,
+        &principal,
+        &headers,
+        "POST /v1/accounts",
+        &body.canonical,
+        1,
+        |_op| async move {
+            let req = body.value;
+            check_name(&req.id, "id")?;
+            if req.id.starts_with("tally:") {
+                return Err(ApiError::invalid_field(
+                    "id",
+                    "names starting with `tally:` are reserved",
+                ));
+            }
+            open_named(&s, &req.id, req.kind, req.credit_limit).await?;
+            Ok((
+                StatusCode::CREATED,
+                json!({"id": req.id, "kind": req.kind, "credit_limit": req.credit_limit}),
+            ))
+        },
+    )
+    .await
+}
+
+/// Maps `name` to an account and opens it with `kind` (idempotent).
+pub async fn open_named(
+    state: &AppState,
+    name: &str,
+    kind: Kind,
+    credit_limit: u64,
+) -> Result<AccountId, ApiError> {
+    let mut spec = AccountSpec {
+        kind: kind.into(),
+        credit_limit: Amount::ZERO,
+        flags: Default::default(),
+    };
+    if credit_limit > 0 {
+        spec.credit_limit = amount_field(credit_limit, "credit_limit")?;
+    }
+    if spec.kind == AccountKind::Funding {
+        spec.flags.may_overdraw = true;
+    }
+    let (id, _) = state.registry.map_name(name).await?;
+    state.tally.open_account(id, spec).await.map_err(|e| {
+        let mut err = ApiError::from(e);
+        err.details.insert("account".into(), Value::from(name));
+        err
+    })?;
+    Ok(id)
+}
+
+/// An account's balance; totals in µ¢.
+#[derive(Serialize, ToSchema)]
+pub struct BalanceBody {
+    /// The account.
+    pub account: String,
+    /// Sum of posted credits.
+    pub credits_posted: u64,
+    /// Sum of posted debits.
+    pub debits_posted: u64,
+    /// Sum of pending holds.
+    pub debits_pending: u64,
+    /// The credit limit.
+    pub credit_limit: u64,
+    /// credits_posted − debits_posted.
+    pub posted: i64,
+    /// What can be reserved or charged now.
+    pub available: i64,
+}
+
+/// The balance as JSON (totals beyond 2^63 are given as decimal strings).
+pub fn balance_json(name: &str, b: &tally::Balance) -> Value {
+    json!({
+        "account": name,
+        "credits_posted": wide(b.credits_posted as i128),
+        "debits_posted": wide(b.debits_posted as i128),
+        "debits_pending": wide(b.debits_pending as i128),
+        "credit_limit": b.credit_limit.get(),
+        "posted": wide(b.posted),
+        "available": wide(b.available),
+    })
+}
+
+/// An account's balance.
+#[utoipa::path(get, path = "/v1/accounts/{id}/balance", params(("id" = String, Path)),
+    responses((status = 200, body = BalanceBody), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_balance(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let id = state.account(&name)?;
+    let b = state.tally.balance(id).await?;
+    Ok(Json(balance_json(&name, &b)))
+}
+
+/// `GET /v1/accounts/{id}/check`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CheckQuery {
+    /// The minimum available, in µ¢. Default 100.
+    pub minimum: Option<u64>,
+}
+
+/// Whether the account's available balance is at least `minimum` (default 100 µ¢).
+#[utoipa::path(get, path = "/v1/accounts/{id}/check", params(("id" = String, Path), CheckQuery),
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn check(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(name): Path<String>,
+    QueryParams(q): QueryParams<CheckQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Principal::User { .. } = principal {
+        return Err(ApiError::forbidden("this needs an admin or service key"));
+    }
+    let id = state.account(&name)?;
+    if let Some(m) = q.minimum {
+        amount_field(m, "minimum")?;
+    }
+    let allowed = state.tally.check(id, q.minimum).await?;
+    Ok(Json(json!({
+        "account": name,
+        "minimum": q.minimum.unwrap_or(tally::CHECK_MINIMUM_DEFAULT.get()),
+        "allowed": allowed,
+    })))
+}
+
+/// `POST /v1/accounts/{id}/fund`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FundRequest {
+    /// µ¢ to credit.
+    pub amount: u64,
+    /// The funding account it comes from. Default `tally:funding`.
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+/// Credits an account from a funding account (a top-up).
+#[utoipa::path(post, path = "/v1/accounts/{id}/fund", params(("id" = String, Path)),
+    request_body = FundRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn fund(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body<FundRequest>,
+) -> Response {
+    if let Err(e) = principal.require_admin() {
+        return e.into_response();
+    }
+    let route = format!("POST /v1/accounts/{name}/fund");
+    let (s, p) = (state.clone(), principal.clone());
+    idempotency::run(
+        &state,
+        &principal,
+        &headers,
+        &route,
+        &body.canonical,
+        1,
+        |op| async move {
+            let req = body.value;
+            let op_json = Op::Fund {
+                account: name,
+                amount: req.amount,
+                from: req.from,
+            };
+            run_op(&s, &p, op, op_json).await
+        },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// One operation: the writes a batch can hold, each decided by one engine call.
+
+/// One write, as `/v1/batch` takes it (`"op"` names it); the single-write routes take the
+/// same fields.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// Credit `account` from the funding account `from` (default `tally:funding`).
+    Fund {
+        /// The account credited.
+        account: String,
+        /// µ¢.
+        amount: u64,
+        /// The funding account.
+        #[serde(default)]
+        from: Option<String>,
+    },
+    /// Hold `amount` of `account` for work `app` is about to do.
+    Reserve(HoldRequest),
+    /// Post `amount` (≤ held) of a hold; the rest is released.
+    Commit {
+        /// The hold.
+        hold: String,
+        /// µ¢ to post.
+        amount: u64,
+        /// Usage to record.
+        #[serde(default)]
+        usage: Option<UsageBody>,
+    },
+    /// Release a hold.
+    Void {
+        /// The hold.
+        hold: String,
+    },
+    /// Reserve and commit in one step.
+    Charge(ChargeRequest),
+    /// Return up to what a posting moved.
+    Refund(RefundRequest),
+    /// Move posted funds between accounts.
+    Transfer(TransferRequest),
+}
+
+/// `POST /v1/holds`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    /// The user account whose funds are held.
+    pub account: String,
+    /// The app's revenue account a commit credits.
+    pub app: String,
+    /// µ¢ to hold.
+    pub amount: u64,
+    /// How long before the hold is voided by itself. Default 60,000 (1 ms to 7 days).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The app's endpoint (≤ 128 bytes).
+    #[serde(default)]
+    pub endpoint: String,
+    /// Caller's metadata (≤ 1 KiB).
+    #[serde(default)]
+    pub metadata: String,
+}
+
+/// `POST /v1/charges`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChargeRequest {
+    /// The user account charged.
+    pub account: String,
+    /// The app's revenue account credited.
+    pub app: String,
+    /// µ¢.
+    pub amount: u64,
+    /// The app's endpoint.
+    #[serde(default)]
+    pub endpoint: String,
+    /// Caller's metadata.
+    #[serde(default)]
+    pub metadata: String,
+    /// Usage to record.
+    #[serde(default)]
+    pub usage: Option<UsageBody>,
+}
+
+/// `POST /v1/refunds`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// The posting (`p_<account>_<seq>`) a commit or charge returned.
+    pub posting: String,
+    /// µ¢ to return.
+    pub amount: u64,
+}
+
+/// `POST /v1/transfers`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// The account debited.
+    pub from: String,
+    /// The account credited.
+    pub to: String,
+    /// µ¢.
+    pub amount: u64,
+}
+
+/// The account that decides an operation (whose operations in one batch run in order).
+fn deciding_account(state: &AppState, op: &Op) -> Option<AccountId> {
+    match op {
+        Op::Fund { account, .. } => state.registry.account(account),
+        Op::Reserve(r) => state.registry.account(&r.account),
+        Op::Charge(r) => state.registry.account(&r.account),
+        Op::Commit { hold, .. } | Op::Void { hold } => parse_hold(hold).ok().map(|h| h.account),
+        Op::Refund(r) => parse_posting(&r.posting, "posting").ok().map(|p| p.account),
+        Op::Transfer(r) => state.registry.account(&r.from),
+    }
+}
+
+async fn hold_for_app(
+    state: &AppState,
+    principal: &Principal,
+    hold: HoldId,
+) -> Result<tally::Hold, ApiError> {
+    let h = state.tally.get_hold(hold).await?;
+    principal.require_app(h.app)?;
+    Ok(h)
+}
+
+/// Runs one write with operation id `op`, checking the credential's scope first.
+pub async fn run_op(state: &AppState, principal: &Principal, op: OpId, req: Op) -> Answer {
+    match req {
+        Op::Fund {
+            account,
+            amount,
+            from,
+        } => {
+            principal.require_admin()?;
+            let id = state.account(&account)?;
+            let from_name = from.unwrap_or_else(|| crate::FUNDING_ACCOUNT_NAME.to_owned());
+            let from = state.account(&from_name)?;
+            let command = Command::Fund {
+                from,
+                amount: amount_field(amount, "amount")?,
+            };
+            execute(state, principal, id, op, command).await?;
+            Ok((
+                StatusCode::OK,
+                json!({"account": account, "from": from_name, "amount": amount}),
+            ))
+        }
+        Op::Reserve(r) => {
+            let account = state.account(&r.account)?;
+            let app = state.account(&r.app)?;
+            principal.require_app(app)?;
+            let command = Command::Reserve {
+                app,
+                amount: amount_field(r.amount, "amount")?,
+                timeout_ms: r.timeout_ms.unwrap_or(60_000),
+                endpoint: r.endpoint.clone(),
+                metadata: r.metadata.clone(),
+            };
+            match execute(state, principal, account, op, command).await? {
+                Outcome::Reserved { hold, expires_at } => Ok((
+                    StatusCode::CREATED,
+                    json!({
+                        "id": hold_str(hold),
+                        "account": r.account,
+                        "app": r.app,
+                        "amount": r.amount,
+                        "endpoint": r.endpoint,
+                        "status": "pending",
+                        "expires_at_ms": expires_at.0,
+                    }),
+                )),
+                other => Err(unexpected(other)),
+            }
+        }
+        Op::Commit {
+            hold,
+            amount,
+            usage,
+        } => {
+            let id = parse_hold(&hold)?;
+            hold_for_app(state, principal, id).await?;
+            let command = Command::Commit {
+                hold: id,
+                amount: amount_field(amount, "amount")?,
+                usage: usage.map(Usage::from).unwrap_or_default(),
+            };
+            match execute(state, principal, id.account, op, command).await? {
+                Outcome::Committed {
+                    posting,
+                    amount_posted,
+                    amount_released,
+                } => Ok((
+                    StatusCode::OK,
+                    json!({
+                        "hold": hold,
+                        "status": "posted",
+                        "posting": posting_str(posting),
+                        "amount_posted": amount_posted.get(),
+                        "amount_released": amount_released.get(),
+                    }),
+                )),
+                other => Err(unexpected(other)),
+            }
+        }
+        Op::Void { hold } => {
+            let id = parse_hold(&hold)?;
+            hold_for_app(state, principal, id).await?;
+            match execute(state, principal, id.account, op, Command::Void { hold: id }).await? {
+                Outcome::Voided { amount_released } => Ok((
+                    StatusCode::OK,
+                    json!({"hold": hold, "status": "voided", "amount_released": amount_released.get()}),
+                )),
+                other => Err(unexpected(other)),
+            }
+        }
+        Op::Charge(r) => {
+            let account = state.account(&r.account)?;
+            let app = state.account(&r.app)?;
+            principal.require_app(app)?;
+            let command = Command::Charge {
+                app,
+                amount: amount_field(r.amount, "amount")?,
+                endpoint: r.endpoint.clone(),
+                metadata: r.metadata,
+                usage: r.usage.map(Usage::from).unwrap_or_default(),
+            };
+            match execute(state, principal, account, op, command).await? {
+                Outcome::Charged { posting } => Ok((
+                    StatusCode::CREATED,
+                    json!({
+                        "posting": posting_str(posting),
+                        "account": r.account,
+                        "app": r.app,
+                        "amount": r.amount,
+                        "endpoint": r.endpoint,
+                    }),
+                )),
+                other => Err(unexpected(other)),
+            }
+        }
+        Op::Refund(r) => {
+            principal.require_admin()?;
+            let posting = parse_posting(&r.posting, "posting")?;
+            let command = Command::Refund {
+                posting,
+                amount: amount_field(r.amount, "amount")?,
+            };
+            execute(state, principal, posting.account, op, command).await?;
+            Ok((
+                StatusCode::OK,
+                json!({"posting": r.posting, "amount": r.amount}),
+            ))
+        }
+        Op::Transfer(r) => {
+            principal.require_admin()?;
+            let from = state.account(&r.from)?;
+            let to = state.account(&r.to)?;
+            let command = Command::Transfer {
+                to,
+                amount: amount_field(r.amount, "amount")?,
+            };
+            execute(state, principal, from, op, command).await?;
+            Ok((
+                StatusCode::OK,
+                json!({"from": r.from, "to": r.to, "amount": r.amount}),
+            ))
+        }
+    }
+}
+
+fn unexpected(outcome: Outcome) -> ApiError {
+    ApiError::internal(format!("unexpected outcome {outcome:?}"))
+}
+
+async fn single(
+    state: AppState,
+    principal: Principal,
+    headers: HeaderMap,
+    route: &str,
+    canonical: String,
+    op: Op,
+) -> Response {
+    let (s, p) = (state.clone(), principal.clone());
+    idempotency::run(
+        &state,
+        &principal,
+        &headers,
+        route,
+        &canonical,
+        1,
+        |id| async move { run_op(&s, &p, id, op).await },
+    )
+    .await
+}
+
+/// Holds funds for work about to be done (the delegated transfer's first half).
+#[utoipa::path(post, path = "/v1/holds", request_body = HoldRequest,
+    responses((status = 201, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_hold(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    body: Body<HoldRequest>,
+) -> Response {
+    single(
+        state,
+        principal,
+        headers,
+        "POST /v1/holds",
+        body.canonical,
+        Op::Reserve(body.value),
+    )
+    .await
+}
+
+/// A hold.
+#[utoipa::path(get, path = "/v1/holds/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_hold(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let hold = parse_hold(&id)?;
+    let h = hold_for_app(&state, &principal, hold).await?;
+    Ok(Json(hold_json(&state, &h)))
+}
+
+/// A hold as JSON.
+pub fn hold_json(state: &AppState, h: &tally::Hold) -> Value {
+    json!({
+        "id": hold_str(h.id),
+        "account": state.name(h.id.account),
+        "app": state.name(h.app),
+        "amount": h.amount.get(),
+        "endpoint": h.endpoint,
+        "metadata": h.metadata,
+        "status": h.status.to_string(),
+        "created_at_ms": h.created_at.0,
+        "expires_at_ms": h.expires_at.0,
+        "amount_posted": h.amount_posted.get(),
+        "posting": h.posting.map(posting_str),
+        "resolved_at_ms": h.resolved_at.map(|t| t.0),
+    })
+}
+
+/// `POST /v1/holds/{id}/commit`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    /// µ¢ to post (≤ held); the rest is released.
+    pub amount: u64,
+    /// Usage to record.
+    #[serde(default)]
+    pub usage: Option<UsageBody>,
+}
+
+/// Posts part or all of a hold to its app; releases the rest.
+#[utoipa::path(post, path = "/v1/holds/{id}/commit", params(("id" = String, Path)),
+    request_body = CommitRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn commit_hold(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body<CommitRequest>,
+) -> Response {
+    let route = format!("POST /v1/holds/{id}/commit");
+    let op = Op::Commit {
+        hold: id,
+        amount: body.value.amount,
+        usage: body.value.usage,
+    };
+    single(state, principal, headers, &route, body.canonical, op).await
+}
+
+/// `POST /v1/holds/{id}/void` (an empty object).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoidRequest {}
+
+/// Releases a hold.
+#[utoipa::path(post, path = "/v1/holds/{id}/void", params(("id" = String, Path)),
+    request_body = VoidRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn void_hold(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body<VoidRequest>,
+) -> Response {
+    let route = format!("POST /v1/holds/{id}/void");
+    single(
+        state,
+        principal,
+        headers,
+        &route,
+        body.canonical,
+        Op::Void { hold: id },
+    )
+    .await
+}
+
+/// Charges fixed-cost work in one step.
+#[utoipa::path(post, path = "/v1/charges", request_body = ChargeRequest,
+    responses((status = 201, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_charge(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    body: Body<ChargeRequest>,
+) -> Response {
+    single(
+        state,
+        principal,
+        headers,
+        "POST /v1/charges",
+        body.canonical,
+        Op::Charge(body.value),
+    )
+    .await
+}
+
+/// Returns up to what a commit or charge posted.
+#[utoipa::path(post, path = "/v1/refunds", request_body = RefundRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_refund(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    body: Body<RefundRequest>,
+) -> Response {
+    single(
+        state,
+        principal,
+        headers,
+        "POST /v1/refunds",
+        body.canonical,
+        Op::Refund(body.value),
+    )
+    .await
+}
+
+/// Moves posted funds between two accounts.
+#[utoipa::path(post, path = "/v1/transfers", request_body = TransferRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_transfer(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    body: Body<TransferRequest>,
+) -> Response {
+    single(
+        state,
+        principal,
+        headers,
+        "POST /v1/transfers",
+        body.canonical,
+        Op::Transfer(body.value),
+    )
+    .await
+}
+
+/// `POST /v1/batch`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The operations, answered one result each, in this order. Operations decided by the
+    /// same account (the user of a fund, reserve, charge; the hold's or posting's account; a
+    /// transfer's source) run in this order; the others run concurrently.
+    pub operations: Vec<Value>,
+}
+
+/// Many writes in one request. One `Idempotency-Key` covers the whole batch.
+#[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn batch(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    body: Body<BatchRequest>,
+) -> Response {
+    let max = state.config.batch_operations_max;
+    let n = body.value.operations.len();
+    if n == 0 || n > max {
+        return ApiError::invalid_field(
+            "operations",
+            format!("a batch holds 1 to {max} operations, not {n}"),
+        )
+        .with("max", max)
+        .into_response();
+    }
+    let mut ops = Vec::with_capacity(n);
+    for (i, v) in body.value.operations.into_iter().enumerate() {
+        match from_value::<Op>(v) {
+            Ok(op) => ops.push(op),
+            Err(mut e) => {
+                let field = e.details.get("field").and_then(|f| f.as_str()).map_or_else(
+                    || format!("operations[{i}]"),
+                    |f| format!("operations[{i}].{f}"),
+                );
+                e.details.insert("field".into(), Value::from(field));
+                e.details.insert("index".into(), Value::from(i));
+                return e.into_response();
+            }
+        }
+    }
+    let (s, p) = (state.clone(), principal.clone());
+    idempotency::run(
+        &state,
+        &principal,
+        &headers,
+        "POST /v1/batch",
+        &body.canonical,
+        n as u64,
+        |base| async move {
+            // Group by deciding account, keeping order within a group; groups run concurrently.
+            let mut groups: BTreeMap<Option<AccountId>, Vec<(usize, Op)>> = BTreeMap::new();
+            for (i, op) in ops.into_iter().enumerate() {
+                groups
+                    .entry(deciding_account(&s, &op))
+                    .or_default()
+                    .push((i, op));
+            }
+            let runs = groups.into_values().map(|group| {
+                let (s, p) = (s.clone(), p.clone());
+                async move {
+                    let mut out = Vec::with_capacity(group.len());
+                    for (i, op) in group {
+                        let id = OpId(base.0.wrapping_add(i as u128));
+                        let answer = match run_op(&s, &p, id, op).await {
+                            Ok((status, body)) => json!({"status": status.as_u16(), "body": body}),
+                            Err(e) => json!({"status": e.status.as_u16(), "body": e.body()}),
+                        };
+                        out.push((i, answer));
+                    }
+                    out
+                }
+            });
+            let mut results: Vec<(usize, Value)> = futures_util::future::join_all(runs)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            results.sort_by_key(|(i, _)| *i);
+            let results: Vec<Value> = results.into_iter().map(|(_, v)| v).collect();
+            Ok((StatusCode::OK, json!({"results": results})))
+        },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Funding updates, reads, audit
+
+/// `POST /v1/funding-updates`: the seeds' `record_funding_update({old_amount, new_amount})`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FundingUpdateRequest {
+    /// The account.
+    pub account: String,
+    /// The funding account (default `tally:funding`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// What the caller believes the account's total funding is, µ¢ (409 `funding_mismatch`
+    /// if it is not).
+    pub old_amount: u64,
+    /// The new total funding, µ¢.
+    pub new_amount: u64,
+}
+
+/// Sets an account's total funding from `old_amount` to `new_amount`, refused if stale.
+#[utoipa::path(post, path = "/v1/funding-updates", request_body = FundingUpdateRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn funding_update(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    body: Body<FundingUpdateRequest>,
+) -> Response {
+    if let Err(e) = principal.require_admin() {
+        return e.into_response();
+    }
+    let route = "POST /v1/funding-updates";
+    let s = state.clone();
+    idempotency::run(
+        &state,
+        &principal,
+        &headers,
+        route,
+        &body.canonical,
+        1,
+        |op| async move {
+            let r = body.value;
+            funding_update_op(
+                &s,
+                op,
+                &r.account,
+                r.from.as_deref(),
+                r.old_amount,
+                r.new_amount,
+            )
+            .await
+        },
+    )
+    .await
+}
+
+/// The funding update both `/v1/funding-updates` and `/v1/cost/funding-update` run.
+pub async fn funding_update_op(
+    state: &AppState,
+    op: OpId,
+    account: &str,
+    from: Option<&str>,
+    old: u64,
+    new: u64,
+) -> Answer {
+    let id = state.account(account)?;
+    let from = state.account(from.unwrap_or(crate::FUNDING_ACCOUNT_NAME))?;
+    let funded = state
+        .tally
+        .record_funding_update(op, id, from, old, new)
+        .await?;
+    Ok((
+        StatusCode::OK,
+        json!({"account": account, "old_amount": old, "new_amount": new, "funded": funded.get()}),
+    ))
+}
+
+/// `GET /v1/accounts/{id}/history`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// The cursor: `next_after` of the previous page (0 or absent for the first).
+    pub after: Option<u64>,
+    /// Entries per page, 1 to 1,000. Default 100.
+    pub limit: Option<usize>,
+}
+
+/// The records that touched an account, oldest first, with a cursor.
+#[utoipa::path(get, path = "/v1/accounts/{id}/history", params(("id" = String, Path), HistoryQuery),
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn history(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(name): Path<String>,
+    QueryParams(q): QueryParams<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let id = state.account(&name)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > tally::HISTORY_PAGE_MAX {
+        return Err(ApiError::invalid_field(
+            "limit",
+            format!("limit must be 1 to {}", tally::HISTORY_PAGE_MAX),
+        ));
+    }
+    let page = state.tally.history(id, q.after.unwrap_or(0), limit).await?;
+    let entries: Vec<Value> = page
+        .entries
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "at_ms": e.record.at.0,
+                "record": serde_json::to_value(&e.record).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"account": name, "entries": entries, "next_after": page.next_after_seq}),
+    ))
+}
+
+/// Σ debits = Σ credits over every account, and nothing overspent.
+#[utoipa::path(get, path = "/v1/audit",
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn audit(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let r = state.tally.audit().await?;
+    Ok(Json(json!({
+        "ok": r.ok(),
+        "accounts": r.accounts,
+        "debits_posted": wide(r.debits_posted as i128),
+        "credits_posted": wide(r.credits_posted as i128),
+        "debits_pending": wide(r.debits_pending as i128),
+        "holds_pending": r.holds_pending,
+        "funded": wide(r.funded),
+        "revenue": wide(r.revenue),
+        "user_balances": wide(r.user_balances),
+        "violations": r.violations.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>(),
+    })))
+}
+
+/// The audit trail's head: the journal's last sequence number and its BLAKE3 chain hash.
+#[utoipa::path(get, path = "/v1/trail/head",
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn trail_head(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let (seq, hash) = state.tally.trail_head();
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Json(json!({"seq": seq, "hash": hex})))
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys
+
+/// `POST /v1/keys`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// `admin` or `service`.
+    pub scope: String,
+    /// For a service key: the app (a revenue account) it is bound to.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// A label for people.
+    #[serde(default)]
+    pub label: String,
+    /// Lifetime in seconds (none: until revoked).
+    #[serde(default)]
+    pub expires_in_s: Option<u64>,
+}
+
+/// Creates an API key. The secret is in this answer only; the server keeps its hash.
+#[utoipa::path(post, path = "/v1/keys", request_body = CreateKey,
+    responses((status = 201, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_key(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    body: Body<CreateKey>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    principal.require_admin()?;
+    let req = body.value;
+    let (secret, key) = make_key(
+        &state,
+        &req.scope,
+        req.app.as_deref(),
+        &req.label,
+        req.expires_in_s,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"secret": secret, "key": key_json(&state, &key)})),
+    ))
+}
+
+/// Creates and stores a key; returns its secret and what was stored.
+pub async fn make_key(
+    state: &AppState,
+    scope: &str,
+    app: Option<&str>,
+    label: &str,
+    expires_in_s: Option<u64>,
+) -> Result<(String, ApiKey), ApiError> {
+    if label.len() > NAME_BYTES_MAX {
+        return Err(ApiError::invalid_field(
+            "label",
+            format!("label is over {NAME_BYTES_MAX} bytes"),
+        ));
+    }
+    let scope = match (scope, app) {
+        ("admin", None) => KeyScope::Admin,
+        ("admin", Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "app",
+                "an admin key is not bound to an app",
+            ))
+        }
+        ("service", Some(app)) => {
+            let id = state.account(app)?;
+            let account = state.tally.account(id).await?;
+            if account.spec.kind != AccountKind::Revenue {
+                return Err(ApiError::invalid_field(
+                    "app",
+                    format!("{app:?} is not a revenue account"),
+                ));
+            }
+            KeyScope::Service { app: id }
+        }
+        ("service", None) => {
+            return Err(ApiError::invalid_field(
+                "app",
+                "a service key needs its app",
+            ))
+        }
+        (other, _) => {
+            return Err(ApiError::invalid_field(
+                "scope",
+                format!("scope is `admin` or `service`, not {other:?}"),
+            ))
+        }
+    };
+    let now = state.now_ms();
+    let expires_ms = match expires_in_s {
+        Some(0) => {
+            return Err(ApiError::invalid_field(
+                "expires_in_s",
+                "expires_in_s must be positive",
+            ))
+        }
+        Some(s) => Some(
+            s.checked_mul(1000)
+                .and_then(|ms| now.checked_add(ms))
+                .ok_or_else(|| {
+                    ApiError::invalid_field("expires_in_s", "expires_in_s is too large")
+                })?,
+        ),
+        None => None,
+    };
+    let id = state.registry.next_key_id();
+    let secret = new_secret(id);
+    let key = ApiKey {
+        id,
+        hash: hash_secret(&secret),
+        scope,
+        label: label.to_owned(),
+        created_ms: now,
+        expires_ms,
+        revoked: false,
+    };
+    state.registry.add_key(key.clone()).await?;
+    Ok((secret, key))
+}
+
+/// A key as listed (never its secret).
+pub fn key_json(state: &AppState, key: &ApiKey) -> Value {
+    let (scope, app) = match &key.scope {
+        KeyScope::Admin => ("admin", None),
+        KeyScope::Service { app } => ("service", Some(state.name(*app))),
+    };
+    json!({
+        "id": key.id,
+        "scope": scope,
+        "app": app,
+        "label": key.label,
+        "created_at_ms": key.created_ms,
+        "expires_at_ms": key.expires_ms,
+        "revoked": key.revoked,
+    })
+}
+
+/// Lists API keys (never their secrets).
+#[utoipa::path(get, path = "/v1/keys",
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_keys(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let keys: Vec<Value> = state
+        .registry
+        .keys()
+        .iter()
+        .map(|k| key_json(&state, k))
+        .collect();
+    Ok(Json(json!({"keys": keys})))
+}
+
+/// Revokes an API key at once.
+#[utoipa::path(delete, path = "/v1/keys/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn revoke_key(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no API key {id:?}")))?;
+    if !state.registry.revoke_key(id).await? {
+        return Err(ApiError::not_found(format!("no API key {id}")));
+    }
+    Ok(Json(json!({"id": id, "revoked": true})))
+}
+
+/// The native API's routes, with their OpenAPI descriptions.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_account))
+        .routes(routes!(get_balance))
+        .routes(routes!(check))
+        .routes(routes!(fund))
+        .routes(routes!(create_hold))
+        .routes(routes!(get_hold))
+        .routes(routes!(commit_hold))
+        .routes(routes!(void_hold))
+        .routes(routes!(create_charge))
+        .routes(routes!(create_refund))
+        .routes(routes!(create_transfer))
+        .routes(routes!(batch))
+        .routes(routes!(funding_update))
+        .routes(routes!(history))
+        .routes(routes!(audit))
+        .routes(routes!(trail_head))
+        .routes(routes!(create_key, list_keys))
+        .routes(routes!(revoke_key))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seeds' cost service
+
+/// `POST /v1/cost/funding-allowed`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FundingAllowedRequest {
+    /// The account.
+    pub account: String,
+    /// The minimum available, µ¢. Default 100.
+    #[serde(default)]
+    pub minimum: Option<u64>,
+}
+
+/// The seeds' `get_funding_allowed({minimum})`.
+#[utoipa::path(post, path = "/v1/cost/funding-allowed", request_body = FundingAllowedRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn cost_funding_allowed(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    body: Body<FundingAllowedRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if let Principal::User { .. } = principal {
+        return Err(ApiError::forbidden("this needs an admin or service key"));
+    }
+    let r = body.value;
+    let id = state.account(&r.account)?;
+    if let Some(m) = r.minimum {
+        amount_field(m, "minimum")?;
+    }
+    let allowed = state.tally.funding_allowed(id, r.minimum).await?;
+    Ok(Json(json!({
+        "account": r.account,
+        "minimum": r.minimum.unwrap_or(tally::CHECK_MINIMUM_DEFAULT.get()),
+        "allowed": allowed,
+    })))
+}
+
+/// `POST /v1/cost/record-cost`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordCostRequest {
+    /// The user account charged.
+    pub account: String,
+    /// The app's revenue account credited.
+    pub app: String,
+    /// The cost, µ¢.
+    pub cost: u64,
+    /// The endpoint.
+    #[serde(default)]
+    pub endpoint: String,
+}
+
+/// The seeds' `record_cost({cost})`: charge what the work cost (one request in usage).
+#[utoipa::path(post, path = "/v1/cost/record-cost", request_body = RecordCostRequest,
+    responses((status = 201, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn cost_record_cost(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    body: Body<RecordCostRequest>,
+) -> Response {
+    let r = body.value;
+    let op = Op::Charge(ChargeRequest {
+        account: r.account,
+        app: r.app,
+        amount: r.cost,
+        endpoint: r.endpoint,
+        metadata: String::new(),
+        usage: Some(UsageBody {
+            requests: 1,
+            ..UsageBody::default()
+        }),
+    });
+    single(
+        state,
+        principal,
+        headers,
+        "POST /v1/cost/record-cost",
+        body.canonical,
+        op,
+    )
+    .await
+}
+
+/// The seeds' `record_funding_update({old_amount, new_amount})`; 409 `funding_mismatch` when
+/// `old_amount` is stale.
+#[utoipa::path(post, path = "/v1/cost/funding-update", request_body = FundingUpdateRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn cost_funding_update(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    body: Body<FundingUpdateRequest>,
+) -> Response {
+    if let Err(e) = principal.require_admin() {
+        return e.into_response();
+    }
+    let s = state.clone();
+    idempotency::run(
+        &state,
+        &principal,
+        &headers,
+        "POST /v1/cost/funding-update",
+        &body.canonical,
+        1,
+        |op| async move {
+            let r = body.value;
+            funding_update_op(
+                &s,
+                op,
+                &r.account,
+                r.from.as_deref(),
+                r.old_amount,
+                r.new_amount,
+            )
+            .await
+        },
+    )
+    .await
+}
+
+/// The cost service's routes.
+pub fn cost_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(cost_funding_allowed))
+        .routes(routes!(cost_record_cost))
+        .routes(routes!(cost_funding_update))
+}

@@ -1,0 +1,8 @@
+//! tally-server's integration suite: the native API in-process, the Syft SDKs against the real
+//! binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod api;
+mod common;
+mod process;
+mod sdk;
