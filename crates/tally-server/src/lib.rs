@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod idempotency;
 pub mod json;
 pub mod metrics;
@@ -61,6 +62,10 @@ pub struct StateInner {
     pub in_flight: Arc<Semaphore>,
     /// The Prometheus exporter's handle.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Retained events for `/v1/events`.
+    pub events: events::EventLog,
+    /// The task feeding `events` (stopped at shutdown).
+    pub pump: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -88,7 +93,11 @@ impl AppState {
         )
         .await?;
         let jwt_secret = config::load_or_create_secret(&data_dir.join("jwt.secret"))?;
+        let subscription = tally.subscribe();
+        let started_after = tally.trail_head().0;
         let state = AppState(Arc::new(StateInner {
+            events: events::EventLog::new(started_after),
+            pump: parking_lot::Mutex::new(None),
             in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
             tally,
             registry,
@@ -98,6 +107,8 @@ impl AppState {
             metrics: metrics::install(),
             config,
         }));
+        let pump = tokio::spawn(events::pump(Arc::downgrade(&state.0), subscription));
+        *state.pump.lock() = Some(pump);
         state
             .registry
             .map_fixed(FUNDING_ACCOUNT_NAME, FUNDING_ACCOUNT)

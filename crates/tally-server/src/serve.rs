@@ -53,7 +53,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 fn v1_cost_routes() -> OpenApiRouter<AppState> {
-    crate::v1::cost_routes()
+    crate::v1::cost_routes().routes(utoipa_axum::routes!(crate::events::stream_events))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -269,6 +269,9 @@ impl Server {
 
 /// Checkpoints and shuts the engine down, then closes the registry.
 pub async fn shutdown_state(state: AppState) -> Result<(), String> {
+    if let Some(pump) = state.pump.lock().take() {
+        pump.abort();
+    }
     let tally = state.tally.clone();
     if let Err(e) = tally.checkpoint().await {
         tracing::warn!(error = %e, "checkpoint at shutdown failed");

@@ -4,5 +4,6 @@
 
 mod api;
 mod common;
+mod events;
 mod process;
 mod sdk;
