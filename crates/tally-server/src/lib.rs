@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod idempotency;
 pub mod json;
+pub mod metering;
 pub mod metrics;
 pub mod registry;
 pub mod serve;
@@ -107,6 +108,7 @@ impl AppState {
             metrics: metrics::install(),
             config,
         }));
+        metering::restore_prices(&state);
         let pump = tokio::spawn(events::pump(Arc::downgrade(&state.0), subscription));
         *state.pump.lock() = Some(pump);
         state

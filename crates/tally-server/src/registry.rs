@@ -160,6 +160,11 @@ enum Entry {
         by: Party,
         at_ms: u64,
     },
+    Price {
+        app: AccountId,
+        endpoint: String,
+        price: tally::Price,
+    },
 }
 
 /// What [`Registry::begin`] found for an idempotency key.
@@ -201,6 +206,7 @@ struct Inner {
     epoch: u64,
     txns: HashMap<tally::HoldId, Txn>,
     txns_by_user: HashMap<String, Vec<tally::HoldId>>,
+    prices: BTreeMap<(AccountId, String), tally::Price>,
 }
 
 /// The bounds of the registry.
@@ -352,6 +358,13 @@ impl Inner {
                 if let Some(t) = self.txns.get_mut(&hold) {
                     t.resolved.get_or_insert((status, by, at_ms));
                 }
+            }
+            Entry::Price {
+                app,
+                endpoint,
+                price,
+            } => {
+                self.prices.insert((app, endpoint), price);
             }
         }
     }
@@ -741,6 +754,33 @@ impl Registry {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Records the price of an app's endpoint.
+    pub async fn set_price(
+        &self,
+        app: AccountId,
+        endpoint: &str,
+        price: &tally::Price,
+    ) -> Result<(), ApiError> {
+        let entry = Entry::Price {
+            app,
+            endpoint: endpoint.to_owned(),
+            price: price.clone(),
+        };
+        let seq = self.append(&entry).await?;
+        self.inner.lock().apply(entry);
+        self.durable(seq).await
+    }
+
+    /// Every recorded price.
+    pub fn prices(&self) -> Vec<(AccountId, String, tally::Price)> {
+        self.inner
+            .lock()
+            .prices
+            .iter()
+            .map(|((a, e), p)| (*a, e.clone(), p.clone()))
+            .collect()
     }
 
     /// The registry journal's queue: appended, not yet durable.

@@ -53,7 +53,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 fn v1_cost_routes() -> OpenApiRouter<AppState> {
-    crate::v1::cost_routes().routes(utoipa_axum::routes!(crate::events::stream_events))
+    crate::v1::cost_routes()
+        .routes(utoipa_axum::routes!(crate::events::stream_events))
+        .merge(crate::metering::routes())
 }
 
 async fn healthz() -> Json<serde_json::Value> {

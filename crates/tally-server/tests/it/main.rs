@@ -5,5 +5,6 @@
 mod api;
 mod common;
 mod events;
+mod metering;
 mod process;
 mod sdk;

@@ -1,0 +1,664 @@
+//! Prices, metered calls and usage reports over HTTP.
+//!
+//! Prices are kept by the engine; the server also records each one in its registry so that
+//! it is set again when the server restarts. A metered call holds the cost of its largest
+//! usage at the endpoint's price and is finished with the actual usage, priced the same way
+//! (rounded up once to a whole µ¢, as the engine does).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tally::{
+    Command, Granularity, Meter, Outcome, Price, Rate, Request, Tier, Timestamp, Usage, UsageQuery,
+    UsageTotals,
+};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Auth, Principal};
+use crate::error::{wide, ApiError};
+use crate::idempotency;
+use crate::json::{Body, QueryParams};
+use crate::v1::{hold_str, parse_hold, posting_str, ErrorBody, UsageBody};
+use crate::AppState;
+
+/// A rate: `amount` µ¢ per `per` units, or a decimal `usd` or `cents` text per `per` units
+/// (converted exactly, or refused).
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateBody {
+    /// µ¢ per `per` units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<u64>,
+    /// Decimal US dollars per `per` units (e.g. "0.000002").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd: Option<String>,
+    /// Decimal US cents per `per` units (e.g. "200" per 1,000,000 tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cents: Option<String>,
+    /// Units the amount is for. Default 1.
+    #[serde(default = "one")]
+    pub per: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// One tier of a tiered price: units up to `up_to` (none: the rest) at `rate`.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierBody {
+    /// Upper bound of the tier (inclusive); absent for the last.
+    #[serde(default)]
+    pub up_to: Option<u64>,
+    /// Its rate.
+    pub rate: RateBody,
+}
+
+/// A price.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PriceBody {
+    /// A fixed amount per request.
+    PerRequest {
+        /// µ¢ per request.
+        amount: u64,
+    },
+    /// Input and output tokens at their own rates.
+    PerToken {
+        /// Input tokens' rate.
+        input: RateBody,
+        /// Output tokens' rate.
+        output: RateBody,
+    },
+    /// Per character.
+    PerCharacter {
+        /// The rate.
+        rate: RateBody,
+    },
+    /// Per page.
+    PerPage {
+        /// The rate.
+        rate: RateBody,
+    },
+    /// Per second of duration.
+    PerSecond {
+        /// The rate.
+        rate: RateBody,
+    },
+    /// One call's units split across tiers.
+    Tiered {
+        /// `requests`, `tokens`, `characters`, `pages` or `seconds`.
+        meter: String,
+        /// The tiers, in order.
+        tiers: Vec<TierBody>,
+    },
+}
+
+fn pricing(field: &str, e: tally::PricingError) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_price",
+        format!("{field}: {e}"),
+    )
+    .with("field", field)
+}
+
+fn rate(field: &str, r: &RateBody) -> Result<Rate, ApiError> {
+    match (r.amount, &r.usd, &r.cents) {
+        (Some(a), None, None) => Rate::new(a, r.per),
+        (None, Some(u), None) => Rate::usd(u, r.per),
+        (None, None, Some(c)) => Rate::cents(c, r.per),
+        _ => {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("{field} takes exactly one of amount, usd, cents"),
+            ))
+        }
+    }
+    .map_err(|e| pricing(field, e))
+}
+
+fn rate_body(r: &Rate) -> RateBody {
+    RateBody {
+        amount: Some(r.amount),
+        usd: None,
+        cents: None,
+        per: r.per,
+    }
+}
+
+fn meter(name: &str) -> Result<Meter, ApiError> {
+    Ok(match name {
+        "requests" => Meter::Requests,
+        "tokens" => Meter::Tokens,
+        "characters" => Meter::Characters,
+        "pages" => Meter::Pages,
+        "seconds" => Meter::Seconds,
+        other => {
+            return Err(ApiError::invalid_field(
+                "price.meter",
+                format!("meter is requests, tokens, characters, pages or seconds, not {other:?}"),
+            ))
+        }
+    })
+}
+
+fn meter_name(m: Meter) -> &'static str {
+    match m {
+        Meter::Requests => "requests",
+        Meter::Tokens => "tokens",
+        Meter::Characters => "characters",
+        Meter::Pages => "pages",
+        Meter::Seconds => "seconds",
+    }
+}
+
+/// The engine's price for a price body (exact, or refused).
+pub fn to_price(p: &PriceBody) -> Result<Price, ApiError> {
+    Ok(match p {
+        PriceBody::PerRequest { amount } => {
+            if *amount == 0 {
+                // The ledger holds and charges only positive amounts.
+                return Err(ApiError::from(tally::LedgerError::ZeroAmount {
+                    field: "price.amount",
+                }));
+            }
+            Price::PerRequest(
+                tally::Amount::new(*amount)
+                    .map_err(|e| ApiError::from(e).with("field", "price.amount"))?,
+            )
+        }
+        PriceBody::PerToken { input, output } => Price::PerToken {
+            input: rate("price.input", input)?,
+            output: rate("price.output", output)?,
+        },
+        PriceBody::PerCharacter { rate: r } => Price::PerCharacter(rate("price.rate", r)?),
+        PriceBody::PerPage { rate: r } => Price::PerPage(rate("price.rate", r)?),
+        PriceBody::PerSecond { rate: r } => Price::PerSecond(rate("price.rate", r)?),
+        PriceBody::Tiered { meter: m, tiers } => {
+            if tiers.is_empty() || tiers.len() > 32 {
+                return Err(ApiError::invalid_field(
+                    "price.tiers",
+                    "a tiered price has 1 to 32 tiers",
+                ));
+            }
+            let mut out = Vec::with_capacity(tiers.len());
+            for (i, t) in tiers.iter().enumerate() {
+                out.push(Tier {
+                    up_to: t.up_to,
+                    rate: rate(&format!("price.tiers[{i}].rate"), &t.rate)?,
+                });
+            }
+            Price::Tiered {
+                meter: meter(m)?,
+                tiers: out,
+            }
+        }
+    })
+}
+
+/// A price as the API shows it (rates in µ¢ per units).
+pub fn price_body(p: &Price) -> PriceBody {
+    match p {
+        Price::PerRequest(a) => PriceBody::PerRequest { amount: a.get() },
+        Price::PerToken { input, output } => PriceBody::PerToken {
+            input: rate_body(input),
+            output: rate_body(output),
+        },
+        Price::PerCharacter(r) => PriceBody::PerCharacter { rate: rate_body(r) },
+        Price::PerPage(r) => PriceBody::PerPage { rate: rate_body(r) },
+        Price::PerSecond(r) => PriceBody::PerSecond { rate: rate_body(r) },
+        Price::Tiered { meter: m, tiers } => PriceBody::Tiered {
+            meter: meter_name(*m).to_owned(),
+            tiers: tiers
+                .iter()
+                .map(|t| TierBody {
+                    up_to: t.up_to,
+                    rate: rate_body(&t.rate),
+                })
+                .collect(),
+        },
+    }
+}
+
+/// `PUT /v1/prices`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPrice {
+    /// The app (revenue account).
+    pub app: String,
+    /// The endpoint (≤ 128 bytes).
+    pub endpoint: String,
+    /// The price.
+    pub price: PriceBody,
+}
+
+/// Sets the price of an app's endpoint (replacing any earlier one; kept across restarts).
+#[utoipa::path(put, path = "/v1/prices", request_body = SetPrice,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn set_price(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    body: Body<SetPrice>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let req = body.value;
+    let app = state.account(&req.app)?;
+    if req.endpoint.len() > 128 {
+        return Err(ApiError::invalid_field(
+            "endpoint",
+            "endpoint is over 128 bytes",
+        ));
+    }
+    let price = to_price(&req.price)?;
+    state.registry.set_price(app, &req.endpoint, &price).await?;
+    state
+        .tally
+        .set_price(app, req.endpoint.clone(), price.clone());
+    Ok(Json(
+        json!({"app": req.app, "endpoint": req.endpoint, "price": price_body(&price)}),
+    ))
+}
+
+/// `GET /v1/prices`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PriceQuery {
+    /// The app.
+    pub app: String,
+    /// The endpoint.
+    pub endpoint: String,
+}
+
+/// The price of an app's endpoint.
+#[utoipa::path(get, path = "/v1/prices", params(PriceQuery),
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_price(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    QueryParams(q): QueryParams<PriceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Principal::User { .. } = principal {
+        return Err(ApiError::forbidden("this needs an admin or service key"));
+    }
+    let app = state.account(&q.app)?;
+    let price = state.tally.price(app, &q.endpoint).ok_or_else(|| {
+        ApiError::from(tally::Error::NoPrice {
+            app,
+            endpoint: q.endpoint.clone(),
+        })
+    })?;
+    Ok(Json(
+        json!({"app": q.app, "endpoint": q.endpoint, "price": price_body(&price)}),
+    ))
+}
+
+/// `POST /v1/prices/quote`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteRequest {
+    /// The app.
+    pub app: String,
+    /// The endpoint.
+    pub endpoint: String,
+    /// The usage to price.
+    pub usage: UsageBody,
+}
+
+/// What a usage costs at an endpoint's price now (rounded up once to a whole µ¢).
+#[utoipa::path(post, path = "/v1/prices/quote", request_body = QuoteRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn quote(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    body: Body<QuoteRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if let Principal::User { .. } = principal {
+        return Err(ApiError::forbidden("this needs an admin or service key"));
+    }
+    let req = body.value;
+    let app = state.account(&req.app)?;
+    let cost = state
+        .tally
+        .quote(app, &req.endpoint, &Usage::from(req.usage))?;
+    Ok(Json(
+        json!({"app": req.app, "endpoint": req.endpoint, "cost": cost.get()}),
+    ))
+}
+
+/// `POST /v1/meter`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeterRequest {
+    /// The user account.
+    pub account: String,
+    /// The app.
+    pub app: String,
+    /// The priced endpoint.
+    pub endpoint: String,
+    /// The largest usage the call can have (its `max_tokens`, say): its cost is held.
+    pub max_usage: UsageBody,
+    /// Hold timeout. Default 60,000.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Starts a metered call: holds the cost of `max_usage` at the endpoint's price.
+#[utoipa::path(post, path = "/v1/meter", request_body = MeterRequest,
+    responses((status = 201, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn start_meter(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    body: Body<MeterRequest>,
+) -> Response {
+    let s = state.clone();
+    let p = principal.clone();
+    idempotency::run(
+        &state,
+        &principal,
+        &headers,
+        "POST /v1/meter",
+        &body.canonical,
+        1,
+        |op| async move {
+            let req = body.value;
+            let account = s.account(&req.account)?;
+            let app = s.account(&req.app)?;
+            p.require_app(app)?;
+            let estimate = s
+                .tally
+                .quote(app, &req.endpoint, &Usage::from(req.max_usage))?;
+            let command = Command::Reserve {
+                app,
+                amount: estimate,
+                timeout_ms: req.timeout_ms.unwrap_or(60_000),
+                endpoint: req.endpoint.clone(),
+                metadata: String::new(),
+            };
+            let request = Request {
+                op,
+                command,
+                origin: tally::Origin::new("tally-server", p.scope(), ""),
+            };
+            match s.tally.execute(account, request).await? {
+                Outcome::Reserved { hold, expires_at } => Ok((
+                    StatusCode::CREATED,
+                    json!({"hold": hold_str(hold), "account": req.account, "app": req.app,
+                       "endpoint": req.endpoint, "amount_held": estimate.get(),
+                       "expires_at_ms": expires_at.0}),
+                )),
+                other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+            }
+        },
+    )
+    .await
+}
+
+/// `POST /v1/meter/{hold}/finish`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinishRequest {
+    /// What the call used.
+    pub usage: UsageBody,
+}
+
+/// Finishes a metered call: commits the priced cost of its actual usage (at most what was
+/// held: more is 422 `commit_exceeds_hold`), releases the rest, records the usage.
+#[utoipa::path(post, path = "/v1/meter/{hold}/finish", params(("hold" = String, Path)),
+    request_body = FinishRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn finish_meter(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(hold): Path<String>,
+    headers: HeaderMap,
+    body: Body<FinishRequest>,
+) -> Response {
+    let route = format!("POST /v1/meter/{hold}/finish");
+    let s = state.clone();
+    let p = principal.clone();
+    idempotency::run(&state, &principal, &headers, &route, &body.canonical, 1, |op| async move {
+        let id = parse_hold(&hold)?;
+        let h = s.tally.get_hold(id).await?;
+        p.require_app(h.app)?;
+        let usage = Usage::from(body.value.usage);
+        let cost = s.tally.quote(h.app, &h.endpoint, &usage)?;
+        let request = Request {
+            op,
+            command: Command::Commit {
+                hold: id,
+                amount: cost,
+                usage,
+            },
+            origin: tally::Origin::new("tally-server", p.scope(), ""),
+        };
+        match s.tally.execute(id.account, request).await? {
+            Outcome::Committed {
+                posting,
+                amount_posted,
+                amount_released,
+            } => Ok((
+                StatusCode::OK,
+                json!({"hold": hold, "posting": posting_str(posting), "cost": cost.get(),
+                       "amount_posted": amount_posted.get(), "amount_released": amount_released.get()}),
+            )),
+            other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        }
+    })
+    .await
+}
+
+/// `GET /v1/usage` and `/v1/usage/top-users`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UsageParams {
+    /// `minute`, `hour` or `day`.
+    pub granularity: String,
+    /// Start (ms since the epoch, rounded down to a bucket).
+    pub from_ms: u64,
+    /// End (exclusive).
+    pub to_ms: u64,
+    /// Only this user account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Only this app.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Only this endpoint.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Top users: how many (1 to 1,000, default 10).
+    #[serde(default)]
+    pub n: Option<usize>,
+}
+
+fn usage_query(state: &AppState, p: &UsageParams) -> Result<UsageQuery, ApiError> {
+    let granularity = match p.granularity.as_str() {
+        "minute" => Granularity::Minute,
+        "hour" => Granularity::Hour,
+        "day" => Granularity::Day,
+        other => {
+            return Err(ApiError::invalid_field(
+                "granularity",
+                format!("granularity is minute, hour or day, not {other:?}"),
+            ))
+        }
+    };
+    if p.to_ms <= p.from_ms {
+        return Err(ApiError::invalid_field(
+            "to_ms",
+            "to_ms must be after from_ms",
+        ));
+    }
+    let mut q = UsageQuery::new(granularity, Timestamp(p.from_ms), Timestamp(p.to_ms));
+    q.account = p.account.as_deref().map(|a| state.account(a)).transpose()?;
+    q.app = p.app.as_deref().map(|a| state.account(a)).transpose()?;
+    q.endpoint = p.endpoint.clone();
+    Ok(q)
+}
+
+fn totals_json(t: &UsageTotals) -> Value {
+    let w = |v: u128| wide(i128::try_from(v).unwrap_or(i128::MAX));
+    json!({
+        "calls": t.calls,
+        "requests": w(t.requests),
+        "input_tokens": w(t.input_tokens),
+        "output_tokens": w(t.output_tokens),
+        "characters": w(t.characters),
+        "pages": w(t.pages),
+        "duration_ms": w(t.duration_ms),
+        "cost": w(t.cost),
+    })
+}
+
+/// Usage and cost summed per bucket (of a user, an app, an endpoint), with totals; `complete`
+/// is false when buckets in the range were already dropped by the retention bounds.
+#[utoipa::path(get, path = "/v1/usage", params(UsageParams),
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn usage(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    QueryParams(p): QueryParams<UsageParams>,
+) -> Result<Json<Value>, ApiError> {
+    let q = usage_query(&state, &p)?;
+    match (&principal, q.app) {
+        (Principal::Admin { .. }, _) => {}
+        (Principal::Service { app, .. }, Some(asked)) if *app == asked => {}
+        _ => {
+            return Err(ApiError::forbidden(
+                "a service key reads its own app's usage (set app)",
+            ))
+        }
+    }
+    let r = state.tally.usage(&q)?;
+    let buckets: Vec<Value> = r
+        .buckets
+        .iter()
+        .map(|(at, t)| {
+            let mut v = totals_json(t);
+            v["start_ms"] = Value::from(at.0);
+            v
+        })
+        .collect();
+    Ok(Json(
+        json!({"totals": totals_json(&r.totals), "buckets": buckets, "complete": r.complete}),
+    ))
+}
+
+/// The users who spent most in the range, most first.
+#[utoipa::path(get, path = "/v1/usage/top-users", params(UsageParams),
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn top_users(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    QueryParams(p): QueryParams<UsageParams>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let q = usage_query(&state, &p)?;
+    let n = p.n.unwrap_or(10);
+    if n == 0 || n > 1_000 {
+        return Err(ApiError::invalid_field("n", "n must be 1 to 1,000"));
+    }
+    let top = state.tally.top_users(&q, n)?;
+    let users: Vec<Value> = top
+        .iter()
+        .map(|(id, t)| {
+            let mut v = totals_json(t);
+            v["account"] = Value::from(state.name(*id));
+            v
+        })
+        .collect();
+    Ok(Json(json!({"users": users})))
+}
+
+/// `GET /v1/accounts/{id}/balance-history`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceHistoryParams {
+    /// Start (ms since the epoch). Default 0.
+    #[serde(default)]
+    pub from_ms: u64,
+    /// End (exclusive). Default: no end.
+    #[serde(default)]
+    pub to_ms: Option<u64>,
+    /// At most this many points (1 to 10,000, default 1,000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// An account's balance after each change in the range, oldest first.
+#[utoipa::path(get, path = "/v1/accounts/{id}/balance-history", params(("id" = String, Path), BalanceHistoryParams),
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn balance_history(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(name): Path<String>,
+    QueryParams(p): QueryParams<BalanceHistoryParams>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let id = state.account(&name)?;
+    let limit = p.limit.unwrap_or(1_000);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::invalid_field(
+            "limit",
+            "limit must be 1 to 10,000",
+        ));
+    }
+    let points = state
+        .tally
+        .balance_history(
+            id,
+            Timestamp(p.from_ms),
+            Timestamp(p.to_ms.unwrap_or(u64::MAX)),
+            limit,
+        )
+        .await?;
+    let points: Vec<Value> = points
+        .iter()
+        .map(|b| {
+            json!({
+                "seq": b.seq,
+                "at_ms": b.at.0,
+                "credits_posted": wide(i128::try_from(b.credits_posted).unwrap_or(i128::MAX)),
+                "debits_posted": wide(i128::try_from(b.debits_posted).unwrap_or(i128::MAX)),
+                "debits_pending": wide(i128::try_from(b.debits_pending).unwrap_or(i128::MAX)),
+                "posted": wide(b.posted()),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"account": name, "points": points})))
+}
+
+/// Sets again, at start, every price the registry recorded.
+pub fn restore_prices(state: &AppState) {
+    for (app, endpoint, price) in state.registry.prices() {
+        state.tally.set_price(app, endpoint, price);
+    }
+}
+
+/// The metering routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(set_price, get_price))
+        .routes(routes!(quote))
+        .routes(routes!(start_meter))
+        .routes(routes!(finish_meter))
+        .routes(routes!(usage))
+        .routes(routes!(top_users))
+        .routes(routes!(balance_history))
+}

@@ -1,0 +1,162 @@
+//! Prices, metered calls and usage reports over HTTP.
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::common::Harness;
+
+async fn priced() -> Harness {
+    let h = Harness::new().await;
+    h.world(100_000_000).await;
+    // The seed's "200 / 600 cents per million input / output tokens".
+    let price = json!({"app": "chat", "endpoint": "/v1/chat", "price": {"type": "per_token",
+        "input": {"cents": "200", "per": 1_000_000}, "output": {"cents": "600", "per": 1_000_000}}});
+    let a = h.admin("PUT", "/v1/prices", Some(price)).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    h
+}
+
+#[tokio::test]
+async fn a_metered_call_holds_its_largest_cost_and_commits_its_actual_cost_exactly() {
+    let h = priced().await;
+    let start = h
+        .admin(
+            "POST",
+            "/v1/meter",
+            Some(
+                json!({"account": "alice", "app": "chat", "endpoint": "/v1/chat",
+            "max_usage": {"input_tokens": 1_000, "output_tokens": 4_000}}),
+            ),
+        )
+        .await;
+    assert_eq!(start.status, StatusCode::CREATED, "{start:?}");
+    // 200 cents per million tokens is 200 µ¢ a token: 1,000 × 200 + 4,000 × 600 µ¢.
+    assert_eq!(start.body["amount_held"], 2_600_000);
+    let hold = start.body["hold"].as_str().unwrap().to_owned();
+    let done = h
+        .admin(
+            "POST",
+            &format!("/v1/meter/{hold}/finish"),
+            Some(json!({"usage": {"input_tokens": 1_000, "output_tokens": 333}})),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{done:?}");
+    assert_eq!(done.body["cost"], 200_000 + 199_800);
+    assert_eq!(done.body["amount_released"], 2_600_000 - 399_800);
+    assert_eq!(h.available("alice").await, 100_000_000 - 399_800);
+    let quote = h
+        .admin(
+            "POST",
+            "/v1/prices/quote",
+            Some(json!({"app": "chat", "endpoint": "/v1/chat", "usage": {"output_tokens": 1}})),
+        )
+        .await;
+    assert_eq!(quote.body["cost"], 600);
+
+    let now = h.state.now_ms();
+    let usage = h
+        .admin(
+            "GET",
+            &format!(
+                "/v1/usage?granularity=minute&from_ms={}&to_ms={}&app=chat",
+                now - 60_000,
+                now + 60_000
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(usage.status, StatusCode::OK, "{usage:?}");
+    assert_eq!(usage.body["totals"]["cost"], 399_800);
+    assert_eq!(usage.body["totals"]["output_tokens"], 333);
+    let top = h
+        .admin(
+            "GET",
+            &format!(
+                "/v1/usage/top-users?granularity=day&from_ms=0&to_ms={}",
+                now + 1
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(top.body["users"][0]["account"], "alice", "{top:?}");
+    let history = h
+        .admin("GET", "/v1/accounts/alice/balance-history", None)
+        .await;
+    let points = history.body["points"].as_array().unwrap();
+    assert_eq!(points.last().unwrap()["posted"], 100_000_000 - 399_800);
+}
+
+#[tokio::test]
+async fn a_price_survives_a_restart_and_a_malformed_rate_is_refused() {
+    let h = priced().await;
+    let h = h.restart().await;
+    let got = h
+        .admin("GET", "/v1/prices?app=chat&endpoint=/v1/chat", None)
+        .await;
+    assert_eq!(got.status, StatusCode::OK, "{got:?}");
+    assert_eq!(
+        got.body["price"]["output"]["amount"], 600_000_000,
+        "{got:?}"
+    );
+    assert_eq!(got.body["price"]["output"]["per"], 1_000_000);
+    let inexact = h
+        .admin("PUT", "/v1/prices", Some(json!({"app": "chat", "endpoint": "/x", "price": {"type": "per_request", "amount": 0}})))
+        .await;
+    assert_eq!(inexact.status, StatusCode::BAD_REQUEST);
+    // A tenth of a µ¢ per character is exact (1 µ¢ per 10; a call's cost rounds up once) ...
+    let fraction = h
+        .admin("PUT", "/v1/prices", Some(json!({"app": "chat", "endpoint": "/x", "price": {"type": "per_character", "rate": {"usd": "0.000000001"}}})))
+        .await;
+    assert_eq!(fraction.status, StatusCode::OK, "{fraction:?}");
+    assert_eq!(
+        fraction.body["price"]["rate"],
+        json!({"amount": 1, "per": 10})
+    );
+    // ... a rate that is not a decimal number, or given twice over, is not.
+    for rate in [
+        json!({"usd": "1,5"}),
+        json!({"usd": "0.1", "amount": 3}),
+        json!({"cents": "-1"}),
+    ] {
+        let bad = h
+            .admin("PUT", "/v1/prices", Some(json!({"app": "chat", "endpoint": "/y", "price": {"type": "per_page", "rate": rate}})))
+            .await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{rate}: {bad:?}");
+    }
+    let none = h
+        .admin("GET", "/v1/prices?app=chat&endpoint=/y", None)
+        .await;
+    assert_eq!(
+        (none.status, none.code()),
+        (StatusCode::NOT_FOUND, "no_price")
+    );
+}
+
+#[tokio::test]
+async fn finishing_above_what_was_held_is_refused_and_the_hold_stays() {
+    let h = priced().await;
+    let start = h
+        .admin(
+            "POST",
+            "/v1/meter",
+            Some(
+                json!({"account": "alice", "app": "chat", "endpoint": "/v1/chat",
+            "max_usage": {"output_tokens": 10}}),
+            ),
+        )
+        .await;
+    let hold = start.body["hold"].as_str().unwrap().to_owned();
+    let over = h
+        .admin(
+            "POST",
+            &format!("/v1/meter/{hold}/finish"),
+            Some(json!({"usage": {"output_tokens": 11}})),
+        )
+        .await;
+    assert_eq!(
+        (over.status, over.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "commit_exceeds_hold")
+    );
+    let got = h.admin("GET", &format!("/v1/holds/{hold}"), None).await;
+    assert_eq!(got.body["status"], "pending");
+}
