@@ -38,8 +38,8 @@
 pub use tally_core::{
     audit, Account, AccountFlags, AccountId, AccountKind, AccountSpec, Amount, AuditReport,
     Auditor, Balance, Change, Command, Hold, HoldId, HoldStatus, Limits, OpId, Origin, Outcome,
-    Posting, PostingId, Record, Request, SpendCaps, Timestamp, Violation, CHECK_MINIMUM_DEFAULT,
-    DAY_MS,
+    Posting, PostingId, Record, Request, SpendCaps, SpendToken, Timestamp, TokenId, Violation,
+    CHECK_MINIMUM_DEFAULT, DAY_MS,
 };
 pub use tally_core::{
     parse_cents, parse_usd, Meter, Price, PricingError, Rate, Tier, Usage, MICROCENTS_PER_CENT,

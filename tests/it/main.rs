@@ -13,5 +13,6 @@ mod operations;
 mod props;
 mod rejections;
 mod support;
+mod tokens;
 mod trail;
 mod usage;

@@ -133,6 +133,7 @@ impl CoreLoop {
                 amount,
                 endpoint: String::new(),
                 metadata: String::new(),
+                token: None,
             },
         };
         let ctx = DecideCtx {

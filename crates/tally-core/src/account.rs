@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 
 use crate::command::{Digest, Outcome};
-use crate::{AccountId, Amount, HoldId, OpId, PostingId, Timestamp};
+use crate::{AccountId, Amount, HoldId, OpId, PostingId, Timestamp, TokenId};
 
 /// What an account is for. The kind decides which operations it may take part in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -135,6 +135,43 @@ pub struct Hold {
     pub posting: Option<PostingId>,
     /// When it was resolved.
     pub resolved_at: Option<Timestamp>,
+    /// The spend token it was made with (its sequence number in the account), if any.
+    pub token: Option<u64>,
+}
+
+/// A user's authorization for one app (and optionally one endpoint) to hold or charge its
+/// funds up to `cap`, until `expires_at`. `used` is what its pending holds hold plus what it
+/// posted; a hold's released part goes back to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendToken {
+    /// Its id.
+    pub id: TokenId,
+    /// The app it lets spend.
+    pub app: AccountId,
+    /// The endpoint it is limited to (empty: any).
+    pub endpoint: String,
+    /// The most it lets be held and posted in all.
+    pub cap: Amount,
+    /// Held now plus posted so far (never above `cap`).
+    pub used: Amount,
+    /// When it was issued.
+    pub issued_at: Timestamp,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+    /// Revoked by the user.
+    pub revoked: bool,
+}
+
+impl SpendToken {
+    /// What it still lets be spent.
+    pub fn remaining(&self) -> Amount {
+        self.cap.checked_sub(self.used).unwrap_or(Amount::ZERO)
+    }
+
+    /// Neither revoked nor expired at `now`.
+    pub fn live(&self, now: Timestamp) -> bool {
+        !self.revoked && now < self.expires_at
+    }
 }
 
 /// Money moved from a user to an app, refundable in parts up to its amount.
@@ -221,6 +258,8 @@ pub struct Account {
     pub(crate) funded: u128,
     /// What the account posted to apps during one UTC day (for spend caps).
     pub(crate) spend: SpendDay,
+    /// Spend tokens, by sequence number (dead ones are dropped when a new one is issued).
+    pub(crate) tokens: std::collections::BTreeMap<u64, SpendToken>,
 }
 
 /// Milliseconds in a day: spend caps count per UTC day of the records' timestamps.
@@ -290,7 +329,18 @@ impl Account {
             last_seq: 0,
             funded: 0,
             spend: SpendDay::default(),
+            tokens: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// A spend token of this account.
+    pub fn token(&self, seq: u64) -> Option<&SpendToken> {
+        self.tokens.get(&seq)
+    }
+
+    /// Its spend tokens, oldest first.
+    pub fn tokens(&self) -> impl Iterator<Item = &SpendToken> {
+        self.tokens.values()
     }
 
     /// The account's balance.

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AccountId, AccountSpec, Amount, HoldId, OpId, PostingId, Timestamp, Usage};
+use crate::{AccountId, AccountSpec, Amount, HoldId, OpId, PostingId, Timestamp, TokenId, Usage};
 
 /// A write request: a caller-chosen operation id (the idempotency key), what to do, and who
 /// asked.
@@ -79,6 +79,9 @@ pub enum Command {
         endpoint: String,
         /// Caller's metadata (opaque).
         metadata: String,
+        /// The spend token (its sequence number in this account) the app presents, whose cap,
+        /// expiry, app and endpoint the hold must fit.
+        token: Option<u64>,
     },
     /// Post `amount ≤ held` of a hold to its app and release the rest.
     Commit {
@@ -106,6 +109,8 @@ pub enum Command {
         metadata: String,
         /// What the work used (for usage tracking; all zero when not metered).
         usage: Usage,
+        /// The spend token the app presents (see `Reserve`).
+        token: Option<u64>,
     },
     /// Return part or all of a posting from its app to this account.
     Refund {
@@ -133,6 +138,23 @@ pub enum Command {
         /// The total funding wanted.
         new: Amount,
     },
+    /// Issue a spend token: let `app` hold or charge up to `cap` of this account in all, at
+    /// `endpoint` only (empty: any), for `ttl_ms`.
+    IssueToken {
+        /// The app (its revenue account, or another user).
+        app: AccountId,
+        /// The most the token lets be held and posted.
+        cap: Amount,
+        /// How long it lives.
+        ttl_ms: u64,
+        /// The endpoint it is limited to (empty: any).
+        endpoint: String,
+    },
+    /// Revoke a spend token at once (holds already made with it stand).
+    RevokeToken {
+        /// The token's sequence number in this account.
+        token: u64,
+    },
 }
 
 impl Command {
@@ -144,7 +166,11 @@ impl Command {
             Command::Reserve { app, .. } | Command::Charge { app, .. } => Some(*app),
             Command::Transfer { to, .. } => Some(*to),
             Command::UpdateFunding { from, .. } => Some(*from),
-            Command::Commit { .. } | Command::Void { .. } | Command::Refund { .. } => None,
+            Command::IssueToken { app, .. } => Some(*app),
+            Command::Commit { .. }
+            | Command::Void { .. }
+            | Command::Refund { .. }
+            | Command::RevokeToken { .. } => None,
         }
     }
 
@@ -159,6 +185,8 @@ impl Command {
             Command::Refund { .. } => "refund",
             Command::Transfer { .. } => "transfer",
             Command::UpdateFunding { .. } => "update_funding",
+            Command::IssueToken { .. } => "issue_token",
+            Command::RevokeToken { .. } => "revoke_token",
         }
     }
 
@@ -172,6 +200,8 @@ impl Command {
             Command::Refund { .. } => 5,
             Command::Transfer { .. } => 6,
             Command::UpdateFunding { .. } => 7,
+            Command::IssueToken { .. } => 8,
+            Command::RevokeToken { .. } => 9,
         }
     }
 
@@ -179,45 +209,65 @@ impl Command {
     /// fields hashed), enough to tell a retry from a different request and to name the field that
     /// differs, without keeping the request's text in memory.
     pub(crate) fn digest(&self) -> Digest {
-        let fields: [u64; 5] = match self {
-            Command::Fund { from, amount } => [from.0, amount.get(), 0, 0, 0],
+        // A token field is its sequence number + 1 (0: none).
+        let token_field = |t: &Option<u64>| t.map_or(0, |t| t.saturating_add(1));
+        let fields: [u64; 6] = match self {
+            Command::Fund { from, amount } => [from.0, amount.get(), 0, 0, 0, 0],
             Command::Reserve {
                 app,
                 amount,
                 timeout_ms,
                 endpoint,
                 metadata,
+                token,
             } => [
                 app.0,
                 amount.get(),
                 *timeout_ms,
                 text_hash(endpoint),
                 text_hash(metadata),
+                token_field(token),
             ],
             Command::Commit {
                 hold,
                 amount,
                 usage,
-            } => [hold.account.0, hold.seq, amount.get(), usage_hash(usage), 0],
-            Command::Void { hold } => [hold.account.0, hold.seq, 0, 0, 0],
+            } => [
+                hold.account.0,
+                hold.seq,
+                amount.get(),
+                usage_hash(usage),
+                0,
+                0,
+            ],
+            Command::Void { hold } => [hold.account.0, hold.seq, 0, 0, 0, 0],
             Command::Charge {
                 app,
                 amount,
                 endpoint,
                 metadata,
                 usage,
+                token,
             } => [
                 app.0,
                 amount.get(),
                 text_hash(endpoint),
                 text_hash(metadata),
                 usage_hash(usage),
+                token_field(token),
             ],
             Command::Refund { posting, amount } => {
-                [posting.account.0, posting.seq, amount.get(), 0, 0]
+                [posting.account.0, posting.seq, amount.get(), 0, 0, 0]
             }
-            Command::Transfer { to, amount } => [to.0, amount.get(), 0, 0, 0],
-            Command::UpdateFunding { from, old, new } => [from.0, old.get(), new.get(), 0, 0],
+            Command::Transfer { to, amount } => [to.0, amount.get(), 0, 0, 0, 0],
+            Command::UpdateFunding { from, old, new } => [from.0, old.get(), new.get(), 0, 0, 0],
+            Command::IssueToken {
+                app,
+                cap,
+                ttl_ms,
+                endpoint,
+            } => [app.0, cap.get(), *ttl_ms, text_hash(endpoint), 0, 0],
+            Command::RevokeToken { token } => [*token, 0, 0, 0, 0, 0],
         };
         Digest {
             kind: self.kind_index(),
@@ -227,15 +277,24 @@ impl Command {
 }
 
 /// Field names of each command kind, in [`Command::digest`]'s order.
-const DIGEST_FIELDS: [[&str; 5]; 8] = [
-    ["from", "amount", "", "", ""],
-    ["app", "amount", "timeout_ms", "endpoint", "metadata"],
-    ["hold", "hold", "amount", "usage", ""],
-    ["hold", "hold", "", "", ""],
-    ["app", "amount", "endpoint", "metadata", "usage"],
-    ["posting", "posting", "amount", "", ""],
-    ["to", "amount", "", "", ""],
-    ["from", "old", "new", "", ""],
+const DIGEST_FIELDS: [[&str; 6]; 10] = [
+    ["from", "amount", "", "", "", ""],
+    [
+        "app",
+        "amount",
+        "timeout_ms",
+        "endpoint",
+        "metadata",
+        "token",
+    ],
+    ["hold", "hold", "amount", "usage", "", ""],
+    ["hold", "hold", "", "", "", ""],
+    ["app", "amount", "endpoint", "metadata", "usage", "token"],
+    ["posting", "posting", "amount", "", "", ""],
+    ["to", "amount", "", "", "", ""],
+    ["from", "old", "new", "", "", ""],
+    ["app", "cap", "ttl_ms", "endpoint", "", ""],
+    ["token", "", "", "", "", ""],
 ];
 
 /// FNV-1a (64-bit) of the text: fixed by its specification, so digests stored in snapshots
@@ -271,7 +330,7 @@ fn usage_hash(usage: &Usage) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Digest {
     kind: u8,
-    fields: [u64; 5],
+    fields: [u64; 6],
 }
 
 impl Digest {
@@ -341,6 +400,18 @@ pub enum Outcome {
         /// The total funding now.
         funded: Amount,
     },
+    /// A spend token was issued.
+    TokenIssued {
+        /// The token.
+        token: TokenId,
+        /// When it expires.
+        expires_at: Timestamp,
+    },
+    /// A spend token was revoked.
+    TokenRevoked {
+        /// The token.
+        token: TokenId,
+    },
 }
 
 /// One journal record: one state change of one account (and, for a two-account change, the leg
@@ -388,6 +459,8 @@ pub enum Change {
         endpoint: String,
         /// The metadata.
         metadata: String,
+        /// The spend token it was made with.
+        token: Option<u64>,
     },
     /// A hold was committed (the app's credit is the leg).
     Committed {
@@ -434,6 +507,8 @@ pub enum Change {
         posting: u64,
         /// What the work used.
         usage: Usage,
+        /// The spend token it was made with.
+        token: Option<u64>,
     },
     /// A refund (the app's debit is the leg).
     Refunded {
@@ -460,6 +535,24 @@ pub enum Change {
         old: Amount,
         /// The total after.
         new: Amount,
+    },
+    /// A spend token was issued.
+    TokenIssued {
+        /// Its sequence number in the account.
+        token: u64,
+        /// The app it lets spend.
+        app: AccountId,
+        /// Its cap.
+        cap: Amount,
+        /// When it expires.
+        expires_at: Timestamp,
+        /// The endpoint it is limited to (empty: any).
+        endpoint: String,
+    },
+    /// A spend token was revoked.
+    TokenRevoked {
+        /// Its sequence number in the account.
+        token: u64,
     },
 }
 
@@ -517,7 +610,9 @@ impl Record {
             Change::Opened { .. }
             | Change::Reserved { .. }
             | Change::Voided { .. }
-            | Change::Expired { .. } => None,
+            | Change::Expired { .. }
+            | Change::TokenIssued { .. }
+            | Change::TokenRevoked { .. } => None,
         }
     }
 
@@ -547,7 +642,9 @@ impl Record {
             ..Effect::default()
         };
         match &self.change {
-            Change::Opened { .. } => Effect::default(),
+            Change::Opened { .. } | Change::TokenIssued { .. } | Change::TokenRevoked { .. } => {
+                Effect::default()
+            }
             Change::Funded { amount, .. } | Change::Refunded { amount, .. } => credits(amount),
             Change::FundingUpdated { old, new, .. } => match new.checked_sub(*old) {
                 Some(up) => credits(&up),
@@ -596,6 +693,7 @@ impl Record {
                 expires_at,
                 endpoint,
                 metadata,
+                token,
                 ..
             } => Command::Reserve {
                 app: *app,
@@ -603,6 +701,7 @@ impl Record {
                 timeout_ms: expires_at.0.saturating_sub(self.at.0),
                 endpoint: endpoint.clone(),
                 metadata: metadata.clone(),
+                token: *token,
             },
             Change::Committed {
                 hold,
@@ -629,6 +728,7 @@ impl Record {
                 endpoint,
                 metadata,
                 usage,
+                token,
                 ..
             } => Command::Charge {
                 app: *app,
@@ -636,6 +736,7 @@ impl Record {
                 endpoint: endpoint.clone(),
                 metadata: metadata.clone(),
                 usage: *usage,
+                token: *token,
             },
             Change::Refunded {
                 posting, amount, ..
@@ -655,6 +756,19 @@ impl Record {
                 old: *old,
                 new: *new,
             },
+            Change::TokenIssued {
+                app,
+                cap,
+                expires_at,
+                endpoint,
+                ..
+            } => Command::IssueToken {
+                app: *app,
+                cap: *cap,
+                ttl_ms: expires_at.0.saturating_sub(self.at.0),
+                endpoint: endpoint.clone(),
+            },
+            Change::TokenRevoked { token } => Command::RevokeToken { token: *token },
         })
     }
 
@@ -710,6 +824,21 @@ impl Record {
             },
             Change::Transferred { .. } => Outcome::Transferred,
             Change::FundingUpdated { new, .. } => Outcome::FundingUpdated { funded: *new },
+            Change::TokenIssued {
+                token, expires_at, ..
+            } => Outcome::TokenIssued {
+                token: TokenId {
+                    account,
+                    seq: *token,
+                },
+                expires_at: *expires_at,
+            },
+            Change::TokenRevoked { token } => Outcome::TokenRevoked {
+                token: TokenId {
+                    account,
+                    seq: *token,
+                },
+            },
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Typed domain errors. A rejected request changes nothing.
 
-use crate::{AccountId, HoldId, HoldStatus, OpId, PostingId, Timestamp};
+use crate::{AccountId, HoldId, HoldStatus, OpId, PostingId, Timestamp, TokenId};
 
 /// Why the ledger refused a request. Every variant names the account, hold or posting concerned
 /// and the amounts and limit involved; a request that fails leaves every account unchanged.
@@ -176,5 +176,61 @@ pub enum Error {
         spent: u128,
         /// The amount asked for.
         requested: u64,
+    },
+    /// No such spend token (never issued, or dropped after it expired or was revoked).
+    #[error("{token} does not exist")]
+    UnknownToken {
+        /// The token named.
+        token: TokenId,
+    },
+    /// The spend token was revoked.
+    #[error("{token} was revoked")]
+    TokenRevoked {
+        /// The token.
+        token: TokenId,
+    },
+    /// The spend token expired.
+    #[error("{token} expired at {expired_at}")]
+    TokenExpired {
+        /// The token.
+        token: TokenId,
+        /// When it expired.
+        expired_at: Timestamp,
+    },
+    /// The spend token does not cover this request: another app or endpoint.
+    #[error("{token} is not valid for this {field}")]
+    TokenScope {
+        /// The token.
+        token: TokenId,
+        /// `app` or `endpoint`.
+        field: &'static str,
+    },
+    /// The request would take the spend token past its cap.
+    #[error("{token} caps spending at {cap}: {used} held or posted, {requested} requested")]
+    TokenCapExceeded {
+        /// The token.
+        token: TokenId,
+        /// Its cap.
+        cap: u64,
+        /// Held now plus posted with it.
+        used: u64,
+        /// The amount asked for.
+        requested: u64,
+    },
+    /// One more live spend token than the account may have.
+    #[error("{account} already has {limit} live spend tokens")]
+    TooManyTokens {
+        /// The account.
+        account: AccountId,
+        /// The limit.
+        limit: usize,
+    },
+    /// A spend-token lifetime outside the allowed range.
+    #[error("token lifetime {ttl_ms} ms is outside 1..={max_ms} ms")]
+    InvalidTokenTtl {
+        /// The lifetime given.
+        ttl_ms: u64,
+        /// The longest allowed.
+        max_ms: u64,
     },
 }

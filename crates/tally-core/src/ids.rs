@@ -36,6 +36,16 @@ pub struct PostingId {
     pub seq: u64,
 }
 
+/// A spend token: a user's authorization for one app to hold or charge up to a cap, until an
+/// expiry. It lives in the user's account (the account and that account's sequence number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TokenId {
+    /// The user account whose funds it lets the app spend.
+    pub account: AccountId,
+    /// The account's sequence number of the token.
+    pub seq: u64,
+}
+
 /// Milliseconds since the Unix epoch, as read from the engine's (injectable) clock.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -61,6 +71,7 @@ macro_rules! display_pair {
 }
 display_pair!(HoldId, "hold:");
 display_pair!(PostingId, "posting:");
+display_pair!(TokenId, "token:");
 
 impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -5,7 +5,8 @@ use crate::account::Remembered;
 use crate::command::{Effect, Leg};
 use crate::{
     Account, AccountId, AccountKind, AccountSpec, Amount, Change, Command, Error, Hold, HoldId,
-    HoldStatus, Limits, OpId, Origin, Outcome, Posting, PostingId, Record, Request, Timestamp,
+    HoldStatus, Limits, OpId, Origin, Outcome, Posting, PostingId, Record, Request, SpendToken,
+    Timestamp, TokenId,
 };
 
 /// The other account a request names, as the engine's directory knows it.
@@ -146,6 +147,7 @@ impl Account {
                 timeout_ms,
                 endpoint,
                 metadata,
+                token,
             } => {
                 positive(*amount, "amount")?;
                 self.require_kind(AccountKind::User, "a user account")?;
@@ -170,6 +172,7 @@ impl Account {
                 }
                 self.debit_fits(*amount)?;
                 self.within_caps(*app, *amount, ctx)?;
+                self.token_covers(*token, *app, endpoint, *amount, ctx.now)?;
                 Ok(Change::Reserved {
                     hold: self.next_seq,
                     app: *app,
@@ -177,6 +180,7 @@ impl Account {
                     expires_at: ctx.now.plus_ms(*timeout_ms),
                     endpoint: endpoint.clone(),
                     metadata: metadata.clone(),
+                    token: *token,
                 })
             }
             Command::Commit {
@@ -217,6 +221,7 @@ impl Account {
                 endpoint,
                 metadata,
                 usage,
+                token,
             } => {
                 positive(*amount, "amount")?;
                 self.require_kind(AccountKind::User, "a user account")?;
@@ -225,6 +230,7 @@ impl Account {
                 bounded_text(metadata, "metadata", ctx.limits.metadata_bytes_max)?;
                 self.debit_fits(*amount)?;
                 self.within_caps(*app, *amount, ctx)?;
+                self.token_covers(*token, *app, endpoint, *amount, ctx.now)?;
                 Ok(Change::Charged {
                     app: *app,
                     amount: *amount,
@@ -232,6 +238,7 @@ impl Account {
                     metadata: metadata.clone(),
                     posting: self.next_seq,
                     usage: *usage,
+                    token: *token,
                 })
             }
             Command::Refund { posting, amount } => {
@@ -277,6 +284,49 @@ impl Account {
                     amount: *amount,
                 })
             }
+            Command::IssueToken {
+                app,
+                cap,
+                ttl_ms,
+                endpoint,
+            } => {
+                positive(*cap, "cap")?;
+                self.require_kind(AccountKind::User, "a user account")?;
+                self.require_payee(ctx, *app)?;
+                let limits = ctx.limits;
+                if *ttl_ms == 0 || *ttl_ms > limits.token_ttl_ms_max {
+                    return Err(Error::InvalidTokenTtl {
+                        ttl_ms: *ttl_ms,
+                        max_ms: limits.token_ttl_ms_max,
+                    });
+                }
+                bounded_text(endpoint, "endpoint", limits.endpoint_bytes_max)?;
+                let live = self.tokens.values().filter(|t| t.live(ctx.now)).count();
+                if live >= limits.tokens_max {
+                    return Err(Error::TooManyTokens {
+                        account: self.id,
+                        limit: limits.tokens_max,
+                    });
+                }
+                Ok(Change::TokenIssued {
+                    token: self.next_seq,
+                    app: *app,
+                    cap: *cap,
+                    expires_at: ctx.now.plus_ms(*ttl_ms),
+                    endpoint: endpoint.clone(),
+                })
+            }
+            Command::RevokeToken { token } => {
+                let id = TokenId {
+                    account: self.id,
+                    seq: *token,
+                };
+                match self.tokens.get(token) {
+                    None => Err(Error::UnknownToken { token: id }),
+                    Some(t) if t.revoked => Err(Error::TokenRevoked { token: id }),
+                    Some(_) => Ok(Change::TokenRevoked { token: *token }),
+                }
+            }
             Command::UpdateFunding { from, old, new } => {
                 self.require_kind_not(AccountKind::Funding, "a user or revenue account")?;
                 require_counterparty(ctx, *from, Some(AccountKind::Funding), "a funding account")?;
@@ -303,6 +353,59 @@ impl Account {
                 })
             }
         }
+    }
+
+    /// The spend token presented (if any) covers holding or charging `amount` for `app` at
+    /// `endpoint` now: live, for that app (and endpoint, if it names one), within its cap.
+    fn token_covers(
+        &self,
+        token: Option<u64>,
+        app: AccountId,
+        endpoint: &str,
+        amount: Amount,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let Some(seq) = token else {
+            return Ok(());
+        };
+        let id = TokenId {
+            account: self.id,
+            seq,
+        };
+        let t = self
+            .tokens
+            .get(&seq)
+            .ok_or(Error::UnknownToken { token: id })?;
+        if t.revoked {
+            return Err(Error::TokenRevoked { token: id });
+        }
+        if now >= t.expires_at {
+            return Err(Error::TokenExpired {
+                token: id,
+                expired_at: t.expires_at,
+            });
+        }
+        if t.app != app {
+            return Err(Error::TokenScope {
+                token: id,
+                field: "app",
+            });
+        }
+        if !t.endpoint.is_empty() && t.endpoint != endpoint {
+            return Err(Error::TokenScope {
+                token: id,
+                field: "endpoint",
+            });
+        }
+        if amount > t.remaining() {
+            return Err(Error::TokenCapExceeded {
+                token: id,
+                cap: t.cap.get(),
+                used: t.used.get(),
+                requested: amount.get(),
+            });
+        }
+        Ok(())
     }
 
     /// The spend caps in `ctx` allow holding or charging `amount` more for `app` now.
@@ -498,8 +601,10 @@ impl Account {
                 expires_at,
                 endpoint,
                 metadata,
+                token,
             } => {
                 self.next_seq = self.next_seq.max(hold.saturating_add(1));
+                self.token_use(*token, *amount);
                 self.deadlines.insert((*expires_at, *hold));
                 self.holds.insert(
                     *hold,
@@ -518,6 +623,7 @@ impl Account {
                         amount_posted: Amount::ZERO,
                         posting: None,
                         resolved_at: None,
+                        token: *token,
                     },
                 );
             }
@@ -525,9 +631,11 @@ impl Account {
                 hold,
                 app,
                 amount_posted,
+                amount_released,
                 posting,
                 ..
             } => {
+                self.token_release(*hold, *amount_released);
                 let posting_id = PostingId {
                     account: self.id,
                     seq: *posting,
@@ -539,18 +647,28 @@ impl Account {
                 self.add_posting(*posting, *app, *amount_posted, record.at, limits);
                 self.spend.add(record.at, *app, *amount_posted);
             }
-            Change::Voided { hold, .. } => {
+            Change::Voided {
+                hold,
+                amount_released,
+            } => {
+                self.token_release(*hold, *amount_released);
                 self.resolve(*hold, HoldStatus::Voided, record.at, limits, |_| {});
             }
-            Change::Expired { hold, .. } => {
+            Change::Expired {
+                hold,
+                amount_released,
+            } => {
+                self.token_release(*hold, *amount_released);
                 self.resolve(*hold, HoldStatus::Expired, record.at, limits, |_| {});
             }
             Change::Charged {
                 app,
                 amount,
                 posting,
+                token,
                 ..
             } => {
+                self.token_use(*token, *amount);
                 self.add_posting(*posting, *app, *amount, record.at, limits);
                 self.spend.add(record.at, *app, *amount);
             }
@@ -562,6 +680,38 @@ impl Account {
                 }
             }
             Change::Transferred { .. } => {}
+            Change::TokenIssued {
+                token,
+                app,
+                cap,
+                expires_at,
+                endpoint,
+            } => {
+                self.next_seq = self.next_seq.max(token.saturating_add(1));
+                // Dead tokens go when a new one comes, so the map stays within the live bound.
+                self.tokens.retain(|_, t| t.live(record.at));
+                self.tokens.insert(
+                    *token,
+                    SpendToken {
+                        id: TokenId {
+                            account: self.id,
+                            seq: *token,
+                        },
+                        app: *app,
+                        endpoint: endpoint.clone(),
+                        cap: *cap,
+                        used: Amount::ZERO,
+                        issued_at: record.at,
+                        expires_at: *expires_at,
+                        revoked: false,
+                    },
+                );
+            }
+            Change::TokenRevoked { token } => {
+                if let Some(t) = self.tokens.get_mut(token) {
+                    t.revoked = true;
+                }
+            }
         }
         if let (Some(op), Some(command)) = (record.op, record.command()) {
             self.remember(
@@ -585,6 +735,34 @@ impl Account {
             "leg applied to the wrong account"
         );
         self.add_effect(record.effect_on(self.id));
+    }
+
+    /// A hold or charge made with a spend token uses that much of its cap.
+    fn token_use(&mut self, token: Option<u64>, amount: Amount) {
+        if let Some(t) = token.and_then(|seq| self.tokens.get_mut(&seq)) {
+            // Decided within the cap: anything else is a bug, and stops the account loudly.
+            match t.used.checked_add(amount) {
+                Some(used) if used <= t.cap => t.used = used,
+                _ => panic!(
+                    "{} used past its cap: {} + {amount} > {}",
+                    t.id, t.used, t.cap
+                ),
+            }
+        }
+    }
+
+    /// The released part of a hold made with a spend token goes back to the token.
+    fn token_release(&mut self, hold: u64, released: Amount) {
+        let token = self.holds.get(&hold).and_then(|h| h.token);
+        if let Some(t) = token.and_then(|seq| self.tokens.get_mut(&seq)) {
+            match t.used.checked_sub(released) {
+                Some(used) => t.used = used,
+                None => panic!(
+                    "{} released {released}, more than its {} used",
+                    t.id, t.used
+                ),
+            }
+        }
     }
 
     fn add_effect(&mut self, effect: Effect) {

@@ -28,13 +28,14 @@ mod route;
 mod usage;
 
 pub use account::{
-    Account, AccountFlags, AccountKind, AccountSpec, Balance, Hold, HoldStatus, Posting, DAY_MS,
+    Account, AccountFlags, AccountKind, AccountSpec, Balance, Hold, HoldStatus, Posting,
+    SpendToken, DAY_MS,
 };
 pub use amount::Amount;
 pub use audit::{audit, AuditReport, Auditor, Violation};
 pub use command::{Change, Command, Effect, Leg, Origin, Outcome, Record, Request};
 pub use error::Error;
-pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp};
+pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp, TokenId};
 pub use ledger::{Counterparty, DecideCtx, Decision, SpendCaps};
 pub use limits::Limits;
 pub use pricing::{

@@ -32,6 +32,11 @@ pub struct Limits {
     pub metadata_bytes_max: usize,
     /// Longest part of a request's origin: service, app or user (bytes).
     pub origin_bytes_max: usize,
+    /// Live (neither expired nor revoked) spend tokens one account may have; one more is
+    /// `TooManyTokens`.
+    pub tokens_max: usize,
+    /// Longest spend-token lifetime (ms).
+    pub token_ttl_ms_max: u64,
 }
 
 impl Default for Limits {
@@ -47,6 +52,8 @@ impl Default for Limits {
             endpoint_bytes_max: 128,
             metadata_bytes_max: 1_024,
             origin_bytes_max: 128,
+            tokens_max: 1_000,
+            token_ttl_ms_max: 366 * 24 * 60 * 60 * 1000,
         }
     }
 }

@@ -22,7 +22,10 @@ impl Account {
                 .get(&posting.seq)
                 .filter(|_| posting.account == self.id)
                 .map(|p| p.app),
-            Command::Reserve { .. } | Command::Void { .. } => None,
+            Command::Reserve { .. }
+            | Command::Void { .. }
+            | Command::IssueToken { .. }
+            | Command::RevokeToken { .. } => None,
         };
         other.filter(|id| *id != self.id)
     }

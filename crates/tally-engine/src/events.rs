@@ -322,7 +322,10 @@ fn kind_of(record: &Record, own: &Account) -> Option<EventKind> {
     let hold = |seq: u64| HoldId { account, seq };
     let posting = |seq: u64| PostingId { account, seq };
     Some(match &record.change {
-        Change::Opened { .. } | Change::Transferred { .. } => return None,
+        Change::Opened { .. }
+        | Change::Transferred { .. }
+        | Change::TokenIssued { .. }
+        | Change::TokenRevoked { .. } => return None,
         Change::Funded { amount, .. } => {
             let new = own.funded();
             EventKind::FundingUpdate {

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use tally_core::{
     AccountId, AccountSpec, Amount, AuditReport, Balance, Command, Hold, HoldId, OpId, Origin,
-    Outcome, PostingId, Request, Timestamp, Usage, CHECK_MINIMUM_DEFAULT,
+    Outcome, PostingId, Request, Timestamp, TokenId, Usage, CHECK_MINIMUM_DEFAULT,
 };
 use tally_store::{DurableConfig, DurableRecovery, DurableStore, HistoryEntry, MemStore, Store};
 
@@ -78,6 +78,8 @@ pub struct ReserveRequest {
     pub endpoint: String,
     /// Caller's metadata.
     pub metadata: String,
+    /// The user's spend token the app presents (it must be one of `account`'s).
+    pub token: Option<TokenId>,
 }
 
 impl ReserveRequest {
@@ -90,6 +92,7 @@ impl ReserveRequest {
             timeout: Duration::from_secs(60),
             endpoint: String::new(),
             metadata: String::new(),
+            token: None,
         }
     }
     /// With a timeout.
@@ -105,6 +108,11 @@ impl ReserveRequest {
     /// With metadata.
     pub fn metadata(mut self, metadata: impl Into<String>) -> Self {
         self.metadata = metadata.into();
+        self
+    }
+    /// Made with a spend token: the hold must fit its app, endpoint, expiry and cap.
+    pub fn token(mut self, token: TokenId) -> Self {
+        self.token = Some(token);
         self
     }
 }
@@ -250,6 +258,42 @@ impl Tally {
         Ok(())
     }
 
+    /// Issues a spend token: lets `app` hold or charge up to `cap` of `account` (a user) in
+    /// all, at `endpoint` only (empty: any), for `ttl`. The cap is checked in the same decision
+    /// as each hold or charge made with it, so concurrent uses can never together pass it.
+    pub async fn issue_token(
+        &self,
+        op: OpId,
+        account: AccountId,
+        app: AccountId,
+        cap: u64,
+        ttl: Duration,
+        endpoint: impl Into<String>,
+    ) -> Result<(TokenId, Timestamp), Error> {
+        let command = Command::IssueToken {
+            app,
+            cap: amount(cap)?,
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            endpoint: endpoint.into(),
+        };
+        match self.execute(account, self.request(op, command)).await? {
+            Outcome::TokenIssued { token, expires_at } => Ok((token, expires_at)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Revokes a spend token at once (holds made with it stand).
+    pub async fn revoke_token(&self, op: OpId, token: TokenId) -> Result<(), Error> {
+        let command = Command::RevokeToken { token: token.seq };
+        match self
+            .execute(token.account, self.request(op, command))
+            .await?
+        {
+            Outcome::TokenRevoked { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Credits `account` from the funding account `from` (a top-up).
     pub async fn fund(
         &self,
@@ -300,12 +344,19 @@ impl Tally {
 
     /// Holds funds for work in progress; returns the hold, which a commit or void resolves.
     pub async fn reserve(&self, op: OpId, request: ReserveRequest) -> Result<HoldId, Error> {
+        let token = match request.token {
+            Some(t) if t.account != request.account => {
+                return Err(tally_core::Error::UnknownToken { token: t }.into())
+            }
+            t => t.map(|t| t.seq),
+        };
         let command = Command::Reserve {
             app: request.app,
             amount: amount(request.amount)?,
             timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
             endpoint: request.endpoint,
             metadata: request.metadata,
+            token,
         };
         match self
             .execute(request.account, self.request(op, command))
@@ -448,6 +499,7 @@ impl Tally {
             endpoint,
             metadata,
             usage,
+            token: None,
         };
         match self.execute(account, self.request(op, command)).await? {
             Outcome::Charged { posting } => Ok(posting),

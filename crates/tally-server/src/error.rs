@@ -186,6 +186,29 @@ impl From<LedgerError> for ApiError {
                     wide(i128::try_from(current).unwrap_or(i128::MAX)),
                 )
                 .with("expected", expected),
+            L::UnknownToken { .. } => s(StatusCode::UNAUTHORIZED, "token_unknown"),
+            L::TokenRevoked { .. } => s(StatusCode::UNAUTHORIZED, "token_revoked"),
+            L::TokenExpired { expired_at, .. } => {
+                s(StatusCode::UNAUTHORIZED, "token_expired").with("expired_at_ms", expired_at.0)
+            }
+            L::TokenScope { field, .. } => {
+                s(StatusCode::FORBIDDEN, "token_scope").with("field", field)
+            }
+            L::TokenCapExceeded {
+                cap,
+                used,
+                requested,
+                ..
+            } => s(StatusCode::PAYMENT_REQUIRED, "token_cap_exceeded")
+                .with("cap", cap)
+                .with("used", used)
+                .with("requested", requested),
+            L::TooManyTokens { limit, .. } => {
+                s(StatusCode::CONFLICT, "too_many_tokens").with("limit", limit)
+            }
+            L::InvalidTokenTtl { max_ms, .. } => s(StatusCode::BAD_REQUEST, "invalid_token_ttl")
+                .with("field", "expires_in_s")
+                .with("max_ms", max_ms),
             L::SpendCapExceeded {
                 scope,
                 cap,

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod registry;
 pub mod serve;
 pub mod syft;
+pub mod tokens;
 pub mod v1;
 
 use std::path::Path;

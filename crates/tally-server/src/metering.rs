@@ -350,6 +350,9 @@ pub struct MeterRequest {
     /// Hold timeout. Default 60,000.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// The user's spend token (`st_...`), whose cap the hold must fit.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// Starts a metered call: holds the cost of `max_usage` at the endpoint's price.
@@ -385,6 +388,7 @@ async fn start_meter(
                 timeout_ms: req.timeout_ms.unwrap_or(60_000),
                 endpoint: req.endpoint.clone(),
                 metadata: String::new(),
+                token: crate::tokens::presented(&s, req.token.as_deref(), account)?,
             };
             let request = Request {
                 op,

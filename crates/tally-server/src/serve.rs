@@ -56,6 +56,7 @@ fn v1_cost_routes() -> OpenApiRouter<AppState> {
     crate::v1::cost_routes()
         .routes(utoipa_axum::routes!(crate::events::stream_events))
         .merge(crate::metering::routes())
+        .merge(crate::tokens::routes())
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -812,6 +812,7 @@ async fn create_txn(
             timeout_ms,
             endpoint: app_ep_path.clone().unwrap_or_default(),
             metadata: app_name.clone().unwrap_or_default(),
+            token: None,
         },
         origin: tally::Origin::new("syft", recipient, sender),
     };

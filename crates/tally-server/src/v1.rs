@@ -489,6 +489,9 @@ pub struct HoldRequest {
     /// Caller's metadata (≤ 1 KiB).
     #[serde(default)]
     pub metadata: String,
+    /// The user's spend token (`st_...`): the hold must fit its app, endpoint, expiry and cap.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// `POST /v1/charges`.
@@ -510,6 +513,9 @@ pub struct ChargeRequest {
     /// Usage to record.
     #[serde(default)]
     pub usage: Option<UsageBody>,
+    /// The user's spend token (`st_...`): the charge must fit its app, endpoint, expiry and cap.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// `POST /v1/refunds`.
@@ -588,6 +594,7 @@ pub async fn run_op(state: &AppState, principal: &Principal, op: OpId, req: Op) 
                 timeout_ms: r.timeout_ms.unwrap_or(60_000),
                 endpoint: r.endpoint.clone(),
                 metadata: r.metadata.clone(),
+                token: crate::tokens::presented(state, r.token.as_deref(), account)?,
             };
             match execute(state, principal, account, op, command).await? {
                 Outcome::Reserved { hold, expires_at } => Ok((
@@ -656,6 +663,7 @@ pub async fn run_op(state: &AppState, principal: &Principal, op: OpId, req: Op) 
                 endpoint: r.endpoint.clone(),
                 metadata: r.metadata,
                 usage: r.usage.map(Usage::from).unwrap_or_default(),
+                token: crate::tokens::presented(state, r.token.as_deref(), account)?,
             };
             match execute(state, principal, account, op, command).await? {
                 Outcome::Charged { posting } => Ok((
@@ -1430,6 +1438,7 @@ async fn cost_record_cost(
             requests: 1,
             ..UsageBody::default()
         }),
+        token: None,
     });
     single(
         state,

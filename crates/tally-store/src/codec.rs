@@ -9,11 +9,13 @@ use tally_core::{Account, Record};
 
 use crate::StoreError;
 
-/// Version of the record encoding. Version 2 added the origin, usage and funding updates; data
-/// written by version 1 (pre-release builds only) is refused with a clear error.
-const RECORD_VERSION: u8 = 2;
-/// Version of the snapshot encoding (2: total funding and the day's spending).
-const SNAPSHOT_VERSION: u8 = 2;
+/// Version of the record encoding. Version 2 added the origin, usage and funding updates;
+/// version 3 spend tokens (issue, revoke, and the token a hold or charge was made with). Data
+/// written by earlier versions (pre-release builds only) is refused with a clear error.
+const RECORD_VERSION: u8 = 3;
+/// Version of the snapshot encoding (2: total funding and the day's spending; 3: spend tokens
+/// and the token of each hold, a sixth digest field).
+const SNAPSHOT_VERSION: u8 = 3;
 
 fn encode<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![version];

@@ -150,7 +150,9 @@ pub fn answer(outcome: Outcome) -> Answer {
             Answer::Released(amount_released)
         }
         Outcome::Charged { posting } => Answer::Posted(posting),
-        Outcome::FundingUpdated { .. } => Answer::Done,
+        Outcome::FundingUpdated { .. }
+        | Outcome::TokenIssued { .. }
+        | Outcome::TokenRevoked { .. } => Answer::Done,
     }
 }
 

@@ -76,6 +76,8 @@ pub fn small_limits() -> Limits {
         hold_timeout_ms_max: 7 * 24 * 3_600_000,
         endpoint_bytes_max: 16,
         metadata_bytes_max: 32,
+        tokens_max: 2,
+        token_ttl_ms_max: 7 * 24 * 3_600_000,
     }
 }
 

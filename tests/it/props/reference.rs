@@ -524,6 +524,7 @@ impl Ledger {
                         amount_posted: Amount::ZERO,
                         posting: None,
                         resolved_at: None,
+                        token: None,
                     },
                 );
                 Ok(Outcome::Reserved { hold, expires_at })

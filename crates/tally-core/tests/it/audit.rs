@@ -114,6 +114,7 @@ fn a_record_that_overspends_is_caught_as_overspent() {
             endpoint: String::new(),
             metadata: String::new(),
             posting: 1,
+            token: None,
         },
     );
 

@@ -12,5 +12,6 @@ mod pricing;
 mod rejections;
 mod replay;
 mod retention;
+mod tokens;
 mod usage;
 mod world;

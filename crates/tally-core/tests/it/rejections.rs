@@ -108,6 +108,7 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
                 timeout_ms,
                 endpoint,
                 metadata,
+                token: None,
             },
             Command::Commit { hold, .. } => Command::Commit {
                 usage: Default::default(),
@@ -125,6 +126,7 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
                 amount: Amount::ZERO,
                 endpoint,
                 metadata,
+                token: None,
             },
             Command::Refund { posting, .. } => Command::Refund {
                 posting,
@@ -139,7 +141,20 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
                 old,
                 new: old,
             },
-            Command::Void { .. } => unreachable!("void carries no amount"),
+            Command::IssueToken {
+                app,
+                ttl_ms,
+                endpoint,
+                ..
+            } => Command::IssueToken {
+                app,
+                cap: Amount::ZERO,
+                ttl_ms,
+                endpoint,
+            },
+            Command::Void { .. } | Command::RevokeToken { .. } => {
+                unreachable!("carries no amount")
+            }
         }
     };
     let cases = [

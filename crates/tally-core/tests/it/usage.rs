@@ -21,6 +21,7 @@ fn charge(at: u64, amount: u64, endpoint: &str, tokens: u64) -> Record {
             endpoint: endpoint.to_owned(),
             metadata: String::new(),
             posting: 1,
+            token: None,
             usage: Usage {
                 input_tokens: tokens,
                 ..Usage::default()

@@ -59,6 +59,7 @@ pub fn reserve_with(
         timeout_ms,
         endpoint: endpoint.to_owned(),
         metadata: metadata.to_owned(),
+        token: None,
     }
 }
 
@@ -86,6 +87,7 @@ pub fn charge_with(app: AccountId, amount: u64, endpoint: &str, metadata: &str) 
         amount: amt(amount),
         endpoint: endpoint.to_owned(),
         metadata: metadata.to_owned(),
+        token: None,
     }
 }
 

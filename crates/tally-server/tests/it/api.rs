@@ -595,6 +595,9 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
         ("get", "/v1/usage"),
         ("get", "/v1/usage/top-users"),
         ("get", "/v1/accounts/{id}/balance-history"),
+        ("post", "/v1/tokens"),
+        ("delete", "/v1/tokens/{token}"),
+        ("get", "/v1/accounts/{id}/tokens"),
     ];
     for (method, path) in expected {
         assert!(
@@ -606,7 +609,10 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
     for (path, item) in paths {
         for method in item.as_object().unwrap().keys() {
             documented += 1;
-            let concrete = path.replace("{id}", "x").replace("{hold}", "x");
+            let concrete = path
+                .replace("{id}", "x")
+                .replace("{hold}", "x")
+                .replace("{token}", "x");
             let a = h
                 .raw(&method.to_uppercase(), &concrete, &[], b"{}".to_vec())
                 .await;

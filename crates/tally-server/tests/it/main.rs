@@ -8,3 +8,4 @@ mod events;
 mod metering;
 mod process;
 mod sdk;
+mod tokens;
