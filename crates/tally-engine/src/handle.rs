@@ -676,6 +676,12 @@ impl Tally {
         self.shared.durable.borrow().failed.clone()
     }
 
+    /// The durable journal's running totals (appended and durable sequence numbers, groups,
+    /// records, time writing and syncing), for metrics; `None` on the in-memory store.
+    pub fn journal_stats(&self) -> Option<tally_store::journal::JournalStats> {
+        self.shared.store.journal_stats()
+    }
+
     /// Accounts resident now.
     pub fn resident_accounts(&self) -> usize {
         self.shared.resident.len()

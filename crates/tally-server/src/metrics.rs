@@ -73,6 +73,22 @@ pub async fn render(State(state): State<AppState>, auth: crate::auth::Auth) -> R
             .saturating_sub(state.in_flight.available_permits()) as f64,
     );
     metrics::gauge!("tally_registry_durable_lag").set(state.registry.durable_lag() as f64);
+    if let Some(j) = state.tally.journal_stats() {
+        // Records appended but not yet durable: the journal queue, and the durable lag.
+        metrics::gauge!("tally_journal_queue_records")
+            .set(j.appended_seq.saturating_sub(j.durable_seq) as f64);
+        metrics::gauge!("tally_journal_durable_seq").set(j.durable_seq as f64);
+        metrics::gauge!("tally_journal_groups_total").set(j.groups as f64);
+        metrics::gauge!("tally_journal_records_total").set(j.records as f64);
+        metrics::gauge!("tally_journal_sync_seconds_total").set(j.sync_ns_total as f64 / 1e9);
+        metrics::gauge!("tally_journal_sync_seconds_last").set(j.sync_ns_last as f64 / 1e9);
+        let mean_group = if j.groups == 0 {
+            0.0
+        } else {
+            j.records as f64 / j.groups as f64
+        };
+        metrics::gauge!("tally_journal_group_records_mean").set(mean_group);
+    }
     metrics::gauge!("tally_idempotency_keys").set(state.registry.idempotency_keys() as f64);
     let text = state
         .metrics

@@ -498,6 +498,10 @@ fn encode_spec(spec: &AccountSpec) -> Result<Vec<u8>, StoreError> {
 }
 
 impl Store for DurableStore {
+    fn journal_stats(&self) -> Option<crate::journal::JournalStats> {
+        Some(self.inner.journal.stats())
+    }
+
     fn append(&self, record: &Record) -> Result<u64, StoreError> {
         let payload = encode_record(record)?;
         let _gate = self.inner.append_gate.read();

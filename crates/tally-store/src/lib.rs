@@ -131,4 +131,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The last durable record's sequence number and chain hash: publish it off the machine.
     fn trail_head(&self) -> (u64, journal::Chain);
+
+    /// The journal's running totals, for metrics (`None` for a store without one).
+    fn journal_stats(&self) -> Option<journal::JournalStats> {
+        None
+    }
 }

@@ -644,4 +644,6 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
         metrics.text
     );
     assert!(metrics.text.contains("tally_resident_accounts"));
+    assert!(metrics.text.contains("tally_journal_queue_records"));
+    assert!(metrics.text.contains("tally_journal_sync_seconds_last"));
 }

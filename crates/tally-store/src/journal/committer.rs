@@ -34,6 +34,17 @@ pub(crate) struct Shared {
     pub(crate) queue_records_max: usize,
     /// `JournalConfig::queue_bytes_max`.
     pub(crate) queue_bytes_max: usize,
+    /// What the committer has done, for metrics.
+    pub(crate) stats: Counters,
+}
+
+/// The committer's running totals (relaxed atomics: read for metrics only).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) groups: std::sync::atomic::AtomicU64,
+    pub(crate) records: std::sync::atomic::AtomicU64,
+    pub(crate) sync_ns_total: std::sync::atomic::AtomicU64,
+    pub(crate) sync_ns_last: std::sync::atomic::AtomicU64,
 }
 
 /// Everything appenders and the committer coordinate on, behind one mutex.
@@ -157,7 +168,17 @@ impl Committer {
                 end = frame_end;
             }
             let group = batch.get(start..end).unwrap_or_default();
+            let started = std::time::Instant::now();
             self.write_group(group, seq_first, &chain_before, records)?;
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let stats = &self.shared.stats;
+            use std::sync::atomic::Ordering::Relaxed;
+            stats.groups.fetch_add(1, Relaxed);
+            stats
+                .records
+                .fetch_add(u64::try_from(records).unwrap_or(u64::MAX), Relaxed);
+            stats.sync_ns_total.fetch_add(ns, Relaxed);
+            stats.sync_ns_last.store(ns, Relaxed);
             self.publish(seq_last, group.len());
             start = end;
         }

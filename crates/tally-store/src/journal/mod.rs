@@ -396,6 +396,23 @@ pub enum JournalError {
     Closed,
 }
 
+/// A journal's running totals (see [`Journal::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// The last sequence number appended.
+    pub appended_seq: u64,
+    /// The last sequence number durable.
+    pub durable_seq: u64,
+    /// Groups written and synced since open.
+    pub groups: u64,
+    /// Records in them.
+    pub records: u64,
+    /// Nanoseconds spent writing and syncing them.
+    pub sync_ns_total: u64,
+    /// Nanoseconds the last group took.
+    pub sync_ns_last: u64,
+}
+
 /// A handle to an open journal. Cheap to clone (an `Arc`), `Send + Sync`; the journal shuts
 /// down when [`Journal::close`] is called or the last handle is dropped.
 #[derive(Clone)]
@@ -485,6 +502,7 @@ impl Journal {
             durable_rx,
             queue_records_max: config.queue_records_max,
             queue_bytes_max: config.queue_bytes_max,
+            stats: Default::default(),
         });
         let committer = Committer {
             shared: Arc::clone(&shared),
@@ -753,6 +771,21 @@ impl Journal {
     /// record after it. Reads no file.
     pub fn first_seq(&self) -> u64 {
         self.inner.first_seq.load(Ordering::Acquire)
+    }
+
+    /// What the journal has done so far: records appended and durable, groups written, time
+    /// spent writing and syncing them.
+    pub fn stats(&self) -> JournalStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.inner.shared.stats;
+        JournalStats {
+            appended_seq: self.last_seq(),
+            durable_seq: self.inner.shared.durable_rx.borrow().seq,
+            groups: c.groups.load(Relaxed),
+            records: c.records.load(Relaxed),
+            sync_ns_total: c.sync_ns_total.load(Relaxed),
+            sync_ns_last: c.sync_ns_last.load(Relaxed),
+        }
     }
 
     /// The last sequence number assigned (by an append, or recovered at open).
