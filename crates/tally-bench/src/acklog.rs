@@ -34,6 +34,8 @@ pub fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::Refunded { .. } => "refunded",
         Outcome::Transferred => "transferred",
         Outcome::FundingUpdated { .. } => "funding_updated",
+        Outcome::TokenIssued { .. } => "token_issued",
+        Outcome::TokenRevoked { .. } => "token_revoked",
     }
 }
 

@@ -273,3 +273,63 @@ impl From<EngineError> for ApiError {
         }
     }
 }
+
+/// Makes every error answer JSON with a stable code, whoever produced it (axum's own
+/// rejections of a path, a method or a body are plain text), and gives the Syft routes'
+/// errors the `detail` field their clients read.
+pub async fn jsonify(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let syft = req.uri().path().starts_with("/syft/");
+    let response = next.run(req).await;
+    let status = response.status();
+    if status.as_u16() < 400 {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json && !syft {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Error bodies are small; one that is not is cut to its first MiB.
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let mut value: Value = if is_json {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    if value.get("error").and_then(|e| e.get("code")).is_none() {
+        let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+        let code = match status.as_u16() {
+            400 if text.starts_with("Invalid URL") => "invalid_path",
+            400 => "invalid_request",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            413 => "body_too_large",
+            415 => "unsupported_media_type",
+            _ => "error",
+        };
+        let message = if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_owned()
+        } else {
+            text
+        };
+        value = ApiError::new(status, code, message).body();
+    }
+    if syft && value.get("detail").is_none() {
+        let detail = value["error"]["message"].clone();
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("detail".into(), detail);
+        }
+    }
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = serde_json::to_vec(&value).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}

@@ -435,6 +435,13 @@ impl Registry {
         Ok(registry)
     }
 
+    /// Appends an entry, applies it to memory and waits until it is durable.
+    async fn record(&self, entry: Entry) -> Result<(), ApiError> {
+        let seq = self.append(&entry).await?;
+        self.inner.lock().apply(entry);
+        self.durable(seq).await
+    }
+
     async fn append(&self, entry: &Entry) -> Result<u64, ApiError> {
         let bytes = encode(entry)?;
         let seq = self.journal.append(&bytes).map_err(journal_error)?;
@@ -505,9 +512,7 @@ impl Registry {
             name: name.to_owned(),
             id,
         };
-        let seq = self.append(&entry).await?;
-        self.inner.lock().apply(entry);
-        self.durable(seq).await
+        self.record(entry).await
     }
 
     /// Looks an idempotency key up, binding it (durably) to a fresh operation id if it is new.
@@ -615,9 +620,7 @@ impl Registry {
     /// Stores a new API key.
     pub async fn add_key(&self, key: ApiKey) -> Result<(), ApiError> {
         let entry = Entry::Key(key);
-        let seq = self.append(&entry).await?;
-        self.inner.lock().apply(entry);
-        self.durable(seq).await
+        self.record(entry).await
     }
 
     /// The next free key id.
@@ -687,9 +690,7 @@ impl Registry {
             email: email.to_owned(),
             password_hash,
         };
-        let seq = self.append(&entry).await?;
-        self.inner.lock().apply(entry);
-        self.durable(seq).await
+        self.record(entry).await
     }
 
     /// Changes a user's organization.
@@ -702,17 +703,13 @@ impl Registry {
             email: email.to_owned(),
             organization,
         };
-        let seq = self.append(&entry).await?;
-        self.inner.lock().apply(entry);
-        self.durable(seq).await
+        self.record(entry).await
     }
 
     /// Records a new Syft transaction.
     pub async fn add_txn(&self, txn: Txn) -> Result<(), ApiError> {
         let entry = Entry::Txn(txn);
-        let seq = self.append(&entry).await?;
-        self.inner.lock().apply(entry);
-        self.durable(seq).await
+        self.record(entry).await
     }
 
     /// Records how a Syft transaction was resolved (the first resolution stands).
@@ -729,9 +726,7 @@ impl Registry {
             by,
             at_ms,
         };
-        let seq = self.append(&entry).await?;
-        self.inner.lock().apply(entry);
-        self.durable(seq).await
+        self.record(entry).await
     }
 
     /// A Syft transaction.
@@ -768,9 +763,7 @@ impl Registry {
             endpoint: endpoint.to_owned(),
             price: price.clone(),
         };
-        let seq = self.append(&entry).await?;
-        self.inner.lock().apply(entry);
-        self.durable(seq).await
+        self.record(entry).await
     }
 
     /// Every recorded price.

@@ -114,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/syft", syft::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(crate::error::jsonify))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

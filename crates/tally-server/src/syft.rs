@@ -18,6 +18,7 @@
 //!   shows) beside the native `error` object.
 
 use axum::body::Bytes;
+use axum::extract::FromRequest;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -67,6 +68,35 @@ impl IntoResponse for SyftError {
 }
 
 type SyftResult<T> = Result<T, SyftError>;
+
+/// A request body's bytes, its rejection (too large: 413 `body_too_large`) as a Syft error.
+pub struct SyftBytes(Bytes);
+
+impl std::ops::Deref for SyftBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for SyftBytes {
+    type Rejection = SyftError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, SyftError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(SyftBytes)
+            .map_err(|e| {
+                let status = e.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "body_too_large"
+                } else {
+                    "invalid_body"
+                };
+                SyftError(ApiError::new(status, code, e.body_text()))
+            })
+    }
+}
 
 fn unprocessable(field: &str, message: impl Into<String>) -> SyftError {
     SyftError(
@@ -173,6 +203,24 @@ pub fn rfc3339(ms: u64) -> String {
 }
 
 fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> SyftResult<T> {
+    // First strictly (an object, no key twice, no arrays: no Syft request has one), then into
+    // the request type, whose amounts keep their exact decimal text.
+    let value = crate::json::parse_value(bytes).map_err(|e| {
+        let structural =
+            e.message.contains("recursion limit") || e.message.contains("out of range");
+        if e.code == "malformed_json" && !structural {
+            SyftError(e)
+        } else if e.code == "malformed_json" {
+            // Well-formed text the parser will not hold (too deep, a number beyond range).
+            unprocessable("body", e.message)
+        } else {
+            // Well-formed JSON that is not a request: a validation error, as FastAPI answers.
+            let mut err = e;
+            err.status = StatusCode::UNPROCESSABLE_ENTITY;
+            SyftError(err)
+        }
+    })?;
+    crate::json::no_stray_arrays(&value, "", &[]).map_err(|e| unprocessable("body", e.message))?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -347,13 +395,19 @@ fn random_password() -> String {
 async fn create_user(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: SyftBytes,
 ) -> SyftResult<Response> {
     if headers.contains_key(axum::http::header::AUTHORIZATION) || !state.config.open_signup {
         admin(&state, &headers)?;
     }
     let req: CreateUser = parse_body(&body)?;
     check_email(&req.email)?;
+    if req.email.starts_with("tally:") {
+        return Err(SyftError(ApiError::invalid_field(
+            "email",
+            "names starting with `tally:` are reserved",
+        )));
+    }
     check_organization(&req.organization)?;
     let password = match req.password {
         Some(p) => {
@@ -431,7 +485,7 @@ struct AddBalance {
 async fn add_balance(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: SyftBytes,
 ) -> SyftResult<Response> {
     admin(&state, &headers)?;
     let req: AddBalance = parse_body(&body)?;
@@ -552,7 +606,7 @@ async fn update_organization(
 async fn v1_update_password(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: SyftBytes,
 ) -> SyftResult<Response> {
     let user = update_password(&state, &headers, &body).await?;
     wrapped_user(&state, &user).await
@@ -561,7 +615,7 @@ async fn v1_update_password(
 async fn v1_update_organization(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: SyftBytes,
 ) -> SyftResult<Response> {
     let user = update_organization(&state, &headers, &body).await?;
     wrapped_user(&state, &user).await
@@ -576,7 +630,7 @@ async fn v2_user(State(state): State<AppState>, headers: HeaderMap) -> SyftResul
 async fn v2_update_password(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: SyftBytes,
 ) -> SyftResult<Response> {
     let user = update_password(&state, &headers, &body).await?;
     Ok(json_out(StatusCode::OK, &user_out(&state, &user).await?))
@@ -585,7 +639,7 @@ async fn v2_update_password(
 async fn v2_update_organization(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: SyftBytes,
 ) -> SyftResult<Response> {
     let user = update_organization(&state, &headers, &body).await?;
     Ok(json_out(StatusCode::OK, &user_out(&state, &user).await?))
@@ -613,7 +667,7 @@ struct CreateToken {
 async fn create_token(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: SyftBytes,
 ) -> SyftResult<Response> {
     let (email, _) = basic_user(&state, &headers).await?;
     let req: CreateToken = parse_body(&body)?;
@@ -942,7 +996,7 @@ async fn wrapped_txn(state: &AppState, t: &Txn, status: StatusCode) -> Response 
 async fn v1_create_txn(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: SyftBytes,
 ) -> SyftResult<Response> {
     let (email, _) = basic_user(&state, &headers).await?;
     let req: V1CreateTxn = parse_body(&body)?;
@@ -990,7 +1044,7 @@ struct TxnIdBody {
 async fn v1_confirm(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: SyftBytes,
 ) -> SyftResult<Response> {
     let (email, _) = basic_user(&state, &headers).await?;
     let req: TxnIdBody = parse_body(&body)?;
@@ -1001,7 +1055,7 @@ async fn v1_confirm(
 async fn v1_cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: SyftBytes,
 ) -> SyftResult<Response> {
     let (email, _) = basic_user(&state, &headers).await?;
     let req: TxnIdBody = parse_body(&body)?;
@@ -1092,7 +1146,7 @@ struct V2CreateTxn {
 async fn v2_create_txn(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: SyftBytes,
 ) -> SyftResult<Response> {
     let bearer = match scheme(&headers)? {
         Some((s, token)) if s == "bearer" => Some(token),
@@ -1155,17 +1209,26 @@ async fn v2_create_txn(
     ))
 }
 
+async fn v2_resolve(
+    state: AppState,
+    headers: HeaderMap,
+    id: String,
+    how: Resolve,
+) -> SyftResult<Response> {
+    let (email, _) = basic_user(&state, &headers).await?;
+    let t = resolve(&state, &email, &id, how).await?;
+    Ok(json_out(
+        StatusCode::OK,
+        &txn_out(&state, &t, Dialect::V2).await,
+    ))
+}
+
 async fn v2_confirm(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> SyftResult<Response> {
-    let (email, _) = basic_user(&state, &headers).await?;
-    let t = resolve(&state, &email, &id, Resolve::Confirm).await?;
-    Ok(json_out(
-        StatusCode::OK,
-        &txn_out(&state, &t, Dialect::V2).await,
-    ))
+    v2_resolve(state, headers, id, Resolve::Confirm).await
 }
 
 async fn v2_cancel(
@@ -1173,12 +1236,7 @@ async fn v2_cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> SyftResult<Response> {
-    let (email, _) = basic_user(&state, &headers).await?;
-    let t = resolve(&state, &email, &id, Resolve::Cancel).await?;
-    Ok(json_out(
-        StatusCode::OK,
-        &txn_out(&state, &t, Dialect::V2).await,
-    ))
+    v2_resolve(state, headers, id, Resolve::Cancel).await
 }
 
 /// Both Syft APIs, to be nested under `/syft`.

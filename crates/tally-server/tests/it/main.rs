@@ -4,6 +4,7 @@
 
 mod api;
 mod common;
+mod corpus;
 mod events;
 mod metering;
 mod process;
