@@ -269,6 +269,7 @@ async fn set_price(
 
 /// `GET /v1/prices`.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PriceQuery {
     /// The app.
@@ -466,9 +467,11 @@ async fn finish_meter(
 
 /// `GET /v1/usage` and `/v1/usage/top-users`.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageParams {
     /// `minute`, `hour` or `day`.
+    #[param(pattern = "^(minute|hour|day)$")]
     pub granularity: String,
     /// Start (ms since the epoch, rounded down to a bucket).
     pub from_ms: u64,
@@ -591,6 +594,7 @@ async fn top_users(
 
 /// `GET /v1/accounts/{id}/balance-history`.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BalanceHistoryParams {
     /// Start (ms since the epoch). Default 0.

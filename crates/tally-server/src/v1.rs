@@ -213,6 +213,7 @@ async fn execute(
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     /// The account's name (1 to 128 bytes; `tally:` names are the server's own).
+    #[schema(min_length = 1, max_length = 128)]
     pub id: String,
     /// Its kind.
     pub kind: Kind,
@@ -348,6 +349,7 @@ async fn get_balance(
 
 /// `GET /v1/accounts/{id}/check`.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CheckQuery {
     /// The minimum available, in µ¢. Default 100.
@@ -523,6 +525,7 @@ pub struct ChargeRequest {
 #[serde(deny_unknown_fields)]
 pub struct RefundRequest {
     /// The posting (`p_<account>_<seq>`) a commit or charge returned.
+    #[schema(pattern = "^p_[0-9]{1,20}_[0-9]{1,20}$")]
     pub posting: String,
     /// µ¢ to return.
     pub amount: u64,
@@ -918,6 +921,7 @@ pub struct BatchRequest {
     /// The operations, answered one result each, in this order. Operations decided by the
     /// same account (the user of a fund, reserve, charge; the hold's or posting's account; a
     /// transfer's source) run in this order; the others run concurrently.
+    #[schema(value_type = Vec<Op>, min_items = 1, max_items = 1000)]
     pub operations: Vec<Value>,
 }
 
@@ -1081,6 +1085,7 @@ pub async fn funding_update_op(
 
 /// `GET /v1/accounts/{id}/history`.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// The cursor: `next_after` of the previous page (0 or absent for the first).
@@ -1171,6 +1176,7 @@ async fn trail_head(
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// `admin` or `service`.
+    #[schema(pattern = "^(admin|service)$")]
     pub scope: String,
     /// For a service key: the app (a revenue account) it is bound to.
     #[serde(default)]
