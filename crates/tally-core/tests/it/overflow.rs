@@ -108,6 +108,7 @@ fn user_with(id: AccountId, credit_limit: u64, totals: Totals) -> Account {
                 (Val::Str("by_app"), empty_seq()),
             ]),
         ),
+        (Val::Str("tokens"), empty_map()),
     ]);
     Account::deserialize(account).unwrap()
 }
