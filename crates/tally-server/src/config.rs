@@ -34,6 +34,10 @@ pub struct ServerConfig {
     /// Idempotency keys remembered at once; past it a keyed write is 503 `overloaded`.
     /// Default 1,000,000.
     pub idempotency_keys_max: usize,
+    /// The idempotency journal's segment size in bytes: a segment is removed once every key in
+    /// it has expired, so the journal holds about `idempotency_retention_s` of keyed writes
+    /// plus one segment. Default 16 MiB.
+    pub idempotency_segment_bytes: u64,
     /// Syft: may `user/create` be called without the admin key? Default false.
     pub open_signup: bool,
     /// Syft: lifetime of a delegation token, in seconds. Default 86,400 (24 h).
@@ -76,6 +80,7 @@ impl Default for ServerConfig {
             batch_operations_max: 1_000,
             idempotency_retention_s: 86_400,
             idempotency_keys_max: 1_000_000,
+            idempotency_segment_bytes: 16 << 20,
             open_signup: false,
             token_lifetime_s: 86_400,
             transaction_timeout_s: 86_400,
@@ -99,6 +104,7 @@ impl ServerConfig {
         RegistryLimits {
             idempotency_retention_ms: self.idempotency_retention_s.saturating_mul(1000),
             idempotency_keys_max: self.idempotency_keys_max,
+            idempotency_segment_bytes: self.idempotency_segment_bytes,
         }
     }
 }

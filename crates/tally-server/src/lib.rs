@@ -87,13 +87,8 @@ impl AppState {
         admin_key: &str,
     ) -> Result<AppState, String> {
         let now_ms = tally.now().0;
-        let registry = Registry::open(
-            &data_dir.join("server"),
-            config.sync,
-            config.registry_limits(),
-            now_ms,
-        )
-        .await?;
+        let registry =
+            Registry::open(data_dir, config.sync, config.registry_limits(), now_ms).await?;
         let jwt_secret = config::load_or_create_secret(&data_dir.join("jwt.secret"))?;
         let subscription = tally.subscribe();
         let started_after = tally.trail_head().0;

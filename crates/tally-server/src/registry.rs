@@ -1,8 +1,11 @@
 //! The server's own durable state, beside the ledger: account names, API keys, Syft users,
 //! idempotency keys, the operation-id epoch.
 //!
-//! It is a second journal (`<data>/server/`, the same segmented, checksummed, group-committed
-//! log the ledger uses) replayed into memory at open. Every change is appended and made durable
+//! It is two more journals (the same segmented, checksummed, group-committed log the ledger
+//! uses), replayed into memory at open: `<data>/server/` for what is kept (names, keys, users,
+//! Syft transactions, prices) and `<data>/idempotency/` for idempotency keys, which live 24 h:
+//! its segments older than the oldest remembered key are deleted (checked at most once a
+//! minute), so it holds about a day of keyed writes. Every change is appended and made durable
 //! *before* the ledger operation it enables runs, so a crash between the two leaves a name or a
 //! key whose operation a retry finishes, never an operation a retry repeats:
 //!
@@ -202,8 +205,11 @@ struct Inner {
     keys: BTreeMap<u64, ApiKey>,
     users: BTreeMap<String, User>,
     idem: HashMap<(String, String), IdemEntry>,
-    idem_order: VecDeque<(u64, String, String)>,
+    /// Remembered keys, oldest first: (at_ms, the idempotency journal's seq, principal, key).
+    idem_order: VecDeque<(u64, u64, String, String)>,
     epoch: u64,
+    /// When the idempotency journal was last trimmed.
+    idem_trimmed_ms: u64,
     txns: HashMap<tally::HoldId, Txn>,
     txns_by_user: HashMap<String, Vec<tally::HoldId>>,
     prices: BTreeMap<(AccountId, String), tally::Price>,
@@ -217,6 +223,9 @@ pub struct RegistryLimits {
     /// At most this many keys are remembered; past it a keyed write is refused with
     /// `overloaded` (never forgotten early, which could repeat a charge). Default 1,000,000.
     pub idempotency_keys_max: usize,
+    /// The idempotency journal rolls to a new segment past this size; a segment goes once every
+    /// key in it has expired. Default 16 MiB.
+    pub idempotency_segment_bytes: u64,
 }
 
 impl Default for RegistryLimits {
@@ -224,6 +233,7 @@ impl Default for RegistryLimits {
         RegistryLimits {
             idempotency_retention_ms: 24 * 3_600_000,
             idempotency_keys_max: 1_000_000,
+            idempotency_segment_bytes: 16 << 20,
         }
     }
 }
@@ -234,6 +244,7 @@ pub const FIRST_NAMED_ID: u64 = 1_000;
 /// The server's durable state. See the module docs.
 pub struct Registry {
     journal: Journal,
+    idem_journal: Journal,
     inner: Mutex<Inner>,
     op_next: AtomicU64,
     epoch: AtomicU64,
@@ -303,8 +314,9 @@ impl Inner {
                 body,
                 at_ms,
             } => {
+                // Replayed from the idempotency journal: `seq` is set by the caller.
                 self.idem_order
-                    .push_back((at_ms, principal.clone(), key.clone()));
+                    .push_back((at_ms, 0, principal.clone(), key.clone()));
                 self.idem.insert(
                     (principal, key),
                     IdemEntry {
@@ -371,11 +383,11 @@ impl Inner {
 
     fn expire_idempotency(&mut self, now_ms: u64, retention_ms: u64) {
         let horizon = now_ms.saturating_sub(retention_ms);
-        while let Some((at, _, _)) = self.idem_order.front() {
+        while let Some((at, _, _, _)) = self.idem_order.front() {
             if *at >= horizon {
                 break;
             }
-            if let Some((_, principal, key)) = self.idem_order.pop_front() {
+            if let Some((_, _, principal, key)) = self.idem_order.pop_front() {
                 let k = (principal, key);
                 if self.idem.get(&k).is_some_and(|e| e.at_ms < horizon) {
                     self.idem.remove(&k);
@@ -388,15 +400,17 @@ impl Inner {
 impl Registry {
     /// Opens (or recovers) the registry in `dir`, starting a new operation-id epoch.
     pub async fn open(
-        dir: &Path,
+        data_dir: &Path,
         sync: SyncMode,
         limits: RegistryLimits,
         now_ms: u64,
     ) -> Result<Registry, String> {
-        let mut config = JournalConfig::new(dir);
+        let dir = data_dir.join("server");
+        let mut config = JournalConfig::new(&dir);
         config.sync = sync;
         let mut inner = Inner {
             id_next: FIRST_NAMED_ID,
+            idem_trimmed_ms: now_ms,
             ..Inner::default()
         };
         let (journal, _recovery) = Journal::open(config, |_seq, payload| {
@@ -404,6 +418,28 @@ impl Registry {
             Ok(())
         })
         .map_err(|e| format!("opening the server registry in {}: {e}", dir.display()))?;
+        let idem_dir = data_dir.join("idempotency");
+        let mut config = JournalConfig::new(&idem_dir);
+        config.sync = sync;
+        config.segment_bytes_max = limits.idempotency_segment_bytes;
+        // Its oldest segments go as their keys expire: replay from the first one left.
+        let after = tally_store::journal::segment_starts(&idem_dir)
+            .map_err(|e| format!("listing {}: {e}", idem_dir.display()))?
+            .first()
+            .map_or(0, |first| first.saturating_sub(1));
+        let (idem_journal, _recovery) = Journal::open_after(config, after, |seq, payload| {
+            inner.apply(decode(payload)?);
+            if let Some(last) = inner.idem_order.back_mut() {
+                last.1 = seq;
+            }
+            Ok(())
+        })
+        .map_err(|e| {
+            format!(
+                "opening the idempotency keys in {}: {e}",
+                idem_dir.display()
+            )
+        })?;
         inner.expire_idempotency(now_ms, limits.idempotency_retention_ms);
         let epoch = inner
             .epoch
@@ -411,6 +447,7 @@ impl Registry {
             .ok_or("operation-id epochs exhausted")?;
         let registry = Registry {
             journal,
+            idem_journal,
             inner: Mutex::new(inner),
             op_next: AtomicU64::new(0),
             epoch: AtomicU64::new(epoch),
@@ -452,9 +489,11 @@ impl Registry {
         self.journal.wait_durable(seq).await.map_err(journal_error)
     }
 
-    /// Closes the registry's journal (syncing what is queued).
+    /// Closes the registry's journals (syncing what is queued).
     pub fn close(&self) -> Result<(), String> {
-        self.journal.clone().close().map_err(|e| e.to_string())
+        let idem = self.idem_journal.clone().close().map_err(|e| e.to_string());
+        self.journal.clone().close().map_err(|e| e.to_string())?;
+        idem
     }
 
     /// A fresh operation id, never handed out before (also across restarts).
@@ -526,11 +565,24 @@ impl Registry {
         width: u64,
         now_ms: u64,
     ) -> Result<Begin, ApiError> {
-        let (op, seq) = match self.begin_locked(principal, key, route, body, width, now_ms)? {
+        let (op, seq, trim) = match self.begin_locked(principal, key, route, body, width, now_ms)? {
             Step::Cached(begin) => return Ok(begin),
-            Step::Wait { op, seq } => (op, seq),
+            Step::Wait { op, seq, trim } => (op, seq, trim),
         };
-        self.durable(seq).await?;
+        if let Some(before) = trim {
+            // Whole segments of keys older than the oldest remembered one: a few unlinks and
+            // a directory sync, off the request path.
+            let journal = self.idem_journal.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = journal.trim_before(before) {
+                    tracing::warn!(error = %e, "trimming the idempotency journal failed");
+                }
+            });
+        }
+        self.idem_journal
+            .wait_durable(seq)
+            .await
+            .map_err(journal_error)?;
         Ok(Begin::Run { op })
     }
 
@@ -545,6 +597,17 @@ impl Registry {
     ) -> Result<Step, ApiError> {
         let mut inner = self.inner.lock();
         inner.expire_idempotency(now_ms, self.limits.idempotency_retention_ms);
+        let trim = if now_ms.saturating_sub(inner.idem_trimmed_ms) >= IDEMPOTENCY_TRIM_EVERY_MS {
+            inner.idem_trimmed_ms = now_ms;
+            Some(
+                inner
+                    .idem_order
+                    .front()
+                    .map_or_else(|| self.idem_journal.last_seq().saturating_add(1), |f| f.1),
+            )
+        } else {
+            None
+        };
         let k = (principal.to_owned(), key.to_owned());
         if let Some(entry) = inner.idem.get(&k) {
             if entry.route != route {
@@ -562,6 +625,7 @@ impl Registry {
             return Ok(Step::Wait {
                 op: entry.op,
                 seq: entry.seq,
+                trim,
             });
         }
         if inner.idem.len() >= self.limits.idempotency_keys_max {
@@ -584,12 +648,12 @@ impl Registry {
         // Appended under the lock, so a concurrent first use of the same key finds this entry
         // and waits for the same record.
         let seq = self
-            .journal
+            .idem_journal
             .append(&encode(&entry)?)
             .map_err(journal_error)?;
         inner
             .idem_order
-            .push_back((now_ms, k.0.clone(), k.1.clone()));
+            .push_back((now_ms, seq, k.0.clone(), k.1.clone()));
         inner.idem.insert(
             k,
             IdemEntry {
@@ -601,7 +665,7 @@ impl Registry {
                 response: None,
             },
         );
-        Ok(Step::Wait { op, seq })
+        Ok(Step::Wait { op, seq, trim })
     }
 
     /// Remembers the response to a keyed request, for its retries.
@@ -776,17 +840,30 @@ impl Registry {
             .collect()
     }
 
-    /// The registry journal's queue: appended, not yet durable.
+    /// The registry journals' queues: appended, not yet durable.
     pub fn durable_lag(&self) -> u64 {
-        let durable = self.journal.durable().borrow().seq;
-        self.journal.last_seq().saturating_sub(durable)
+        let lag = |j: &Journal| j.last_seq().saturating_sub(j.durable().borrow().seq);
+        lag(&self.journal).saturating_add(lag(&self.idem_journal))
+    }
+
+    /// The oldest idempotency journal record still needed (for tests of the trim).
+    pub fn idempotency_first_seq(&self) -> u64 {
+        self.idem_journal.first_seq()
     }
 }
 
 enum Step {
     Cached(Begin),
-    Wait { op: OpId, seq: u64 },
+    Wait {
+        op: OpId,
+        seq: u64,
+        /// Trim the idempotency journal before this seq.
+        trim: Option<u64>,
+    },
 }
+
+/// The idempotency journal is trimmed at most this often.
+const IDEMPOTENCY_TRIM_EVERY_MS: u64 = 60_000;
 
 fn conflict(key: &str, field: &str) -> ApiError {
     ApiError::new(

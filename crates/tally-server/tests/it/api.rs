@@ -647,3 +647,70 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
     assert!(metrics.text.contains("tally_journal_queue_records"));
     assert!(metrics.text.contains("tally_journal_sync_seconds_last"));
 }
+
+#[tokio::test]
+async fn expired_idempotency_keys_are_forgotten_and_their_journal_segments_removed() {
+    let config = tally_server::ServerConfig {
+        idempotency_retention_s: 60,
+        idempotency_segment_bytes: 4_096,
+        ..tally_server::ServerConfig::default()
+    };
+    let h = Harness::with(config).await;
+    h.world(1_000_000).await;
+    let body = json!({"account": "alice", "app": "chat", "amount": 1});
+    for i in 0..100 {
+        let key = format!("key-{i}");
+        let a = h
+            .as_key(ADMIN, "POST", "/v1/charges", Some(body.clone()), Some(&key))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+    }
+    assert_eq!(h.state.registry.idempotency_keys(), 100);
+    assert_eq!(h.state.registry.idempotency_first_seq(), 1);
+    h.clock.advance(61_000);
+    let a = h
+        .as_key(
+            ADMIN,
+            "POST",
+            "/v1/charges",
+            Some(body.clone()),
+            Some("late"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    assert_eq!(h.state.registry.idempotency_keys(), 1);
+    // The trim runs off the request path.
+    for _ in 0..100 {
+        if h.state.registry.idempotency_first_seq() > 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(h.state.registry.idempotency_first_seq() > 1);
+    // A key past its retention is a new request: documented, and why the retention is a day.
+    let again = h
+        .as_key(ADMIN, "POST", "/v1/charges", Some(body), Some("key-0"))
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert!(again.headers.get("idempotent-replayed").is_none());
+    assert_eq!(h.available("alice").await, 1_000_000 - 102);
+    // What is still remembered survives a restart with the trimmed journal.
+    let h = h.restart().await;
+    let late = h
+        .as_key(
+            ADMIN,
+            "POST",
+            "/v1/charges",
+            Some(json!({"account": "alice", "app": "chat", "amount": 1})),
+            Some("late"),
+        )
+        .await;
+    assert_eq!(
+        late.headers
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        None
+    );
+    assert_eq!(late.body, a.body);
+    assert_eq!(h.available("alice").await, 1_000_000 - 102);
+}
