@@ -27,6 +27,9 @@ pub struct ServerConfig {
     /// Open connections; past it new connections wait in the kernel's backlog until one
     /// closes. Default 10,000.
     pub connections_max: usize,
+    /// Open `/v1/events` streams (not counted as requests in flight); past it a new stream is
+    /// 503 `overloaded`. Default 1,024.
+    pub event_streams_max: usize,
     /// Operations in one `/v1/batch`; more is 400. Default 1,000.
     pub batch_operations_max: usize,
     /// How long an idempotency key is remembered, in seconds. Default 86,400 (24 h).
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             body_bytes_max: 64 * 1024,
             requests_in_flight_max: 4_096,
             connections_max: 10_000,
+            event_streams_max: 1_024,
             batch_operations_max: 1_000,
             idempotency_retention_s: 86_400,
             idempotency_keys_max: 1_000_000,

@@ -232,6 +232,15 @@ pub async fn stream_events(
     if let Err(e) = principal.require_admin() {
         return e.into_response();
     }
+    let Ok(slot) = state.event_streams.clone().try_acquire_owned() else {
+        return ApiError::overloaded(format!(
+            "{} event streams are open, the limit",
+            state.config.event_streams_max
+        ))
+        .with("scope", "event streams")
+        .with("limit", state.config.event_streams_max)
+        .into_response();
+    };
     let last = match parse_last_id(&headers) {
         Ok(l) => l,
         Err(e) => return e.into_response(),
@@ -265,16 +274,17 @@ pub async fn stream_events(
         }
         (backlog, rx)
     };
-    let live = stream::unfold(rx, |mut rx| async move {
+    // The stream holds its slot until the client goes.
+    let live = stream::unfold((rx, slot), |(mut rx, slot)| async move {
         match rx.recv().await {
-            Ok(sent) => Some((sent, rx)),
+            Ok(sent) => Some((sent, (rx, slot))),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 let missed = Arc::new(Sent {
                     id: None,
                     name: "missed",
                     data: json!({"missed": n, "reason": "this connection fell behind"}).to_string(),
                 });
-                Some((missed, rx))
+                Some((missed, (rx, slot)))
             }
             Err(broadcast::error::RecvError::Closed) => None,
         }

@@ -62,6 +62,8 @@ pub struct StateInner {
     pub passwords: auth::PasswordCache,
     /// Requests in flight (past it: 503).
     pub in_flight: Arc<Semaphore>,
+    /// Open event streams (past it: 503).
+    pub event_streams: Arc<Semaphore>,
     /// The Prometheus exporter's handle.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Retained events for `/v1/events`.
@@ -96,6 +98,7 @@ impl AppState {
             events: events::EventLog::new(started_after),
             pump: parking_lot::Mutex::new(None),
             in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
+            event_streams: Arc::new(Semaphore::new(config.event_streams_max)),
             tally,
             registry,
             admin_hash: auth::hash_secret(admin_key),

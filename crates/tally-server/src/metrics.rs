@@ -33,7 +33,14 @@ pub fn install() -> Option<PrometheusHandle> {
 /// Bounds requests in flight (503 `overloaded` past the limit, at once) and records each
 /// request's route, status and latency.
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
+    // An event stream lasts as long as its client; it has a bound of its own.
+    let streaming = req.uri().path() == "/v1/events";
+    let permit = if streaming {
+        None
+    } else {
+        state.in_flight.clone().try_acquire_owned().ok()
+    };
+    if !streaming && permit.is_none() {
         metrics::counter!("tally_http_refused_total", "reason" => "in_flight").increment(1);
         return ApiError::overloaded(format!(
             "{} requests are in flight, the limit",
@@ -42,7 +49,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .with("scope", "requests in flight")
         .with("limit", state.config.requests_in_flight_max)
         .into_response();
-    };
+    }
     let route = req
         .extensions()
         .get::<MatchedPath>()

@@ -714,3 +714,26 @@ async fn expired_idempotency_keys_are_forgotten_and_their_journal_segments_remov
     assert_eq!(late.body, a.body);
     assert_eq!(h.available("alice").await, 1_000_000 - 102);
 }
+
+#[tokio::test]
+async fn past_the_requests_in_flight_a_request_is_503_with_retry_after_and_changes_nothing() {
+    let config = tally_server::ServerConfig {
+        requests_in_flight_max: 0,
+        ..tally_server::ServerConfig::default()
+    };
+    let h = Harness::with(config).await;
+    let a = h
+        .admin(
+            "POST",
+            "/v1/accounts",
+            Some(json!({"id": "alice", "kind": "user"})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+    );
+    assert_eq!(a.headers.get("retry-after").unwrap(), "1");
+    assert_eq!(a.body["error"]["scope"], "requests in flight");
+    assert!(h.state.registry.account("alice").is_none());
+}

@@ -206,3 +206,33 @@ async fn the_event_stream_needs_an_admin_key() {
         .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn event_streams_are_bounded_apart_from_requests_in_flight() {
+    let config = tally_server::ServerConfig {
+        event_streams_max: 1,
+        requests_in_flight_max: 1,
+        ..tally_server::ServerConfig::default()
+    };
+    let h = Harness::with(config).await;
+    let (status, first) = open(&h, None).await;
+    assert_eq!(status, StatusCode::OK);
+    // The open stream takes no request slot: a request still goes through.
+    assert_eq!(
+        h.admin("GET", "/v1/audit", None).await.status,
+        StatusCode::OK
+    );
+    let (status, _) = open(&h, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    drop(first);
+    // Its slot comes back when the client goes.
+    let mut ok = false;
+    for _ in 0..50 {
+        if open(&h, None).await.0 == StatusCode::OK {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok);
+}
