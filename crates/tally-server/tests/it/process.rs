@@ -183,3 +183,56 @@ fn what_was_acknowledged_survives_kill_9() {
     let (_, audit) = http(&served.url, "GET", "/v1/audit", key, "");
     assert_eq!(audit["ok"], true, "{audit}");
 }
+
+#[test]
+fn keys_made_with_the_cli_work_until_revoked_and_are_stored_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_tally-server");
+    let env_key = "cli-admin-key-0123456789";
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("TALLY_ADMIN_KEY", env_key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let created: serde_json::Value =
+        serde_json::from_str(run(&["keys", "create", "--scope", "admin", "--label", "ops"]).trim())
+            .unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["key"]["id"].as_u64().unwrap();
+    assert!(run(&["keys", "list"]).contains("\"label\":\"ops\""));
+    // Nothing under the data directory holds the secret itself.
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for entry in std::fs::read_dir(&p).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds the secret",
+                    path.display()
+                );
+            }
+        }
+    }
+    let served = Served::start(dir.path(), &[("TALLY_ADMIN_KEY", env_key)]);
+    let (status, _) = http(&served.url, "GET", "/v1/keys", &secret, "");
+    assert_eq!(status, 200);
+    drop(served);
+    run(&["keys", "revoke", &id.to_string()]);
+    let served = Served::start(dir.path(), &[("TALLY_ADMIN_KEY", env_key)]);
+    let (status, _) = http(&served.url, "GET", "/v1/keys", &secret, "");
+    assert_eq!(status, 401);
+}
