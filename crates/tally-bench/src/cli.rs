@@ -13,6 +13,7 @@ use crate::workload::{parse_duration, Mix};
 ///
 /// With no arguments: a 20-second load of 64 clients on 10,000 accounts against the durable
 /// store in a temporary directory, then the audit and a reopen-and-compare; prints PASS or FAIL.
+/// With `--http URL`: the same load against a running tally-server, checked through its API.
 #[derive(Debug, Parser)]
 #[command(name = "tally-bench", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -32,6 +33,8 @@ impl Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of `RunArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run a load, then audit, reopen and compare (the default).
@@ -134,6 +137,31 @@ pub struct RunArgs {
     /// No progress display.
     #[arg(long)]
     pub quiet: bool,
+    /// Drive a running tally-server at this base URL (plain `http://HOST:PORT`) instead of an
+    /// engine in this process; setup and checks go through its `/v1` API.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with_all = ["in_memory", "data_dir", "keep", "ack_log", "resident_max",
+                              "idempotency_keys"]
+    )]
+    pub http: Option<String>,
+    /// The server's admin key (with `--http`).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "TALLY_ADMIN_KEY",
+        hide_env_values = true
+    )]
+    pub admin_key: Option<String>,
+    /// With `--http`: send each client's writes as `/v1/batch` requests of N operations
+    /// (1 to 1,000) [default: 1, one request per write].
+    #[arg(long, value_name = "N", requires = "http")]
+    pub batch: Option<u32>,
+    /// With `--http`: the prefix of the bench's account names (`PREFIXuser-0`, `PREFIXapp-0`);
+    /// a run with the same prefix and layout reuses the accounts [default: `bench-`].
+    #[arg(long, value_name = "PREFIX", requires = "http")]
+    pub account_prefix: Option<String>,
 }
 
 /// Options of `verify`.
@@ -193,6 +221,27 @@ mod tests {
             panic!("expected verify");
         };
         assert_eq!(args.data_dir, PathBuf::from("d"));
+    }
+
+    #[test]
+    fn http_options_parse_and_refuse_the_in_process_store() {
+        let CliCommand::Run(args) = parse(&[
+            "tally-bench",
+            "--http",
+            "http://127.0.0.1:8080",
+            "--admin-key",
+            "k",
+            "--batch",
+            "100",
+        ])
+        .unwrap() else {
+            panic!("expected run");
+        };
+        assert_eq!(args.http.as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(args.batch, Some(100));
+        assert!(parse(&["tally-bench", "--http", "http://x", "--in-memory"]).is_err());
+        assert!(parse(&["tally-bench", "--http", "http://x", "--data-dir", "d"]).is_err());
+        assert!(parse(&["tally-bench", "--batch", "10"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`plan`]: the options resolved against a preset into one [`plan::Plan`].
 //! - [`workload`]: the mix, the user picker (uniform or Zipf), pricing models, operation ids.
 //! - [`run`]: setup, the clients, the checks (audit, shutdown, reopen, compare).
+//! - [`remote`] and [`api`]: the same load against a running tally-server over HTTP, checked
+//!   through its API.
 //! - [`stats`]: latency histograms and error counts per client, merged at the end.
 //! - [`ceiling`]: fdatasync and group-commit rates of the data disk; the core apply loop.
 //! - [`acklog`] and [`verify`]: the acknowledgement log a crash test checks against.
@@ -17,9 +19,11 @@
 //! - [`store`] and [`sys`]: which store a run drives; resident memory.
 
 pub mod acklog;
+pub mod api;
 pub mod ceiling;
 pub mod cli;
 pub mod plan;
+pub mod remote;
 pub mod report;
 pub mod run;
 pub mod stats;

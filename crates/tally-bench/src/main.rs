@@ -31,6 +31,14 @@ fn execute(command: CliCommand) -> anyhow::Result<bool> {
         .build()
         .context("starting the async runtime")?;
     let verdict = match command {
+        CliCommand::Run(args) if args.http.is_some() => {
+            let report = runtime.block_on(tally_bench::remote::run(&args))?;
+            print!("{}", report.human());
+            if let Some(path) = &args.json {
+                write_json(path, &report)?;
+            }
+            Ok(report.verdict == "PASS")
+        }
         CliCommand::Run(args) => {
             let report = runtime.block_on(tally_bench::run::run(&args))?;
             print!("{}", report.human());

@@ -30,6 +30,8 @@ pub const IDEMPOTENCY_KEYS_DEFAULT: usize = 1_000_000;
 pub const SEED_DEFAULT: u64 = 1;
 /// Resident accounts of the many-accounts preset.
 pub const MANY_ACCOUNTS_RESIDENT_MAX: usize = 100_000;
+/// Most operations in one `/v1/batch` request (the server's default limit).
+pub const BATCH_MAX: u32 = 1_000;
 
 /// Everything a run does, resolved.
 #[derive(Clone, Debug, Serialize)]
@@ -64,8 +66,10 @@ pub struct Plan {
     pub resident_max: usize,
     /// Limits::idempotency_keys_max.
     pub idempotency_keys_max: usize,
-    /// `durable` or `memory`.
+    /// `durable`, `memory` or `http` (a running tally-server).
     pub store: &'static str,
+    /// Writes per request over HTTP: 1 = one request per write, more = `/v1/batch` requests.
+    pub batch: u32,
     /// How the journal syncs.
     pub sync: SyncArg,
     /// Seed of the workload's choices.
@@ -94,7 +98,14 @@ impl Plan {
             endpoint: "/v1/bench",
             resident_max: EngineConfig::default().resident_max,
             idempotency_keys_max: IDEMPOTENCY_KEYS_DEFAULT,
-            store: if args.in_memory { "memory" } else { "durable" },
+            store: if args.http.is_some() {
+                "http"
+            } else if args.in_memory {
+                "memory"
+            } else {
+                "durable"
+            },
+            batch: args.batch.unwrap_or(1),
             sync: args.sync,
             seed: SEED_DEFAULT,
         };
@@ -189,6 +200,15 @@ impl Plan {
         }
         if self.idempotency_keys_max == 0 {
             bail!("--idempotency-keys must be at least 1");
+        }
+        if self.batch == 0 || self.batch > BATCH_MAX {
+            bail!("--batch must be 1 to {BATCH_MAX}");
+        }
+        if self.store == "http" && self.preset == Some(Preset::ManyAccounts) {
+            bail!(
+                "--preset many-accounts measures the engine's resident cap, which is the \
+                 server's setting over HTTP; use --accounts 1000000 to load that many users"
+            );
         }
         Ok(())
     }
@@ -308,6 +328,29 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn http_runs_take_a_batch_size_and_refuse_many_accounts() {
+        let args = RunArgs {
+            http: Some("http://127.0.0.1:1".to_owned()),
+            batch: Some(100),
+            ..RunArgs::default()
+        };
+        let plan = Plan::resolve(&args).unwrap();
+        assert_eq!((plan.store, plan.batch), ("http", 100));
+        for args in [
+            RunArgs {
+                batch: Some(1_001),
+                ..args.clone()
+            },
+            RunArgs {
+                preset: Some(Preset::ManyAccounts),
+                ..args.clone()
+            },
+        ] {
+            assert!(Plan::resolve(&args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

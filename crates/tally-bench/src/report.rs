@@ -4,12 +4,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use std::time::Duration;
+
 use serde::Serialize;
 use tally::AuditReport;
 
 use crate::ceiling::Ceilings;
 use crate::plan::Plan;
-use crate::stats::LatencySummary;
+use crate::stats::{ClientStats, LatencySummary, StatsError, INSUFFICIENT_FUNDS};
+pub use crate::sys::CpuFigures;
+use crate::workload::{CallKind, OpKind};
 
 /// The whole report of `run`.
 #[derive(Clone, Debug, Serialize)]
@@ -30,38 +34,11 @@ pub struct Report {
     pub open: Option<RecoveryFigures>,
     /// Accounts opened and funded before the load.
     pub setup: Setup,
-    /// Seconds the load ran.
-    pub elapsed_s: f64,
-    /// Logical operations answered (successes, expected rejections and errors).
-    pub ops: u64,
-    /// Logical operations that succeeded.
-    pub ops_ok: u64,
-    /// Successful logical operations per second.
-    pub ops_per_sec: f64,
-    /// Write calls acknowledged (each a durable journal record).
-    pub writes_acked: u64,
-    /// Acknowledged write calls per second.
-    pub writes_per_sec: f64,
-    /// Median latency of a successful logical operation, µs.
-    pub latency_us_p50: u64,
-    /// 90th percentile, µs.
-    pub latency_us_p90: u64,
-    /// 99th percentile, µs.
-    pub latency_us_p99: u64,
-    /// 99.9th percentile, µs.
-    pub latency_us_p999: u64,
-    /// Largest, µs.
-    pub latency_us_max: u64,
-    /// Per logical operation (`reserve-commit`, `charge`, ...).
-    pub per_op: BTreeMap<&'static str, OpFigures>,
-    /// Per engine call (`reserve`, `commit`, ...), every answered call.
-    pub per_call: BTreeMap<&'static str, LatencySummary>,
-    /// Expected rejections by kind (`insufficient_funds`, answered by a top-up).
-    pub rejections_expected: BTreeMap<&'static str, u64>,
-    /// Unexpected errors by kind.
-    pub errors: BTreeMap<String, u64>,
-    /// Sum of `errors`.
-    pub errors_total: u64,
+    /// What the load did: operations, acknowledged writes, latencies, rejections, errors.
+    #[serde(flatten)]
+    pub load: LoadFigures,
+    /// CPU use during the load.
+    pub cpu: Option<CpuFigures>,
     /// Accounts resident at the end of the load.
     pub resident_accounts: u64,
     /// Accounts known.
@@ -93,6 +70,190 @@ pub struct Report {
     pub audit: AuditReport,
     /// The reopen and comparison.
     pub recovery: RecoveryCheck,
+}
+
+/// What a load did, with the same names in both reports (flattened into them).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoadFigures {
+    /// Seconds the load ran.
+    pub elapsed_s: f64,
+    /// Logical operations answered (successes, expected rejections and errors).
+    pub ops: u64,
+    /// Logical operations that succeeded.
+    pub ops_ok: u64,
+    /// Successful logical operations per second.
+    pub ops_per_sec: f64,
+    /// Write calls acknowledged (each a durable journal record; over HTTP, each
+    /// operation answered 2xx, alone or in a batch).
+    pub writes_acked: u64,
+    /// Acknowledged write calls per second.
+    pub writes_per_sec: f64,
+    /// Median latency of a successful logical operation, µs.
+    pub latency_us_p50: u64,
+    /// 90th percentile, µs.
+    pub latency_us_p90: u64,
+    /// 99th percentile, µs.
+    pub latency_us_p99: u64,
+    /// 99.9th percentile, µs.
+    pub latency_us_p999: u64,
+    /// Largest, µs.
+    pub latency_us_max: u64,
+    /// Per logical operation (`reserve-commit`, `charge`, ...).
+    pub per_op: BTreeMap<&'static str, OpFigures>,
+    /// Per engine call (`reserve`, `commit`, ...; over HTTP one request each, `batch` for a
+    /// `/v1/batch` request), every answered call.
+    pub per_call: BTreeMap<&'static str, LatencySummary>,
+    /// Expected rejections by kind (`insufficient_funds`, answered by a top-up).
+    pub rejections_expected: BTreeMap<&'static str, u64>,
+    /// Unexpected errors by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Sum of `errors`.
+    pub errors_total: u64,
+}
+
+/// `n` per second over `seconds` (0 for an empty interval).
+pub fn per_sec(n: u64, seconds: f64) -> f64 {
+    if seconds <= 0.0 {
+        return 0.0;
+    }
+    // Precision loss above 2^53 is irrelevant for a rate.
+    #[allow(clippy::cast_precision_loss)]
+    let n = n as f64;
+    n / seconds
+}
+
+impl LoadFigures {
+    /// The figures of merged client statistics over a load of `elapsed`.
+    pub fn from_stats(stats: &ClientStats, elapsed: Duration) -> Result<LoadFigures, StatsError> {
+        let seconds = elapsed.as_secs_f64();
+        let all = stats.all_ops()?.summary();
+        let ops_ok = stats.ops_ok();
+        let mut per_op = BTreeMap::new();
+        for kind in OpKind::ALL {
+            let latency = stats.ops[kind.index()].summary();
+            let failed = stats.ops_failed[kind.index()];
+            if latency.count > 0 || failed > 0 {
+                per_op.insert(
+                    kind.name(),
+                    OpFigures {
+                        ok: latency.count,
+                        failed,
+                        ops_per_sec: per_sec(latency.count, seconds),
+                        latency,
+                    },
+                );
+            }
+        }
+        let mut per_call = BTreeMap::new();
+        for kind in CallKind::ALL {
+            let latency = stats.calls[kind.index()].summary();
+            if latency.count > 0 {
+                per_call.insert(kind.name(), latency);
+            }
+        }
+        let mut rejections_expected = stats.rejections.clone();
+        rejections_expected.entry(INSUFFICIENT_FUNDS).or_default();
+        Ok(LoadFigures {
+            elapsed_s: seconds,
+            ops: ops_ok + stats.ops_failed_total(),
+            ops_ok,
+            ops_per_sec: per_sec(ops_ok, seconds),
+            writes_acked: stats.writes_acked,
+            writes_per_sec: per_sec(stats.writes_acked, seconds),
+            latency_us_p50: all.latency_us_p50,
+            latency_us_p90: all.latency_us_p90,
+            latency_us_p99: all.latency_us_p99,
+            latency_us_p999: all.latency_us_p999,
+            latency_us_max: all.latency_us_max,
+            per_op,
+            per_call,
+            rejections_expected,
+            errors: stats.errors.clone(),
+            errors_total: stats.errors_total(),
+        })
+    }
+
+    /// The throughput line, the latency tables, the rejections and the errors.
+    pub fn human(&self, out: &mut String, call_note: &str) {
+        let _ = writeln!(
+            out,
+            "\nthroughput: {} ops/s ({} ok of {} in {:.1} s), {} acknowledged writes/s",
+            rate(self.ops_per_sec),
+            thousands(self.ops_ok),
+            thousands(self.ops),
+            self.elapsed_s,
+            rate(self.writes_per_sec)
+        );
+        let _ = writeln!(
+            out,
+            "\n  {:<15} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            "operation", "ok", "ops/s", "p50 µs", "p90 µs", "p99 µs", "p999 µs", "max µs"
+        );
+        for (name, f) in &self.per_op {
+            latency_row(out, name, f.ok, Some(f.ops_per_sec), &f.latency);
+        }
+        let all = LatencySummary {
+            count: self.ops_ok,
+            latency_us_p50: self.latency_us_p50,
+            latency_us_p90: self.latency_us_p90,
+            latency_us_p99: self.latency_us_p99,
+            latency_us_p999: self.latency_us_p999,
+            latency_us_max: self.latency_us_max,
+            latency_us_mean: 0.0,
+        };
+        latency_row(out, "all", self.ops_ok, Some(self.ops_per_sec), &all);
+        let _ = writeln!(out, "\n  {:<15} {:>11}  ({call_note})", "call", "answered");
+        for (name, l) in &self.per_call {
+            latency_row(out, name, l.count, None, l);
+        }
+        let _ = writeln!(out);
+        if self.rejections_expected.is_empty() {
+            let _ = writeln!(out, "expected rejections: none");
+        } else {
+            let list: Vec<String> = self
+                .rejections_expected
+                .iter()
+                .map(|(k, n)| format!("{k} {}", thousands(*n)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "expected rejections: {} (each answered by a top-up)",
+                list.join(", ")
+            );
+        }
+        if self.errors.is_empty() {
+            let _ = writeln!(out, "errors: none");
+        } else {
+            let list: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, n)| format!("{k} {}", thousands(*n)))
+                .collect();
+            let _ = writeln!(out, "errors: {}", list.join(", "));
+        }
+    }
+}
+
+/// The CPU line: what this process and the whole machine used during the load.
+pub fn human_cpu(out: &mut String, cpu: Option<&CpuFigures>, what: &str) {
+    let Some(c) = cpu else {
+        return;
+    };
+    let machine = c
+        .machine_busy_share
+        .map(|m| {
+            format!(
+                "; the machine's {} CPUs {:.0}% busy (every process)",
+                c.cpus,
+                m * 100.0
+            )
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "cpu during the load: {what} {:.1} CPU s = {:.2} CPUs busy{machine}",
+        c.process_cpu_s, c.process_cpus_busy
+    );
 }
 
 /// Where a run ran.
@@ -229,7 +390,13 @@ pub fn mib(bytes: u64) -> String {
     format!("{m:.1} MiB")
 }
 
-fn latency_row(out: &mut String, name: &str, ok: u64, per_sec: Option<f64>, l: &LatencySummary) {
+pub(crate) fn latency_row(
+    out: &mut String,
+    name: &str,
+    ok: u64,
+    per_sec: Option<f64>,
+    l: &LatencySummary,
+) {
     let per_sec = per_sec.map(rate).unwrap_or_default();
     let _ = writeln!(
         out,
@@ -311,66 +478,12 @@ impl Report {
                 self.setup.seconds
             );
         }
-        let _ = writeln!(
-            out,
-            "\nthroughput: {} ops/s ({} ok of {} in {:.1} s), {} acknowledged writes/s",
-            rate(self.ops_per_sec),
-            thousands(self.ops_ok),
-            thousands(self.ops),
-            self.elapsed_s,
-            rate(self.writes_per_sec)
+        self.load.human(&mut out, "every answered call");
+        human_cpu(
+            &mut out,
+            self.cpu.as_ref(),
+            "tally-bench (clients and engine)",
         );
-        let _ = writeln!(
-            out,
-            "\n  {:<15} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9}",
-            "operation", "ok", "ops/s", "p50 µs", "p90 µs", "p99 µs", "p999 µs", "max µs"
-        );
-        for (name, f) in &self.per_op {
-            latency_row(&mut out, name, f.ok, Some(f.ops_per_sec), &f.latency);
-        }
-        let all = LatencySummary {
-            count: self.ops_ok,
-            latency_us_p50: self.latency_us_p50,
-            latency_us_p90: self.latency_us_p90,
-            latency_us_p99: self.latency_us_p99,
-            latency_us_p999: self.latency_us_p999,
-            latency_us_max: self.latency_us_max,
-            latency_us_mean: 0.0,
-        };
-        latency_row(&mut out, "all", self.ops_ok, Some(self.ops_per_sec), &all);
-        let _ = writeln!(
-            out,
-            "\n  {:<15} {:>11}  (every answered call)",
-            "call", "answered"
-        );
-        for (name, l) in &self.per_call {
-            latency_row(&mut out, name, l.count, None, l);
-        }
-        let _ = writeln!(out);
-        if self.rejections_expected.is_empty() {
-            let _ = writeln!(out, "expected rejections: none");
-        } else {
-            let list: Vec<String> = self
-                .rejections_expected
-                .iter()
-                .map(|(k, n)| format!("{k} {}", thousands(*n)))
-                .collect();
-            let _ = writeln!(
-                out,
-                "expected rejections: {} (each answered by a top-up)",
-                list.join(", ")
-            );
-        }
-        if self.errors.is_empty() {
-            let _ = writeln!(out, "errors: none");
-        } else {
-            let list: Vec<String> = self
-                .errors
-                .iter()
-                .map(|(k, n)| format!("{k} {}", thousands(*n)))
-                .collect();
-            let _ = writeln!(out, "errors: {}", list.join(", "));
-        }
         let rss = self.rss_bytes.map(mib).unwrap_or_else(|| "-".to_owned());
         let peak = self
             .rss_bytes_peak

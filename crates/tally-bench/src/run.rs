@@ -33,9 +33,10 @@ use crate::acklog::{AckSender, AckWriter};
 use crate::ceiling::{self, Ceilings};
 use crate::cli::RunArgs;
 use crate::plan::Plan;
-use crate::report::{Machine, OpFigures, RecoveryCheck, RecoveryFigures, Report, Setup};
-use crate::stats::{ClientStats, INSUFFICIENT_FUNDS};
+use crate::report::{LoadFigures, Machine, RecoveryCheck, RecoveryFigures, Report, Setup};
+use crate::stats::ClientStats;
 use crate::store::{open_engine, open_store, Backend, StoreOptions};
+use crate::sys::{CpuFigures, CpuSample};
 use crate::workload::{fresh_run_id, run_op, setup_op, CallKind, Layout, OpKind, UserPicker};
 
 /// Tasks that open and fund accounts during setup.
@@ -184,7 +185,7 @@ async fn measure_ceilings(dir: Option<PathBuf>, clients: u32) -> anyhow::Result<
     .context("the ceiling task")?
 }
 
-fn progress_bar(show: bool, len: u64, template: &str) -> ProgressBar {
+pub(crate) fn progress_bar(show: bool, len: u64, template: &str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -281,27 +282,37 @@ async fn set_up(
     })
 }
 
-/// What the clients share.
-struct Shared {
-    tally: Tally,
-    plan: Plan,
-    picker: UserPicker,
-    run_id: u64,
+/// What the clients of a load share to start and count logical operations (in process and
+/// over HTTP).
+pub(crate) struct Gate {
     deadline: Option<Instant>,
     ops_limit: Option<u64>,
+    total: Option<Duration>,
     tickets: AtomicU64,
     /// Logical operations answered.
-    done: AtomicU64,
+    pub(crate) done: AtomicU64,
     /// Unexpected errors.
-    failed: AtomicU64,
-    stop: AtomicBool,
-    ack_failed: AtomicBool,
-    ack: Option<AckSender>,
+    pub(crate) failed: AtomicU64,
+    /// Set to stop the clients early.
+    pub(crate) stop: AtomicBool,
 }
 
-impl Shared {
+impl Gate {
+    /// A gate for `plan`'s load starting at `started`.
+    pub(crate) fn new(plan: &Plan, started: Instant) -> Gate {
+        Gate {
+            deadline: plan.duration().map(|d| started + d),
+            ops_limit: plan.ops,
+            total: plan.duration(),
+            tickets: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+
     /// Whether a client may start another logical operation.
-    fn next_ticket(&self) -> bool {
+    pub(crate) fn next_ticket(&self) -> bool {
         if self.stop.load(Ordering::Relaxed) {
             return false;
         }
@@ -317,10 +328,22 @@ impl Shared {
     }
 }
 
+/// What the clients share.
+struct Shared {
+    tally: Tally,
+    plan: Plan,
+    picker: UserPicker,
+    run_id: u64,
+    gate: Arc<Gate>,
+    ack_failed: AtomicBool,
+    ack: Option<AckSender>,
+}
+
 /// What the load produced.
 struct Load {
     stats: ClientStats,
     elapsed: Duration,
+    cpu: Option<CpuFigures>,
     ack_failed: bool,
 }
 
@@ -331,17 +354,13 @@ async fn drive(
     show_progress: bool,
 ) -> anyhow::Result<Load> {
     let started = Instant::now();
+    let cpu_start = CpuSample::now();
     let shared = Arc::new(Shared {
         tally: tally.clone(),
         plan: plan.clone(),
         picker: plan.picker()?,
         run_id: fresh_run_id(),
-        deadline: plan.duration().map(|d| started + d),
-        ops_limit: plan.ops,
-        tickets: AtomicU64::new(0),
-        done: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
+        gate: Arc::new(Gate::new(plan, started)),
         ack_failed: AtomicBool::new(false),
         ack,
     });
@@ -350,13 +369,14 @@ async fn drive(
         let client = Client::new(Arc::clone(&shared), id)?;
         clients.spawn(client.run());
     }
-    let ticker = show_progress.then(|| tokio::spawn(progress(Arc::clone(&shared), started)));
+    let ticker = show_progress.then(|| tokio::spawn(progress(Arc::clone(&shared.gate), started)));
     let mut stats = ClientStats::new()?;
     while let Some(done) = clients.join_next().await {
         let client_stats = done.context("a client task")?;
         stats.merge(&client_stats)?;
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_start.since();
     if let Some(ticker) = ticker {
         ticker.abort();
         let _ = ticker.await;
@@ -365,15 +385,16 @@ async fn drive(
     Ok(Load {
         stats,
         elapsed,
+        cpu,
         ack_failed,
     })
 }
 
 /// Shows elapsed time (or operations done), operations per second over the last second, and
 /// errors, until aborted.
-async fn progress(shared: Arc<Shared>, started: Instant) {
-    let total = shared.plan.duration();
-    let len = match (shared.ops_limit, total) {
+pub(crate) async fn progress(gate: Arc<Gate>, started: Instant) {
+    let total = gate.total;
+    let len = match (gate.ops_limit, total) {
         (Some(ops), _) => ops,
         (None, Some(d)) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
         (None, None) => 0,
@@ -385,7 +406,7 @@ async fn progress(shared: Arc<Shared>, started: Instant) {
     loop {
         tick.tick().await;
         let now = Instant::now();
-        let done = shared.done.load(Ordering::Relaxed);
+        let done = gate.done.load(Ordering::Relaxed);
         window.push_back((now, done));
         while window
             .front()
@@ -402,7 +423,7 @@ async fn progress(shared: Arc<Shared>, started: Instant) {
             }
             _ => 0.0,
         };
-        if shared.ops_limit.is_some() {
+        if gate.ops_limit.is_some() {
             bar.set_position(done);
         } else {
             bar.set_position(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
@@ -419,7 +440,7 @@ async fn progress(shared: Arc<Shared>, started: Instant) {
             "{clock}{} ops/s  {} ops  {} errors",
             crate::report::rate(per_sec),
             crate::report::thousands(done),
-            crate::report::thousands(shared.failed.load(Ordering::Relaxed))
+            crate::report::thousands(gate.failed.load(Ordering::Relaxed))
         ));
     }
 }
@@ -448,7 +469,7 @@ impl Client {
     }
 
     async fn run(mut self) -> ClientStats {
-        while self.shared.next_ticket() {
+        while self.shared.gate.next_ticket() {
             let kind = self.shared.plan.mix.pick(&mut self.rng);
             self.logical(kind).await;
         }
@@ -471,7 +492,7 @@ impl Client {
         if let Some(ack) = &self.shared.ack {
             if ack.acked(account, op, outcome).await.is_err() {
                 self.shared.ack_failed.store(true, Ordering::Relaxed);
-                self.shared.stop.store(true, Ordering::Relaxed);
+                self.shared.gate.stop.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -498,12 +519,12 @@ impl Client {
     }
 
     fn finish(&mut self, kind: OpKind, started: Instant, result: &Result<(), tally::Error>) {
-        self.shared.done.fetch_add(1, Ordering::Relaxed);
+        self.shared.gate.done.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => self.stats.op_ok(kind, started.elapsed()),
             Err(error) => {
                 if !self.stats.op_failed(kind, error) {
-                    self.shared.failed.fetch_add(1, Ordering::Relaxed);
+                    self.shared.gate.failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -794,49 +815,13 @@ struct Assembly {
     checked: Checked,
 }
 
-fn per_sec(n: u64, seconds: f64) -> f64 {
-    if seconds <= 0.0 {
-        return 0.0;
-    }
-    // Precision loss above 2^53 is irrelevant for a rate.
-    #[allow(clippy::cast_precision_loss)]
-    let n = n as f64;
-    n / seconds
-}
-
 fn ratio(value: f64, ceiling: Option<f64>) -> Option<f64> {
     ceiling.filter(|c| *c > 0.0).map(|c| value / c)
 }
 
 fn assemble(a: Assembly) -> anyhow::Result<Report> {
-    let stats = &a.load.stats;
-    let seconds = a.load.elapsed.as_secs_f64();
-    let all = stats.all_ops()?.summary();
-    let ops_ok = stats.ops_ok();
-    let writes_per_sec = per_sec(stats.writes_acked, seconds);
-    let mut per_op = std::collections::BTreeMap::new();
-    for kind in OpKind::ALL {
-        let latency = stats.ops[kind.index()].summary();
-        let failed = stats.ops_failed[kind.index()];
-        if latency.count > 0 || failed > 0 {
-            per_op.insert(
-                kind.name(),
-                OpFigures {
-                    ok: latency.count,
-                    failed,
-                    ops_per_sec: per_sec(latency.count, seconds),
-                    latency,
-                },
-            );
-        }
-    }
-    let mut per_call = std::collections::BTreeMap::new();
-    for kind in CallKind::ALL {
-        let latency = stats.calls[kind.index()].summary();
-        if latency.count > 0 {
-            per_call.insert(kind.name(), latency);
-        }
-    }
+    let load = LoadFigures::from_stats(&a.load.stats, a.load.elapsed)?;
+    let writes_per_sec = load.writes_per_sec;
     let rss_bytes_per_resident_account = match (a.rss_bytes, a.rss_before) {
         (Some(end), Some(start)) if a.resident_accounts > 0 => {
             Some(end.saturating_sub(start) / a.resident_accounts)
@@ -847,8 +832,6 @@ fn assemble(a: Assembly) -> anyhow::Result<Report> {
     let invariants_ok = a.checked.audit_before.ok() && recovery.audit_after.ok();
     let recovery_ok = recovery.audit_equal && recovery.accounts_differing == 0;
     let ceilings = a.ceilings;
-    let mut rejections_expected = stats.rejections.clone();
-    rejections_expected.entry(INSUFFICIENT_FUNDS).or_default();
     Ok(Report {
         verdict: if invariants_ok && recovery_ok {
             "PASS"
@@ -864,22 +847,8 @@ fn assemble(a: Assembly) -> anyhow::Result<Report> {
         store: a.store_text,
         open: a.opened,
         setup: a.setup,
-        elapsed_s: seconds,
-        ops: ops_ok + stats.ops_failed_total(),
-        ops_ok,
-        ops_per_sec: per_sec(ops_ok, seconds),
-        writes_acked: stats.writes_acked,
-        writes_per_sec,
-        latency_us_p50: all.latency_us_p50,
-        latency_us_p90: all.latency_us_p90,
-        latency_us_p99: all.latency_us_p99,
-        latency_us_p999: all.latency_us_p999,
-        latency_us_max: all.latency_us_max,
-        per_op,
-        per_call,
-        rejections_expected,
-        errors: stats.errors.clone(),
-        errors_total: stats.errors_total(),
+        load,
+        cpu: a.load.cpu,
         resident_accounts: a.resident_accounts,
         known_accounts: a.known_accounts,
         rss_bytes: a.rss_bytes,

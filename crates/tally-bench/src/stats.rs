@@ -121,6 +121,16 @@ pub fn classify(error: &tally::Error) -> ErrorClass {
     }
 }
 
+/// Classifies an HTTP error answer by its JSON `code` (`insufficient_funds`, `unknown_hold`,
+/// ...), or a failure to get one (`transport`, `bad_response`, ...).
+pub fn classify_code(code: &str) -> ErrorClass {
+    if code == INSUFFICIENT_FUNDS {
+        ErrorClass::Expected(INSUFFICIENT_FUNDS)
+    } else {
+        ErrorClass::Unexpected(code.to_owned())
+    }
+}
+
 /// `SomeVariant { .. }` or `SomeVariant(..)` → `some_variant`.
 fn variant_name(debug: &str) -> String {
     let name: String = debug
@@ -192,15 +202,25 @@ impl ClientStats {
 
     /// Records a logical operation that failed; returns whether the failure was expected.
     pub fn op_failed(&mut self, kind: OpKind, error: &tally::Error) -> bool {
+        self.op_failed_class(kind, classify(error))
+    }
+
+    /// Records a logical operation that failed as `class`; returns whether it was expected.
+    pub fn op_failed_class(&mut self, kind: OpKind, class: ErrorClass) -> bool {
         if let Some(n) = self.ops_failed.get_mut(kind.index()) {
             *n += 1;
         }
-        self.count_error(error)
+        self.count_class(class)
     }
 
     /// Counts an error by kind; returns whether it was expected.
     pub fn count_error(&mut self, error: &tally::Error) -> bool {
-        match classify(error) {
+        self.count_class(classify(error))
+    }
+
+    /// Counts an error of `class`; returns whether it was expected.
+    pub fn count_class(&mut self, class: ErrorClass) -> bool {
+        match class {
             ErrorClass::Expected(kind) => {
                 *self.rejections.entry(kind).or_default() += 1;
                 true
@@ -297,6 +317,18 @@ mod tests {
         assert_eq!(
             classify(&tally::Error::Shutdown),
             ErrorClass::Unexpected("shutdown".to_owned())
+        );
+    }
+
+    #[test]
+    fn http_codes_are_classified_like_engine_errors() {
+        assert_eq!(
+            classify_code("insufficient_funds"),
+            ErrorClass::Expected(INSUFFICIENT_FUNDS)
+        );
+        assert_eq!(
+            classify_code("unknown_hold"),
+            ErrorClass::Unexpected("unknown_hold".to_owned())
         );
     }
 

@@ -81,7 +81,7 @@ impl OpKind {
     }
 }
 
-/// One engine call, for per-call latencies.
+/// One engine call (or, over HTTP, one request), for per-call latencies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CallKind {
@@ -99,11 +99,13 @@ pub enum CallKind {
     Refund,
     /// `Tally::transfer`.
     Transfer,
+    /// Over HTTP with `--batch N`: one `POST /v1/batch` request of up to N operations.
+    Batch,
 }
 
 impl CallKind {
     /// Every kind, in report order.
-    pub const ALL: [CallKind; 7] = [
+    pub const ALL: [CallKind; 8] = [
         CallKind::Reserve,
         CallKind::Commit,
         CallKind::Void,
@@ -111,6 +113,7 @@ impl CallKind {
         CallKind::Refund,
         CallKind::Transfer,
         CallKind::Fund,
+        CallKind::Batch,
     ];
 
     /// The stable name (the method's).
@@ -123,6 +126,7 @@ impl CallKind {
             CallKind::Charge => "charge",
             CallKind::Refund => "refund",
             CallKind::Transfer => "transfer",
+            CallKind::Batch => "batch",
         }
     }
 
@@ -136,6 +140,7 @@ impl CallKind {
             CallKind::Refund => 4,
             CallKind::Transfer => 5,
             CallKind::Fund => 6,
+            CallKind::Batch => 7,
         }
     }
 }

@@ -1,4 +1,6 @@
-//! tally-bench's integration tests: the binary itself, killed and verified.
+//! tally-bench's integration tests: the binary itself, killed and verified, and driving a real
+//! tally-server over HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod crash;
+mod http;
