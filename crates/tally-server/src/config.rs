@@ -30,6 +30,10 @@ pub struct ServerConfig {
     /// Open `/v1/events` streams (not counted as requests in flight); past it a new stream is
     /// 503 `overloaded`. Default 1,024.
     pub event_streams_max: usize,
+    /// Seconds the server keeps following the engine's events after the last `/v1/events`
+    /// stream closed, so a client that reconnects within it resumes with no gap; after it a
+    /// resume starts with a `missed` event. Default 60.
+    pub event_idle_keep_s: u64,
     /// Operations in one `/v1/batch`; more is 400. Default 1,000.
     pub batch_operations_max: usize,
     /// How long an idempotency key is remembered, in seconds. Default 86,400 (24 h).
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             requests_in_flight_max: 4_096,
             connections_max: 10_000,
             event_streams_max: 1_024,
+            event_idle_keep_s: 60,
             batch_operations_max: 1_000,
             idempotency_retention_s: 86_400,
             idempotency_keys_max: 1_000_000,

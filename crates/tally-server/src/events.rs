@@ -1,7 +1,9 @@
 //! `GET /v1/events`: the engine's events as Server-Sent Events.
 //!
-//! One task subscribes to the engine when the server starts and keeps the newest
-//! [`RETAINED`] events in a ring; each SSE connection gets what the ring holds after its
+//! While anyone watches (and for `event_idle_keep_s` after the last stream closes, so a client that
+//! reconnects resumes), one task subscribes to the engine and keeps the newest [`RETAINED`]
+//! events in a ring; with nobody watching the engine builds no events at all (a subscription
+//! costs every write).  each SSE connection gets what the ring holds after its
 //! `Last-Event-ID`, then the live events, from the same lock, so nothing falls between the two.
 //! An event's id is its journal sequence number (`seq`, then `seq.1`, ... when one record
 //! makes several events; reads such as `credit.check-available` carry no id). A client asking
@@ -98,13 +100,63 @@ impl EventLog {
     }
 }
 
-/// Feeds the log from the engine until the engine stops or the server is gone (it holds the
-/// state weakly, so it never keeps a stopped server alive).
-pub async fn pump(state: std::sync::Weak<crate::StateInner>, mut sub: tally::Subscription) {
+/// Starts following the engine if nobody does now (call it holding a stream slot). What the
+/// ring held from an earlier period is dropped: between the two, events were not kept.
+pub fn ensure_pump(state: &AppState) {
+    let mut pump = state.pump.lock();
+    if pump.as_ref().is_some_and(|p| !p.is_finished()) {
+        return;
+    }
+    let sub = state.tally.subscribe();
+    {
+        let mut ring = state.events.ring.lock();
+        ring.items.clear();
+        ring.dropped_through = 0;
+        ring.started_after = state.tally.trail_head().0;
+    }
+    *pump = Some(tokio::spawn(run_pump(
+        std::sync::Arc::downgrade(&state.0),
+        sub,
+    )));
+}
+
+/// No stream is open.
+fn idle(state: &AppState) -> bool {
+    state.event_streams.available_permits() == state.config.event_streams_max
+}
+
+/// Feeds the log from the engine until nobody has watched for `event_idle_keep_s`, the engine
+/// stops, or the server is gone (it holds the state weakly, so it never keeps a stopped server
+/// alive).
+async fn run_pump(weak: std::sync::Weak<crate::StateInner>, mut sub: tally::Subscription) {
     let mut last = (0u64, 0u32);
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     loop {
-        let next = sub.recv().await;
-        let Some(state) = state.upgrade().map(AppState) else {
+        let next = tokio::select! {
+            next = sub.recv() => next,
+            _ = tick.tick() => {
+                let Some(state) = weak.upgrade().map(AppState) else {
+                    return;
+                };
+                if !idle(&state) {
+                    idle_since = None;
+                    continue;
+                }
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                let keep = std::time::Duration::from_secs(state.config.event_idle_keep_s);
+                if since.elapsed() >= keep {
+                    // Decided under the pump's lock, where a new stream asks for it.
+                    let mut pump = state.pump.lock();
+                    if idle(&state) {
+                        *pump = None;
+                        return;
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(state) = weak.upgrade().map(AppState) else {
             return;
         };
         match next {
@@ -241,6 +293,7 @@ pub async fn stream_events(
         .with("limit", state.config.event_streams_max)
         .into_response();
     };
+    ensure_pump(&state);
     let last = match parse_last_id(&headers) {
         Ok(l) => l,
         Err(e) => return e.into_response(),

@@ -13,7 +13,8 @@ use crate::error::ApiError;
 pub struct Body<T> {
     /// The request.
     pub value: T,
-    /// Keys sorted, no whitespace: equal for equal content.
+    /// Keys sorted, no whitespace: equal for equal content (empty for a request without an
+    /// `Idempotency-Key`, which nothing compares).
     pub canonical: String,
 }
 
@@ -196,6 +197,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // Only a keyed write is compared with its retries.
+        let keyed = req.headers().contains_key(crate::idempotency::HEADER);
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             let status = e.status();
             if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -206,7 +209,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         })?;
         let value = parse_value(&bytes)?;
         no_stray_arrays(&value, "", &NATIVE_LISTS)?;
-        let canonical = value.to_string();
+        let canonical = if keyed {
+            value.to_string()
+        } else {
+            String::new()
+        };
         Ok(Body {
             value: from_value(value)?,
             canonical,

@@ -68,7 +68,7 @@ pub struct StateInner {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Retained events for `/v1/events`.
     pub events: events::EventLog,
-    /// The task feeding `events` (stopped at shutdown).
+    /// The task feeding `events` while anyone watches (stopped at shutdown).
     pub pump: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -92,7 +92,6 @@ impl AppState {
         let registry =
             Registry::open(data_dir, config.sync, config.registry_limits(), now_ms).await?;
         let jwt_secret = config::load_or_create_secret(&data_dir.join("jwt.secret"))?;
-        let subscription = tally.subscribe();
         let started_after = tally.trail_head().0;
         let state = AppState(Arc::new(StateInner {
             events: events::EventLog::new(started_after),
@@ -108,8 +107,6 @@ impl AppState {
             config,
         }));
         metering::restore_prices(&state);
-        let pump = tokio::spawn(events::pump(Arc::downgrade(&state.0), subscription));
-        *state.pump.lock() = Some(pump);
         state
             .registry
             .map_fixed(FUNDING_ACCOUNT_NAME, FUNDING_ACCOUNT)

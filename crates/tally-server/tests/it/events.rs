@@ -165,13 +165,13 @@ async fn resuming_from_before_what_is_retained_starts_with_a_missed_event() {
     h.world(10_000).await;
     // Restart: the new server retains nothing from before it started.
     let h = h.restart().await;
+    let (_, mut body) = open(&h, Some("1")).await;
     h.admin(
         "POST",
         "/v1/charges",
         Some(json!({"account": "alice", "app": "chat", "amount": 7})),
     )
     .await;
-    let (_, mut body) = open(&h, Some("1")).await;
     let mut buf = String::new();
     let events = read_until(&mut body, &mut buf, |e| {
         e.iter().any(|e| e.event == "credit.record-cost")
@@ -235,4 +235,68 @@ async fn event_streams_are_bounded_apart_from_requests_in_flight() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(ok);
+}
+
+#[tokio::test]
+async fn with_nobody_watching_the_server_stops_following_events_and_says_so_on_resume() {
+    let config = tally_server::ServerConfig {
+        event_idle_keep_s: 1,
+        ..tally_server::ServerConfig::default()
+    };
+    let h = Harness::with(config).await;
+    h.world(10_000).await;
+    assert!(h.state.pump.lock().is_none(), "nobody watched yet");
+    let (_, mut body) = open(&h, None).await;
+    h.admin(
+        "POST",
+        "/v1/charges",
+        Some(json!({"account": "alice", "app": "chat", "amount": 3})),
+    )
+    .await;
+    let mut buf = String::new();
+    let seen = read_until(&mut body, &mut buf, |e| {
+        e.iter().any(|e| e.event == "credit.record-cost")
+    })
+    .await;
+    let id = seen
+        .iter()
+        .find(|e| e.event == "credit.record-cost")
+        .unwrap()
+        .id
+        .clone()
+        .unwrap();
+    drop(body);
+    let mut stopped = false;
+    for _ in 0..100 {
+        if h.state.pump.lock().is_none() {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stopped,
+        "the server still follows the engine with nobody watching"
+    );
+    // A charge nobody watched, then a resume: told what it missed, then live again.
+    h.admin(
+        "POST",
+        "/v1/charges",
+        Some(json!({"account": "alice", "app": "chat", "amount": 4})),
+    )
+    .await;
+    let (_, mut body) = open(&h, Some(&id)).await;
+    h.admin(
+        "POST",
+        "/v1/charges",
+        Some(json!({"account": "alice", "app": "chat", "amount": 5})),
+    )
+    .await;
+    let mut buf = String::new();
+    let events = read_until(&mut body, &mut buf, |e| {
+        e.iter().any(|e| e.data["amount"] == 5)
+    })
+    .await;
+    assert_eq!(events[0].event, "missed", "{events:?}");
+    assert!(events.iter().all(|e| e.data["amount"] != 4));
 }
