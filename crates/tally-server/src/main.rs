@@ -7,6 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use tally::{EngineConfig, Tally};
 use tally_server::{config, AppState, Server, ServerConfig};
 
+/// mimalloc: a request allocates and frees many small buffers on several threads, where glibc's
+/// allocator cost a sixth of the server's time (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tally-server",
