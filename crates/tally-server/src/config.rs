@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// it has expired, so the journal holds about `idempotency_retention_s` of keyed writes
     /// plus one segment. Default 16 MiB.
     pub idempotency_segment_bytes: u64,
+    /// Syft transactions the server remembers (the newest); past it the oldest are no longer
+    /// listed, confirmed or cancelled through Syft. Default 1,000,000.
+    pub syft_transactions_max: usize,
     /// Syft: may `user/create` be called without the admin key? Default false.
     pub open_signup: bool,
     /// Syft: lifetime of a delegation token, in seconds. Default 86,400 (24 h).
@@ -90,6 +93,7 @@ impl Default for ServerConfig {
             idempotency_retention_s: 86_400,
             idempotency_keys_max: 1_000_000,
             idempotency_segment_bytes: 16 << 20,
+            syft_transactions_max: 1_000_000,
             open_signup: false,
             token_lifetime_s: 86_400,
             transaction_timeout_s: 86_400,
@@ -114,6 +118,7 @@ impl ServerConfig {
             idempotency_retention_ms: self.idempotency_retention_s.saturating_mul(1000),
             idempotency_keys_max: self.idempotency_keys_max,
             idempotency_segment_bytes: self.idempotency_segment_bytes,
+            txns_max: self.syft_transactions_max,
         }
     }
 }

@@ -211,7 +211,10 @@ struct Inner {
     /// When the idempotency journal was last trimmed.
     idem_trimmed_ms: u64,
     txns: HashMap<tally::HoldId, Txn>,
-    txns_by_user: HashMap<String, Vec<tally::HoldId>>,
+    txns_by_user: HashMap<String, VecDeque<tally::HoldId>>,
+    /// Transactions remembered, oldest first (at most `txns_max`).
+    txn_order: VecDeque<tally::HoldId>,
+    txns_max: usize,
     prices: BTreeMap<(AccountId, String), tally::Price>,
 }
 
@@ -226,6 +229,10 @@ pub struct RegistryLimits {
     /// The idempotency journal rolls to a new segment past this size; a segment goes once every
     /// key in it has expired. Default 16 MiB.
     pub idempotency_segment_bytes: u64,
+    /// Syft transactions remembered; past it the oldest are forgotten: no longer listed,
+    /// confirmed or cancelled through Syft (a forgotten pending one expires by its timeout; the
+    /// ledger's history keeps every one). Default 1,000,000.
+    pub txns_max: usize,
 }
 
 impl Default for RegistryLimits {
@@ -234,6 +241,7 @@ impl Default for RegistryLimits {
             idempotency_retention_ms: 24 * 3_600_000,
             idempotency_keys_max: 1_000_000,
             idempotency_segment_bytes: 16 << 20,
+            txns_max: 1_000_000,
         }
     }
 }
@@ -349,17 +357,35 @@ impl Inner {
                 }
             }
             Entry::Txn(txn) => {
-                self.txns_by_user
-                    .entry(txn.sender.clone())
-                    .or_default()
-                    .push(txn.hold);
-                if txn.recipient != txn.sender {
-                    self.txns_by_user
-                        .entry(txn.recipient.clone())
-                        .or_default()
-                        .push(txn.hold);
+                if self.txns.contains_key(&txn.hold) {
+                    return;
                 }
+                for user in [&txn.sender, &txn.recipient] {
+                    let list = self.txns_by_user.entry(user.clone()).or_default();
+                    if list.back() != Some(&txn.hold) {
+                        list.push_back(txn.hold);
+                    }
+                }
+                self.txn_order.push_back(txn.hold);
                 self.txns.insert(txn.hold, txn);
+                while self.txns.len() > self.txns_max {
+                    let Some(old) = self.txn_order.pop_front() else {
+                        break;
+                    };
+                    if let Some(t) = self.txns.remove(&old) {
+                        // The oldest transaction is the oldest in its parties' lists too.
+                        for user in [&t.sender, &t.recipient] {
+                            if let Some(list) = self.txns_by_user.get_mut(user) {
+                                if list.front() == Some(&old) {
+                                    list.pop_front();
+                                }
+                                if list.is_empty() {
+                                    self.txns_by_user.remove(user);
+                                }
+                            }
+                        }
+                    }
+                }
             }
             Entry::TxnResolved {
                 hold,
@@ -411,6 +437,7 @@ impl Registry {
         let mut inner = Inner {
             id_next: FIRST_NAMED_ID,
             idem_trimmed_ms: now_ms,
+            txns_max: limits.txns_max.max(1),
             ..Inner::default()
         };
         let (journal, _recovery) = Journal::open(config, |_seq, payload| {

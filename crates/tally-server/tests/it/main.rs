@@ -9,4 +9,5 @@ mod events;
 mod metering;
 mod process;
 mod sdk;
+mod syft;
 mod tokens;

@@ -1,0 +1,104 @@
+//! The Syft routes in-process, for what the SDK flows do not reach: the bound on remembered
+//! transactions.
+
+use axum::http::StatusCode;
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::common::{Harness, ADMIN};
+
+fn basic(email: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{email}:{password}"))
+    )
+}
+
+#[tokio::test]
+async fn past_the_bound_the_oldest_transactions_are_forgotten_newest_kept() {
+    let config = tally_server::ServerConfig {
+        syft_transactions_max: 3,
+        ..tally_server::ServerConfig::default()
+    };
+    let h = Harness::with(config).await;
+    for email in ["payer@example.com", "router@example.com"] {
+        let a = h
+            .admin(
+                "POST",
+                "/syft/v1/user/create",
+                Some(json!({"email": email, "password": "password-123", "organization": "x"})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    }
+    let a = h
+        .admin(
+            "POST",
+            "/syft/v1/user/add-balance",
+            Some(json!({"recipientEmail": "payer@example.com", "amount": 10.0})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let payer = basic("payer@example.com", "password-123");
+    let mut ids = Vec::new();
+    for i in 1..=5 {
+        let body = format!(
+            r#"{{"senderEmail":"payer@example.com","recipientEmail":"router@example.com","amount":0.0{i}}}"#
+        );
+        let a = h
+            .raw(
+                "POST",
+                "/syft/v1/transaction/create",
+                &[
+                    ("authorization", &payer),
+                    ("content-type", "application/json"),
+                ],
+                body.into_bytes(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+        ids.push(a.body["transaction"]["id"].as_str().unwrap().to_owned());
+    }
+    let list = h
+        .raw(
+            "GET",
+            "/syft/v1/transactions",
+            &[("authorization", &payer)],
+            vec![],
+        )
+        .await;
+    let listed: Vec<&str> = list.body["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        ids[2..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    // The forgotten ones cannot be confirmed through Syft; their holds stay with the ledger.
+    let confirm = format!(r#"{{"transactionId":"{}"}}"#, ids[0]);
+    let a = h
+        .raw(
+            "POST",
+            "/syft/v1/transaction/confirm",
+            &[("authorization", &payer)],
+            confirm.into_bytes(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{a:?}");
+    let audit = h.as_key(ADMIN, "GET", "/v1/audit", None, None).await;
+    assert_eq!(audit.body["holds_pending"], 5);
+    // The bound holds across a restart too.
+    let h = h.restart().await;
+    let list = h
+        .raw(
+            "GET",
+            "/syft/v1/transactions",
+            &[("authorization", &payer)],
+            vec![],
+        )
+        .await;
+    assert_eq!(list.body["transactions"].as_array().unwrap().len(), 3);
+}
