@@ -295,3 +295,18 @@ async fn a_checkpoint_saves_each_changed_account_once() {
     tally.charge(op(), ALICE, APP, 10, "").await.unwrap();
     assert_eq!(tally.checkpoint().await.unwrap(), 2, "Alice and the app");
 }
+
+#[tokio::test]
+async fn a_directory_open_elsewhere_is_a_typed_locked_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tally, _) = Tally::open_durable(dir.path(), EngineConfig::default())
+        .await
+        .unwrap();
+    let second = Tally::open_durable(dir.path(), EngineConfig::default()).await;
+    assert!(
+        matches!(second, Err(Error::Locked { .. })),
+        "{:?}",
+        second.err()
+    );
+    drop(tally);
+}

@@ -218,6 +218,9 @@ async fn shutdown_drains_snapshots_and_refuses_new_requests() {
         other.charge(op(), ALICE, APP, 1, "").await.unwrap_err(),
         Error::Shutdown
     );
+    // Every call says so, the maintenance ones included.
+    assert_eq!(other.checkpoint().await.unwrap_err(), Error::Shutdown);
+    assert_eq!(other.expire_due().await.unwrap_err(), Error::Shutdown);
     let w = w.reopen().await;
     assert_eq!(w.available(ALICE).await, 4_000);
     w.assert_books_balance().await;

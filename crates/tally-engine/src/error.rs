@@ -35,6 +35,12 @@ pub enum Error {
         /// What the store said.
         reason: Arc<str>,
     },
+    /// Another process (or another open engine in this one) owns the data directory.
+    #[error("the data directory is in use: {reason}")]
+    Locked {
+        /// Which directory, and what holds it.
+        reason: Arc<str>,
+    },
     /// Reading or snapshotting failed.
     #[error("storage error: {reason}")]
     Storage {
@@ -80,7 +86,8 @@ impl From<tally_store::StoreError> for Error {
                 limit,
             },
             S::Failed(reason) => Error::StorageFailed { reason },
-            S::Io(reason) | S::Corrupt(reason) | S::Locked(reason) => Error::Storage { reason },
+            S::Locked(reason) => Error::Locked { reason },
+            S::Io(reason) | S::Corrupt(reason) => Error::Storage { reason },
             S::Trimmed => Error::Storage {
                 reason: "the journal was trimmed under the reader".into(),
             },

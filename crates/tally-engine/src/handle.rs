@@ -634,6 +634,7 @@ impl Tally {
     /// Expires every due hold of every resident account now (the timers do this on their own;
     /// this is for a [`crate::ManualClock`] moved by a test). Returns how many expired.
     pub async fn expire_due(&self) -> Result<usize, Error> {
+        self.admit()?;
         let slots: Vec<_> = self
             .shared
             .resident
@@ -737,6 +738,7 @@ impl Tally {
     /// the store archive the journal it no longer needs (and save its usage aggregates). Use it
     /// before a backup. Runs on a blocking thread; returns how many snapshots were saved.
     pub async fn checkpoint(&self) -> Result<usize, Error> {
+        self.admit()?;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || shared.checkpoint())
             .await

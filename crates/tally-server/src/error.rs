@@ -244,6 +244,9 @@ impl From<EngineError> for ApiError {
                 e.retry_after_s = Some(5);
                 e
             }
+            EngineError::Locked { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "locked", message)
+            }
             EngineError::Storage { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
             }
