@@ -53,18 +53,43 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+        .map_or("unmatched", |p| intern(p.as_str()));
+    let method = intern(req.method().as_str());
     let started = Instant::now();
     let response = next.run(req).await;
     drop(permit);
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("tally_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    let status = intern(response.status().as_str());
+    metrics::counter!("tally_http_requests_total", "method" => method, "route" => route, "status" => status)
         .increment(1);
     metrics::histogram!("tally_http_request_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
 }
+
+/// Label values as `&'static str`, so a request allocates none: routes come from the route
+/// table, methods and statuses from small sets, so the interned set stays small (and is
+/// capped: past [`INTERNED_MAX`] a value is labelled `other`).
+fn intern(value: &str) -> &'static str {
+    static SET: OnceLock<parking_lot::RwLock<std::collections::HashSet<&'static str>>> =
+        OnceLock::new();
+    let set = SET.get_or_init(Default::default);
+    if let Some(v) = set.read().get(value) {
+        return v;
+    }
+    let mut set = set.write();
+    if let Some(v) = set.get(value) {
+        return v;
+    }
+    if set.len() >= INTERNED_MAX {
+        return "other";
+    }
+    let leaked: &'static str = Box::leak(value.to_owned().into_boxed_str());
+    set.insert(leaked);
+    leaked
+}
+
+/// The most distinct label values interned.
+const INTERNED_MAX: usize = 1_024;
 
 /// `GET /metrics`.
 pub async fn render(State(state): State<AppState>, auth: crate::auth::Auth) -> Response {

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tally::{AccountId, OpId};
 use tally_store::journal::{Journal, JournalConfig, JournalError, SyncMode};
@@ -253,7 +253,7 @@ pub const FIRST_NAMED_ID: u64 = 1_000;
 pub struct Registry {
     journal: Journal,
     idem_journal: Journal,
-    inner: Mutex<Inner>,
+    inner: RwLock<Inner>,
     op_next: AtomicU64,
     epoch: AtomicU64,
     limits: RegistryLimits,
@@ -475,7 +475,7 @@ impl Registry {
         let registry = Registry {
             journal,
             idem_journal,
-            inner: Mutex::new(inner),
+            inner: RwLock::new(inner),
             op_next: AtomicU64::new(0),
             epoch: AtomicU64::new(epoch),
             limits,
@@ -489,7 +489,7 @@ impl Registry {
             .journal
             .append(&boot)
             .map_err(|e| format!("recording the start: {e}"))?;
-        registry.inner.lock().epoch = epoch;
+        registry.inner.write().epoch = epoch;
         // The epoch must be durable before any id of it is handed out.
         registry
             .journal
@@ -502,7 +502,7 @@ impl Registry {
     /// Appends an entry, applies it to memory and waits until it is durable.
     async fn record(&self, entry: Entry) -> Result<(), ApiError> {
         let seq = self.append(&entry).await?;
-        self.inner.lock().apply(entry);
+        self.inner.write().apply(entry);
         self.durable(seq).await
     }
 
@@ -537,19 +537,19 @@ impl Registry {
 
     /// The account a name maps to.
     pub fn account(&self, name: &str) -> Option<AccountId> {
-        self.inner.lock().names.get(name).copied()
+        self.inner.read().names.get(name).copied()
     }
 
     /// The name of an account.
     pub fn name(&self, id: AccountId) -> Option<String> {
-        self.inner.lock().ids.get(&id).cloned()
+        self.inner.read().ids.get(&id).cloned()
     }
 
     /// The account a name maps to, mapping it (durably) to a new id if it is new. Returns the
     /// id and whether it was new.
     pub async fn map_name(&self, name: &str) -> Result<(AccountId, bool), ApiError> {
         let (id, seq) = {
-            let mut inner = self.inner.lock();
+            let mut inner = self.inner.write();
             if let Some(id) = inner.names.get(name) {
                 return Ok((*id, false));
             }
@@ -622,7 +622,7 @@ impl Registry {
         width: u64,
         now_ms: u64,
     ) -> Result<Step, ApiError> {
-        let mut inner = self.inner.lock();
+        let mut inner = self.inner.write();
         inner.expire_idempotency(now_ms, self.limits.idempotency_retention_ms);
         let trim = if now_ms.saturating_sub(inner.idem_trimmed_ms) >= IDEMPOTENCY_TRIM_EVERY_MS {
             inner.idem_trimmed_ms = now_ms;
@@ -697,7 +697,7 @@ impl Registry {
 
     /// Remembers the response to a keyed request, for its retries.
     pub fn finish(&self, principal: &str, key: &str, status: u16, body: Vec<u8>) {
-        let mut inner = self.inner.lock();
+        let mut inner = self.inner.write();
         if let Some(entry) = inner.idem.get_mut(&(principal.to_owned(), key.to_owned())) {
             entry.response = Some((status, body));
         }
@@ -705,7 +705,7 @@ impl Registry {
 
     /// Idempotency keys remembered now.
     pub fn idempotency_keys(&self) -> usize {
-        self.inner.lock().idem.len()
+        self.inner.read().idem.len()
     }
 
     /// Stores a new API key.
@@ -717,7 +717,7 @@ impl Registry {
     /// The next free key id.
     pub fn next_key_id(&self) -> u64 {
         self.inner
-            .lock()
+            .read()
             .keys
             .keys()
             .next_back()
@@ -726,40 +726,40 @@ impl Registry {
 
     /// A key by id.
     pub fn key(&self, id: u64) -> Option<ApiKey> {
-        self.inner.lock().keys.get(&id).cloned()
+        self.inner.read().keys.get(&id).cloned()
     }
 
     /// Every key, revoked ones included.
     pub fn keys(&self) -> Vec<ApiKey> {
-        self.inner.lock().keys.values().cloned().collect()
+        self.inner.read().keys.values().cloned().collect()
     }
 
     /// Revokes a key; false if there is none with that id.
     pub async fn revoke_key(&self, id: u64) -> Result<bool, ApiError> {
-        if !self.inner.lock().keys.contains_key(&id) {
+        if !self.inner.write().keys.contains_key(&id) {
             return Ok(false);
         }
         let entry = Entry::KeyRevoked { id };
         let seq = self.append(&entry).await?;
-        self.inner.lock().apply(entry);
+        self.inner.write().apply(entry);
         self.durable(seq).await?;
         Ok(true)
     }
 
     /// A user by email.
     pub fn user(&self, email: &str) -> Option<User> {
-        self.inner.lock().users.get(email).cloned()
+        self.inner.read().users.get(email).cloned()
     }
 
     /// Every user, by email.
     pub fn users(&self) -> Vec<User> {
-        self.inner.lock().users.values().cloned().collect()
+        self.inner.read().users.values().cloned().collect()
     }
 
     /// Stores a new user; false if the email is taken.
     pub async fn add_user(&self, user: User) -> Result<bool, ApiError> {
         let seq = {
-            let mut inner = self.inner.lock();
+            let mut inner = self.inner.write();
             if inner.users.contains_key(&user.email) {
                 return Ok(false);
             }
@@ -822,13 +822,13 @@ impl Registry {
 
     /// A Syft transaction.
     pub fn txn(&self, hold: tally::HoldId) -> Option<Txn> {
-        self.inner.lock().txns.get(&hold).cloned()
+        self.inner.read().txns.get(&hold).cloned()
     }
 
     /// A user's Syft transactions (as sender or recipient), oldest first, `skip` then at most
     /// `limit`.
     pub fn txns_of(&self, email: &str, skip: usize, limit: usize) -> Vec<Txn> {
-        let inner = self.inner.lock();
+        let inner = self.inner.read();
         inner
             .txns_by_user
             .get(email)
@@ -860,7 +860,7 @@ impl Registry {
     /// Every recorded price.
     pub fn prices(&self) -> Vec<(AccountId, String, tally::Price)> {
         self.inner
-            .lock()
+            .read()
             .prices
             .iter()
             .map(|((a, e), p)| (*a, e.clone(), p.clone()))
