@@ -172,12 +172,25 @@ impl Account {
                 }
                 self.debit_fits(*amount)?;
                 self.within_caps(*app, *amount, ctx)?;
-                self.token_covers(*token, *app, endpoint, *amount, ctx.now)?;
+                let expires_at = ctx.now.plus_ms(*timeout_ms);
+                // A hold made with a token may not outlive it (the record keeps the timeout as
+                // asked, so a retry is recognized: a longer one is refused, not shortened).
+                if let Some(token_expiry) =
+                    self.token_covers(*token, *app, endpoint, *amount, ctx.now)?
+                {
+                    if expires_at > token_expiry {
+                        return Err(Error::InvalidTimeout {
+                            timeout_ms: *timeout_ms,
+                            min_ms: limits.hold_timeout_ms_min,
+                            max_ms: token_expiry.0.saturating_sub(ctx.now.0),
+                        });
+                    }
+                }
                 Ok(Change::Reserved {
                     hold: self.next_seq,
                     app: *app,
                     amount: *amount,
-                    expires_at: ctx.now.plus_ms(*timeout_ms),
+                    expires_at,
                     endpoint: endpoint.clone(),
                     metadata: metadata.clone(),
                     token: *token,
@@ -357,6 +370,7 @@ impl Account {
 
     /// The spend token presented (if any) covers holding or charging `amount` for `app` at
     /// `endpoint` now: live, for that app (and endpoint, if it names one), within its cap.
+    /// Returns the token's expiry.
     fn token_covers(
         &self,
         token: Option<u64>,
@@ -364,9 +378,9 @@ impl Account {
         endpoint: &str,
         amount: Amount,
         now: Timestamp,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<Timestamp>, Error> {
         let Some(seq) = token else {
-            return Ok(());
+            return Ok(None);
         };
         let id = TokenId {
             account: self.id,
@@ -405,7 +419,7 @@ impl Account {
                 requested: amount.get(),
             });
         }
-        Ok(())
+        Ok(Some(t.expires_at))
     }
 
     /// The spend caps in `ctx` allow holding or charging `amount` more for `app` now.

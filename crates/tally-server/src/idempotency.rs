@@ -117,7 +117,18 @@ where
         Err(e) => (e.status, e.body(), e.retry_after_s),
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    if cacheable(status) {
+    // A batch answers 200 whatever its operations answered: one that failed in a way that may
+    // pass later makes the whole answer not worth keeping (the retry re-runs its op ids).
+    let retryable_inside = body["results"].as_array().is_some_and(|results| {
+        results.iter().any(|r| {
+            r["status"]
+                .as_u64()
+                .and_then(|s| u16::try_from(s).ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .is_some_and(|s| !cacheable(s))
+        })
+    });
+    if cacheable(status) && !retryable_inside {
         state
             .registry
             .finish(&scope, &key, status.as_u16(), bytes.clone());

@@ -144,7 +144,7 @@ enum Entry {
         key: String,
         op: u128,
         route: String,
-        body: String,
+        body: BodyDigest,
         at_ms: u64,
     },
     User(User),
@@ -168,6 +168,65 @@ enum Entry {
         endpoint: String,
         price: tally::Price,
     },
+    IdemResponse {
+        principal: String,
+        key: String,
+        status: u16,
+        body: Vec<u8>,
+    },
+}
+
+/// What is kept of a keyed request's body to recognize its retries: a BLAKE3 of its canonical
+/// text, and one short hash per top-level field to name the one that differs. Never the body
+/// itself (up to 64 KiB × a million keys).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodyDigest {
+    whole: [u8; 32],
+    fields: Vec<(String, u64)>,
+}
+
+/// Longest field name kept in a digest (longer names are cut; only used to name a field).
+const DIGEST_NAME_BYTES_MAX: usize = 64;
+/// Most fields kept in a digest (the rest are still covered by the whole-body hash).
+const DIGEST_FIELDS_MAX: usize = 32;
+
+impl BodyDigest {
+    /// The digest of a canonical JSON body.
+    pub fn of(canonical: &str) -> BodyDigest {
+        let whole = *blake3::hash(canonical.as_bytes()).as_bytes();
+        let fields = match serde_json::from_str::<serde_json::Value>(canonical) {
+            Ok(serde_json::Value::Object(map)) => map
+                .iter()
+                .take(DIGEST_FIELDS_MAX)
+                .map(|(k, v)| {
+                    let name: String = k.chars().take(DIGEST_NAME_BYTES_MAX).collect();
+                    let h = blake3::hash(v.to_string().as_bytes());
+                    let mut eight = [0u8; 8];
+                    eight.copy_from_slice(&h.as_bytes()[..8]);
+                    (name, u64::from_le_bytes(eight))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        BodyDigest { whole, fields }
+    }
+
+    /// The first field (in name order) whose value differs, `body` when none can be named.
+    fn first_difference(&self, other: &BodyDigest) -> String {
+        let mut names: Vec<&String> = self
+            .fields
+            .iter()
+            .chain(other.fields.iter())
+            .map(|(k, _)| k)
+            .collect();
+        names.sort();
+        names.dedup();
+        let get = |d: &BodyDigest, k: &str| d.fields.iter().find(|(n, _)| n == k).map(|(_, h)| *h);
+        names
+            .into_iter()
+            .find(|k| get(self, k) != get(other, k))
+            .map_or_else(|| "body".to_owned(), |k| k.clone())
+    }
 }
 
 /// What [`Registry::begin`] found for an idempotency key.
@@ -190,7 +249,7 @@ pub enum Begin {
 struct IdemEntry {
     op: OpId,
     route: String,
-    body: String,
+    body: BodyDigest,
     at_ms: u64,
     /// The registry record binding it, which must be durable before the operation runs.
     seq: u64,
@@ -340,6 +399,16 @@ impl Inner {
             Entry::User(user) => {
                 self.users.insert(user.email.clone(), user);
             }
+            Entry::IdemResponse {
+                principal,
+                key,
+                status,
+                body,
+            } => {
+                if let Some(entry) = self.idem.get_mut(&(principal, key)) {
+                    entry.response.get_or_insert((status, body));
+                }
+            }
             Entry::UserPassword {
                 email,
                 password_hash,
@@ -455,9 +524,13 @@ impl Registry {
             .first()
             .map_or(0, |first| first.saturating_sub(1));
         let (idem_journal, _recovery) = Journal::open_after(config, after, |seq, payload| {
-            inner.apply(decode(payload)?);
-            if let Some(last) = inner.idem_order.back_mut() {
-                last.1 = seq;
+            let entry = decode(payload)?;
+            let binding = matches!(entry, Entry::Idempotency { .. });
+            inner.apply(entry);
+            if binding {
+                if let Some(last) = inner.idem_order.back_mut() {
+                    last.1 = seq;
+                }
             }
             Ok(())
         })
@@ -499,10 +572,16 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Appends an entry, applies it to memory and waits until it is durable.
+    /// Appends an entry and applies it to memory under one lock (so memory changes in journal
+    /// order, as a replay will), then waits until it is durable.
     async fn record(&self, entry: Entry) -> Result<(), ApiError> {
-        let seq = self.append(&entry).await?;
-        self.inner.write().apply(entry);
+        let bytes = encode(&entry)?;
+        let seq = {
+            let mut inner = self.inner.write();
+            let seq = self.journal.append(&bytes).map_err(journal_error)?;
+            inner.apply(entry);
+            seq
+        };
         self.durable(seq).await
     }
 
@@ -640,8 +719,9 @@ impl Registry {
             if entry.route != route {
                 return Err(conflict(key, "route"));
             }
-            if entry.body != body {
-                return Err(conflict(key, &differing_field(&entry.body, body)));
+            let digest = BodyDigest::of(body);
+            if entry.body != digest {
+                return Err(conflict(key, &entry.body.first_difference(&digest)));
             }
             if let Some((status, body)) = &entry.response {
                 return Ok(Step::Cached(Begin::Cached {
@@ -669,7 +749,7 @@ impl Registry {
             key: key.to_owned(),
             op: op.0,
             route: route.to_owned(),
-            body: body.to_owned(),
+            body: BodyDigest::of(body),
             at_ms: now_ms,
         };
         // Appended under the lock, so a concurrent first use of the same key finds this entry
@@ -686,7 +766,7 @@ impl Registry {
             IdemEntry {
                 op,
                 route: route.to_owned(),
-                body: body.to_owned(),
+                body: BodyDigest::of(body),
                 at_ms: now_ms,
                 seq,
                 response: None,
@@ -696,10 +776,31 @@ impl Registry {
     }
 
     /// Remembers the response to a keyed request, for its retries.
+    /// Remembers the response to a keyed request, for its retries, also across a restart: it
+    /// is appended to the idempotency journal (not waited for: if it is lost in a crash, a
+    /// retry runs the same operation id again and the ledger answers with its first outcome).
     pub fn finish(&self, principal: &str, key: &str, status: u16, body: Vec<u8>) {
         let mut inner = self.inner.write();
-        if let Some(entry) = inner.idem.get_mut(&(principal.to_owned(), key.to_owned())) {
-            entry.response = Some((status, body));
+        let k = (principal.to_owned(), key.to_owned());
+        let Some(entry) = inner.idem.get_mut(&k) else {
+            return;
+        };
+        // A large answer (a big batch's) is not kept: its retry runs the same operation ids
+        // again, which the ledger answers with their first outcomes.
+        if entry.response.is_some() || body.len() > RESPONSE_BYTES_KEPT_MAX {
+            return;
+        }
+        entry.response = Some((status, body.clone()));
+        let record = Entry::IdemResponse {
+            principal: k.0,
+            key: k.1,
+            status,
+            body,
+        };
+        if let Ok(bytes) = encode(&record) {
+            if let Err(e) = self.idem_journal.append(&bytes) {
+                tracing::warn!(error = %e, "recording an idempotent response failed");
+            }
         }
     }
 
@@ -712,6 +813,32 @@ impl Registry {
     pub async fn add_key(&self, key: ApiKey) -> Result<(), ApiError> {
         let entry = Entry::Key(key);
         self.record(entry).await
+    }
+
+    /// Stores a new API key whose id is the next free one, chosen under the lock (so two
+    /// concurrent creations never share an id); `make` builds the key and its secret from it.
+    pub async fn add_new_key<T>(
+        &self,
+        make: impl FnOnce(u64) -> (ApiKey, T),
+    ) -> Result<(ApiKey, T), ApiError> {
+        let (key, extra, seq) = {
+            let mut inner = self.inner.write();
+            let id = inner
+                .keys
+                .keys()
+                .next_back()
+                .map_or(1, |id| id.saturating_add(1));
+            let (key, extra) = make(id);
+            let entry = Entry::Key(key.clone());
+            let seq = self
+                .journal
+                .append(&encode(&entry)?)
+                .map_err(journal_error)?;
+            inner.apply(entry);
+            (key, extra, seq)
+        };
+        self.durable(seq).await?;
+        Ok((key, extra))
     }
 
     /// The next free key id.
@@ -889,6 +1016,9 @@ enum Step {
     },
 }
 
+/// The largest answer kept for a key's retries.
+const RESPONSE_BYTES_KEPT_MAX: usize = 16 * 1024;
+
 /// The idempotency journal is trimmed at most this often.
 const IDEMPOTENCY_TRIM_EVERY_MS: u64 = 60_000;
 
@@ -899,21 +1029,4 @@ fn conflict(key: &str, field: &str) -> ApiError {
         format!("Idempotency-Key {key:?} was used for a different request: {field} differs"),
     )
     .with("field", field)
-}
-
-/// The first top-level field whose value differs between two canonical JSON bodies.
-fn differing_field(first: &str, now: &str) -> String {
-    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
-    match (parse(first), parse(now)) {
-        (Some(serde_json::Value::Object(a)), Some(serde_json::Value::Object(b))) => {
-            let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
-            names.sort();
-            names.dedup();
-            names
-                .into_iter()
-                .find(|k| a.get(*k) != b.get(*k))
-                .map_or_else(|| "body".to_owned(), |k| k.clone())
-        }
-        _ => "body".to_owned(),
-    }
 }

@@ -416,7 +416,9 @@ async fn create_user(
         }
         None => random_password(),
     };
-    if state.registry.user(&req.email).is_some() {
+    // A name already mapped (a native account, or a Syft user) is never taken over by a
+    // sign-up: that would hand its funds to whoever signs up first.
+    if state.registry.user(&req.email).is_some() || state.registry.account(&req.email).is_some() {
         return Err(SyftError(
             ApiError::new(
                 StatusCode::CONFLICT,

@@ -1277,18 +1277,23 @@ pub async fn make_key(
         ),
         None => None,
     };
-    let id = state.registry.next_key_id();
-    let secret = new_secret(id);
-    let key = ApiKey {
-        id,
-        hash: hash_secret(&secret),
-        scope,
-        label: label.to_owned(),
-        created_ms: now,
-        expires_ms,
-        revoked: false,
-    };
-    state.registry.add_key(key.clone()).await?;
+    let label = label.to_owned();
+    let (key, secret) = state
+        .registry
+        .add_new_key(|id| {
+            let secret = new_secret(id);
+            let key = ApiKey {
+                id,
+                hash: hash_secret(&secret),
+                scope,
+                label,
+                created_ms: now,
+                expires_ms,
+                revoked: false,
+            };
+            (key, secret)
+        })
+        .await?;
     Ok((secret, key))
 }
 

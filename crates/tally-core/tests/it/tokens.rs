@@ -190,3 +190,27 @@ fn replaying_the_journal_rebuilds_tokens_and_what_they_used() {
 
 /// A second revenue account, for the scope test.
 const APP2: tally_core::AccountId = tally_core::AccountId(11);
+
+#[test]
+fn a_hold_made_with_a_token_may_not_outlive_it() {
+    let mut w = World::new();
+    w.fund(USER, 10_000);
+    let token = token_of(w.ok(USER, issue(APP, 1_000, 60_000, "")));
+    let mut long = reserve_t(10, token);
+    if let Command::Reserve { timeout_ms, .. } = &mut long {
+        *timeout_ms = 60_001;
+    }
+    assert_eq!(
+        w.reject(USER, long),
+        Error::InvalidTimeout {
+            timeout_ms: 60_001,
+            min_ms: tally_core::Limits::default().hold_timeout_ms_min,
+            max_ms: 60_000
+        }
+    );
+    let mut exact = reserve_t(10, token);
+    if let Command::Reserve { timeout_ms, .. } = &mut exact {
+        *timeout_ms = 60_000;
+    }
+    w.ok(USER, exact);
+}

@@ -102,3 +102,53 @@ async fn past_the_bound_the_oldest_transactions_are_forgotten_newest_kept() {
         .await;
     assert_eq!(list.body["transactions"].as_array().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn open_sign_up_never_takes_over_an_existing_account() {
+    let config = tally_server::ServerConfig {
+        open_signup: true,
+        ..tally_server::ServerConfig::default()
+    };
+    let h = Harness::with(config).await;
+    let a = h
+        .admin(
+            "POST",
+            "/v1/accounts",
+            Some(json!({"id": "alice@corp.com", "kind": "user"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    h.admin(
+        "POST",
+        "/v1/accounts/alice@corp.com/fund",
+        Some(json!({"amount": 500_000_000})),
+    )
+    .await;
+    let body = br#"{"email":"alice@corp.com","password":"attacker-password"}"#.to_vec();
+    let a = h
+        .raw(
+            "POST",
+            "/syft/v1/user/create",
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::CONFLICT, "user_exists"),
+        "{a:?}"
+    );
+    let me = h
+        .raw(
+            "GET",
+            "/syft/v1/user/my-info",
+            &[(
+                "authorization",
+                &basic("alice@corp.com", "attacker-password"),
+            )],
+            vec![],
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.available("alice@corp.com").await, 500_000_000);
+}
