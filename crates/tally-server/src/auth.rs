@@ -192,6 +192,7 @@ pub async fn check_basic(state: &AppState, value: &str) -> Result<Principal, Api
             }
         }
     }
+    let _slot = argon2_slot(state)?;
     let hash = user.password_hash.clone();
     let password = password.to_owned();
     let ok = tokio::task::spawn_blocking(move || {
@@ -225,6 +226,20 @@ pub async fn check_basic(state: &AppState, value: &str) -> Result<Principal, Api
         account: user.account,
     })
 }
+
+/// A slot for one argon2 computation: at most [`ARGON2_AT_ONCE`] run at once (each takes tens of
+/// ms and 19 MiB), so wrong passwords cannot exhaust the CPUs or the memory; past it a caller
+/// is 503 `overloaded` at once.
+pub fn argon2_slot(state: &AppState) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    state.argon2.try_acquire().map_err(|_| {
+        ApiError::overloaded("too many password checks are running; retry shortly")
+            .with("scope", "password checks")
+            .with("limit", ARGON2_AT_ONCE)
+    })
+}
+
+/// Password hashes computed or verified at once.
+pub const ARGON2_AT_ONCE: usize = 4;
 
 /// The `Authorization` header's scheme and value.
 pub fn authorization(parts: &Parts) -> Result<Option<(String, String)>, ApiError> {

@@ -45,8 +45,8 @@ pub struct ServerConfig {
     /// it has expired, so the journal holds about `idempotency_retention_s` of keyed writes
     /// plus one segment. Default 16 MiB.
     pub idempotency_segment_bytes: u64,
-    /// Syft transactions the server remembers (the newest); past it the oldest are no longer
-    /// listed, confirmed or cancelled through Syft. Default 1,000,000.
+    /// Syft transactions the server remembers; past it the oldest settled ones are no longer
+    /// listed (one that may still be pending is never dropped). Default 1,000,000.
     pub syft_transactions_max: usize,
     /// Syft: may `user/create` be called without the admin key? Default false.
     pub open_signup: bool,

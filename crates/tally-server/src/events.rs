@@ -68,7 +68,7 @@ pub struct EventLog {
 struct Ring {
     items: VecDeque<Arc<Sent>>,
     /// The newest record sequence number dropped from the ring (0: none).
-    dropped_through: u64,
+    dropped_through: (u64, u32),
     /// The journal's last sequence number when the server subscribed.
     started_after: u64,
 }
@@ -90,8 +90,8 @@ impl EventLog {
         let mut ring = self.ring.lock();
         if ring.items.len() >= RETAINED {
             if let Some(old) = ring.items.pop_front() {
-                if let Some((seq, _)) = old.id {
-                    ring.dropped_through = ring.dropped_through.max(seq);
+                if let Some(id) = old.id {
+                    ring.dropped_through = ring.dropped_through.max(id);
                 }
             }
         }
@@ -111,7 +111,7 @@ pub fn ensure_pump(state: &AppState) {
     {
         let mut ring = state.events.ring.lock();
         ring.items.clear();
-        ring.dropped_through = 0;
+        ring.dropped_through = (0, 0);
         ring.started_after = state.tally.trail_head().0;
     }
     *pump = Some(tokio::spawn(run_pump(
@@ -303,8 +303,11 @@ pub async fn stream_events(
         let rx = state.events.tx.subscribe();
         let mut backlog: Vec<Arc<Sent>> = Vec::new();
         if let Some(after) = last {
-            let first_kept = ring.dropped_through.max(ring.started_after);
-            if after.0 < first_kept {
+            // The client has everything up to `after`; the ring lacks everything up to
+            // `dropped_through` (and whatever came before the server started following).
+            let gap = after < ring.dropped_through || after.0 < ring.started_after;
+            let first_kept = ring.dropped_through.0.max(ring.started_after);
+            if gap {
                 backlog.push(Arc::new(Sent {
                     id: None,
                     name: "missed",
@@ -322,26 +325,35 @@ pub async fn stream_events(
                 .iter()
                 .rposition(|s| s.id.is_some_and(|id| id <= after))
                 .map_or(0, |i| i + 1);
-            let start = if after.0 < first_kept { 0 } else { start };
+            let start = if gap { 0 } else { start };
             backlog.extend(ring.items.iter().skip(start).cloned());
         }
         (backlog, rx)
     };
-    // The stream holds its slot until the client goes.
-    let live = stream::unfold((rx, slot), |(mut rx, slot)| async move {
-        match rx.recv().await {
-            Ok(sent) => Some((sent, (rx, slot))),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                let missed = Arc::new(Sent {
-                    id: None,
-                    name: "missed",
-                    data: json!({"missed": n, "reason": "this connection fell behind"}).to_string(),
-                });
-                Some((missed, (rx, slot)))
+    // The stream holds its slot until the client goes, and ends when the server shuts down.
+    let closing = state.closing.subscribe();
+    let live = stream::unfold(
+        (rx, slot, closing),
+        |(mut rx, slot, mut closing)| async move {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                _ = closing.wait_for(|c| *c) => return None,
+            };
+            match next {
+                Ok(sent) => Some((sent, (rx, slot, closing))),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let missed = Arc::new(Sent {
+                        id: None,
+                        name: "missed",
+                        data: json!({"missed": n, "reason": "this connection fell behind"})
+                            .to_string(),
+                    });
+                    Some((missed, (rx, slot, closing)))
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
             }
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
-    });
+        },
+    );
     let all: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> = Box::pin(
         stream::iter(backlog)
             .chain(live)

@@ -64,6 +64,10 @@ pub struct StateInner {
     pub in_flight: Arc<Semaphore>,
     /// Open event streams (past it: 503).
     pub event_streams: Arc<Semaphore>,
+    /// Password hashes computed or verified at once (past it: 503).
+    pub argon2: Semaphore,
+    /// Set when the server starts shutting down: event streams end so the drain can finish.
+    pub closing: tokio::sync::watch::Sender<bool>,
     /// The Prometheus exporter's handle.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Retained events for `/v1/events`.
@@ -98,6 +102,8 @@ impl AppState {
             pump: parking_lot::Mutex::new(None),
             in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
             event_streams: Arc::new(Semaphore::new(config.event_streams_max)),
+            argon2: Semaphore::new(auth::ARGON2_AT_ONCE),
+            closing: tokio::sync::watch::channel(false).0,
             tally,
             registry,
             admin_hash: auth::hash_secret(admin_key),

@@ -123,6 +123,8 @@ pub struct Txn {
     pub app_ep_path: Option<String>,
     /// How and when it was resolved, once it was.
     pub resolved: Option<(TxnStatus, Party, u64)>,
+    /// When its hold expires if still pending (ms since the epoch).
+    pub expires_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -435,18 +437,33 @@ impl Inner {
                         list.push_back(txn.hold);
                     }
                 }
+                let now_ms = txn.created_ms;
                 self.txn_order.push_back(txn.hold);
                 self.txns.insert(txn.hold, txn);
-                while self.txns.len() > self.txns_max {
+                // Past the bound the oldest go, but never one that may still be pending: the
+                // payee of a pending transaction must still be able to confirm it. Those wait
+                // their turn again (they are bounded by the ledger's pending holds).
+                let mut looked = 0;
+                while self.txns.len() > self.txns_max && looked < self.txn_order.len() {
                     let Some(old) = self.txn_order.pop_front() else {
                         break;
                     };
+                    looked += 1;
+                    let settled = self
+                        .txns
+                        .get(&old)
+                        .is_some_and(|t| t.resolved.is_some() || t.expires_ms <= now_ms);
+                    if !settled {
+                        self.txn_order.push_back(old);
+                        continue;
+                    }
                     if let Some(t) = self.txns.remove(&old) {
-                        // The oldest transaction is the oldest in its parties' lists too.
                         for user in [&t.sender, &t.recipient] {
                             if let Some(list) = self.txns_by_user.get_mut(user) {
                                 if list.front() == Some(&old) {
                                     list.pop_front();
+                                } else {
+                                    list.retain(|h| *h != old);
                                 }
                                 if list.is_empty() {
                                     self.txns_by_user.remove(user);

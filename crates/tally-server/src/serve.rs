@@ -250,22 +250,30 @@ impl Server {
         let app = router(state.clone());
         let listener = Bounded::new(self.listener, state.config.connections_max);
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let closing = state.closing.clone();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
+            // Event streams last as long as their clients: end them, so the drain can finish.
+            closing.send_replace(true);
             let _ = drained_tx.send(());
         });
         let grace = Duration::from_secs(state.config.shutdown_grace_s);
-        let serving = tokio::spawn(async move { serve.await });
+        let mut serving = tokio::spawn(async move { serve.await });
         let _ = drained_rx.await;
         tracing::info!("shutting down: draining in-flight requests");
-        match tokio::time::timeout(grace, serving).await {
+        match tokio::time::timeout(grace, &mut serving).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "serving ended with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "the serving task failed"),
-            Err(_) => tracing::warn!(
-                grace_s = grace.as_secs(),
-                "in-flight requests outlived the grace period"
-            ),
+            Err(_) => {
+                // Nothing may run against the engine once it is being closed.
+                serving.abort();
+                let _ = serving.await;
+                tracing::warn!(
+                    grace_s = grace.as_secs(),
+                    "in-flight requests outlived the grace period and were dropped"
+                );
+            }
         }
         shutdown_state(state).await
     }

@@ -428,7 +428,7 @@ async fn create_user(
             .with("email", req.email),
         ));
     }
-    let hash = hash_blocking(password.clone()).await?;
+    let hash = hash_blocking(&state, password.clone()).await?;
     let account = open_named(&state, &req.email, Kind::User, 0).await?;
     let user = User {
         email: req.email.clone(),
@@ -456,7 +456,8 @@ async fn create_user(
     Ok(json_out(StatusCode::CREATED, &out))
 }
 
-async fn hash_blocking(password: String) -> SyftResult<String> {
+async fn hash_blocking(state: &AppState, password: String) -> SyftResult<String> {
+    let _slot = auth::argon2_slot(state)?;
     tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
         .map_err(|e| ApiError::internal(format!("hashing a password: {e}")))?
@@ -563,6 +564,7 @@ async fn update_password(state: &AppState, headers: &HeaderMap, body: &[u8]) -> 
     let user = user_named(state, &email)?;
     let stored = user.password_hash.clone();
     let old = req.old_password.clone();
+    let slot = auth::argon2_slot(state)?;
     let ok = tokio::task::spawn_blocking(move || {
         use argon2::{Argon2, PasswordHash, PasswordVerifier};
         PasswordHash::new(&stored)
@@ -575,10 +577,11 @@ async fn update_password(state: &AppState, headers: &HeaderMap, body: &[u8]) -> 
     })
     .await
     .map_err(|e| ApiError::internal(format!("verifying a password: {e}")))?;
+    drop(slot);
     if !ok {
         return Err(SyftError(ApiError::forbidden("the old password is wrong")));
     }
-    let hash = hash_blocking(req.new_password).await?;
+    let hash = hash_blocking(state, req.new_password).await?;
     state.registry.set_password(&email, hash).await?;
     state.passwords.forget(&email);
     user_named(state, &email)
@@ -817,7 +820,11 @@ async fn standing(state: &AppState, t: &Txn) -> (TxnStatus, Option<Party>, Optio
         },
         // Forgotten by the ledger (past its retained resolved holds) without a recorded
         // resolution: it can only have expired.
-        Err(_) => (TxnStatus::Cancelled, Some(Party::System), None),
+        Err(tally::Error::Ledger(tally::LedgerError::UnknownHold { .. })) => {
+            (TxnStatus::Cancelled, Some(Party::System), None)
+        }
+        // Overloaded, unavailable, storage: say nothing new rather than something false.
+        Err(_) => (TxnStatus::Pending, None, None),
     }
 }
 
@@ -891,6 +898,7 @@ async fn create_txn(
         app_name,
         app_ep_path,
         resolved: None,
+        expires_ms: state.now_ms().saturating_add(timeout_ms),
     };
     state.registry.add_txn(txn.clone()).await?;
     Ok(txn)

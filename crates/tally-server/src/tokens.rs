@@ -181,11 +181,18 @@ async fn revoke(
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
     let id = parse(&state, &token)?;
-    state
+    match state
         .tally
         .revoke_token(state.registry.fresh_op(), id)
-        .await?;
-    Ok(Json(json!({"token": token, "revoked": true})))
+        .await
+    {
+        // Revoking twice, or a token already dropped after it died, is done all the same.
+        Ok(())
+        | Err(tally::Error::Ledger(
+            tally::LedgerError::TokenRevoked { .. } | tally::LedgerError::UnknownToken { .. },
+        )) => Ok(Json(json!({"token": token, "revoked": true}))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A user's spend tokens, with what each has used (admin).

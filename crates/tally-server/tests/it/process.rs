@@ -236,3 +236,25 @@ fn keys_made_with_the_cli_work_until_revoked_and_are_stored_hashed() {
     let (status, _) = http(&served.url, "GET", "/v1/keys", &secret, "");
     assert_eq!(status, 401);
 }
+
+#[test]
+fn sigterm_ends_open_event_streams_and_exits_promptly() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let key = "sse-admin-key-0123456789";
+    let mut served = Served::start(dir.path(), &[("TALLY_ADMIN_KEY", key)]);
+    let addr = served.url.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    served.signal("-TERM");
+    // The grace period is 30 s; an open stream must not hold the drain that long.
+    assert_eq!(served.wait(Duration::from_secs(10)), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(stream);
+}
