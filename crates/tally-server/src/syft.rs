@@ -900,7 +900,14 @@ async fn create_txn(
         resolved: None,
         expires_ms: state.now_ms().saturating_add(timeout_ms),
     };
-    state.registry.add_txn(txn.clone()).await?;
+    if let Err(e) = state.registry.add_txn(txn.clone()).await {
+        // Unrecorded, the hold would be invisible to Syft and lock the sender's funds until its
+        // timeout: release it (best effort; if that fails too, the timeout releases it).
+        if let Err(void) = state.tally.void(state.registry.fresh_op(), hold).await {
+            tracing::warn!(error = %void, %hold, "releasing an unrecorded Syft hold failed");
+        }
+        return Err(e.into());
+    }
     Ok(txn)
 }
 
