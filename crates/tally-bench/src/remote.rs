@@ -880,16 +880,7 @@ impl HttpClient {
             },
             OpKind::Transfer => {
                 let layout = plan.layout();
-                let to = if layout.users > 1 {
-                    let i = shared.picker.pick_index(&mut self.rng);
-                    if layout.user(i) == user {
-                        layout.user((i + 1) % layout.users)
-                    } else {
-                        layout.user(i)
-                    }
-                } else {
-                    Layout::APPS[0]
-                };
+                let to = layout.transfer_target(&shared.picker, &mut self.rng, user);
                 let amount = self
                     .rng
                     .random_range(1..=(plan.pricing.reserve_max() / 10).max(1));

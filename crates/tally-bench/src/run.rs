@@ -642,16 +642,7 @@ impl Client {
     async fn transfer(&mut self, from: AccountId) -> Result<(), tally::Error> {
         let shared = Arc::clone(&self.shared);
         let layout = shared.plan.layout();
-        let to = if layout.users > 1 {
-            let i = shared.picker.pick_index(&mut self.rng);
-            if layout.user(i) == from {
-                layout.user((i + 1) % layout.users)
-            } else {
-                layout.user(i)
-            }
-        } else {
-            Layout::APPS[0]
-        };
+        let to = layout.transfer_target(&shared.picker, &mut self.rng, from);
         let amount = self
             .rng
             .random_range(1..=(shared.plan.pricing.reserve_max() / 10).max(1));

@@ -337,6 +337,25 @@ impl Layout {
         AccountId(Self::USER_FIRST.saturating_add(index))
     }
 
+    /// A transfer's target for a transfer from `from`: another user picked as users are (the
+    /// next one when the pick is `from` itself), or the first app when there is one user.
+    pub fn transfer_target(
+        &self,
+        picker: &UserPicker,
+        rng: &mut impl rand::Rng,
+        from: AccountId,
+    ) -> AccountId {
+        if self.users <= 1 {
+            return Self::APPS[0];
+        }
+        let i = picker.pick_index(rng);
+        if self.user(i) == from {
+            self.user((i + 1) % self.users)
+        } else {
+            self.user(i)
+        }
+    }
+
     /// Every account: funding, apps, users.
     pub fn total(&self) -> u64 {
         self.users.saturating_add(1 + Self::APPS.len() as u64)
