@@ -48,7 +48,7 @@ pub enum CliCommand {
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// Per-token LLM pricing: reserve the estimate for max_tokens, commit the tokens used at
-    /// 2 / 6 µ¢ per input / output token (200 / 600 cents per million); Zipf-skewed users.
+    /// 200 / 600 µ¢ per input / output token (the seed's 200 / 600 cents per million tokens); Zipf-skewed users.
     LlmRouter,
     /// A search API: a fixed charge of $0.01 (1,000,000 µ¢) per request.
     SearchApi,

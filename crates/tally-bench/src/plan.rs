@@ -115,8 +115,8 @@ impl Plan {
                 plan.mix = "reserve-commit=93,void=5,refund=2".parse()?;
                 plan.skew = 1.0;
                 plan.pricing = Pricing::Tokens {
-                    input_uc_per_token: 2,
-                    output_uc_per_token: 6,
+                    input_uc_per_token: 200,
+                    output_uc_per_token: 600,
                     input_tokens_max: 4_000,
                     output_tokens_max: 4_000,
                 };
@@ -323,8 +323,8 @@ mod tests {
         assert!(matches!(
             plan(Preset::LlmRouter).pricing,
             Pricing::Tokens {
-                input_uc_per_token: 2,
-                output_uc_per_token: 6,
+                input_uc_per_token: 200,
+                output_uc_per_token: 600,
                 ..
             }
         ));

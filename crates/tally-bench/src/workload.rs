@@ -466,9 +466,9 @@ pub enum Pricing {
     /// Per-token LLM pricing: the hold is the estimate for `max_tokens` of output, the commit
     /// what the tokens actually used cost (always at most the estimate).
     Tokens {
-        /// µ¢ per input token (200 cents per million = 2 µ¢).
+        /// µ¢ per input token (200 cents per million tokens = 200 µ¢ a token).
         input_uc_per_token: u64,
-        /// µ¢ per output token (600 cents per million = 6 µ¢).
+        /// µ¢ per output token (600 cents per million tokens = 600 µ¢ a token).
         output_uc_per_token: u64,
         /// Most prompt tokens.
         input_tokens_max: u64,
@@ -724,10 +724,10 @@ mod tests {
     }
 
     #[test]
-    fn llm_pricing_is_two_and_six_microcents_per_token() {
+    fn llm_pricing_is_200_and_600_microcents_per_token() {
         let model = Pricing::Tokens {
-            input_uc_per_token: 2,
-            output_uc_per_token: 6,
+            input_uc_per_token: 200,
+            output_uc_per_token: 600,
             input_tokens_max: 1,
             output_tokens_max: 1,
         };
@@ -735,8 +735,8 @@ mod tests {
         assert_eq!(
             model.cost(&mut rng, 0.0),
             Cost {
-                reserve: 8,
-                commit: 8
+                reserve: 800,
+                commit: 800
             }
         );
     }
