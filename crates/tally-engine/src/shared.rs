@@ -281,8 +281,12 @@ impl Shared {
     /// counterparty too). Runs inside the account's actor, one request at a time.
     pub(crate) fn execute(self: &Arc<Self>, slot: &Slot, request: &Request) -> Reply<Outcome> {
         let leg_id = slot.state.lock().account.leg_counterparty(&request.command);
-        // The named counterparty, or else the leg's (the payee of a refund's posting).
-        let counterparty = self.counterparty(request.command.counterparty().or(leg_id));
+        // The named counterparty; a refund names none, and needs its posting's payee (a refund
+        // to a user payee is refused), so it gets the leg's. No other command looks it up.
+        let counterparty = match request.command {
+            tally_core::Command::Refund { .. } => self.counterparty(leg_id),
+            _ => self.counterparty(request.command.counterparty()),
+        };
         let mut attempts = 0u32;
         loop {
             attempts += 1;

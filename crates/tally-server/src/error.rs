@@ -89,15 +89,27 @@ impl ApiError {
     }
 }
 
+/// Sets `Retry-After` (seconds) on an answer, when there is one to give.
+pub fn set_retry_after(response: &mut Response, seconds: Option<u64>) {
+    if let Some(v) = seconds.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
-        if let Some(s) = self.retry_after_s {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
+        set_retry_after(&mut response, self.retry_after_s);
         response
+    }
+}
+
+/// An unsigned 128-bit total as JSON: a number when it fits a `u64`, else a decimal string
+/// (exact at every size: never wrapped, never clamped).
+pub fn wide_u(value: u128) -> Value {
+    match u64::try_from(value) {
+        Ok(v) => Value::from(v),
+        Err(_) => Value::from(value.to_string()),
     }
 }
 
@@ -181,10 +193,7 @@ impl From<LedgerError> for ApiError {
             L::FundingMismatch {
                 current, expected, ..
             } => s(StatusCode::CONFLICT, "funding_mismatch")
-                .with(
-                    "current",
-                    wide(i128::try_from(current).unwrap_or(i128::MAX)),
-                )
+                .with("current", wide_u(current))
                 .with("expected", expected),
             L::UnknownToken { .. } => s(StatusCode::UNAUTHORIZED, "token_unknown"),
             L::TokenRevoked { .. } => s(StatusCode::UNAUTHORIZED, "token_revoked"),
@@ -218,7 +227,7 @@ impl From<LedgerError> for ApiError {
             } => s(StatusCode::PAYMENT_REQUIRED, "spend_cap_exceeded")
                 .with("scope", scope)
                 .with("cap", cap)
-                .with("spent", wide(i128::try_from(spent).unwrap_or(i128::MAX)))
+                .with("spent", wide_u(spent))
                 .with("requested", requested),
         }
     }

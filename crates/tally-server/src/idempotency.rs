@@ -81,7 +81,7 @@ pub async fn run<F, Fut>(
     principal: &Principal,
     headers: &HeaderMap,
     route: &str,
-    canonical: &str,
+    digest: &crate::registry::BodyDigest,
     width: u64,
     f: F,
 ) -> Response
@@ -102,7 +102,7 @@ where
     let scope = principal.scope();
     let begin = state
         .registry
-        .begin(&scope, &key, route, canonical, width, state.now_ms())
+        .begin(&scope, &key, route, digest, width, state.now_ms())
         .await;
     let op = match begin {
         Ok(Begin::Cached { status, body }) => {
@@ -134,12 +134,6 @@ where
             .finish(&scope, &key, status.as_u16(), bytes.clone());
     }
     let mut response = to_response(status, bytes, false);
-    if let Some(s) = retry_after {
-        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, v);
-        }
-    }
+    crate::error::set_retry_after(&mut response, retry_after);
     response
 }

@@ -1,5 +1,5 @@
 //! Strict JSON bodies: malformed JSON is 400 with its line and column, a wrong type or an
-//! unknown field is 400 naming the field; the canonical text of the body (keys sorted) is kept
+//! unknown field is 400 naming the field; a digest of the body (keys sorted) is kept
 //! for the idempotency check.
 
 use axum::body::Bytes;
@@ -9,13 +9,13 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
-/// A parsed body and its canonical JSON text.
+/// A parsed body and, for a keyed write, the digest its retries are compared with.
 pub struct Body<T> {
     /// The request.
     pub value: T,
-    /// Keys sorted, no whitespace: equal for equal content (empty for a request without an
-    /// `Idempotency-Key`, which nothing compares).
-    pub canonical: String,
+    /// Equal for equal content (empty for a request without an `Idempotency-Key`, which
+    /// nothing compares).
+    pub digest: crate::registry::BodyDigest,
 }
 
 /// A JSON value read strictly: a key given twice in one object is an error (a plain
@@ -209,14 +209,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         })?;
         let value = parse_value(&bytes)?;
         no_stray_arrays(&value, "", &NATIVE_LISTS)?;
-        let canonical = if keyed {
-            value.to_string()
+        let digest = if keyed {
+            crate::registry::BodyDigest::of(&value)
         } else {
-            String::new()
+            crate::registry::BodyDigest::default()
         };
         Ok(Body {
             value: from_value(value)?,
-            canonical,
+            digest,
         })
     }
 }
@@ -232,7 +232,7 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for
         _state: &S,
     ) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize::<_, T>(de)
             .map(QueryParams)
             .map_err(|e| {
@@ -251,8 +251,4 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for
                 }
             })
     }
-}
-
-fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
-    form_urlencoded::parse(query.as_bytes())
 }

@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Auth, Principal};
-use crate::error::{wide, ApiError};
+use crate::error::{wide, wide_u, ApiError};
 use crate::idempotency;
 use crate::json::{Body, QueryParams};
 use crate::v1::{hold_str, parse_hold, posting_str, ErrorBody, UsageBody};
@@ -373,7 +373,7 @@ async fn start_meter(
         &principal,
         &headers,
         "POST /v1/meter",
-        &body.canonical,
+        &body.digest,
         1,
         |op| async move {
             let req = body.value;
@@ -434,7 +434,7 @@ async fn finish_meter(
     let route = format!("POST /v1/meter/{hold}/finish");
     let s = state.clone();
     let p = principal.clone();
-    idempotency::run(&state, &principal, &headers, &route, &body.canonical, 1, |op| async move {
+    idempotency::run(&state, &principal, &headers, &route, &body.digest, 1, |op| async move {
         let id = parse_hold(&hold)?;
         let h = s.tally.get_hold(id).await?;
         p.require_app(h.app)?;
@@ -517,7 +517,7 @@ fn usage_query(state: &AppState, p: &UsageParams) -> Result<UsageQuery, ApiError
 }
 
 fn totals_json(t: &UsageTotals) -> Value {
-    let w = |v: u128| wide(i128::try_from(v).unwrap_or(i128::MAX));
+    let w = wide_u;
     json!({
         "calls": t.calls,
         "requests": w(t.requests),
@@ -642,9 +642,9 @@ async fn balance_history(
             json!({
                 "seq": b.seq,
                 "at_ms": b.at.0,
-                "credits_posted": wide(i128::try_from(b.credits_posted).unwrap_or(i128::MAX)),
-                "debits_posted": wide(i128::try_from(b.debits_posted).unwrap_or(i128::MAX)),
-                "debits_pending": wide(i128::try_from(b.debits_pending).unwrap_or(i128::MAX)),
+                "credits_posted": wide_u(b.credits_posted),
+                "debits_posted": wide_u(b.debits_posted),
+                "debits_pending": wide_u(b.debits_pending),
                 "posted": wide(b.posted()),
             })
         })

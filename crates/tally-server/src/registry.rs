@@ -181,7 +181,7 @@ enum Entry {
 /// What is kept of a keyed request's body to recognize its retries: a BLAKE3 of its canonical
 /// text, and one short hash per top-level field to name the one that differs. Never the body
 /// itself (up to 64 KiB × a million keys).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BodyDigest {
     whole: [u8; 32],
     fields: Vec<(String, u64)>,
@@ -193,11 +193,11 @@ const DIGEST_NAME_BYTES_MAX: usize = 64;
 const DIGEST_FIELDS_MAX: usize = 32;
 
 impl BodyDigest {
-    /// The digest of a canonical JSON body.
-    pub fn of(canonical: &str) -> BodyDigest {
-        let whole = *blake3::hash(canonical.as_bytes()).as_bytes();
-        let fields = match serde_json::from_str::<serde_json::Value>(canonical) {
-            Ok(serde_json::Value::Object(map)) => map
+    /// The digest of a parsed body (its canonical text: keys sorted, no whitespace).
+    pub fn of(value: &serde_json::Value) -> BodyDigest {
+        let whole = *blake3::hash(value.to_string().as_bytes()).as_bytes();
+        let fields = match value {
+            serde_json::Value::Object(map) => map
                 .iter()
                 .take(DIGEST_FIELDS_MAX)
                 .map(|(k, v)| {
@@ -602,12 +602,6 @@ impl Registry {
         self.durable(seq).await
     }
 
-    async fn append(&self, entry: &Entry) -> Result<u64, ApiError> {
-        let bytes = encode(entry)?;
-        let seq = self.journal.append(&bytes).map_err(journal_error)?;
-        Ok(seq)
-    }
-
     async fn durable(&self, seq: u64) -> Result<(), ApiError> {
         self.journal.wait_durable(seq).await.map_err(journal_error)
     }
@@ -678,13 +672,13 @@ impl Registry {
     }
 
     /// Looks an idempotency key up, binding it (durably) to a fresh operation id if it is new.
-    /// `route` and `body` (canonical JSON) are what a retry must repeat exactly.
+    /// `route` and `body` are what a retry must repeat exactly.
     pub async fn begin(
         &self,
         principal: &str,
         key: &str,
         route: &str,
-        body: &str,
+        body: &BodyDigest,
         width: u64,
         now_ms: u64,
     ) -> Result<Begin, ApiError> {
@@ -714,7 +708,7 @@ impl Registry {
         principal: &str,
         key: &str,
         route: &str,
-        body: &str,
+        body: &BodyDigest,
         width: u64,
         now_ms: u64,
     ) -> Result<Step, ApiError> {
@@ -736,9 +730,8 @@ impl Registry {
             if entry.route != route {
                 return Err(conflict(key, "route"));
             }
-            let digest = BodyDigest::of(body);
-            if entry.body != digest {
-                return Err(conflict(key, &entry.body.first_difference(&digest)));
+            if entry.body != *body {
+                return Err(conflict(key, &entry.body.first_difference(body)));
             }
             if let Some((status, body)) = &entry.response {
                 return Ok(Step::Cached(Begin::Cached {
@@ -766,7 +759,7 @@ impl Registry {
             key: key.to_owned(),
             op: op.0,
             route: route.to_owned(),
-            body: BodyDigest::of(body),
+            body: body.clone(),
             at_ms: now_ms,
         };
         // Appended under the lock, so a concurrent first use of the same key finds this entry
@@ -783,7 +776,7 @@ impl Registry {
             IdemEntry {
                 op,
                 route: route.to_owned(),
-                body: BodyDigest::of(body),
+                body: body.clone(),
                 at_ms: now_ms,
                 seq,
                 response: None,
@@ -858,16 +851,6 @@ impl Registry {
         Ok((key, extra))
     }
 
-    /// The next free key id.
-    pub fn next_key_id(&self) -> u64 {
-        self.inner
-            .read()
-            .keys
-            .keys()
-            .next_back()
-            .map_or(1, |id| id.saturating_add(1))
-    }
-
     /// A key by id.
     pub fn key(&self, id: u64) -> Option<ApiKey> {
         self.inner.read().keys.get(&id).cloned()
@@ -883,10 +866,7 @@ impl Registry {
         if !self.inner.write().keys.contains_key(&id) {
             return Ok(false);
         }
-        let entry = Entry::KeyRevoked { id };
-        let seq = self.append(&entry).await?;
-        self.inner.write().apply(entry);
-        self.durable(seq).await?;
+        self.record(Entry::KeyRevoked { id }).await?;
         Ok(true)
     }
 

@@ -56,13 +56,7 @@ impl IntoResponse for SyftError {
             obj.insert("detail".into(), self.0.message.clone().into());
         }
         let mut response = (self.0.status, axum::Json(body)).into_response();
-        if let Some(s) = self.0.retry_after_s {
-            if let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string()) {
-                response
-                    .headers_mut()
-                    .insert(axum::http::header::RETRY_AFTER, v);
-            }
-        }
+        crate::error::set_retry_after(&mut response, self.0.retry_after_s);
         response
     }
 }
@@ -1058,15 +1052,24 @@ struct TxnIdBody {
     transaction_id: String,
 }
 
+async fn v1_resolve(
+    state: AppState,
+    headers: HeaderMap,
+    body: SyftBytes,
+    how: Resolve,
+) -> SyftResult<Response> {
+    let (email, _) = basic_user(&state, &headers).await?;
+    let req: TxnIdBody = parse_body(&body)?;
+    let t = resolve(&state, &email, &req.transaction_id, how).await?;
+    Ok(wrapped_txn(&state, &t, StatusCode::OK).await)
+}
+
 async fn v1_confirm(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: SyftBytes,
 ) -> SyftResult<Response> {
-    let (email, _) = basic_user(&state, &headers).await?;
-    let req: TxnIdBody = parse_body(&body)?;
-    let t = resolve(&state, &email, &req.transaction_id, Resolve::Confirm).await?;
-    Ok(wrapped_txn(&state, &t, StatusCode::OK).await)
+    v1_resolve(state, headers, body, Resolve::Confirm).await
 }
 
 async fn v1_cancel(
@@ -1074,10 +1077,7 @@ async fn v1_cancel(
     headers: HeaderMap,
     body: SyftBytes,
 ) -> SyftResult<Response> {
-    let (email, _) = basic_user(&state, &headers).await?;
-    let req: TxnIdBody = parse_body(&body)?;
-    let t = resolve(&state, &email, &req.transaction_id, Resolve::Cancel).await?;
-    Ok(wrapped_txn(&state, &t, StatusCode::OK).await)
+    v1_resolve(state, headers, body, Resolve::Cancel).await
 }
 
 /// A user's transactions are listed at most this many at a time (v1 has no paging; v2's

@@ -135,7 +135,7 @@ async fn issue(
         &principal,
         &headers,
         "POST /v1/tokens",
-        &body.canonical,
+        &body.digest,
         1,
         |op| async move {
             let r = body.value;

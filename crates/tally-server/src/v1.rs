@@ -21,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{hash_secret, new_secret, Auth, Principal};
-use crate::error::{wide, ApiError};
+use crate::error::{wide, wide_u, ApiError};
 use crate::idempotency::{self, Answer};
 use crate::json::{from_value, Body, QueryParams};
 use crate::registry::{ApiKey, KeyScope, NAME_BYTES_MAX};
@@ -252,7 +252,7 @@ async fn create_account(
         &principal,
         &headers,
         "POST /v1/accounts",
-        &body.canonical,
+        &body.digest,
         1,
         |_op| async move {
             let req = body.value;
@@ -323,9 +323,9 @@ pub struct BalanceBody {
 pub fn balance_json(name: &str, b: &tally::Balance) -> Value {
     json!({
         "account": name,
-        "credits_posted": wide(b.credits_posted as i128),
-        "debits_posted": wide(b.debits_posted as i128),
-        "debits_pending": wide(b.debits_pending as i128),
+        "credits_posted": wide_u(b.credits_posted),
+        "debits_posted": wide_u(b.debits_posted),
+        "debits_pending": wide_u(b.debits_pending),
         "credit_limit": b.credit_limit.get(),
         "posted": wide(b.posted),
         "available": wide(b.available),
@@ -414,7 +414,7 @@ async fn fund(
         &principal,
         &headers,
         &route,
-        &body.canonical,
+        &body.digest,
         1,
         |op| async move {
             let req = body.value;
@@ -721,7 +721,7 @@ async fn single(
     principal: Principal,
     headers: HeaderMap,
     route: &str,
-    canonical: String,
+    digest: crate::registry::BodyDigest,
     op: Op,
 ) -> Response {
     let (s, p) = (state.clone(), principal.clone());
@@ -730,7 +730,7 @@ async fn single(
         &principal,
         &headers,
         route,
-        &canonical,
+        &digest,
         1,
         |id| async move { run_op(&s, &p, id, op).await },
     )
@@ -752,7 +752,7 @@ async fn create_hold(
         principal,
         headers,
         "POST /v1/holds",
-        body.canonical,
+        body.digest,
         Op::Reserve(body.value),
     )
     .await
@@ -819,7 +819,7 @@ async fn commit_hold(
         amount: body.value.amount,
         usage: body.value.usage,
     };
-    single(state, principal, headers, &route, body.canonical, op).await
+    single(state, principal, headers, &route, body.digest, op).await
 }
 
 /// `POST /v1/holds/{id}/void` (an empty object).
@@ -845,7 +845,7 @@ async fn void_hold(
         principal,
         headers,
         &route,
-        body.canonical,
+        body.digest,
         Op::Void { hold: id },
     )
     .await
@@ -866,7 +866,7 @@ async fn create_charge(
         principal,
         headers,
         "POST /v1/charges",
-        body.canonical,
+        body.digest,
         Op::Charge(body.value),
     )
     .await
@@ -887,7 +887,7 @@ async fn create_refund(
         principal,
         headers,
         "POST /v1/refunds",
-        body.canonical,
+        body.digest,
         Op::Refund(body.value),
     )
     .await
@@ -908,7 +908,7 @@ async fn create_transfer(
         principal,
         headers,
         "POST /v1/transfers",
-        body.canonical,
+        body.digest,
         Op::Transfer(body.value),
     )
     .await
@@ -966,7 +966,7 @@ async fn batch(
         &principal,
         &headers,
         "POST /v1/batch",
-        &body.canonical,
+        &body.digest,
         n as u64,
         |base| async move {
             // Group by deciding account, keeping order within a group; groups run concurrently.
@@ -1044,7 +1044,7 @@ async fn funding_update(
         &principal,
         &headers,
         route,
-        &body.canonical,
+        &body.digest,
         1,
         |op| async move {
             let r = body.value;
@@ -1143,9 +1143,9 @@ async fn audit(
     Ok(Json(json!({
         "ok": r.ok(),
         "accounts": r.accounts,
-        "debits_posted": wide(r.debits_posted as i128),
-        "credits_posted": wide(r.credits_posted as i128),
-        "debits_pending": wide(r.debits_pending as i128),
+        "debits_posted": wide_u(r.debits_posted),
+        "credits_posted": wide_u(r.credits_posted),
+        "debits_pending": wide_u(r.debits_pending),
         "holds_pending": r.holds_pending,
         "funded": wide(r.funded),
         "revenue": wide(r.revenue),
@@ -1456,7 +1456,7 @@ async fn cost_record_cost(
         principal,
         headers,
         "POST /v1/cost/record-cost",
-        body.canonical,
+        body.digest,
         op,
     )
     .await
@@ -1482,7 +1482,7 @@ async fn cost_funding_update(
         &principal,
         &headers,
         "POST /v1/cost/funding-update",
-        &body.canonical,
+        &body.digest,
         1,
         |op| async move {
             let r = body.value;
