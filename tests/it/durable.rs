@@ -71,10 +71,57 @@ async fn a_second_owner_of_a_data_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_tally, _, _) = open(dir.path(), EngineConfig::default()).await;
     match DurableStore::open(DurableConfig::new(dir.path())) {
-        Err(tally::StoreError::Locked(reason)) => assert!(reason.contains("in use"), "{reason}"),
+        Err(tally::StoreError::Locked { path, holder }) => {
+            assert_eq!(path, dir.path());
+            // It is this process that holds it: the message says so, not "another process".
+            assert!(holder.contains("this process"), "{holder}");
+        }
         Err(e) => panic!("expected Locked, got {e}"),
         Ok(_) => panic!("a second owner opened the directory"),
     }
+}
+
+#[tokio::test]
+async fn shutdown_releases_the_directory_for_an_immediate_reopen_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = 0;
+    for round in 0..100u64 {
+        // No retry: the open right after `shutdown` must succeed.
+        let (tally, _) = Tally::open_durable(dir.path(), EngineConfig::default())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        if round == 0 {
+            open_accounts(&tally).await;
+        }
+        tally.fund(op(), ALICE, BANK, 10).await.unwrap();
+        expected += 10;
+        assert_eq!(tally.balance(ALICE).await.unwrap().available, expected);
+        tally.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn every_call_after_shutdown_is_refused_as_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tally, _) = Tally::open_durable(dir.path(), EngineConfig::default())
+        .await
+        .unwrap();
+    open_accounts(&tally).await;
+    let other = tally.clone();
+    tally.shutdown().await.unwrap();
+    assert_eq!(other.checkpoint().await, Err(Error::Shutdown));
+    assert_eq!(other.expire_due().await, Err(Error::Shutdown));
+    assert_eq!(other.balance(ALICE).await.err(), Some(Error::Shutdown));
+    assert_eq!(
+        other.fund(op(), ALICE, BANK, 1).await.err(),
+        Some(Error::Shutdown)
+    );
+    // And the directory is free although a handle is still alive.
+    let (again, _) = Tally::open_durable(dir.path(), EngineConfig::default())
+        .await
+        .unwrap();
+    again.shutdown().await.unwrap();
+    drop(other);
 }
 
 #[tokio::test]

@@ -165,7 +165,7 @@ async fn record_funding_update_moves_the_difference_and_checks_the_old_total() {
         .record_funding_update(raise, ALICE, BANK, 1_000, 5_000)
         .await
         .unwrap();
-    assert_eq!(funded.get(), 5_000);
+    assert_eq!(funded, 5_000);
     assert_eq!(w.available(ALICE).await, 5_000);
     assert_eq!(w.tally.balance(BANK).await.unwrap().posted, -5_000);
     // A retry is answered as before; a stale `old` is refused, naming the current total.
@@ -174,7 +174,7 @@ async fn record_funding_update_moves_the_difference_and_checks_the_old_total() {
         .record_funding_update(raise, ALICE, BANK, 1_000, 5_000)
         .await
         .unwrap();
-    assert_eq!(again.get(), 5_000);
+    assert_eq!(again, 5_000);
     let stale = w
         .tally
         .record_funding_update(op(), ALICE, BANK, 1_000, 7_000)
@@ -289,4 +289,33 @@ async fn a_retry_that_reports_other_usage_is_a_conflict_naming_usage() {
         ledger(e),
         tally::LedgerError::IdempotencyConflict { field: "usage", .. }
     ));
+}
+
+#[tokio::test]
+async fn funding_updates_work_once_the_total_passes_the_largest_amount() {
+    let w = World::new(0).await;
+    let max = tally::Amount::MAX.get();
+    w.tally.fund(op(), ALICE, BANK, max).await.unwrap();
+    w.tally.fund(op(), ALICE, BANK, 1_000).await.unwrap();
+    let total = u128::from(max) + 1_000;
+    assert_eq!(w.tally.account(ALICE).await.unwrap().funded(), total);
+    // The old total no longer fits an amount; the update still checks and applies it exactly.
+    let funded = w
+        .tally
+        .record_funding_update(op(), ALICE, BANK, total, total - 400)
+        .await
+        .unwrap();
+    assert_eq!(funded, total - 400);
+    assert_eq!(w.tally.account(ALICE).await.unwrap().funded(), total - 400);
+    // A difference larger than an amount is refused, changing nothing.
+    let e = w
+        .tally
+        .record_funding_update(op(), ALICE, BANK, total - 400, total * 3)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(ledger(e.clone()), tally::LedgerError::AmountTooLarge { .. }),
+        "{e:?}"
+    );
+    assert_eq!(w.tally.account(ALICE).await.unwrap().funded(), total - 400);
 }

@@ -67,7 +67,7 @@ pub async fn open_durable(
                 let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
                 return (tally, store, recovery);
             }
-            Err(tally::StoreError::Locked(_)) => {
+            Err(tally::StoreError::Locked { .. }) => {
                 tokio::time::sleep(Duration::from_millis(10)).await
             }
             Err(e) => panic!("{e}"),

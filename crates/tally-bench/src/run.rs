@@ -530,9 +530,13 @@ impl Client {
         }
     }
 
-    /// A user out of funds is topped up; an overloaded engine is given a moment.
+    /// A user out of funds is topped up; an overloaded engine is given a moment; a
+    /// fail-stopped store ends the load (nothing more can be acknowledged until a reopen).
     async fn after_error(&mut self, user: AccountId, error: &tally::Error) {
         match error {
+            tally::Error::StorageFailed { .. } => {
+                self.shared.gate.stop.store(true, Ordering::Relaxed);
+            }
             tally::Error::Ledger(tally::LedgerError::InsufficientFunds { .. }) => {
                 let started = Instant::now();
                 let result = self.fund(user).await;

@@ -94,7 +94,7 @@ fn open_durable(
         config.sync = sync;
         match DurableStore::open(config) {
             Ok(opened) => return Ok(opened),
-            Err(StoreError::Locked(_)) if started.elapsed() < REOPEN_WAIT_MAX => {
+            Err(StoreError::Locked { .. }) if started.elapsed() < REOPEN_WAIT_MAX => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {

@@ -133,10 +133,11 @@ pub enum Command {
     UpdateFunding {
         /// The funding account on the other side.
         from: AccountId,
-        /// What the caller believes the total funding is now.
-        old: Amount,
+        /// What the caller believes the total funding is now (a total: it may pass
+        /// [`Amount::MAX`]; the difference `new − old` may not).
+        old: u128,
         /// The total funding wanted.
-        new: Amount,
+        new: u128,
     },
     /// Issue a spend token: let `app` hold or charge up to `cap` of this account in all, at
     /// `endpoint` only (empty: any), for `ttl_ms`.
@@ -260,7 +261,15 @@ impl Command {
                 [posting.account.0, posting.seq, amount.get(), 0, 0, 0]
             }
             Command::Transfer { to, amount } => [to.0, amount.get(), 0, 0, 0, 0],
-            Command::UpdateFunding { from, old, new } => [from.0, old.get(), new.get(), 0, 0, 0],
+            // Totals are u128: the low words where a u64 sat, the high words after.
+            Command::UpdateFunding { from, old, new } => [
+                from.0,
+                *old as u64,
+                *new as u64,
+                (*old >> 64) as u64,
+                (*new >> 64) as u64,
+                0,
+            ],
             Command::IssueToken {
                 app,
                 cap,
@@ -292,7 +301,7 @@ const DIGEST_FIELDS: [[&str; 6]; 10] = [
     ["app", "amount", "endpoint", "metadata", "usage", "token"],
     ["posting", "posting", "amount", "", "", ""],
     ["to", "amount", "", "", "", ""],
-    ["from", "old", "new", "", "", ""],
+    ["from", "old", "new", "old", "new", ""],
     ["app", "cap", "ttl_ms", "endpoint", "", ""],
     ["token", "", "", "", "", ""],
 ];
@@ -398,7 +407,7 @@ pub enum Outcome {
     /// The account's total funding was set.
     FundingUpdated {
         /// The total funding now.
-        funded: Amount,
+        funded: u128,
     },
     /// A spend token was issued.
     TokenIssued {
@@ -532,9 +541,9 @@ pub enum Change {
         /// The funding account.
         from: AccountId,
         /// The total before.
-        old: Amount,
+        old: u128,
         /// The total after.
-        new: Amount,
+        new: u128,
     },
     /// A spend token was issued.
     TokenIssued {
@@ -600,13 +609,11 @@ impl Record {
             Change::Charged { app, amount, .. } => Some(Leg::Credit(*app, *amount)),
             Change::Refunded { app, amount, .. } => Some(Leg::Debit(*app, *amount)),
             Change::Transferred { to, amount } => Some(Leg::Credit(*to, *amount)),
-            Change::FundingUpdated { from, old, new } => {
-                if new >= old {
-                    new.checked_sub(*old).map(|d| Leg::Debit(*from, d))
-                } else {
-                    old.checked_sub(*new).map(|d| Leg::Credit(*from, d))
-                }
-            }
+            Change::FundingUpdated { from, old, new } => match funding_difference(*old, *new) {
+                Some(FundingStep::Up(d)) => Some(Leg::Debit(*from, d)),
+                Some(FundingStep::Down(d)) => Some(Leg::Credit(*from, d)),
+                None => None,
+            },
             Change::Opened { .. }
             | Change::Reserved { .. }
             | Change::Voided { .. }
@@ -646,11 +653,10 @@ impl Record {
                 Effect::default()
             }
             Change::Funded { amount, .. } | Change::Refunded { amount, .. } => credits(amount),
-            Change::FundingUpdated { old, new, .. } => match new.checked_sub(*old) {
-                Some(up) => credits(&up),
-                None => old
-                    .checked_sub(*new)
-                    .map_or_else(Effect::default, |d| debits(&d)),
+            Change::FundingUpdated { old, new, .. } => match funding_difference(*old, *new) {
+                Some(FundingStep::Up(up)) => credits(&up),
+                Some(FundingStep::Down(down)) => debits(&down),
+                None => Effect::default(),
             },
             Change::Reserved { amount, .. } => Effect {
                 held: amount.wide(),
@@ -853,5 +859,31 @@ mod tests {
         assert_eq!(text_hash(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(text_hash("a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(text_hash("foobar"), 0x8594_4171_f739_67e8);
+    }
+}
+
+/// Which way a funding update moves money, and how much.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FundingStep {
+    /// `new > old`: the account is credited the difference.
+    Up(Amount),
+    /// `new < old`: the account is debited the difference.
+    Down(Amount),
+}
+
+/// The difference a funding update from `old` to `new` (totals, `u128`) moves: `None` when
+/// there is none, or when it does not fit an [`Amount`] (such an update is refused when
+/// decided, so a recorded one always has a difference).
+pub fn funding_difference(old: u128, new: u128) -> Option<FundingStep> {
+    let amount = |d: u128| {
+        u64::try_from(d)
+            .ok()
+            .and_then(|d| Amount::new(d).ok())
+            .filter(|d| !d.is_zero())
+    };
+    if new >= old {
+        amount(new - old).map(FundingStep::Up)
+    } else {
+        amount(old - new).map(FundingStep::Down)
     }
 }

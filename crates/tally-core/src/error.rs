@@ -160,7 +160,7 @@ pub enum Error {
         /// Its total funding now.
         current: u128,
         /// What the update said it was.
-        expected: u64,
+        expected: u128,
     },
     /// A reserve or charge would take the day's spending past a cap. Spending is what was
     /// posted during the current UTC day plus what is held now.

@@ -343,19 +343,25 @@ impl Account {
             Command::UpdateFunding { from, old, new } => {
                 self.require_kind_not(AccountKind::Funding, "a user or revenue account")?;
                 require_counterparty(ctx, *from, Some(AccountKind::Funding), "a funding account")?;
-                if old.wide() != self.funded {
+                if *old != self.funded {
                     return Err(Error::FundingMismatch {
                         account: self.id,
                         current: self.funded,
-                        expected: old.get(),
+                        expected: *old,
                     });
                 }
-                match (new.checked_sub(*old), old.checked_sub(*new)) {
-                    (Some(up), _) if !up.is_zero() => self.credit_fits(up)?,
-                    (_, Some(down)) if !down.is_zero() => self.debit_fits(down)?,
-                    _ => {
-                        return Err(Error::ZeroAmount {
-                            field: "new − old"
+                if new == old {
+                    return Err(Error::ZeroAmount {
+                        field: "new − old"
+                    });
+                }
+                match crate::command::funding_difference(*old, *new) {
+                    Some(crate::command::FundingStep::Up(up)) => self.credit_fits(up)?,
+                    Some(crate::command::FundingStep::Down(down)) => self.debit_fits(down)?,
+                    None => {
+                        return Err(Error::AmountTooLarge {
+                            amount: u64::try_from(new.abs_diff(*old)).unwrap_or(u64::MAX),
+                            max: Amount::MAX.get(),
                         })
                     }
                 }
@@ -607,7 +613,7 @@ impl Account {
             Change::Funded { amount, .. } => {
                 self.funded = self.funded.saturating_add(amount.wide());
             }
-            Change::FundingUpdated { new, .. } => self.funded = new.wide(),
+            Change::FundingUpdated { new, .. } => self.funded = *new,
             Change::Reserved {
                 hold,
                 app,

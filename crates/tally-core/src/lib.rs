@@ -33,7 +33,9 @@ pub use account::{
 };
 pub use amount::Amount;
 pub use audit::{audit, AuditReport, Auditor, Violation};
-pub use command::{Change, Command, Effect, Leg, Origin, Outcome, Record, Request};
+pub use command::{
+    funding_difference, Change, Command, Effect, FundingStep, Leg, Origin, Outcome, Record, Request,
+};
 pub use error::Error;
 pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp, TokenId};
 pub use ledger::{Counterparty, DecideCtx, Decision, SpendCaps};

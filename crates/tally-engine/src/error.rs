@@ -35,11 +35,13 @@ pub enum Error {
         /// What the store said.
         reason: Arc<str>,
     },
-    /// Another process (or another open engine in this one) owns the data directory.
-    #[error("the data directory is in use: {reason}")]
+    /// Another process, or another open engine in this one, owns the data directory.
+    #[error("the data directory {path} is in use: {holder}", path = .path.display())]
     Locked {
-        /// Which directory, and what holds it.
-        reason: Arc<str>,
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// What holds it (another store of this process, or another process and its pid).
+        holder: Arc<str>,
     },
     /// Reading or snapshotting failed.
     #[error("storage error: {reason}")]
@@ -86,7 +88,8 @@ impl From<tally_store::StoreError> for Error {
                 limit,
             },
             S::Failed(reason) => Error::StorageFailed { reason },
-            S::Locked(reason) => Error::Locked { reason },
+            S::Locked { path, holder } => Error::Locked { path, holder },
+            S::Closed => Error::Shutdown,
             S::Io(reason) | S::Corrupt(reason) => Error::Storage { reason },
             S::Trimmed => Error::Storage {
                 reason: "the journal was trimmed under the reader".into(),

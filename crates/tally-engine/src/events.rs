@@ -336,8 +336,8 @@ fn kind_of(record: &Record, own: &Account) -> Option<EventKind> {
         }
         Change::FundingUpdated { old, new, .. } => EventKind::FundingUpdate {
             account,
-            old: old.wide(),
-            new: new.wide(),
+            old: *old,
+            new: *new,
         },
         Change::Reserved {
             hold: seq,

@@ -730,7 +730,16 @@ impl Tally {
                 .map_err(Error::from);
         }
         stop_all(&self.shared);
-        result
+        // The store closes now, not when the last handle drops: the directory is free for a
+        // new engine as soon as this returns, and other handles get `Shutdown`.
+        let store = self.shared.store.clone();
+        let closed = tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| Error::Internal {
+                reason: format!("closing the store: {e}").into(),
+            })
+            .and_then(|closed| closed.map_err(Error::from));
+        result.and(closed)
     }
 
     /// Checkpoints now (as the supervisor does every `checkpoint_interval`): saves the snapshot

@@ -109,14 +109,10 @@ impl Tally {
         op: OpId,
         account: AccountId,
         from: AccountId,
-        old: u64,
-        new: u64,
-    ) -> Result<Amount, Error> {
-        let command = Command::UpdateFunding {
-            from,
-            old: Amount::new(old)?,
-            new: Amount::new(new)?,
-        };
+        old: u128,
+        new: u128,
+    ) -> Result<u128, Error> {
+        let command = Command::UpdateFunding { from, old, new };
         match self.execute(account, self.request(op, command)).await? {
             Outcome::FundingUpdated { funded } => Ok(funded),
             other => Err(crate::handle::unexpected(other)),

@@ -194,7 +194,7 @@ impl From<LedgerError> for ApiError {
                 current, expected, ..
             } => s(StatusCode::CONFLICT, "funding_mismatch")
                 .with("current", wide_u(current))
-                .with("expected", expected),
+                .with("expected", wide_u(expected)),
             L::UnknownToken { .. } => s(StatusCode::UNAUTHORIZED, "token_unknown"),
             L::TokenRevoked { .. } => s(StatusCode::UNAUTHORIZED, "token_revoked"),
             L::TokenExpired { expired_at, .. } => {

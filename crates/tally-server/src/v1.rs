@@ -1075,11 +1075,11 @@ pub async fn funding_update_op(
     let from = state.account(from.unwrap_or(crate::FUNDING_ACCOUNT_NAME))?;
     let funded = state
         .tally
-        .record_funding_update(op, id, from, old, new)
+        .record_funding_update(op, id, from, old.into(), new.into())
         .await?;
     Ok((
         StatusCode::OK,
-        json!({"account": account, "old_amount": old, "new_amount": new, "funded": funded.get()}),
+        json!({"account": account, "old_amount": old, "new_amount": new, "funded": crate::error::wide_u(funded)}),
     ))
 }
 

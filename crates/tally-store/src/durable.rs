@@ -80,6 +80,10 @@ pub struct DurableConfig {
     pub snapshot_cache_bytes: u64,
     /// Bounds of the usage aggregates (see [`tally_core::UsageBook`]).
     pub usage: UsageConfig,
+    /// How often the journal's anchor vouches for the durable point (see
+    /// [`crate::journal::anchor`]); the window in which damage cannot be told from a torn
+    /// tail. Default 100 ms.
+    pub anchor_interval: Duration,
     /// Test hook: the journal's sync after this many fails, as a failing disk would.
     #[doc(hidden)]
     pub fail_after_syncs: Option<u64>,
@@ -97,6 +101,7 @@ impl DurableConfig {
             queue_records_max: journal.queue_records_max,
             snapshot_cache_bytes: 64 * 1024 * 1024,
             usage: UsageConfig::default(),
+            anchor_interval: journal.anchor_interval,
             fail_after_syncs: None,
         }
     }
@@ -129,9 +134,9 @@ struct Inner {
     dir: PathBuf,
     limits: Limits,
     journal: Journal,
-    db: sled::Db,
-    accounts: sled::Tree,
-    directory: sled::Tree,
+    /// The snapshot database; `None` once closed (its lock is released when the last of these
+    /// handles drops, so they all live here, and nowhere else).
+    sled: parking_lot::RwLock<Option<Sled>>,
     archive: Archive,
     /// Accounts touched by records their saved snapshot does not cover yet: the first such
     /// record and the last. The oldest first record bounds what a checkpoint may trim.
@@ -145,6 +150,92 @@ struct Inner {
     /// Held through a whole checkpoint: two at once (the periodic one and a shutdown's) would
     /// save usage cuts and trim points out of order.
     checkpointing: parking_lot::Mutex<()>,
+}
+
+/// Every handle on the snapshot database.
+struct Sled {
+    db: sled::Db,
+    /// Account id → encoded [`Account`].
+    accounts: sled::Tree,
+    /// Account id → encoded [`AccountSpec`].
+    directory: sled::Tree,
+    /// (account id, archived segment's first seq) → (): which archived segments touch an account.
+    history_index: sled::Tree,
+    /// The usage projection's saved entries.
+    usage: sled::Tree,
+}
+
+/// How long closing waits for the snapshot database to flush and release its files. sled
+/// retries a failing flush forever (on a full disk), so the wait is bounded and the database is
+/// left to a detached thread past it.
+const SNAPSHOT_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+impl Sled {
+    /// Flushes and drops every handle on a thread of its own, waiting at most
+    /// [`SNAPSHOT_CLOSE_WAIT`]; the files are released when it returns `Ok`.
+    fn close(self, dir: &Path) -> Result<(), StoreError> {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("tally-sled-close".to_owned())
+            .spawn(move || {
+                let flushed = self.db.flush().map(drop);
+                drop(self);
+                let _ = done_tx.send(flushed);
+            });
+        if let Err(e) = spawned {
+            return Err(StoreError::Io(
+                format!("closing the snapshots in {}: spawning: {e}", dir.display()).into(),
+            ));
+        }
+        match done_rx.recv_timeout(SNAPSHOT_CLOSE_WAIT) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Io(
+                format!(
+                    "flushing the snapshots in {} at close: {e}",
+                    dir.join("snapshots").display()
+                )
+                .into(),
+            )),
+            Err(_) => Err(StoreError::Failed(
+                format!(
+                    "the snapshot database in {} did not close within {} s (is the disk full?); \
+                     left behind, it holds the directory until this process exits",
+                    dir.join("snapshots").display(),
+                    SNAPSHOT_CLOSE_WAIT.as_secs()
+                )
+                .into(),
+            )),
+        }
+    }
+}
+
+impl Inner {
+    /// The snapshot database, or [`StoreError::Closed`] once the store is closed. The guard is
+    /// shared: [`DurableStore::close`] waits for the holders to finish.
+    fn sled(&self) -> Result<parking_lot::MappedRwLockReadGuard<'_, Sled>, StoreError> {
+        parking_lot::RwLockReadGuard::try_map(self.sled.read(), Option::as_ref)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Closes the journal (its last group synced, the anchor written, its lock released), then
+    /// the snapshot database, within a bounded time; releases the directory. Idempotent.
+    fn close(&self) -> Result<(), StoreError> {
+        let journal = self.journal.close().map_err(journal_err);
+        let snapshots = match self.sled.write().take() {
+            Some(sled) => sled.close(&self.dir),
+            None => Ok(()),
+        };
+        crate::open_dirs::release(&self.dir);
+        journal.and(snapshots)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(error) = self.close() {
+            tracing::error!(dir = %self.dir.display(), %error, "tally store: closed with an error");
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -164,7 +255,11 @@ fn journal_err(e: JournalError) -> StoreError {
             limit: bytes_max,
         },
         JournalError::Failed(reason) => StoreError::Failed(reason),
-        JournalError::Locked { .. } => StoreError::Locked(e.to_string().into()),
+        JournalError::Locked { ref dir } => StoreError::Locked {
+            path: dir.clone(),
+            holder: "locked by another journal".into(),
+        },
+        JournalError::Closed => StoreError::Closed,
         JournalError::Corrupt { .. }
         | JournalError::Trimmed { .. }
         | JournalError::Replay { .. } => StoreError::Corrupt(e.to_string().into()),
@@ -189,47 +284,119 @@ fn touched(record: &Record) -> (AccountId, Option<AccountId>) {
 
 impl DurableStore {
     /// Opens (creating if needed) the store in `config.dir` and recovers it.
+    ///
+    /// Errors: [`StoreError::Locked`] naming the directory and its holder (another store in
+    /// this process, or another process); [`StoreError::Corrupt`] naming the file, the offset
+    /// and the records at risk when acknowledged records are damaged or missing (see
+    /// [`crate::journal::anchor`]); [`StoreError::Io`] naming the file and the operation.
     pub fn open(config: DurableConfig) -> Result<(DurableStore, DurableRecovery), StoreError> {
         let started = Instant::now();
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display()).into()))?;
+        if !crate::open_dirs::claim(&dir) {
+            return Err(StoreError::Locked {
+                path: dir,
+                holder: "open in another store of this process (close it first)".into(),
+            });
+        }
+        let opened = Self::open_claimed(config, started);
+        if opened.is_err() {
+            crate::open_dirs::release(&dir);
+        }
+        opened
+    }
+
+    fn open_claimed(
+        config: DurableConfig,
+        started: Instant,
+    ) -> Result<(DurableStore, DurableRecovery), StoreError> {
+        let dir = config.dir.clone();
         // sled locks its directory: a second owner stops here, before the journal is touched.
+        let snapshots = dir.join("snapshots");
         let db = sled::Config::new()
-            .path(dir.join("snapshots"))
+            .path(&snapshots)
             .cache_capacity(config.snapshot_cache_bytes)
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(
-                    format!("{} is in use by another tally process", dir.display()).into(),
+                sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked {
+                    path: dir.clone(),
+                    holder: crate::open_dirs::other_holder(&dir).into(),
+                },
+                other => StoreError::Io(
+                    format!("opening the snapshots in {}: {other}", snapshots.display()).into(),
                 ),
-                other => sled_err(other),
             })?;
-        let accounts = db.open_tree("accounts").map_err(sled_err)?;
-        let directory = db.open_tree("directory").map_err(sled_err)?;
+        let trees = (|| {
+            Ok::<_, StoreError>(Sled {
+                accounts: db.open_tree("accounts").map_err(sled_err)?,
+                directory: db.open_tree("directory").map_err(sled_err)?,
+                history_index: db.open_tree("history_index").map_err(sled_err)?,
+                usage: Projection::tree(&db)?,
+                db: db.clone(),
+            })
+        })();
+        drop(db);
+        let sled = trees?;
         let archive = Archive {
             dir: dir.join("archive"),
-            index: db.open_tree("history_index").map_err(sled_err)?,
             lock: parking_lot::RwLock::new(()),
         };
+        match Self::recover(&config, &sled, &archive, started) {
+            Ok((journal, usage, report)) => {
+                let store = DurableStore {
+                    inner: Arc::new(Inner {
+                        dir,
+                        limits: config.limits,
+                        journal,
+                        sled: parking_lot::RwLock::new(Some(sled)),
+                        archive,
+                        dirty: DashMap::new(),
+                        append_gate: parking_lot::RwLock::new(()),
+                        usage,
+                        checkpointing: parking_lot::Mutex::new(()),
+                    }),
+                };
+                Ok((store, report))
+            }
+            Err(error) => {
+                // Bounded, and the files released, even when the disk is what failed.
+                if let Err(closing) = sled.close(&dir) {
+                    tracing::warn!(%closing, "tally store: closing after a failed open");
+                }
+                Err(error)
+            }
+        }
+    }
 
+    /// Replays the journal onto the snapshots, checks it against its anchors, writes every
+    /// touched account back and trims: after it, every account's snapshot is current.
+    fn recover(
+        config: &DurableConfig,
+        sled: &Sled,
+        archive: &Archive,
+        started: Instant,
+    ) -> Result<(Journal, Projection, DurableRecovery), StoreError> {
+        let dir = &config.dir;
         let mut journal_config = JournalConfig::new(dir.join("journal"));
         journal_config.sync = config.sync;
         journal_config.segment_bytes_max = config.segment_bytes_max;
         journal_config.queue_records_max = config.queue_records_max;
         journal_config.fail_after_syncs = config.fail_after_syncs;
+        journal_config.anchor_interval = config.anchor_interval;
 
-        let usage = Projection::open(&db, config.usage.clone())?;
+        let usage = Projection::open(&sled.usage, config.usage.clone())?;
         let mut replay = Replay {
             usage: &usage,
-            accounts: &accounts,
-            directory: &directory,
+            accounts: &sled.accounts,
+            directory: &sled.directory,
             limits: &config.limits,
             touched: std::collections::HashMap::new(),
             snapshots_loaded: 0,
         };
         // Records before the last trim point are covered by snapshots: verify, don't replay.
-        let trimmed_before = db
+        let trimmed_before = sled
+            .db
             .get(TRIMMED_BEFORE_KEY)
             .map_err(sled_err)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -239,30 +406,48 @@ impl DurableStore {
             replay.record(seq, payload).map_err(|e| e.to_string())
         })
         .map_err(|e| match e {
-            JournalError::Locked { .. } => StoreError::Locked(
-                format!("{} is in use by another tally process", dir.display()).into(),
-            ),
+            JournalError::Locked { .. } => StoreError::Locked {
+                path: dir.clone(),
+                holder: crate::open_dirs::other_holder(dir).into(),
+            },
             other => journal_err(other),
         })?;
-        crate::trail::check_anchor_at_open(&db, recovered.last_seq)?;
+        crate::trail::check_anchor_at_open(&sled.db, recovered.last_seq)?;
+        if recovered.created && (trimmed_before > 1 || !sled.directory.is_empty()) {
+            return Err(StoreError::Corrupt(
+                format!(
+                    "{} holds no journal, but its snapshots know {} account(s) and cover records \
+                     up to seq {}: the journal was removed",
+                    dir.display(),
+                    sled.directory.len(),
+                    trimmed_before.saturating_sub(1)
+                )
+                .into(),
+            ));
+        }
         let snapshots_loaded = replay.snapshots_loaded;
         for account in replay.touched.values() {
-            accounts
+            sled.accounts
                 .insert(key(account.id), encode_account(account)?)
                 .map_err(sled_err)?;
         }
         // The usage aggregates now cover the whole journal too.
-        usage.save(&journal, recovered.last_seq, usage.take_changes())?;
-        // Every account's snapshot is now current: nothing in the journal is needed any more.
-        archive.index_unindexed(&db, &journal)?;
-        trim(
-            &db,
+        usage.save(
+            &sled.usage,
             &journal,
-            &archive,
+            recovered.last_seq,
+            usage.take_changes(),
+        )?;
+        // Every account's snapshot is now current: nothing in the journal is needed any more.
+        archive.index_unindexed(sled, &journal)?;
+        trim(
+            sled,
+            &journal,
+            archive,
             recovered.last_seq.saturating_add(1),
         )?;
         let report = DurableRecovery {
-            accounts: directory.len() as u64,
+            accounts: sled.directory.len() as u64,
             snapshots_loaded,
             records_replayed: recovered.records,
             torn_tail_bytes: recovered.torn_tail_bytes,
@@ -278,22 +463,7 @@ impl DurableStore {
             elapsed_ms = report.elapsed.as_millis() as u64,
             "tally store recovered"
         );
-        let store = DurableStore {
-            inner: Arc::new(Inner {
-                dir,
-                limits: config.limits,
-                journal,
-                db,
-                accounts,
-                directory,
-                archive,
-                dirty: DashMap::new(),
-                append_gate: parking_lot::RwLock::new(()),
-                usage,
-                checkpointing: parking_lot::Mutex::new(()),
-            }),
-        };
-        Ok((store, report))
+        Ok((journal, usage, report))
     }
 
     /// Bytes the data directory holds on disk.
@@ -313,6 +483,7 @@ impl DurableStore {
 
     fn snapshot(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
         self.inner
+            .sled()?
             .accounts
             .get(key(id))
             .map_err(sled_err)?
@@ -324,8 +495,6 @@ impl DurableStore {
 /// The history archive: journal segments moved out of the journal, and their index.
 struct Archive {
     dir: PathBuf,
-    /// (account id, segment first seq) → (): which archived segments touch an account.
-    index: sled::Tree,
     /// Exclusive while segments move and are indexed; shared while history reads them.
     lock: parking_lot::RwLock<()>,
 }
@@ -370,8 +539,8 @@ impl Archive {
 
     /// Indexes archived segments newer than the last one indexed (after a crash between a
     /// segment's move and its indexing, or after the moves of a checkpoint).
-    fn index_unindexed(&self, db: &sled::Db, journal: &Journal) -> Result<(), StoreError> {
-        let indexed = read_meta(db, INDEXED_SEGMENT_KEY)?;
+    fn index_unindexed(&self, sled: &Sled, journal: &Journal) -> Result<(), StoreError> {
+        let indexed = read_meta(&sled.db, INDEXED_SEGMENT_KEY)?;
         for (first, end) in self.segments(journal)? {
             if first <= indexed && indexed != 0 {
                 continue;
@@ -400,8 +569,9 @@ impl Archive {
             for id in accounts {
                 batch.insert(&index_key(id, first)[..], &[][..]);
             }
-            self.index.apply_batch(batch).map_err(sled_err)?;
-            db.insert(INDEXED_SEGMENT_KEY, &first.to_be_bytes())
+            sled.history_index.apply_batch(batch).map_err(sled_err)?;
+            sled.db
+                .insert(INDEXED_SEGMENT_KEY, &first.to_be_bytes())
                 .map_err(sled_err)?;
         }
         Ok(())
@@ -414,11 +584,12 @@ const TRIMMED_BEFORE_KEY: &[u8] = b"journal_trimmed_before";
 /// Records the trim point and makes every snapshot durable, then trims: snapshots reach the
 /// disk before the journal records they replace leave it.
 fn trim(
-    db: &sled::Db,
+    sled: &Sled,
     journal: &Journal,
     archive: &Archive,
     trim_before: u64,
 ) -> Result<usize, StoreError> {
+    let db = &sled.db;
     let previous = db
         .get(TRIMMED_BEFORE_KEY)
         .map_err(sled_err)?
@@ -433,7 +604,7 @@ fn trim(
     let moved = journal
         .archive_before(trim_before, &archive.dir)
         .map_err(journal_err)?;
-    archive.index_unindexed(db, journal)?;
+    archive.index_unindexed(sled, journal)?;
     Ok(moved.len())
 }
 
@@ -498,6 +669,10 @@ fn encode_spec(spec: &AccountSpec) -> Result<Vec<u8>, StoreError> {
 }
 
 impl Store for DurableStore {
+    fn close(&self) -> Result<(), StoreError> {
+        self.inner.close()
+    }
+
     fn journal_stats(&self) -> Option<crate::journal::JournalStats> {
         Some(self.inner.journal.stats())
     }
@@ -521,6 +696,7 @@ impl Store for DurableStore {
         if let Change::Opened { spec } = &record.change {
             // The directory is a cache of the journal's Opened records (recovery rebuilds it).
             self.inner
+                .sled()?
                 .directory
                 .insert(key(record.account), encode_spec(spec)?)
                 .map_err(sled_err)?;
@@ -534,6 +710,7 @@ impl Store for DurableStore {
 
     fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError> {
         self.inner
+            .sled()?
             .directory
             .iter()
             .map(|entry| {
@@ -551,6 +728,19 @@ impl Store for DurableStore {
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
         let snapshot = self.snapshot(id)?;
         let covered = snapshot.as_ref().map_or(0, Account::last_seq);
+        let journal_last = self.inner.journal.last_seq();
+        if covered > journal_last {
+            // Never wait for a durable point the journal will not reach: records were lost.
+            return Err(StoreError::Corrupt(
+                format!(
+                    "account {}'s snapshot covers seq {covered}, but the journal in {} ends at \
+                     seq {journal_last}: records it was built from are missing",
+                    id.0,
+                    self.inner.journal.dir().display()
+                )
+                .into(),
+            ));
+        }
         let last_touch = self.inner.dirty.get(&id).map_or(0, |d| d.last_seq);
         if last_touch <= covered {
             return Ok(snapshot);
@@ -589,17 +779,17 @@ impl Store for DurableStore {
     fn save(&self, account: &Account) -> Result<(), StoreError> {
         let k = key(account.id);
         let new = encode_account(account)?;
+        let sled = self.inner.sled()?;
         // Never replace a snapshot with an older one (saves may race: a checkpoint and a
         // passivation, or an account's first snapshot and its later ones).
         loop {
-            let old = self.inner.accounts.get(k).map_err(sled_err)?;
+            let old = sled.accounts.get(k).map_err(sled_err)?;
             if let Some(old) = &old {
                 if snapshot_seq(old)? >= account.last_seq() {
                     break;
                 }
             }
-            match self
-                .inner
+            match sled
                 .accounts
                 .compare_and_swap(k, old, Some(new.clone()))
                 .map_err(sled_err)?
@@ -628,8 +818,9 @@ impl Store for DurableStore {
                 .unwrap_or_else(|| cut.saturating_add(1));
             (dirty_min, cut, inner.usage.take_changes())
         };
-        inner.usage.save(&inner.journal, cut, usage)?;
-        trim(&inner.db, &inner.journal, &inner.archive, dirty_min)
+        let sled = inner.sled()?;
+        inner.usage.save(&sled.usage, &inner.journal, cut, usage)?;
+        trim(&sled, &inner.journal, &inner.archive, dirty_min)
     }
 
     fn history(
@@ -685,10 +876,11 @@ impl DurableStore {
         let inner = &self.inner;
         let mut entries = Vec::new();
         let _reading = inner.archive.lock.read();
+        let sled = inner.sled()?;
         let segments = inner.archive.segments(&inner.journal)?;
         let archived_end = segments.last().map_or(0, |(_, end)| *end);
         let range = index_key(id, 0)..=index_key(id, u64::MAX);
-        for item in inner.archive.index.range(range) {
+        for item in sled.history_index.range(range) {
             if entries.len() >= limit {
                 return Ok(entries);
             }
@@ -778,7 +970,9 @@ impl DurableStore {
     pub fn verify_trail(&self) -> Result<crate::journal::TrailReport, StoreError> {
         let inner = &self.inner;
         let _reading = inner.archive.lock.read();
-        let anchors: Vec<_> = crate::trail::read_anchor(&inner.db)?.into_iter().collect();
+        let anchors: Vec<_> = crate::trail::read_anchor(&inner.sled()?.db)?
+            .into_iter()
+            .collect();
         inner
             .journal
             .verify_trail(Some(&inner.archive.dir), &anchors)

@@ -21,6 +21,7 @@ pub mod codec;
 mod durable;
 pub mod journal;
 mod mem;
+mod open_dirs;
 mod projection;
 pub mod trail;
 
@@ -57,9 +58,18 @@ pub enum StoreError {
     /// The store is fail-stopped after a write or sync failed.
     #[error("storage failed: {0}")]
     Failed(Arc<str>),
-    /// Another process (or another store in this one) owns the data directory.
-    #[error("data directory locked: {0}")]
-    Locked(Arc<str>),
+    /// Another process, or another open store in this one, owns the data directory.
+    #[error("data directory {path} is in use: {holder}", path = .path.display())]
+    Locked {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// Who holds it: "another store in this process", or another process (with the pid
+        /// its lock file names).
+        holder: Arc<str>,
+    },
+    /// The store was closed; nothing more is read or written.
+    #[error("the store is closed")]
+    Closed,
     /// What a reader wanted was trimmed from the journal while it read; read again.
     #[error("the journal was trimmed under the reader")]
     Trimmed,
@@ -131,6 +141,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The last durable record's sequence number and chain hash: publish it off the machine.
     fn trail_head(&self) -> (u64, journal::Chain);
+
+    /// Closes the store: makes everything appended durable, releases its files and its data
+    /// directory (a new store may open it as soon as this returns); every later call gets
+    /// [`StoreError::Closed`]. Returns within a bounded time even when the disk fails.
+    fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The journal's running totals, for metrics (`None` for a store without one).
     fn journal_stats(&self) -> Option<journal::JournalStats> {

@@ -74,15 +74,19 @@ fn decode_key(bytes: &[u8]) -> Result<(Granularity, UsageKey), StoreError> {
 /// The usage projection of a [`crate::DurableStore`].
 pub(crate) struct Projection {
     book: Mutex<UsageBook>,
-    tree: sled::Tree,
     /// The journal sequence number the saved entries cover.
     saved_seq: u64,
 }
 
 impl Projection {
     /// Loads the saved book.
-    pub(crate) fn open(db: &sled::Db, config: UsageConfig) -> Result<Projection, StoreError> {
-        let tree = db.open_tree("usage").map_err(sled_err)?;
+    /// The sled tree the projection is saved in.
+    pub(crate) fn tree(db: &sled::Db) -> Result<sled::Tree, StoreError> {
+        db.open_tree("usage").map_err(sled_err)
+    }
+
+    /// Loads the saved book from `tree`.
+    pub(crate) fn open(tree: &sled::Tree, config: UsageConfig) -> Result<Projection, StoreError> {
         let mut book = UsageBook::new(config);
         let mut saved_seq = 0;
         for entry in tree.iter() {
@@ -111,7 +115,6 @@ impl Projection {
         book.take_changes();
         Ok(Projection {
             book: Mutex::new(book),
-            tree,
             saved_seq,
         })
     }
@@ -143,11 +146,12 @@ impl Projection {
     /// `seq` is durable. If it cannot be saved, every entry is saved by the next checkpoint.
     pub(crate) fn save(
         &self,
+        tree: &sled::Tree,
         journal: &Journal,
         seq: u64,
         (changes, complete_from): (Vec<UsageChange>, [u64; 3]),
     ) -> Result<(), StoreError> {
-        let saved = self.saved_seq_now()?;
+        let saved = saved_seq_now(tree)?;
         if seq < saved {
             // A later cut was saved already (checkpoints are serialized, so this is a caller
             // saving out of order): never move the saved point back; save these next time.
@@ -170,22 +174,12 @@ impl Projection {
             let complete: Vec<u8> = complete_from.iter().flat_map(|f| f.to_be_bytes()).collect();
             batch.insert(COMPLETE_KEY, complete);
             batch.insert(SEQ_KEY, &seq.to_be_bytes()[..]);
-            self.tree.apply_batch(batch).map_err(sled_err)
+            tree.apply_batch(batch).map_err(sled_err)
         });
         if result.is_err() {
             self.book.lock().return_changes(changes);
         }
         result
-    }
-
-    /// The sequence number the stored entries cover now.
-    fn saved_seq_now(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .tree
-            .get(SEQ_KEY)
-            .map_err(sled_err)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes))
     }
 
     pub(crate) fn report(&self, query: &UsageQuery) -> UsageReport {
@@ -195,6 +189,15 @@ impl Projection {
     pub(crate) fn top_users(&self, query: &UsageQuery, n: usize) -> Vec<(AccountId, UsageTotals)> {
         self.book.lock().top_users(query, n)
     }
+}
+
+/// The sequence number the stored entries cover now.
+fn saved_seq_now(tree: &sled::Tree) -> Result<u64, StoreError> {
+    Ok(tree
+        .get(SEQ_KEY)
+        .map_err(sled_err)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes))
 }
 
 /// Waits (a bounded while) until the journal is durable up to `seq`.

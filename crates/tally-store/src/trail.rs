@@ -125,13 +125,11 @@ pub fn verify_trail(dir: &Path) -> Result<TrailReport, StoreError> {
             .cache_capacity(1 << 20)
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(
-                    format!(
-                        "{} is open in a tally store: verify through DurableStore::verify_trail",
-                        dir.display()
-                    )
-                    .into(),
-                ),
+                sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked {
+                    path: dir.to_owned(),
+                    holder: "open in a tally store: verify through DurableStore::verify_trail"
+                        .into(),
+                },
                 other => sled_err(other),
             })?;
         Some(db)

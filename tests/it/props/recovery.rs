@@ -86,7 +86,7 @@ fn open_durable(dir: &Path) -> DurableStore {
     for _ in 0..500 {
         match DurableStore::open(config.clone()) {
             Ok((store, _)) => return store,
-            Err(StoreError::Locked(_)) => std::thread::sleep(Duration::from_millis(10)),
+            Err(StoreError::Locked { .. }) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => panic!("reopening the durable store: {e}"),
         }
     }

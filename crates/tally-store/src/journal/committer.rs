@@ -17,6 +17,7 @@ use std::sync::Arc;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
+use super::anchor::{Anchor, AnchorFile};
 use super::format::{self, FRAME_HEADER_LEN};
 use super::recovery::ActiveSegment;
 use super::{Chain, Durable, SyncMode};
@@ -90,6 +91,10 @@ pub(crate) struct Committer {
     pub(crate) batch: Vec<u8>,
     /// The chain hash of the last frame sealed (of the last record recovered at first).
     pub(crate) chain: Chain,
+    /// The anchor file: moved forward to the durable point at most every `anchor_interval`.
+    pub(crate) anchor: AnchorFile,
+    pub(crate) anchor_interval: std::time::Duration,
+    pub(crate) anchor_written_at: std::time::Instant,
 }
 
 /// A failed write or sync, with the file it concerned.
@@ -112,10 +117,35 @@ impl Committer {
                         std::mem::swap(&mut queue.bytes, &mut self.batch);
                         break;
                     }
-                    if queue.closing || queue.failed.is_some() {
+                    if queue.failed.is_some() {
                         return;
                     }
-                    self.shared.work.wait(&mut queue);
+                    let synced = Anchor {
+                        seq: queue.seq_synced,
+                        chain: queue.chain_synced,
+                    };
+                    if queue.closing {
+                        drop(queue);
+                        // A clean close leaves nothing unvouched for.
+                        if let Err(CommitError(reason)) = self.write_anchor(synced) {
+                            self.fail_stop(reason);
+                        }
+                        return;
+                    }
+                    if self.anchor.anchored.seq >= synced.seq {
+                        self.shared.work.wait(&mut queue);
+                        continue;
+                    }
+                    // Idle with the anchor behind: move it once its interval has passed.
+                    let due = self.anchor_written_at + self.anchor_interval;
+                    if self.shared.work.wait_until(&mut queue, due).timed_out() {
+                        drop(queue);
+                        if let Err(CommitError(reason)) = self.write_anchor(synced) {
+                            self.fail_stop(reason);
+                            return;
+                        }
+                        queue = self.shared.queue.lock();
+                    }
                 }
             }
             let mut batch = std::mem::take(&mut self.batch);
@@ -180,9 +210,27 @@ impl Committer {
             stats.sync_ns_total.fetch_add(ns, Relaxed);
             stats.sync_ns_last.store(ns, Relaxed);
             self.publish(seq_last, group.len());
+            if self.anchor_written_at.elapsed() >= self.anchor_interval {
+                let synced = Anchor {
+                    seq: seq_last,
+                    chain: self.chain,
+                };
+                self.write_anchor(synced)?;
+            }
             start = end;
         }
         Ok(())
+    }
+
+    /// Moves the anchor to `synced` (a durable point) and syncs it.
+    fn write_anchor(&mut self, synced: Anchor) -> Result<(), CommitError> {
+        self.anchor_written_at = std::time::Instant::now();
+        if synced.seq <= self.anchor.anchored.seq {
+            return Ok(());
+        }
+        self.anchor
+            .write(synced)
+            .map_err(|e| CommitError::new("write of", self.anchor.path(), e))
     }
 
     /// Rolls the segment if the group would push it past `segment_bytes_max`, then writes the

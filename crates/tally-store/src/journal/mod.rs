@@ -168,6 +168,7 @@
 //! nothing: segments created after the listing hold only records past the durable point read.
 //! The callback may append, trim or read itself: the read holds no lock while calling it.
 
+pub mod anchor;
 pub mod ceiling;
 mod committer;
 mod format;
@@ -197,6 +198,9 @@ pub type Chain = [u8; 32];
 
 /// Largest payload a record may carry, in bytes (1 MiB).
 pub const RECORD_BYTES_MAX: usize = 1 << 20;
+
+/// [`JournalConfig::anchor_interval`]'s default.
+pub const ANCHOR_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
 
 /// Name of the lock file inside the journal directory.
 pub const LOCK_FILE_NAME: &str = "LOCK";
@@ -232,6 +236,10 @@ pub struct JournalConfig {
     pub queue_bytes_max: usize,
     /// How groups are made durable. Default [`SyncMode::Data`].
     pub sync: SyncMode,
+    /// The anchor ([`anchor`]) is rewritten at most this often while groups are synced, and
+    /// this long after the last group when the journal goes idle: the window in which damage
+    /// to acknowledged records cannot be told from a torn tail. Default 100 ms; at least 1 ms.
+    pub anchor_interval: Duration,
     /// Test hook: the sync after this many successful syncs fails as if the disk had errored,
     /// so that fail-stop can be tested. `None` in production.
     #[doc(hidden)]
@@ -249,6 +257,7 @@ impl JournalConfig {
             queue_records_max: 262_144,
             queue_bytes_max: 64 << 20,
             sync: SyncMode::Data,
+            anchor_interval: ANCHOR_INTERVAL_DEFAULT,
             fail_after_syncs: None,
         }
     }
@@ -268,6 +277,8 @@ impl JournalConfig {
             Some("queue_records_max must be at least 1".to_owned())
         } else if self.queue_bytes_max == 0 {
             Some("queue_bytes_max must be at least 1".to_owned())
+        } else if self.anchor_interval < Duration::from_millis(1) {
+            Some("anchor_interval must be at least 1 ms".to_owned())
         } else {
             None
         };
@@ -296,7 +307,12 @@ pub struct Recovery {
     /// Segment files in the journal after open.
     pub segments: usize,
     /// Bytes cut from the end of the newest segment as a torn tail (0 after a clean shutdown).
+    /// Never a record up to [`Recovery::anchored_seq`]: damage there refuses the open.
     pub torn_tail_bytes: u64,
+    /// The sequence number the anchor vouched for when open began (see [`anchor`]).
+    pub anchored_seq: u64,
+    /// The directory held no journal: this open created it (and its anchor).
+    pub created: bool,
     /// Time taken by open: scan, replay and truncation.
     pub elapsed: Duration,
 }
@@ -326,11 +342,11 @@ pub enum JournalError {
     /// A segment holds damage that is not a torn tail; the journal refuses to open rather than
     /// drop acknowledged records.
     #[error(
-        "journal segment {segment} is corrupt at byte offset {offset}: {reason}; refusing to open",
+        "journal {segment} is damaged at byte offset {offset}: {reason}; refusing to open",
         segment = .segment.display()
     )]
     Corrupt {
-        /// The segment file.
+        /// The segment file (or the anchor file, or the journal directory).
         segment: PathBuf,
         /// Byte offset of the damage in that file.
         offset: u64,
@@ -504,10 +520,27 @@ impl Journal {
             queue_bytes_max: config.queue_bytes_max,
             stats: Default::default(),
         });
+        // Everything recovered is durable now (the newest segment was synced): vouch for it, so
+        // that damage to it found by a later open is never taken for a torn tail.
+        let mut anchor_file = recovered.anchor_file;
+        let anchored_before = recovered.anchor.map_or(0, |a| a.seq);
+        anchor_file
+            .write(anchor::Anchor {
+                seq: last_seq,
+                chain: recovered.chain,
+            })
+            .map_err(|source| JournalError::Io {
+                op: "write",
+                path: anchor_file.path().to_owned(),
+                source,
+            })?;
         let committer = Committer {
             shared: Arc::clone(&shared),
             durable_tx,
             active: recovered.active,
+            anchor: anchor_file,
+            anchor_interval: config.anchor_interval,
+            anchor_written_at: Instant::now(),
             config: CommitterConfig {
                 dir: dir.clone(),
                 segment_bytes_max: config.segment_bytes_max,
@@ -535,6 +568,8 @@ impl Journal {
             records_skipped: recovered.records_skipped,
             segments: recovered.segments,
             torn_tail_bytes: recovered.torn_tail_bytes,
+            anchored_seq: anchored_before,
+            created: recovered.anchor.is_none(),
             elapsed: started.elapsed(),
         };
         tracing::info!(
@@ -734,7 +769,8 @@ impl Journal {
     /// releases the lock. Other handles get [`JournalError::Closed`] from then on. Errs with
     /// [`JournalError::Failed`] if the journal had fail-stopped (queued records were not
     /// written).
-    pub fn close(self) -> Result<(), JournalError> {
+    /// Closing twice is harmless: the second reports what the first found.
+    pub fn close(&self) -> Result<(), JournalError> {
         self.inner.shutdown()
     }
 

@@ -8,6 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::anchor::{self, Anchor, AnchorFile};
 use super::format::{self, SegmentFile, GENESIS, HEADER_LEN};
 use super::{Chain, JournalError};
 
@@ -41,6 +42,10 @@ pub(crate) struct Recovered {
     pub(crate) active: ActiveSegment,
     /// The chain hash of record `last_seq`: where the committer's chain continues.
     pub(crate) chain: Chain,
+    /// What the anchor vouched for when open began (`None`: a fresh journal, no anchor yet).
+    pub(crate) anchor: Option<Anchor>,
+    /// The anchor file, for the committer to move forward.
+    pub(crate) anchor_file: AnchorFile,
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
@@ -65,12 +70,50 @@ pub(crate) fn recover(
     on_record: &mut ReplayFn<'_>,
 ) -> Result<Recovered, JournalError> {
     let segments = format::list_segments(dir).map_err(io_error("list", dir))?;
+    let anchor = anchor::read(dir)?;
 
     let Some(first) = segments.first() else {
+        // The newest segment is never trimmed, so an anchor without segments means they were
+        // removed; unless open created the anchor and died before the first segment (then it
+        // still names the starting point, with the genesis hash).
+        let fresh = |a: &Anchor| a.seq == after && a.chain == GENESIS;
+        if let Some(anchor) = anchor.filter(|a| !fresh(a)) {
+            let range = if anchor.seq > after {
+                format!(
+                    "records {}..={} were acknowledged and are missing",
+                    after.saturating_add(1),
+                    anchor.seq
+                )
+            } else {
+                format!(
+                    "the snapshots cover them, but their history and the trail from seq {} are \
+                     gone",
+                    anchor.seq
+                )
+            };
+            return Err(JournalError::Corrupt {
+                segment: dir.to_owned(),
+                offset: 0,
+                reason: format!(
+                    "the journal holds no segment, but its anchor vouches for every record up to \
+                     seq {} (the segments were removed): {range}",
+                    anchor.seq
+                ),
+            });
+        }
         // A fresh journal: the first record continues after what the caller's snapshot covers.
         let first_seq = after.checked_add(1).ok_or_else(|| {
             JournalError::Config(format!("after = {after} leaves no sequence numbers"))
         })?;
+        // The anchor exists before the first segment does (see `anchor`).
+        let anchor_file = AnchorFile::open_or_create(
+            dir,
+            Anchor {
+                seq: after,
+                chain: GENESIS,
+            },
+            sync,
+        )?;
         // Nothing before it is known here: the chain starts at the genesis value.
         let (file, path) = format::create_segment(dir, first_seq, &GENESIS, sync)
             .map_err(io_error("create segment in", dir))?;
@@ -89,6 +132,20 @@ pub(crate) fn recover(
                 records: 0,
             },
             chain: GENESIS,
+            anchor,
+            anchor_file,
+        });
+    };
+    let Some(anchor) = anchor else {
+        return Err(JournalError::Corrupt {
+            segment: dir.join(anchor::ANCHOR_FILE_NAME),
+            offset: 0,
+            reason: format!(
+                "the journal holds {} segment(s) but no anchor file: the anchor is created \
+                 before the first segment, so it was removed and what was acknowledged cannot \
+                 be told from a torn tail; restore it, or salvage the directory",
+                segments.len()
+            ),
         });
     };
     if first.first_seq > after.saturating_add(1) {
@@ -114,6 +171,7 @@ pub(crate) fn recover(
         let start = Start {
             seq: seq_expected,
             chain,
+            anchor,
         };
         let outcome = scan_segment(segment, is_last, start, &mut |seq, payload| {
             if seq > after {
@@ -139,6 +197,20 @@ pub(crate) fn recover(
             "no segments after listing some".to_owned(),
         ));
     };
+    if last_seq < anchor.seq {
+        return Err(JournalError::Corrupt {
+            segment: last.path.clone(),
+            offset: active_len,
+            reason: format!(
+                "the journal ends at seq {last_seq}, but its anchor vouches for every record up \
+                 to seq {}: records {}..={} were acknowledged and are missing (the newest \
+                 segment was cut short or removed)",
+                anchor.seq,
+                last_seq.saturating_add(1),
+                anchor.seq
+            ),
+        });
+    }
     if last_seq < after {
         return Err(JournalError::Corrupt {
             segment: last.path.clone(),
@@ -172,6 +244,8 @@ pub(crate) fn recover(
             records: active_records,
         },
         chain: chain.unwrap_or(GENESIS),
+        anchor: Some(anchor),
+        anchor_file: AnchorFile::open_or_create(dir, anchor, sync)?,
     })
 }
 
@@ -181,6 +255,8 @@ pub(crate) fn recover(
 struct Start {
     seq: u64,
     chain: Option<Chain>,
+    /// Records up to `anchor.seq` are vouched for: damage to one is never a torn tail.
+    anchor: Anchor,
 }
 
 struct SegmentOutcome {
@@ -242,11 +318,26 @@ fn scan_segment(
                 ))
             }
             Some(chain) => chain,
+            None if start.anchor.seq.saturating_add(1) == segment.first_seq
+                && start.anchor.seq > 0
+                && start.anchor.chain != header.chain_before =>
+            {
+                return Err(corrupt(
+                    0,
+                    format!(
+                        "chain broken before seq {}: the header carries {} but the anchor \
+                         vouches for {} (the segment was replaced)",
+                        segment.first_seq,
+                        format::chain_hex(&header.chain_before),
+                        format::chain_hex(&start.anchor.chain)
+                    ),
+                ))
+            }
             None => header.chain_before,
         },
         // The newest segment was created but its header never reached the disk whole: it holds
         // no record, so rewriting the header loses nothing.
-        Err(reason) if is_last && bytes.len() <= HEADER_LEN => {
+        Err(reason) if is_last && bytes.len() <= HEADER_LEN && start.anchor.seq < seq_expected => {
             tracing::warn!(
                 segment = %path.display(),
                 bytes = bytes.len(),
@@ -290,6 +381,18 @@ fn scan_segment(
                         ),
                     ));
                 }
+                if frame.seq == start.anchor.seq && computed != start.anchor.chain {
+                    return Err(corrupt(
+                        offset,
+                        format!(
+                            "record seq {}: chain hash {} differs from the {} the anchor vouches \
+                             for: records up to it were rewritten",
+                            frame.seq,
+                            format::chain_hex(&computed),
+                            format::chain_hex(&start.anchor.chain)
+                        ),
+                    ));
+                }
                 chain = computed;
                 on_record(frame.seq, payload)?;
                 seq_next = seq_next
@@ -315,6 +418,17 @@ fn scan_segment(
             return Err(corrupt(
                 offset,
                 format!("{bad_reason} (in a segment that is not the newest)"),
+            ));
+        }
+        if seq_next <= start.anchor.seq {
+            return Err(corrupt(
+                offset,
+                format!(
+                    "record seq {seq_next}: {bad_reason}; the anchor vouches for every record up \
+                     to seq {}, so records {seq_next}..={} were acknowledged and are damaged or \
+                     cut (not a torn tail)",
+                    start.anchor.seq, start.anchor.seq
+                ),
             ));
         }
         let from = offset.saturating_add(1);

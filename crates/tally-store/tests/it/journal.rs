@@ -346,33 +346,173 @@ fn replay_error_aborts_open_naming_the_record() {
     open(JournalConfig::new(dir.path()));
 }
 
+/// What a crash would leave of an open journal: a copy of its segments and its anchor as they
+/// are on disk now (the lock file is not copied; the running journal never writes the copy).
+fn crash_image(dir: &Path) -> tempfile::TempDir {
+    let image = tempdir();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        if name != "LOCK" {
+            fs::copy(&path, image.path().join(name)).unwrap();
+        }
+    }
+    image
+}
+
+fn cut(path: &Path, bytes: u64) {
+    let len = fs::metadata(path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len - bytes)
+        .unwrap();
+}
+
+fn never_anchoring(dir: &Path) -> JournalConfig {
+    let mut config = JournalConfig::new(dir);
+    config.anchor_interval = Duration::from_secs(3600);
+    config
+}
+
 #[test]
-fn torn_tail_is_truncated_and_reopen_succeeds() {
+fn torn_tail_past_the_anchor_is_truncated_and_reopen_succeeds() {
     let dir = tempdir();
-    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    // The anchor stays where open put it (seq 0): records 1..=10 are durable but not vouched
+    // for, as the newest records are when a process dies within an anchor interval.
+    let (journal, _, _) = open(never_anchoring(dir.path()));
     append_synced(&journal, 10);
+    let image = crash_image(dir.path());
     journal.close().unwrap();
 
-    let segment = segment_files(dir.path()).pop().unwrap();
+    let segment = segment_files(image.path()).pop().unwrap();
     let len = fs::metadata(&segment).unwrap().len();
     let last_frame = FRAME_HEADER_LEN + payload(10).len() as u64;
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
+    cut(&segment, 5);
 
-    let (journal, recovery, records) = open(JournalConfig::new(dir.path()));
+    let (journal, recovery, records) = open(JournalConfig::new(image.path()));
     assert_records(&records, 1..=9);
     assert_eq!(recovery.torn_tail_bytes, last_frame - 5);
+    assert_eq!(recovery.anchored_seq, 0);
     assert_eq!(fs::metadata(&segment).unwrap().len(), len - last_frame);
     assert_eq!(journal.append(&payload(10)).unwrap(), 10);
     journal.close().unwrap();
 
-    let (_journal, recovery, records) = open(JournalConfig::new(dir.path()));
+    let (_journal, recovery, records) = open(JournalConfig::new(image.path()));
     assert_records(&records, 1..=10);
     assert_eq!(recovery.torn_tail_bytes, 0);
+    assert_eq!(recovery.anchored_seq, 10);
+}
+
+fn corrupt_reason(error: JournalError) -> (PathBuf, String) {
+    match error {
+        JournalError::Corrupt {
+            segment, reason, ..
+        } => (segment, reason),
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+#[test]
+fn a_cut_acknowledged_record_refuses_open_naming_the_range_at_risk() {
+    let dir = tempdir();
+    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    append_synced(&journal, 10);
+    journal.close().unwrap(); // close anchors seq 10
+    let segment = segment_files(dir.path()).pop().unwrap();
+    cut(&segment, 5);
+
+    let (named, reason) = corrupt_reason(open_err(JournalConfig::new(dir.path())));
+    assert_eq!(named, segment);
+    assert!(reason.contains("records 10..=10"), "{reason}");
+    // Nothing was truncated: the damage is left for salvage to look at.
+    let (named, _) = corrupt_reason(open_err(JournalConfig::new(dir.path())));
+    assert_eq!(named, segment);
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_acknowledged_record_is_damage_not_a_torn_tail() {
+    let dir = tempdir();
+    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    append_synced(&journal, 10);
+    journal.close().unwrap();
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let len = fs::metadata(&segment).unwrap().len();
+    flip_byte(&segment, len - 2);
+
+    let (_, reason) = corrupt_reason(open_err(JournalConfig::new(dir.path())));
+    assert!(reason.contains("record seq 10"), "{reason}");
+}
+
+#[test]
+fn an_idle_journal_anchors_within_its_interval() {
+    let dir = tempdir();
+    let mut config = JournalConfig::new(dir.path());
+    config.anchor_interval = Duration::from_millis(20);
+    let (journal, _, _) = open(config);
+    append_synced(&journal, 5);
+    // No more appends: the committer moves the anchor on its own once the interval passes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let image = loop {
+        let image = crash_image(dir.path());
+        let seg = segment_files(image.path()).pop().unwrap();
+        cut(&seg, 3);
+        if Journal::open(JournalConfig::new(image.path()), |_, _| Ok(())).is_err() {
+            break image;
+        }
+        assert!(Instant::now() < deadline, "the anchor never reached seq 5");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (_, reason) = corrupt_reason(open_err(JournalConfig::new(image.path())));
+    assert!(reason.contains("records 5..=5"), "{reason}");
+    journal.close().unwrap();
+}
+
+#[test]
+fn a_removed_newest_segment_is_refused() {
+    let dir = tempdir();
+    let mut config = JournalConfig::new(dir.path());
+    config.segment_bytes_max = HEADER_LEN + 2 * SMALL_FRAME_LEN;
+    let (journal, _, _) = open(config.clone());
+    append_synced(&journal, 6);
+    journal.close().unwrap();
+    let newest = segment_files(dir.path()).pop().unwrap();
+    fs::remove_file(&newest).unwrap();
+
+    let (_, reason) = corrupt_reason(open_err(config));
+    assert!(reason.contains("ends at seq 4"), "{reason}");
+    assert!(reason.contains("records 5..=6"), "{reason}");
+}
+
+#[test]
+fn a_journal_emptied_of_its_segments_is_refused() {
+    let dir = tempdir();
+    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    append_synced(&journal, 3);
+    journal.close().unwrap();
+    for segment in segment_files(dir.path()) {
+        fs::remove_file(segment).unwrap();
+    }
+    let (named, reason) = corrupt_reason(open_err(JournalConfig::new(dir.path())));
+    assert_eq!(named, dir.path());
+    assert!(reason.contains("records 1..=3"), "{reason}");
+}
+
+#[test]
+fn segments_without_their_anchor_file_are_refused() {
+    let dir = tempdir();
+    let (journal, _, _) = open(JournalConfig::new(dir.path()));
+    append_synced(&journal, 3);
+    journal.close().unwrap();
+    fs::remove_file(
+        dir.path()
+            .join(tally_store::journal::anchor::ANCHOR_FILE_NAME),
+    )
+    .unwrap();
+    let (named, reason) = corrupt_reason(open_err(JournalConfig::new(dir.path())));
+    assert!(named.ends_with("ANCHOR"), "{}", named.display());
+    assert!(reason.contains("no anchor file"), "{reason}");
 }
 
 #[test]
