@@ -2,7 +2,8 @@
 //!
 //! Layout of a data directory:
 //! - `journal/`: the append-only log ([`crate::journal`]); its `LOCK` makes the directory
-//!   single-owner: a second opener, in this process or another, gets [`StoreError::Locked`].
+//!   single-owner: a second opener, in this process or another, gets [`StoreError::Locked`];
+//!   its `ANCHOR` vouches for the durable point ([`crate::journal::anchor`]).
 //! - `snapshots/`: a sled database with two trees: `accounts` (account id → encoded
 //!   [`Account`], whose `last_seq` says which records it covers) and `directory` (account id →
 //!   encoded [`AccountSpec`]).
@@ -41,6 +42,11 @@
 //! journal that ends before its anchor. Someone able to rewrite every file *and* the sled
 //! database can rebuild a consistent chain and anchor: publish the head off the machine to
 //! close that gap.
+//!
+//! **Close** ([`Store::close`]): the journal closes first (last group synced, anchor moved to
+//! it, lock released), then every sled handle (all of them sit in one `RwLock<Option<Sled>>`)
+//! is flushed and dropped on a thread of its own, waited on for at most 5 s: sled retries a
+//! failing flush forever on a full disk. Dropping the last handle closes the same way.
 //!
 //! **Load** = snapshot + the journal records after it that touched the account (the store
 //! remembers, per account, the sequence number of the last record that touched it, so a load

@@ -23,7 +23,7 @@
 //!
 //! # Format
 //!
-//! Two slots of [`SLOT_LEN`] bytes; writes alternate between them (the one not holding the
+//! Two slots of 64 bytes; writes alternate between them (the one not holding the
 //! newest generation is overwritten, then the file is synced), so a write torn by a crash
 //! leaves the other slot whole:
 //!

@@ -14,7 +14,7 @@
 //!
 //! # On-disk format (version 2)
 //!
-//! A journal is a directory holding a `LOCK` file and segment files named
+//! A journal is a directory holding a `LOCK` file, an `ANCHOR` file ([`anchor`]) and segment files named
 //! `journal-{first_seq:020}.log`, where `first_seq` is the sequence number of the segment's first
 //! record (zero-padded, so names sort in sequence order). Each segment is:
 //!
@@ -123,8 +123,13 @@
 //!   checksum-valid record is never a torn write. The committer continues from the chain hash
 //!   of the last valid record (after a torn tail is cut, of the last record before it). A
 //!   fresh directory starts its chain at [`GENESIS`], whatever `after` is.
-//! - In the **newest** segment, a bad record (incomplete, or failing its checksum) after which
-//!   the rest of the file holds no valid record is a **torn tail**: the write of an
+//! - The **anchor** ([`anchor`], `dir/ANCHOR`) vouches for every record up to its seq: a
+//!   journal that ends before it, a bad record at or before it, a chain hash that differs from
+//!   it, segments without the anchor file, or an anchor without segments are
+//!   [`JournalError::Corrupt`] naming the range at risk, never a torn tail. After recovery the
+//!   anchor is moved to the last record recovered.
+//! - In the **newest** segment, past the anchor, a bad record (incomplete, or failing its
+//!   checksum) after which the rest of the file holds no valid record is a **torn tail**: the write of an
 //!   unacknowledged group was cut short (acknowledgements follow the sync). The file is
 //!   truncated at the start of that record, the bytes counted in
 //!   [`Recovery::torn_tail_bytes`] and logged with `tracing::warn!`. A newest segment whose
