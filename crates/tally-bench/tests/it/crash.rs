@@ -6,39 +6,16 @@
 //! replays the kill timings of a failed run (the seed is printed).
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tally-bench");
+use crate::support::{spawn_run, text, BIN};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
-
-fn spawn_run(data: &Path, acks: &Path) -> Child {
-    Command::new(BIN)
-        .args(["run", "--data-dir"])
-        .arg(data)
-        .arg("--ack-log")
-        .arg(acks)
-        .args([
-            "--accounts",
-            "200",
-            "--clients",
-            "16",
-            "--duration",
-            "30",
-            "--no-ceilings",
-            "--quiet",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning tally-bench run")
 }
 
 fn verify(data: &Path, acks: &Path) -> Output {
@@ -50,15 +27,6 @@ fn verify(data: &Path, acks: &Path) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("running tally-bench verify")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[test]

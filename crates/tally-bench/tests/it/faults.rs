@@ -13,31 +13,12 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tally-bench");
+use crate::support::{spawn_run, text, BIN};
 /// A verify that takes longer than this is a hang (a healthy one takes a few seconds).
 const VERIFY_LIMIT: Duration = Duration::from_secs(120);
 
 fn run_killed(data: &Path, acks: &Path, after: Duration) {
-    let mut child = Command::new(BIN)
-        .args(["run", "--data-dir"])
-        .arg(data)
-        .arg("--ack-log")
-        .arg(acks)
-        .args([
-            "--accounts",
-            "200",
-            "--clients",
-            "16",
-            "--duration",
-            "30",
-            "--no-ceilings",
-            "--quiet",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(data, acks);
     std::thread::sleep(after);
     assert!(child.try_wait().unwrap().is_none(), "the run ended early");
     child.kill().unwrap();
@@ -65,15 +46,6 @@ fn verify(data: &Path, acks: &Path) -> Output {
         std::thread::sleep(Duration::from_millis(50));
     }
     child.wait_with_output().unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tally-bench");
+use crate::support::{text, BIN};
 const ADMIN_KEY: &str = "bench-test-admin-key-0123456789";
 
 /// `tally-server` next to `tally-bench`, if it was built.
@@ -72,15 +72,6 @@ impl Drop for Served {
             let _ = self.child.wait();
         }
     }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn bench(url: &str, json: &std::path::Path, extra: &[&str]) -> Output {
