@@ -138,6 +138,8 @@ pub struct DurableStore {
 
 struct Inner {
     dir: PathBuf,
+    /// The name this process's registry of open directories knows `dir` by.
+    claimed: PathBuf,
     limits: Limits,
     journal: Journal,
     /// The snapshot database; `None` once closed (its lock is released when the last of these
@@ -177,6 +179,17 @@ struct Sled {
 const SNAPSHOT_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 impl Sled {
+    /// The trees of the snapshot database `db`.
+    fn from_db(db: sled::Db) -> Result<Sled, StoreError> {
+        Ok(Sled {
+            accounts: db.open_tree("accounts").map_err(sled_err)?,
+            directory: db.open_tree("directory").map_err(sled_err)?,
+            history_index: db.open_tree("history_index").map_err(sled_err)?,
+            usage: Projection::tree(&db)?,
+            db,
+        })
+    }
+
     /// Flushes and drops every handle on a thread of its own, waiting at most
     /// [`SNAPSHOT_CLOSE_WAIT`]; the files are released when it returns `Ok`.
     fn close(self, dir: &Path) -> Result<(), StoreError> {
@@ -231,13 +244,16 @@ impl Inner {
             Some(sled) => sled.close(&self.dir),
             None => Ok(()),
         };
-        crate::open_dirs::release(&self.dir);
+        crate::open_dirs::release(&self.claimed);
         journal.and(snapshots)
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if self.sled.get_mut().is_none() {
+            return; // closed explicitly; close reported the outcome
+        }
         if let Err(error) = self.close() {
             tracing::error!(dir = %self.dir.display(), %error, "tally store: closed with an error");
         }
@@ -262,8 +278,9 @@ fn journal_err(e: JournalError) -> StoreError {
         },
         JournalError::Failed(reason) => StoreError::Failed(reason),
         JournalError::Locked { ref dir } => StoreError::Locked {
-            path: dir.clone(),
-            holder: "locked by another journal".into(),
+            // The data directory, whose `journal/` it is.
+            path: dir.parent().unwrap_or(dir).to_owned(),
+            holder: crate::open_dirs::other_holder(dir).into(),
         },
         JournalError::Closed => StoreError::Closed,
         JournalError::Corrupt { .. }
@@ -300,15 +317,15 @@ impl DurableStore {
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display()).into()))?;
-        if !crate::open_dirs::claim(&dir) {
+        let Some(claimed) = crate::open_dirs::claim(&dir) else {
             return Err(StoreError::Locked {
                 path: dir,
                 holder: "open in another store of this process (close it first)".into(),
             });
-        }
-        let opened = Self::open_claimed(config, started);
+        };
+        let opened = Self::open_claimed(config, started, claimed.clone());
         if opened.is_err() {
-            crate::open_dirs::release(&dir);
+            crate::open_dirs::release(&claimed);
         }
         opened
     }
@@ -316,6 +333,7 @@ impl DurableStore {
     fn open_claimed(
         config: DurableConfig,
         started: Instant,
+        claimed: PathBuf,
     ) -> Result<(DurableStore, DurableRecovery), StoreError> {
         let dir = config.dir.clone();
         // sled locks its directory: a second owner stops here, before the journal is touched.
@@ -327,23 +345,13 @@ impl DurableStore {
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked {
                     path: dir.clone(),
-                    holder: crate::open_dirs::other_holder(&dir).into(),
+                    holder: crate::open_dirs::other_holder(&dir.join("journal")).into(),
                 },
                 other => StoreError::Io(
                     format!("opening the snapshots in {}: {other}", snapshots.display()).into(),
                 ),
             })?;
-        let trees = (|| {
-            Ok::<_, StoreError>(Sled {
-                accounts: db.open_tree("accounts").map_err(sled_err)?,
-                directory: db.open_tree("directory").map_err(sled_err)?,
-                history_index: db.open_tree("history_index").map_err(sled_err)?,
-                usage: Projection::tree(&db)?,
-                db: db.clone(),
-            })
-        })();
-        drop(db);
-        let sled = trees?;
+        let sled = Sled::from_db(db)?;
         let archive = Archive {
             dir: dir.join("archive"),
             lock: parking_lot::RwLock::new(()),
@@ -353,6 +361,7 @@ impl DurableStore {
                 let store = DurableStore {
                     inner: Arc::new(Inner {
                         dir,
+                        claimed,
                         limits: config.limits,
                         journal,
                         sled: parking_lot::RwLock::new(Some(sled)),
@@ -411,13 +420,7 @@ impl DurableStore {
         let (journal, recovered) = Journal::open_after(journal_config, after, |seq, payload| {
             replay.record(seq, payload).map_err(|e| e.to_string())
         })
-        .map_err(|e| match e {
-            JournalError::Locked { .. } => StoreError::Locked {
-                path: dir.clone(),
-                holder: crate::open_dirs::other_holder(dir).into(),
-            },
-            other => journal_err(other),
-        })?;
+        .map_err(journal_err)?;
         crate::trail::check_anchor_at_open(&sled.db, recovered.last_seq)?;
         if recovered.created && (trimmed_before > 1 || !sled.directory.is_empty()) {
             return Err(StoreError::Corrupt(

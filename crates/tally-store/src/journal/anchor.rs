@@ -101,13 +101,17 @@ fn decode_slot(bytes: &[u8]) -> Option<(u64, Anchor)> {
     ))
 }
 
-/// The anchor of the journal in `dir`: `Ok(None)` if the file does not exist; `Corrupt` if it
-/// exists and holds no valid slot.
-pub(crate) fn read(dir: &Path) -> Result<Option<Anchor>, JournalError> {
-    read_with_generation(dir).map(|found| found.map(|(_, anchor)| anchor))
+/// What the anchor file of a journal holds: its newest generation and anchor.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Found {
+    generation: u64,
+    /// The anchor.
+    pub(crate) anchor: Anchor,
 }
 
-fn read_with_generation(dir: &Path) -> Result<Option<(u64, Anchor)>, JournalError> {
+/// The anchor of the journal in `dir`: `Ok(None)` if the file does not exist; `Corrupt` if it
+/// exists and holds no valid slot.
+pub(crate) fn read(dir: &Path) -> Result<Option<Found>, JournalError> {
     let path = dir.join(ANCHOR_FILE_NAME);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -125,7 +129,7 @@ fn read_with_generation(dir: &Path) -> Result<Option<(u64, Anchor)>, JournalErro
         .filter_map(|&at| bytes.get(at..).and_then(decode_slot))
         .max_by_key(|(generation, _)| *generation);
     match best {
-        Some(found) => Ok(Some(found)),
+        Some((generation, anchor)) => Ok(Some(Found { generation, anchor })),
         None => Err(JournalError::Corrupt {
             segment: path,
             offset: 0,
@@ -149,11 +153,12 @@ pub(crate) struct AnchorFile {
 }
 
 impl AnchorFile {
-    /// Opens the anchor file of `dir`, creating it with `initial` if it does not exist (the
-    /// file and the directory entry are synced before this returns, so a segment created
-    /// after it never exists without it).
+    /// Opens the anchor file of `dir`, which [`read`] found holding `existing`, or creates it
+    /// with `initial` when `existing` is `None` (the file and the directory entry are synced
+    /// before this returns, so a segment created after it never exists without it).
     pub(crate) fn open_or_create(
         dir: &Path,
+        existing: Option<Found>,
         initial: Anchor,
         sync: bool,
     ) -> Result<AnchorFile, JournalError> {
@@ -162,7 +167,6 @@ impl AnchorFile {
             let path = path.to_owned();
             move |source| JournalError::Io { op, path, source }
         };
-        let existing = read_with_generation(dir)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -178,12 +182,12 @@ impl AnchorFile {
             sync,
         };
         match existing {
-            Some((generation, anchored)) => {
-                anchor.generation = generation;
-                anchor.anchored = anchored;
+            Some(found) => {
+                anchor.generation = found.generation;
+                anchor.anchored = found.anchor;
             }
             None => {
-                anchor.write(initial).map_err(|e| JournalError::Io {
+                anchor.write_slot(initial).map_err(|e| JournalError::Io {
                     op: "write",
                     path: path.clone(),
                     source: e,
@@ -196,11 +200,16 @@ impl AnchorFile {
         Ok(anchor)
     }
 
-    /// Overwrites the older slot with `anchor` and syncs the file. An anchor never moves back.
+    /// Moves the anchor forward to `anchor`: overwrites the older slot and syncs the file. An
+    /// anchor never moves back, and one that says what the file says already is not rewritten.
     pub(crate) fn write(&mut self, anchor: Anchor) -> io::Result<()> {
-        if anchor.seq < self.anchored.seq {
+        if anchor.seq <= self.anchored.seq {
             return Ok(());
         }
+        self.write_slot(anchor)
+    }
+
+    fn write_slot(&mut self, anchor: Anchor) -> io::Result<()> {
         let generation = self.generation.wrapping_add(1);
         let at = if generation % 2 == 0 { 0 } else { SLOT_LEN };
         let slot = encode_slot(generation, &anchor);
@@ -232,19 +241,19 @@ mod tests {
             seq: 5,
             chain: [1; 32],
         };
-        let mut file = AnchorFile::open_or_create(dir.path(), first, true).unwrap();
+        let mut file = AnchorFile::open_or_create(dir.path(), None, first, true).unwrap();
         let second = Anchor {
             seq: 9,
             chain: [2; 32],
         };
         file.write(second).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), Some(second));
+        assert_eq!(read(dir.path()).unwrap().map(|f| f.anchor), Some(second));
         // Tear the newest slot (generation 2 lives at offset 0): the older one is the anchor.
         let path = dir.path().join(ANCHOR_FILE_NAME);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[20] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), Some(first));
+        assert_eq!(read(dir.path()).unwrap().map(|f| f.anchor), Some(first));
         // Both torn: damage, not "no anchor".
         bytes[SLOT_LEN + 20] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
@@ -259,6 +268,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut file = AnchorFile::open_or_create(
             dir.path(),
+            None,
             Anchor {
                 seq: 7,
                 chain: [3; 32],
@@ -271,6 +281,6 @@ mod tests {
             chain: [4; 32],
         })
         .unwrap();
-        assert_eq!(read(dir.path()).unwrap().map(|a| a.seq), Some(7));
+        assert_eq!(read(dir.path()).unwrap().map(|f| f.anchor.seq), Some(7));
     }
 }

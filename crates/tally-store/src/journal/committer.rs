@@ -225,9 +225,6 @@ impl Committer {
     /// Moves the anchor to `synced` (a durable point) and syncs it.
     fn write_anchor(&mut self, synced: Anchor) -> Result<(), CommitError> {
         self.anchor_written_at = std::time::Instant::now();
-        if synced.seq <= self.anchor.anchored.seq {
-            return Ok(());
-        }
         self.anchor
             .write(synced)
             .map_err(|e| CommitError::new("write of", self.anchor.path(), e))

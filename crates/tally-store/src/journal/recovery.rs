@@ -70,7 +70,8 @@ pub(crate) fn recover(
     on_record: &mut ReplayFn<'_>,
 ) -> Result<Recovered, JournalError> {
     let segments = format::list_segments(dir).map_err(io_error("list", dir))?;
-    let anchor = anchor::read(dir)?;
+    let found = anchor::read(dir)?;
+    let anchor = found.map(|f| f.anchor);
 
     let Some(first) = segments.first() else {
         // The newest segment is never trimmed, so an anchor without segments means they were
@@ -108,6 +109,7 @@ pub(crate) fn recover(
         // The anchor exists before the first segment does (see `anchor`).
         let anchor_file = AnchorFile::open_or_create(
             dir,
+            found,
             Anchor {
                 seq: after,
                 chain: GENESIS,
@@ -245,7 +247,7 @@ pub(crate) fn recover(
         },
         chain: chain.unwrap_or(GENESIS),
         anchor: Some(anchor),
-        anchor_file: AnchorFile::open_or_create(dir, anchor, sync)?,
+        anchor_file: AnchorFile::open_or_create(dir, found, anchor, sync)?,
     })
 }
 
