@@ -194,12 +194,19 @@ impl Sled {
     /// [`SNAPSHOT_CLOSE_WAIT`]; the files are released when it returns `Ok`.
     fn close(self, dir: &Path) -> Result<(), StoreError> {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let deadline = Instant::now() + SNAPSHOT_CLOSE_WAIT;
+        let lock_file = dir.join("snapshots").join("db");
         let spawned = std::thread::Builder::new()
             .name("tally-sled-close".to_owned())
             .spawn(move || {
                 let flushed = self.db.flush().map(drop);
                 drop(self);
-                let _ = done_tx.send(flushed);
+                // sled's background threads may hold the file (and its lock) a moment past the
+                // last handle: closed means the lock can be taken again.
+                // Not released in time: no answer, which reads as "did not close".
+                if lock_released_by(&lock_file, deadline) {
+                    let _ = done_tx.send(flushed);
+                }
             });
         if let Err(e) = spawned {
             return Err(StoreError::Io(
@@ -226,6 +233,22 @@ impl Sled {
             )),
         }
     }
+}
+
+/// Whether the exclusive lock on `path` is free by `deadline` (taken and at once released to
+/// find out); a file that cannot be opened holds no lock.
+fn lock_released_by(path: &Path, deadline: Instant) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return true;
+    };
+    while !matches!(fs4::fs_std::FileExt::try_lock_exclusive(&file), Ok(true)) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = fs4::fs_std::FileExt::unlock(&file);
+    true
 }
 
 impl Inner {
@@ -290,6 +313,11 @@ fn journal_err(e: JournalError) -> StoreError {
     }
 }
 
+/// Whether opening sled failed because another holder has its lock.
+pub(crate) fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("lock"))
+}
+
 fn sled_err(e: sled::Error) -> StoreError {
     StoreError::Io(format!("sled: {e}").into())
 }
@@ -338,19 +366,25 @@ impl DurableStore {
         let dir = config.dir.clone();
         // sled locks its directory: a second owner stops here, before the journal is touched.
         let snapshots = dir.join("snapshots");
-        let db = sled::Config::new()
-            .path(&snapshots)
-            .cache_capacity(config.snapshot_cache_bytes)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked {
-                    path: dir.clone(),
-                    holder: crate::open_dirs::other_holder(&dir.join("journal")).into(),
-                },
-                other => StoreError::Io(
+        let opened = crate::open_dirs::wait_for_lock(|| {
+            match sled::Config::new()
+                .path(&snapshots)
+                .cache_capacity(config.snapshot_cache_bytes)
+                .open()
+            {
+                Ok(db) => Ok(Some(db)),
+                Err(e) if is_lock_error(&e) => Ok(None),
+                Err(other) => Err(StoreError::Io(
                     format!("opening the snapshots in {}: {other}", snapshots.display()).into(),
-                ),
-            })?;
+                )),
+            }
+        })?;
+        let Some(db) = opened else {
+            return Err(StoreError::Locked {
+                path: dir.clone(),
+                holder: crate::open_dirs::other_holder(&dir.join("journal")).into(),
+            });
+        };
         let sled = Sled::from_db(db)?;
         let archive = Archive {
             dir: dir.join("archive"),

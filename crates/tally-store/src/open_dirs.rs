@@ -37,3 +37,26 @@ pub(crate) fn other_holder(journal_dir: &Path) -> String {
         None => "locked by another process".to_owned(),
     }
 }
+
+/// How long an opener waits for a lock that is taken before reporting it held. A lock can be
+/// held for a moment by no owner at all: a process that forks (to run a program) copies every
+/// open file into the child until it executes the program, and sled's background threads let go
+/// of their files a moment after the last handle.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Calls `attempt` until it returns `Ok(Some(_))` or an error, or [`LOCK_WAIT`] has passed;
+/// `Ok(None)` means "locked", and is what is returned once the wait is over.
+pub(crate) fn wait_for_lock<T, E>(
+    mut attempt: impl FnMut() -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        if let Some(taken) = attempt()? {
+            return Ok(Some(taken));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}

@@ -120,18 +120,23 @@ pub fn verify_trail(dir: &Path) -> Result<TrailReport, StoreError> {
     let snapshots = dir.join("snapshots");
     // Held through the walk: no store opens the directory under it.
     let db = if snapshots.exists() {
-        let db = sled::Config::new()
-            .path(&snapshots)
-            .cache_capacity(1 << 20)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked {
-                    path: dir.to_owned(),
-                    holder: "open in a tally store: verify through DurableStore::verify_trail"
-                        .into(),
-                },
-                other => sled_err(other),
-            })?;
+        let opened = crate::open_dirs::wait_for_lock(|| {
+            match sled::Config::new()
+                .path(&snapshots)
+                .cache_capacity(1 << 20)
+                .open()
+            {
+                Ok(db) => Ok(Some(db)),
+                Err(e) if crate::durable::is_lock_error(&e) => Ok(None),
+                Err(other) => Err(sled_err(other)),
+            }
+        })?;
+        let Some(db) = opened else {
+            return Err(StoreError::Locked {
+                path: dir.to_owned(),
+                holder: "open in a tally store: verify through DurableStore::verify_trail".into(),
+            });
+        };
         Some(db)
     } else {
         None

@@ -108,7 +108,8 @@
 //! # Recovery
 //!
 //! [`Journal::open`] takes an exclusive `flock` on `dir/LOCK` (a second opener, in this process
-//! or another, gets [`JournalError::Locked`]), then reads the segments in order and checks every
+//! or another, gets [`JournalError::Locked`] once the lock stayed taken for 250 ms: a process
+//! that forks holds copies of its open files until the child executes), then reads the segments in order and checks every
 //! record (header, length, checksum, sequence number, chain hash), including those that
 //! [`Journal::open_after`] does not replay: verifying is cheap next to reading, and damage is
 //! better found now than when the snapshot that covers it is lost. The rules:
@@ -936,7 +937,12 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
         .truncate(false)
         .open(&path)
         .map_err(io("open"))?;
-    if !FileExt::try_lock_exclusive(&file).map_err(io("lock"))? {
+    let taken = crate::open_dirs::wait_for_lock(|| {
+        Ok(FileExt::try_lock_exclusive(&file)
+            .map_err(io("lock"))?
+            .then_some(()))
+    })?;
+    if taken.is_none() {
         return Err(JournalError::Locked {
             dir: dir.to_owned(),
         });
