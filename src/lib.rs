@@ -58,7 +58,7 @@ pub use tally_engine::{
 pub use tally_store::journal::SyncMode;
 pub use tally_store::{
     verify_trail, DurableConfig, DurablePoint, DurableRecovery, DurableStore, HistoryEntry,
-    MemStore, Store, StoreError, TrailProblem, TrailReport,
+    MemStore, SnapshotStats, Store, StoreError, TrailProblem, TrailReport,
 };
 
 /// The domain errors of the ledger (`tally::Error::Ledger` wraps them).

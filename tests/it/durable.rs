@@ -357,3 +357,126 @@ async fn a_directory_open_elsewhere_is_a_typed_locked_error() {
     );
     drop(tally);
 }
+
+/// Funds Alice `n` times from the bank, each with a fresh op id; returns the ids.
+async fn fund_many(tally: &Tally, n: usize) -> Vec<tally::OpId> {
+    let mut ops = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = op();
+        tally.fund(id, ALICE, BANK, 1).await.unwrap();
+        ops.push(id);
+    }
+    ops
+}
+
+#[tokio::test]
+async fn idempotency_keys_live_apart_from_the_snapshot_and_answer_retries_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tally, store, _) = open(dir.path(), EngineConfig::default()).await;
+    setup(&tally).await;
+    let ops = fund_many(&tally, 2_000).await;
+    tally.checkpoint().await.unwrap();
+    let account = tally.account(ALICE).await.unwrap();
+    assert_eq!(
+        account.remembered_keys(),
+        2_001,
+        "setup's funding and 2,000 more"
+    );
+    let snapshot = tally_store::codec::encode_account(&account).unwrap();
+    assert!(
+        snapshot.len() < 512,
+        "a snapshot is small whatever the window: {} bytes for {} keys",
+        snapshot.len(),
+        account.remembered_keys()
+    );
+    let stats = store.snapshot_stats().unwrap();
+    assert_eq!(stats.keys, 2_001, "{stats:?}");
+    let (outcome, seq) = account.remembered(ops[0]).unwrap();
+    tally.shutdown().await.unwrap();
+
+    let (tally, store, _) = open(dir.path(), EngineConfig::default()).await;
+    assert_eq!(
+        tally.account(ALICE).await.unwrap(),
+        account,
+        "keys and order restored"
+    );
+    // A retry of the oldest key is answered, not executed again.
+    tally.fund(ops[0], ALICE, BANK, 1).await.unwrap();
+    let again = tally.account(ALICE).await.unwrap();
+    assert_eq!(again.remembered(ops[0]), Some((outcome, seq)));
+    assert_eq!(
+        again.balance(),
+        account.balance(),
+        "the retry moved nothing"
+    );
+    // A conflicting retry is still refused.
+    let conflict = tally.fund(ops[1], ALICE, BANK, 2).await.unwrap_err();
+    assert!(
+        matches!(
+            conflict,
+            Error::Ledger(tally::LedgerError::IdempotencyConflict { .. })
+        ),
+        "{conflict:?}"
+    );
+    tally.checkpoint().await.unwrap();
+    assert_eq!(
+        store.snapshot_stats().unwrap().keys,
+        2_001,
+        "a retry adds no key"
+    );
+}
+
+#[tokio::test]
+async fn forgotten_keys_leave_the_index_so_it_stays_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::default();
+    config.limits.idempotency_keys_max = 100;
+    let (tally, store, _) = open(dir.path(), config.clone()).await;
+    setup(&tally).await;
+    for round in 0..10 {
+        let ops = fund_many(&tally, 150).await;
+        tally.checkpoint().await.unwrap();
+        let stats = store.snapshot_stats().unwrap();
+        assert_eq!(stats.keys, 100, "round {round}: {stats:?}");
+        let account = tally.account(ALICE).await.unwrap();
+        assert_eq!(account.remembered(ops[149]).map(|_| ()), Some(()));
+        assert_eq!(
+            account.remembered(ops[0]),
+            None,
+            "forgotten: beyond the window"
+        );
+    }
+    let before = tally.account(ALICE).await.unwrap();
+    drop(tally);
+    drop(store);
+    // Reopened without a clean shutdown: recovery replays and saves; still 100 keys.
+    let (tally, store, _) = open(dir.path(), config).await;
+    assert_eq!(tally.account(ALICE).await.unwrap(), before);
+    assert_eq!(store.snapshot_stats().unwrap().keys, 100);
+}
+
+#[tokio::test]
+async fn a_key_missing_from_the_index_is_reported_as_damage_not_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tally, _, _) = open(dir.path(), EngineConfig::default()).await;
+    setup(&tally).await;
+    fund_many(&tally, 10).await;
+    tally.shutdown().await.unwrap();
+
+    let db = sled::open(dir.path().join("snapshots")).unwrap();
+    let keys = db.open_tree("idempotency_keys").unwrap();
+    let (victim, _) = keys.iter().nth(5).unwrap().unwrap();
+    keys.remove(victim).unwrap();
+    db.flush().unwrap();
+    drop(keys);
+    drop(db);
+
+    let (tally, _, _) = open(dir.path(), EngineConfig::default()).await;
+    let error = tally.balance(ALICE).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        matches!(error, Error::Storage { .. }) && text.contains("idempotency keys"),
+        "{text}"
+    );
+    assert!(text.contains("snapshots"), "names the database: {text}");
+}

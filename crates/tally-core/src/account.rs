@@ -249,8 +249,13 @@ pub struct Account {
     /// Postings still refundable.
     pub(crate) postings: HashMap<u64, Posting>,
     pub(crate) posting_order: VecDeque<u64>,
-    /// Remembered idempotency keys.
+    /// Remembered idempotency keys. Not part of the serialized account: a store keeps them
+    /// apart ([`Account::remembered_after`], [`Account::restore_remembered`]), so that an
+    /// account's snapshot stays small whatever the window.
+    #[serde(skip)]
     pub(crate) remembered: HashMap<OpId, Remembered>,
+    /// The remembered keys in the order they were made (oldest first; their seqs ascend).
+    #[serde(skip)]
     pub(crate) remembered_order: VecDeque<(Timestamp, OpId)>,
     /// Journal sequence number of the last record applied to this account.
     pub(crate) last_seq: u64,
@@ -431,6 +436,94 @@ impl Account {
     /// Remembered idempotency keys (for memory accounting and tests).
     pub fn remembered_keys(&self) -> usize {
         self.remembered.len()
+    }
+
+    /// The remembered keys' window: the seq of the oldest one (0 if none) and how many there
+    /// are. The window is always every key this account made from that seq on: keys are
+    /// forgotten oldest first.
+    pub fn remembered_window(&self) -> (u64, u64) {
+        let first = self
+            .remembered_order
+            .front()
+            .and_then(|(_, op)| self.remembered.get(op))
+            .map_or(0, |r| r.seq);
+        (first, self.remembered_order.len() as u64)
+    }
+
+    /// The remembered keys made by records after `after_seq`, oldest first.
+    pub fn remembered_after(&self, after_seq: u64) -> Vec<RememberedKey> {
+        let newer = self
+            .remembered_order
+            .iter()
+            .rev()
+            .filter_map(|(_, op)| self.remembered.get(op).map(|r| (*op, r)))
+            .take_while(|(_, r)| r.seq > after_seq);
+        let mut keys: Vec<RememberedKey> = newer
+            .map(|(op, r)| RememberedKey {
+                op,
+                remembered: r.clone(),
+            })
+            .collect();
+        keys.reverse();
+        keys
+    }
+
+    /// Gives an account read back without its keys (see [`Account::remembered_after`]) the
+    /// keys it remembered, oldest first. Refused, leaving the account as it was, unless it
+    /// remembers none yet and the keys' seqs ascend, none is past the account's last record,
+    /// and no operation id repeats.
+    pub fn restore_remembered(&mut self, keys: Vec<RememberedKey>) -> Result<(), String> {
+        if !self.remembered_order.is_empty() {
+            return Err(format!(
+                "account {} already remembers {} keys",
+                self.id.0,
+                self.remembered_order.len()
+            ));
+        }
+        let mut previous = 0;
+        let mut seen = HashMap::with_capacity(keys.len());
+        for key in &keys {
+            let seq = key.remembered.seq;
+            if seq <= previous || seq > self.last_seq {
+                return Err(format!(
+                    "account {}: key of seq {seq} out of order (after seq {previous}, account at                      seq {})",
+                    self.id.0, self.last_seq
+                ));
+            }
+            if seen.insert(key.op, ()).is_some() {
+                return Err(format!(
+                    "account {}: operation {} remembered twice",
+                    self.id.0, key.op
+                ));
+            }
+            previous = seq;
+        }
+        for key in keys {
+            self.remembered_order.push_back((key.remembered.at, key.op));
+            self.remembered.insert(key.op, key.remembered);
+        }
+        Ok(())
+    }
+}
+
+/// One remembered idempotency key as a store keeps it apart from the account: the operation
+/// id, and what answers its retry (the request's digest, the outcome, when, and the seq of the
+/// record it made).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RememberedKey {
+    op: OpId,
+    remembered: Remembered,
+}
+
+impl RememberedKey {
+    /// The operation id.
+    pub fn op(&self) -> OpId {
+        self.op
+    }
+
+    /// The journal sequence number of the record the operation made.
+    pub fn seq(&self) -> u64 {
+        self.remembered.seq
     }
 }
 

@@ -29,7 +29,7 @@ mod usage;
 
 pub use account::{
     Account, AccountFlags, AccountKind, AccountSpec, Balance, Hold, HoldStatus, Posting,
-    SpendToken, DAY_MS,
+    RememberedKey, SpendToken, DAY_MS,
 };
 pub use amount::Amount;
 pub use audit::{audit, AuditReport, Auditor, Violation};

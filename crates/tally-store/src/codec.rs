@@ -5,7 +5,7 @@
 //! refused with a clear error; after it, keep decoding the old one.
 
 use serde::{de::DeserializeOwned, Serialize};
-use tally_core::{Account, Record};
+use tally_core::{Account, Record, RememberedKey};
 
 use crate::StoreError;
 
@@ -14,8 +14,13 @@ use crate::StoreError;
 /// written by earlier versions (pre-release builds only) is refused with a clear error.
 const RECORD_VERSION: u8 = 3;
 /// Version of the snapshot encoding (2: total funding and the day's spending; 3: spend tokens
-/// and the token of each hold, a sixth digest field).
-const SNAPSHOT_VERSION: u8 = 3;
+/// and the token of each hold, a sixth digest field; 4: the idempotency keys kept apart, the
+/// header naming their window).
+const SNAPSHOT_VERSION: u8 = 4;
+/// Version of a remembered idempotency key's encoding.
+const KEY_VERSION: u8 = 1;
+/// Bytes before a snapshot's postcard body: version, covered seq, key window (first seq, count).
+const SNAPSHOT_HEADER_LEN: usize = 25;
 
 fn encode<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![version];
@@ -45,26 +50,42 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, StoreError> {
     decode(RECORD_VERSION, bytes, "record")
 }
 
-/// Encodes an account snapshot: the version byte, the journal sequence number it covers
-/// (`u64` little-endian, readable without decoding the rest), then postcard.
+/// Encodes an account snapshot: the version byte, the journal sequence number it covers, the
+/// seq of its oldest remembered idempotency key and how many it remembers (each `u64`
+/// little-endian, readable without decoding the rest), then postcard. The keys themselves are
+/// not in it ([`encode_key`]).
 pub fn encode_account(account: &Account) -> Result<Vec<u8>, StoreError> {
+    let (first, count) = account.remembered_window();
     let mut out = vec![SNAPSHOT_VERSION];
     out.extend_from_slice(&account.last_seq().to_le_bytes());
+    out.extend_from_slice(&first.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
     postcard::to_io(account, &mut out)
         .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
     Ok(out)
 }
 
-/// The journal sequence number an encoded snapshot covers.
-pub fn snapshot_seq(bytes: &[u8]) -> Result<u64, StoreError> {
+fn header_u64(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
     bytes
-        .get(1..9)
+        .get(at..at + 8)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(u64::from_le_bytes)
         .ok_or_else(|| StoreError::Corrupt("snapshot shorter than its header".into()))
 }
 
-/// Decodes an account snapshot.
+/// The journal sequence number an encoded snapshot covers.
+pub fn snapshot_seq(bytes: &[u8]) -> Result<u64, StoreError> {
+    header_u64(bytes, 1)
+}
+
+/// The remembered keys' window an encoded snapshot names: the seq of the oldest (0 if none)
+/// and how many.
+pub fn snapshot_key_window(bytes: &[u8]) -> Result<(u64, u64), StoreError> {
+    Ok((header_u64(bytes, 9)?, header_u64(bytes, 17)?))
+}
+
+/// Decodes an account snapshot, without its remembered keys (give them back with
+/// [`Account::restore_remembered`]).
 pub fn decode_account(bytes: &[u8]) -> Result<Account, StoreError> {
     match bytes.first() {
         Some(&SNAPSHOT_VERSION) => {}
@@ -77,7 +98,8 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, StoreError> {
         None => return Err(StoreError::Corrupt("empty snapshot".into())),
     }
     let seq = snapshot_seq(bytes)?;
-    let body = bytes.get(9..).unwrap_or_default();
+    snapshot_key_window(bytes)?;
+    let body = bytes.get(SNAPSHOT_HEADER_LEN..).unwrap_or_default();
     let account: Account = postcard::from_bytes(body)
         .map_err(|e| StoreError::Corrupt(format!("decoding a snapshot: {e}").into()))?;
     if account.last_seq() != seq {
@@ -90,4 +112,14 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, StoreError> {
         ));
     }
     Ok(account)
+}
+
+/// Encodes a remembered idempotency key.
+pub fn encode_key(key: &RememberedKey) -> Result<Vec<u8>, StoreError> {
+    encode(KEY_VERSION, key)
+}
+
+/// Decodes a remembered idempotency key.
+pub fn decode_key(bytes: &[u8]) -> Result<RememberedKey, StoreError> {
+    decode(KEY_VERSION, bytes, "remembered idempotency key")
 }

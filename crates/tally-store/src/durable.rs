@@ -59,11 +59,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use tally_core::{
-    Account, AccountId, AccountSpec, Change, Leg, Limits, Record, UsageConfig, UsageQuery,
-    UsageReport, UsageTotals,
+    Account, AccountId, AccountSpec, Change, Leg, Limits, Record, RememberedKey, UsageConfig,
+    UsageQuery, UsageReport, UsageTotals,
 };
 
-use crate::codec::{decode_account, decode_record, encode_account, encode_record, snapshot_seq};
+use crate::codec::{
+    decode_account, decode_key, decode_record, encode_account, encode_key, encode_record,
+    snapshot_key_window, snapshot_seq,
+};
 use crate::journal::{Journal, JournalConfig, JournalError, SyncMode};
 use crate::mem::replay_one;
 use crate::projection::Projection;
@@ -163,8 +166,13 @@ struct Inner {
 /// Every handle on the snapshot database.
 struct Sled {
     db: sled::Db,
-    /// Account id → encoded [`Account`].
+    /// Its directory (`snapshots/`), for messages.
+    path: PathBuf,
+    /// Account id → encoded [`Account`], without its remembered idempotency keys.
     accounts: sled::Tree,
+    /// (account id, seq of the record) → encoded [`RememberedKey`]: the idempotency keys the
+    /// accounts remember, each written once (see [`Sled::write_account`]).
+    keys: sled::Tree,
     /// Account id → encoded [`AccountSpec`].
     directory: sled::Tree,
     /// (account id, archived segment's first seq) → (): which archived segments touch an account.
@@ -180,14 +188,99 @@ const SNAPSHOT_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 impl Sled {
     /// The trees of the snapshot database `db`.
-    fn from_db(db: sled::Db) -> Result<Sled, StoreError> {
+    fn from_db(db: sled::Db, path: PathBuf) -> Result<Sled, StoreError> {
         Ok(Sled {
+            path,
             accounts: db.open_tree("accounts").map_err(sled_err)?,
+            keys: db.open_tree("idempotency_keys").map_err(sled_err)?,
             directory: db.open_tree("directory").map_err(sled_err)?,
             history_index: db.open_tree("history_index").map_err(sled_err)?,
             usage: Projection::tree(&db)?,
             db,
         })
+    }
+
+    /// The snapshot of `id` with the idempotency keys it remembers, if it has one.
+    ///
+    /// Errors: [`StoreError::Corrupt`] if the keys the snapshot names are not all stored.
+    fn read_account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        let Some(bytes) = self.accounts.get(key(id)).map_err(sled_err)? else {
+            return Ok(None);
+        };
+        let mut account = decode_account(&bytes)?;
+        let (first, count) = snapshot_key_window(&bytes)?;
+        if count == 0 {
+            return Ok(Some(account));
+        }
+        let range = seq_key(id, first)..=seq_key(id, account.last_seq());
+        let mut keys = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 16));
+        for entry in self.keys.range(range) {
+            let (_, value) = entry.map_err(sled_err)?;
+            keys.push(decode_key(&value)?);
+        }
+        let found = (keys.len() as u64, keys.first().map(RememberedKey::seq));
+        if found != (count, Some(first)) {
+            return Err(StoreError::Corrupt(
+                format!(
+                    "account {}'s snapshot remembers {count} idempotency keys from seq {first}, \
+                     but {} holds {} of them (from seq {})",
+                    id.0,
+                    self.path.display(),
+                    found.0,
+                    found.1.unwrap_or(0)
+                )
+                .into(),
+            ));
+        }
+        account
+            .restore_remembered(keys)
+            .map_err(|e| StoreError::Corrupt(e.into()))?;
+        Ok(Some(account))
+    }
+
+    /// Writes `account`'s snapshot unless the stored one covers as much already (saves may
+    /// race: a checkpoint and a passivation); returns whether it wrote. The keys made since the
+    /// stored snapshot go first, so a snapshot never names a key that is not stored; the keys
+    /// it no longer remembers are deleted after it, so the stored snapshot's keys are never
+    /// missing. Each key is written once, however often the account is saved.
+    fn write_account(&self, account: &Account) -> Result<bool, StoreError> {
+        let id = account.id;
+        let new = encode_account(account)?;
+        loop {
+            let old = self.accounts.get(key(id)).map_err(sled_err)?;
+            let old_seq = match &old {
+                Some(old) => snapshot_seq(old)?,
+                None => 0,
+            };
+            if old.is_some() && old_seq >= account.last_seq() {
+                return Ok(false);
+            }
+            let mut batch = sled::Batch::default();
+            for remembered in account.remembered_after(old_seq) {
+                batch.insert(&seq_key(id, remembered.seq())[..], encode_key(&remembered)?);
+            }
+            self.keys.apply_batch(batch).map_err(sled_err)?;
+            let swapped = self
+                .accounts
+                .compare_and_swap(key(id), old, Some(new.clone()))
+                .map_err(sled_err)?;
+            if swapped.is_ok() {
+                break;
+            }
+        }
+        let (first, count) = account.remembered_window();
+        let keep_from = if count == 0 {
+            account.last_seq().saturating_add(1)
+        } else {
+            first
+        };
+        let mut batch = sled::Batch::default();
+        for entry in self.keys.range(seq_key(id, 0)..seq_key(id, keep_from)) {
+            let (k, _) = entry.map_err(sled_err)?;
+            batch.remove(k);
+        }
+        self.keys.apply_batch(batch).map_err(sled_err)?;
+        Ok(true)
     }
 
     /// Flushes and drops every handle on a thread of its own, waiting at most
@@ -385,7 +478,7 @@ impl DurableStore {
                 holder: crate::open_dirs::other_holder(&dir.join("journal")).into(),
             });
         };
-        let sled = Sled::from_db(db)?;
+        let sled = Sled::from_db(db, snapshots.clone())?;
         let archive = Archive {
             dir: dir.join("archive"),
             lock: parking_lot::RwLock::new(()),
@@ -437,7 +530,7 @@ impl DurableStore {
         let usage = Projection::open(&sled.usage, config.usage.clone())?;
         let mut replay = Replay {
             usage: &usage,
-            accounts: &sled.accounts,
+            sled,
             directory: &sled.directory,
             limits: &config.limits,
             touched: std::collections::HashMap::new(),
@@ -470,9 +563,7 @@ impl DurableStore {
         }
         let snapshots_loaded = replay.snapshots_loaded;
         for account in replay.touched.values() {
-            sled.accounts
-                .insert(key(account.id), encode_account(account)?)
-                .map_err(sled_err)?;
+            sled.write_account(account)?;
         }
         // The usage aggregates now cover the whole journal too.
         usage.save(
@@ -509,6 +600,24 @@ impl DurableStore {
         Ok((journal, usage, report))
     }
 
+    /// What the snapshot database holds: account snapshots and remembered idempotency keys,
+    /// counted and in encoded bytes. Walks both trees (for tools, benchmarks and tests).
+    pub fn snapshot_stats(&self) -> Result<SnapshotStats, StoreError> {
+        let sled = self.inner.sled()?;
+        let mut stats = SnapshotStats::default();
+        for entry in sled.accounts.iter() {
+            let (_, value) = entry.map_err(sled_err)?;
+            stats.accounts += 1;
+            stats.account_bytes += value.len() as u64;
+        }
+        for entry in sled.keys.iter() {
+            let (_, value) = entry.map_err(sled_err)?;
+            stats.keys += 1;
+            stats.key_bytes += value.len() as u64;
+        }
+        Ok(stats)
+    }
+
     /// Bytes the data directory holds on disk.
     pub fn data_bytes(&self) -> u64 {
         dir_bytes(&self.inner.dir)
@@ -525,13 +634,7 @@ impl DurableStore {
     }
 
     fn snapshot(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
-        self.inner
-            .sled()?
-            .accounts
-            .get(key(id))
-            .map_err(sled_err)?
-            .map(|bytes| decode_account(&bytes))
-            .transpose()
+        self.inner.sled()?.read_account(id)
     }
 }
 
@@ -553,10 +656,12 @@ fn read_meta(db: &sled::Db, key: &[u8]) -> Result<u64, StoreError> {
         .map_or(0, u64::from_be_bytes))
 }
 
-fn index_key(id: AccountId, segment: u64) -> [u8; 16] {
+/// A key of an account and a seq, ordered by account then seq: the history index's
+/// (account, segment) and the remembered keys' (account, record).
+fn seq_key(id: AccountId, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&id.0.to_be_bytes());
-    k[8..].copy_from_slice(&segment.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -610,7 +715,7 @@ impl Archive {
             }
             let mut batch = sled::Batch::default();
             for id in accounts {
-                batch.insert(&index_key(id, first)[..], &[][..]);
+                batch.insert(&seq_key(id, first)[..], &[][..]);
             }
             sled.history_index.apply_batch(batch).map_err(sled_err)?;
             sled.db
@@ -665,10 +770,23 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// What the snapshot database holds ([`DurableStore::snapshot_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Account snapshots.
+    pub accounts: u64,
+    /// Their encoded bytes.
+    pub account_bytes: u64,
+    /// Remembered idempotency keys, stored apart from the snapshots.
+    pub keys: u64,
+    /// Their encoded bytes.
+    pub key_bytes: u64,
+}
+
 /// Recovery's working set: the accounts the journal touches, loaded from their snapshots.
 struct Replay<'a> {
     usage: &'a Projection,
-    accounts: &'a sled::Tree,
+    sled: &'a Sled,
     directory: &'a sled::Tree,
     limits: &'a Limits,
     touched: std::collections::HashMap<AccountId, Account>,
@@ -689,12 +807,7 @@ impl Replay<'_> {
             let current = match self.touched.remove(&id) {
                 Some(account) => Some(account),
                 None => {
-                    let snapshot = self
-                        .accounts
-                        .get(key(id))
-                        .map_err(sled_err)?
-                        .map(|bytes| decode_account(&bytes))
-                        .transpose()?;
+                    let snapshot = self.sled.read_account(id)?;
                     self.snapshots_loaded += u64::from(snapshot.is_some());
                     snapshot
                 }
@@ -820,27 +933,8 @@ impl Store for DurableStore {
     }
 
     fn save(&self, account: &Account) -> Result<(), StoreError> {
-        let k = key(account.id);
-        let new = encode_account(account)?;
-        let sled = self.inner.sled()?;
-        // Never replace a snapshot with an older one (saves may race: a checkpoint and a
-        // passivation, or an account's first snapshot and its later ones).
-        loop {
-            let old = sled.accounts.get(k).map_err(sled_err)?;
-            if let Some(old) = &old {
-                if snapshot_seq(old)? >= account.last_seq() {
-                    break;
-                }
-            }
-            match sled
-                .accounts
-                .compare_and_swap(k, old, Some(new.clone()))
-                .map_err(sled_err)?
-            {
-                Ok(()) => break,
-                Err(_) => continue,
-            }
-        }
+        // Never replaces a snapshot with an older one.
+        self.inner.sled()?.write_account(account)?;
         self.inner
             .dirty
             .remove_if(&account.id, |_, d| d.last_seq <= account.last_seq());
@@ -922,7 +1016,7 @@ impl DurableStore {
         let sled = inner.sled()?;
         let segments = inner.archive.segments(&inner.journal)?;
         let archived_end = segments.last().map_or(0, |(_, end)| *end);
-        let range = index_key(id, 0)..=index_key(id, u64::MAX);
+        let range = seq_key(id, 0)..=seq_key(id, u64::MAX);
         for item in sled.history_index.range(range) {
             if entries.len() >= limit {
                 return Ok(entries);

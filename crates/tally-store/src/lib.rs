@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use tally_core::{Account, AccountId, AccountSpec, Record, UsageQuery, UsageReport, UsageTotals};
 
-pub use durable::{DurableConfig, DurableRecovery, DurableStore};
+pub use durable::{DurableConfig, DurableRecovery, DurableStore, SnapshotStats};
 pub use journal::{TrailProblem, TrailReport};
 pub use mem::MemStore;
 pub use trail::verify_trail;
