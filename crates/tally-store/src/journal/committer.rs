@@ -283,6 +283,13 @@ impl Committer {
         let sync = self.config.sync == SyncMode::Data;
         let (file, path) = format::create_segment(&self.config.dir, seq_first, chain_before, sync)
             .map_err(|e| CommitError::new("create segment in", &self.config.dir, e))?;
+        if let Err(e) = format::preallocate(&file, self.config.segment_bytes_max) {
+            // Out of space now rather than mid-group: the new, empty segment goes again and the
+            // journal fail-stops with nothing of the group written.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(CommitError::new("preallocating", &path, e));
+        }
         tracing::debug!(segment = %path.display(), seq_first, "journal: rolled to a new segment");
         self.active = ActiveSegment {
             file,

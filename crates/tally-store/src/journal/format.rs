@@ -169,6 +169,18 @@ pub(crate) fn create_segment(
     Ok((file, path))
 }
 
+/// Reserves disk blocks for `file` up to `len` bytes without changing its length
+/// (`fallocate` with `FALLOC_FL_KEEP_SIZE`), so that a full disk shows when a segment is
+/// created, not in the middle of a group. A filesystem that cannot preallocate is not an error:
+/// writes there find a full disk when they happen, as before.
+pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Fsyncs a directory, making file creations and removals in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -33,7 +33,12 @@
 //! Creating a segment writes the header, fsyncs the file, then fsyncs the directory, so a
 //! segment name on disk never outlives its header. The committer rolls to a new segment before
 //! a group that would take the current one past [`JournalConfig::segment_bytes_max`] (a segment
-//! is therefore at most that big, unless a single group is bigger).
+//! is therefore at most that big, unless a single group is bigger). Each new segment, and the
+//! active one at open, has its blocks reserved up to `segment_bytes_max` (`fallocate` with
+//! `KEEP_SIZE`: the length stays what was written, so recovery reads exactly the records): a
+//! full disk shows as a failed segment creation (the empty segment is removed again and the
+//! journal fail-stops) or a refused open, not as a group cut short. Filesystems that cannot
+//! preallocate are used as they are.
 //!
 //! # The hash chain
 //!
@@ -498,6 +503,13 @@ impl Journal {
         let lock_file = lock_dir(&dir)?;
         let sync = config.sync == SyncMode::Data;
         let recovered = recovery::recover(&dir, after, sync, &mut on_record)?;
+        format::preallocate(&recovered.active.file, config.segment_bytes_max).map_err(|source| {
+            JournalError::Io {
+                op: "preallocate",
+                path: recovered.active.path.clone(),
+                source,
+            }
+        })?;
 
         let last_seq = recovered.last_seq;
         let (durable_tx, durable_rx) = watch::channel(Durable {

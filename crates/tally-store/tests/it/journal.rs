@@ -1257,3 +1257,49 @@ fn read_racing_trim_before_gets_contiguous_records_or_trimmed() {
     let (_, records) = read_all(&journal, journal.first_seq()).unwrap();
     assert_records(&records, journal.first_seq()..=2_000);
 }
+
+/// Bytes the filesystem allocated to `path` (blocks, not length).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Whether the filesystem of `dir` preallocates (a probe file, removed again).
+fn preallocation_supported(dir: &Path) -> bool {
+    let probe = dir.join("probe");
+    let file = fs::File::create(&probe).unwrap();
+    let supported = fs4::fs_std::FileExt::allocate(&file, 1 << 16).is_ok();
+    drop(file);
+    fs::remove_file(probe).unwrap();
+    supported
+}
+
+#[test]
+fn segments_are_preallocated_without_changing_their_length() {
+    let dir = tempdir();
+    if !preallocation_supported(dir.path()) {
+        eprintln!("SKIPPED: this filesystem does not preallocate");
+        return;
+    }
+    let mut config = JournalConfig::new(dir.path());
+    config.segment_bytes_max = HEADER_LEN + 4 * SMALL_FRAME_LEN + (1 << 20);
+    let (journal, _, _) = open(config.clone());
+    let first = segment_files(dir.path()).pop().unwrap();
+    assert_eq!(fs::metadata(&first).unwrap().len(), HEADER_LEN);
+    assert!(allocated(&first) >= config.segment_bytes_max, "{}", allocated(&first));
+    // Rolled segments are preallocated as they are created; lengths stay what was written,
+    // so recovery reads exactly the records (no zero-filled tail to cut).
+    config.segment_bytes_max = HEADER_LEN + 2 * SMALL_FRAME_LEN;
+    journal.close().unwrap();
+    let (journal, recovery, _) = open(config.clone());
+    assert_eq!(recovery.torn_tail_bytes, 0);
+    append_synced(&journal, 6);
+    journal.close().unwrap();
+    let (_journal, recovery, records) = open(config);
+    assert_records(&records, 1..=6);
+    assert_eq!(recovery.torn_tail_bytes, 0);
+    let segments = segment_files(dir.path());
+    assert!(segments.len() >= 3, "{segments:?}");
+    let newest = segments.last().unwrap();
+    assert!(allocated(newest) >= fs::metadata(newest).unwrap().len());
+}
