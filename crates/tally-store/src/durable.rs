@@ -382,7 +382,7 @@ struct Dirty {
     last_seq: u64,
 }
 
-fn journal_err(e: JournalError) -> StoreError {
+pub(crate) fn journal_err(e: JournalError) -> StoreError {
     match e {
         JournalError::Full { queued, limit } => StoreError::Full { queued, limit },
         JournalError::FullBytes {

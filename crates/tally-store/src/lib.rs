@@ -23,6 +23,7 @@ pub mod journal;
 mod mem;
 mod open_dirs;
 mod projection;
+pub mod salvage;
 pub mod trail;
 
 use std::sync::Arc;

@@ -41,6 +41,42 @@ fn journal_io(e: journal::JournalError) -> StoreError {
     StoreError::Io(e.to_string().into())
 }
 
+/// The snapshot database of the data directory `dir`, opened to read (its lock taken: no
+/// store opens `dir` while it is held), or `None` if there is none.
+fn open_snapshots_to_read(dir: &Path) -> Result<Option<sled::Db>, StoreError> {
+    let snapshots = dir.join("snapshots");
+    if !snapshots.exists() {
+        return Ok(None);
+    }
+    let opened = crate::open_dirs::wait_for_lock(|| {
+        match sled::Config::new()
+            .path(&snapshots)
+            .cache_capacity(1 << 20)
+            .open()
+        {
+            Ok(db) => Ok(Some(db)),
+            Err(e) if crate::durable::is_lock_error(&e) => Ok(None),
+            Err(other) => Err(sled_err(other)),
+        }
+    })?;
+    match opened {
+        Some(db) => Ok(Some(db)),
+        None => Err(StoreError::Locked {
+            path: dir.to_owned(),
+            holder: "open in a tally store: verify through DurableStore::verify_trail".into(),
+        }),
+    }
+}
+
+/// The anchor the snapshot database of the data directory `dir` holds, if any (read with its
+/// lock taken, then released).
+pub(crate) fn read_stored_anchor(dir: &Path) -> Result<Option<(u64, Chain)>, StoreError> {
+    match open_snapshots_to_read(dir)? {
+        Some(db) => read_anchor(&db),
+        None => Ok(None),
+    }
+}
+
 /// The anchor stored in `db`, if any.
 pub(crate) fn read_anchor(db: &sled::Db) -> Result<Option<(u64, Chain)>, StoreError> {
     let Some(value) = db.get(TRAIL_ANCHOR_KEY).map_err(sled_err)? else {
@@ -117,30 +153,8 @@ pub fn verify_trail(dir: &Path) -> Result<TrailReport, StoreError> {
             format!("{} is not a data directory", dir.display()).into(),
         ));
     }
-    let snapshots = dir.join("snapshots");
     // Held through the walk: no store opens the directory under it.
-    let db = if snapshots.exists() {
-        let opened = crate::open_dirs::wait_for_lock(|| {
-            match sled::Config::new()
-                .path(&snapshots)
-                .cache_capacity(1 << 20)
-                .open()
-            {
-                Ok(db) => Ok(Some(db)),
-                Err(e) if crate::durable::is_lock_error(&e) => Ok(None),
-                Err(other) => Err(sled_err(other)),
-            }
-        })?;
-        let Some(db) = opened else {
-            return Err(StoreError::Locked {
-                path: dir.to_owned(),
-                holder: "open in a tally store: verify through DurableStore::verify_trail".into(),
-            });
-        };
-        Some(db)
-    } else {
-        None
-    };
+    let db = open_snapshots_to_read(dir)?;
     let anchors: Vec<(u64, Chain)> = match &db {
         Some(db) => read_anchor(db)?.into_iter().collect(),
         None => Vec::new(),

@@ -185,6 +185,7 @@ mod committer;
 mod format;
 mod reader;
 mod recovery;
+pub mod salvage;
 mod trail;
 
 use std::fs::{File, OpenOptions};
@@ -503,13 +504,13 @@ impl Journal {
         let lock_file = lock_dir(&dir)?;
         let sync = config.sync == SyncMode::Data;
         let recovered = recovery::recover(&dir, after, sync, &mut on_record)?;
-        format::preallocate(&recovered.active.file, config.segment_bytes_max).map_err(|source| {
-            JournalError::Io {
+        format::preallocate(&recovered.active.file, config.segment_bytes_max).map_err(
+            |source| JournalError::Io {
                 op: "preallocate",
                 path: recovered.active.path.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
 
         let last_seq = recovered.last_seq;
         let (durable_tx, durable_rx) = watch::channel(Durable {
@@ -936,7 +937,7 @@ impl Drop for Inner {
 
 /// Creates `dir/LOCK` if needed and takes an exclusive `flock` on it, held until the returned
 /// file is dropped. The file holds the owner's process id, for people.
-fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     let path = dir.join(LOCK_FILE_NAME);
     let io = |op: &'static str| {
         let path = path.clone();

@@ -1286,7 +1286,11 @@ fn segments_are_preallocated_without_changing_their_length() {
     let (journal, _, _) = open(config.clone());
     let first = segment_files(dir.path()).pop().unwrap();
     assert_eq!(fs::metadata(&first).unwrap().len(), HEADER_LEN);
-    assert!(allocated(&first) >= config.segment_bytes_max, "{}", allocated(&first));
+    assert!(
+        allocated(&first) >= config.segment_bytes_max,
+        "{}",
+        allocated(&first)
+    );
     // Rolled segments are preallocated as they are created; lengths stay what was written,
     // so recovery reads exactly the records (no zero-filled tail to cut).
     config.segment_bytes_max = HEADER_LEN + 2 * SMALL_FRAME_LEN;

@@ -413,3 +413,135 @@ fn mem_store_chain_matches_the_durable_store_and_finds_a_tampered_record() {
     let report = mem.verify_trail().unwrap();
     assert_eq!(report.problems, [TrailProblem::Altered { seq: 3 }]);
 }
+
+// Salvage: inspect reports, salvage cuts back to the last verified record after a copy.
+
+#[test]
+fn salvage_of_a_clean_store_reports_nothing_to_do_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let report = tally_store::salvage::inspect(dir.path()).unwrap();
+    assert!(!report.needed(), "{report}");
+    assert_eq!((report.prefix.first_seq, report.prefix.last_seq), (1, 10));
+    assert_eq!(report.anchored_seq, 10);
+    assert!(
+        report.to_string().contains("nothing to salvage"),
+        "{report}"
+    );
+    let copy = dir.path().join("copy");
+    let done = tally_store::salvage::salvage(config(dir.path()), &copy).unwrap();
+    assert!(done.is_none());
+    assert!(!copy.exists(), "nothing copied when nothing is to be done");
+    drop(open(dir.path()));
+}
+
+#[test]
+fn salvage_reports_the_acknowledged_records_at_risk_then_cuts_and_rebuilds_after_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    store_of_ten(&data);
+    // More records after the checkpoint, then damage in the middle of the live journal.
+    let store = open(&data);
+    append(&store, 11, 14);
+    store.close().unwrap();
+    drop(store);
+    let live = segment_path(&data.join("journal"), 9);
+    let mut bytes = fs::read(&live).unwrap();
+    let (offset, _) = frame_of(&bytes, 12);
+    bytes[offset + FRAME_HEADER_LEN] ^= 0xff;
+    fs::write(&live, &bytes).unwrap();
+    let damaged = fs::read(&live).unwrap();
+    assert!(matches!(try_open(&data), Err(StoreError::Corrupt(_))));
+
+    let report = tally_store::salvage::inspect(&data).unwrap();
+    assert!(report.needed(), "{report}");
+    assert_eq!(report.prefix.last_seq, 11);
+    assert_eq!(report.anchored_seq, 14);
+    assert_eq!(report.vouched_at_risk(), Some((12, 14)));
+    let cut = report.prefix.cut.as_ref().unwrap();
+    assert_eq!(
+        (cut.segment.as_path(), cut.offset),
+        (live.as_path(), offset as u64)
+    );
+    assert_eq!(
+        report.prefix.frames_after, 2,
+        "13 and 14 still decode: {report}"
+    );
+    let text = report.to_string();
+    assert!(
+        text.contains("AT RISK: acknowledged records 12..=14"),
+        "{text}"
+    );
+
+    // The copy must be new.
+    let taken = dir.path().join("taken");
+    fs::create_dir(&taken).unwrap();
+    let refused = tally_store::salvage::salvage(config(&data), &taken).unwrap_err();
+    assert!(refused.to_string().contains("exists already"), "{refused}");
+    assert_eq!(
+        fs::read(&live).unwrap(),
+        damaged,
+        "a refusal changes nothing"
+    );
+
+    let copy = dir.path().join("copy");
+    let done = tally_store::salvage::salvage(config(&data), &copy)
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.kept_through, 11);
+    assert_eq!(done.recovery.records_replayed, 11, "rebuilt from seq 1");
+    // The copy holds the directory as it was, damage included.
+    assert_eq!(
+        fs::read(copy.join("journal").join(live.file_name().unwrap())).unwrap(),
+        damaged
+    );
+    assert!(copy.join("snapshots").is_dir());
+
+    // The ledger serves again: records 1..=11, every account opened by them, none after.
+    let report = verify(&data);
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.first_seq, report.last_seq), (1, 11));
+    let store = open(&data);
+    assert_eq!(store.accounts().unwrap().len(), 11);
+    assert!(store.load(AccountId(11)).unwrap().is_some());
+    assert!(store.load(AccountId(12)).unwrap().is_none());
+    assert_eq!(
+        store.append(&record(12)).unwrap(),
+        12,
+        "the trail continues at 12"
+    );
+}
+
+#[test]
+fn salvage_is_refused_while_a_store_has_the_directory_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    append(&store, 1, 3);
+    let error = tally_store::salvage::inspect(dir.path()).unwrap_err();
+    assert!(matches!(error, StoreError::Locked { .. }), "{error}");
+    let error =
+        tally_store::salvage::salvage(config(dir.path()), &dir.path().join("c")).unwrap_err();
+    assert!(matches!(error, StoreError::Locked { .. }), "{error}");
+    assert!(!dir.path().join("c").exists());
+}
+
+#[test]
+fn salvage_takes_a_torn_tail_past_the_anchor_for_what_it_is_and_an_anchored_cut_as_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let live = segment_path(&dir.path().join("journal"), 9);
+    let mut bytes = fs::read(&live).unwrap();
+    let intact = bytes.clone();
+    bytes.extend_from_slice(&[0x5a; 20]);
+    fs::write(&live, &bytes).unwrap();
+    let report = tally_store::salvage::inspect(dir.path()).unwrap();
+    assert!(report.prefix.torn_tail && !report.needed(), "{report}");
+    assert!(report.to_string().contains("a torn tail"), "{report}");
+
+    // Record 10, vouched for by the anchor, cut off: a loss, not a torn tail.
+    let (offset, _) = frame_of(&intact, 10);
+    fs::write(&live, &intact[..offset + 7]).unwrap();
+    let report = tally_store::salvage::inspect(dir.path()).unwrap();
+    assert!(report.needed(), "{report}");
+    assert_eq!(report.vouched_at_risk(), Some((10, 10)));
+}
