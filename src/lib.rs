@@ -51,14 +51,14 @@ pub use tally_core::{
 /// A token bucket's rate (for [`RateLimit`]).
 pub use tally_engine::Rate as TokenRate;
 pub use tally_engine::{
-    BalancePoint, Clock, Committed, Dispatch, EngineConfig, Error, Event, EventKind, HistoryPage,
-    HoldGuard, LimitScope, ManualClock, MeterGuard, Missed, RateLimit, ReserveRequest,
-    Subscription, SystemClock, Tally, EVENTS_QUEUE, HISTORY_PAGE_MAX,
+    BalanceHistory, BalancePoint, Clock, Committed, Dispatch, EngineConfig, Error, Event,
+    EventKind, HistoryPage, HoldGuard, LimitScope, ManualClock, MeterGuard, Missed, RateLimit,
+    ReserveRequest, Subscription, SystemClock, Tally, EVENTS_QUEUE, HISTORY_PAGE_MAX,
 };
 pub use tally_store::journal::SyncMode;
 pub use tally_store::{
-    verify_trail, DurableConfig, DurablePoint, DurableRecovery, DurableStore, HistoryEntry,
-    MemStore, SnapshotStats, Store, StoreError, TrailProblem, TrailReport,
+    verify_trail, DurableConfig, DurablePoint, DurableRecovery, DurableStore, HistoryBase,
+    HistoryEntry, MemStore, Pruned, SnapshotStats, Store, StoreError, TrailProblem, TrailReport,
 };
 
 /// The domain errors of the ledger (`tally::Error::Ledger` wraps them).

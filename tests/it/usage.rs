@@ -263,7 +263,8 @@ async fn balance_history_gives_the_balance_after_each_change_in_the_range() {
         .tally
         .balance_history(ALICE, Timestamp(0), Timestamp(u64::MAX), 100)
         .await
-        .unwrap();
+        .unwrap()
+        .points;
     let seen: Vec<_> = all.iter().map(|p| (p.posted(), p.debits_pending)).collect();
     assert_eq!(
         seen,
@@ -285,7 +286,8 @@ async fn balance_history_gives_the_balance_after_each_change_in_the_range() {
         .tally
         .balance_history(ALICE, Timestamp(t0.0 + 1_000), Timestamp(u64::MAX), 1)
         .await
-        .unwrap();
+        .unwrap()
+        .points;
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].posted(), 7_500);
     // The app's side is rebuilt from the legs.
@@ -293,6 +295,7 @@ async fn balance_history_gives_the_balance_after_each_change_in_the_range() {
         .tally
         .balance_history(APP, Timestamp(0), Timestamp(u64::MAX), 100)
         .await
-        .unwrap();
+        .unwrap()
+        .points;
     assert_eq!(app.last().map(|p| p.posted()), Some(2_800));
 }

@@ -135,6 +135,9 @@ pub struct HistoryPage {
     pub entries: Vec<HistoryEntry>,
     /// Pass as `after_seq` for the next page; `None` when this page is the last.
     pub next_after_seq: Option<u64>,
+    /// Records up to this seq were pruned (0: none): the history starts after them, asked
+    /// for or not.
+    pub pruned_through: u64,
 }
 
 fn amount(value: u64) -> Result<Amount, Error> {
@@ -617,6 +620,7 @@ impl Tally {
         }
         let limit = limit.clamp(1, HISTORY_PAGE_MAX);
         let durable = self.shared.durable.borrow().seq;
+        let pruned_through = self.shared.store.history_base(account)?.pruned_through;
         let mut entries = self.shared.store.history(account, after_seq, limit + 1)?;
         entries.retain(|e| e.seq <= durable);
         let next_after_seq = if entries.len() > limit {
@@ -628,6 +632,7 @@ impl Tally {
         Ok(HistoryPage {
             entries,
             next_after_seq,
+            pruned_through,
         })
     }
 

@@ -30,5 +30,5 @@ pub use error::Error;
 pub use events::{Event, EventKind, Missed, Subscription, EVENTS_QUEUE};
 pub use guard::HoldGuard;
 pub use handle::{Committed, HistoryPage, ReserveRequest, Tally, HISTORY_PAGE_MAX};
-pub use metering::{BalancePoint, MeterGuard};
+pub use metering::{BalanceHistory, BalancePoint, MeterGuard};
 pub use policy::{LimitScope, Rate, RateLimit};

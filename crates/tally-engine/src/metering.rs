@@ -178,17 +178,30 @@ impl Tally {
 
     /// An account's balance after each change made in `[from, to)` (at most `limit` points,
     /// oldest first), rebuilt from its history: every durable record that touched it since it
-    /// was opened is read, so the cost grows with the account's history.
+    /// was opened (or since the cut of pruned history, starting from the totals kept at the
+    /// cut) is read, so the cost grows with the account's history. Changes in pruned history
+    /// have no points: [`BalanceHistory::pruned_through`] says where the points can start.
     pub async fn balance_history(
         &self,
         account: AccountId,
         from: Timestamp,
         to: Timestamp,
         limit: usize,
-    ) -> Result<Vec<BalancePoint>, Error> {
-        let mut point = BalancePoint::default();
+    ) -> Result<BalanceHistory, Error> {
+        let base = self.shared.store.history_base(account)?;
+        let mut point = BalancePoint {
+            seq: base.pruned_through,
+            credits_posted: base.credits_posted,
+            debits_posted: base.debits_posted,
+            debits_pending: base.debits_pending,
+            ..BalancePoint::default()
+        };
         let mut points = Vec::new();
-        let mut after = 0;
+        let mut after = base.pruned_through;
+        let done = |points| BalanceHistory {
+            points,
+            pruned_through: base.pruned_through,
+        };
         loop {
             let page = self.history(account, after, HISTORY_PAGE_MAX).await?;
             for entry in &page.entries {
@@ -198,17 +211,27 @@ impl Tally {
                 point.at = record.at;
                 if record.at >= from && record.at < to {
                     if points.len() >= limit {
-                        return Ok(points);
+                        return Ok(done(points));
                     }
                     points.push(point);
                 }
             }
             match page.next_after_seq {
                 Some(next) => after = next,
-                None => return Ok(points),
+                None => return Ok(done(points)),
             }
         }
     }
+}
+
+/// What [`Tally::balance_history`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BalanceHistory {
+    /// The balance after each change, oldest first.
+    pub points: Vec<BalancePoint>,
+    /// Records up to this seq were pruned (0: none): no point comes from them, and the
+    /// points after them start from the totals kept at the cut.
+    pub pruned_through: u64,
 }
 
 /// An account's balance right after one change (see [`Tally::balance_history`]).

@@ -636,7 +636,9 @@ async fn balance_history(
             limit,
         )
         .await?;
-    let points: Vec<Value> = points
+    let history = points;
+    let points: Vec<Value> = history
+        .points
         .iter()
         .map(|b| {
             json!({
@@ -649,7 +651,9 @@ async fn balance_history(
             })
         })
         .collect();
-    Ok(Json(json!({"account": name, "points": points})))
+    Ok(Json(
+        json!({"account": name, "points": points, "pruned_through": history.pruned_through}),
+    ))
 }
 
 /// Sets again, at start, every price the registry recorded.

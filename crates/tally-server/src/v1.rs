@@ -1126,7 +1126,8 @@ async fn history(
         })
         .collect();
     Ok(Json(
-        json!({"account": name, "entries": entries, "next_after": page.next_after_seq}),
+        json!({"account": name, "entries": entries, "next_after": page.next_after_seq,
+               "pruned_through": page.pruned_through}),
     ))
 }
 

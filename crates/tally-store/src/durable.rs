@@ -63,6 +63,11 @@ use tally_core::{
     UsageQuery, UsageReport, UsageTotals,
 };
 
+mod retention;
+
+pub(crate) use retention::read_pruned;
+pub use retention::Pruned;
+
 use crate::codec::{
     decode_account, decode_key, decode_record, encode_account, encode_key, encode_record,
     snapshot_key_window, snapshot_seq,
@@ -179,6 +184,8 @@ struct Sled {
     history_index: sled::Tree,
     /// The usage projection's saved entries.
     usage: sled::Tree,
+    /// Account id → its [`crate::HistoryBase`]: the totals of its pruned history.
+    bases: sled::Tree,
 }
 
 /// How long closing waits for the snapshot database to flush and release its files. sled
@@ -196,6 +203,7 @@ impl Sled {
             directory: db.open_tree("directory").map_err(sled_err)?,
             history_index: db.open_tree("history_index").map_err(sled_err)?,
             usage: Projection::tree(&db)?,
+            bases: db.open_tree("history_base").map_err(sled_err)?,
             db,
         })
     }
@@ -1001,6 +1009,10 @@ impl Store for DurableStore {
     fn trail_head(&self) -> (u64, crate::journal::Chain) {
         DurableStore::trail_head(self)
     }
+
+    fn history_base(&self, id: AccountId) -> Result<crate::HistoryBase, StoreError> {
+        self.history_base_of(id)
+    }
 }
 
 impl DurableStore {
@@ -1015,6 +1027,7 @@ impl DurableStore {
         let _reading = inner.archive.lock.read();
         let sled = inner.sled()?;
         let segments = inner.archive.segments(&inner.journal)?;
+        let pruned_seq = retention::read_pruned(&sled.db)?.map_or(0, |(seq, _)| seq);
         let archived_end = segments.last().map_or(0, |(_, end)| *end);
         let range = seq_key(id, 0)..=seq_key(id, u64::MAX);
         for item in sled.history_index.range(range) {
@@ -1028,8 +1041,11 @@ impl DurableStore {
                 .map(u64::from_be_bytes)
                 .ok_or_else(|| StoreError::Corrupt("history index key is not 16 bytes".into()))?;
             let Some(&(_, end)) = segments.iter().find(|(f, _)| *f == first) else {
-                continue; // pruned from the archive by hand
+                continue; // pruned (an interrupted prune removes its index entries next time)
             };
+            if end <= pruned_seq {
+                continue;
+            }
             if end <= after_seq {
                 continue;
             }
@@ -1110,9 +1126,10 @@ impl DurableStore {
         let anchors: Vec<_> = crate::trail::read_anchor(&inner.sled()?.db)?
             .into_iter()
             .collect();
+        let pruned = retention::read_pruned(&inner.sled()?.db)?;
         inner
             .journal
-            .verify_trail(Some(&inner.archive.dir), &anchors)
+            .verify_trail(Some(&inner.archive.dir), &anchors, pruned)
             .map_err(journal_err)
     }
 

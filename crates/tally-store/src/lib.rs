@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use tally_core::{Account, AccountId, AccountSpec, Record, UsageQuery, UsageReport, UsageTotals};
 
-pub use durable::{DurableConfig, DurableRecovery, DurableStore, SnapshotStats};
+pub use durable::{DurableConfig, DurableRecovery, DurableStore, Pruned, SnapshotStats};
 pub use journal::{TrailProblem, TrailReport};
 pub use mem::MemStore;
 pub use trail::verify_trail;
@@ -91,6 +91,21 @@ pub struct HistoryEntry {
     pub record: Record,
 }
 
+/// What pruning left of an account's history ([`Store::history_base`]): records up to
+/// `pruned_through` are gone, and these are the totals they had summed to for the account, so
+/// that a balance history continues exactly from the cut.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryBase {
+    /// The last pruned record (0: nothing pruned).
+    pub pruned_through: u64,
+    /// Σ posted credits of the pruned records.
+    pub credits_posted: u128,
+    /// Σ posted debits of the pruned records.
+    pub debits_posted: u128,
+    /// Σ pending holds as of the cut.
+    pub debits_pending: u128,
+}
+
 /// Durable state behind the engine. Implementations must be cheap to call from many threads.
 pub trait Store: Send + Sync + 'static {
     /// Queues a record; returns its sequence number. Never waits for the disk.
@@ -148,6 +163,13 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Closed`]. Returns within a bounded time even when the disk fails.
     fn close(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Where pruned history ends and what it summed to for `id` (see [`HistoryBase`]); the
+    /// default: nothing pruned.
+    fn history_base(&self, id: AccountId) -> Result<HistoryBase, StoreError> {
+        let _ = id;
+        Ok(HistoryBase::default())
     }
 
     /// The journal's running totals, for metrics (`None` for a store without one).

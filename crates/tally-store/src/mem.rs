@@ -275,6 +275,7 @@ impl MemStore {
         }
         let records = journal.chain.len() as u64;
         Ok(TrailReport {
+            pruned_through: 0,
             records,
             segments: 0,
             first_seq: u64::from(records > 0),

@@ -161,8 +161,12 @@ pub fn verify_trail(dir: &Path) -> Result<TrailReport, StoreError> {
     };
     let archive = dir.join("archive");
     let journal_dir = dir.join("journal");
-    let report =
-        journal::verify_segments(&[&archive, &journal_dir], &anchors).map_err(journal_io)?;
+    let pruned = match &db {
+        Some(db) => crate::durable::read_pruned(db)?,
+        None => None,
+    };
+    let report = journal::verify_segments(&[&archive, &journal_dir], &anchors, pruned)
+        .map_err(journal_io)?;
     drop(db);
     Ok(report)
 }

@@ -875,6 +875,7 @@ impl Journal {
         &self,
         archive_dir: Option<&Path>,
         anchors: &[(u64, Chain)],
+        pruned: Option<(u64, Chain)>,
     ) -> Result<TrailReport, JournalError> {
         let _trim = self.inner.trim.lock();
         if self.inner.shared.queue.lock().closing {
@@ -886,7 +887,7 @@ impl Journal {
         all.push(head);
         let mut dirs: Vec<&Path> = archive_dir.into_iter().collect();
         dirs.push(&self.inner.dir);
-        trail::walk(&dirs, Some(head.0), &all)
+        trail::walk(&dirs, Some(head.0), &all, pruned)
     }
 
     /// Test hook: while paused, the committer takes no new records (a group already taken
@@ -963,6 +964,38 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     file.set_len(0).map_err(io("truncate"))?;
     writeln!(file, "pid {}", std::process::id()).map_err(io("write"))?;
     Ok(file)
+}
+
+pub(crate) use format::{segment_file_name, sync_dir};
+
+/// The oldest segment file of the journal directory `dir`, if it has one.
+pub(crate) fn first_segment(dir: &Path) -> Result<Option<PathBuf>, JournalError> {
+    let segments = format::list_segments(dir).map_err(|source| JournalError::Io {
+        op: "list",
+        path: dir.to_owned(),
+        source,
+    })?;
+    Ok(segments.into_iter().next().map(|segment| segment.path))
+}
+
+/// The first sequence number and the chain hash before it that the segment file at `path`
+/// names in its header.
+pub(crate) fn segment_link(path: &Path) -> Result<(u64, Chain), JournalError> {
+    use std::io::Read;
+    let mut header = [0u8; format::HEADER_LEN];
+    File::open(path)
+        .and_then(|mut file| file.read_exact(&mut header))
+        .map_err(|source| JournalError::Io {
+            op: "read the header of",
+            path: path.to_owned(),
+            source,
+        })?;
+    let header = format::decode_header(&header).map_err(|reason| JournalError::Corrupt {
+        segment: path.to_owned(),
+        offset: 0,
+        reason,
+    })?;
+    Ok((header.first_seq, header.chain_before))
 }
 
 /// Reads the records `from_seq ..= upto_seq` of an archive made by [`Journal::archive_before`]

@@ -133,6 +133,9 @@ pub struct TrailReport {
     pub problems: Vec<TrailProblem>,
     /// Every problem found, listed or not.
     pub problems_total: u64,
+    /// Records `1..=pruned_through` were pruned on purpose (0: none): the walk started after
+    /// them, from the chain hash kept at the cut, and they are no problem.
+    pub pruned_through: u64,
 }
 
 impl TrailReport {
@@ -159,6 +162,13 @@ impl std::fmt::Display for TrailReport {
             self.head_hex(),
             self.anchors_checked
         )?;
+        if self.pruned_through > 0 {
+            write!(
+                f,
+                "records 1 ..= {} pruned (verified from the hash kept at the cut), ",
+                self.pruned_through
+            )?;
+        }
         if self.ok() {
             return write!(f, "ok");
         }
@@ -185,16 +195,20 @@ impl std::fmt::Display for TrailReport {
 pub fn verify_segments(
     dirs: &[&Path],
     anchors: &[(u64, Chain)],
+    pruned: Option<(u64, Chain)>,
 ) -> Result<TrailReport, JournalError> {
-    walk(dirs, None, anchors)
+    walk(dirs, None, anchors, pruned)
 }
 
 /// The walk: `upto`, if set, is the durable point of an open journal: nothing after it is
-/// read, and the newest segment has no torn tail to allow for.
+/// read, and the newest segment has no torn tail to allow for. `pruned`, if set, is the last
+/// pruned record and its chain hash: the walk starts after it, and segments that end at or
+/// before it (left by a prune interrupted before it removed them) are not read.
 pub(crate) fn walk(
     dirs: &[&Path],
     upto: Option<u64>,
     anchors: &[(u64, Chain)],
+    pruned: Option<(u64, Chain)>,
 ) -> Result<TrailReport, JournalError> {
     let mut segments = Vec::new();
     for dir in dirs {
@@ -210,11 +224,16 @@ pub(crate) fn walk(
             }
         }
     }
-    let mut walk = Walk::new(upto, anchors);
+    let mut walk = Walk::new(upto, anchors, pruned);
     let count = segments.len();
+    let pruned_seq = pruned.map_or(0, |(seq, _)| seq);
     for (index, segment) in segments.iter().enumerate() {
         if walk.reached_upto() {
             break;
+        }
+        let next_first = segments.get(index + 1).map(|next| next.first_seq);
+        if next_first.is_some_and(|next| next <= pruned_seq.saturating_add(1)) {
+            continue; // wholly pruned
         }
         let bytes = fs::read(&segment.path).map_err(|source| JournalError::Io {
             op: "read",
@@ -258,21 +277,24 @@ struct Walk {
     torn_tail_bytes: u64,
     problems: Vec<TrailProblem>,
     problems_total: u64,
+    pruned_through: u64,
 }
 
 impl Walk {
-    fn new(upto: Option<u64>, anchors: &[(u64, Chain)]) -> Self {
+    fn new(upto: Option<u64>, anchors: &[(u64, Chain)], pruned: Option<(u64, Chain)>) -> Self {
+        let (pruned_through, prev) = pruned.unwrap_or((0, GENESIS));
         let mut distinct: Vec<(u64, Chain)> = anchors
             .iter()
             .copied()
-            .filter(|(seq, _)| *seq > 0)
+            .filter(|(seq, _)| *seq > pruned_through)
             .collect();
         distinct.sort_unstable();
         distinct.dedup();
         Walk {
             upto,
-            seq_expected: 1,
-            prev: GENESIS,
+            seq_expected: pruned_through.saturating_add(1),
+            prev,
+            pruned_through,
             records: 0,
             segments: 0,
             first_seq: None,
@@ -493,6 +515,7 @@ impl Walk {
             anchors_checked: anchors.len(),
             problems: self.problems,
             problems_total: self.problems_total,
+            pruned_through: self.pruned_through,
         }
     }
 }

@@ -367,11 +367,11 @@ fn journal_chain_follows_the_documented_formula_across_groups_and_segments() {
     }
     block_on(journal.wait_durable(last)).unwrap();
     assert_eq!(journal.trail_head(), (100, head));
-    let report = journal.verify_trail(None, &[]).unwrap();
+    let report = journal.verify_trail(None, &[], None).unwrap();
     assert!(report.ok(), "{report}");
     journal.close().unwrap();
 
-    let report = verify_segments(&[dir.path()], &[(100, head)]).unwrap();
+    let report = verify_segments(&[dir.path()], &[(100, head)], None).unwrap();
     assert!(report.ok(), "{report}");
     assert_eq!((report.records, report.head), (100, head));
     assert!(report.segments > 3, "{report}");
@@ -544,4 +544,89 @@ fn salvage_takes_a_torn_tail_past_the_anchor_for_what_it_is_and_an_anchored_cut_
     let report = tally_store::salvage::inspect(dir.path()).unwrap();
     assert!(report.needed(), "{report}");
     assert_eq!(report.vouched_at_risk(), Some((10, 10)));
+}
+
+// Retention: pruning the oldest archived segments keeps history, and the trail, consistent.
+
+#[test]
+fn pruned_history_is_reported_as_pruned_and_the_trail_verifies_from_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let store = open(dir.path());
+    let pruned = store.prune_history(5).unwrap();
+    assert_eq!(
+        (pruned.segments, pruned.records, pruned.pruned_through),
+        (1, 4, 4)
+    );
+    assert_eq!(pruned.accounts, 4, "records 1..=4 opened accounts 1..=4");
+    assert_eq!(segments(&dir.path().join("archive")), [5]);
+    let report = store.verify_trail().unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.pruned_through, 4);
+    assert!(store.history(AccountId(2), 0, 10).unwrap().is_empty());
+    let six = store.history(AccountId(6), 0, 10).unwrap();
+    assert_eq!(six.iter().map(|e| e.seq).collect::<Vec<_>>(), [6]);
+    assert_eq!(store.history_base(AccountId(2)).unwrap().pruned_through, 4);
+    // A second prune before the same point does nothing.
+    assert_eq!(store.prune_history(5).unwrap().segments, 0);
+    drop(store);
+
+    let report = verify(dir.path());
+    assert!(report.ok(), "{report}");
+    assert_eq!(
+        (report.pruned_through, report.first_seq, report.last_seq),
+        (4, 5, 10)
+    );
+    assert!(
+        report.to_string().contains("records 1 ..= 4 pruned"),
+        "{report}"
+    );
+    // The journal is never pruned: only archived segments go.
+    let store = open(dir.path());
+    let pruned = store.prune_history(u64::MAX).unwrap();
+    assert_eq!((pruned.segments, pruned.pruned_through), (1, 8));
+    assert_eq!(segments(&dir.path().join("journal")), [9]);
+    assert_eq!(
+        store.load(AccountId(10)).unwrap().unwrap().id,
+        AccountId(10)
+    );
+    assert!(store.verify_trail().unwrap().ok());
+}
+
+#[test]
+fn a_prune_of_a_damaged_range_is_refused_and_removes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let archived = segment_path(&dir.path().join("archive"), 1);
+    alter_record(&archived, 2);
+    let store = open(dir.path());
+    let error = store.prune_history(5).unwrap_err();
+    assert!(
+        matches!(error, StoreError::Corrupt(_)) && error.to_string().contains("refusing to prune"),
+        "{error}"
+    );
+    assert_eq!(segments(&dir.path().join("archive")), [1, 5]);
+    assert_eq!(store.history_base(AccountId(2)).unwrap().pruned_through, 0);
+}
+
+#[test]
+fn a_segment_left_by_an_interrupted_prune_is_skipped_then_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let archived = segment_path(&dir.path().join("archive"), 1);
+    let kept = fs::read(&archived).unwrap();
+    let store = open(dir.path());
+    store.prune_history(5).unwrap();
+    // As if the process died after recording the prune, before removing the file.
+    fs::write(&archived, &kept).unwrap();
+    let report = store.verify_trail().unwrap();
+    assert!(report.ok(), "{report}");
+    assert!(store.history(AccountId(2), 0, 10).unwrap().is_empty());
+    let again = store.prune_history(5).unwrap();
+    assert_eq!(
+        (again.segments, again.records),
+        (0, 0),
+        "nothing counted twice"
+    );
+    assert!(!archived.exists(), "the leftover went");
 }

@@ -1,0 +1,255 @@
+//! Retention: pruning the oldest archived history on purpose, without breaking what reads it.
+//!
+//! [`DurableStore::prune_history`] removes whole archived segments from the oldest on. Before a
+//! file goes it records, durably in `snapshots/`, the last pruned record with its chain hash
+//! (the trail verifies on from there: [`crate::trail`] reports the range as pruned, not as
+//! missing) and, per account the pruned records touched, the totals they summed to
+//! ([`HistoryBase`]: a balance history continues exactly from the cut). History reads start
+//! after the cut. The chain over the pruned records must lead into the segment that stays, or
+//! nothing is pruned: damage is never pruned away unnoticed. A prune interrupted after its
+//! record but before the files went is finished by the next one (the leftovers are removed,
+//! never counted twice).
+
+use std::collections::HashMap;
+
+use tally_core::AccountId;
+
+use super::{decode_record, journal_err, key, sled_err, touched, DurableStore, Sled};
+use crate::journal::{self, chain_hex, chain_next, Chain, GENESIS};
+use crate::{HistoryBase, StoreError};
+
+/// The sled key of the last pruned record: its seq (big-endian `u64`) then its chain hash.
+const PRUNED_KEY: &[u8] = b"history_pruned";
+
+/// What [`DurableStore::prune_history`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Archived segment files removed.
+    pub segments: usize,
+    /// Records pruned by this call.
+    pub records: u64,
+    /// Accounts whose history lost records (their bases were updated).
+    pub accounts: usize,
+    /// The last pruned record now (0: none ever).
+    pub pruned_through: u64,
+}
+
+/// The last pruned record and its chain hash, if history was ever pruned.
+pub(crate) fn read_pruned(db: &sled::Db) -> Result<Option<(u64, Chain)>, StoreError> {
+    let Some(value) = db.get(PRUNED_KEY).map_err(sled_err)? else {
+        return Ok(None);
+    };
+    let seq = value
+        .get(0..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes);
+    let chain = value.get(8..40).and_then(|b| <Chain>::try_from(b).ok());
+    match (seq, chain, value.len()) {
+        (Some(seq), Some(chain), 40) => Ok(Some((seq, chain))),
+        _ => Err(StoreError::Corrupt(
+            format!(
+                "the pruned-history mark is {} bytes, expected 40",
+                value.len()
+            )
+            .into(),
+        )),
+    }
+}
+
+fn read_base(sled: &Sled, id: AccountId) -> Result<Option<HistoryBase>, StoreError> {
+    sled.bases
+        .get(key(id))
+        .map_err(sled_err)?
+        .map(|bytes| {
+            postcard::from_bytes(&bytes).map_err(|e| {
+                StoreError::Corrupt(format!("history base of account {}: {e}", id.0).into())
+            })
+        })
+        .transpose()
+}
+
+impl DurableStore {
+    /// Removes the archived history before `before_seq`, whole segments only (those whose
+    /// last record is below it), oldest first; the journal itself is never pruned. Returns
+    /// what went. Afterwards [`crate::Store::history`] starts after the cut,
+    /// [`crate::Store::history_base`] gives each account's totals at the cut, and
+    /// [`crate::verify_trail`] reports the range as pruned and verifies on from the chain
+    /// hash kept at it.
+    ///
+    /// Errors: [`StoreError::Corrupt`] if the pruned records do not chain into what stays
+    /// (nothing is removed then: run a trail verification); [`StoreError::Io`] naming the file
+    /// that could not be read or removed.
+    pub fn prune_history(&self, before_seq: u64) -> Result<Pruned, StoreError> {
+        let inner = &self.inner;
+        let _checkpointing = inner.checkpointing.lock();
+        let _moving = inner.archive.lock.write();
+        let sled = inner.sled()?;
+        let (pruned_seq, pruned_chain) = read_pruned(&sled.db)?.unwrap_or((0, GENESIS));
+        let segments = inner.archive.segments(&inner.journal)?;
+        let leftovers: Vec<u64> = segments
+            .iter()
+            .filter(|(_, end)| *end <= pruned_seq)
+            .map(|(first, _)| *first)
+            .collect();
+        let chosen: Vec<(u64, u64)> = segments
+            .iter()
+            .copied()
+            .filter(|(first, end)| *first > pruned_seq && *end < before_seq)
+            .collect();
+        let mut outcome = Pruned {
+            pruned_through: pruned_seq,
+            ..Pruned::default()
+        };
+        if !chosen.is_empty() {
+            let (bases, last, chain) =
+                self.fold_pruned(&sled, &chosen, pruned_seq, pruned_chain)?;
+            // The chain must lead into what stays: the next segment's header links to it.
+            let next = segments
+                .iter()
+                .find(|(first, _)| *first == last.saturating_add(1))
+                .map(|(first, _)| inner.archive.dir.join(journal::segment_file_name(*first)))
+                .or(journal::first_segment(inner.journal.dir()).map_err(journal_err)?);
+            if let Some(next) = next {
+                let (first, before) = journal::segment_link(&next).map_err(journal_err)?;
+                if first != last.saturating_add(1) || before != chain {
+                    return Err(StoreError::Corrupt(
+                        format!(
+                            "refusing to prune: the records up to seq {last} chain to {}, but \
+                             {} starts at seq {first} after {}; verify the trail",
+                            chain_hex(&chain),
+                            next.display(),
+                            chain_hex(&before)
+                        )
+                        .into(),
+                    ));
+                }
+            }
+            // Durable before any file goes: the bases, then the mark.
+            let mut batch = sled::Batch::default();
+            for (id, base) in &bases {
+                let bytes = postcard::to_allocvec(base)
+                    .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
+                batch.insert(&key(*id)[..], bytes);
+            }
+            sled.bases.apply_batch(batch).map_err(sled_err)?;
+            let mut mark = last.to_be_bytes().to_vec();
+            mark.extend_from_slice(&chain);
+            sled.db.insert(PRUNED_KEY, mark).map_err(sled_err)?;
+            sled.db.flush().map_err(sled_err)?;
+            outcome = Pruned {
+                segments: chosen.len(),
+                records: last - pruned_seq,
+                accounts: bases.len(),
+                pruned_through: last,
+            };
+        }
+        let gone: Vec<u64> = leftovers
+            .into_iter()
+            .chain(chosen.iter().map(|(first, _)| *first))
+            .collect();
+        for first in &gone {
+            let path = inner.archive.dir.join(journal::segment_file_name(*first));
+            std::fs::remove_file(&path)
+                .map_err(|e| StoreError::Io(format!("removing {}: {e}", path.display()).into()))?;
+        }
+        if !gone.is_empty() {
+            journal::sync_dir(&inner.archive.dir).map_err(|e| {
+                StoreError::Io(format!("syncing {}: {e}", inner.archive.dir.display()).into())
+            })?;
+            // The history index no longer names the removed segments.
+            let mut batch = sled::Batch::default();
+            for entry in sled.history_index.iter() {
+                let (k, _) = entry.map_err(sled_err)?;
+                let segment = k
+                    .get(8..16)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes);
+                if segment.is_some_and(|s| gone.contains(&s)) {
+                    batch.remove(k);
+                }
+            }
+            sled.history_index.apply_batch(batch).map_err(sled_err)?;
+        }
+        tracing::info!(
+            segments = outcome.segments,
+            records = outcome.records,
+            pruned_through = outcome.pruned_through,
+            "tally store: history pruned"
+        );
+        Ok(outcome)
+    }
+
+    /// Reads the records of `chosen` (contiguous archived segments right after `pruned_seq`),
+    /// checking their order and chain, and sums each touched account's totals onto its base.
+    /// Returns the bases, the last record and its chain hash.
+    fn fold_pruned(
+        &self,
+        sled: &Sled,
+        chosen: &[(u64, u64)],
+        pruned_seq: u64,
+        mut chain: Chain,
+    ) -> Result<(HashMap<AccountId, HistoryBase>, u64, Chain), StoreError> {
+        let dir = &self.inner.archive.dir;
+        let mut bases: HashMap<AccountId, HistoryBase> = HashMap::new();
+        let mut last = pruned_seq;
+        let mut failure = None;
+        for &(first, end) in chosen {
+            journal::read_archive(dir, first, end, |seq, payload| {
+                let step = (|| {
+                    if seq != last.saturating_add(1) {
+                        return Err(StoreError::Corrupt(
+                            format!(
+                                "refusing to prune: seq {seq} follows seq {last} in {}",
+                                dir.display()
+                            )
+                            .into(),
+                        ));
+                    }
+                    chain = chain_next(&chain, seq, payload);
+                    last = seq;
+                    let record = decode_record(payload)?;
+                    let (a, b) = touched(&record);
+                    for id in std::iter::once(a).chain(b) {
+                        let base = match bases.get_mut(&id) {
+                            Some(base) => base,
+                            None => {
+                                let stored = read_base(sled, id)?.unwrap_or_default();
+                                bases.entry(id).or_insert(stored)
+                            }
+                        };
+                        record.effect_on(id).add_to(
+                            &mut base.credits_posted,
+                            &mut base.debits_posted,
+                            &mut base.debits_pending,
+                        );
+                        base.pruned_through = seq;
+                    }
+                    Ok(())
+                })();
+                match step {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        failure = Some(e);
+                        Ok(false)
+                    }
+                }
+            })
+            .map_err(journal_err)?;
+            if let Some(e) = failure.take() {
+                return Err(e);
+            }
+        }
+        Ok((bases, last, chain))
+    }
+
+    /// Where pruned history ends and what it summed to for `id`.
+    pub(crate) fn history_base_of(&self, id: AccountId) -> Result<HistoryBase, StoreError> {
+        let sled = self.inner.sled()?;
+        let pruned_through = read_pruned(&sled.db)?.map_or(0, |(seq, _)| seq);
+        let base = read_base(&sled, id)?.unwrap_or_default();
+        Ok(HistoryBase {
+            pruned_through,
+            ..base
+        })
+    }
+}
