@@ -1,4 +1,5 @@
-//! The command line: `tally-bench [run] [OPTIONS]` and `tally-bench verify`.
+//! The command line: `tally-bench [run] [OPTIONS]`, `tally-bench verify` and
+//! `tally-bench cycles`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,6 +42,50 @@ pub enum CliCommand {
     Run(RunArgs),
     /// Check that every write in an acknowledgement log survived in a data directory.
     Verify(VerifyArgs),
+    /// Kill `run` with SIGKILL again and again on one data directory; time each recovery,
+    /// measure the directory's growth, then check every acknowledged write.
+    Cycles(CyclesArgs),
+    /// Say which acknowledged records a damaged data directory has at risk; with
+    /// `--truncate`, copy it aside, then cut it back to its last verified record so the
+    /// ledger serves again.
+    Salvage(SalvageArgs),
+    /// Remove the oldest archived history (whole segments before a sequence number); history,
+    /// balance history and the trail then report that range as pruned.
+    Prune(PruneArgs),
+}
+
+/// Options of `salvage`.
+#[derive(Clone, Debug, Args)]
+pub struct SalvageArgs {
+    /// Data directory of the durable store (no store may have it open).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Cut the ledger back to its last verified record, giving up what follows (after copying
+    /// the whole directory to `--copy-to`). Without it nothing is changed.
+    #[arg(long)]
+    pub truncate: bool,
+    /// Where the untouched copy goes; must not exist [default: `DIR.salvaged-UNIXTIME`].
+    #[arg(long, value_name = "DIR", requires = "truncate")]
+    pub copy_to: Option<PathBuf>,
+    /// Idempotency keys remembered per account, for rebuilding the snapshots: the value the
+    /// ledger runs with [default: 1,000,000, as `run`].
+    #[arg(long, value_name = "N")]
+    pub idempotency_keys: Option<usize>,
+}
+
+/// Options of `prune`.
+#[derive(Clone, Debug, Args)]
+pub struct PruneArgs {
+    /// Data directory of the durable store (no store may have it open).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Prune archived segments whose records all come before this sequence number.
+    #[arg(long, value_name = "SEQ")]
+    pub before_seq: u64,
+    /// Idempotency keys remembered per account: the value the ledger runs with [default:
+    /// 1,000,000, as `run`].
+    #[arg(long, value_name = "N")]
+    pub idempotency_keys: Option<usize>,
 }
 
 /// A named workload; explicit options override what it sets.
@@ -122,6 +167,10 @@ pub struct RunArgs {
     /// How journal groups are made durable.
     #[arg(long, value_enum, default_value_t = SyncArg::Data)]
     pub sync: SyncArg,
+    /// Journal segment size in MiB, 1 to 1,024 (segments are preallocated: a full disk shows
+    /// when one is created) [default: 64].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub segment_mib: Option<u64>,
     /// Seed of the workload's choices (users, amounts, mix) [default: 1].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -181,6 +230,49 @@ pub struct VerifyArgs {
     pub json: Option<PathBuf>,
 }
 
+/// Options of `cycles`.
+#[derive(Clone, Debug, Args)]
+pub struct CyclesArgs {
+    /// Kill cycles: each starts `tally-bench run` on the data directory, kills it with SIGKILL
+    /// at a random time, then reopens (recovers) the store in this process, closes it and
+    /// measures the directory.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub cycles: u32,
+    /// Data directory of the durable store (created if absent). An existing ledger is continued.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// The acknowledgement log the runs append to and the final check reads; an existing one is
+    /// continued [default: `DIR.acks`, next to the data directory: `/srv/data` →
+    /// `/srv/data.acks`].
+    #[arg(long, value_name = "FILE")]
+    pub ack_log: Option<PathBuf>,
+    /// The runs' workload (passed to `run`).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// The runs' user accounts [default: 200; with --preset, the preset's].
+    #[arg(long, value_name = "N")]
+    pub accounts: Option<u64>,
+    /// The runs' concurrent clients [default: 16; with --preset, the preset's].
+    #[arg(long, value_name = "N")]
+    pub clients: Option<u32>,
+    /// Seed of the kill times (and of each run's workload seed); printed, so that a run can be
+    /// replayed [default: the clock].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Earliest kill, in milliseconds after a run was started.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub min_ms: u64,
+    /// Latest kill, in milliseconds after a run was started.
+    #[arg(long, value_name = "MS", default_value_t = 3_000)]
+    pub max_ms: u64,
+    /// Also write the report as JSON to this file (every cycle's figures included).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// No line per cycle on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -221,6 +313,18 @@ mod tests {
             panic!("expected verify");
         };
         assert_eq!(args.data_dir, PathBuf::from("d"));
+    }
+
+    #[test]
+    fn cycles_needs_its_directory_and_has_defaults() {
+        assert!(parse(&["tally-bench", "cycles"]).is_err());
+        let CliCommand::Cycles(args) =
+            parse(&["tally-bench", "cycles", "--data-dir", "d"]).unwrap()
+        else {
+            panic!("expected cycles");
+        };
+        assert_eq!((args.cycles, args.min_ms, args.max_ms), (100, 500, 3_000));
+        assert!(args.ack_log.is_none() && args.preset.is_none() && args.seed.is_none());
     }
 
     #[test]

@@ -55,6 +55,16 @@ fn execute(command: CliCommand) -> anyhow::Result<bool> {
             }
             Ok(report.verdict == "PASS")
         }
+        CliCommand::Salvage(args) => tally_bench::admin::salvage(&args),
+        CliCommand::Prune(args) => tally_bench::admin::prune(&args),
+        CliCommand::Cycles(args) => {
+            let report = runtime.block_on(tally_bench::cycles::cycles(&args))?;
+            print!("{}", report.human());
+            if let Some(path) = &args.json {
+                write_json(path, &report)?;
+            }
+            Ok(report.verdict == "PASS")
+        }
     };
     // Everything is durable and checked by now. Give background work (a store dropped on a
     // blocking thread flushing sled) a bounded time rather than wait on it forever.

@@ -68,6 +68,8 @@ pub struct StoreOptions {
     pub limits: Limits,
     /// How journal groups are made durable.
     pub sync: SyncMode,
+    /// Journal segment size (`None`: the store's default).
+    pub segment_bytes_max: Option<u64>,
 }
 
 /// Opens the store: the durable one in `options.dir` (recovering what it holds, waiting up to
@@ -76,7 +78,7 @@ pub fn open_store(options: &StoreOptions) -> anyhow::Result<(Backend, Option<Dur
     match &options.dir {
         None => Ok((Backend::Memory(MemStore::new(options.limits.clone())), None)),
         Some(dir) => {
-            let (store, recovery) = open_durable(dir, &options.limits, options.sync)?;
+            let (store, recovery) = open_durable(dir, options)?;
             Ok((Backend::Durable(store), Some(recovery)))
         }
     }
@@ -84,14 +86,11 @@ pub fn open_store(options: &StoreOptions) -> anyhow::Result<(Backend, Option<Dur
 
 fn open_durable(
     dir: &Path,
-    limits: &Limits,
-    sync: SyncMode,
+    options: &StoreOptions,
 ) -> anyhow::Result<(DurableStore, DurableRecovery)> {
     let started = Instant::now();
     loop {
-        let mut config = DurableConfig::new(dir);
-        config.limits = limits.clone();
-        config.sync = sync;
+        let config = durable_config(dir, options);
         match DurableStore::open(config) {
             Ok(opened) => return Ok(opened),
             Err(StoreError::Locked { .. }) if started.elapsed() < REOPEN_WAIT_MAX => {
@@ -102,6 +101,17 @@ fn open_durable(
             }
         }
     }
+}
+
+/// The durable store's configuration for `dir` under `options`.
+pub fn durable_config(dir: &Path, options: &StoreOptions) -> DurableConfig {
+    let mut config = DurableConfig::new(dir);
+    config.limits = options.limits.clone();
+    config.sync = options.sync;
+    if let Some(bytes) = options.segment_bytes_max {
+        config.segment_bytes_max = bytes;
+    }
+    config
 }
 
 /// Opens an engine on `backend`.

@@ -130,6 +130,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<VerifyReport> {
         dir: Some(args.data_dir.clone()),
         limits: limits.clone(),
         sync: SyncMode::Data,
+        segment_bytes_max: None,
     };
     let (backend, opened) = tokio::task::spawn_blocking(move || open_store(&options))
         .await

@@ -168,6 +168,93 @@ fn damage_to_acknowledged_records_is_refused_never_taken_for_a_torn_tail() {
     assert!(output.status.success(), "{}", text(&output));
 }
 
+fn bench(args: &[&str], data: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The number before `word` in `text` ("3 missing" → 3).
+fn count_before(text: &str, word: &str) -> u64 {
+    let at = text
+        .find(word)
+        .unwrap_or_else(|| panic!("no {word:?} in {text}"));
+    let digits: String = text[..at]
+        .trim_end()
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(char::is_ascii_digit)
+        .collect();
+    digits.chars().rev().collect::<String>().parse().unwrap()
+}
+
+#[test]
+fn salvage_names_what_is_at_risk_then_cuts_the_ledger_back_so_it_serves_again() {
+    let killed = Killed::new(Duration::from_millis(1500), true);
+    let data = killed.copy("damaged");
+    // A record in the middle of the newest segment altered: acknowledged ones after it too.
+    let newest = segments(&data).pop().unwrap();
+    let mut bytes = fs::read(&newest).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(&newest, &bytes).unwrap();
+    assert_refused_naming(&verify(&data, &killed.acks), "an altered record");
+
+    let report = bench(&["salvage"], &data);
+    let said = String::from_utf8_lossy(&report.stdout).into_owned();
+    assert_eq!(report.status.code(), Some(1), "{}", text(&report));
+    assert!(said.contains("AT RISK: acknowledged records"), "{said}");
+    assert!(
+        said.contains(&*newest.to_string_lossy()),
+        "names the segment: {said}"
+    );
+    assert_eq!(
+        fs::read(&newest).unwrap(),
+        bytes,
+        "a report changes nothing"
+    );
+
+    let copy = killed.root.join("aside");
+    let mut args = vec!["salvage", "--truncate", "--copy-to"];
+    let copy_text = copy.to_string_lossy().into_owned();
+    args.push(&copy_text);
+    let salvaged = bench(&args, &data);
+    assert!(salvaged.status.success(), "{}", text(&salvaged));
+    assert!(String::from_utf8_lossy(&salvaged.stdout).contains("salvaged"));
+    let copied = copy.join("journal").join(newest.file_name().unwrap());
+    assert_eq!(
+        fs::read(copied).unwrap(),
+        bytes,
+        "the copy is the damaged original"
+    );
+
+    // The ledger opens again; what is missing is at most what salvage said was at risk.
+    let checked = verify(&data, &killed.acks);
+    let out = String::from_utf8_lossy(&checked.stdout).into_owned();
+    assert_ne!(checked.status.code(), Some(2), "{}", text(&checked));
+    assert!(out.contains("audit: ok"), "{}", text(&checked));
+    let missing = count_before(&out, "missing");
+    let (from, to) = {
+        let range = said.split("acknowledged records ").nth(1).unwrap();
+        let range = range.split_whitespace().next().unwrap();
+        let (a, b) = range.split_once("..=").unwrap();
+        (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap())
+    };
+    assert!(
+        missing <= to - from + 1,
+        "{missing} missing, {from}..={to} at risk\n{out}"
+    );
+    // And nothing is left to salvage.
+    let again = bench(&["salvage"], &data);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to salvage"));
+}
+
 #[test]
 fn a_journal_emptied_after_a_crash_is_refused_and_verify_returns() {
     // Killed mid-load and emptied before anything reopened it (the hang).
@@ -218,7 +305,8 @@ fn a_full_disk_ends_the_run_with_a_clear_error_and_loses_nothing_acknowledged() 
 mount -t tmpfs -o size=40m tmpfs "{mnt}"
 head -c 16m /dev/zero > "{mnt}/filler"
 timeout 300 "{bin}" run --data-dir "{mnt}/data" --ack-log "{root}/acks.log" --accounts 200 \
-  --clients 16 --duration 600 --no-ceilings --quiet > "{root}/run.out" 2> "{root}/run.err"
+  --clients 16 --duration 600 --segment-mib 2 --no-ceilings --quiet > "{root}/run.out" \
+  2> "{root}/run.err"
 echo "run_rc=$?"
 rm "{mnt}/filler"; mount -o remount,size=400m "{mnt}"
 timeout 300 "{bin}" verify --data-dir "{mnt}/data" --ack-log "{root}/acks.log" \
@@ -249,6 +337,11 @@ echo "verify_rc=$?"
         "{context}"
     );
     assert!(started.elapsed() < Duration::from_secs(300), "{context}");
+    // Out of space showed when a (preallocated) segment was created, not mid-group.
+    assert!(read("run.err").contains("preallocating"), "{context}");
+    // It filled up under load, not at open: writes were acknowledged first.
+    let acked = read("acks.log").lines().count();
+    assert!(acked > 1_000, "{acked} acknowledged\n{context}");
     // Everything acknowledged before the disk filled is there once space is freed.
     assert!(said.contains("verify_rc=0"), "{context}");
     assert!(read("verify.out").contains("0 missing"), "{context}");
