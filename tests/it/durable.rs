@@ -502,20 +502,33 @@ async fn pruned_history_leaves_balance_history_exact_from_the_cut_and_the_trail_
     }
     tally.checkpoint().await.unwrap();
     let everything = |t: Tally| async move {
-        t.balance_history(ALICE, tally::Timestamp(0), tally::Timestamp(u64::MAX), 10_000)
-            .await
-            .unwrap()
+        t.balance_history(
+            ALICE,
+            tally::Timestamp(0),
+            tally::Timestamp(u64::MAX),
+            10_000,
+        )
+        .await
+        .unwrap()
     };
     let full = everything(tally.clone()).await;
     assert_eq!(full.pruned_through, 0);
     let middle = full.points[full.points.len() / 2].seq;
 
     let pruned = store.prune_history(middle).unwrap();
-    assert!(pruned.segments > 0 && pruned.pruned_through < middle, "{pruned:?}");
+    assert!(
+        pruned.segments > 0 && pruned.pruned_through < middle,
+        "{pruned:?}"
+    );
     let cut = pruned.pruned_through;
     let after = everything(tally.clone()).await;
     assert_eq!(after.pruned_through, cut);
-    let expected: Vec<_> = full.points.iter().copied().filter(|p| p.seq > cut).collect();
+    let expected: Vec<_> = full
+        .points
+        .iter()
+        .copied()
+        .filter(|p| p.seq > cut)
+        .collect();
     assert_eq!(after.points, expected, "the same balances, from the cut on");
     let page = tally.history(ALICE, 0, 10).await.unwrap();
     assert_eq!(page.pruned_through, cut);
@@ -529,7 +542,10 @@ async fn pruned_history_leaves_balance_history_exact_from_the_cut_and_the_trail_
     let (tally, _, _) = open_durable(store_config, config).await;
     assert_eq!(tally.balance(ALICE).await.unwrap(), balance);
     assert_eq!(everything(tally.clone()).await, after);
-    assert!(tally::verify_trail(dir.path()).is_err(), "locked while open");
+    assert!(
+        tally::verify_trail(dir.path()).is_err(),
+        "locked while open"
+    );
     tally.shutdown().await.unwrap();
     let report = tally::verify_trail(dir.path()).unwrap();
     assert!(report.ok() && report.pruned_through == cut, "{report}");
