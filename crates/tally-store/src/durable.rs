@@ -63,6 +63,7 @@ use tally_core::{
     UsageQuery, UsageReport, UsageTotals,
 };
 
+mod compact;
 mod retention;
 
 pub(crate) use retention::read_pruned;
@@ -92,6 +93,9 @@ pub struct DurableConfig {
     pub queue_records_max: usize,
     /// Memory sled may use as its page cache (bytes); sled's own default is 1 GiB.
     pub snapshot_cache_bytes: u64,
+    /// Open compacts `snapshots/` once it exceeds twice its size after the last compaction
+    /// plus this many bytes (default 32 MiB; see [`DurableRecovery::snapshots_compacted`]).
+    pub snapshot_compact_slack: u64,
     /// Bounds of the usage aggregates (see [`tally_core::UsageBook`]).
     pub usage: UsageConfig,
     /// How often the journal's anchor vouches for the durable point (see
@@ -114,6 +118,7 @@ impl DurableConfig {
             segment_bytes_max: journal.segment_bytes_max,
             queue_records_max: journal.queue_records_max,
             snapshot_cache_bytes: 64 * 1024 * 1024,
+            snapshot_compact_slack: compact::GROWTH_SLACK,
             usage: UsageConfig::default(),
             anchor_interval: journal.anchor_interval,
             fail_after_syncs: None,
@@ -136,6 +141,9 @@ pub struct DurableRecovery {
     pub last_seq: u64,
     /// How long recovery took.
     pub elapsed: Duration,
+    /// `snapshots/`'s bytes before and after, when this open compacted it (see
+    /// [`compact::GROWTH_FACTOR`]).
+    pub snapshots_compacted: Option<(u64, u64)>,
 }
 
 /// A [`Store`] on disk. Cloning gives another handle to the same store.
@@ -414,6 +422,29 @@ pub(crate) fn journal_err(e: JournalError) -> StoreError {
     }
 }
 
+/// Opens the snapshot database of the data directory `dir` (waiting [`crate::open_dirs::LOCK_WAIT`]
+/// for its lock).
+fn open_snapshot_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let snapshots = dir.join("snapshots");
+    let opened = crate::open_dirs::wait_for_lock(|| {
+        match sled::Config::new()
+            .path(&snapshots)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
+            Ok(db) => Ok(Some(db)),
+            Err(e) if is_lock_error(&e) => Ok(None),
+            Err(other) => Err(StoreError::Io(
+                format!("opening the snapshots in {}: {other}", snapshots.display()).into(),
+            )),
+        }
+    })?;
+    opened.ok_or_else(|| StoreError::Locked {
+        path: dir.to_owned(),
+        holder: crate::open_dirs::other_holder(&dir.join("journal")).into(),
+    })
+}
+
 /// Whether opening sled failed because another holder has its lock.
 pub(crate) fn is_lock_error(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("lock"))
@@ -465,26 +496,27 @@ impl DurableStore {
         claimed: PathBuf,
     ) -> Result<(DurableStore, DurableRecovery), StoreError> {
         let dir = config.dir.clone();
-        // sled locks its directory: a second owner stops here, before the journal is touched.
         let snapshots = dir.join("snapshots");
-        let opened = crate::open_dirs::wait_for_lock(|| {
-            match sled::Config::new()
-                .path(&snapshots)
-                .cache_capacity(config.snapshot_cache_bytes)
-                .open()
-            {
-                Ok(db) => Ok(Some(db)),
-                Err(e) if is_lock_error(&e) => Ok(None),
-                Err(other) => Err(StoreError::Io(
-                    format!("opening the snapshots in {}: {other}", snapshots.display()).into(),
-                )),
-            }
+        let journal_dir = dir.join("journal");
+        std::fs::create_dir_all(&journal_dir).map_err(|e| {
+            StoreError::Io(format!("creating {}: {e}", journal_dir.display()).into())
         })?;
-        let Some(db) = opened else {
-            return Err(StoreError::Locked {
-                path: dir.clone(),
-                holder: crate::open_dirs::other_holder(&dir.join("journal")).into(),
-            });
+        let (db, compacted) = {
+            // The journal's lock, until sled's is held: a second owner stops here, and no one
+            // opens the snapshots while an interrupted compaction is finished or one runs.
+            let _lock = crate::journal::lock_dir(&journal_dir).map_err(journal_err)?;
+            compact::finish_interrupted(&dir)?;
+            let db = open_snapshot_db(&dir, config.snapshot_cache_bytes)?;
+            let (now, base) = compact::sizes(&dir)?;
+            if compact::bloated(now, base, config.snapshot_compact_slack) {
+                let sizes = compact::compact(&dir, db, config.snapshot_cache_bytes)?;
+                (
+                    open_snapshot_db(&dir, config.snapshot_cache_bytes)?,
+                    Some(sizes),
+                )
+            } else {
+                (db, None)
+            }
         };
         let sled = Sled::from_db(db, snapshots.clone())?;
         let archive = Archive {
@@ -492,7 +524,8 @@ impl DurableStore {
             lock: parking_lot::RwLock::new(()),
         };
         match Self::recover(&config, &sled, &archive, started) {
-            Ok((journal, usage, report)) => {
+            Ok((journal, usage, mut report)) => {
+                report.snapshots_compacted = compacted;
                 let store = DurableStore {
                     inner: Arc::new(Inner {
                         dir,
@@ -595,6 +628,7 @@ impl DurableStore {
             torn_tail_bytes: recovered.torn_tail_bytes,
             last_seq: recovered.last_seq,
             elapsed: started.elapsed(),
+            snapshots_compacted: None,
         };
         tracing::info!(
             dir = %dir.display(),

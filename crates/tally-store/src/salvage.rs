@@ -194,6 +194,10 @@ pub fn salvage(config: DurableConfig, copy: &Path) -> Result<Option<Salvaged>, S
         if snapshots.exists() {
             fs::remove_dir_all(&snapshots).map_err(|e| io("remove", &snapshots, e))?;
         }
+        let size = dir.join("snapshots.size");
+        if size.exists() {
+            fs::remove_file(&size).map_err(|e| io("remove", &size, e))?;
+        }
         report
     };
     let (store, recovery) = DurableStore::open(config)?;

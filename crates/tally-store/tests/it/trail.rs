@@ -630,3 +630,103 @@ fn a_segment_left_by_an_interrupted_prune_is_skipped_then_removed() {
     );
     assert!(!archived.exists(), "the leftover went");
 }
+
+// Compaction: open copies a grown snapshot database into a fresh one.
+
+fn dir_size(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                dir_size(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+fn compacting(dir: &Path) -> DurableConfig {
+    DurableConfig {
+        snapshot_compact_slack: 0,
+        ..config(dir)
+    }
+}
+
+#[test]
+fn open_compacts_a_grown_snapshot_database_and_keeps_every_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, first) = DurableStore::open(compacting(dir.path())).unwrap();
+    assert_eq!(first.snapshots_compacted, None);
+    let mut durable = store.durable();
+    for round in 0..30 {
+        for n in 1..=100 {
+            let seq = store.append(&record(n)).unwrap();
+            block_on(durable.wait_for(|point| point.seq >= seq)).unwrap();
+        }
+        for n in 1..=100 {
+            let account = store.load(AccountId(n)).unwrap().unwrap();
+            store.save(&account).unwrap();
+        }
+        if round % 10 == 9 {
+            store.checkpoint().unwrap();
+        }
+    }
+    let before: Vec<_> = (1..=100)
+        .map(|n| store.load(AccountId(n)).unwrap().unwrap())
+        .collect();
+    store.close().unwrap();
+    drop(store);
+    let grown = dir_size(&dir.path().join("snapshots"));
+
+    let (store, recovery) = DurableStore::open(compacting(dir.path())).unwrap();
+    let (was, now) = recovery.snapshots_compacted.expect("compacted");
+    assert!(was >= grown / 2 && now < was, "{grown}: {was} -> {now}");
+    assert!(!dir.path().join("snapshots.compact").exists());
+    assert!(!dir.path().join("snapshots.old").exists());
+    let after: Vec<_> = (1..=100)
+        .map(|n| store.load(AccountId(n)).unwrap().unwrap())
+        .collect();
+    assert_eq!(after, before);
+    assert!(store.verify_trail().unwrap().ok());
+    store.close().unwrap();
+    drop(store);
+    // Just compacted: the next open leaves it alone.
+    let (_store, recovery) = DurableStore::open(compacting(dir.path())).unwrap();
+    assert_eq!(recovery.snapshots_compacted, None);
+}
+
+#[test]
+fn a_compaction_interrupted_by_a_crash_is_finished_or_undone_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    let live = dir.path().join("snapshots");
+    let copy = dir.path().join("snapshots.compact");
+    let old = dir.path().join("snapshots.old");
+    // An incomplete copy: removed.
+    fs::create_dir(&copy).unwrap();
+    fs::write(copy.join("db"), b"half").unwrap();
+    drop(open(dir.path()));
+    assert!(!copy.exists() && live.exists());
+    // Killed between the swap's two renames: the complete copy is moved into place.
+    fs::rename(&live, &old).unwrap();
+    copy_tree(&old, &copy);
+    let store = open(dir.path());
+    assert!(!old.exists() && !copy.exists());
+    assert_eq!(store.accounts().unwrap().len(), 10);
+    assert!(store.load(AccountId(7)).unwrap().is_some());
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
