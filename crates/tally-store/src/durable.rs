@@ -450,8 +450,9 @@ pub(crate) fn is_lock_error(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("lock"))
 }
 
-fn sled_err(e: sled::Error) -> StoreError {
-    StoreError::Io(format!("sled: {e}").into())
+/// A failed snapshot-database operation, named as the operator finds it on disk.
+pub(crate) fn sled_err(e: sled::Error) -> StoreError {
+    StoreError::Io(format!("the snapshot database (snapshots/ in the data directory): {e}").into())
 }
 
 fn key(id: AccountId) -> [u8; 8] {

@@ -27,9 +27,7 @@ const COMPLETE_KEY: &[u8] = b"\xffcomplete";
 /// How long a checkpoint waits for its cut to be durable before leaving the save to the next.
 const DURABLE_WAIT: Duration = Duration::from_secs(5);
 
-fn sled_err(e: sled::Error) -> StoreError {
-    StoreError::Io(format!("sled (usage): {e}").into())
-}
+use crate::durable::sled_err;
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("usage tree: {what}").into())

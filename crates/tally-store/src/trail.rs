@@ -33,9 +33,7 @@ use crate::journal::TrailProblem;
 /// The sled key of the anchor: `seq` (big-endian `u64`) then its 32-byte chain hash.
 const TRAIL_ANCHOR_KEY: &[u8] = b"trail_anchor";
 
-fn sled_err(e: sled::Error) -> StoreError {
-    StoreError::Io(format!("sled: {e}").into())
-}
+use crate::durable::sled_err;
 
 fn journal_io(e: journal::JournalError) -> StoreError {
     StoreError::Io(e.to_string().into())
