@@ -550,3 +550,61 @@ async fn pruned_history_leaves_balance_history_exact_from_the_cut_and_the_trail_
     let report = tally::verify_trail(dir.path()).unwrap();
     assert!(report.ok() && report.pruned_through == cut, "{report}");
 }
+
+#[tokio::test]
+async fn a_prune_whose_mark_a_crash_lost_is_redone_without_counting_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_config = DurableConfig {
+        segment_bytes_max: 8 << 10,
+        ..DurableConfig::new(dir.path())
+    };
+    let (tally, store, _) = open_durable(store_config.clone(), EngineConfig::default()).await;
+    setup(&tally).await;
+    for n in 0..400u64 {
+        tally.charge(op(), ALICE, APP, 10 + n, "/x").await.unwrap();
+    }
+    tally.checkpoint().await.unwrap();
+    let archive = dir.path().join("archive");
+    let saved: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&archive)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    let all = |t: Tally| async move {
+        t.balance_history(
+            ALICE,
+            tally::Timestamp(0),
+            tally::Timestamp(u64::MAX),
+            10_000,
+        )
+        .await
+        .unwrap()
+    };
+    let middle = all(tally.clone()).await.points[190].seq;
+    let first = store.prune_history(middle).unwrap();
+    assert!(
+        first.segments > 0,
+        "{first:?} {middle} {:?}",
+        saved.iter().map(|s| s.0.clone()).collect::<Vec<_>>()
+    );
+    let after = all(tally.clone()).await;
+    tally.shutdown().await.unwrap();
+    drop(store);
+
+    // As if the bases reached the disk but the mark and the removals did not.
+    let db = sled::open(dir.path().join("snapshots")).unwrap();
+    db.remove("history_pruned").unwrap();
+    db.flush().unwrap();
+    drop(db);
+    for (path, bytes) in &saved {
+        std::fs::write(path, bytes).unwrap();
+    }
+    let (tally, store, _) = open_durable(store_config, EngineConfig::default()).await;
+    let again = store.prune_history(middle).unwrap();
+    assert_eq!(again.pruned_through, first.pruned_through);
+    assert_eq!(
+        all(tally.clone()).await,
+        after,
+        "the pruned range counted once"
+    );
+}

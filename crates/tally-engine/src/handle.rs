@@ -620,8 +620,9 @@ impl Tally {
         }
         let limit = limit.clamp(1, HISTORY_PAGE_MAX);
         let durable = self.shared.durable.borrow().seq;
-        let pruned_through = self.shared.store.history_base(account)?.pruned_through;
         let mut entries = self.shared.store.history(account, after_seq, limit + 1)?;
+        // Read after the entries: a prune that raced the read shows here.
+        let pruned_through = self.shared.store.history_base(account)?.pruned_through;
         entries.retain(|e| e.seq <= durable);
         let next_after_seq = if entries.len() > limit {
             entries.truncate(limit);

@@ -188,6 +188,26 @@ impl Tally {
         to: Timestamp,
         limit: usize,
     ) -> Result<BalanceHistory, Error> {
+        // A prune between two pages would hide records the kept totals do not include: start
+        // again from the new cut.
+        for _ in 0..4 {
+            if let Some(history) = self.balance_history_once(account, from, to, limit).await? {
+                return Ok(history);
+            }
+        }
+        Err(Error::Storage {
+            reason: "the history was pruned again and again while it was read".into(),
+        })
+    }
+
+    /// One pass of [`Tally::balance_history`]; `None` if history was pruned meanwhile.
+    async fn balance_history_once(
+        &self,
+        account: AccountId,
+        from: Timestamp,
+        to: Timestamp,
+        limit: usize,
+    ) -> Result<Option<BalanceHistory>, Error> {
         let base = self.shared.store.history_base(account)?;
         let mut point = BalancePoint {
             seq: base.pruned_through,
@@ -198,12 +218,17 @@ impl Tally {
         };
         let mut points = Vec::new();
         let mut after = base.pruned_through;
-        let done = |points| BalanceHistory {
-            points,
-            pruned_through: base.pruned_through,
+        let done = |points| {
+            Some(BalanceHistory {
+                points,
+                pruned_through: base.pruned_through,
+            })
         };
         loop {
             let page = self.history(account, after, HISTORY_PAGE_MAX).await?;
+            if page.pruned_through != base.pruned_through {
+                return Ok(None);
+            }
             for entry in &page.entries {
                 let record = &entry.record;
                 point.apply(account, record);

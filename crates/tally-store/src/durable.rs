@@ -66,6 +66,7 @@ use tally_core::{
 mod compact;
 mod retention;
 
+pub(crate) use compact::finish_interrupted as finish_interrupted_compaction;
 pub(crate) use retention::read_pruned;
 pub use retention::Pruned;
 
@@ -220,6 +221,14 @@ impl Sled {
     ///
     /// Errors: [`StoreError::Corrupt`] if the keys the snapshot names are not all stored.
     fn read_account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        self.read_account_attempt(id, 1)
+    }
+
+    fn read_account_attempt(
+        &self,
+        id: AccountId,
+        attempt: u32,
+    ) -> Result<Option<Account>, StoreError> {
         let Some(bytes) = self.accounts.get(key(id)).map_err(sled_err)? else {
             return Ok(None);
         };
@@ -236,6 +245,11 @@ impl Sled {
         }
         let found = (keys.len() as u64, keys.first().map(RememberedKey::seq));
         if found != (count, Some(first)) {
+            // A newer snapshot saved meanwhile deletes the keys the older one named: read again.
+            let now = self.accounts.get(key(id)).map_err(sled_err)?;
+            if now.as_deref() != Some(&bytes[..]) && attempt < 3 {
+                return self.read_account_attempt(id, attempt + 1);
+            }
             return Err(StoreError::Corrupt(
                 format!(
                     "account {}'s snapshot remembers {count} idempotency keys from seq {first}, \
@@ -439,9 +453,13 @@ fn open_snapshot_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError
             )),
         }
     })?;
+    // Called with the journal's lock held: whoever has sled's lock reads the directory
+    // without opening it as a store.
     opened.ok_or_else(|| StoreError::Locked {
         path: dir.to_owned(),
-        holder: crate::open_dirs::other_holder(&dir.join("journal")).into(),
+        holder: "its snapshot database is held by a reader of the directory (a trail \
+                 verification or a salvage inspection)"
+            .into(),
     })
 }
 
@@ -502,29 +520,28 @@ impl DurableStore {
         std::fs::create_dir_all(&journal_dir).map_err(|e| {
             StoreError::Io(format!("creating {}: {e}", journal_dir.display()).into())
         })?;
-        let (db, compacted) = {
-            // The journal's lock, until sled's is held: a second owner stops here, and no one
-            // opens the snapshots while an interrupted compaction is finished or one runs.
-            let _lock = crate::journal::lock_dir(&journal_dir).map_err(journal_err)?;
-            compact::finish_interrupted(&dir)?;
-            let db = open_snapshot_db(&dir, config.snapshot_cache_bytes)?;
-            let (now, base) = compact::sizes(&dir)?;
-            if compact::bloated(now, base, config.snapshot_compact_slack) {
-                let sizes = compact::compact(&dir, db, config.snapshot_cache_bytes)?;
-                (
-                    open_snapshot_db(&dir, config.snapshot_cache_bytes)?,
-                    Some(sizes),
-                )
-            } else {
-                (db, None)
-            }
+        // The journal's lock first, held through recovery (the journal takes it over): a second
+        // owner stops here, and no one opens the snapshots while an interrupted compaction is
+        // finished or one runs.
+        let lock = crate::journal::lock_dir(&journal_dir).map_err(journal_err)?;
+        compact::finish_interrupted(&dir)?;
+        let db = open_snapshot_db(&dir, config.snapshot_cache_bytes)?;
+        let (now, base) = compact::sizes(&dir)?;
+        let (db, compacted) = if compact::bloated(now, base, config.snapshot_compact_slack) {
+            let sizes = compact::compact(&dir, db, config.snapshot_cache_bytes)?;
+            (
+                open_snapshot_db(&dir, config.snapshot_cache_bytes)?,
+                Some(sizes),
+            )
+        } else {
+            (db, None)
         };
         let sled = Sled::from_db(db, snapshots.clone())?;
         let archive = Archive {
             dir: dir.join("archive"),
             lock: parking_lot::RwLock::new(()),
         };
-        match Self::recover(&config, &sled, &archive, started) {
+        match Self::recover(&config, lock, &sled, &archive, started) {
             Ok((journal, usage, mut report)) => {
                 report.snapshots_compacted = compacted;
                 let store = DurableStore {
@@ -557,6 +574,7 @@ impl DurableStore {
     /// touched account back and trims: after it, every account's snapshot is current.
     fn recover(
         config: &DurableConfig,
+        lock: std::fs::File,
         sled: &Sled,
         archive: &Archive,
         started: Instant,
@@ -586,10 +604,11 @@ impl DurableStore {
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(1, u64::from_be_bytes);
         let after = trimmed_before.saturating_sub(1);
-        let (journal, recovered) = Journal::open_after(journal_config, after, |seq, payload| {
-            replay.record(seq, payload).map_err(|e| e.to_string())
-        })
-        .map_err(journal_err)?;
+        let (journal, recovered) =
+            Journal::open_after_locked(journal_config, Some(lock), after, |seq, payload| {
+                replay.record(seq, payload).map_err(|e| e.to_string())
+            })
+            .map_err(journal_err)?;
         crate::trail::check_anchor_at_open(&sled.db, recovered.last_seq)?;
         if recovered.created && (trimmed_before > 1 || !sled.directory.is_empty()) {
             return Err(StoreError::Corrupt(

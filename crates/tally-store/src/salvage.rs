@@ -29,6 +29,8 @@ pub struct SalvageReport {
     pub prefix: Prefix,
     /// The highest seq an anchor vouches for (0: none found).
     pub anchored_seq: u64,
+    /// What could not be read (an anchor), so the report may understate what is at risk.
+    pub notes: Vec<String>,
 }
 
 impl SalvageReport {
@@ -86,6 +88,9 @@ impl fmt::Display for SalvageReport {
             "the anchors vouch for records up to seq {}",
             self.anchored_seq
         )?;
+        for note in &self.notes {
+            writeln!(f, "note: {note}")?;
+        }
         match self.vouched_at_risk() {
             Some((from, to)) => writeln!(
                 f,
@@ -131,16 +136,31 @@ pub fn inspect(dir: &Path) -> Result<SalvageReport, StoreError> {
     let archive = dir.join("archive");
     let journal_dir = dir.join("journal");
     let prefix = valid_prefix(&[&archive, &journal_dir]).map_err(journal_err)?;
-    let journal_anchor = journal::anchor::read(&journal_dir)
-        .ok()
-        .flatten()
-        .map_or(0, |found| found.anchor.seq);
+    let mut notes = Vec::new();
+    let journal_anchor = match journal::anchor::read(&journal_dir) {
+        Ok(found) => found.map_or(0, |found| found.anchor.seq),
+        Err(e) => {
+            notes.push(format!(
+                "the journal's anchor is unreadable ({e}): records it vouched for may be at \
+                 risk unreported"
+            ));
+            0
+        }
+    };
     // Reading sled's anchor takes its lock: an open store stops the inspection here.
-    let snapshot_anchor = crate::trail::read_stored_anchor(dir)?.map_or(0, |(seq, _)| seq);
+    let snapshot_anchor = match crate::trail::read_stored_anchor(dir) {
+        Ok(found) => found.map_or(0, |(seq, _)| seq),
+        Err(e @ StoreError::Locked { .. }) => return Err(e),
+        Err(e) => {
+            notes.push(format!("the snapshots' anchor is unreadable ({e})"));
+            0
+        }
+    };
     Ok(SalvageReport {
         dir: dir.to_owned(),
         prefix,
         anchored_seq: journal_anchor.max(snapshot_anchor),
+        notes,
     })
 }
 
@@ -159,11 +179,34 @@ pub fn salvage(config: DurableConfig, copy: &Path) -> Result<Option<Salvaged>, S
         // The journal's lock, held from the inspection to the cut: no store opens the
         // directory meanwhile.
         let _lock = journal::lock_dir(&journal_dir).map_err(journal_err)?;
+        // A compaction a crash interrupted is finished first: its leftovers must not come
+        // back as snapshots after the cut.
+        crate::durable::finish_interrupted_compaction(&dir)?;
+        if copy.exists() {
+            return Err(StoreError::Io(
+                format!("the copy-aside directory {} exists already", copy.display()).into(),
+            ));
+        }
+        if inside(copy, &dir) {
+            return Err(StoreError::Io(
+                format!(
+                    "the copy-aside directory {} is inside the data directory {}",
+                    copy.display(),
+                    dir.display()
+                )
+                .into(),
+            ));
+        }
+        // The copy comes before anything opens the snapshot database (sled's recovery
+        // writes to its files).
+        copy_dir(&dir, copy)?;
         let report = inspect(&dir)?;
         if !report.needed() {
+            fs::remove_dir_all(copy).map_err(|e| io("remove", copy, e))?;
             return Ok(None);
         }
         if report.prefix.first_seq > 1 {
+            fs::remove_dir_all(copy).map_err(|e| io("remove", copy, e))?;
             return Err(StoreError::Corrupt(
                 format!(
                     "{}: the trail starts at seq {}, not 1 (history was pruned), so the \
@@ -174,12 +217,6 @@ pub fn salvage(config: DurableConfig, copy: &Path) -> Result<Option<Salvaged>, S
                 .into(),
             ));
         }
-        if copy.exists() {
-            return Err(StoreError::Io(
-                format!("the copy-aside directory {} exists already", copy.display()).into(),
-            ));
-        }
-        copy_dir(&dir, copy)?;
         let archive = dir.join("archive");
         if archive.is_dir() {
             for entry in fs::read_dir(&archive).map_err(|e| io("list", &archive, e))? {
@@ -208,6 +245,21 @@ pub fn salvage(config: DurableConfig, copy: &Path) -> Result<Option<Salvaged>, S
         copy: copy.to_owned(),
         recovery,
     }))
+}
+
+/// Whether the path `copy` (which does not exist yet) lies inside the directory `dir`.
+fn inside(copy: &Path, dir: &Path) -> bool {
+    let absolute = |p: &Path| match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => parent
+            .canonicalize()
+            .map(|parent| parent.join(name))
+            .unwrap_or_else(|_| p.to_owned()),
+        _ => std::env::current_dir()
+            .map(|cwd| cwd.join(p))
+            .unwrap_or_else(|_| p.to_owned()),
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    absolute(copy).starts_with(dir)
 }
 
 /// Copies the directory tree `from` to `to` (created), syncing every file.

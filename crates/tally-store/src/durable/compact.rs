@@ -47,7 +47,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Finishes a compaction a crash interrupted: a complete copy whose swap began is moved into
 /// place; an incomplete copy, or an old directory left after the swap, is removed.
-pub(super) fn finish_interrupted(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn finish_interrupted(dir: &Path) -> Result<(), StoreError> {
     let (live, copy, old, _) = paths(dir);
     if !live.exists() && copy.exists() && old.exists() {
         // The swap's first rename happened, its second did not: the copy was complete.

@@ -217,6 +217,10 @@ impl DurableStore {
                                 bases.entry(id).or_insert(stored)
                             }
                         };
+                        if seq <= base.pruned_through {
+                            // Summed by a prune whose mark a crash lost: never twice.
+                            continue;
+                        }
                         record.effect_on(id).add_to(
                             &mut base.credits_posted,
                             &mut base.debits_posted,

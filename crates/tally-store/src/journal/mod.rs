@@ -37,8 +37,10 @@
 //! active one at open, has its blocks reserved up to `segment_bytes_max` (`fallocate` with
 //! `KEEP_SIZE`: the length stays what was written, so recovery reads exactly the records): a
 //! full disk shows as a failed segment creation (the empty segment is removed again and the
-//! journal fail-stops) or a refused open, not as a group cut short. Filesystems that cannot
-//! preallocate are used as they are.
+//! journal fail-stops), not as a group cut short; unless one group is larger than a segment,
+//! or open could not reserve the active segment's rest, which is only warned about so that a
+//! full disk never keeps the journal from opening. Filesystems that cannot preallocate are
+//! used as they are.
 //!
 //! # The hash chain
 //!
@@ -491,6 +493,17 @@ impl Journal {
     pub fn open_after(
         config: JournalConfig,
         after: u64,
+        on_record: impl FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<(Journal, Recovery), JournalError> {
+        Self::open_after_locked(config, None, after, on_record)
+    }
+
+    /// [`Journal::open_after`] with the directory's lock already taken by the caller
+    /// ([`lock_dir`]), so that no other opener slips in between.
+    pub(crate) fn open_after_locked(
+        config: JournalConfig,
+        lock: Option<File>,
+        after: u64,
         mut on_record: impl FnMut(u64, &[u8]) -> Result<(), String>,
     ) -> Result<(Journal, Recovery), JournalError> {
         let started = Instant::now();
@@ -501,16 +514,21 @@ impl Journal {
             path: dir.clone(),
             source,
         })?;
-        let lock_file = lock_dir(&dir)?;
+        let lock_file = match lock {
+            Some(file) => file,
+            None => lock_dir(&dir)?,
+        };
         let sync = config.sync == SyncMode::Data;
         let recovered = recovery::recover(&dir, after, sync, &mut on_record)?;
-        format::preallocate(&recovered.active.file, config.segment_bytes_max).map_err(
-            |source| JournalError::Io {
-                op: "preallocate",
-                path: recovered.active.path.clone(),
-                source,
-            },
-        )?;
+        if let Err(error) = format::preallocate(&recovered.active.file, config.segment_bytes_max) {
+            // Best effort here: a full disk must not keep the journal from opening (pruning
+            // and salvage open it to free space); the next write finds the disk full.
+            tracing::warn!(
+                segment = %recovered.active.path.display(),
+                %error,
+                "journal: could not reserve the active segment's blocks"
+            );
+        }
 
         let last_seq = recovered.last_seq;
         let (durable_tx, durable_rx) = watch::channel(Durable {

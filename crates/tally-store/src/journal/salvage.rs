@@ -69,6 +69,9 @@ pub fn valid_prefix(dirs: &[&Path]) -> Result<Prefix, JournalError> {
             Err(e) => return Err(io_error("list", dir)(e)),
         }
     }
+    // One sequence across the directories: a salvage interrupted while moving `archive/`
+    // back into `journal/` leaves its segments split between them in any mix.
+    segments.sort_by_key(|segment| segment.first_seq);
     let mut prefix = Prefix {
         first_seq: 0,
         last_seq: 0,
@@ -173,7 +176,7 @@ pub fn valid_prefix(dirs: &[&Path]) -> Result<Prefix, JournalError> {
         }
         if let Some(cut) = &prefix.cut {
             let from = usize::try_from(cut.offset).unwrap_or(usize::MAX);
-            count_frames_in(&bytes, from.saturating_add(1), &mut prefix);
+            count_frames_in(&bytes, from, &mut prefix);
         }
     }
     Ok(prefix)

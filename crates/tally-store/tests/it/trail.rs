@@ -428,10 +428,17 @@ fn salvage_of_a_clean_store_reports_nothing_to_do_and_changes_nothing() {
         report.to_string().contains("nothing to salvage"),
         "{report}"
     );
-    let copy = dir.path().join("copy");
+    let inside = dir.path().join("copy");
+    let refused = tally_store::salvage::salvage(config(dir.path()), &inside).unwrap_err();
+    assert!(
+        refused.to_string().contains("inside the data directory"),
+        "{refused}"
+    );
+    let outside = tempfile::tempdir().unwrap();
+    let copy = outside.path().join("copy");
     let done = tally_store::salvage::salvage(config(dir.path()), &copy).unwrap();
     assert!(done.is_none());
-    assert!(!copy.exists(), "nothing copied when nothing is to be done");
+    assert!(!copy.exists(), "nothing kept when nothing is to be done");
     drop(open(dir.path()));
 }
 
@@ -729,4 +736,20 @@ fn copy_tree(from: &Path, to: &Path) {
             fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+#[test]
+fn salvage_reads_segments_split_between_archive_and_journal_by_an_interrupted_salvage() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_ten(dir.path());
+    // As if a salvage died after moving archived segment 5 back into the journal.
+    let moved = segment_path(&dir.path().join("journal"), 5);
+    fs::rename(segment_path(&dir.path().join("archive"), 5), &moved).unwrap();
+    let report = tally_store::salvage::inspect(dir.path()).unwrap();
+    assert_eq!(
+        (report.prefix.first_seq, report.prefix.last_seq),
+        (1, 10),
+        "{report}"
+    );
+    assert!(report.prefix.cut.is_none(), "{report}");
 }
