@@ -12,7 +12,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::support::{spawn_run, text, BIN};
+use crate::support::{run_stderr, spawn_run, text, BIN};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -48,7 +48,10 @@ fn every_acknowledged_write_survives_repeated_kill_9() {
         let mut child = spawn_run(&data, &acks);
         std::thread::sleep(Duration::from_millis(rng.random_range(200..=800)));
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("cycle {cycle}: `tally-bench run` exited before it was killed: {status}");
+            let said = std::fs::read_to_string(run_stderr(&acks)).unwrap_or_default();
+            panic!(
+                "cycle {cycle}: `tally-bench run` exited before it was killed: {status}\n{said}"
+            );
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();

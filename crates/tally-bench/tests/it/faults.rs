@@ -13,14 +13,17 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::support::{spawn_run, text, BIN};
+use crate::support::{run_stderr, spawn_run, text, BIN};
 /// A verify that takes longer than this is a hang (a healthy one takes a few seconds).
 const VERIFY_LIMIT: Duration = Duration::from_secs(120);
 
 fn run_killed(data: &Path, acks: &Path, after: Duration) {
     let mut child = spawn_run(data, acks);
     std::thread::sleep(after);
-    assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+    if let Some(status) = child.try_wait().unwrap() {
+        let said = fs::read_to_string(run_stderr(acks)).unwrap_or_default();
+        panic!("the run ended early: {status}\n{said}");
+    }
     child.kill().unwrap();
     child.wait().unwrap();
 }
