@@ -481,6 +481,19 @@ async fn a_key_missing_from_the_index_is_reported_as_damage_not_forgotten() {
     assert!(text.contains("snapshots"), "names the database: {text}");
 }
 
+/// Alice's balance after every change she ever made.
+async fn whole_balance_history(tally: &Tally) -> tally::BalanceHistory {
+    tally
+        .balance_history(
+            ALICE,
+            tally::Timestamp(0),
+            tally::Timestamp(u64::MAX),
+            10_000,
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn pruned_history_leaves_balance_history_exact_from_the_cut_and_the_trail_verified() {
     let dir = tempfile::tempdir().unwrap();
@@ -501,17 +514,7 @@ async fn pruned_history_leaves_balance_history_exact_from_the_cut_and_the_trail_
         }
     }
     tally.checkpoint().await.unwrap();
-    let everything = |t: Tally| async move {
-        t.balance_history(
-            ALICE,
-            tally::Timestamp(0),
-            tally::Timestamp(u64::MAX),
-            10_000,
-        )
-        .await
-        .unwrap()
-    };
-    let full = everything(tally.clone()).await;
+    let full = whole_balance_history(&tally).await;
     assert_eq!(full.pruned_through, 0);
     let middle = full.points[full.points.len() / 2].seq;
 
@@ -521,7 +524,7 @@ async fn pruned_history_leaves_balance_history_exact_from_the_cut_and_the_trail_
         "{pruned:?}"
     );
     let cut = pruned.pruned_through;
-    let after = everything(tally.clone()).await;
+    let after = whole_balance_history(&tally).await;
     assert_eq!(after.pruned_through, cut);
     let expected: Vec<_> = full
         .points
@@ -541,7 +544,7 @@ async fn pruned_history_leaves_balance_history_exact_from_the_cut_and_the_trail_
 
     let (tally, _, _) = open_durable(store_config, config).await;
     assert_eq!(tally.balance(ALICE).await.unwrap(), balance);
-    assert_eq!(everything(tally.clone()).await, after);
+    assert_eq!(whole_balance_history(&tally).await, after);
     assert!(
         tally::verify_trail(dir.path()).is_err(),
         "locked while open"
@@ -570,24 +573,14 @@ async fn a_prune_whose_mark_a_crash_lost_is_redone_without_counting_twice() {
         .flatten()
         .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
         .collect();
-    let all = |t: Tally| async move {
-        t.balance_history(
-            ALICE,
-            tally::Timestamp(0),
-            tally::Timestamp(u64::MAX),
-            10_000,
-        )
-        .await
-        .unwrap()
-    };
-    let middle = all(tally.clone()).await.points[190].seq;
+    let middle = whole_balance_history(&tally).await.points[190].seq;
     let first = store.prune_history(middle).unwrap();
     assert!(
         first.segments > 0,
         "{first:?} {middle} {:?}",
         saved.iter().map(|s| s.0.clone()).collect::<Vec<_>>()
     );
-    let after = all(tally.clone()).await;
+    let after = whole_balance_history(&tally).await;
     tally.shutdown().await.unwrap();
     drop(store);
 
@@ -603,7 +596,7 @@ async fn a_prune_whose_mark_a_crash_lost_is_redone_without_counting_twice() {
     let again = store.prune_history(middle).unwrap();
     assert_eq!(again.pruned_through, first.pruned_through);
     assert_eq!(
-        all(tally.clone()).await,
+        whole_balance_history(&tally).await,
         after,
         "the pruned range counted once"
     );

@@ -77,7 +77,17 @@ pub(crate) fn read_stored_anchor(dir: &Path) -> Result<Option<(u64, Chain)>, Sto
 
 /// The anchor stored in `db`, if any.
 pub(crate) fn read_anchor(db: &sled::Db) -> Result<Option<(u64, Chain)>, StoreError> {
-    let Some(value) = db.get(TRAIL_ANCHOR_KEY).map_err(sled_err)? else {
+    read_seq_chain(db, TRAIL_ANCHOR_KEY, "the trail anchor")
+}
+
+/// A `(seq, chain hash)` pair stored under `key` in `db` (big-endian seq, then the 32-byte
+/// hash), if any; `what` names it in the error when it is malformed.
+pub(crate) fn read_seq_chain(
+    db: &sled::Db,
+    key: &[u8],
+    what: &str,
+) -> Result<Option<(u64, Chain)>, StoreError> {
+    let Some(value) = db.get(key).map_err(sled_err)? else {
         return Ok(None);
     };
     let seq = value
@@ -90,7 +100,7 @@ pub(crate) fn read_anchor(db: &sled::Db) -> Result<Option<(u64, Chain)>, StoreEr
     match (seq, chain, value.len()) {
         (Some(seq), Some(chain), 40) => Ok(Some((seq, chain))),
         _ => Err(StoreError::Corrupt(
-            format!("the trail anchor is {} bytes, expected 40", value.len()).into(),
+            format!("{what} is {} bytes, expected 40", value.len()).into(),
         )),
     }
 }

@@ -36,24 +36,7 @@ pub struct Pruned {
 
 /// The last pruned record and its chain hash, if history was ever pruned.
 pub(crate) fn read_pruned(db: &sled::Db) -> Result<Option<(u64, Chain)>, StoreError> {
-    let Some(value) = db.get(PRUNED_KEY).map_err(sled_err)? else {
-        return Ok(None);
-    };
-    let seq = value
-        .get(0..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes);
-    let chain = value.get(8..40).and_then(|b| <Chain>::try_from(b).ok());
-    match (seq, chain, value.len()) {
-        (Some(seq), Some(chain), 40) => Ok(Some((seq, chain))),
-        _ => Err(StoreError::Corrupt(
-            format!(
-                "the pruned-history mark is {} bytes, expected 40",
-                value.len()
-            )
-            .into(),
-        )),
-    }
+    crate::trail::read_seq_chain(db, PRUNED_KEY, "the pruned-history mark")
 }
 
 fn read_base(sled: &Sled, id: AccountId) -> Result<Option<HistoryBase>, StoreError> {
