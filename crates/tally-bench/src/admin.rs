@@ -53,6 +53,12 @@ pub fn salvage(args: &SalvageArgs) -> anyhow::Result<bool> {
                 done.recovery.records_replayed,
                 done.recovery.accounts
             );
+            if done.used_recorded_limits {
+                println!(
+                    "the snapshots were rebuilt with the limits the ledger recorded, not \
+                     --idempotency-keys"
+                );
+            }
             Ok(true)
         }
         None => {

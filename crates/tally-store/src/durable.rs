@@ -580,6 +580,10 @@ impl DurableStore {
         started: Instant,
     ) -> Result<(Journal, Projection, DurableRecovery), StoreError> {
         let dir = &config.dir;
+        // Made durable by the trim at the end of recovery.
+        let limits = postcard::to_allocvec(&config.limits)
+            .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
+        sled.db.insert(LIMITS_KEY, limits).map_err(sled_err)?;
         let mut journal_config = JournalConfig::new(dir.join("journal"));
         journal_config.sync = config.sync;
         journal_config.segment_bytes_max = config.segment_bytes_max;
@@ -786,6 +790,22 @@ impl Archive {
         }
         Ok(())
     }
+}
+
+/// The sled key of the [`Limits`] the store was last opened with (postcard): replaying the
+/// journal under other limits rebuilds other idempotency windows, so salvage rebuilds with
+/// these.
+const LIMITS_KEY: &[u8] = b"limits";
+
+/// The limits `db` records, if any.
+pub(crate) fn stored_limits(db: &sled::Db) -> Result<Option<Limits>, StoreError> {
+    db.get(LIMITS_KEY)
+        .map_err(sled_err)?
+        .map(|bytes| {
+            postcard::from_bytes(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("the stored limits: {e}").into()))
+        })
+        .transpose()
 }
 
 /// The sled key that records the journal's trim point (big-endian `u64`).

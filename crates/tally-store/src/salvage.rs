@@ -119,6 +119,9 @@ pub struct Salvaged {
     pub kept_through: u64,
     /// The rebuilding open's report.
     pub recovery: DurableRecovery,
+    /// Whether the rebuild used the limits the directory recorded instead of the caller's
+    /// (they differed).
+    pub used_recorded_limits: bool,
 }
 
 fn io(op: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -166,15 +169,16 @@ pub fn inspect(dir: &Path) -> Result<SalvageReport, StoreError> {
 
 /// Copies `dir` to `copy` (which must not exist), then cuts the ledger in `dir` back to its
 /// last verified record and rebuilds its snapshots by opening it with `config` (whose `dir`
-/// is the data directory; use the limits the ledger runs with: the rebuilt idempotency
-/// windows follow them). Does nothing but report when [`SalvageReport::needed`] is false.
+/// is the data directory). The rebuilt idempotency windows follow the limits: those the
+/// snapshots recorded when they are readable (every open records them), else `config`'s. Does nothing but report when [`SalvageReport::needed`] is false.
 ///
 /// Errors: [`StoreError::Locked`] while a store has the directory open; [`StoreError::Io`]
 /// if `copy` exists or a file operation fails (naming the path); [`StoreError::Corrupt`] if
 /// the trail does not start at seq 1 (history pruned: the snapshots cannot be rebuilt).
-pub fn salvage(config: DurableConfig, copy: &Path) -> Result<Option<Salvaged>, StoreError> {
+pub fn salvage(mut config: DurableConfig, copy: &Path) -> Result<Option<Salvaged>, StoreError> {
     let dir = config.dir.clone();
     let journal_dir = dir.join("journal");
+    let mut used_recorded_limits = false;
     let report = {
         // The journal's lock, held from the inspection to the cut: no store opens the
         // directory meanwhile.
@@ -226,6 +230,14 @@ pub fn salvage(config: DurableConfig, copy: &Path) -> Result<Option<Salvaged>, S
             }
         }
         let prefix = valid_prefix(&[&journal_dir]).map_err(journal_err)?;
+        // The ledger's own limits, if the snapshots still say them: rebuilt under others, the
+        // idempotency windows would differ (a smaller one forgets keys, and a retry of an
+        // acknowledged operation would execute again).
+        let recorded = crate::trail::read_stored_limits(&dir).ok().flatten();
+        if let Some(limits) = recorded.filter(|limits| *limits != config.limits) {
+            config.limits = limits;
+            used_recorded_limits = true;
+        }
         cut_to(&journal_dir, &prefix).map_err(journal_err)?;
         let snapshots = dir.join("snapshots");
         if snapshots.exists() {
@@ -244,6 +256,7 @@ pub fn salvage(config: DurableConfig, copy: &Path) -> Result<Option<Salvaged>, S
         report,
         copy: copy.to_owned(),
         recovery,
+        used_recorded_limits,
     }))
 }
 

@@ -75,6 +75,14 @@ pub(crate) fn read_stored_anchor(dir: &Path) -> Result<Option<(u64, Chain)>, Sto
     }
 }
 
+/// The limits the snapshot database of the data directory `dir` records, if any.
+pub(crate) fn read_stored_limits(dir: &Path) -> Result<Option<tally_core::Limits>, StoreError> {
+    match open_snapshots_to_read(dir)? {
+        Some(db) => crate::durable::stored_limits(&db),
+        None => Ok(None),
+    }
+}
+
 /// The anchor stored in `db`, if any.
 pub(crate) fn read_anchor(db: &sled::Db) -> Result<Option<(u64, Chain)>, StoreError> {
     read_seq_chain(db, TRAIL_ANCHOR_KEY, "the trail anchor")
