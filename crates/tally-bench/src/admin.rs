@@ -16,6 +16,7 @@ fn options(dir: &std::path::Path, keys: Option<usize>) -> StoreOptions {
         limits: limits_with_keys(keys.unwrap_or(IDEMPOTENCY_KEYS_DEFAULT)),
         sync: SyncMode::Data,
         segment_bytes_max: None,
+        anchor_interval: None,
     }
 }
 

@@ -171,6 +171,10 @@ pub struct RunArgs {
     /// when one is created) [default: 64].
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub segment_mib: Option<u64>,
+    /// How often the journal's anchor moves to the durable point, in ms, 1 to 3,600,000 (the
+    /// window in which damage looks like a torn tail) [default: 100].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub anchor_ms: Option<u64>,
     /// Seed of the workload's choices (users, amounts, mix) [default: 1].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,

@@ -100,6 +100,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         limits: plan.limits(),
         sync: plan.sync_mode(),
         segment_bytes_max: args.segment_mib.map(|mib| mib << 20),
+        anchor_interval: args.anchor_ms.map(Duration::from_millis),
     };
     let (backend, opened) = open_store_blocking(options.clone()).await?;
     let store_text = backend.describe(plan.sync_mode());

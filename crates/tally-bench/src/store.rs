@@ -70,6 +70,8 @@ pub struct StoreOptions {
     pub sync: SyncMode,
     /// Journal segment size (`None`: the store's default).
     pub segment_bytes_max: Option<u64>,
+    /// How often the anchor moves (`None`: the store's default).
+    pub anchor_interval: Option<Duration>,
 }
 
 /// Opens the store: the durable one in `options.dir` (recovering what it holds, waiting up to
@@ -110,6 +112,9 @@ pub fn durable_config(dir: &Path, options: &StoreOptions) -> DurableConfig {
     config.sync = options.sync;
     if let Some(bytes) = options.segment_bytes_max {
         config.segment_bytes_max = bytes;
+    }
+    if let Some(interval) = options.anchor_interval {
+        config.anchor_interval = interval;
     }
     config
 }

@@ -131,6 +131,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<VerifyReport> {
         limits: limits.clone(),
         sync: SyncMode::Data,
         segment_bytes_max: None,
+        anchor_interval: None,
     };
     let (backend, opened) = tokio::task::spawn_blocking(move || open_store(&options))
         .await

@@ -495,7 +495,9 @@ fn salvage_reports_the_acknowledged_records_at_risk_then_cuts_and_rebuilds_after
     // Asked to rebuild under other limits, salvage keeps the ledger's own (recorded at open).
     let mut other = config(&data);
     other.limits.idempotency_keys_max = 5;
-    let done = tally_store::salvage::salvage(other, &copy).unwrap().unwrap();
+    let done = tally_store::salvage::salvage(other, &copy)
+        .unwrap()
+        .unwrap();
     assert!(done.used_recorded_limits);
     assert_eq!(done.kept_through, 11);
     assert_eq!(done.recovery.records_replayed, 11, "rebuilt from seq 1");
