@@ -801,7 +801,7 @@ impl Tally {
         Ok(slot)
     }
 
-    fn admit(&self) -> Result<(), Error> {
+    pub(crate) fn admit(&self) -> Result<(), Error> {
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }

@@ -171,6 +171,22 @@ impl Tally {
             .map_err(Error::from)
     }
 
+    /// Removes the archived history before `before_seq`, whole segments only (see
+    /// `tally_store::DurableStore::prune_history`): history and balance history then start
+    /// after the cut and say so, and the trail verifies from the hash kept there. On a blocking
+    /// thread. Errors: `Storage` on the in-memory store (nothing to prune) or when the range
+    /// does not chain into what stays (nothing removed).
+    pub async fn prune_history(&self, before_seq: u64) -> Result<tally_store::Pruned, Error> {
+        self.admit()?;
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.prune_history(before_seq))
+            .await
+            .map_err(|e| Error::Internal {
+                reason: format!("pruning the history: {e}").into(),
+            })?
+            .map_err(Error::from)
+    }
+
     /// The last durable record's sequence number and chain hash, to publish off the machine.
     pub fn trail_head(&self) -> (u64, [u8; 32]) {
         self.shared.store.trail_head()

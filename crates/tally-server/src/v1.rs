@@ -1169,6 +1169,42 @@ async fn trail_head(
     Ok(Json(json!({"seq": seq, "hash": hex})))
 }
 
+/// `POST /v1/trail/prune`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneRequest {
+    /// Prune the archived segments whose records all come before this sequence number (≥ 1).
+    pub before_seq: u64,
+}
+
+/// Removes the oldest archived history, whole segments only (the live journal is never
+/// pruned). History and balance history then start after the cut (`pruned_through`), and the
+/// trail verifies from the chain hash kept at it.
+#[utoipa::path(post, path = "/v1/trail/prune", request_body = PruneRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn prune_history(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    body: Body<PruneRequest>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let before_seq = body.value.before_seq;
+    if before_seq == 0 {
+        return Err(ApiError::invalid_field(
+            "before_seq",
+            "before_seq must be at least 1",
+        ));
+    }
+    let pruned = state.tally.prune_history(before_seq).await?;
+    Ok(Json(json!({
+        "segments": pruned.segments,
+        "records": pruned.records,
+        "accounts": pruned.accounts,
+        "pruned_through": pruned.pruned_through,
+    })))
+}
+
 // ---------------------------------------------------------------------------------------------
 // API keys
 
@@ -1371,6 +1407,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(history))
         .routes(routes!(audit))
         .routes(routes!(trail_head))
+        .routes(routes!(prune_history))
         .routes(routes!(create_key, list_keys))
         .routes(routes!(revoke_key))
 }

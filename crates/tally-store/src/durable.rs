@@ -1087,6 +1087,10 @@ impl Store for DurableStore {
     fn history_base(&self, id: AccountId) -> Result<crate::HistoryBase, StoreError> {
         self.history_base_of(id)
     }
+
+    fn prune_history(&self, before_seq: u64) -> Result<Pruned, StoreError> {
+        DurableStore::prune_history(self, before_seq)
+    }
 }
 
 impl DurableStore {

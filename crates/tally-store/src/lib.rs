@@ -165,6 +165,16 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Removes the archived history before `before_seq` (see
+    /// [`DurableStore::prune_history`]); the default (the in-memory store, which keeps no
+    /// archive) refuses with [`StoreError::Io`] and changes nothing.
+    fn prune_history(&self, before_seq: u64) -> Result<Pruned, StoreError> {
+        let _ = before_seq;
+        Err(StoreError::Io(
+            "this store keeps no archived history to prune".into(),
+        ))
+    }
+
     /// Where pruned history ends and what it summed to for `id` (see [`HistoryBase`]); the
     /// default: nothing pruned.
     fn history_base(&self, id: AccountId) -> Result<HistoryBase, StoreError> {

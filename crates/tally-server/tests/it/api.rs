@@ -580,6 +580,7 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
         ("post", "/v1/funding-updates"),
         ("get", "/v1/audit"),
         ("get", "/v1/trail/head"),
+        ("post", "/v1/trail/prune"),
         ("post", "/v1/keys"),
         ("get", "/v1/keys"),
         ("delete", "/v1/keys/{id}"),
@@ -788,4 +789,52 @@ async fn concurrent_key_creations_get_distinct_ids_and_working_secrets() {
             StatusCode::OK
         );
     }
+}
+
+#[tokio::test]
+async fn pruning_history_is_for_the_admin_checks_its_body_and_says_what_went() {
+    let h = Harness::new().await;
+    h.world(1_000_000).await;
+    let head = h.admin("GET", "/v1/trail/head", None).await.body;
+    let service = h.service_key("search").await;
+    let refused = h
+        .as_key(
+            &service,
+            "POST",
+            "/v1/trail/prune",
+            Some(json!({"before_seq": 1_000})),
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
+    for body in [
+        json!({"before_seq": 0}),
+        json!({"before_seq": -1}),
+        json!({"before_seq": "9"}),
+        json!({"before": 9}),
+        json!({"before_seq": 9, "also": 1}),
+    ] {
+        let a = h.admin("POST", "/v1/trail/prune", Some(body.clone())).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {a:?}");
+    }
+    // A young ledger has archived nothing yet (its one journal segment is live): nothing goes.
+    let a = h
+        .admin(
+            "POST",
+            "/v1/trail/prune",
+            Some(json!({"before_seq": 1_000_000})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(
+        (
+            a.body["segments"].as_u64(),
+            a.body["pruned_through"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert_eq!(h.admin("GET", "/v1/trail/head", None).await.body, head);
+    let history = h.admin("GET", "/v1/accounts/alice/history", None).await;
+    assert_eq!(history.body["pruned_through"], 0, "{history:?}");
+    assert!(!history.body["entries"].as_array().unwrap().is_empty());
 }
