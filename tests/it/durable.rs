@@ -601,3 +601,42 @@ async fn a_prune_whose_mark_a_crash_lost_is_redone_without_counting_twice() {
         "the pruned range counted once"
     );
 }
+
+#[tokio::test]
+async fn pruning_by_age_removes_only_segments_whose_records_are_all_older() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = tally::ManualClock::new(tally::Timestamp(1_000_000));
+    let config = EngineConfig {
+        checkpoint_interval: Duration::from_secs(3_600),
+        ..crate::support::config(&clock)
+    };
+    let store_config = DurableConfig {
+        segment_bytes_max: 8 << 10,
+        ..DurableConfig::new(dir.path())
+    };
+    let (tally, store, _) = open_durable(store_config, config).await;
+    setup(&tally).await;
+    for n in 0..400u64 {
+        clock.advance(1_000);
+        tally.charge(op(), ALICE, APP, 10 + n, "/x").await.unwrap();
+    }
+    tally.checkpoint().await.unwrap();
+    let before = tally.history(ALICE, 0, 1_000).await.unwrap().entries;
+    let cutoff = before[250].record.at;
+
+    let pruned = store.prune_history_older_than(cutoff).unwrap();
+    assert!(pruned.segments > 0, "{pruned:?}");
+    let cut = pruned.pruned_through;
+    assert!(
+        before
+            .iter()
+            .filter(|e| e.seq <= cut)
+            .all(|e| e.record.at < cutoff),
+        "a pruned record was not older than the cutoff"
+    );
+    let kept = tally.history(ALICE, 0, 1_000).await.unwrap();
+    assert_eq!(kept.pruned_through, cut);
+    assert!(kept.entries.iter().any(|e| e.record.at >= cutoff));
+    // Nothing older is left to go but the segment the cutoff falls in.
+    assert_eq!(store.prune_history_older_than(cutoff).unwrap().segments, 0);
+}

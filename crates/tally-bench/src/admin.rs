@@ -90,7 +90,21 @@ pub fn prune(args: &PruneArgs) -> anyhow::Result<bool> {
     );
     let (store, _) = DurableStore::open(config)
         .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
-    let pruned = store.prune_history(args.before_seq);
+    let pruned = match (args.before_seq, args.older_than_days) {
+        (Some(seq), _) => store.prune_history(seq),
+        (None, Some(days)) => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0);
+            let cutoff = now_ms.saturating_sub(days.saturating_mul(86_400_000));
+            store.prune_history_older_than(tally::Timestamp(cutoff))
+        }
+        (None, None) => {
+            let _ = store.close();
+            anyhow::bail!("say where to cut: --before-seq or --older-than-days")
+        }
+    };
     let closed = store.close();
     let pruned = pruned.context("pruning the history")?;
     closed.context("closing the store")?;

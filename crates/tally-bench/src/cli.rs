@@ -73,15 +73,20 @@ pub struct SalvageArgs {
     pub idempotency_keys: Option<usize>,
 }
 
-/// Options of `prune`.
+/// Options of `prune` (exactly one of `--before-seq` and `--older-than-days`).
 #[derive(Clone, Debug, Args)]
+#[command(group(clap::ArgGroup::new("cut").required(true).args(["before_seq", "older_than_days"])))]
 pub struct PruneArgs {
     /// Data directory of the durable store (no store may have it open).
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
     /// Prune archived segments whose records all come before this sequence number.
     #[arg(long, value_name = "SEQ")]
-    pub before_seq: u64,
+    pub before_seq: Option<u64>,
+    /// Prune archived segments whose records are all older than this many days (by the
+    /// records' timestamps), 1 to 36,500.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    pub older_than_days: Option<u64>,
     /// Idempotency keys remembered per account: the value the ledger runs with [default:
     /// 1,000,000, as `run`].
     #[arg(long, value_name = "N")]

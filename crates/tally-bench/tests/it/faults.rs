@@ -349,3 +349,47 @@ echo "verify_rc=$?"
     assert!(said.contains("verify_rc=0"), "{context}");
     assert!(read("verify.out").contains("0 missing"), "{context}");
 }
+
+#[test]
+fn prune_removes_archived_history_and_every_acknowledged_op_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let acks = dir.path().join("acks.log");
+    let archived = || fs::read_dir(data.join("archive")).map_or(0, |d| d.count());
+    // Short runs on 1 MiB segments until at least one segment was archived (a run's final
+    // checkpoint archives every full segment).
+    for _ in 0..6 {
+        let run = Command::new(BIN)
+            .args(["run", "--data-dir"])
+            .arg(&data)
+            .arg("--ack-log")
+            .arg(&acks)
+            .args(["--accounts", "50", "--clients", "8", "--duration", "3"])
+            .args(["--segment-mib", "1", "--no-ceilings", "--quiet"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", text(&run));
+        if archived() > 0 {
+            break;
+        }
+    }
+    let before = archived();
+    assert!(before > 0, "six runs archived no segment");
+
+    let refused = bench(&["prune"], &data);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let by_age = bench(&["prune", "--older-than-days", "1"], &data);
+    assert!(by_age.status.success(), "{}", text(&by_age));
+    assert_eq!(archived(), before, "nothing a day old yet");
+    let pruned = bench(&["prune", "--before-seq", "18446744073709551615"], &data);
+    assert!(pruned.status.success(), "{}", text(&pruned));
+    let said = String::from_utf8_lossy(&pruned.stdout).into_owned();
+    assert!(
+        said.contains(&format!("pruned {before} archived segment(s)")),
+        "{said}"
+    );
+    assert_eq!(archived(), 0);
+    let checked = verify(&data, &acks);
+    assert!(checked.status.success(), "{}", text(&checked));
+}

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use tally_core::AccountId;
+use tally_core::{AccountId, Timestamp};
 
 use super::{decode_record, journal_err, key, sled_err, touched, DurableStore, Sled};
 use crate::journal::{self, chain_hex, chain_next, Chain, GENESIS};
@@ -160,6 +160,75 @@ impl DurableStore {
             "tally store: history pruned"
         );
         Ok(outcome)
+    }
+
+    /// Prunes, like [`DurableStore::prune_history`], the archived segments whose records are
+    /// all older than `cutoff` (by their timestamps, judged from the first record of the
+    /// segment after each: records are stamped in journal order, so a clock stepped back
+    /// keeps a segment a little longer, never prunes a newer one).
+    pub fn prune_history_older_than(&self, cutoff: Timestamp) -> Result<Pruned, StoreError> {
+        let before_seq = {
+            let inner = &self.inner;
+            let _reading = inner.archive.lock.read();
+            let segments = inner.archive.segments(&inner.journal)?;
+            let mut before_seq = 0;
+            for window in segments.windows(2) {
+                if self.first_at_of_archived(window[1].0)? >= cutoff {
+                    before_seq = window[0].0;
+                    break;
+                }
+            }
+            if before_seq == 0 {
+                if let Some(&(last_first, _)) = segments.last() {
+                    let journal_first = inner.journal.first_seq();
+                    before_seq = match self.first_at_in_journal(journal_first)? {
+                        Some(at) if at < cutoff => journal_first,
+                        _ => last_first,
+                    };
+                }
+            }
+            before_seq
+        };
+        // 0 (nothing archived, or the oldest segment is not old enough): nothing goes.
+        self.prune_history(before_seq)
+    }
+
+    /// The timestamp of the archived record `seq` (the first of its segment).
+    fn first_at_of_archived(&self, seq: u64) -> Result<Timestamp, StoreError> {
+        let mut at = None;
+        let mut failure = None;
+        journal::read_archive(&self.inner.archive.dir, seq, seq, |_, payload| {
+            match decode_record(payload) {
+                Ok(record) => at = Some(record.at),
+                Err(e) => failure = Some(e),
+            }
+            Ok(false)
+        })
+        .map_err(journal_err)?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        at.ok_or_else(|| StoreError::Corrupt(format!("archived record {seq} is missing").into()))
+    }
+
+    /// The timestamp of the journal's record `seq`, if it holds it yet.
+    fn first_at_in_journal(&self, seq: u64) -> Result<Option<Timestamp>, StoreError> {
+        let mut at = None;
+        let mut failure = None;
+        self.inner
+            .journal
+            .read_from(seq, |_, payload| {
+                match decode_record(payload) {
+                    Ok(record) => at = Some(record.at),
+                    Err(e) => failure = Some(e),
+                }
+                Ok(false)
+            })
+            .map_err(journal_err)?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(at),
+        }
     }
 
     /// Reads the records of `chosen` (contiguous archived segments right after `pruned_seq`),
