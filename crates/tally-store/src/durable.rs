@@ -436,9 +436,14 @@ pub(crate) fn journal_err(e: JournalError) -> StoreError {
     }
 }
 
-/// Opens the snapshot database of the data directory `dir` (waiting [`crate::open_dirs::LOCK_WAIT`]
-/// for its lock).
-fn open_snapshot_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+/// Opens the snapshot database of the data directory `dir` (waiting
+/// [`crate::open_dirs::LOCK_WAIT`] for its lock); [`StoreError::Locked`] naming `holder` if
+/// it stays taken.
+pub(crate) fn open_snapshot_db(
+    dir: &Path,
+    cache_bytes: u64,
+    holder: &'static str,
+) -> Result<sled::Db, StoreError> {
     let snapshots = dir.join("snapshots");
     let opened = crate::open_dirs::wait_for_lock(|| {
         match sled::Config::new()
@@ -453,19 +458,30 @@ fn open_snapshot_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError
             )),
         }
     })?;
-    // Called with the journal's lock held: whoever has sled's lock reads the directory
-    // without opening it as a store.
     opened.ok_or_else(|| StoreError::Locked {
         path: dir.to_owned(),
-        holder: "its snapshot database is held by a reader of the directory (a trail \
-                 verification or a salvage inspection)"
-            .into(),
+        holder: holder.into(),
     })
 }
+
+/// Who holds `snapshots/` when a store opening the directory, with the journal's lock held,
+/// finds sled's lock taken: a reader of the directory that does not open it as a store.
+const SNAPSHOTS_HELD_BY_A_READER: &str = "its snapshot database is held by a reader of the \
+     directory (a trail verification or a salvage inspection)";
 
 /// Whether opening sled failed because another holder has its lock.
 pub(crate) fn is_lock_error(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("lock"))
+}
+
+/// A failed file operation: `op` on `path`.
+pub(crate) fn io_err(op: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("{op} {}: {e}", path.display()).into())
+}
+
+/// Fsyncs the directory `dir` (its entries' creations, renames and removals).
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    crate::journal::sync_dir(dir).map_err(|e| io_err("fsync", dir, e))
 }
 
 /// A failed snapshot-database operation, named as the operator finds it on disk.
@@ -525,12 +541,20 @@ impl DurableStore {
         // finished or one runs.
         let lock = crate::journal::lock_dir(&journal_dir).map_err(journal_err)?;
         compact::finish_interrupted(&dir)?;
-        let db = open_snapshot_db(&dir, config.snapshot_cache_bytes)?;
+        let db = open_snapshot_db(
+            &dir,
+            config.snapshot_cache_bytes,
+            SNAPSHOTS_HELD_BY_A_READER,
+        )?;
         let (now, base) = compact::sizes(&dir)?;
         let (db, compacted) = if compact::bloated(now, base, config.snapshot_compact_slack) {
             let sizes = compact::compact(&dir, db, config.snapshot_cache_bytes)?;
             (
-                open_snapshot_db(&dir, config.snapshot_cache_bytes)?,
+                open_snapshot_db(
+                    &dir,
+                    config.snapshot_cache_bytes,
+                    SNAPSHOTS_HELD_BY_A_READER,
+                )?,
                 Some(sizes),
             )
         } else {

@@ -15,7 +15,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::durable::journal_err;
+use crate::durable::{io_err as io, journal_err};
 use crate::journal::salvage::{cut_to, valid_prefix, Prefix};
 use crate::journal::{self, chain_hex};
 use crate::{DurableConfig, DurableRecovery, DurableStore, StoreError};
@@ -31,6 +31,9 @@ pub struct SalvageReport {
     pub anchored_seq: u64,
     /// What could not be read (an anchor), so the report may understate what is at risk.
     pub notes: Vec<String>,
+    /// The limits the snapshots recorded at the ledger's last open (`None`: unreadable or
+    /// never recorded).
+    pub limits: Option<tally_core::Limits>,
 }
 
 impl SalvageReport {
@@ -124,10 +127,6 @@ pub struct Salvaged {
     pub used_recorded_limits: bool,
 }
 
-fn io(op: &str, path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Io(format!("{op} {}: {e}", path.display()).into())
-}
-
 /// Reports, read-only, what in the data directory `dir` verifies and what acknowledged records
 /// are at risk. Refused with [`StoreError::Locked`] while a store has `dir` open.
 pub fn inspect(dir: &Path) -> Result<SalvageReport, StoreError> {
@@ -150,13 +149,13 @@ pub fn inspect(dir: &Path) -> Result<SalvageReport, StoreError> {
             0
         }
     };
-    // Reading sled's anchor takes its lock: an open store stops the inspection here.
-    let snapshot_anchor = match crate::trail::read_stored_anchor(dir) {
-        Ok(found) => found.map_or(0, |(seq, _)| seq),
+    // Reading sled takes its lock: an open store stops the inspection here.
+    let (snapshot_anchor, limits) = match crate::trail::read_stored_anchor_and_limits(dir) {
+        Ok((found, limits)) => (found.map_or(0, |(seq, _)| seq), limits),
         Err(e @ StoreError::Locked { .. }) => return Err(e),
         Err(e) => {
             notes.push(format!("the snapshots' anchor is unreadable ({e})"));
-            0
+            (0, None)
         }
     };
     Ok(SalvageReport {
@@ -164,6 +163,7 @@ pub fn inspect(dir: &Path) -> Result<SalvageReport, StoreError> {
         prefix,
         anchored_seq: journal_anchor.max(snapshot_anchor),
         notes,
+        limits,
     })
 }
 
@@ -233,8 +233,7 @@ pub fn salvage(mut config: DurableConfig, copy: &Path) -> Result<Option<Salvaged
         // The ledger's own limits, if the snapshots still say them: rebuilt under others, the
         // idempotency windows would differ (a smaller one forgets keys, and a retry of an
         // acknowledged operation would execute again).
-        let recorded = crate::trail::read_stored_limits(&dir).ok().flatten();
-        if let Some(limits) = recorded.filter(|limits| *limits != config.limits) {
+        if let Some(limits) = report.limits.clone().filter(|l| *l != config.limits) {
             config.limits = limits;
             used_recorded_limits = true;
         }
@@ -292,7 +291,5 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
                 .map_err(|e| io("fsync", &target, e))?;
         }
     }
-    fs::File::open(to)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io("fsync", to, e))
+    crate::durable::sync_dir(to)
 }

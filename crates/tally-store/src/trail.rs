@@ -42,44 +42,29 @@ fn journal_io(e: journal::JournalError) -> StoreError {
 /// The snapshot database of the data directory `dir`, opened to read (its lock taken: no
 /// store opens `dir` while it is held), or `None` if there is none.
 fn open_snapshots_to_read(dir: &Path) -> Result<Option<sled::Db>, StoreError> {
-    let snapshots = dir.join("snapshots");
-    if !snapshots.exists() {
+    if !dir.join("snapshots").exists() {
         return Ok(None);
     }
-    let opened = crate::open_dirs::wait_for_lock(|| {
-        match sled::Config::new()
-            .path(&snapshots)
-            .cache_capacity(1 << 20)
-            .open()
-        {
-            Ok(db) => Ok(Some(db)),
-            Err(e) if crate::durable::is_lock_error(&e) => Ok(None),
-            Err(other) => Err(sled_err(other)),
-        }
-    })?;
-    match opened {
-        Some(db) => Ok(Some(db)),
-        None => Err(StoreError::Locked {
-            path: dir.to_owned(),
-            holder: "open in a tally store: verify through DurableStore::verify_trail".into(),
-        }),
-    }
+    crate::durable::open_snapshot_db(
+        dir,
+        1 << 20,
+        "open in a tally store: verify through DurableStore::verify_trail",
+    )
+    .map(Some)
 }
 
-/// The anchor the snapshot database of the data directory `dir` holds, if any (read with its
-/// lock taken, then released).
-pub(crate) fn read_stored_anchor(dir: &Path) -> Result<Option<(u64, Chain)>, StoreError> {
-    match open_snapshots_to_read(dir)? {
-        Some(db) => read_anchor(&db),
-        None => Ok(None),
-    }
-}
+/// A stored anchor and the stored limits.
+pub(crate) type StoredFacts = (Option<(u64, Chain)>, Option<tally_core::Limits>);
 
-/// The limits the snapshot database of the data directory `dir` records, if any.
-pub(crate) fn read_stored_limits(dir: &Path) -> Result<Option<tally_core::Limits>, StoreError> {
+/// The anchor and the limits the snapshot database of the data directory `dir` records, if
+/// any (read with one open, its lock taken, then released); unreadable limits read as none.
+pub(crate) fn read_stored_anchor_and_limits(dir: &Path) -> Result<StoredFacts, StoreError> {
     match open_snapshots_to_read(dir)? {
-        Some(db) => crate::durable::stored_limits(&db),
-        None => Ok(None),
+        Some(db) => Ok((
+            read_anchor(&db)?,
+            crate::durable::stored_limits(&db).ok().flatten(),
+        )),
+        None => Ok((None, None)),
     }
 }
 

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{dir_bytes, lock_released_by, sled_err, SNAPSHOT_CLOSE_WAIT};
+use super::{dir_bytes, io_err as io, lock_released_by, sled_err, sync_dir, SNAPSHOT_CLOSE_WAIT};
 use crate::StoreError;
 
 /// Compact when `snapshots/` holds more than this many times its size after the last
@@ -26,10 +26,6 @@ pub const GROWTH_SLACK: u64 = 32 << 20;
 /// Entries copied per batch.
 const BATCH: usize = 10_000;
 
-fn io(op: &str, path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Io(format!("{op} {}: {e}", path.display()).into())
-}
-
 fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     (
         dir.join("snapshots"),
@@ -37,12 +33,6 @@ fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
         dir.join("snapshots.old"),
         dir.join("snapshots.size"),
     )
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io("fsync", dir, e))
 }
 
 /// Finishes a compaction a crash interrupted: a complete copy whose swap began is moved into

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 
 use tally_core::{AccountId, Timestamp};
 
-use super::{decode_record, journal_err, key, sled_err, touched, DurableStore, Sled};
+use super::{
+    decode_record, io_err, journal_err, key, sled_err, sync_dir, touched, DurableStore, Sled,
+};
 use crate::journal::{self, chain_hex, chain_next, Chain, GENESIS};
 use crate::{HistoryBase, StoreError};
 
@@ -132,13 +134,10 @@ impl DurableStore {
             .collect();
         for first in &gone {
             let path = inner.archive.dir.join(journal::segment_file_name(*first));
-            std::fs::remove_file(&path)
-                .map_err(|e| StoreError::Io(format!("removing {}: {e}", path.display()).into()))?;
+            std::fs::remove_file(&path).map_err(|e| io_err("removing", &path, e))?;
         }
         if !gone.is_empty() {
-            journal::sync_dir(&inner.archive.dir).map_err(|e| {
-                StoreError::Io(format!("syncing {}: {e}", inner.archive.dir.display()).into())
-            })?;
+            sync_dir(&inner.archive.dir)?;
             // The history index no longer names the removed segments.
             let mut batch = sled::Batch::default();
             for entry in sled.history_index.iter() {
