@@ -463,13 +463,19 @@ async fn a_key_missing_from_the_index_is_reported_as_damage_not_forgotten() {
     fund_many(&tally, 10).await;
     tally.shutdown().await.unwrap();
 
-    let db = sled::open(dir.path().join("snapshots")).unwrap();
-    let keys = db.open_tree("idempotency_keys").unwrap();
-    let (victim, _) = keys.iter().nth(5).unwrap().unwrap();
-    keys.remove(victim).unwrap();
-    db.flush().unwrap();
-    drop(keys);
-    drop(db);
+    remove_from_snapshot_db(dir.path(), "idempotency_keys", |keys| {
+        use redb::ReadableTable;
+        let victim = keys
+            .iter()
+            .unwrap()
+            .nth(5)
+            .unwrap()
+            .unwrap()
+            .0
+            .value()
+            .to_vec();
+        victim
+    });
 
     let (tally, _, _) = open(dir.path(), EngineConfig::default()).await;
     let error = tally.balance(ALICE).await.unwrap_err();
@@ -479,6 +485,25 @@ async fn a_key_missing_from_the_index_is_reported_as_damage_not_forgotten() {
         "{text}"
     );
     assert!(text.contains("snapshots"), "names the database: {text}");
+}
+
+/// Removes from the table `table` of the snapshot database in `dir` the key `pick` chooses,
+/// durably, as damage or a lost write would.
+fn remove_from_snapshot_db(
+    dir: &std::path::Path,
+    table: &str,
+    pick: impl FnOnce(&redb::Table<&[u8], &[u8]>) -> Vec<u8>,
+) {
+    let db = redb::Database::open(dir.join("snapshots").join("tally.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut opened = txn
+            .open_table(redb::TableDefinition::<&[u8], &[u8]>::new(table))
+            .unwrap();
+        let victim = pick(&opened);
+        assert!(opened.remove(&victim[..]).unwrap().is_some());
+    }
+    txn.commit().unwrap();
 }
 
 /// Alice's balance after every change she ever made.
@@ -585,10 +610,7 @@ async fn a_prune_whose_mark_a_crash_lost_is_redone_without_counting_twice() {
     drop(store);
 
     // As if the bases reached the disk but the mark and the removals did not.
-    let db = sled::open(dir.path().join("snapshots")).unwrap();
-    db.remove("history_pruned").unwrap();
-    db.flush().unwrap();
-    drop(db);
+    remove_from_snapshot_db(dir.path(), "meta", |_| b"history_pruned".to_vec());
     for (path, bytes) in &saved {
         std::fs::write(path, bytes).unwrap();
     }

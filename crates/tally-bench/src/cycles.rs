@@ -59,7 +59,7 @@ pub struct DataSize {
     pub journal_bytes: u64,
     /// `archive/`: journal segments a checkpoint retired.
     pub archive_bytes: u64,
-    /// `snapshots/`: the sled database of account snapshots.
+    /// `snapshots/`: the snapshot database (account snapshots, keys, indexes).
     pub snapshots_bytes: u64,
     /// Everything else (the anchor, locks).
     pub other_bytes: u64,
@@ -189,6 +189,11 @@ pub struct CyclesReport {
     pub size_after_verify: Option<DataSize>,
     /// `snapshots / (journal + archive)` at the end (before the final check).
     pub snapshots_ratio_end: Option<f64>,
+    /// What the snapshot database held after the last cycle's reopen.
+    pub live_end: Option<LiveSnapshots>,
+    /// The data directory over journal + archive + the live snapshot data (encoded account
+    /// snapshots and keys) after the last cycle; the issue's bound is 2.
+    pub dir_over_live_end: Option<f64>,
     /// Every cycle.
     pub cycle_list: Vec<CycleFigures>,
     /// The final check.
@@ -294,6 +299,12 @@ pub async fn cycles(args: &CyclesArgs) -> anyhow::Result<CyclesReport> {
         size_end,
         size_after_verify,
         snapshots_ratio_end: size_end.snapshots_ratio(),
+        live_end: done.live_end,
+        dir_over_live_end: done.live_end.and_then(|live| {
+            let log = size_end.journal_bytes + size_end.archive_bytes;
+            let denominator = log + live.account_bytes + live.key_bytes;
+            (denominator > 0).then(|| size_end.total_bytes as f64 / denominator as f64)
+        }),
         cycle_list: done.cycle_list,
         verify,
         seconds: started.elapsed().as_secs_f64(),
@@ -442,6 +453,7 @@ struct Done {
     acked_before: u64,
     size_start: DataSize,
     cycle_list: Vec<CycleFigures>,
+    live_end: Option<LiveSnapshots>,
 }
 
 fn run_cycles(setup: &Setup, quiet: bool) -> anyhow::Result<Done> {
@@ -464,6 +476,7 @@ fn run_cycles(setup: &Setup, quiet: bool) -> anyhow::Result<Done> {
     };
     let mut rng = SmallRng::seed_from_u64(c.seed);
     let mut cycle_list = Vec::with_capacity(usize::try_from(c.cycles).unwrap_or(0));
+    let mut live_end = None;
     for cycle in 1..=c.cycles {
         let kill_after_ms = rng.random_range(c.kill_after_ms_min..=c.kill_after_ms_max);
         let run_seed = c
@@ -478,7 +491,12 @@ fn run_cycles(setup: &Setup, quiet: bool) -> anyhow::Result<Done> {
         )
         .with_context(|| format!("cycle {cycle}"))?;
         let (acked, ack_torn_tail) = acks.count_new().with_context(|| format!("cycle {cycle}"))?;
-        let reopened = reopen(&options, &c.data_dir).with_context(|| format!("cycle {cycle}"))?;
+        let last = cycle == c.cycles;
+        let reopened =
+            reopen(&options, &c.data_dir, last).with_context(|| format!("cycle {cycle}"))?;
+        if last {
+            live_end = reopened.live;
+        }
         let figures = CycleFigures {
             cycle,
             kill_after_ms,
@@ -513,6 +531,7 @@ fn run_cycles(setup: &Setup, quiet: bool) -> anyhow::Result<Done> {
         acked_before,
         size_start,
         cycle_list,
+        live_end,
     })
 }
 
@@ -593,15 +612,48 @@ struct Reopened {
     recovery: tally::DurableRecovery,
     close_ms: f64,
     size: DataSize,
+    live: Option<LiveSnapshots>,
+}
+
+/// What the snapshot database holds, as opposed to the bytes its file takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LiveSnapshots {
+    /// Account snapshots.
+    pub accounts: u64,
+    /// Their encoded bytes.
+    pub account_bytes: u64,
+    /// Remembered idempotency keys.
+    pub keys: u64,
+    /// Their encoded bytes.
+    pub key_bytes: u64,
+    /// Bytes of the database file's pages in use (indexes and tree overhead included).
+    pub pages_bytes: u64,
+    /// The database file's length.
+    pub file_bytes: u64,
 }
 
 /// Opens the store in the data directory (recovering it), closes it, measures the directory.
-fn reopen(options: &StoreOptions, dir: &Path) -> anyhow::Result<Reopened> {
+fn reopen(options: &StoreOptions, dir: &Path, measure_live: bool) -> anyhow::Result<Reopened> {
     let started = Instant::now();
     let (backend, recovery) = open_store(options)?;
     let reopen_ms = ms(started.elapsed());
     let (Backend::Durable(store), Some(recovery)) = (backend, recovery) else {
         bail!("expected the durable store in {}", dir.display());
+    };
+    let live = if measure_live {
+        let s = store
+            .snapshot_stats()
+            .with_context(|| format!("measuring the snapshots in {}", dir.display()))?;
+        Some(LiveSnapshots {
+            accounts: s.accounts,
+            account_bytes: s.account_bytes,
+            keys: s.keys,
+            key_bytes: s.key_bytes,
+            pages_bytes: s.pages_bytes,
+            file_bytes: s.file_bytes,
+        })
+    } else {
+        None
     };
     let closing = Instant::now();
     store
@@ -614,6 +666,7 @@ fn reopen(options: &StoreOptions, dir: &Path) -> anyhow::Result<Reopened> {
         recovery,
         close_ms,
         size: data_size(dir)?,
+        live,
     })
 }
 
@@ -888,6 +941,21 @@ impl CyclesReport {
             self.snapshots_ratio_end
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"))
         );
+        if let Some(live) = &self.live_end {
+            let _ = writeln!(
+                out,
+                "live snapshot data at the end: {} accounts in {}, {} keys in {}; the file's \
+                 pages in use {}, its length {}; directory / (journal + archive + live) = {}",
+                thousands(live.accounts),
+                bytes_text(live.account_bytes),
+                thousands(live.keys),
+                bytes_text(live.key_bytes),
+                bytes_text(live.pages_bytes),
+                bytes_text(live.file_bytes),
+                self.dir_over_live_end
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"))
+            );
+        }
         let torn = self.cycle_list.iter().filter(|c| c.ack_torn_tail).count();
         let _ = writeln!(
             out,

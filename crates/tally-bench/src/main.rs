@@ -67,7 +67,7 @@ fn execute(command: CliCommand) -> anyhow::Result<bool> {
         }
     };
     // Everything is durable and checked by now. Give background work (a store dropped on a
-    // blocking thread flushing sled) a bounded time rather than wait on it forever.
+    // blocking thread closing its files) a bounded time rather than wait on it forever.
     runtime.shutdown_timeout(std::time::Duration::from_secs(10));
     verdict
 }

@@ -481,27 +481,31 @@ impl Account {
             ));
         }
         let mut previous = 0;
-        let mut seen = HashMap::with_capacity(keys.len());
         for key in &keys {
             let seq = key.remembered.seq;
             if seq <= previous || seq > self.last_seq {
                 return Err(format!(
-                    "account {}: key of seq {seq} out of order (after seq {previous}, account at                      seq {})",
+                    "account {}: key of seq {seq} out of order (after seq {previous}, account at \
+                     seq {})",
                     self.id.0, self.last_seq
                 ));
             }
-            if seen.insert(key.op, ()).is_some() {
+            previous = seq;
+        }
+        // Sized once: restoring a large window rehashes nothing.
+        let mut remembered = HashMap::with_capacity(keys.len());
+        let mut order = VecDeque::with_capacity(keys.len());
+        for key in keys {
+            order.push_back((key.remembered.at, key.op));
+            if remembered.insert(key.op, key.remembered).is_some() {
                 return Err(format!(
                     "account {}: operation {} remembered twice",
                     self.id.0, key.op
                 ));
             }
-            previous = seq;
         }
-        for key in keys {
-            self.remembered_order.push_back((key.remembered.at, key.op));
-            self.remembered.insert(key.op, key.remembered);
-        }
+        self.remembered = remembered;
+        self.remembered_order = order;
         Ok(())
     }
 }

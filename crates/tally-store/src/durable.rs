@@ -1,34 +1,37 @@
-//! The durable store: the journal for every change, sled for snapshots.
+//! The durable store: the journal for every change, a redb file for snapshots.
 //!
 //! Layout of a data directory:
 //! - `journal/`: the append-only log ([`crate::journal`]); its `LOCK` makes the directory
 //!   single-owner: a second opener, in this process or another, gets [`StoreError::Locked`];
 //!   its `ANCHOR` vouches for the durable point ([`crate::journal::anchor`]).
-//! - `snapshots/`: a sled database with two trees: `accounts` (account id → encoded
-//!   [`Account`], whose `last_seq` says which records it covers) and `directory` (account id →
-//!   encoded [`AccountSpec`]).
+//! - `snapshots/tally.redb`: the snapshot database ([`crate::snapdb`]), a table each for the
+//!   account snapshots (account id → encoded [`Account`], whose `last_seq` says which records
+//!   it covers), their remembered idempotency keys, the directory (account id → encoded
+//!   [`AccountSpec`]), the history index, the usage aggregates, the pruned-history bases, and
+//!   the store's own marks (trim point, anchor, limits).
 //!
-//! Measured on the development machine, sled with a flush per group reaches about 100,000
-//! records/s while raw appends with one fdatasync per group reach over a million, so every change
-//! goes to the journal and sled only receives snapshots, off the request path.
+//! Every change goes to the journal (one fdatasync per group); the snapshot database only
+//! receives snapshots, off the request path, in unsynced commits that one synced commit makes
+//! durable before the journal is trimmed.
 //!
 //! **Open** = recovery: for each journal record, the account(s) it touches are loaded (snapshot,
 //! or nothing before the account's `Opened` record) and the record is applied where the
-//! snapshot does not cover it. Every account touched is then written back as a snapshot, sled is
-//! flushed, and the journal is trimmed: after open, every account's snapshot is current.
+//! snapshot does not cover it. Every account touched is then written back as a snapshot (one
+//! transaction), the database is flushed, and the journal is trimmed: after open, every
+//! account's snapshot is current.
 //!
 //! **Checkpoint** ([`Store::checkpoint`]): the engine saves the snapshots of accounts changed
 //! since their last one, then asks to trim the journal before the oldest record a snapshot does
-//! not cover yet. sled is flushed before any segment is removed, so a trimmed record is always
-//! covered by a snapshot on disk.
+//! not cover yet. The snapshot database is flushed before any segment is removed, so a trimmed
+//! record is always covered by a snapshot on disk.
 //!
 //! **History**: a checkpoint does not delete journal segments, it moves them to `archive/`
-//! (same format), and indexes each archived segment in a fourth tree, `history_index`
+//! (same format), and indexes each archived segment in the table `history_index`
 //! ((account id, segment's first sequence number) → nothing): one entry per account a segment
 //! touches, not per record, so keeping history costs the request path nothing. A history page
 //! reads the archived segments the index names for the account, then the journal. The archive
-//! grows with the ledger, as a ledger's history must; prune `archive/` by hand if you need to
-//! (the audit trail then reports the pruned records as missing).
+//! grows with the ledger, as a ledger's history must; prune it with
+//! [`DurableStore::prune_history`] (never by hand: see [`retention`]).
 //!
 //! **Audit trail** ([`crate::trail`]): journal records are hash-chained and segment headers
 //! link to the segment before, so `archive/` then `journal/` form one chain from seq 1.
@@ -37,16 +40,16 @@
 //! report every record altered, inserted or removed, and every segment relinked. Open refuses
 //! a chain mismatch in `journal/` as corruption; `archive/` is not read at open, so damage
 //! there shows only to verify. Every open and every checkpoint stores the durable head
-//! ([`DurableStore::trail_head`]) as the **anchor** (sled key `trail_anchor`: seq, then hash;
+//! ([`DurableStore::trail_head`]) as the **anchor** (meta key `trail_anchor`: seq, then hash;
 //! it only moves forward), so records cut from the end are reported too, and open refuses a
-//! journal that ends before its anchor. Someone able to rewrite every file *and* the sled
+//! journal that ends before its anchor. Someone able to rewrite every file *and* the snapshot
 //! database can rebuild a consistent chain and anchor: publish the head off the machine to
 //! close that gap.
 //!
 //! **Close** ([`Store::close`]): the journal closes first (last group synced, anchor moved to
-//! it, lock released), then every sled handle (all of them sit in one `RwLock<Option<Sled>>`)
-//! is flushed and dropped on a thread of its own, waited on for at most 5 s: sled retries a
-//! failing flush forever on a full disk. Dropping the last handle closes the same way.
+//! it, lock released), then the snapshot database (it sits in one `RwLock<Option<_>>`; close
+//! waits for its readers) is closed on a thread of its own, waited on for at most 5 s, so a
+//! failing disk cannot hold the caller. Dropping the last handle closes the same way.
 //!
 //! **Load** = snapshot + the journal records after it that touched the account (the store
 //! remembers, per account, the sequence number of the last record that touched it, so a load
@@ -66,7 +69,6 @@ use tally_core::{
 mod compact;
 mod retention;
 
-pub(crate) use compact::finish_interrupted as finish_interrupted_compaction;
 pub(crate) use retention::read_pruned;
 pub use retention::Pruned;
 
@@ -77,6 +79,7 @@ use crate::codec::{
 use crate::journal::{Journal, JournalConfig, JournalError, SyncMode};
 use crate::mem::replay_one;
 use crate::projection::Projection;
+use crate::snapdb::{self, SnapshotDb, Table};
 use crate::{DurablePoint, HistoryEntry, Store, StoreError};
 
 /// How a [`DurableStore`] is opened.
@@ -92,10 +95,10 @@ pub struct DurableConfig {
     pub segment_bytes_max: u64,
     /// Records appended but not yet durable; one more is refused as `Full` (`Overloaded`).
     pub queue_records_max: usize,
-    /// Memory sled may use as its page cache (bytes); sled's own default is 1 GiB.
+    /// Memory the snapshot database may use as its page cache (bytes; default 64 MiB).
     pub snapshot_cache_bytes: u64,
-    /// Open compacts `snapshots/` once it exceeds twice its size after the last compaction
-    /// plus this many bytes (default 32 MiB; see [`DurableRecovery::snapshots_compacted`]).
+    /// Open compacts the snapshot database once its file exceeds twice the bytes its pages in
+    /// use hold plus this many bytes (default 32 MiB; see [`DurableRecovery::snapshots_compacted`]).
     pub snapshot_compact_slack: u64,
     /// Bounds of the usage aggregates (see [`tally_core::UsageBook`]).
     pub usage: UsageConfig,
@@ -142,7 +145,7 @@ pub struct DurableRecovery {
     pub last_seq: u64,
     /// How long recovery took.
     pub elapsed: Duration,
-    /// `snapshots/`'s bytes before and after, when this open compacted it (see
+    /// The snapshot database file's bytes before and after, when this open compacted it (see
     /// [`compact::GROWTH_FACTOR`]).
     pub snapshots_compacted: Option<(u64, u64)>,
 }
@@ -161,7 +164,7 @@ struct Inner {
     journal: Journal,
     /// The snapshot database; `None` once closed (its lock is released when the last of these
     /// handles drops, so they all live here, and nowhere else).
-    sled: parking_lot::RwLock<Option<Sled>>,
+    snapshots: parking_lot::RwLock<Option<Snapshots>>,
     archive: Archive,
     /// Accounts touched by records their saved snapshot does not cover yet: the first such
     /// record and the last. The oldest first record bounds what a checkpoint may trim.
@@ -177,59 +180,19 @@ struct Inner {
     checkpointing: parking_lot::Mutex<()>,
 }
 
-/// Every handle on the snapshot database.
-struct Sled {
-    db: sled::Db,
-    /// Its directory (`snapshots/`), for messages.
-    path: PathBuf,
-    /// Account id → encoded [`Account`], without its remembered idempotency keys.
-    accounts: sled::Tree,
-    /// (account id, seq of the record) → encoded [`RememberedKey`]: the idempotency keys the
-    /// accounts remember, each written once (see [`Sled::write_account`]).
-    keys: sled::Tree,
-    /// Account id → encoded [`AccountSpec`].
-    directory: sled::Tree,
-    /// (account id, archived segment's first seq) → (): which archived segments touch an account.
-    history_index: sled::Tree,
-    /// The usage projection's saved entries.
-    usage: sled::Tree,
-    /// Account id → its [`crate::HistoryBase`]: the totals of its pruned history.
-    bases: sled::Tree,
+/// The snapshot database and what the store reads and writes in it.
+pub(crate) struct Snapshots {
+    pub(crate) db: SnapshotDb,
 }
 
-/// How long closing waits for the snapshot database to flush and release its files. sled
-/// retries a failing flush forever (on a full disk), so the wait is bounded and the database is
-/// left to a detached thread past it.
-const SNAPSHOT_CLOSE_WAIT: Duration = Duration::from_secs(5);
-
-impl Sled {
-    /// The trees of the snapshot database `db`.
-    fn from_db(db: sled::Db, path: PathBuf) -> Result<Sled, StoreError> {
-        Ok(Sled {
-            path,
-            accounts: db.open_tree("accounts").map_err(sled_err)?,
-            keys: db.open_tree("idempotency_keys").map_err(sled_err)?,
-            directory: db.open_tree("directory").map_err(sled_err)?,
-            history_index: db.open_tree("history_index").map_err(sled_err)?,
-            usage: Projection::tree(&db)?,
-            bases: db.open_tree("history_base").map_err(sled_err)?,
-            db,
-        })
-    }
-
+impl Snapshots {
     /// The snapshot of `id` with the idempotency keys it remembers, if it has one.
     ///
     /// Errors: [`StoreError::Corrupt`] if the keys the snapshot names are not all stored.
     fn read_account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
-        self.read_account_attempt(id, 1)
-    }
-
-    fn read_account_attempt(
-        &self,
-        id: AccountId,
-        attempt: u32,
-    ) -> Result<Option<Account>, StoreError> {
-        let Some(bytes) = self.accounts.get(key(id)).map_err(sled_err)? else {
+        // One read view: a snapshot and the keys it names are read as of the same commit.
+        let reader = self.db.reader()?;
+        let Some(bytes) = reader.get(Table::Accounts, &key(id))? else {
             return Ok(None);
         };
         let mut account = decode_account(&bytes)?;
@@ -237,25 +200,20 @@ impl Sled {
         if count == 0 {
             return Ok(Some(account));
         }
-        let range = seq_key(id, first)..=seq_key(id, account.last_seq());
-        let mut keys = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 16));
-        for entry in self.keys.range(range) {
-            let (_, value) = entry.map_err(sled_err)?;
-            keys.push(decode_key(&value)?);
-        }
+        let (lo, hi) = (seq_key(id, first), seq_key(id, account.last_seq()));
+        let mut keys = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
+        reader.scan(Table::Keys, snapdb::inclusive(&lo, &hi), |_, value| {
+            keys.push(decode_key(value)?);
+            Ok(true)
+        })?;
         let found = (keys.len() as u64, keys.first().map(RememberedKey::seq));
         if found != (count, Some(first)) {
-            // A newer snapshot saved meanwhile deletes the keys the older one named: read again.
-            let now = self.accounts.get(key(id)).map_err(sled_err)?;
-            if now.as_deref() != Some(&bytes[..]) && attempt < 3 {
-                return self.read_account_attempt(id, attempt + 1);
-            }
             return Err(StoreError::Corrupt(
                 format!(
                     "account {}'s snapshot remembers {count} idempotency keys from seq {first}, \
                      but {} holds {} of them (from seq {})",
                     id.0,
-                    self.path.display(),
+                    self.db.file().display(),
                     found.0,
                     found.1.unwrap_or(0)
                 )
@@ -269,67 +227,30 @@ impl Sled {
     }
 
     /// Writes `account`'s snapshot unless the stored one covers as much already (saves may
-    /// race: a checkpoint and a passivation); returns whether it wrote. The keys made since the
-    /// stored snapshot go first, so a snapshot never names a key that is not stored; the keys
-    /// it no longer remembers are deleted after it, so the stored snapshot's keys are never
-    /// missing. Each key is written once, however often the account is saved.
+    /// race: a checkpoint and a passivation); returns whether it wrote. In one transaction: the
+    /// keys made since the stored snapshot, the snapshot, and the removal of the keys it no
+    /// longer remembers. Each key is written once, however often the account is saved.
     fn write_account(&self, account: &Account) -> Result<bool, StoreError> {
-        let id = account.id;
-        let new = encode_account(account)?;
-        loop {
-            let old = self.accounts.get(key(id)).map_err(sled_err)?;
-            let old_seq = match &old {
-                Some(old) => snapshot_seq(old)?,
-                None => 0,
-            };
-            if old.is_some() && old_seq >= account.last_seq() {
-                return Ok(false);
-            }
-            let mut batch = sled::Batch::default();
-            for remembered in account.remembered_after(old_seq) {
-                batch.insert(&seq_key(id, remembered.seq())[..], encode_key(&remembered)?);
-            }
-            self.keys.apply_batch(batch).map_err(sled_err)?;
-            let swapped = self
-                .accounts
-                .compare_and_swap(key(id), old, Some(new.clone()))
-                .map_err(sled_err)?;
-            if swapped.is_ok() {
-                break;
-            }
-        }
-        let (first, count) = account.remembered_window();
-        let keep_from = if count == 0 {
-            account.last_seq().saturating_add(1)
-        } else {
-            first
-        };
-        let mut batch = sled::Batch::default();
-        for entry in self.keys.range(seq_key(id, 0)..seq_key(id, keep_from)) {
-            let (k, _) = entry.map_err(sled_err)?;
-            batch.remove(k);
-        }
-        self.keys.apply_batch(batch).map_err(sled_err)?;
-        Ok(true)
+        self.db.write(|w| write_account_in(w, account))
     }
 
-    /// Flushes and drops every handle on a thread of its own, waiting at most
-    /// [`SNAPSHOT_CLOSE_WAIT`]; the files are released when it returns `Ok`.
+    /// A `u64` stored under `key` in the meta table (0 if none).
+    fn meta_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .get(Table::Meta, key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Closes the database on a thread of its own, waiting at most [`SNAPSHOT_CLOSE_WAIT`]
+    /// (a sync on a failing disk may hang); the file is released when it returns `Ok`.
     fn close(self, dir: &Path) -> Result<(), StoreError> {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let deadline = Instant::now() + SNAPSHOT_CLOSE_WAIT;
-        let lock_file = dir.join("snapshots").join("db");
         let spawned = std::thread::Builder::new()
-            .name("tally-sled-close".to_owned())
+            .name("tally-snapshots-close".to_owned())
             .spawn(move || {
-                let flushed = self.db.flush().map(drop);
-                drop(self);
-                // sled's background threads may hold the file (and its lock) a moment past the
-                // last handle: closed means the lock can be taken again.
-                // Not released in time: no answer, which reads as "did not close".
-                if lock_released_by(&lock_file, deadline) {
-                    let _ = done_tx.send(flushed);
-                }
+                let _ = done_tx.send(self.db.close());
             });
         if let Err(e) = spawned {
             return Err(StoreError::Io(
@@ -337,17 +258,10 @@ impl Sled {
             ));
         }
         match done_rx.recv_timeout(SNAPSHOT_CLOSE_WAIT) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Io(
-                format!(
-                    "flushing the snapshots in {} at close: {e}",
-                    dir.join("snapshots").display()
-                )
-                .into(),
-            )),
+            Ok(closed) => closed,
             Err(_) => Err(StoreError::Failed(
                 format!(
-                    "the snapshot database in {} did not close within {} s (is the disk full?); \
+                    "the snapshot database in {} did not close within {} s (is the disk failing?); \
                      left behind, it holds the directory until this process exits",
                     dir.join("snapshots").display(),
                     SNAPSHOT_CLOSE_WAIT.as_secs()
@@ -358,27 +272,48 @@ impl Sled {
     }
 }
 
-/// Whether the exclusive lock on `path` is free by `deadline` (taken and at once released to
-/// find out); a file that cannot be opened holds no lock.
-fn lock_released_by(path: &Path, deadline: Instant) -> bool {
-    let Ok(file) = std::fs::File::open(path) else {
-        return true;
-    };
-    while !matches!(fs4::fs_std::FileExt::try_lock_exclusive(&file), Ok(true)) {
-        if Instant::now() >= deadline {
-            return false;
+/// [`Snapshots::write_account`] within the transaction `w`.
+fn write_account_in(w: &snapdb::Writer<'_>, account: &Account) -> Result<bool, StoreError> {
+    let id = account.id;
+    let new = encode_account(account)?;
+    let old_seq = match w.get(Table::Accounts, &key(id))? {
+        Some(old) => {
+            let old_seq = snapshot_seq(&old)?;
+            if old_seq >= account.last_seq() {
+                return Ok(false);
+            }
+            old_seq
         }
-        std::thread::sleep(Duration::from_millis(1));
+        None => 0,
+    };
+    for remembered in account.remembered_after(old_seq) {
+        w.insert(
+            Table::Keys,
+            &seq_key(id, remembered.seq()),
+            &encode_key(&remembered)?,
+        )?;
     }
-    let _ = fs4::fs_std::FileExt::unlock(&file);
-    true
+    w.insert(Table::Accounts, &key(id), &new)?;
+    let (first, count) = account.remembered_window();
+    let keep_from = if count == 0 {
+        account.last_seq().saturating_add(1)
+    } else {
+        first
+    };
+    let (lo, hi) = (seq_key(id, 0), seq_key(id, keep_from));
+    w.remove_in(Table::Keys, snapdb::half_open(&lo, &hi), |_| true)?;
+    Ok(true)
 }
+
+/// How long closing waits for the snapshot database to close and release its file; past it
+/// the database is left to a detached thread.
+const SNAPSHOT_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 impl Inner {
     /// The snapshot database, or [`StoreError::Closed`] once the store is closed. The guard is
     /// shared: [`DurableStore::close`] waits for the holders to finish.
-    fn sled(&self) -> Result<parking_lot::MappedRwLockReadGuard<'_, Sled>, StoreError> {
-        parking_lot::RwLockReadGuard::try_map(self.sled.read(), Option::as_ref)
+    fn snapshots(&self) -> Result<parking_lot::MappedRwLockReadGuard<'_, Snapshots>, StoreError> {
+        parking_lot::RwLockReadGuard::try_map(self.snapshots.read(), Option::as_ref)
             .map_err(|_| StoreError::Closed)
     }
 
@@ -386,8 +321,8 @@ impl Inner {
     /// the snapshot database, within a bounded time; releases the directory. Idempotent.
     fn close(&self) -> Result<(), StoreError> {
         let journal = self.journal.close().map_err(journal_err);
-        let snapshots = match self.sled.write().take() {
-            Some(sled) => sled.close(&self.dir),
+        let snapshots = match self.snapshots.write().take() {
+            Some(snapshots) => snapshots.close(&self.dir),
             None => Ok(()),
         };
         crate::open_dirs::release(&self.claimed);
@@ -397,7 +332,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.sled.get_mut().is_none() {
+        if self.snapshots.get_mut().is_none() {
             return; // closed explicitly; close reported the outcome
         }
         if let Err(error) = self.close() {
@@ -436,43 +371,11 @@ pub(crate) fn journal_err(e: JournalError) -> StoreError {
     }
 }
 
-/// Opens the snapshot database of the data directory `dir` (waiting
-/// [`crate::open_dirs::LOCK_WAIT`] for its lock); [`StoreError::Locked`] naming `holder` if
-/// it stays taken.
-pub(crate) fn open_snapshot_db(
-    dir: &Path,
-    cache_bytes: u64,
-    holder: &'static str,
-) -> Result<sled::Db, StoreError> {
-    let snapshots = dir.join("snapshots");
-    let opened = crate::open_dirs::wait_for_lock(|| {
-        match sled::Config::new()
-            .path(&snapshots)
-            .cache_capacity(cache_bytes)
-            .open()
-        {
-            Ok(db) => Ok(Some(db)),
-            Err(e) if is_lock_error(&e) => Ok(None),
-            Err(other) => Err(StoreError::Io(
-                format!("opening the snapshots in {}: {other}", snapshots.display()).into(),
-            )),
-        }
-    })?;
-    opened.ok_or_else(|| StoreError::Locked {
-        path: dir.to_owned(),
-        holder: holder.into(),
-    })
-}
-
 /// Who holds `snapshots/` when a store opening the directory, with the journal's lock held,
-/// finds sled's lock taken: a reader of the directory that does not open it as a store.
+/// finds the snapshot database's lock taken: a reader of the directory that does not open it
+/// as a store.
 const SNAPSHOTS_HELD_BY_A_READER: &str = "its snapshot database is held by a reader of the \
      directory (a trail verification or a salvage inspection)";
-
-/// Whether opening sled failed because another holder has its lock.
-pub(crate) fn is_lock_error(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io) if io.to_string().contains("lock"))
-}
 
 /// A failed file operation: `op` on `path`.
 pub(crate) fn io_err(op: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -482,11 +385,6 @@ pub(crate) fn io_err(op: &str, path: &Path, e: std::io::Error) -> StoreError {
 /// Fsyncs the directory `dir` (its entries' creations, renames and removals).
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     crate::journal::sync_dir(dir).map_err(|e| io_err("fsync", dir, e))
-}
-
-/// A failed snapshot-database operation, named as the operator finds it on disk.
-pub(crate) fn sled_err(e: sled::Error) -> StoreError {
-    StoreError::Io(format!("the snapshot database (snapshots/ in the data directory): {e}").into())
 }
 
 fn key(id: AccountId) -> [u8; 8] {
@@ -531,41 +429,25 @@ impl DurableStore {
         claimed: PathBuf,
     ) -> Result<(DurableStore, DurableRecovery), StoreError> {
         let dir = config.dir.clone();
-        let snapshots = dir.join("snapshots");
         let journal_dir = dir.join("journal");
         std::fs::create_dir_all(&journal_dir).map_err(|e| {
             StoreError::Io(format!("creating {}: {e}", journal_dir.display()).into())
         })?;
         // The journal's lock first, held through recovery (the journal takes it over): a second
-        // owner stops here, and no one opens the snapshots while an interrupted compaction is
-        // finished or one runs.
+        // owner stops here, before the snapshot database.
         let lock = crate::journal::lock_dir(&journal_dir).map_err(journal_err)?;
-        compact::finish_interrupted(&dir)?;
-        let db = open_snapshot_db(
+        let mut db = SnapshotDb::open(
             &dir,
             config.snapshot_cache_bytes,
             SNAPSHOTS_HELD_BY_A_READER,
         )?;
-        let (now, base) = compact::sizes(&dir)?;
-        let (db, compacted) = if compact::bloated(now, base, config.snapshot_compact_slack) {
-            let sizes = compact::compact(&dir, db, config.snapshot_cache_bytes)?;
-            (
-                open_snapshot_db(
-                    &dir,
-                    config.snapshot_cache_bytes,
-                    SNAPSHOTS_HELD_BY_A_READER,
-                )?,
-                Some(sizes),
-            )
-        } else {
-            (db, None)
-        };
-        let sled = Sled::from_db(db, snapshots.clone())?;
+        let compacted = compact::compact_if_bloated(&mut db, config.snapshot_compact_slack)?;
+        let snapshots = Snapshots { db };
         let archive = Archive {
             dir: dir.join("archive"),
             lock: parking_lot::RwLock::new(()),
         };
-        match Self::recover(&config, lock, &sled, &archive, started) {
+        match Self::recover(&config, lock, &snapshots, &archive, started) {
             Ok((journal, usage, mut report)) => {
                 report.snapshots_compacted = compacted;
                 let store = DurableStore {
@@ -574,7 +456,7 @@ impl DurableStore {
                         claimed,
                         limits: config.limits,
                         journal,
-                        sled: parking_lot::RwLock::new(Some(sled)),
+                        snapshots: parking_lot::RwLock::new(Some(snapshots)),
                         archive,
                         dirty: DashMap::new(),
                         append_gate: parking_lot::RwLock::new(()),
@@ -586,7 +468,7 @@ impl DurableStore {
             }
             Err(error) => {
                 // Bounded, and the files released, even when the disk is what failed.
-                if let Err(closing) = sled.close(&dir) {
+                if let Err(closing) = snapshots.close(&dir) {
                     tracing::warn!(%closing, "tally store: closing after a failed open");
                 }
                 Err(error)
@@ -599,7 +481,7 @@ impl DurableStore {
     fn recover(
         config: &DurableConfig,
         lock: std::fs::File,
-        sled: &Sled,
+        snapshots: &Snapshots,
         archive: &Archive,
         started: Instant,
     ) -> Result<(Journal, Projection, DurableRecovery), StoreError> {
@@ -607,7 +489,7 @@ impl DurableStore {
         // Made durable by the trim at the end of recovery.
         let limits = postcard::to_allocvec(&config.limits)
             .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
-        sled.db.insert(LIMITS_KEY, limits).map_err(sled_err)?;
+        snapshots.db.put_meta(LIMITS_KEY, &limits)?;
         let mut journal_config = JournalConfig::new(dir.join("journal"));
         journal_config.sync = config.sync;
         journal_config.segment_bytes_max = config.segment_bytes_max;
@@ -615,62 +497,73 @@ impl DurableStore {
         journal_config.fail_after_syncs = config.fail_after_syncs;
         journal_config.anchor_interval = config.anchor_interval;
 
-        let usage = Projection::open(&sled.usage, config.usage.clone())?;
+        let usage = Projection::open(&snapshots.db, config.usage.clone())?;
         let mut replay = Replay {
             usage: &usage,
-            sled,
-            directory: &sled.directory,
+            snapshots,
+            opened: Vec::new(),
             limits: &config.limits,
             touched: std::collections::HashMap::new(),
             snapshots_loaded: 0,
         };
         // Records before the last trim point are covered by snapshots: verify, don't replay.
-        let trimmed_before = sled
-            .db
-            .get(TRIMMED_BEFORE_KEY)
-            .map_err(sled_err)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(1, u64::from_be_bytes);
+        let trimmed_before = snapshots.meta_u64(TRIMMED_BEFORE_KEY)?.max(1);
         let after = trimmed_before.saturating_sub(1);
         let (journal, recovered) =
             Journal::open_after_locked(journal_config, Some(lock), after, |seq, payload| {
                 replay.record(seq, payload).map_err(|e| e.to_string())
             })
             .map_err(journal_err)?;
-        crate::trail::check_anchor_at_open(&sled.db, recovered.last_seq)?;
-        if recovered.created && (trimmed_before > 1 || !sled.directory.is_empty()) {
+        crate::trail::check_anchor_at_open(&snapshots.db, recovered.last_seq)?;
+        let known = snapshots.db.len(Table::Directory)?;
+        let had_journal = snapshots
+            .db
+            .get(Table::Meta, JOURNAL_CREATED_KEY)?
+            .is_some();
+        if recovered.created && (trimmed_before > 1 || known > 0 || had_journal) {
             return Err(StoreError::Corrupt(
                 format!(
-                    "{} holds no journal, but its snapshots know {} account(s) and cover records \
-                     up to seq {}: the journal was removed",
+                    "{} holds no journal, but its snapshots say one was created here (they know \
+                     {} account(s) and cover records up to seq {}): the journal was removed",
                     dir.display(),
-                    sled.directory.len(),
+                    known,
                     trimmed_before.saturating_sub(1)
                 )
                 .into(),
             ));
         }
-        let snapshots_loaded = replay.snapshots_loaded;
-        for account in replay.touched.values() {
-            sled.write_account(account)?;
+        if !had_journal {
+            // Durable with the flush below, before anything is appended.
+            snapshots.db.put_meta(JOURNAL_CREATED_KEY, &[1])?;
         }
+        let snapshots_loaded = replay.snapshots_loaded;
+        // One transaction: the directory entries the journal opened and every touched account.
+        snapshots.db.write(|w| {
+            for (id, spec) in &replay.opened {
+                w.insert(Table::Directory, &key(*id), spec)?;
+            }
+            for account in replay.touched.values() {
+                write_account_in(w, account)?;
+            }
+            Ok(())
+        })?;
         // The usage aggregates now cover the whole journal too.
         usage.save(
-            &sled.usage,
+            &snapshots.db,
             &journal,
             recovered.last_seq,
             usage.take_changes(),
         )?;
         // Every account's snapshot is now current: nothing in the journal is needed any more.
-        archive.index_unindexed(sled, &journal)?;
+        archive.index_unindexed(snapshots, &journal)?;
         trim(
-            sled,
+            snapshots,
             &journal,
             archive,
             recovered.last_seq.saturating_add(1),
         )?;
         let report = DurableRecovery {
-            accounts: sled.directory.len() as u64,
+            accounts: snapshots.db.len(Table::Directory)?,
             snapshots_loaded,
             records_replayed: recovered.records,
             torn_tail_bytes: recovered.torn_tail_bytes,
@@ -691,20 +584,25 @@ impl DurableStore {
     }
 
     /// What the snapshot database holds: account snapshots and remembered idempotency keys,
-    /// counted and in encoded bytes. Walks both trees (for tools, benchmarks and tests).
+    /// counted and in encoded bytes, and the file's pages in use and length. Walks every table
+    /// (for tools, benchmarks and tests).
     pub fn snapshot_stats(&self) -> Result<SnapshotStats, StoreError> {
-        let sled = self.inner.sled()?;
+        let snapshots = self.inner.snapshots()?;
+        let reader = snapshots.db.reader()?;
         let mut stats = SnapshotStats::default();
-        for entry in sled.accounts.iter() {
-            let (_, value) = entry.map_err(sled_err)?;
+        reader.scan(Table::Accounts, snapdb::ALL, |_, value| {
             stats.accounts += 1;
             stats.account_bytes += value.len() as u64;
-        }
-        for entry in sled.keys.iter() {
-            let (_, value) = entry.map_err(sled_err)?;
+            Ok(true)
+        })?;
+        reader.scan(Table::Keys, snapdb::ALL, |_, value| {
             stats.keys += 1;
             stats.key_bytes += value.len() as u64;
-        }
+            Ok(true)
+        })?;
+        drop(reader);
+        stats.pages_bytes = snapshots.db.used_bytes()?;
+        stats.file_bytes = snapshots.db.file_length()?;
         Ok(stats)
     }
 
@@ -724,7 +622,7 @@ impl DurableStore {
     }
 
     fn snapshot(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
-        self.inner.sled()?.read_account(id)
+        self.inner.snapshots()?.read_account(id)
     }
 }
 
@@ -735,16 +633,8 @@ struct Archive {
     lock: parking_lot::RwLock<()>,
 }
 
-/// The sled key of the first sequence number of the newest archived segment that is indexed.
+/// The meta key of the first sequence number of the newest archived segment that is indexed.
 const INDEXED_SEGMENT_KEY: &[u8] = b"history_indexed_segment";
-
-fn read_meta(db: &sled::Db, key: &[u8]) -> Result<u64, StoreError> {
-    Ok(db
-        .get(key)
-        .map_err(sled_err)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map_or(0, u64::from_be_bytes))
-}
 
 /// A key of an account and a seq, ordered by account then seq: the history index's
 /// (account, segment) and the remembered keys' (account, record).
@@ -777,8 +667,8 @@ impl Archive {
 
     /// Indexes archived segments newer than the last one indexed (after a crash between a
     /// segment's move and its indexing, or after the moves of a checkpoint).
-    fn index_unindexed(&self, sled: &Sled, journal: &Journal) -> Result<(), StoreError> {
-        let indexed = read_meta(&sled.db, INDEXED_SEGMENT_KEY)?;
+    fn index_unindexed(&self, snapshots: &Snapshots, journal: &Journal) -> Result<(), StoreError> {
+        let indexed = snapshots.meta_u64(INDEXED_SEGMENT_KEY)?;
         for (first, end) in self.segments(journal)? {
             if first <= indexed && indexed != 0 {
                 continue;
@@ -803,28 +693,25 @@ impl Archive {
             if let Some(e) = failure {
                 return Err(e);
             }
-            let mut batch = sled::Batch::default();
-            for id in accounts {
-                batch.insert(&seq_key(id, first)[..], &[][..]);
-            }
-            sled.history_index.apply_batch(batch).map_err(sled_err)?;
-            sled.db
-                .insert(INDEXED_SEGMENT_KEY, &first.to_be_bytes())
-                .map_err(sled_err)?;
+            snapshots.db.write(|w| {
+                for id in accounts {
+                    w.insert(Table::HistoryIndex, &seq_key(id, first), &[])?;
+                }
+                w.insert(Table::Meta, INDEXED_SEGMENT_KEY, &first.to_be_bytes())
+            })?;
         }
         Ok(())
     }
 }
 
-/// The sled key of the [`Limits`] the store was last opened with (postcard): replaying the
+/// The meta key of the [`Limits`] the store was last opened with (postcard): replaying the
 /// journal under other limits rebuilds other idempotency windows, so salvage rebuilds with
 /// these.
 const LIMITS_KEY: &[u8] = b"limits";
 
 /// The limits `db` records, if any.
-pub(crate) fn stored_limits(db: &sled::Db) -> Result<Option<Limits>, StoreError> {
-    db.get(LIMITS_KEY)
-        .map_err(sled_err)?
+pub(crate) fn stored_limits(db: &SnapshotDb) -> Result<Option<Limits>, StoreError> {
+    db.get(Table::Meta, LIMITS_KEY)?
         .map(|bytes| {
             postcard::from_bytes(&bytes)
                 .map_err(|e| StoreError::Corrupt(format!("the stored limits: {e}").into()))
@@ -832,33 +719,32 @@ pub(crate) fn stored_limits(db: &sled::Db) -> Result<Option<Limits>, StoreError>
         .transpose()
 }
 
-/// The sled key that records the journal's trim point (big-endian `u64`).
+/// The meta key that records the journal's trim point (big-endian `u64`).
 const TRIMMED_BEFORE_KEY: &[u8] = b"journal_trimmed_before";
+
+/// The meta key written (durably, before the first append) once the journal exists: a
+/// directory whose journal is gone later is refused, not taken for a new one.
+const JOURNAL_CREATED_KEY: &[u8] = b"journal_created";
 
 /// Records the trim point and makes every snapshot durable, then trims: snapshots reach the
 /// disk before the journal records they replace leave it.
 fn trim(
-    sled: &Sled,
+    snapshots: &Snapshots,
     journal: &Journal,
     archive: &Archive,
     trim_before: u64,
 ) -> Result<usize, StoreError> {
-    let db = &sled.db;
-    let previous = db
-        .get(TRIMMED_BEFORE_KEY)
-        .map_err(sled_err)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map_or(1, u64::from_be_bytes);
+    let db = &snapshots.db;
+    let previous = snapshots.meta_u64(TRIMMED_BEFORE_KEY)?.max(1);
     let trim_before = trim_before.max(previous);
-    db.insert(TRIMMED_BEFORE_KEY, &trim_before.to_be_bytes())
-        .map_err(sled_err)?;
+    db.put_meta(TRIMMED_BEFORE_KEY, &trim_before.to_be_bytes())?;
     crate::trail::store_anchor(db, journal.trail_head())?;
-    db.flush().map_err(sled_err)?;
+    db.flush()?;
     let _moving = archive.lock.write();
     let moved = journal
         .archive_before(trim_before, &archive.dir)
         .map_err(journal_err)?;
-    archive.index_unindexed(sled, journal)?;
+    archive.index_unindexed(snapshots, journal)?;
     Ok(moved.len())
 }
 
@@ -887,13 +773,18 @@ pub struct SnapshotStats {
     pub keys: u64,
     /// Their encoded bytes.
     pub key_bytes: u64,
+    /// Bytes of the database file's pages in use (every table, indexes included).
+    pub pages_bytes: u64,
+    /// The database file's length.
+    pub file_bytes: u64,
 }
 
 /// Recovery's working set: the accounts the journal touches, loaded from their snapshots.
 struct Replay<'a> {
     usage: &'a Projection,
-    sled: &'a Sled,
-    directory: &'a sled::Tree,
+    snapshots: &'a Snapshots,
+    /// The accounts the journal opened, written to the directory at the end of recovery.
+    opened: Vec<(AccountId, Vec<u8>)>,
     limits: &'a Limits,
     touched: std::collections::HashMap<AccountId, Account>,
     snapshots_loaded: u64,
@@ -904,16 +795,14 @@ impl Replay<'_> {
         let record = decode_record(payload)?;
         self.usage.replay(seq, &record);
         if let Change::Opened { spec } = &record.change {
-            self.directory
-                .insert(key(record.account), encode_spec(spec)?)
-                .map_err(sled_err)?;
+            self.opened.push((record.account, encode_spec(spec)?));
         }
         let (first, second) = touched(&record);
         for id in std::iter::once(first).chain(second) {
             let current = match self.touched.remove(&id) {
                 Some(account) => Some(account),
                 None => {
-                    let snapshot = self.sled.read_account(id)?;
+                    let snapshot = self.snapshots.read_account(id)?;
                     self.snapshots_loaded += u64::from(snapshot.is_some());
                     snapshot
                 }
@@ -957,11 +846,11 @@ impl Store for DurableStore {
         }
         if let Change::Opened { spec } = &record.change {
             // The directory is a cache of the journal's Opened records (recovery rebuilds it).
+            let spec = encode_spec(spec)?;
             self.inner
-                .sled()?
-                .directory
-                .insert(key(record.account), encode_spec(spec)?)
-                .map_err(sled_err)?;
+                .snapshots()?
+                .db
+                .write(|w| w.insert(Table::Directory, &key(record.account), &spec))?;
         }
         Ok(seq)
     }
@@ -971,20 +860,20 @@ impl Store for DurableStore {
     }
 
     fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError> {
+        let mut accounts = Vec::new();
         self.inner
-            .sled()?
-            .directory
-            .iter()
-            .map(|entry| {
-                let (k, v) = entry.map_err(sled_err)?;
-                let id = <[u8; 8]>::try_from(k.as_ref())
+            .snapshots()?
+            .db
+            .scan(Table::Directory, snapdb::ALL, |k, v| {
+                let id = <[u8; 8]>::try_from(k)
                     .map(u64::from_be_bytes)
                     .map_err(|_| StoreError::Corrupt("directory key is not 8 bytes".into()))?;
-                let spec = postcard::from_bytes(&v)
+                let spec = postcard::from_bytes(v)
                     .map_err(|e| StoreError::Corrupt(format!("directory entry: {e}").into()))?;
-                Ok((AccountId(id), spec))
-            })
-            .collect()
+                accounts.push((AccountId(id), spec));
+                Ok(true)
+            })?;
+        Ok(accounts)
     }
 
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
@@ -1040,7 +929,7 @@ impl Store for DurableStore {
 
     fn save(&self, account: &Account) -> Result<(), StoreError> {
         // Never replaces a snapshot with an older one.
-        self.inner.sled()?.write_account(account)?;
+        self.inner.snapshots()?.write_account(account)?;
         self.inner
             .dirty
             .remove_if(&account.id, |_, d| d.last_seq <= account.last_seq());
@@ -1061,9 +950,11 @@ impl Store for DurableStore {
                 .unwrap_or_else(|| cut.saturating_add(1));
             (dirty_min, cut, inner.usage.take_changes())
         };
-        let sled = inner.sled()?;
-        inner.usage.save(&sled.usage, &inner.journal, cut, usage)?;
-        trim(&sled, &inner.journal, &inner.archive, dirty_min)
+        let snapshots = inner.snapshots()?;
+        inner
+            .usage
+            .save(&snapshots.db, &inner.journal, cut, usage)?;
+        trim(&snapshots, &inner.journal, &inner.archive, dirty_min)
     }
 
     fn history(
@@ -1127,21 +1018,32 @@ impl DurableStore {
         let inner = &self.inner;
         let mut entries = Vec::new();
         let _reading = inner.archive.lock.read();
-        let sled = inner.sled()?;
+        let snapshots = inner.snapshots()?;
         let segments = inner.archive.segments(&inner.journal)?;
-        let pruned_seq = retention::read_pruned(&sled.db)?.map_or(0, |(seq, _)| seq);
+        let pruned_seq = retention::read_pruned(&snapshots.db)?.map_or(0, |(seq, _)| seq);
         let archived_end = segments.last().map_or(0, |(_, end)| *end);
-        let range = seq_key(id, 0)..=seq_key(id, u64::MAX);
-        for item in sled.history_index.range(range) {
+        let (lo, hi) = (seq_key(id, 0), seq_key(id, u64::MAX));
+        let mut indexed = Vec::new();
+        snapshots.db.scan(
+            Table::HistoryIndex,
+            snapdb::inclusive(&lo, &hi),
+            |key, _| {
+                let first = key
+                    .get(8..16)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| {
+                        StoreError::Corrupt("history index key is not 16 bytes".into())
+                    })?;
+                indexed.push(first);
+                Ok(true)
+            },
+        )?;
+        drop(snapshots);
+        for first in indexed {
             if entries.len() >= limit {
                 return Ok(entries);
             }
-            let (key, _) = item.map_err(sled_err)?;
-            let first = key
-                .get(8..16)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StoreError::Corrupt("history index key is not 16 bytes".into()))?;
             let Some(&(_, end)) = segments.iter().find(|(f, _)| *f == first) else {
                 continue; // pruned (an interrupted prune removes its index entries next time)
             };
@@ -1225,10 +1127,10 @@ impl DurableStore {
     pub fn verify_trail(&self) -> Result<crate::journal::TrailReport, StoreError> {
         let inner = &self.inner;
         let _reading = inner.archive.lock.read();
-        let anchors: Vec<_> = crate::trail::read_anchor(&inner.sled()?.db)?
+        let anchors: Vec<_> = crate::trail::read_anchor(&inner.snapshots()?.db)?
             .into_iter()
             .collect();
-        let pruned = retention::read_pruned(&inner.sled()?.db)?;
+        let pruned = retention::read_pruned(&inner.snapshots()?.db)?;
         inner
             .journal
             .verify_trail(Some(&inner.archive.dir), &anchors, pruned)

@@ -24,6 +24,7 @@ mod mem;
 mod open_dirs;
 mod projection;
 pub mod salvage;
+mod snapdb;
 pub mod trail;
 
 use std::sync::Arc;

@@ -1,10 +1,10 @@
 //! The durable store's usage projection: a [`UsageBook`] folded as records are appended, saved
-//! to the sled tree `usage` at each checkpoint, and restored when the store opens.
+//! to the snapshot database's table `usage` at each checkpoint, and restored when the store opens.
 //!
 //! Consistency with the journal: a checkpoint takes the book's changed entries and the journal's
 //! last sequence number `S` together (under the append gate held exclusively, so every record up
 //! to `S` is folded and none after it), waits until `S` is durable, then writes the entries and
-//! `S` in one sled batch. Opening loads the saved entries and folds the journal records after
+//! `S` in one transaction. Opening loads the saved entries and folds the journal records after
 //! `S` again. The checkpoint's trim point is chosen under the same gate and is never after
 //! `S + 1`, so those records are always still in the journal.
 //!
@@ -27,7 +27,7 @@ const COMPLETE_KEY: &[u8] = b"\xffcomplete";
 /// How long a checkpoint waits for its cut to be durable before leaving the save to the next.
 const DURABLE_WAIT: Duration = Duration::from_secs(5);
 
-use crate::durable::sled_err;
+use crate::snapdb::{self, SnapshotDb, Table};
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("usage tree: {what}").into())
@@ -77,23 +77,16 @@ pub(crate) struct Projection {
 }
 
 impl Projection {
-    /// Loads the saved book.
-    /// The sled tree the projection is saved in.
-    pub(crate) fn tree(db: &sled::Db) -> Result<sled::Tree, StoreError> {
-        db.open_tree("usage").map_err(sled_err)
-    }
-
-    /// Loads the saved book from `tree`.
-    pub(crate) fn open(tree: &sled::Tree, config: UsageConfig) -> Result<Projection, StoreError> {
+    /// Loads the saved book from `db`.
+    pub(crate) fn open(db: &SnapshotDb, config: UsageConfig) -> Result<Projection, StoreError> {
         let mut book = UsageBook::new(config);
         let mut saved_seq = 0;
-        for entry in tree.iter() {
-            let (k, v) = entry.map_err(sled_err)?;
-            if k.as_ref() == SEQ_KEY {
-                saved_seq = <[u8; 8]>::try_from(v.as_ref())
+        db.scan(Table::Usage, snapdb::ALL, |k, v| {
+            if k == SEQ_KEY {
+                saved_seq = <[u8; 8]>::try_from(v)
                     .map(u64::from_be_bytes)
                     .map_err(|_| corrupt("bad sequence number"))?;
-            } else if k.as_ref() == COMPLETE_KEY {
+            } else if k == COMPLETE_KEY {
                 for (i, granularity) in Granularity::ALL.into_iter().enumerate() {
                     let from = v
                         .get(i * 8..i * 8 + 8)
@@ -103,12 +96,13 @@ impl Projection {
                     book.restore_complete_from(granularity, from);
                 }
             } else {
-                let (granularity, key) = decode_key(&k)?;
+                let (granularity, key) = decode_key(k)?;
                 let totals: UsageTotals =
-                    postcard::from_bytes(&v).map_err(|e| corrupt(&format!("entry: {e}")))?;
+                    postcard::from_bytes(v).map_err(|e| corrupt(&format!("entry: {e}")))?;
                 book.restore(granularity, key, totals);
             }
-        }
+            Ok(true)
+        })?;
         // Restoring is not a change: only what is folded from now on needs saving.
         book.take_changes();
         Ok(Projection {
@@ -144,12 +138,12 @@ impl Projection {
     /// `seq` is durable. If it cannot be saved, every entry is saved by the next checkpoint.
     pub(crate) fn save(
         &self,
-        tree: &sled::Tree,
+        db: &SnapshotDb,
         journal: &Journal,
         seq: u64,
         (changes, complete_from): (Vec<UsageChange>, [u64; 3]),
     ) -> Result<(), StoreError> {
-        let saved = saved_seq_now(tree)?;
+        let saved = saved_seq_now(db)?;
         if seq < saved {
             // A later cut was saved already (checkpoints are serialized, so this is a caller
             // saving out of order): never move the saved point back; save these next time.
@@ -157,22 +151,23 @@ impl Projection {
             return Ok(());
         }
         let result = wait_durable(journal, seq).and_then(|()| {
-            let mut batch = sled::Batch::default();
-            for ((granularity, key), totals) in &changes {
-                let k = encode_key(*granularity, key);
-                match totals {
-                    Some(totals) => {
-                        let v = postcard::to_allocvec(totals)
-                            .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
-                        batch.insert(k, v);
+            db.write(|w| {
+                for ((granularity, key), totals) in &changes {
+                    let k = encode_key(*granularity, key);
+                    match totals {
+                        Some(totals) => {
+                            let v = postcard::to_allocvec(totals)
+                                .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
+                            w.insert(Table::Usage, &k, &v)?;
+                        }
+                        None => w.remove(Table::Usage, &k)?,
                     }
-                    None => batch.remove(k),
                 }
-            }
-            let complete: Vec<u8> = complete_from.iter().flat_map(|f| f.to_be_bytes()).collect();
-            batch.insert(COMPLETE_KEY, complete);
-            batch.insert(SEQ_KEY, &seq.to_be_bytes()[..]);
-            tree.apply_batch(batch).map_err(sled_err)
+                let complete: Vec<u8> =
+                    complete_from.iter().flat_map(|f| f.to_be_bytes()).collect();
+                w.insert(Table::Usage, COMPLETE_KEY, &complete)?;
+                w.insert(Table::Usage, SEQ_KEY, &seq.to_be_bytes())
+            })
         });
         if result.is_err() {
             self.book.lock().return_changes(changes);
@@ -190,11 +185,10 @@ impl Projection {
 }
 
 /// The sequence number the stored entries cover now.
-fn saved_seq_now(tree: &sled::Tree) -> Result<u64, StoreError> {
-    Ok(tree
-        .get(SEQ_KEY)
-        .map_err(sled_err)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+fn saved_seq_now(db: &SnapshotDb) -> Result<u64, StoreError> {
+    Ok(db
+        .get(Table::Usage, SEQ_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
         .map_or(0, u64::from_be_bytes))
 }
 

@@ -149,7 +149,7 @@ pub fn inspect(dir: &Path) -> Result<SalvageReport, StoreError> {
             0
         }
     };
-    // Reading sled takes its lock: an open store stops the inspection here.
+    // Reading the snapshot database takes its lock: an open store stops the inspection here.
     let (snapshot_anchor, limits) = match crate::trail::read_stored_anchor_and_limits(dir) {
         Ok((found, limits)) => (found.map_or(0, |(seq, _)| seq), limits),
         Err(e @ StoreError::Locked { .. }) => return Err(e),
@@ -183,9 +183,6 @@ pub fn salvage(mut config: DurableConfig, copy: &Path) -> Result<Option<Salvaged
         // The journal's lock, held from the inspection to the cut: no store opens the
         // directory meanwhile.
         let _lock = journal::lock_dir(&journal_dir).map_err(journal_err)?;
-        // A compaction a crash interrupted is finished first: its leftovers must not come
-        // back as snapshots after the cut.
-        crate::durable::finish_interrupted_compaction(&dir)?;
         if copy.exists() {
             return Err(StoreError::Io(
                 format!("the copy-aside directory {} exists already", copy.display()).into(),
@@ -201,8 +198,8 @@ pub fn salvage(mut config: DurableConfig, copy: &Path) -> Result<Option<Salvaged
                 .into(),
             ));
         }
-        // The copy comes before anything opens the snapshot database (sled's recovery
-        // writes to its files).
+        // The copy comes before anything opens the snapshot database (opening it after a
+        // crash repairs its file).
         copy_dir(&dir, copy)?;
         let report = inspect(&dir)?;
         if !report.needed() {
@@ -241,10 +238,6 @@ pub fn salvage(mut config: DurableConfig, copy: &Path) -> Result<Option<Salvaged
         let snapshots = dir.join("snapshots");
         if snapshots.exists() {
             fs::remove_dir_all(&snapshots).map_err(|e| io("remove", &snapshots, e))?;
-        }
-        let size = dir.join("snapshots.size");
-        if size.exists() {
-            fs::remove_file(&size).map_err(|e| io("remove", &size, e))?;
         }
         report
     };

@@ -30,10 +30,10 @@ use crate::StoreError;
 #[cfg(doc)]
 use crate::journal::TrailProblem;
 
-/// The sled key of the anchor: `seq` (big-endian `u64`) then its 32-byte chain hash.
+/// The meta key of the anchor: `seq` (big-endian `u64`) then its 32-byte chain hash.
 const TRAIL_ANCHOR_KEY: &[u8] = b"trail_anchor";
 
-use crate::durable::sled_err;
+use crate::snapdb::{SnapshotDb, Table};
 
 fn journal_io(e: journal::JournalError) -> StoreError {
     StoreError::Io(e.to_string().into())
@@ -41,11 +41,11 @@ fn journal_io(e: journal::JournalError) -> StoreError {
 
 /// The snapshot database of the data directory `dir`, opened to read (its lock taken: no
 /// store opens `dir` while it is held), or `None` if there is none.
-fn open_snapshots_to_read(dir: &Path) -> Result<Option<sled::Db>, StoreError> {
-    if !dir.join("snapshots").exists() {
+fn open_snapshots_to_read(dir: &Path) -> Result<Option<SnapshotDb>, StoreError> {
+    if !crate::snapdb::file_in(dir).exists() {
         return Ok(None);
     }
-    crate::durable::open_snapshot_db(
+    SnapshotDb::open(
         dir,
         1 << 20,
         "open in a tally store: verify through DurableStore::verify_trail",
@@ -60,27 +60,31 @@ pub(crate) type StoredFacts = (Option<(u64, Chain)>, Option<tally_core::Limits>)
 /// any (read with one open, its lock taken, then released); unreadable limits read as none.
 pub(crate) fn read_stored_anchor_and_limits(dir: &Path) -> Result<StoredFacts, StoreError> {
     match open_snapshots_to_read(dir)? {
-        Some(db) => Ok((
-            read_anchor(&db)?,
-            crate::durable::stored_limits(&db).ok().flatten(),
-        )),
+        Some(db) => {
+            let facts = (
+                read_anchor(&db)?,
+                crate::durable::stored_limits(&db).ok().flatten(),
+            );
+            db.close()?;
+            Ok(facts)
+        }
         None => Ok((None, None)),
     }
 }
 
 /// The anchor stored in `db`, if any.
-pub(crate) fn read_anchor(db: &sled::Db) -> Result<Option<(u64, Chain)>, StoreError> {
+pub(crate) fn read_anchor(db: &SnapshotDb) -> Result<Option<(u64, Chain)>, StoreError> {
     read_seq_chain(db, TRAIL_ANCHOR_KEY, "the trail anchor")
 }
 
 /// A `(seq, chain hash)` pair stored under `key` in `db` (big-endian seq, then the 32-byte
 /// hash), if any; `what` names it in the error when it is malformed.
 pub(crate) fn read_seq_chain(
-    db: &sled::Db,
+    db: &SnapshotDb,
     key: &[u8],
     what: &str,
 ) -> Result<Option<(u64, Chain)>, StoreError> {
-    let Some(value) = db.get(key).map_err(sled_err)? else {
+    let Some(value) = db.get(Table::Meta, key)? else {
         return Ok(None);
     };
     let seq = value
@@ -101,7 +105,7 @@ pub(crate) fn read_seq_chain(
 /// Stores `head` as the anchor unless the stored one is newer or names the same seq (the
 /// anchor never moves back and never changes its mind: evidence of a cut stays). The caller
 /// flushes `db`.
-pub(crate) fn store_anchor(db: &sled::Db, head: (u64, Chain)) -> Result<(), StoreError> {
+pub(crate) fn store_anchor(db: &SnapshotDb, head: (u64, Chain)) -> Result<(), StoreError> {
     let (seq, chain) = head;
     if seq == 0 {
         return Ok(());
@@ -114,13 +118,13 @@ pub(crate) fn store_anchor(db: &sled::Db, head: (u64, Chain)) -> Result<(), Stor
     let mut value = [0u8; 40];
     value[0..8].copy_from_slice(&seq.to_be_bytes());
     value[8..40].copy_from_slice(&chain);
-    db.insert(TRAIL_ANCHOR_KEY, &value[..]).map_err(sled_err)?;
+    db.put_meta(TRAIL_ANCHOR_KEY, &value)?;
     Ok(())
 }
 
 /// At open: a journal that ends before the anchor lost records that were durable (and
 /// acknowledged) when the anchor was written; refuse it as corrupt.
-pub(crate) fn check_anchor_at_open(db: &sled::Db, last_seq: u64) -> Result<(), StoreError> {
+pub(crate) fn check_anchor_at_open(db: &SnapshotDb, last_seq: u64) -> Result<(), StoreError> {
     match read_anchor(db)? {
         Some((anchored, _)) if anchored > last_seq => Err(StoreError::Corrupt(
             format!(

@@ -14,13 +14,12 @@ use std::collections::HashMap;
 
 use tally_core::{AccountId, Timestamp};
 
-use super::{
-    decode_record, io_err, journal_err, key, sled_err, sync_dir, touched, DurableStore, Sled,
-};
+use super::{decode_record, io_err, journal_err, key, sync_dir, touched, DurableStore, Snapshots};
 use crate::journal::{self, chain_hex, chain_next, Chain, GENESIS};
+use crate::snapdb::{self, SnapshotDb, Table};
 use crate::{HistoryBase, StoreError};
 
-/// The sled key of the last pruned record: its seq (big-endian `u64`) then its chain hash.
+/// The meta key of the last pruned record: its seq (big-endian `u64`) then its chain hash.
 const PRUNED_KEY: &[u8] = b"history_pruned";
 
 /// What [`DurableStore::prune_history`] did.
@@ -37,14 +36,14 @@ pub struct Pruned {
 }
 
 /// The last pruned record and its chain hash, if history was ever pruned.
-pub(crate) fn read_pruned(db: &sled::Db) -> Result<Option<(u64, Chain)>, StoreError> {
+pub(crate) fn read_pruned(db: &SnapshotDb) -> Result<Option<(u64, Chain)>, StoreError> {
     crate::trail::read_seq_chain(db, PRUNED_KEY, "the pruned-history mark")
 }
 
-fn read_base(sled: &Sled, id: AccountId) -> Result<Option<HistoryBase>, StoreError> {
-    sled.bases
-        .get(key(id))
-        .map_err(sled_err)?
+fn read_base(snapshots: &Snapshots, id: AccountId) -> Result<Option<HistoryBase>, StoreError> {
+    snapshots
+        .db
+        .get(Table::Bases, &key(id))?
         .map(|bytes| {
             postcard::from_bytes(&bytes).map_err(|e| {
                 StoreError::Corrupt(format!("history base of account {}: {e}", id.0).into())
@@ -68,8 +67,8 @@ impl DurableStore {
         let inner = &self.inner;
         let _checkpointing = inner.checkpointing.lock();
         let _moving = inner.archive.lock.write();
-        let sled = inner.sled()?;
-        let (pruned_seq, pruned_chain) = read_pruned(&sled.db)?.unwrap_or((0, GENESIS));
+        let snapshots = inner.snapshots()?;
+        let (pruned_seq, pruned_chain) = read_pruned(&snapshots.db)?.unwrap_or((0, GENESIS));
         let segments = inner.archive.segments(&inner.journal)?;
         let leftovers: Vec<u64> = segments
             .iter()
@@ -87,7 +86,7 @@ impl DurableStore {
         };
         if !chosen.is_empty() {
             let (bases, last, chain) =
-                self.fold_pruned(&sled, &chosen, pruned_seq, pruned_chain)?;
+                self.fold_pruned(&snapshots, &chosen, pruned_seq, pruned_chain)?;
             // The chain must lead into what stays: the next segment's header links to it.
             let next = segments
                 .iter()
@@ -110,17 +109,17 @@ impl DurableStore {
                 }
             }
             // Durable before any file goes: the bases, then the mark.
-            let mut batch = sled::Batch::default();
-            for (id, base) in &bases {
-                let bytes = postcard::to_allocvec(base)
-                    .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
-                batch.insert(&key(*id)[..], bytes);
-            }
-            sled.bases.apply_batch(batch).map_err(sled_err)?;
             let mut mark = last.to_be_bytes().to_vec();
             mark.extend_from_slice(&chain);
-            sled.db.insert(PRUNED_KEY, mark).map_err(sled_err)?;
-            sled.db.flush().map_err(sled_err)?;
+            snapshots.db.write(|w| {
+                for (id, base) in &bases {
+                    let bytes = postcard::to_allocvec(base)
+                        .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
+                    w.insert(Table::Bases, &key(*id), &bytes)?;
+                }
+                w.insert(Table::Meta, PRUNED_KEY, &mark)
+            })?;
+            snapshots.db.flush()?;
             outcome = Pruned {
                 segments: chosen.len(),
                 records: last - pruned_seq,
@@ -139,18 +138,14 @@ impl DurableStore {
         if !gone.is_empty() {
             sync_dir(&inner.archive.dir)?;
             // The history index no longer names the removed segments.
-            let mut batch = sled::Batch::default();
-            for entry in sled.history_index.iter() {
-                let (k, _) = entry.map_err(sled_err)?;
-                let segment = k
-                    .get(8..16)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes);
-                if segment.is_some_and(|s| gone.contains(&s)) {
-                    batch.remove(k);
-                }
-            }
-            sled.history_index.apply_batch(batch).map_err(sled_err)?;
+            snapshots.db.write(|w| {
+                w.remove_in(Table::HistoryIndex, snapdb::ALL, |k| {
+                    k.get(8..16)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes)
+                        .is_some_and(|s| gone.contains(&s))
+                })
+            })?;
         }
         tracing::info!(
             segments = outcome.segments,
@@ -235,7 +230,7 @@ impl DurableStore {
     /// Returns the bases, the last record and its chain hash.
     fn fold_pruned(
         &self,
-        sled: &Sled,
+        snapshots: &Snapshots,
         chosen: &[(u64, u64)],
         pruned_seq: u64,
         mut chain: Chain,
@@ -264,7 +259,7 @@ impl DurableStore {
                         let base = match bases.get_mut(&id) {
                             Some(base) => base,
                             None => {
-                                let stored = read_base(sled, id)?.unwrap_or_default();
+                                let stored = read_base(snapshots, id)?.unwrap_or_default();
                                 bases.entry(id).or_insert(stored)
                             }
                         };
@@ -299,9 +294,9 @@ impl DurableStore {
 
     /// Where pruned history ends and what it summed to for `id`.
     pub(crate) fn history_base_of(&self, id: AccountId) -> Result<HistoryBase, StoreError> {
-        let sled = self.inner.sled()?;
-        let pruned_through = read_pruned(&sled.db)?.map_or(0, |(seq, _)| seq);
-        let base = read_base(&sled, id)?.unwrap_or_default();
+        let snapshots = self.inner.snapshots()?;
+        let pruned_through = read_pruned(&snapshots.db)?.map_or(0, |(seq, _)| seq);
+        let base = read_base(&snapshots, id)?.unwrap_or_default();
         Ok(HistoryBase {
             pruned_through,
             ..base
