@@ -54,6 +54,7 @@ pub use tally_engine::{
     BalanceHistory, BalancePoint, Clock, Committed, Dispatch, EngineConfig, Error, Event,
     EventKind, HistoryPage, HoldGuard, LimitScope, ManualClock, MeterGuard, Missed, RateLimit,
     ReserveRequest, Subscription, SystemClock, Tally, EVENTS_QUEUE, HISTORY_PAGE_MAX,
+    SUBMIT_BATCH_MAX,
 };
 pub use tally_store::journal::SyncMode;
 pub use tally_store::{

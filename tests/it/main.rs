@@ -1,6 +1,7 @@
 //! tally's integration tests: the embedding API end to end, one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod batch;
 mod concurrency;
 mod durable;
 mod events;

@@ -212,9 +212,10 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub admin_key: Option<String>,
-    /// With `--http`: send each client's writes as `/v1/batch` requests of N operations
-    /// (1 to 1,000) [default: 1, one request per write].
-    #[arg(long, value_name = "N", requires = "http")]
+    /// Send each client's writes in batches of N operations: `Tally::submit` on the embedded
+    /// engine (1 to 8,192), `/v1/batch` requests with `--http` (1 to 1,000) [default: 1, one
+    /// call per write].
+    #[arg(long, value_name = "N")]
     pub batch: Option<u32>,
     /// With `--http`: the prefix of the bench's account names (`PREFIXuser-0`, `PREFIXapp-0`);
     /// a run with the same prefix and layout reuses the accounts [default: `bench-`].
@@ -354,7 +355,14 @@ mod tests {
         assert_eq!(args.batch, Some(100));
         assert!(parse(&["tally-bench", "--http", "http://x", "--in-memory"]).is_err());
         assert!(parse(&["tally-bench", "--http", "http://x", "--data-dir", "d"]).is_err());
-        assert!(parse(&["tally-bench", "--batch", "10"]).is_err());
+        let CliCommand::Run(args) = parse(&["tally-bench", "--batch", "10"]).unwrap() else {
+            panic!("expected run");
+        };
+        assert_eq!(
+            args.batch,
+            Some(10),
+            "the embedded engine takes batches too"
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub const SEED_DEFAULT: u64 = 1;
 pub const MANY_ACCOUNTS_RESIDENT_MAX: usize = 100_000;
 /// Most operations in one `/v1/batch` request (the server's default limit).
 pub const BATCH_MAX: u32 = 1_000;
+/// Most operations in one batch on the embedded engine (`Tally::submit`'s bound).
+pub const ENGINE_BATCH_MAX: u32 = 8_192;
 
 /// Everything a run does, resolved.
 #[derive(Clone, Debug, Serialize)]
@@ -201,8 +203,13 @@ impl Plan {
         if self.idempotency_keys_max == 0 {
             bail!("--idempotency-keys must be at least 1");
         }
-        if self.batch == 0 || self.batch > BATCH_MAX {
-            bail!("--batch must be 1 to {BATCH_MAX}");
+        let batch_max = if self.store == "http" {
+            BATCH_MAX
+        } else {
+            ENGINE_BATCH_MAX
+        };
+        if self.batch == 0 || self.batch > batch_max {
+            bail!("--batch must be 1 to {batch_max} (with this store)");
         }
         if self.store == "http" && self.preset == Some(Preset::ManyAccounts) {
             bail!(
@@ -328,6 +335,21 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn embedded_runs_take_batches_up_to_submits_bound() {
+        let plan = Plan::resolve(&RunArgs {
+            batch: Some(8_192),
+            ..RunArgs::default()
+        })
+        .unwrap();
+        assert_eq!(plan.batch, 8_192);
+        assert!(Plan::resolve(&RunArgs {
+            batch: Some(8_193),
+            ..RunArgs::default()
+        })
+        .is_err());
     }
 
     #[test]

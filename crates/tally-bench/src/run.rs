@@ -27,7 +27,10 @@ use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use tally::{AccountId, AccountSpec, Balance, OpId, PostingId, ReserveRequest, Tally};
+use tally::{
+    AccountId, AccountSpec, Balance, Command, OpId, Outcome, PostingId, Request, ReserveRequest,
+    Tally,
+};
 
 use crate::acklog::{AckSender, AckWriter};
 use crate::ceiling::{self, Ceilings};
@@ -471,11 +474,279 @@ impl Client {
     }
 
     async fn run(mut self) -> ClientStats {
+        let batch = self.shared.plan.batch as usize;
+        if batch > 1 {
+            loop {
+                let mut kinds = Vec::with_capacity(batch);
+                while kinds.len() < batch && self.shared.gate.next_ticket() {
+                    kinds.push(self.shared.plan.mix.pick(&mut self.rng));
+                }
+                if kinds.is_empty() {
+                    break;
+                }
+                self.batched(kinds).await;
+            }
+            return self.stats;
+        }
         while self.shared.gate.next_ticket() {
             let kind = self.shared.plan.mix.pick(&mut self.rng);
             self.logical(kind).await;
         }
         self.stats
+    }
+
+    /// Submits one batch through [`Tally::submit`], timing it as one call.
+    async fn submit(
+        &mut self,
+        requests: Vec<(AccountId, Request)>,
+    ) -> Vec<Result<Outcome, tally::Error>> {
+        let n = requests.len();
+        let called = Instant::now();
+        let answered = self.shared.tally.submit(requests).await;
+        self.stats.call(CallKind::Batch, called.elapsed());
+        match answered {
+            Ok(results) => results,
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    /// N logical operations at a time: their first writes in one batch, the commits and
+    /// voids of the holds made in a second, voids of failed commits in a third, then top-ups
+    /// of the users who ran out of funds. A logical operation's latency is the time of the
+    /// batches it was in.
+    async fn batched(&mut self, kinds: Vec<OpKind>) {
+        let shared = Arc::clone(&self.shared);
+        let started = Instant::now();
+        let mut items: Vec<Batched> = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            let user = shared.picker.pick(&mut self.rng);
+            let cost = shared
+                .plan
+                .pricing
+                .cost(&mut self.rng, shared.plan.partial_commit);
+            let app = self.app();
+            let (kind, account, command) = match kind {
+                OpKind::ReserveCommit | OpKind::ReserveVoid => (
+                    kind,
+                    user,
+                    Command::Reserve {
+                        app,
+                        amount: bench_amount(cost.reserve),
+                        timeout_ms: 60_000,
+                        endpoint: shared.plan.endpoint.to_owned(),
+                        metadata: String::new(),
+                        token: None,
+                    },
+                ),
+                OpKind::Refund => match self.postings.pop_back() {
+                    Some((posting, refundable)) => {
+                        let amount = (refundable / 2).max(1);
+                        if refundable > amount {
+                            self.postings.push_back((posting, refundable - amount));
+                        }
+                        (
+                            kind,
+                            posting.account,
+                            Command::Refund {
+                                posting,
+                                amount: bench_amount(amount),
+                            },
+                        )
+                    }
+                    // Nothing to refund yet: do the work that makes a posting.
+                    None => (
+                        OpKind::Charge,
+                        user,
+                        charge_command(app, cost.commit, &shared),
+                    ),
+                },
+                OpKind::Transfer => {
+                    let to =
+                        shared
+                            .plan
+                            .layout()
+                            .transfer_target(&shared.picker, &mut self.rng, user);
+                    let amount = self
+                        .rng
+                        .random_range(1..=(shared.plan.pricing.reserve_max() / 10).max(1));
+                    (
+                        kind,
+                        user,
+                        Command::Transfer {
+                            to,
+                            amount: bench_amount(amount),
+                        },
+                    )
+                }
+                OpKind::Fund => (
+                    kind,
+                    user,
+                    Command::Fund {
+                        from: Layout::FUNDING,
+                        amount: bench_amount(shared.plan.topup_uc),
+                    },
+                ),
+                OpKind::Charge => (kind, user, charge_command(app, cost.commit, &shared)),
+            };
+            let op = self.next_op();
+            items.push(Batched {
+                kind,
+                user,
+                account,
+                op,
+                command,
+                commit: cost.commit,
+                outcome: None,
+            });
+        }
+        let requests = items
+            .iter()
+            .map(|i| (i.account, Request::new(i.op, i.command.clone())))
+            .collect();
+        let results = self.submit(requests).await;
+        let mut second = Vec::new();
+        for (i, result) in results.into_iter().enumerate() {
+            let item = &mut items[i];
+            match result {
+                Ok(outcome) => {
+                    self.acked(item.account, item.op, outcome_name(&outcome))
+                        .await;
+                    match outcome {
+                        Outcome::Reserved { hold, .. } => second.push((i, hold)),
+                        Outcome::Charged { posting } => {
+                            self.remember(posting, item.commit);
+                            item.outcome = Some(Ok(()));
+                        }
+                        _ => item.outcome = Some(Ok(())),
+                    }
+                }
+                Err(e) => item.outcome = Some(Err(e)),
+            }
+        }
+        if !second.is_empty() {
+            let mut requests = Vec::with_capacity(second.len());
+            for &(i, hold) in &second {
+                let op = self.next_op();
+                let command = if items[i].kind == OpKind::ReserveCommit {
+                    Command::Commit {
+                        hold,
+                        amount: bench_amount(items[i].commit),
+                        usage: tally::Usage::default(),
+                    }
+                } else {
+                    Command::Void { hold }
+                };
+                requests.push((items[i].user, Request::new(op, command)));
+            }
+            let ops: Vec<OpId> = requests.iter().map(|(_, r)| r.op).collect();
+            let results = self.submit(requests).await;
+            let mut third = Vec::new();
+            for ((&(i, hold), result), op) in second.iter().zip(results).zip(ops) {
+                let user = items[i].user;
+                match result {
+                    Ok(outcome) => {
+                        self.acked(user, op, outcome_name(&outcome)).await;
+                        if let Outcome::Committed {
+                            posting,
+                            amount_posted,
+                            ..
+                        } = outcome
+                        {
+                            self.remember(posting, amount_posted.get());
+                        }
+                        items[i].outcome = Some(Ok(()));
+                    }
+                    Err(e) => {
+                        if items[i].kind == OpKind::ReserveCommit {
+                            third.push((user, hold));
+                        }
+                        items[i].outcome = Some(Err(e));
+                    }
+                }
+            }
+            if !third.is_empty() {
+                // Release the holds whose commit failed rather than leave them until their
+                // timeout.
+                let requests: Vec<_> = third
+                    .iter()
+                    .map(|&(user, hold)| {
+                        (user, Request::new(self.next_op(), Command::Void { hold }))
+                    })
+                    .collect();
+                let ops: Vec<(AccountId, OpId)> =
+                    requests.iter().map(|(a, r)| (*a, r.op)).collect();
+                for (result, (user, op)) in self.submit(requests).await.into_iter().zip(ops) {
+                    match result {
+                        Ok(_) => self.acked(user, op, "voided").await,
+                        Err(e) => {
+                            self.stats.count_error(&e);
+                        }
+                    }
+                }
+            }
+        }
+        let latency = started.elapsed();
+        let mut poor = std::collections::BTreeSet::new();
+        let mut overloaded = false;
+        for item in &mut items {
+            let outcome = item.outcome.take().unwrap_or(Ok(()));
+            self.shared.gate.done.fetch_add(1, Ordering::Relaxed);
+            match &outcome {
+                Ok(()) => self.stats.op_ok(item.kind, latency),
+                Err(error) => {
+                    match error {
+                        tally::Error::StorageFailed { .. } => {
+                            self.shared.gate.stop.store(true, Ordering::Relaxed);
+                        }
+                        tally::Error::Ledger(tally::LedgerError::InsufficientFunds { .. }) => {
+                            poor.insert(item.user);
+                        }
+                        tally::Error::Overloaded { .. } => overloaded = true,
+                        _ => {}
+                    }
+                    if !self.stats.op_failed(item.kind, error) {
+                        self.shared.gate.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if !poor.is_empty() {
+            let started = Instant::now();
+            let requests: Vec<_> = poor
+                .iter()
+                .map(|&user| {
+                    let command = Command::Fund {
+                        from: Layout::FUNDING,
+                        amount: bench_amount(shared.plan.topup_uc),
+                    };
+                    (user, Request::new(self.next_op(), command))
+                })
+                .collect();
+            let ops: Vec<(AccountId, OpId)> = requests.iter().map(|(a, r)| (*a, r.op)).collect();
+            let results = self.submit(requests).await;
+            let latency = started.elapsed();
+            for (result, (user, op)) in results.into_iter().zip(ops) {
+                let outcome = match result {
+                    Ok(_) => {
+                        self.acked(user, op, "funded").await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                self.shared.gate.done.fetch_add(1, Ordering::Relaxed);
+                match &outcome {
+                    Ok(()) => self.stats.op_ok(OpKind::Fund, latency),
+                    Err(error) => {
+                        if !self.stats.op_failed(OpKind::Fund, error) {
+                            self.shared.gate.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        if overloaded {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     fn next_op(&mut self) -> OpId {
@@ -673,6 +944,53 @@ impl Client {
         funded?;
         self.acked(user, op, "funded").await;
         Ok(())
+    }
+}
+
+/// One logical operation of a batch ([`Client::batched`]).
+struct Batched {
+    kind: OpKind,
+    user: AccountId,
+    /// The account that executes its first write.
+    account: AccountId,
+    op: OpId,
+    command: Command,
+    /// What a commit posts (reserve-commit) or a charge costs.
+    commit: u64,
+    outcome: Option<Result<(), tally::Error>>,
+}
+
+/// A charge of `amount` to `app` at the plan's endpoint.
+fn charge_command(app: AccountId, amount: u64, shared: &Shared) -> Command {
+    Command::Charge {
+        app,
+        amount: bench_amount(amount),
+        endpoint: shared.plan.endpoint.to_owned(),
+        metadata: String::new(),
+        usage: tally::Usage::default(),
+        token: None,
+    }
+}
+
+/// A bench amount (drawn from the plan's prices, so within an amount's bounds; one that is
+/// not is sent as 1 µ¢ and refused by no one).
+fn bench_amount(value: u64) -> tally::Amount {
+    tally::Amount::new(value)
+        .or_else(|_| tally::Amount::new(1))
+        .unwrap_or(tally::Amount::ZERO)
+}
+
+/// The acknowledgement log's name of an outcome (as the single-call paths write it).
+fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Reserved { .. } => "reserved",
+        Outcome::Committed { .. } => "committed",
+        Outcome::Voided { .. } => "voided",
+        Outcome::Charged { .. } => "charged",
+        Outcome::Refunded { .. } => "refunded",
+        Outcome::Transferred => "transferred",
+        Outcome::Funded => "funded",
+        _ => "other",
     }
 }
 

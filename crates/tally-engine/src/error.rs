@@ -69,6 +69,14 @@ pub enum Error {
         /// How long until the request would fit.
         retry_after_ms: u64,
     },
+    /// A batch ([`crate::Tally::submit`]) larger than the engine takes; nothing executed.
+    #[error("a batch of {len} requests is larger than the {max} one submit takes")]
+    BatchTooLarge {
+        /// Requests in the batch.
+        len: usize,
+        /// The most one batch may hold.
+        max: usize,
+    },
     /// The account's actor could not be reached after restarts (it keeps failing).
     #[error("{account} is unavailable: its actor stopped {attempts} times")]
     Unavailable {

@@ -26,6 +26,21 @@ use crate::{Dispatch, EngineConfig, Error};
 /// failed) before giving up with [`Error::Unavailable`].
 const ROUTE_ATTEMPTS: u32 = 16;
 
+/// Requests one [`Tally::submit`] takes at most (TigerBeetle's clients send up to 8,189).
+pub const SUBMIT_BATCH_MAX: usize = 8_192;
+
+/// A write request run in the caller's task on the account's slot: due holds expire first.
+fn execute_inline(
+    shared: &Arc<Shared>,
+    slot: &crate::shared::Slot,
+    request: &Request,
+) -> Reply<Outcome> {
+    shared.expire_due(slot);
+    let reply = shared.execute(slot, request);
+    slot.nudge_timer();
+    reply
+}
+
 /// The most history entries one page returns.
 pub const HISTORY_PAGE_MAX: usize = 1_000;
 
@@ -157,7 +172,7 @@ impl Tally {
         Tally::open(Arc::new(MemStore::new(config.limits.clone())), config).await
     }
 
-    /// Opens an engine on the durable store in `dir` (journal + sled snapshots), recovering it.
+    /// Opens an engine on the durable store in `dir` (journal + snapshot database), recovering it.
     pub async fn open_durable(
         dir: impl Into<std::path::PathBuf>,
         config: EngineConfig,
@@ -555,12 +570,128 @@ impl Tally {
             }
             Dispatch::Inline => {
                 self.inline(account, |shared, slot| {
-                    shared.expire_due(slot);
-                    let reply = shared.execute(slot, &request);
-                    slot.nudge_timer();
-                    reply
+                    execute_inline(shared, slot, &request)
                 })
                 .await
+            }
+        }
+    }
+
+    /// Executes a batch of write requests, each on the account that must execute it, and
+    /// answers each in the batch's order, as [`Tally::execute`] would have answered it alone.
+    /// The requests are independent: one refused changes nothing for the others. Requests on
+    /// one account execute in the batch's order. Under [`Dispatch::Inline`] the whole batch is
+    /// decided and journaled in the calling task, then waits once for the journal to make it
+    /// durable (one group commit for many requests); under [`Dispatch::Actor`] each request
+    /// goes through its account's mailbox, all of them in flight at once.
+    ///
+    /// At most [`SUBMIT_BATCH_MAX`] requests; a larger batch, like one that does not fit in
+    /// what the engine admits now, is refused whole (nothing executed): `BatchTooLarge`, or
+    /// `Overloaded { scope: "engine" }`. If the journal fails while the batch waits, every
+    /// request not yet durable answers `StorageFailed` (and was not acknowledged); those
+    /// durable before the failure keep their outcome.
+    pub async fn submit(
+        &self,
+        requests: Vec<(AccountId, Request)>,
+    ) -> Result<Vec<Result<Outcome, Error>>, Error> {
+        if requests.len() > SUBMIT_BATCH_MAX {
+            return Err(Error::BatchTooLarge {
+                len: requests.len(),
+                max: SUBMIT_BATCH_MAX,
+            });
+        }
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        tokio::task::consume_budget().await;
+        self.admit()?;
+        let count = u32::try_from(requests.len()).unwrap_or(u32::MAX);
+        let _permits = self
+            .shared
+            .admission
+            .clone()
+            .try_acquire_many_owned(count)
+            .map_err(|_| Error::Overloaded {
+                scope: "engine",
+                limit: self.shared.config.inflight_max,
+            })?;
+        match self.shared.config.dispatch {
+            Dispatch::Actor => {
+                let mut running = tokio::task::JoinSet::new();
+                for (index, (account, request)) in requests.into_iter().enumerate() {
+                    let tally = self.clone();
+                    running.spawn(async move {
+                        let result = tally
+                            .call_admitted(account, |reply| AccountMsg::Execute {
+                                request: request.clone(),
+                                reply,
+                            })
+                            .await;
+                        (index, result)
+                    });
+                }
+                let mut results: Vec<Option<Result<Outcome, Error>>> =
+                    (0..count).map(|_| None).collect();
+                while let Some(done) = running.join_next().await {
+                    let (index, result) = done.map_err(|e| Error::Internal {
+                        reason: format!("a batch request's task failed: {e}").into(),
+                    })?;
+                    if let Some(slot) = results.get_mut(index) {
+                        *slot = Some(result);
+                    }
+                }
+                Ok(results
+                    .into_iter()
+                    .map(|r| {
+                        r.unwrap_or_else(|| {
+                            Err(Error::Internal {
+                                reason: "a batch request went unanswered".into(),
+                            })
+                        })
+                    })
+                    .collect())
+            }
+            Dispatch::Inline => {
+                let mut replies = Vec::with_capacity(requests.len());
+                for (account, request) in &requests {
+                    let work = |shared: &Arc<Shared>, slot: &crate::shared::Slot| {
+                        execute_inline(shared, slot, request)
+                    };
+                    let mut reply = None;
+                    for _ in 0..ROUTE_ATTEMPTS {
+                        match self.inline_once(*account, &work) {
+                            Ok(Some(done)) => {
+                                reply = Some(done);
+                                break;
+                            }
+                            Ok(None) => continue,
+                            Err(e) => {
+                                reply = Some(Reply {
+                                    result: Err(e),
+                                    wait_seq: 0,
+                                });
+                                break;
+                            }
+                        }
+                    }
+                    replies.push(reply.unwrap_or(Reply {
+                        result: Err(Error::Unavailable {
+                            account: *account,
+                            attempts: ROUTE_ATTEMPTS,
+                        }),
+                        wait_seq: 0,
+                    }));
+                }
+                let last = replies.iter().map(|r| r.wait_seq).max().unwrap_or(0);
+                let failure = self.shared.wait_durable(last).await.err();
+                let durable = self.shared.durable.borrow().seq;
+                Ok(replies
+                    .into_iter()
+                    .map(|reply| match &failure {
+                        Some(e) if reply.wait_seq > durable => Err(e.clone()),
+                        _ => reply.result,
+                    })
+                    .collect())
             }
         }
     }
@@ -840,45 +971,54 @@ impl Tally {
         tokio::task::consume_budget().await;
         let _permit = self.admit_request()?;
         for _ in 0..ROUTE_ATTEMPTS {
-            let slot = self.enter(account)?;
-            let reply = if slot.state.lock().retired {
-                None
-            } else {
-                // A panic here is a bug; treat it as the supervisor treats an actor's: retire
-                // the slot so the next request reloads the account from the store.
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    work(&self.shared, &slot)
-                })) {
-                    Ok(reply) => Some(reply),
-                    Err(_) => {
-                        slot.inflight.fetch_sub(1, Ordering::AcqRel);
-                        let _stripe = self.shared.stripe(account);
-                        let mut state = slot.state.lock();
-                        self.shared.retire(&slot, &mut state);
-                        tracing::error!(%account, "request panicked; the account reloads from the store");
-                        return Err(Error::Internal {
-                            reason: format!("a request on {account} panicked").into(),
-                        });
-                    }
-                }
-            };
-            slot.inflight.fetch_sub(1, Ordering::AcqRel);
-            match reply {
-                Some(Reply {
-                    result: Err(Error::Unavailable { account: a, .. }),
-                    ..
-                }) if a == account => {}
-                Some(reply) => {
-                    self.shared.wait_durable(reply.wait_seq).await?;
-                    return reply.result;
-                }
-                None => {}
+            if let Some(reply) = self.inline_once(account, &work)? {
+                self.shared.wait_durable(reply.wait_seq).await?;
+                return reply.result;
             }
             tokio::task::yield_now().await;
         }
         Err(Error::Unavailable {
             account,
             attempts: ROUTE_ATTEMPTS,
+        })
+    }
+
+    /// One attempt of [`Tally::inline`]'s work, not waiting for durability: `None` when the
+    /// account's slot was retired under it (route again).
+    fn inline_once<T>(
+        &self,
+        account: AccountId,
+        work: &impl Fn(&Arc<Shared>, &crate::shared::Slot) -> Reply<T>,
+    ) -> Result<Option<Reply<T>>, Error> {
+        let slot = self.enter(account)?;
+        let reply = if slot.state.lock().retired {
+            None
+        } else {
+            // A panic here is a bug; treat it as the supervisor treats an actor's: retire
+            // the slot so the next request reloads the account from the store.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                work(&self.shared, &slot)
+            })) {
+                Ok(reply) => Some(reply),
+                Err(_) => {
+                    slot.inflight.fetch_sub(1, Ordering::AcqRel);
+                    let _stripe = self.shared.stripe(account);
+                    let mut state = slot.state.lock();
+                    self.shared.retire(&slot, &mut state);
+                    tracing::error!(%account, "request panicked; the account reloads from the store");
+                    return Err(Error::Internal {
+                        reason: format!("a request on {account} panicked").into(),
+                    });
+                }
+            }
+        };
+        slot.inflight.fetch_sub(1, Ordering::AcqRel);
+        Ok(match reply {
+            Some(Reply {
+                result: Err(Error::Unavailable { account: a, .. }),
+                ..
+            }) if a == account => None,
+            other => other,
         })
     }
 
@@ -890,6 +1030,15 @@ impl Tally {
         make: impl Fn(RpcReplyPort<Reply<T>>) -> AccountMsg,
     ) -> Result<T, Error> {
         let _permit = self.admit_request()?;
+        self.call_admitted(account, make).await
+    }
+
+    /// [`Tally::call`] for a request already admitted (a batch takes its permits at once).
+    async fn call_admitted<T: Send + 'static>(
+        &self,
+        account: AccountId,
+        make: impl Fn(RpcReplyPort<Reply<T>>) -> AccountMsg,
+    ) -> Result<T, Error> {
         for _ in 0..ROUTE_ATTEMPTS {
             let slot = self.enter(account)?;
             let (tx, rx) = oneshot::channel();

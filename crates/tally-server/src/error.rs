@@ -277,6 +277,11 @@ impl From<EngineError> for ApiError {
                 e.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1));
                 e
             }
+            EngineError::BatchTooLarge { len, max } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", message)
+                    .with("len", len)
+                    .with("max", max)
+            }
             EngineError::Unavailable { .. } => {
                 let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
                 e.retry_after_s = Some(1);
