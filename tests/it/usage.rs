@@ -299,3 +299,55 @@ async fn balance_history_gives_the_balance_after_each_change_in_the_range() {
         .points;
     assert_eq!(app.last().map(|p| p.posted()), Some(2_800));
 }
+
+#[tokio::test]
+async fn usage_counts_every_charge_past_the_fold_queue_through_a_checkpoint_and_a_crash() {
+    // More charges than the store queues before folding (4,096), in batches, with a
+    // checkpoint between: every report counts each once, before and after a crash.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp(HOUR0));
+    let (tally, store) = open_on(dir.path(), &clock).await;
+    open_accounts(&tally).await;
+    tally.fund(op(), ALICE, BANK, 100_000_000).await.unwrap();
+    let charge = |n: u64| {
+        (
+            ALICE,
+            tally::Request::new(
+                op(),
+                tally::Command::Charge {
+                    app: APP,
+                    amount: tally::Amount::new(1 + n % 5).unwrap(),
+                    endpoint: "/chat".into(),
+                    metadata: String::new(),
+                    usage: tokens(n % 3, 1),
+                    token: None,
+                },
+            ),
+        )
+    };
+    let mut cost = 0u64;
+    for round in 0..3u64 {
+        let batch: Vec<_> = (0..3_000).map(|n| charge(round * 3_000 + n)).collect();
+        cost += (0..3_000).map(|n| 1 + (round * 3_000 + n) % 5).sum::<u64>();
+        let results = tally.submit(batch).await.unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        let day = store.usage(&everything(Granularity::Day)).unwrap();
+        assert_eq!(day.totals.calls, (round + 1) * 3_000, "round {round}");
+        assert_eq!(
+            u64::try_from(day.totals.cost).unwrap(),
+            cost,
+            "round {round}"
+        );
+        if round == 1 {
+            store.checkpoint().unwrap();
+        }
+    }
+    let before = reports(&store);
+    drop((tally, store));
+    let (_tally, store) = open_on(dir.path(), &clock).await;
+    assert_eq!(
+        reports(&store),
+        before,
+        "saved at the checkpoint, the rest replayed"
+    );
+}

@@ -1,4 +1,4 @@
-//! The durable store's usage projection: a [`UsageBook`] folded as records are appended, saved
+//! The durable store's usage projection: a [`UsageBook`] of the records appended, saved
 //! to the snapshot database's table `usage` at each checkpoint, and restored when the store opens.
 //!
 //! Consistency with the journal: a checkpoint takes the book's changed entries and the journal's
@@ -7,6 +7,12 @@
 //! `S` in one transaction. Opening loads the saved entries and folds the journal records after
 //! `S` again. The checkpoint's trim point is chosen under the same gate and is never after
 //! `S + 1`, so those records are always still in the journal.
+//!
+//! **Off the request path.** An append only pushes its record (commits and charges) onto a
+//! short queue under a lock held for the push; the queue is folded into the book, in one go
+//! under the book's lock, by whoever needs the book: a usage report, a checkpoint's cut, or
+//! the appender whose push fills it to [`PENDING_FOLD_MAX`]. So a report still reflects
+//! every record appended before it, and writers no longer take turns on the book's lock.
 //!
 //! Stored keys: granularity (1 byte), bucket start, account, app (big-endian `u64` each), the
 //! endpoint's bytes; values: postcard [`UsageTotals`]. Meta keys start with `0xff`.
@@ -69,9 +75,15 @@ fn decode_key(bytes: &[u8]) -> Result<(Granularity, UsageKey), StoreError> {
     ))
 }
 
+/// Records appended but not yet folded; the appender that makes the queue this long folds it.
+pub(crate) const PENDING_FOLD_MAX: usize = 4_096;
+
 /// The usage projection of a [`crate::DurableStore`].
 pub(crate) struct Projection {
     book: Mutex<UsageBook>,
+    /// Appended records not folded yet (at most [`PENDING_FOLD_MAX`]); always taken with the
+    /// book's lock held, so the book and the queue together hold every appended record.
+    pending: Mutex<Vec<Record>>,
     /// The journal sequence number the saved entries cover.
     saved_seq: u64,
 }
@@ -107,6 +119,7 @@ impl Projection {
         book.take_changes();
         Ok(Projection {
             book: Mutex::new(book),
+            pending: Mutex::new(Vec::with_capacity(PENDING_FOLD_MAX)),
             saved_seq,
         })
     }
@@ -118,19 +131,40 @@ impl Projection {
         }
     }
 
-    /// Folds an appended record.
+    /// Queues an appended record for the book (commits and charges; others fold to nothing).
     pub(crate) fn fold(&self, record: &Record) {
-        if matches!(
+        if !matches!(
             record.change,
             tally_core::Change::Committed { .. } | tally_core::Change::Charged { .. }
         ) {
-            self.book.lock().fold(record);
+            return;
         }
+        let full = {
+            let mut pending = self.pending.lock();
+            pending.push(record.clone());
+            pending.len() >= PENDING_FOLD_MAX
+        };
+        if full {
+            drop(self.book());
+        }
+    }
+
+    /// The book with every queued record folded in.
+    fn book(&self) -> parking_lot::MutexGuard<'_, UsageBook> {
+        let mut book = self.book.lock();
+        let queued = {
+            let mut pending = self.pending.lock();
+            std::mem::replace(&mut *pending, Vec::with_capacity(PENDING_FOLD_MAX))
+        };
+        for record in &queued {
+            book.fold(record);
+        }
+        book
     }
 
     /// The changed entries, to save once the journal is durable up to the cut taken with them.
     pub(crate) fn take_changes(&self) -> (Vec<UsageChange>, [u64; 3]) {
-        let mut book = self.book.lock();
+        let mut book = self.book();
         (book.take_changes(), book.complete_from())
     }
 
@@ -176,11 +210,11 @@ impl Projection {
     }
 
     pub(crate) fn report(&self, query: &UsageQuery) -> UsageReport {
-        self.book.lock().report(query)
+        self.book().report(query)
     }
 
     pub(crate) fn top_users(&self, query: &UsageQuery, n: usize) -> Vec<(AccountId, UsageTotals)> {
-        self.book.lock().top_users(query, n)
+        self.book().top_users(query, n)
     }
 }
 
