@@ -286,13 +286,12 @@ fn write_account_in(w: &snapdb::Writer<'_>, account: &Account) -> Result<bool, S
         }
         None => 0,
     };
-    for remembered in account.remembered_after(old_seq) {
-        w.insert(
-            Table::Keys,
-            &seq_key(id, remembered.seq()),
-            &encode_key(&remembered)?,
-        )?;
-    }
+    let keys = account
+        .remembered_after(old_seq)
+        .iter()
+        .map(|remembered| Ok((seq_key(id, remembered.seq()), encode_key(remembered)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    w.insert_all(Table::Keys, keys)?;
     w.insert(Table::Accounts, &key(id), &new)?;
     let (first, count) = account.remembered_window();
     let keep_from = if count == 0 {
@@ -539,9 +538,10 @@ impl DurableStore {
         let snapshots_loaded = replay.snapshots_loaded;
         // One transaction: the directory entries the journal opened and every touched account.
         snapshots.db.write(|w| {
-            for (id, spec) in &replay.opened {
-                w.insert(Table::Directory, &key(*id), spec)?;
-            }
+            w.insert_all(
+                Table::Directory,
+                replay.opened.iter().map(|(id, spec)| (key(*id), spec)),
+            )?;
             for account in replay.touched.values() {
                 write_account_in(w, account)?;
             }
@@ -694,9 +694,10 @@ impl Archive {
                 return Err(e);
             }
             snapshots.db.write(|w| {
-                for id in accounts {
-                    w.insert(Table::HistoryIndex, &seq_key(id, first), &[])?;
-                }
+                w.insert_all(
+                    Table::HistoryIndex,
+                    accounts.iter().map(|id| (seq_key(*id, first), [])),
+                )?;
                 w.insert(Table::Meta, INDEXED_SEGMENT_KEY, &first.to_be_bytes())
             })?;
         }

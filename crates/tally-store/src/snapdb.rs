@@ -394,6 +394,21 @@ impl Writer<'_> {
             .map_err(|e| self.err("writing", e))
     }
 
+    /// Sets every `(key, value)` of `entries` in `table` (the table opened once).
+    pub(crate) fn insert_all<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        table: Table,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), StoreError> {
+        let mut opened = self.table(table)?;
+        for (key, value) in entries {
+            opened
+                .insert(key.as_ref(), value.as_ref())
+                .map_err(|e| self.err("writing", e))?;
+        }
+        Ok(())
+    }
+
     /// Removes `key` from `table`.
     pub(crate) fn remove(&self, table: Table, key: &[u8]) -> Result<(), StoreError> {
         self.table(table)?
