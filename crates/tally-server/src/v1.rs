@@ -4,8 +4,6 @@
 //! Each handler parses, checks the credential's scope, calls one engine method and maps the
 //! answer; the rules of money are the engine's.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -188,21 +186,6 @@ impl From<UsageBody> for Usage {
 
 fn origin(principal: &Principal) -> Origin {
     Origin::new("tally-server", principal.scope(), "")
-}
-
-async fn execute(
-    state: &AppState,
-    principal: &Principal,
-    account: AccountId,
-    op: OpId,
-    command: Command,
-) -> Result<Outcome, ApiError> {
-    let request = Request {
-        op,
-        command,
-        origin: origin(principal),
-    };
-    Ok(state.tally.execute(account, request).await?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -543,18 +526,6 @@ pub struct TransferRequest {
     pub amount: u64,
 }
 
-/// The account that decides an operation (whose operations in one batch run in order).
-fn deciding_account(state: &AppState, op: &Op) -> Option<AccountId> {
-    match op {
-        Op::Fund { account, .. } => state.registry.account(account),
-        Op::Reserve(r) => state.registry.account(&r.account),
-        Op::Charge(r) => state.registry.account(&r.account),
-        Op::Commit { hold, .. } | Op::Void { hold } => parse_hold(hold).ok().map(|h| h.account),
-        Op::Refund(r) => parse_posting(&r.posting, "posting").ok().map(|p| p.account),
-        Op::Transfer(r) => state.registry.account(&r.from),
-    }
-}
-
 async fn hold_for_app(
     state: &AppState,
     principal: &Principal,
@@ -565,8 +536,52 @@ async fn hold_for_app(
     Ok(h)
 }
 
+/// A write ready for the engine: the account that executes it, the request, and how its
+/// outcome becomes the answer.
+struct Prepared {
+    account: AccountId,
+    request: Request,
+    respond: Box<dyn FnOnce(Outcome) -> Answer + Send>,
+}
+
+impl Prepared {
+    fn new(
+        principal: &Principal,
+        account: AccountId,
+        op: OpId,
+        command: Command,
+        respond: impl FnOnce(Outcome) -> Answer + Send + 'static,
+    ) -> Prepared {
+        Prepared {
+            account,
+            request: Request {
+                op,
+                command,
+                origin: origin(principal),
+            },
+            respond: Box::new(respond),
+        }
+    }
+}
+
 /// Runs one write with operation id `op`, checking the credential's scope first.
 pub async fn run_op(state: &AppState, principal: &Principal, op: OpId, req: Op) -> Answer {
+    let prepared = prepare(state, principal, op, req).await?;
+    let outcome = state
+        .tally
+        .execute(prepared.account, prepared.request)
+        .await?;
+    (prepared.respond)(outcome)
+}
+
+/// Checks the credential's scope for a write and builds its request (reading what the check
+/// needs, a hold's app), without executing it.
+async fn prepare(
+    state: &AppState,
+    principal: &Principal,
+    op: OpId,
+    req: Op,
+) -> Result<Prepared, ApiError> {
     match req {
         Op::Fund {
             account,
@@ -581,11 +596,12 @@ pub async fn run_op(state: &AppState, principal: &Principal, op: OpId, req: Op) 
                 from,
                 amount: amount_field(amount, "amount")?,
             };
-            execute(state, principal, id, op, command).await?;
-            Ok((
-                StatusCode::OK,
-                json!({"account": account, "from": from_name, "amount": amount}),
-            ))
+            Ok(Prepared::new(principal, id, op, command, move |_| {
+                Ok((
+                    StatusCode::OK,
+                    json!({"account": account, "from": from_name, "amount": amount}),
+                ))
+            }))
         }
         Op::Reserve(r) => {
             let account = state.account(&r.account)?;
@@ -599,21 +615,27 @@ pub async fn run_op(state: &AppState, principal: &Principal, op: OpId, req: Op) 
                 metadata: r.metadata.clone(),
                 token: crate::tokens::presented(state, r.token.as_deref(), account)?,
             };
-            match execute(state, principal, account, op, command).await? {
-                Outcome::Reserved { hold, expires_at } => Ok((
-                    StatusCode::CREATED,
-                    json!({
-                        "id": hold_str(hold),
-                        "account": r.account,
-                        "app": r.app,
-                        "amount": r.amount,
-                        "endpoint": r.endpoint,
-                        "status": "pending",
-                        "expires_at_ms": expires_at.0,
-                    }),
-                )),
-                other => Err(unexpected(other)),
-            }
+            Ok(Prepared::new(
+                principal,
+                account,
+                op,
+                command,
+                move |outcome| match outcome {
+                    Outcome::Reserved { hold, expires_at } => Ok((
+                        StatusCode::CREATED,
+                        json!({
+                            "id": hold_str(hold),
+                            "account": r.account,
+                            "app": r.app,
+                            "amount": r.amount,
+                            "endpoint": r.endpoint,
+                            "status": "pending",
+                            "expires_at_ms": expires_at.0,
+                        }),
+                    )),
+                    other => Err(unexpected(other)),
+                },
+            ))
         }
         Op::Commit {
             hold,
@@ -627,34 +649,46 @@ pub async fn run_op(state: &AppState, principal: &Principal, op: OpId, req: Op) 
                 amount: amount_field(amount, "amount")?,
                 usage: usage.map(Usage::from).unwrap_or_default(),
             };
-            match execute(state, principal, id.account, op, command).await? {
-                Outcome::Committed {
-                    posting,
-                    amount_posted,
-                    amount_released,
-                } => Ok((
-                    StatusCode::OK,
-                    json!({
-                        "hold": hold,
-                        "status": "posted",
-                        "posting": posting_str(posting),
-                        "amount_posted": amount_posted.get(),
-                        "amount_released": amount_released.get(),
-                    }),
-                )),
-                other => Err(unexpected(other)),
-            }
+            Ok(Prepared::new(
+                principal,
+                id.account,
+                op,
+                command,
+                move |outcome| match outcome {
+                    Outcome::Committed {
+                        posting,
+                        amount_posted,
+                        amount_released,
+                    } => Ok((
+                        StatusCode::OK,
+                        json!({
+                            "hold": hold,
+                            "status": "posted",
+                            "posting": posting_str(posting),
+                            "amount_posted": amount_posted.get(),
+                            "amount_released": amount_released.get(),
+                        }),
+                    )),
+                    other => Err(unexpected(other)),
+                },
+            ))
         }
         Op::Void { hold } => {
             let id = parse_hold(&hold)?;
             hold_for_app(state, principal, id).await?;
-            match execute(state, principal, id.account, op, Command::Void { hold: id }).await? {
-                Outcome::Voided { amount_released } => Ok((
-                    StatusCode::OK,
-                    json!({"hold": hold, "status": "voided", "amount_released": amount_released.get()}),
-                )),
-                other => Err(unexpected(other)),
-            }
+            Ok(Prepared::new(
+                principal,
+                id.account,
+                op,
+                Command::Void { hold: id },
+                move |outcome| match outcome {
+                    Outcome::Voided { amount_released } => Ok((
+                        StatusCode::OK,
+                        json!({"hold": hold, "status": "voided", "amount_released": amount_released.get()}),
+                    )),
+                    other => Err(unexpected(other)),
+                },
+            ))
         }
         Op::Charge(r) => {
             let account = state.account(&r.account)?;
@@ -668,19 +702,26 @@ pub async fn run_op(state: &AppState, principal: &Principal, op: OpId, req: Op) 
                 usage: r.usage.map(Usage::from).unwrap_or_default(),
                 token: crate::tokens::presented(state, r.token.as_deref(), account)?,
             };
-            match execute(state, principal, account, op, command).await? {
-                Outcome::Charged { posting } => Ok((
-                    StatusCode::CREATED,
-                    json!({
-                        "posting": posting_str(posting),
-                        "account": r.account,
-                        "app": r.app,
-                        "amount": r.amount,
-                        "endpoint": r.endpoint,
-                    }),
-                )),
-                other => Err(unexpected(other)),
-            }
+            let (name, app_name, amount, endpoint) = (r.account, r.app, r.amount, r.endpoint);
+            Ok(Prepared::new(
+                principal,
+                account,
+                op,
+                command,
+                move |outcome| match outcome {
+                    Outcome::Charged { posting } => Ok((
+                        StatusCode::CREATED,
+                        json!({
+                            "posting": posting_str(posting),
+                            "account": name,
+                            "app": app_name,
+                            "amount": amount,
+                            "endpoint": endpoint,
+                        }),
+                    )),
+                    other => Err(unexpected(other)),
+                },
+            ))
         }
         Op::Refund(r) => {
             principal.require_admin()?;
@@ -689,10 +730,17 @@ pub async fn run_op(state: &AppState, principal: &Principal, op: OpId, req: Op) 
                 posting,
                 amount: amount_field(r.amount, "amount")?,
             };
-            execute(state, principal, posting.account, op, command).await?;
-            Ok((
-                StatusCode::OK,
-                json!({"posting": r.posting, "amount": r.amount}),
+            Ok(Prepared::new(
+                principal,
+                posting.account,
+                op,
+                command,
+                move |_| {
+                    Ok((
+                        StatusCode::OK,
+                        json!({"posting": r.posting, "amount": r.amount}),
+                    ))
+                },
             ))
         }
         Op::Transfer(r) => {
@@ -703,11 +751,12 @@ pub async fn run_op(state: &AppState, principal: &Principal, op: OpId, req: Op) 
                 to,
                 amount: amount_field(r.amount, "amount")?,
             };
-            execute(state, principal, from, op, command).await?;
-            Ok((
-                StatusCode::OK,
-                json!({"from": r.from, "to": r.to, "amount": r.amount}),
-            ))
+            Ok(Prepared::new(principal, from, op, command, move |_| {
+                Ok((
+                    StatusCode::OK,
+                    json!({"from": r.from, "to": r.to, "amount": r.amount}),
+                ))
+            }))
         }
     }
 }
@@ -925,7 +974,10 @@ pub struct BatchRequest {
     pub operations: Vec<Value>,
 }
 
-/// Many writes in one request. One `Idempotency-Key` covers the whole batch.
+/// Many writes in one request. One `Idempotency-Key` covers the whole batch. Each operation's
+/// scope is checked first, then all go to the engine as one batch (`Tally::submit`): answered
+/// in order, each on its own (one refused changes nothing for the others), operations on one
+/// account executed in the batch's order, one wait for the journal for the whole batch.
 #[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest,
     responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -969,36 +1021,54 @@ async fn batch(
         &body.digest,
         n as u64,
         |base| async move {
-            // Group by deciding account, keeping order within a group; groups run concurrently.
-            let mut groups: BTreeMap<Option<AccountId>, Vec<(usize, Op)>> = BTreeMap::new();
+            // Every operation checked and built first (in order), then all of them through one
+            // engine batch: one wait for the journal, operations on one account in order.
+            let mut answers: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
+            let mut prepared = Vec::with_capacity(n);
             for (i, op) in ops.into_iter().enumerate() {
-                groups
-                    .entry(deciding_account(&s, &op))
-                    .or_default()
-                    .push((i, op));
-            }
-            let runs = groups.into_values().map(|group| {
-                let (s, p) = (s.clone(), p.clone());
-                async move {
-                    let mut out = Vec::with_capacity(group.len());
-                    for (i, op) in group {
-                        let id = OpId(base.0.wrapping_add(i as u128));
-                        let answer = match run_op(&s, &p, id, op).await {
-                            Ok((status, body)) => json!({"status": status.as_u16(), "body": body}),
-                            Err(e) => json!({"status": e.status.as_u16(), "body": e.body()}),
-                        };
-                        out.push((i, answer));
-                    }
-                    out
+                let id = OpId(base.0.wrapping_add(i as u128));
+                match prepare(&s, &p, id, op).await {
+                    Ok(ready) => prepared.push((i, ready)),
+                    Err(e) => answers[i] = Some(Err(e)),
                 }
-            });
-            let mut results: Vec<(usize, Value)> = futures_util::future::join_all(runs)
-                .await
+            }
+            let mut rest = prepared.into_iter().peekable();
+            while rest.peek().is_some() {
+                let chunk: Vec<(usize, Prepared)> =
+                    rest.by_ref().take(tally::SUBMIT_BATCH_MAX).collect();
+                let mut respond = Vec::with_capacity(chunk.len());
+                let mut requests = Vec::with_capacity(chunk.len());
+                for (i, ready) in chunk {
+                    requests.push((ready.account, ready.request));
+                    respond.push((i, ready.respond));
+                }
+                match s.tally.submit(requests).await {
+                    Ok(results) => {
+                        for ((i, respond), result) in respond.into_iter().zip(results) {
+                            answers[i] = Some(match result {
+                                Ok(outcome) => respond(outcome),
+                                Err(e) => Err(e.into()),
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        for (i, _) in respond {
+                            answers[i] = Some(Err(e.clone().into()));
+                        }
+                    }
+                }
+            }
+            let results: Vec<Value> = answers
                 .into_iter()
-                .flatten()
+                .map(|answer| match answer {
+                    Some(Ok((status, body))) => json!({"status": status.as_u16(), "body": body}),
+                    Some(Err(e)) => json!({"status": e.status.as_u16(), "body": e.body()}),
+                    None => {
+                        let e = ApiError::internal("a batch operation went unanswered");
+                        json!({"status": e.status.as_u16(), "body": e.body()})
+                    }
+                })
                 .collect();
-            results.sort_by_key(|(i, _)| *i);
-            let results: Vec<Value> = results.into_iter().map(|(_, v)| v).collect();
             Ok((StatusCode::OK, json!({"results": results})))
         },
     )

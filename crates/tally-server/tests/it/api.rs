@@ -505,6 +505,51 @@ async fn a_batch_answers_each_operation_in_order_and_runs_one_accounts_operation
 }
 
 #[tokio::test]
+async fn a_service_keys_batch_refuses_each_operation_outside_its_app_and_runs_the_rest() {
+    let h = Harness::new().await;
+    h.world(10_000).await;
+    let chat = h.service_key("chat").await;
+    let search_hold = h
+        .admin(
+            "POST",
+            "/v1/holds",
+            Some(json!({"account": "alice", "app": "search", "amount": 200})),
+        )
+        .await;
+    let search_id = search_hold.body["id"].as_str().unwrap().to_owned();
+    let ops = json!({"operations": [
+        {"op": "charge", "account": "alice", "app": "chat", "amount": 30},
+        {"op": "charge", "account": "alice", "app": "search", "amount": 1},
+        {"op": "commit", "hold": search_id, "amount": 200},
+        {"op": "fund", "account": "alice", "amount": 1_000_000},
+        {"op": "reserve", "account": "alice", "app": "chat", "amount": 70},
+        {"op": "charge", "account": "nobody", "app": "chat", "amount": 1},
+    ]});
+    let a = h.as_key(&chat, "POST", "/v1/batch", Some(ops), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let results = a.body["results"].as_array().unwrap();
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![201, 403, 403, 403, 201, 404], "{results:?}");
+    assert_eq!(
+        results[1]["body"]["error"]["code"], "forbidden",
+        "{results:?}"
+    );
+    assert_eq!(results[4]["body"]["status"], "pending");
+    // The charge and the reserve only: 10,000 - 200 (search's hold) - 30 - 70.
+    assert_eq!(h.available("alice").await, 9_700);
+    let hold = h
+        .admin("GET", &format!("/v1/holds/{search_id}"), None)
+        .await;
+    assert_eq!(
+        hold.body["status"], "pending",
+        "the other app's hold untouched"
+    );
+}
+
+#[tokio::test]
 async fn the_cost_service_moves_call_for_call() {
     let h = Harness::new().await;
     h.world(0).await;
