@@ -190,7 +190,7 @@ pub struct CyclesReport {
     /// `snapshots / (journal + archive)` at the end (before the final check).
     pub snapshots_ratio_end: Option<f64>,
     /// What the snapshot database held after the last cycle's reopen.
-    pub live_end: Option<LiveSnapshots>,
+    pub live_end: Option<tally::SnapshotStats>,
     /// The data directory over journal + archive + the live snapshot data (encoded account
     /// snapshots and keys) after the last cycle; the bound is 2.
     pub dir_over_live_end: Option<f64>,
@@ -453,7 +453,7 @@ struct Done {
     acked_before: u64,
     size_start: DataSize,
     cycle_list: Vec<CycleFigures>,
-    live_end: Option<LiveSnapshots>,
+    live_end: Option<tally::SnapshotStats>,
 }
 
 fn run_cycles(setup: &Setup, quiet: bool) -> anyhow::Result<Done> {
@@ -612,24 +612,7 @@ struct Reopened {
     recovery: tally::DurableRecovery,
     close_ms: f64,
     size: DataSize,
-    live: Option<LiveSnapshots>,
-}
-
-/// What the snapshot database holds, as opposed to the bytes its file takes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct LiveSnapshots {
-    /// Account snapshots.
-    pub accounts: u64,
-    /// Their encoded bytes.
-    pub account_bytes: u64,
-    /// Remembered idempotency keys.
-    pub keys: u64,
-    /// Their encoded bytes.
-    pub key_bytes: u64,
-    /// Bytes of the database file's pages in use (indexes and tree overhead included).
-    pub pages_bytes: u64,
-    /// The database file's length.
-    pub file_bytes: u64,
+    live: Option<tally::SnapshotStats>,
 }
 
 /// Opens the store in the data directory (recovering it), closes it, measures the directory.
@@ -641,17 +624,11 @@ fn reopen(options: &StoreOptions, dir: &Path, measure_live: bool) -> anyhow::Res
         bail!("expected the durable store in {}", dir.display());
     };
     let live = if measure_live {
-        let s = store
-            .snapshot_stats()
-            .with_context(|| format!("measuring the snapshots in {}", dir.display()))?;
-        Some(LiveSnapshots {
-            accounts: s.accounts,
-            account_bytes: s.account_bytes,
-            keys: s.keys,
-            key_bytes: s.key_bytes,
-            pages_bytes: s.pages_bytes,
-            file_bytes: s.file_bytes,
-        })
+        Some(
+            store
+                .snapshot_stats()
+                .with_context(|| format!("measuring the snapshots in {}", dir.display()))?,
+        )
     } else {
         None
     };

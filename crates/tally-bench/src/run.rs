@@ -32,7 +32,7 @@ use tally::{
     Tally,
 };
 
-use crate::acklog::{AckSender, AckWriter};
+use crate::acklog::{outcome_kind, AckSender, AckWriter};
 use crate::ceiling::{self, Ceilings};
 use crate::cli::RunArgs;
 use crate::plan::Plan;
@@ -609,7 +609,7 @@ impl Client {
             let item = &mut items[i];
             match result {
                 Ok(outcome) => {
-                    self.acked(item.account, item.op, outcome_name(&outcome))
+                    self.acked(item.account, item.op, outcome_kind(&outcome))
                         .await;
                     match outcome {
                         Outcome::Reserved { hold, .. } => second.push((i, hold)),
@@ -645,7 +645,7 @@ impl Client {
                 let user = items[i].user;
                 match result {
                     Ok(outcome) => {
-                        self.acked(user, op, outcome_name(&outcome)).await;
+                        self.acked(user, op, outcome_kind(&outcome)).await;
                         if let Outcome::Committed {
                             posting,
                             amount_posted,
@@ -978,20 +978,6 @@ fn bench_amount(value: u64) -> tally::Amount {
     tally::Amount::new(value)
         .or_else(|_| tally::Amount::new(1))
         .unwrap_or(tally::Amount::ZERO)
-}
-
-/// The acknowledgement log's name of an outcome (as the single-call paths write it).
-fn outcome_name(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Reserved { .. } => "reserved",
-        Outcome::Committed { .. } => "committed",
-        Outcome::Voided { .. } => "voided",
-        Outcome::Charged { .. } => "charged",
-        Outcome::Refunded { .. } => "refunded",
-        Outcome::Transferred => "transferred",
-        Outcome::Funded => "funded",
-        _ => "other",
-    }
 }
 
 /// What the comparison reads of one account: its balance and, when asked, the size of its

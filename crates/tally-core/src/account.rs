@@ -1,7 +1,9 @@
 //! Account state: posted and pending totals, holds, postings, remembered idempotency keys.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::FastMap;
 use std::fmt;
 
 use crate::command::{Digest, Outcome};
@@ -241,19 +243,19 @@ pub struct Account {
     /// The next sequence number for a hold or posting of this account.
     pub(crate) next_seq: u64,
     /// Pending holds and the most recent resolved ones.
-    pub(crate) holds: HashMap<u64, Hold>,
+    pub(crate) holds: FastMap<u64, Hold>,
     /// Pending holds by deadline, soonest first.
     pub(crate) deadlines: BTreeSet<(Timestamp, u64)>,
     /// Resolved holds, oldest first, for pruning.
     pub(crate) resolved_order: VecDeque<u64>,
     /// Postings still refundable.
-    pub(crate) postings: HashMap<u64, Posting>,
+    pub(crate) postings: FastMap<u64, Posting>,
     pub(crate) posting_order: VecDeque<u64>,
     /// Remembered idempotency keys. Not part of the serialized account: a store keeps them
     /// apart ([`Account::remembered_after`], [`Account::restore_remembered`]), so that an
     /// account's snapshot stays small whatever the window.
     #[serde(skip)]
-    pub(crate) remembered: HashMap<OpId, Remembered>,
+    pub(crate) remembered: FastMap<OpId, Remembered>,
     /// The remembered keys in the order they were made (oldest first; their seqs ascend).
     #[serde(skip)]
     pub(crate) remembered_order: VecDeque<(Timestamp, OpId)>,
@@ -324,12 +326,12 @@ impl Account {
             debits_posted: 0,
             debits_pending: 0,
             next_seq: 1,
-            holds: HashMap::new(),
+            holds: FastMap::default(),
             deadlines: BTreeSet::new(),
             resolved_order: VecDeque::new(),
-            postings: HashMap::new(),
+            postings: FastMap::default(),
             posting_order: VecDeque::new(),
-            remembered: HashMap::new(),
+            remembered: FastMap::default(),
             remembered_order: VecDeque::new(),
             last_seq: 0,
             funded: 0,
@@ -493,7 +495,7 @@ impl Account {
             previous = seq;
         }
         // Sized once: restoring a large window rehashes nothing.
-        let mut remembered = HashMap::with_capacity(keys.len());
+        let mut remembered = FastMap::with_capacity_and_hasher(keys.len(), Default::default());
         let mut order = VecDeque::with_capacity(keys.len());
         for key in keys {
             order.push_back((key.remembered.at, key.op));

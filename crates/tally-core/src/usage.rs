@@ -21,7 +21,9 @@
 //! first, and the granularity remembers from when it is complete: a query reaching further back
 //! says so ([`UsageReport::complete`] is false).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use crate::{FastMap, FastSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -237,7 +239,7 @@ pub struct UsageBook {
     /// Entries changed (or dropped) since [`UsageBook::take_changes`], for incremental saves:
     /// (granularity, bucket, account, app) → endpoints, so marking an entry already marked
     /// allocates nothing.
-    changed: HashMap<(Granularity, u64, AccountId, AccountId), HashSet<String>>,
+    changed: FastMap<(Granularity, u64, AccountId, AccountId), FastSet<String>>,
     /// Whether to keep `changed` at all (a book nobody saves does not).
     track_changes: bool,
 }
@@ -504,7 +506,7 @@ impl UsageBook {
 }
 
 /// One bucket's entries: (account, app) → endpoint → sums.
-type ByPair = HashMap<(AccountId, AccountId), HashMap<String, UsageTotals>>;
+type ByPair = FastMap<(AccountId, AccountId), FastMap<String, UsageTotals>>;
 
 /// The entries of one bucket that `query` selects, with their account.
 fn matching<'a>(

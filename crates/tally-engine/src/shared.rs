@@ -8,6 +8,9 @@
 //! `last_seq`.
 
 use dashmap::DashMap;
+
+/// The hasher of the per-request maps (routing, directory): foldhash, seeded per process.
+type FastHash = foldhash::fast::RandomState;
 use parking_lot::{Mutex, MutexGuard};
 use ractor::{ActorCell, ActorId, ActorRef};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -72,8 +75,8 @@ pub(crate) struct Reply<T> {
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: EngineConfig,
-    pub(crate) directory: DashMap<AccountId, AccountSpec>,
-    pub(crate) resident: DashMap<AccountId, Arc<Slot>>,
+    pub(crate) directory: DashMap<AccountId, AccountSpec, FastHash>,
+    pub(crate) resident: DashMap<AccountId, Arc<Slot>, FastHash>,
     stripes: Box<[Mutex<()>]>,
     pub(crate) admission: Arc<Semaphore>,
     pub(crate) durable: watch::Receiver<DurablePoint>,
@@ -91,7 +94,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(store: Arc<dyn Store>, config: EngineConfig) -> Result<Self, Error> {
-        let directory = DashMap::new();
+        let directory = DashMap::with_hasher(FastHash::default());
         for (id, spec) in store.accounts()? {
             directory.insert(id, spec);
         }
@@ -101,7 +104,7 @@ impl Shared {
             admission: Arc::new(Semaphore::new(config.inflight_max)),
             config,
             directory,
-            resident: DashMap::new(),
+            resident: DashMap::with_hasher(FastHash::default()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             durable,
             supervisor: OnceLock::new(),

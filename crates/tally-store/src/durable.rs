@@ -168,7 +168,7 @@ struct Inner {
     archive: Archive,
     /// Accounts touched by records their saved snapshot does not cover yet: the first such
     /// record and the last. The oldest first record bounds what a checkpoint may trim.
-    dirty: DashMap<AccountId, Dirty>,
+    dirty: DashMap<AccountId, Dirty, foldhash::fast::RandomState>,
     /// Held (shared) across a journal append and the `dirty` update that follows it, and
     /// (exclusive) while a checkpoint computes its trim point, so no record is ever appended
     /// but not yet counted as dirty when the trim point is chosen.
@@ -457,7 +457,7 @@ impl DurableStore {
                         journal,
                         snapshots: parking_lot::RwLock::new(Some(snapshots)),
                         archive,
-                        dirty: DashMap::new(),
+                        dirty: DashMap::with_hasher(foldhash::fast::RandomState::default()),
                         append_gate: parking_lot::RwLock::new(()),
                         usage,
                         checkpointing: parking_lot::Mutex::new(()),
@@ -764,7 +764,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// What the snapshot database holds ([`DurableStore::snapshot_stats`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SnapshotStats {
     /// Account snapshots.
     pub accounts: u64,
