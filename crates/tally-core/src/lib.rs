@@ -54,7 +54,7 @@ pub use pricing::{
 
 pub use usage::{
     Granularity, UsageBook, UsageChange, UsageConfig, UsageKey, UsageQuery, UsageReport,
-    UsageTotals,
+    UsageSample, UsageTotals,
 };
 
 /// The default minimum of a funds check, in the ledger unit: 100 µ¢ (a tenth of a cent), as in

@@ -231,6 +231,59 @@ struct Series {
     newest: u64,
 }
 
+/// What the usage book takes of a commit or a charge: who, for which app and endpoint, when,
+/// how much, and what it used (a record without its other fields, to queue for a later fold).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageSample {
+    /// The account that paid.
+    pub account: AccountId,
+    /// The app paid.
+    pub app: AccountId,
+    /// When.
+    pub at: Timestamp,
+    /// The amount posted.
+    pub amount: Amount,
+    /// The app's endpoint.
+    pub endpoint: String,
+    /// What the work used.
+    pub usage: Usage,
+}
+
+impl UsageSample {
+    /// The sample of a commit or a charge; `None` for any other record.
+    pub fn of(record: &Record) -> Option<UsageSample> {
+        let (app, amount, endpoint, usage) = Self::parts(record)?;
+        Some(UsageSample {
+            account: record.account,
+            app,
+            at: record.at,
+            amount,
+            endpoint: endpoint.to_owned(),
+            usage: *usage,
+        })
+    }
+
+    fn parts(record: &Record) -> Option<(AccountId, Amount, &str, &Usage)> {
+        match &record.change {
+            Change::Committed {
+                app,
+                amount_posted,
+                endpoint,
+                usage,
+                ..
+            } => Some((*app, *amount_posted, endpoint.as_str(), usage)),
+            Change::Charged {
+                app,
+                amount,
+                endpoint,
+                usage,
+                ..
+            } => Some((*app, *amount, endpoint.as_str(), usage)),
+            _ => None,
+        }
+    }
+}
+
 /// Usage aggregates for every granularity (see the module docs).
 #[derive(Clone, Debug, Default)]
 pub struct UsageBook {
@@ -268,25 +321,39 @@ impl UsageBook {
 
     /// Adds a record's usage, if it is a commit or a charge. Returns whether it counted.
     pub fn fold(&mut self, record: &Record) -> bool {
-        let (app, amount, endpoint, usage) = match &record.change {
-            Change::Committed {
-                app,
-                amount_posted,
-                endpoint,
-                usage,
-                ..
-            } => (*app, *amount_posted, endpoint, usage),
-            Change::Charged {
-                app,
-                amount,
-                endpoint,
-                usage,
-                ..
-            } => (*app, *amount, endpoint, usage),
-            _ => return false,
-        };
+        match UsageSample::parts(record) {
+            Some((app, amount, endpoint, usage)) => {
+                self.fold_parts(record.account, app, record.at, amount, endpoint, usage);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds a sample taken from a commit or a charge ([`UsageSample::of`]): the same sums as
+    /// folding the record.
+    pub fn fold_sample(&mut self, sample: &UsageSample) {
+        self.fold_parts(
+            sample.account,
+            sample.app,
+            sample.at,
+            sample.amount,
+            &sample.endpoint,
+            &sample.usage,
+        );
+    }
+
+    fn fold_parts(
+        &mut self,
+        account: AccountId,
+        app: AccountId,
+        at: Timestamp,
+        amount: Amount,
+        endpoint: &str,
+        usage: &Usage,
+    ) {
         for granularity in Granularity::ALL {
-            let bucket = granularity.bucket(record.at);
+            let bucket = granularity.bucket(at);
             let series = &mut self.series[granularity.index()];
             if bucket < series.complete_from {
                 // Older than what this granularity keeps: it would be dropped at once.
@@ -296,14 +363,14 @@ impl UsageBook {
                 .buckets
                 .entry(bucket)
                 .or_default()
-                .entry((record.account, app))
+                .entry((account, app))
                 .or_default();
-            match by_endpoint.get_mut(endpoint.as_str()) {
+            match by_endpoint.get_mut(endpoint) {
                 Some(totals) => totals.add(usage, amount),
                 None => {
                     let mut totals = UsageTotals::default();
                     totals.add(usage, amount);
-                    by_endpoint.insert(endpoint.clone(), totals);
+                    by_endpoint.insert(endpoint.to_owned(), totals);
                     series.entries += 1;
                 }
             }
@@ -311,15 +378,14 @@ impl UsageBook {
             if self.track_changes {
                 let endpoints = self
                     .changed
-                    .entry((granularity, bucket, record.account, app))
+                    .entry((granularity, bucket, account, app))
                     .or_default();
-                if !endpoints.contains(endpoint.as_str()) {
-                    endpoints.insert(endpoint.clone());
+                if !endpoints.contains(endpoint) {
+                    endpoints.insert(endpoint.to_owned());
                 }
             }
             self.prune(granularity);
         }
-        true
     }
 
     /// Drops the oldest entries of a granularity past its retention or its entry bound: whole

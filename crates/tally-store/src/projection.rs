@@ -8,7 +8,8 @@
 //! `S` again. The checkpoint's trim point is chosen under the same gate and is never after
 //! `S + 1`, so those records are always still in the journal.
 //!
-//! **Off the request path.** An append only pushes its record (commits and charges) onto a
+//! **Off the request path.** An append only pushes a sample of its record (commits and
+//! charges: who, app, endpoint, when, amount, usage) onto a
 //! short queue under a lock held for the push; the queue is folded into the book, in one go
 //! under the book's lock, by whoever needs the book: a usage report, a checkpoint's cut, or
 //! the appender whose push fills it to [`PENDING_FOLD_MAX`]. So a report still reflects
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tally_core::{
     AccountId, Granularity, Record, UsageBook, UsageChange, UsageConfig, UsageKey, UsageQuery,
-    UsageReport, UsageTotals,
+    UsageReport, UsageSample, UsageTotals,
 };
 
 use crate::journal::Journal;
@@ -83,7 +84,7 @@ pub(crate) struct Projection {
     book: Mutex<UsageBook>,
     /// Appended records not folded yet (at most [`PENDING_FOLD_MAX`]); always taken with the
     /// book's lock held, so the book and the queue together hold every appended record.
-    pending: Mutex<Vec<Record>>,
+    pending: Mutex<Vec<UsageSample>>,
     /// The journal sequence number the saved entries cover.
     saved_seq: u64,
 }
@@ -133,15 +134,12 @@ impl Projection {
 
     /// Queues an appended record for the book (commits and charges; others fold to nothing).
     pub(crate) fn fold(&self, record: &Record) {
-        if !matches!(
-            record.change,
-            tally_core::Change::Committed { .. } | tally_core::Change::Charged { .. }
-        ) {
+        let Some(sample) = UsageSample::of(record) else {
             return;
-        }
+        };
         let full = {
             let mut pending = self.pending.lock();
-            pending.push(record.clone());
+            pending.push(sample);
             pending.len() >= PENDING_FOLD_MAX
         };
         if full {
@@ -156,8 +154,8 @@ impl Projection {
             let mut pending = self.pending.lock();
             std::mem::replace(&mut *pending, Vec::with_capacity(PENDING_FOLD_MAX))
         };
-        for record in &queued {
-            book.fold(record);
+        for sample in &queued {
+            book.fold_sample(sample);
         }
         book
     }

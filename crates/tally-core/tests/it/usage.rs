@@ -2,7 +2,7 @@
 
 use tally_core::{
     AccountId, Amount, Change, Granularity, Origin, Record, Timestamp, Usage, UsageBook,
-    UsageConfig, UsageQuery,
+    UsageConfig, UsageQuery, UsageSample,
 };
 
 const USER: AccountId = AccountId(10);
@@ -199,4 +199,33 @@ fn a_report_has_one_row_per_bucket_whoever_used_it() {
         .map(|(t, u)| (t.0, u.calls, u.cost, u.input_tokens))
         .collect();
     assert_eq!(rows, vec![(0, 2, 12, 3), (MINUTE, 1, 11, 4)]);
+}
+
+#[test]
+fn a_sample_folds_exactly_as_its_record_and_other_records_have_none() {
+    let records = [
+        charge(5, 10, "/a", 1),
+        charge(MINUTE + 1, 20, "/b", 2),
+        charge(MINUTE + 2, 7, "/a", 0),
+    ];
+    let mut by_record = UsageBook::new(UsageConfig::default());
+    let mut by_sample = UsageBook::new(UsageConfig::default());
+    for r in &records {
+        by_record.fold(r);
+        let sample = UsageSample::of(r).unwrap();
+        assert_eq!((sample.account, sample.app, sample.at), (USER, APP, r.at));
+        by_sample.fold_sample(&sample);
+    }
+    for g in Granularity::ALL {
+        assert_eq!(by_record.report(&all(g)), by_sample.report(&all(g)));
+    }
+    assert_eq!(by_record.take_changes(), by_sample.take_changes());
+    let voided = Record {
+        change: Change::Voided {
+            hold: 1,
+            amount_released: Amount::new(5).unwrap(),
+        },
+        ..charge(0, 1, "", 0)
+    };
+    assert_eq!(UsageSample::of(&voided), None);
 }
