@@ -73,7 +73,7 @@ pub(crate) use retention::read_pruned;
 pub use retention::Pruned;
 
 use crate::codec::{
-    decode_account, decode_key, decode_record, encode_account, encode_key, encode_record,
+    decode_account, decode_key, decode_record, encode_account, encode_key, encode_record_into,
     snapshot_key_window, snapshot_seq,
 };
 use crate::journal::{Journal, JournalConfig, JournalError, SyncMode};
@@ -723,6 +723,12 @@ pub(crate) fn stored_limits(db: &SnapshotDb) -> Result<Option<Limits>, StoreErro
 /// The meta key that records the journal's trim point (big-endian `u64`).
 const TRIMMED_BEFORE_KEY: &[u8] = b"journal_trimmed_before";
 
+thread_local! {
+    /// Each thread's buffer for encoding the records it appends (kept at its largest record,
+    /// at most the journal's record bound).
+    static ENCODE_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The meta key written (durably, before the first append) once the journal exists: a
 /// directory whose journal is gone later is refused, not taken for a new one.
 const JOURNAL_CREATED_KEY: &[u8] = b"journal_created";
@@ -830,9 +836,14 @@ impl Store for DurableStore {
     }
 
     fn append(&self, record: &Record) -> Result<u64, StoreError> {
-        let payload = encode_record(record)?;
-        let _gate = self.inner.append_gate.read();
-        let seq = self.inner.journal.append(&payload).map_err(journal_err)?;
+        // Encoded into this thread's buffer, then copied into the journal's queue: no
+        // allocation per record. The gate is taken after the encoding.
+        let (seq, _gate) = ENCODE_BUFFER.with_borrow_mut(|payload| {
+            encode_record_into(record, payload)?;
+            let gate = self.inner.append_gate.read();
+            let seq = self.inner.journal.append(payload).map_err(journal_err)?;
+            Ok::<_, StoreError>((seq, gate))
+        })?;
         self.inner.usage.fold(record);
         let (first, second) = touched(record);
         for id in std::iter::once(first).chain(second) {

@@ -642,6 +642,20 @@ fn a_segment_left_by_an_interrupted_prune_is_skipped_then_removed() {
     assert!(!archived.exists(), "the leftover went");
 }
 
+#[test]
+fn a_record_encoded_into_a_reused_buffer_is_the_same_bytes_and_decodes() {
+    let mut buffer = vec![0xAA; 700];
+    for n in [1, 2, 1_000_000] {
+        tally_store::codec::encode_record_into(&record(n), &mut buffer).unwrap();
+        let fresh = tally_store::codec::encode_record(&record(n)).unwrap();
+        assert_eq!(buffer, fresh, "record {n}");
+        assert_eq!(
+            tally_store::codec::decode_record(&buffer).unwrap(),
+            record(n)
+        );
+    }
+}
+
 // Compaction: open shortens a snapshot database file that grew past its data.
 
 fn snapshot_file_len(dir: &Path) -> u64 {
