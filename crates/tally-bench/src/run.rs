@@ -685,30 +685,21 @@ impl Client {
                 }
             }
         }
-        let latency = started.elapsed();
         let mut poor = std::collections::BTreeSet::new();
         let mut overloaded = false;
         for item in &mut items {
             let outcome = item.outcome.take().unwrap_or(Ok(()));
-            self.shared.gate.done.fetch_add(1, Ordering::Relaxed);
             match &outcome {
-                Ok(()) => self.stats.op_ok(item.kind, latency),
-                Err(error) => {
-                    match error {
-                        tally::Error::StorageFailed { .. } => {
-                            self.shared.gate.stop.store(true, Ordering::Relaxed);
-                        }
-                        tally::Error::Ledger(tally::LedgerError::InsufficientFunds { .. }) => {
-                            poor.insert(item.user);
-                        }
-                        tally::Error::Overloaded { .. } => overloaded = true,
-                        _ => {}
-                    }
-                    if !self.stats.op_failed(item.kind, error) {
-                        self.shared.gate.failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                Err(tally::Error::StorageFailed { .. }) => {
+                    self.shared.gate.stop.store(true, Ordering::Relaxed);
                 }
+                Err(tally::Error::Ledger(tally::LedgerError::InsufficientFunds { .. })) => {
+                    poor.insert(item.user);
+                }
+                Err(tally::Error::Overloaded { .. }) => overloaded = true,
+                _ => {}
             }
+            self.finish(item.kind, started, &outcome);
         }
         if !poor.is_empty() {
             let started = Instant::now();
@@ -724,7 +715,6 @@ impl Client {
                 .collect();
             let ops: Vec<(AccountId, OpId)> = requests.iter().map(|(a, r)| (*a, r.op)).collect();
             let results = self.submit(requests).await;
-            let latency = started.elapsed();
             for (result, (user, op)) in results.into_iter().zip(ops) {
                 let outcome = match result {
                     Ok(_) => {
@@ -733,15 +723,7 @@ impl Client {
                     }
                     Err(e) => Err(e),
                 };
-                self.shared.gate.done.fetch_add(1, Ordering::Relaxed);
-                match &outcome {
-                    Ok(()) => self.stats.op_ok(OpKind::Fund, latency),
-                    Err(error) => {
-                        if !self.stats.op_failed(OpKind::Fund, error) {
-                            self.shared.gate.failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
+                self.finish(OpKind::Fund, started, &outcome);
             }
         }
         if overloaded {
@@ -973,11 +955,10 @@ fn charge_command(app: AccountId, amount: u64, shared: &Shared) -> Command {
 }
 
 /// A bench amount (drawn from the plan's prices, so within an amount's bounds; one that is
-/// not is sent as 1 µ¢ and refused by no one).
+/// not becomes zero, which the engine refuses as `ZeroAmount`: counted as an error, never
+/// silently changed into another amount).
 fn bench_amount(value: u64) -> tally::Amount {
-    tally::Amount::new(value)
-        .or_else(|_| tally::Amount::new(1))
-        .unwrap_or(tally::Amount::ZERO)
+    tally::Amount::new(value).unwrap_or(tally::Amount::ZERO)
 }
 
 /// What the comparison reads of one account: its balance and, when asked, the size of its

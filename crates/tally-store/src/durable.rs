@@ -234,15 +234,6 @@ impl Snapshots {
         self.db.write(|w| write_account_in(w, account))
     }
 
-    /// A `u64` stored under `key` in the meta table (0 if none).
-    fn meta_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
-        Ok(self
-            .db
-            .get(Table::Meta, key)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map_or(0, u64::from_be_bytes))
-    }
-
     /// Closes the database on a thread of its own, waiting at most [`SNAPSHOT_CLOSE_WAIT`]
     /// (a sync on a failing disk may hang); the file is released when it returns `Ok`.
     fn close(self, dir: &Path) -> Result<(), StoreError> {
@@ -275,7 +266,6 @@ impl Snapshots {
 /// [`Snapshots::write_account`] within the transaction `w`.
 fn write_account_in(w: &snapdb::Writer<'_>, account: &Account) -> Result<bool, StoreError> {
     let id = account.id;
-    let new = encode_account(account)?;
     let old_seq = match w.get(Table::Accounts, &key(id))? {
         Some(old) => {
             let old_seq = snapshot_seq(&old)?;
@@ -292,7 +282,7 @@ fn write_account_in(w: &snapdb::Writer<'_>, account: &Account) -> Result<bool, S
         .map(|remembered| Ok((seq_key(id, remembered.seq()), encode_key(remembered)?)))
         .collect::<Result<Vec<_>, StoreError>>()?;
     w.insert_all(Table::Keys, keys)?;
-    w.insert(Table::Accounts, &key(id), &new)?;
+    w.insert(Table::Accounts, &key(id), &encode_account(account)?)?;
     let (first, count) = account.remembered_window();
     let keep_from = if count == 0 {
         account.last_seq().saturating_add(1)
@@ -506,7 +496,10 @@ impl DurableStore {
             snapshots_loaded: 0,
         };
         // Records before the last trim point are covered by snapshots: verify, don't replay.
-        let trimmed_before = snapshots.meta_u64(TRIMMED_BEFORE_KEY)?.max(1);
+        let trimmed_before = snapshots
+            .db
+            .get_u64(Table::Meta, TRIMMED_BEFORE_KEY)?
+            .max(1);
         let after = trimmed_before.saturating_sub(1);
         let (journal, recovered) =
             Journal::open_after_locked(journal_config, Some(lock), after, |seq, payload| {
@@ -668,7 +661,7 @@ impl Archive {
     /// Indexes archived segments newer than the last one indexed (after a crash between a
     /// segment's move and its indexing, or after the moves of a checkpoint).
     fn index_unindexed(&self, snapshots: &Snapshots, journal: &Journal) -> Result<(), StoreError> {
-        let indexed = snapshots.meta_u64(INDEXED_SEGMENT_KEY)?;
+        let indexed = snapshots.db.get_u64(Table::Meta, INDEXED_SEGMENT_KEY)?;
         for (first, end) in self.segments(journal)? {
             if first <= indexed && indexed != 0 {
                 continue;
@@ -742,7 +735,7 @@ fn trim(
     trim_before: u64,
 ) -> Result<usize, StoreError> {
     let db = &snapshots.db;
-    let previous = snapshots.meta_u64(TRIMMED_BEFORE_KEY)?.max(1);
+    let previous = db.get_u64(Table::Meta, TRIMMED_BEFORE_KEY)?.max(1);
     let trim_before = trim_before.max(previous);
     db.put_meta(TRIMMED_BEFORE_KEY, &trim_before.to_be_bytes())?;
     crate::trail::store_anchor(db, journal.trail_head())?;

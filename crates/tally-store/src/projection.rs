@@ -150,10 +150,9 @@ impl Projection {
     /// The book with every queued record folded in.
     fn book(&self) -> parking_lot::MutexGuard<'_, UsageBook> {
         let mut book = self.book.lock();
-        let queued = {
-            let mut pending = self.pending.lock();
-            std::mem::replace(&mut *pending, Vec::with_capacity(PENDING_FOLD_MAX))
-        };
+        // Taken, not replaced by a fresh 4,096-sample buffer: a report that finds the queue
+        // empty allocates nothing.
+        let queued = std::mem::take(&mut *self.pending.lock());
         for sample in &queued {
             book.fold_sample(sample);
         }
@@ -175,7 +174,7 @@ impl Projection {
         seq: u64,
         (changes, complete_from): (Vec<UsageChange>, [u64; 3]),
     ) -> Result<(), StoreError> {
-        let saved = saved_seq_now(db)?;
+        let saved = db.get_u64(Table::Usage, SEQ_KEY)?;
         if seq < saved {
             // A later cut was saved already (checkpoints are serialized, so this is a caller
             // saving out of order): never move the saved point back; save these next time.
@@ -214,14 +213,6 @@ impl Projection {
     pub(crate) fn top_users(&self, query: &UsageQuery, n: usize) -> Vec<(AccountId, UsageTotals)> {
         self.book().top_users(query, n)
     }
-}
-
-/// The sequence number the stored entries cover now.
-fn saved_seq_now(db: &SnapshotDb) -> Result<u64, StoreError> {
-    Ok(db
-        .get(Table::Usage, SEQ_KEY)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map_or(0, u64::from_be_bytes))
 }
 
 /// Waits (a bounded while) until the journal is durable up to `seq`.

@@ -216,6 +216,14 @@ impl SnapshotDb {
         self.reader()?.scan(table, range, each)
     }
 
+    /// The big-endian `u64` stored under `key` in `table` (0 if none, or not 8 bytes).
+    pub(crate) fn get_u64(&self, table: Table, key: &[u8]) -> Result<u64, StoreError> {
+        Ok(self
+            .get(table, key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
     /// How many entries `table` holds.
     pub(crate) fn len(&self, table: Table) -> Result<u64, StoreError> {
         let reader = self.reader()?;

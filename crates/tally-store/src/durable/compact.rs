@@ -37,10 +37,7 @@ pub(super) fn compact_if_bloated(
     slack: u64,
 ) -> Result<Option<(u64, u64)>, StoreError> {
     let before = db.file_length()?;
-    let counted_at = db
-        .get(Table::Meta, COUNTED_AT_KEY)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map_or(0, u64::from_be_bytes);
+    let counted_at = db.get_u64(Table::Meta, COUNTED_AT_KEY)?;
     if !grown(counted_at, before, slack) {
         return Ok(None);
     }
