@@ -456,6 +456,67 @@ async fn forgotten_keys_leave_the_index_so_it_stays_within_the_window() {
 }
 
 #[tokio::test]
+async fn recovery_reads_no_keys_and_forgets_as_the_live_engine_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = tally::ManualClock::new(tally::Timestamp(1_700_000_000_000));
+    let mut config = config(&clock);
+    config.limits.idempotency_keys_max = 100;
+    config.limits.idempotency_retention_ms = 60_000;
+    let (tally, store, _) = open(dir.path(), config.clone()).await;
+    setup(&tally).await;
+    let old = fund_many(&tally, 150).await;
+    tally.checkpoint().await.unwrap();
+    assert_eq!(store.snapshot_stats().unwrap().keys, 100);
+
+    // After the checkpoint, in the journal only: a reused id, forgotten before it is used
+    // again; a clock stepped back; keys forgotten by age.
+    let reused = op();
+    tally.fund(reused, ALICE, BANK, 1).await.unwrap();
+    fund_many(&tally, 100).await;
+    tally.fund(reused, ALICE, BANK, 1).await.unwrap();
+    clock.set(tally::Timestamp(1_700_000_000_000 - 5_000));
+    fund_many(&tally, 3).await;
+    clock.set(tally::Timestamp(1_700_000_000_000 + 30_000));
+    fund_many(&tally, 20).await;
+    clock.advance(45_000);
+    let recent = fund_many(&tally, 10).await;
+    let before = tally.account(ALICE).await.unwrap();
+    assert!(before.remembered_keys() < 100, "some forgotten by age");
+    assert!(before.remembered(reused).is_none(), "forgotten again");
+    drop(tally);
+    drop(store);
+
+    // Recovery replays the 135 records without reading the 100 keys before them, so it
+    // forgets none by count or age. Only the reused id tells it something: its first use, and
+    // every key before it (the 100 in the index too), had been forgotten. The index holds the
+    // other 134 until Alice is next written.
+    let (tally, store, recovery) = open(dir.path(), config).await;
+    assert!(recovery.records_replayed >= 135, "{recovery:?}");
+    assert_eq!(store.snapshot_stats().unwrap().keys, 134);
+    assert!(before.remembered_keys() < 134);
+    // Loading Alice forgets them exactly as the engine did when it made them.
+    let after = tally.account(ALICE).await.unwrap();
+    assert_eq!(after, before, "the same keys, in the same order");
+    assert!(after.remembered(old[149]).is_none());
+    assert!(after.remembered(recent[0]).is_some());
+    // A retry of a remembered key is answered, a forgotten one runs anew.
+    tally.fund(recent[0], ALICE, BANK, 1).await.unwrap();
+    assert_eq!(
+        tally.account(ALICE).await.unwrap().balance(),
+        before.balance()
+    );
+    tally.fund(old[149], ALICE, BANK, 1).await.unwrap();
+    assert_eq!(
+        tally.account(ALICE).await.unwrap().balance().credits_posted,
+        before.balance().credits_posted + 1
+    );
+    // Written again, the index is back within the window.
+    tally.checkpoint().await.unwrap();
+    let keys = store.snapshot_stats().unwrap().keys;
+    assert_eq!(keys, before.remembered_keys() as u64 + 1, "and the new one");
+}
+
+#[tokio::test]
 async fn a_key_missing_from_the_index_is_reported_as_damage_not_forgotten() {
     let dir = tempfile::tempdir().unwrap();
     let (tally, _, _) = open(dir.path(), EngineConfig::default()).await;

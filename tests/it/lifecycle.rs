@@ -225,3 +225,19 @@ async fn shutdown_drains_snapshots_and_refuses_new_requests() {
     assert_eq!(w.available(ALICE).await, 4_000);
     w.assert_books_balance().await;
 }
+
+#[tokio::test]
+async fn an_engine_refuses_a_store_that_replays_under_other_limits() {
+    let limits = tally::Limits {
+        idempotency_keys_max: 5,
+        ..Default::default()
+    };
+    let store = Arc::new(MemStore::new(limits));
+    let refused = Tally::open(store, EngineConfig::default()).await;
+    match refused {
+        Err(Error::Internal { reason }) => {
+            assert!(reason.contains("limits"), "{reason}")
+        }
+        other => panic!("opened: {:?}", other.err()),
+    }
+}

@@ -58,9 +58,10 @@ pub async fn open_accounts_with(tally: &Tally, users: &[AccountId]) {
 /// An engine on the durable store `store_config` names. A store dropped a moment ago may still
 /// be closing (its actors stop asynchronously): retry while its directory is locked.
 pub async fn open_durable(
-    store_config: DurableConfig,
+    mut store_config: DurableConfig,
     config: EngineConfig,
 ) -> (Tally, DurableStore, DurableRecovery) {
+    store_config.limits = config.limits.clone();
     for _ in 0..500 {
         match DurableStore::open(store_config.clone()) {
             Ok((store, recovery)) => {

@@ -259,6 +259,16 @@ pub struct Account {
     /// The remembered keys in the order they were made (oldest first; their seqs ascend).
     #[serde(skip)]
     pub(crate) remembered_order: VecDeque<(Timestamp, OpId)>,
+    /// Keys a store holds for this account that it has not loaded ([`Account::defer_remembered`]):
+    /// older than every key in `remembered`. While there are any, nothing is forgotten and
+    /// nothing may be decided.
+    #[serde(skip)]
+    pub(crate) keys_unloaded: Option<KeyWindow>,
+    /// The seq from which the remembered keys were made without forgetting the oldest (0: none
+    /// were): a store that replayed records onto an account without its keys loaded could not
+    /// forget them; [`Account::restore_remembered`] forgets them as each key would have.
+    #[serde(skip)]
+    pub(crate) keys_untrimmed_from: u64,
     /// Journal sequence number of the last record applied to this account.
     pub(crate) last_seq: u64,
     /// Total funding: every `Fund` amount, reset by each funding update to its `new` total.
@@ -333,6 +343,8 @@ impl Account {
             posting_order: VecDeque::new(),
             remembered: FastMap::default(),
             remembered_order: VecDeque::new(),
+            keys_unloaded: None,
+            keys_untrimmed_from: 0,
             last_seq: 0,
             funded: 0,
             spend: SpendDay::default(),
@@ -435,24 +447,42 @@ impl Account {
         self.spend.on(now, app)
     }
 
-    /// Remembered idempotency keys (for memory accounting and tests).
+    /// Remembered idempotency keys held in memory (for memory accounting and tests).
     pub fn remembered_keys(&self) -> usize {
         self.remembered.len()
     }
 
-    /// The remembered keys' window: the seq of the oldest one (0 if none) and how many there
-    /// are. The window is always every key this account made from that seq on: keys are
-    /// forgotten oldest first.
-    pub fn remembered_window(&self) -> (u64, u64) {
-        let first = self
+    /// The remembered keys' window: every key this account made from seq `first` on (keys are
+    /// forgotten oldest first), held in memory or, for an account read without them, by its
+    /// store.
+    pub fn remembered_window(&self) -> KeyWindow {
+        let resident_first = self
             .remembered_order
             .front()
             .and_then(|(_, op)| self.remembered.get(op))
             .map_or(0, |r| r.seq);
-        (first, self.remembered_order.len() as u64)
+        let resident = self.remembered_order.len() as u64;
+        let (first, count) = match self.keys_unloaded {
+            Some(stored) if stored.count > 0 => {
+                (stored.first, stored.count.saturating_add(resident))
+            }
+            _ => (resident_first, resident),
+        };
+        KeyWindow {
+            first,
+            count,
+            untrimmed_from: self.keys_untrimmed_from,
+        }
     }
 
-    /// The remembered keys made by records after `after_seq`, oldest first.
+    /// Whether keys of this account are held by its store and not loaded: such an account may
+    /// have records applied (recovery replays onto it without reading its keys) but decides
+    /// nothing until [`Account::restore_remembered`] gives them back.
+    pub fn keys_unloaded(&self) -> bool {
+        self.keys_unloaded.is_some()
+    }
+
+    /// The remembered keys held in memory made by records after `after_seq`, oldest first.
     pub fn remembered_after(&self, after_seq: u64) -> Vec<RememberedKey> {
         let newer = self
             .remembered_order
@@ -470,11 +500,34 @@ impl Account {
         keys
     }
 
+    /// Marks an account read back without its keys as having the keys of `window` in its
+    /// store, not loaded: records can then be applied to it (their keys are remembered in
+    /// memory, nothing is forgotten) and a store writes back only the new keys, without reading
+    /// the old ones. Refused unless it holds no keys yet.
+    pub fn defer_remembered(&mut self, window: KeyWindow) -> Result<(), String> {
+        if !self.remembered_order.is_empty() || self.keys_unloaded.is_some() {
+            return Err(format!(
+                "account {} already has its keys ({} in memory)",
+                self.id.0,
+                self.remembered_order.len()
+            ));
+        }
+        self.keys_unloaded = Some(window);
+        self.keys_untrimmed_from = window.untrimmed_from;
+        Ok(())
+    }
+
     /// Gives an account read back without its keys (see [`Account::remembered_after`]) the
-    /// keys it remembered, oldest first. Refused, leaving the account as it was, unless it
-    /// remembers none yet and the keys' seqs ascend, none is past the account's last record,
+    /// keys of its window, oldest first; the keys made from `untrimmed_from` on forget the
+    /// oldest ones as they would have when made. Refused, leaving the account as it was, unless
+    /// it remembers none yet and the keys' seqs ascend, none is past the account's last record,
     /// and no operation id repeats.
-    pub fn restore_remembered(&mut self, keys: Vec<RememberedKey>) -> Result<(), String> {
+    pub fn restore_remembered(
+        &mut self,
+        keys: Vec<RememberedKey>,
+        untrimmed_from: u64,
+        limits: &crate::Limits,
+    ) -> Result<(), String> {
         if !self.remembered_order.is_empty() {
             return Err(format!(
                 "account {} already remembers {} keys",
@@ -495,21 +548,80 @@ impl Account {
             previous = seq;
         }
         // Sized once: restoring a large window rehashes nothing.
-        let mut remembered = FastMap::with_capacity_and_hasher(keys.len(), Default::default());
+        let mut remembered: FastMap<OpId, Remembered> =
+            FastMap::with_capacity_and_hasher(keys.len(), Default::default());
         let mut order = VecDeque::with_capacity(keys.len());
         for key in keys {
-            order.push_back((key.remembered.at, key.op));
-            if remembered.insert(key.op, key.remembered).is_some() {
-                return Err(format!(
-                    "account {}: operation {} remembered twice",
-                    self.id.0, key.op
-                ));
+            let (at, seq) = (key.remembered.at, key.remembered.seq);
+            let untrimmed = untrimmed_from > 0 && seq >= untrimmed_from;
+            if remembered.contains_key(&key.op) {
+                if !untrimmed {
+                    return Err(format!(
+                        "account {}: operation {} remembered twice",
+                        self.id.0, key.op
+                    ));
+                }
+                // Used again: its first use had been forgotten when it was, and every older key.
+                forget_through(&mut remembered, &mut order, key.op);
+            }
+            order.push_back((at, key.op));
+            remembered.insert(key.op, key.remembered);
+            if untrimmed {
+                forget_oldest(&mut remembered, &mut order, at, limits);
             }
         }
         self.remembered = remembered;
         self.remembered_order = order;
+        self.keys_unloaded = None;
+        self.keys_untrimmed_from = 0;
         Ok(())
     }
+}
+
+/// Forgets the oldest remembered keys while there are more than the limit or the oldest was
+/// made more than the retention before `at` (the time of the key just made).
+pub(crate) fn forget_oldest(
+    remembered: &mut FastMap<OpId, Remembered>,
+    order: &mut VecDeque<(Timestamp, OpId)>,
+    at: Timestamp,
+    limits: &crate::Limits,
+) {
+    let horizon = at.0.saturating_sub(limits.idempotency_retention_ms);
+    while let Some(&(first_at, first_op)) = order.front() {
+        if order.len() > limits.idempotency_keys_max || first_at.0 < horizon {
+            order.pop_front();
+            remembered.remove(&first_op);
+        } else {
+            break;
+        }
+    }
+}
+
+/// Forgets the oldest remembered keys up to and including the one of `op`.
+pub(crate) fn forget_through(
+    remembered: &mut FastMap<OpId, Remembered>,
+    order: &mut VecDeque<(Timestamp, OpId)>,
+    op: OpId,
+) {
+    while let Some((_, oldest)) = order.pop_front() {
+        remembered.remove(&oldest);
+        if oldest == op {
+            break;
+        }
+    }
+}
+
+/// An account's remembered keys as a store describes them without holding them: the seq of the
+/// oldest (0 if none), how many, and the seq from which they were made without forgetting any
+/// (0: none were).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyWindow {
+    /// The seq of the oldest key (0 if none).
+    pub first: u64,
+    /// How many keys.
+    pub count: u64,
+    /// The seq from which keys were made without forgetting the oldest (0: none were).
+    pub untrimmed_from: u64,
 }
 
 /// One remembered idempotency key as a store keeps it apart from the account: the operation

@@ -233,4 +233,11 @@ pub enum Error {
         /// The longest allowed.
         max_ms: u64,
     },
+    /// The account was read back without its idempotency keys (a store's recovery does that)
+    /// and cannot decide until they are loaded: a fault of the engine, never of the request.
+    #[error("account {account} has its idempotency keys unloaded and cannot decide")]
+    KeysNotLoaded {
+        /// The account.
+        account: AccountId,
+    },
 }

@@ -1,7 +1,7 @@
 //! The decisions: validate a request against an account (`decide`), then change the account by
 //! applying the record (`apply`, `apply_leg`). Deciding never mutates; applying never fails.
 
-use crate::account::Remembered;
+use crate::account::{forget_oldest, forget_through, Remembered};
 use crate::command::{Effect, Leg};
 use crate::{
     Account, AccountId, AccountKind, AccountSpec, Amount, Change, Command, Error, Hold, HoldId,
@@ -105,6 +105,9 @@ impl Account {
         bounded_text(&origin.service, "origin.service", max)?;
         bounded_text(&origin.app, "origin.app", max)?;
         bounded_text(&origin.user, "origin.user", max)?;
+        if self.keys_unloaded.is_some() {
+            return Err(Error::KeysNotLoaded { account: self.id });
+        }
         if let Some(seen) = self.remembered.get(&request.op) {
             return match seen.digest.first_difference(&request.command.digest()) {
                 None => Ok(Decision::Replay {
@@ -858,6 +861,14 @@ impl Account {
         seq: u64,
         limits: &Limits,
     ) {
+        let unloaded = self.keys_unloaded.is_some();
+        if unloaded && self.remembered.contains_key(&op) {
+            // Replayed onto an account without its keys: the op id was used again, so when
+            // it was, its first use had been forgotten, and with it every key before it (the
+            // store's unread keys too).
+            forget_through(&mut self.remembered, &mut self.remembered_order, op);
+            self.keys_unloaded = Some(crate::KeyWindow::default());
+        }
         self.remembered.insert(
             op,
             Remembered {
@@ -868,15 +879,14 @@ impl Account {
             },
         );
         self.remembered_order.push_back((at, op));
-        let horizon = at.0.saturating_sub(limits.idempotency_retention_ms);
-        while let Some(&(first_at, first_op)) = self.remembered_order.front() {
-            if self.remembered_order.len() > limits.idempotency_keys_max || first_at.0 < horizon {
-                self.remembered_order.pop_front();
-                self.remembered.remove(&first_op);
-            } else {
-                break;
+        if unloaded {
+            // The oldest keys are in the store, unread: forgotten when they are restored.
+            if self.keys_untrimmed_from == 0 {
+                self.keys_untrimmed_from = seq;
             }
+            return;
         }
+        forget_oldest(&mut self.remembered, &mut self.remembered_order, at, limits);
     }
 }
 

@@ -94,6 +94,17 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(store: Arc<dyn Store>, config: EngineConfig) -> Result<Self, Error> {
+        if store.limits() != &config.limits {
+            return Err(Error::Internal {
+                reason: format!(
+                    "the store replays records under other account limits than the engine's \
+                     (store {:?}, engine {:?}): open the store with the engine's limits",
+                    store.limits(),
+                    config.limits
+                )
+                .into(),
+            });
+        }
         let directory = DashMap::with_hasher(FastHash::default());
         for (id, spec) in store.accounts()? {
             directory.insert(id, spec);

@@ -229,6 +229,7 @@ impl From<LedgerError> for ApiError {
                 .with("cap", cap)
                 .with("spent", wide_u(spent))
                 .with("requested", requested),
+            L::KeysNotLoaded { .. } => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }

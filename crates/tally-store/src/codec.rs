@@ -5,7 +5,7 @@
 //! refused with a clear error; after it, keep decoding the old one.
 
 use serde::{de::DeserializeOwned, Serialize};
-use tally_core::{Account, Record, RememberedKey};
+use tally_core::{Account, KeyWindow, Record, RememberedKey};
 
 use crate::StoreError;
 
@@ -15,12 +15,13 @@ use crate::StoreError;
 const RECORD_VERSION: u8 = 3;
 /// Version of the snapshot encoding (2: total funding and the day's spending; 3: spend tokens
 /// and the token of each hold, a sixth digest field; 4: the idempotency keys kept apart, the
-/// header naming their window).
-const SNAPSHOT_VERSION: u8 = 4;
+/// header naming their window; 5: the header names where the window's unforgotten keys start).
+const SNAPSHOT_VERSION: u8 = 5;
 /// Version of a remembered idempotency key's encoding.
 const KEY_VERSION: u8 = 1;
-/// Bytes before a snapshot's postcard body: version, covered seq, key window (first seq, count).
-const SNAPSHOT_HEADER_LEN: usize = 25;
+/// Bytes before a snapshot's postcard body: version, covered seq, key window (first seq, count,
+/// untrimmed from).
+const SNAPSHOT_HEADER_LEN: usize = 33;
 
 fn encode<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
     // Sized for a typical record at once: grown a byte at a time from one, a record's buffer
@@ -70,15 +71,17 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, StoreError> {
 }
 
 /// Encodes an account snapshot: the version byte, the journal sequence number it covers, the
-/// seq of its oldest remembered idempotency key and how many it remembers (each `u64`
-/// little-endian, readable without decoding the rest), then postcard. The keys themselves are
+/// seq of its oldest remembered idempotency key, how many it remembers and the seq from which
+/// they were made without forgetting the oldest (each `u64` little-endian, readable without
+/// decoding the rest), then postcard. The keys themselves are
 /// not in it ([`encode_key`]).
 pub fn encode_account(account: &Account) -> Result<Vec<u8>, StoreError> {
-    let (first, count) = account.remembered_window();
+    let window = account.remembered_window();
     let mut out = vec![SNAPSHOT_VERSION];
     out.extend_from_slice(&account.last_seq().to_le_bytes());
-    out.extend_from_slice(&first.to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&window.first.to_le_bytes());
+    out.extend_from_slice(&window.count.to_le_bytes());
+    out.extend_from_slice(&window.untrimmed_from.to_le_bytes());
     postcard::to_io(account, &mut out)
         .map_err(|e| StoreError::Io(format!("encoding: {e}").into()))?;
     Ok(out)
@@ -97,10 +100,13 @@ pub fn snapshot_seq(bytes: &[u8]) -> Result<u64, StoreError> {
     header_u64(bytes, 1)
 }
 
-/// The remembered keys' window an encoded snapshot names: the seq of the oldest (0 if none)
-/// and how many.
-pub fn snapshot_key_window(bytes: &[u8]) -> Result<(u64, u64), StoreError> {
-    Ok((header_u64(bytes, 9)?, header_u64(bytes, 17)?))
+/// The remembered keys' window an encoded snapshot names.
+pub fn snapshot_key_window(bytes: &[u8]) -> Result<KeyWindow, StoreError> {
+    Ok(KeyWindow {
+        first: header_u64(bytes, 9)?,
+        count: header_u64(bytes, 17)?,
+        untrimmed_from: header_u64(bytes, 25)?,
+    })
 }
 
 /// Decodes an account snapshot, without its remembered keys (give them back with

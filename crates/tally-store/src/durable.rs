@@ -189,30 +189,32 @@ impl Snapshots {
     /// The snapshot of `id` with the idempotency keys it remembers, if it has one.
     ///
     /// Errors: [`StoreError::Corrupt`] if the keys the snapshot names are not all stored.
-    fn read_account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+    fn read_account(&self, id: AccountId, limits: &Limits) -> Result<Option<Account>, StoreError> {
         // One read view: a snapshot and the keys it names are read as of the same commit.
         let reader = self.db.reader()?;
         let Some(bytes) = reader.get(Table::Accounts, &key(id))? else {
             return Ok(None);
         };
         let mut account = decode_account(&bytes)?;
-        let (first, count) = snapshot_key_window(&bytes)?;
-        if count == 0 {
+        let window = snapshot_key_window(&bytes)?;
+        if window.count == 0 {
             return Ok(Some(account));
         }
-        let (lo, hi) = (seq_key(id, first), seq_key(id, account.last_seq()));
-        let mut keys = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
+        let (lo, hi) = (seq_key(id, window.first), seq_key(id, account.last_seq()));
+        let mut keys = Vec::with_capacity(usize::try_from(window.count).unwrap_or(0).min(1 << 20));
         reader.scan(Table::Keys, snapdb::inclusive(&lo, &hi), |_, value| {
             keys.push(decode_key(value)?);
             Ok(true)
         })?;
         let found = (keys.len() as u64, keys.first().map(RememberedKey::seq));
-        if found != (count, Some(first)) {
+        if found != (window.count, Some(window.first)) {
             return Err(StoreError::Corrupt(
                 format!(
-                    "account {}'s snapshot remembers {count} idempotency keys from seq {first}, \
-                     but {} holds {} of them (from seq {})",
+                    "account {}'s snapshot remembers {} idempotency keys from seq {}, but {} \
+                     holds {} of them (from seq {})",
                     id.0,
+                    window.count,
+                    window.first,
                     self.db.file().display(),
                     found.0,
                     found.1.unwrap_or(0)
@@ -221,7 +223,21 @@ impl Snapshots {
             ));
         }
         account
-            .restore_remembered(keys)
+            .restore_remembered(keys, window.untrimmed_from, limits)
+            .map_err(|e| StoreError::Corrupt(e.into()))?;
+        Ok(Some(account))
+    }
+
+    /// The snapshot of `id` without reading its idempotency keys, if it has one: records can
+    /// be replayed onto it and it can be written back (with only the keys they made), but it
+    /// decides nothing. What recovery reads: its time does not grow with the keys' window.
+    fn read_account_keyless(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        let Some(bytes) = self.db.get(Table::Accounts, &key(id))? else {
+            return Ok(None);
+        };
+        let mut account = decode_account(&bytes)?;
+        account
+            .defer_remembered(snapshot_key_window(&bytes)?)
             .map_err(|e| StoreError::Corrupt(e.into()))?;
         Ok(Some(account))
     }
@@ -283,11 +299,11 @@ fn write_account_in(w: &snapdb::Writer<'_>, account: &Account) -> Result<bool, S
         .collect::<Result<Vec<_>, StoreError>>()?;
     w.insert_all(Table::Keys, keys)?;
     w.insert(Table::Accounts, &key(id), &encode_account(account)?)?;
-    let (first, count) = account.remembered_window();
-    let keep_from = if count == 0 {
+    let window = account.remembered_window();
+    let keep_from = if window.count == 0 {
         account.last_seq().saturating_add(1)
     } else {
-        first
+        window.first
     };
     let (lo, hi) = (seq_key(id, 0), seq_key(id, keep_from));
     w.remove_in(Table::Keys, snapdb::half_open(&lo, &hi), |_| true)?;
@@ -615,7 +631,7 @@ impl DurableStore {
     }
 
     fn snapshot(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
-        self.inner.snapshots()?.read_account(id)
+        self.inner.snapshots()?.read_account(id, &self.inner.limits)
     }
 }
 
@@ -802,7 +818,7 @@ impl Replay<'_> {
             let current = match self.touched.remove(&id) {
                 Some(account) => Some(account),
                 None => {
-                    let snapshot = self.snapshots.read_account(id)?;
+                    let snapshot = self.snapshots.read_account_keyless(id)?;
                     self.snapshots_loaded += u64::from(snapshot.is_some());
                     snapshot
                 }
@@ -820,6 +836,10 @@ fn encode_spec(spec: &AccountSpec) -> Result<Vec<u8>, StoreError> {
 }
 
 impl Store for DurableStore {
+    fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
     fn close(&self) -> Result<(), StoreError> {
         self.inner.close()
     }

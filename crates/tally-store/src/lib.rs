@@ -115,6 +115,11 @@ pub trait Store: Send + Sync + 'static {
     /// A watch on the durable point.
     fn durable(&self) -> tokio::sync::watch::Receiver<DurablePoint>;
 
+    /// The account limits it replays records with: an engine deciding under other limits
+    /// would find its accounts rebuilt differently (keys forgotten at another count), so the
+    /// engine refuses to open on a store whose limits differ from its own.
+    fn limits(&self) -> &tally_core::Limits;
+
     /// Every account the store knows, with its specification (read once when the engine opens).
     fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError>;
 

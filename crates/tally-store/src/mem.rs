@@ -130,6 +130,10 @@ pub(crate) fn replay_one(
 }
 
 impl Store for MemStore {
+    fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
     fn append(&self, record: &Record) -> Result<u64, StoreError> {
         // Encoded as the durable store would, for the audit trail's chain.
         let payload = crate::codec::encode_record(record)?;

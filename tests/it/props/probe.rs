@@ -123,6 +123,9 @@ fn pause(us: &AtomicU64) {
 }
 
 impl Store for ProbeStore {
+    fn limits(&self) -> &tally::Limits {
+        self.inner.limits()
+    }
     fn append(&self, record: &Record) -> Result<u64, StoreError> {
         pause(&self.append_delay_us);
         let seq = self.inner.append(record)?;

@@ -299,3 +299,46 @@ fn a_replay_names_the_first_outcome_not_a_fresh_one() {
     ));
     assert_eq!(w.bal(USER), bal(1_000, 100, 900), "held once");
 }
+
+#[test]
+fn an_account_read_without_its_keys_decides_nothing() {
+    let mut w = World::new();
+    w.fund(USER, 1_000);
+    let op = w.op();
+    w.exec_op(USER, op, reserve(100)).unwrap();
+    let retry = Request {
+        origin: Default::default(),
+        op,
+        command: reserve(100),
+    };
+    assert!(matches!(
+        w.decide(USER, &retry),
+        Ok(Decision::Replay { .. })
+    ));
+
+    // A store's recovery reads an account without its keys (they stay in its index): such an
+    // account refuses to decide, even a request its keys would answer as a replay, which it
+    // could otherwise run a second time.
+    let mut keyless = tally_core::Account::new(USER, w.account(USER).spec.clone());
+    keyless
+        .defer_remembered(tally_core::KeyWindow {
+            first: 1,
+            count: 2,
+            untrimmed_from: 0,
+        })
+        .unwrap();
+    assert!(keyless.keys_unloaded());
+    assert_eq!(
+        keyless.decide(&retry, &w.ctx(&retry.command)),
+        Err(Error::KeysNotLoaded { account: USER })
+    );
+    assert_eq!(
+        keyless.remembered_window().count,
+        2,
+        "the window counts the keys it did not load"
+    );
+    // Marked once only.
+    assert!(keyless
+        .defer_remembered(tally_core::KeyWindow::default())
+        .is_err());
+}
