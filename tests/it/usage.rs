@@ -265,7 +265,10 @@ async fn balance_history_gives_the_balance_after_each_change_in_the_range() {
         .await
         .unwrap()
         .points;
-    let seen: Vec<_> = all.iter().map(|p| (p.posted(), p.debits_pending)).collect();
+    let seen: Vec<_> = all
+        .iter()
+        .map(|p| (p.posted().unwrap(), p.debits_pending))
+        .collect();
     assert_eq!(
         seen,
         vec![
@@ -279,7 +282,7 @@ async fn balance_history_gives_the_balance_after_each_change_in_the_range() {
     );
     let last = all.last().unwrap();
     let balance = w.tally.balance(ALICE).await.unwrap();
-    assert_eq!(last.posted(), balance.posted);
+    assert_eq!(last.posted().unwrap(), balance.posted);
     // Only the range, and at most `limit` points.
     let t0 = Timestamp(1_700_000_000_000);
     let later = w
@@ -289,7 +292,7 @@ async fn balance_history_gives_the_balance_after_each_change_in_the_range() {
         .unwrap()
         .points;
     assert_eq!(later.len(), 1);
-    assert_eq!(later[0].posted(), 7_500);
+    assert_eq!(later[0].posted().unwrap(), 7_500);
     // The app's side is rebuilt from the legs.
     let app = w
         .tally
@@ -297,7 +300,7 @@ async fn balance_history_gives_the_balance_after_each_change_in_the_range() {
         .await
         .unwrap()
         .points;
-    assert_eq!(app.last().map(|p| p.posted()), Some(2_800));
+    assert_eq!(app.last().map(|p| p.posted().unwrap()), Some(2_800));
 }
 
 #[tokio::test]

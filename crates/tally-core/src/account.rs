@@ -370,7 +370,7 @@ impl Account {
             debits_posted: self.debits_posted,
             debits_pending: self.debits_pending,
             credit_limit: self.spec.credit_limit,
-            posted: signed_diff(self.credits_posted, self.debits_posted),
+            posted: self.signed(self.credits_posted, self.debits_posted),
             available: self.available(),
         }
     }
@@ -379,9 +379,29 @@ impl Account {
     pub fn available(&self) -> i128 {
         let plus = self
             .credits_posted
-            .saturating_add(self.spec.credit_limit.wide());
-        let minus = self.debits_posted.saturating_add(self.debits_pending);
-        signed_diff(plus, minus)
+            .checked_add(self.spec.credit_limit.wide());
+        let minus = self.debits_posted.checked_add(self.debits_pending);
+        match (plus, minus) {
+            (Some(plus), Some(minus)) => self.signed(plus, minus),
+            _ => self.out_of_range(),
+        }
+    }
+
+    /// `a − b` for two of this account's totals; decisions keep it within `i128`, so anything
+    /// else is a bug or damage and stops loudly instead of showing a clamped balance.
+    fn signed(&self, a: u128, b: u128) -> i128 {
+        signed_diff(a, b).unwrap_or_else(|| self.out_of_range())
+    }
+
+    fn out_of_range(&self) -> ! {
+        panic!(
+            "{}: totals out of range (credits {}, debits {}, pending {}, credit limit {})",
+            self.id,
+            self.credits_posted,
+            self.debits_posted,
+            self.debits_pending,
+            self.spec.credit_limit
+        )
     }
 
     /// Whether `available ≥ minimum`: the seeds' `get_funding_allowed`.
@@ -645,11 +665,30 @@ impl RememberedKey {
     }
 }
 
-/// `a − b` as a signed number (saturating at the ends of `i128`).
-pub(crate) fn signed_diff(a: u128, b: u128) -> i128 {
+/// `a − b` as a signed number, `None` if it is outside `i128` (for two totals of an account:
+/// its posted or available balance).
+pub fn signed_diff(a: u128, b: u128) -> Option<i128> {
     if a >= b {
-        i128::try_from(a - b).unwrap_or(i128::MAX)
+        i128::try_from(a - b).ok()
     } else {
-        i128::try_from(b - a).map(|d| -d).unwrap_or(i128::MIN)
+        let magnitude = b - a;
+        i128::try_from(magnitude)
+            .map(|m| -m)
+            .ok()
+            .or((magnitude == i128::MIN.unsigned_abs()).then_some(i128::MIN))
+    }
+}
+
+/// Whether totals keep an account's posted balance and its available balance within `i128`
+/// (and their sums within `u128`): what every decision keeps true of the deciding account.
+pub(crate) fn totals_fit(credits: u128, debits: u128, pending: u128, credit_limit: u128) -> bool {
+    match (
+        credits.checked_add(credit_limit),
+        debits.checked_add(pending),
+    ) {
+        (Some(plus), Some(minus)) => {
+            signed_diff(credits, debits).is_some() && signed_diff(plus, minus).is_some()
+        }
+        _ => false,
     }
 }

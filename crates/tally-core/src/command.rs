@@ -588,13 +588,28 @@ pub struct Effect {
 }
 
 impl Effect {
-    /// Adds the effect to totals (posted credits, posted debits, pending debits), saturating.
-    pub fn add_to(&self, credits_posted: &mut u128, debits_posted: &mut u128, pending: &mut u128) {
-        *credits_posted = credits_posted.saturating_add(self.credits);
-        *debits_posted = debits_posted.saturating_add(self.debits);
-        *pending = pending
-            .saturating_add(self.held)
-            .saturating_sub(self.released);
+    /// Adds the effect to totals (posted credits, posted debits, pending debits), checked:
+    /// `Err` names the total that would pass `u128::MAX` or, for `debits_pending`, release
+    /// more than is pending, and then nothing is changed. A decided record never does either;
+    /// the error means the totals or the record are damaged.
+    pub fn add_to(
+        &self,
+        credits_posted: &mut u128,
+        debits_posted: &mut u128,
+        pending: &mut u128,
+    ) -> Result<(), &'static str> {
+        let credits = credits_posted
+            .checked_add(self.credits)
+            .ok_or("credits_posted")?;
+        let debits = debits_posted
+            .checked_add(self.debits)
+            .ok_or("debits_posted")?;
+        let held = pending
+            .checked_add(self.held)
+            .and_then(|p| p.checked_sub(self.released))
+            .ok_or("debits_pending")?;
+        (*credits_posted, *debits_posted, *pending) = (credits, debits, held);
+        Ok(())
     }
 }
 
@@ -668,7 +683,8 @@ impl Record {
                 ..
             } => Effect {
                 debits: amount_posted.wide(),
-                released: amount_posted.wide().saturating_add(amount_released.wide()),
+                // Two u64 amounts widened: their sum cannot overflow u128.
+                released: amount_posted.wide() + amount_released.wide(),
                 ..Effect::default()
             },
             Change::Voided {

@@ -1,8 +1,8 @@
 //! The decisions: validate a request against an account (`decide`), then change the account by
 //! applying the record (`apply`, `apply_leg`). Deciding never mutates; applying never fails.
 
-use crate::account::{forget_oldest, forget_through, Remembered};
-use crate::command::{Effect, Leg};
+use crate::account::{forget_oldest, forget_through, totals_fit, Remembered};
+use crate::command::Leg;
 use crate::{
     Account, AccountId, AccountKind, AccountSpec, Amount, Change, Command, Error, Hold, HoldId,
     HoldStatus, Limits, OpId, Origin, Outcome, Posting, PostingId, Record, Request, SpendToken,
@@ -531,10 +531,15 @@ impl Account {
         }
     }
 
-    /// A debit of `amount` (posted or pending) keeps the account within its limit.
+    /// A debit of `amount` (posted or pending) keeps the account within its limit, and its
+    /// totals in range: the balances stay within `i128` even once every pending hold posts.
     fn debit_fits(&self, amount: Amount) -> Result<(), Error> {
-        let total = self.debits_posted.checked_add(self.debits_pending);
-        if total.and_then(|t| t.checked_add(amount.wide())).is_none() {
+        let total = self
+            .debits_posted
+            .checked_add(self.debits_pending)
+            .and_then(|t| t.checked_add(amount.wide()));
+        let limit = self.spec.credit_limit.wide();
+        if !total.is_some_and(|t| totals_fit(self.credits_posted, t, 0, limit)) {
             return Err(Error::Overflow {
                 account: self.id,
                 field: "debits",
@@ -551,15 +556,18 @@ impl Account {
         Ok(())
     }
 
+    /// A credit of `amount` keeps the account's totals in range (the credit limit counted).
     fn credit_fits(&self, amount: Amount) -> Result<(), Error> {
-        self.credits_posted
-            .checked_add(amount.wide())
-            .and_then(|c| c.checked_add(self.spec.credit_limit.wide()))
-            .map(|_| ())
-            .ok_or(Error::Overflow {
+        let credits = self.credits_posted.checked_add(amount.wide());
+        let limit = self.spec.credit_limit.wide();
+        if credits.is_some_and(|c| totals_fit(c, self.debits_posted, self.debits_pending, limit)) {
+            Ok(())
+        } else {
+            Err(Error::Overflow {
                 account: self.id,
                 field: "credits_posted",
             })
+        }
     }
 
     /// The hold, if it belongs here and is still pending at `now`.
@@ -610,12 +618,18 @@ impl Account {
             "record applied to the wrong account"
         );
         self.last_seq = self.last_seq.max(seq);
-        self.add_effect(record.effect_on(self.id));
+        self.add_effect(record, seq);
         match &record.change {
             Change::Opened { .. } => {}
-            Change::Funded { amount, .. } => {
-                self.funded = self.funded.saturating_add(amount.wide());
-            }
+            Change::Funded { amount, .. } => match self.funded.checked_add(amount.wide()) {
+                // Decided within credits_posted, which bounds every funding: anything else is
+                // a bug, and stops the account loudly.
+                Some(funded) => self.funded = funded,
+                None => panic!(
+                    "{}: record {seq} funds past u128::MAX ({} + {amount})",
+                    self.id, self.funded
+                ),
+            },
             Change::FundingUpdated { new, .. } => self.funded = *new,
             Change::Reserved {
                 hold,
@@ -699,7 +713,16 @@ impl Account {
                 posting, amount, ..
             } => {
                 if let Some(p) = self.postings.get_mut(posting) {
-                    p.amount_refunded = p.amount_refunded.checked_add(*amount).unwrap_or(p.amount);
+                    // Decided within what is left of the posting; a record past it is kept as
+                    // it is, for the audit to report (never clamped to fit).
+                    match p.amount_refunded.checked_add(*amount) {
+                        Some(refunded) => p.amount_refunded = refunded,
+                        None => panic!(
+                            "{}: record {seq} refunds {amount} of posting {}, past u64::MAX \
+                             ({} refunded already)",
+                            self.id, p.id, p.amount_refunded
+                        ),
+                    }
                 }
             }
             Change::Transferred { .. } => {}
@@ -757,7 +780,7 @@ impl Account {
             matches!(record.leg(), Some(Leg::Credit(id, _) | Leg::Debit(id, _)) if id == self.id),
             "leg applied to the wrong account"
         );
-        self.add_effect(record.effect_on(self.id));
+        self.add_effect(record, seq);
     }
 
     /// A hold or charge made with a spend token uses that much of its cap.
@@ -788,12 +811,23 @@ impl Account {
         }
     }
 
-    fn add_effect(&mut self, effect: Effect) {
-        effect.add_to(
+    /// Adds what `record` does to this account's totals. A decided record fits them (decide
+    /// checks the totals of the account deciding; a counterparty's would need 2^64 records to
+    /// overflow): anything else is a bug or damage, and stops the account loudly rather than
+    /// clamping a balance.
+    fn add_effect(&mut self, record: &Record, seq: u64) {
+        let effect = record.effect_on(self.id);
+        if let Err(total) = effect.add_to(
             &mut self.credits_posted,
             &mut self.debits_posted,
             &mut self.debits_pending,
-        );
+        ) {
+            panic!(
+                "{}: record {seq} takes {total} out of range ({effect:?} on credits {}, debits \
+                 {}, pending {})",
+                self.id, self.credits_posted, self.debits_posted, self.debits_pending
+            );
+        }
     }
 
     fn resolve(

@@ -35,8 +35,8 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 pub use account::{
-    Account, AccountFlags, AccountKind, AccountSpec, Balance, Hold, HoldStatus, KeyWindow, Posting,
-    RememberedKey, SpendToken, DAY_MS,
+    signed_diff, Account, AccountFlags, AccountKind, AccountSpec, Balance, Hold, HoldStatus,
+    KeyWindow, Posting, RememberedKey, SpendToken, DAY_MS,
 };
 pub use amount::Amount;
 pub use audit::{audit, AuditReport, Auditor, Violation};

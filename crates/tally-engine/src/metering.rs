@@ -247,7 +247,15 @@ impl Tally {
             }
             for entry in &page.entries {
                 let record = &entry.record;
-                point.apply(account, record);
+                point
+                    .apply(account, record)
+                    .map_err(|total| Error::Storage {
+                        reason: format!(
+                            "{account}'s history is damaged: record {} takes {total} out of range",
+                            entry.seq
+                        )
+                        .into(),
+                    })?;
                 point.seq = entry.seq;
                 point.at = record.at;
                 if record.at >= from && record.at < to {
@@ -291,17 +299,18 @@ pub struct BalancePoint {
 }
 
 impl BalancePoint {
-    /// `credits_posted − debits_posted`.
-    pub fn posted(&self) -> i128 {
-        i128::try_from(self.credits_posted).unwrap_or(i128::MAX)
-            - i128::try_from(self.debits_posted).unwrap_or(i128::MAX)
+    /// `credits_posted − debits_posted`: the account's posted balance after the change, which
+    /// the ledger keeps within `i128` (`None` only for damaged totals).
+    pub fn posted(&self) -> Option<i128> {
+        tally_core::signed_diff(self.credits_posted, self.debits_posted)
     }
 
-    fn apply(&mut self, account: AccountId, record: &Record) {
+    /// Adds `record`'s change of `account`; `Err` names the total it takes out of range.
+    fn apply(&mut self, account: AccountId, record: &Record) -> Result<(), &'static str> {
         record.effect_on(account).add_to(
             &mut self.credits_posted,
             &mut self.debits_posted,
             &mut self.debits_pending,
-        );
+        )
     }
 }

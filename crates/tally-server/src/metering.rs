@@ -637,20 +637,24 @@ async fn balance_history(
         )
         .await?;
     let history = points;
-    let points: Vec<Value> = history
+    let points = history
         .points
         .iter()
         .map(|b| {
-            json!({
+            // The engine checks every point's totals; a posted balance outside i128 is damage.
+            let posted = b.posted().ok_or_else(|| {
+                ApiError::internal(format!("{name}'s balance at seq {} is out of range", b.seq))
+            })?;
+            Ok(json!({
                 "seq": b.seq,
                 "at_ms": b.at.0,
                 "credits_posted": wide_u(b.credits_posted),
                 "debits_posted": wide_u(b.debits_posted),
                 "debits_pending": wide_u(b.debits_pending),
-                "posted": wide(b.posted()),
-            })
+                "posted": wide(posted),
+            }))
         })
-        .collect();
+        .collect::<Result<Vec<Value>, ApiError>>()?;
     Ok(Json(
         json!({"account": name, "points": points, "pruned_through": history.pruned_through}),
     ))

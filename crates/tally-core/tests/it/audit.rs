@@ -132,6 +132,9 @@ fn a_commit_above_its_hold_is_caught() {
     let mut w = World::new();
     w.fund(USER, 1_000);
     let hold = w.reserve(USER, 100);
+    // A second hold, so that the pending total covers the 150 released (a record that
+    // released more than is pending would stop the account when applied).
+    w.reserve(USER, 100);
 
     forced(
         &mut w,
@@ -146,9 +149,18 @@ fn a_commit_above_its_hold_is_caught() {
         },
     );
 
-    assert_eq!(
-        w.audit().violations,
-        vec![Violation::CommitAboveHold { hold }]
+    let violations = w.audit().violations;
+    assert!(
+        violations.contains(&Violation::CommitAboveHold { hold }),
+        "{violations:?}"
+    );
+    assert!(
+        violations.contains(&Violation::PendingMismatch {
+            account: USER,
+            debits_pending: 50,
+            holds_pending: 100,
+        }),
+        "{violations:?}"
     );
 }
 
@@ -170,6 +182,21 @@ fn a_refund_above_its_posting_is_caught() {
     assert_eq!(
         w.audit().violations,
         vec![Violation::RefundAbovePosting { posting }]
+    );
+}
+
+#[test]
+#[should_panic(expected = "takes debits_pending out of range")]
+fn a_record_releasing_more_than_is_pending_stops_the_account_instead_of_clamping() {
+    let mut w = World::new();
+    w.fund(USER, 1_000);
+    let hold = w.reserve(USER, 100);
+    forced(
+        &mut w,
+        Change::Voided {
+            hold: hold.seq,
+            amount_released: amt(150),
+        },
     );
 }
 

@@ -1,4 +1,4 @@
-//! Totals near `u128::MAX`. No history reaches them (each operation carries at most 2^63 − 1, so
+//! Totals near `u128::MAX` and balances near `i128::MAX`. No history reaches them (each operation carries at most 2^63 − 1, so
 //! about 2^65 fundings would be needed), so the accounts are built through `Account`'s
 //! `Deserialize` from a hand-made value tree, with the totals set directly.
 
@@ -139,36 +139,49 @@ fn the_hand_built_account_is_a_real_account() {
 }
 
 const NEAR_MAX: u128 = u128::MAX - 5;
+/// The largest balance an account may show: posted and available balances are `i128`.
+const TOP: u128 = i128::MAX as u128;
 
 #[test]
-fn a_credit_that_would_pass_u128_max_is_overflow() {
-    let credits = |credits_posted| Totals {
+fn a_credit_that_would_take_a_total_or_a_balance_out_of_range_is_overflow() {
+    let totals = |credits_posted, debits_posted| Totals {
         credits_posted,
-        debits_posted: 0,
+        debits_posted,
         debits_pending: 0,
     };
     let overflow = Error::Overflow {
         account: USER,
         field: "credits_posted",
     };
-    let cases: &[(&str, u64, u128, u64)] = &[
-        // (case, credit limit, credits posted, fund amount)
-        ("one past the top", 0, NEAR_MAX, 6),
-        ("the limit counts as credit", 10, NEAR_MAX - 10, 6),
-        ("far past the top", 0, u128::MAX, 1),
+    let cases: &[(&str, u64, Totals, u64)] = &[
+        // (case, credit limit, totals, fund amount)
+        ("the balance one past i128::MAX", 0, totals(TOP - 5, 0), 6),
+        ("the limit counts as credit", 10, totals(TOP - 15, 0), 6),
+        (
+            "credits one past u128::MAX, the balance small",
+            0,
+            totals(NEAR_MAX, NEAR_MAX - 100),
+            6,
+        ),
     ];
-    for &(name, limit, credits_posted, amount) in cases {
-        let mut w = world_with_user(limit, credits(credits_posted));
+    for &(name, limit, totals, amount) in cases {
+        let mut w = world_with_user(limit, totals);
+        let before = w.bal(USER);
         assert_eq!(w.reject(USER, fund(BANK, amount)), overflow, "{name}");
+        assert_eq!(w.bal(USER), before, "{name}: refused, nothing changed");
     }
 
-    let mut w = world_with_user(0, credits(NEAR_MAX));
+    let mut w = world_with_user(0, totals(TOP - 5, 0));
     w.fund(USER, 5);
+    let balance = w.account(USER).balance();
     assert_eq!(
-        w.account(USER).balance().credits_posted,
-        u128::MAX,
-        "up to the top fits"
+        (balance.posted, balance.available),
+        (i128::MAX, i128::MAX),
+        "up to the top fits, exactly"
     );
+    let mut w = world_with_user(0, totals(NEAR_MAX, NEAR_MAX - 100));
+    w.fund(USER, 5);
+    assert_eq!(w.account(USER).balance().credits_posted, u128::MAX);
 }
 
 #[test]
@@ -177,7 +190,7 @@ fn a_refund_that_would_pass_u128_max_is_overflow() {
         0,
         Totals {
             credits_posted: NEAR_MAX,
-            debits_posted: 0,
+            debits_posted: NEAR_MAX - 1_000,
             debits_pending: 0,
         },
     );
@@ -193,6 +206,22 @@ fn a_refund_that_would_pass_u128_max_is_overflow() {
         }
     );
     w.ok(USER, refund(posting, 5));
+}
+
+#[test]
+#[should_panic(expected = "totals out of range")]
+fn a_balance_that_cannot_be_shown_stops_loudly_instead_of_clamping() {
+    // No decision leads here (credits past i128::MAX with nothing debited): damage or a bug.
+    let account = user_with(
+        USER,
+        0,
+        Totals {
+            credits_posted: TOP + 1,
+            debits_posted: 0,
+            debits_pending: 0,
+        },
+    );
+    let _ = account.balance();
 }
 
 #[test]

@@ -267,11 +267,21 @@ impl DurableStore {
                             // Summed by a prune whose mark a crash lost: never twice.
                             continue;
                         }
-                        record.effect_on(id).add_to(
-                            &mut base.credits_posted,
-                            &mut base.debits_posted,
-                            &mut base.debits_pending,
-                        );
+                        record
+                            .effect_on(id)
+                            .add_to(
+                                &mut base.credits_posted,
+                                &mut base.debits_posted,
+                                &mut base.debits_pending,
+                            )
+                            .map_err(|total| {
+                                StoreError::Corrupt(
+                                    format!(
+                                        "pruning: record {seq} takes {id}'s {total} out of range"
+                                    )
+                                    .into(),
+                                )
+                            })?;
                         base.pruned_through = seq;
                     }
                     Ok(())
