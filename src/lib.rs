@@ -52,9 +52,9 @@ pub use tally_core::{
 pub use tally_engine::Rate as TokenRate;
 pub use tally_engine::{
     BalanceHistory, BalancePoint, Clock, Committed, Dispatch, EngineConfig, Error, Event,
-    EventKind, HistoryPage, HoldGuard, LimitScope, ManualClock, MeterGuard, Missed, RateLimit,
-    ReserveRequest, Subscription, SystemClock, Tally, EVENTS_QUEUE, HISTORY_PAGE_MAX,
-    SUBMIT_BATCH_MAX,
+    EventKind, Extended, HistoryPage, HoldGuard, LimitScope, ManualClock, MeterGuard, Missed,
+    RateLimit, ReserveRequest, Settled, Subscription, SystemClock, Tally, EVENTS_QUEUE,
+    HISTORY_PAGE_MAX, SUBMIT_BATCH_MAX,
 };
 pub use tally_store::journal::SyncMode;
 pub use tally_store::{

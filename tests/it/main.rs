@@ -13,6 +13,7 @@ mod metering;
 mod operations;
 mod props;
 mod rejections;
+mod streaming;
 mod support;
 mod tokens;
 mod trail;

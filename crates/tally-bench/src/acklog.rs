@@ -29,6 +29,8 @@ pub fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::Reserved { .. } => "reserved",
         Outcome::Committed { .. } => "committed",
         Outcome::Voided { .. } => "voided",
+        Outcome::Extended { .. } => "extended",
+        Outcome::Settled { .. } => "settled",
         Outcome::Expired { .. } => "expired",
         Outcome::Charged { .. } => "charged",
         Outcome::Refunded { .. } => "refunded",

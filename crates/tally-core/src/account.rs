@@ -117,7 +117,7 @@ impl fmt::Display for HoldStatus {
 pub struct Hold {
     /// Its id.
     pub id: HoldId,
-    /// The amount held.
+    /// The amount held in all: what was reserved plus every extension.
     pub amount: Amount,
     /// The app (revenue account) a commit credits.
     pub app: AccountId,
@@ -131,14 +131,28 @@ pub struct Hold {
     pub expires_at: Timestamp,
     /// Where it stands.
     pub status: HoldStatus,
-    /// The amount posted (zero unless `Posted`).
+    /// The amount posted so far: every settlement, then the commit.
     pub amount_posted: Amount,
-    /// The posting a commit made.
+    /// The posting a commit made (settlements make postings of their own).
     pub posting: Option<PostingId>,
     /// When it was resolved.
     pub resolved_at: Option<Timestamp>,
     /// The spend token it was made with (its sequence number in the account), if any.
     pub token: Option<u64>,
+}
+
+impl Hold {
+    /// What it still holds: `amount − amount_posted` (meaningful while pending; a resolved hold
+    /// holds nothing).
+    pub fn held(&self) -> Amount {
+        match self.status {
+            HoldStatus::Pending => self
+                .amount
+                .checked_sub(self.amount_posted)
+                .unwrap_or(Amount::ZERO),
+            _ => Amount::ZERO,
+        }
+    }
 }
 
 /// A user's authorization for one app (and optionally one endpoint) to hold or charge its

@@ -119,7 +119,7 @@ impl Auditor {
         let mut holds_pending: u128 = 0;
         for hold in account.holds.values() {
             if hold.status == HoldStatus::Pending {
-                holds_pending = holds_pending.saturating_add(hold.amount.wide());
+                holds_pending = holds_pending.saturating_add(hold.held().wide());
                 report.holds_pending += 1;
             }
             if hold.amount_posted > hold.amount {

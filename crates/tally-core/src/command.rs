@@ -97,6 +97,29 @@ pub enum Command {
         /// The hold.
         hold: HoldId,
     },
+    /// Raise a pending hold by `amount` while its work runs (a streaming call that needs
+    /// more), and, with `timeout_ms > 0`, move its deadline to at least `timeout_ms` from now.
+    /// Refused like a reserve of `amount` would be (available funds, spend caps, the hold's
+    /// spend token): the caller stops the work there.
+    Extend {
+        /// The hold.
+        hold: HoldId,
+        /// How much more to hold (may be zero when only the deadline moves).
+        amount: Amount,
+        /// The new timeout from now (0: keep the deadline).
+        timeout_ms: u64,
+    },
+    /// Post part of a pending hold to its app now (a chunk of a stream delivered); the hold
+    /// stays pending with the rest. The final commit posts what is left to post and releases
+    /// the remainder.
+    Settle {
+        /// The hold.
+        hold: HoldId,
+        /// The amount to post (at most what the hold still holds).
+        amount: Amount,
+        /// What this part of the work used.
+        usage: Usage,
+    },
     /// Reserve and commit in one step (fixed-cost work).
     Charge {
         /// The app's revenue account.
@@ -170,6 +193,8 @@ impl Command {
             Command::IssueToken { app, .. } => Some(*app),
             Command::Commit { .. }
             | Command::Void { .. }
+            | Command::Extend { .. }
+            | Command::Settle { .. }
             | Command::Refund { .. }
             | Command::RevokeToken { .. } => None,
         }
@@ -188,6 +213,8 @@ impl Command {
             Command::UpdateFunding { .. } => "update_funding",
             Command::IssueToken { .. } => "issue_token",
             Command::RevokeToken { .. } => "revoke_token",
+            Command::Extend { .. } => "extend",
+            Command::Settle { .. } => "settle",
         }
     }
 
@@ -203,6 +230,8 @@ impl Command {
             Command::UpdateFunding { .. } => 7,
             Command::IssueToken { .. } => 8,
             Command::RevokeToken { .. } => 9,
+            Command::Extend { .. } => 10,
+            Command::Settle { .. } => 11,
         }
     }
 
@@ -277,6 +306,23 @@ impl Command {
                 endpoint,
             } => [app.0, cap.get(), *ttl_ms, text_hash(endpoint), 0, 0],
             Command::RevokeToken { token } => [*token, 0, 0, 0, 0, 0],
+            Command::Extend {
+                hold,
+                amount,
+                timeout_ms,
+            } => [hold.account.0, hold.seq, amount.get(), *timeout_ms, 0, 0],
+            Command::Settle {
+                hold,
+                amount,
+                usage,
+            } => [
+                hold.account.0,
+                hold.seq,
+                amount.get(),
+                usage_hash(usage),
+                0,
+                0,
+            ],
         };
         Digest {
             kind: self.kind_index(),
@@ -286,7 +332,7 @@ impl Command {
 }
 
 /// Field names of each command kind, in [`Command::digest`]'s order.
-const DIGEST_FIELDS: [[&str; 6]; 10] = [
+const DIGEST_FIELDS: [[&str; 6]; 12] = [
     ["from", "amount", "", "", "", ""],
     [
         "app",
@@ -304,6 +350,8 @@ const DIGEST_FIELDS: [[&str; 6]; 10] = [
     ["from", "old", "new", "old", "new", ""],
     ["app", "cap", "ttl_ms", "endpoint", "", ""],
     ["token", "", "", "", "", ""],
+    ["hold", "hold", "amount", "timeout_ms", "", ""],
+    ["hold", "hold", "amount", "usage", "", ""],
 ];
 
 /// FNV-1a (64-bit) of the text: fixed by its specification, so digests stored in snapshots
@@ -386,6 +434,22 @@ pub enum Outcome {
     Voided {
         /// The amount released.
         amount_released: Amount,
+    },
+    /// A hold was raised (or its deadline moved).
+    Extended {
+        /// What it holds now (in all, before any settlement).
+        amount: Amount,
+        /// When it expires now.
+        expires_at: Timestamp,
+    },
+    /// Part of a hold was posted; the hold stays pending.
+    Settled {
+        /// The posting made (refund against it).
+        posting: PostingId,
+        /// The amount posted.
+        amount_posted: Amount,
+        /// What the hold still holds.
+        amount_held: Amount,
     },
     /// A hold expired (made by the engine, never by a request).
     Expired {
@@ -494,6 +558,36 @@ pub enum Change {
         hold: u64,
         /// The amount released.
         amount_released: Amount,
+    },
+    /// A pending hold was raised by `amount` (zero when only its deadline moved).
+    Extended {
+        /// The hold.
+        hold: u64,
+        /// The amount added.
+        amount: Amount,
+        /// The timeout asked for (0: the deadline kept), as the request gave it.
+        timeout_ms: u64,
+        /// The deadline after the change.
+        expires_at: Timestamp,
+        /// What the hold holds in all after it.
+        total: Amount,
+    },
+    /// Part of a pending hold was posted (the app's credit is the leg).
+    Settled {
+        /// The hold.
+        hold: u64,
+        /// The app credited.
+        app: AccountId,
+        /// The amount posted.
+        amount: Amount,
+        /// The posting's sequence number in the account.
+        posting: u64,
+        /// The hold's endpoint (copied, so usage is tracked from the record alone).
+        endpoint: String,
+        /// What this part of the work used.
+        usage: Usage,
+        /// What the hold still holds after it.
+        amount_held: Amount,
     },
     /// A hold expired.
     Expired {
@@ -621,7 +715,9 @@ impl Record {
             Change::Committed {
                 app, amount_posted, ..
             } => Some(Leg::Credit(*app, *amount_posted)),
-            Change::Charged { app, amount, .. } => Some(Leg::Credit(*app, *amount)),
+            Change::Charged { app, amount, .. } | Change::Settled { app, amount, .. } => {
+                Some(Leg::Credit(*app, *amount))
+            }
             Change::Refunded { app, amount, .. } => Some(Leg::Debit(*app, *amount)),
             Change::Transferred { to, amount } => Some(Leg::Credit(*to, *amount)),
             Change::FundingUpdated { from, old, new } => match funding_difference(*old, *new) {
@@ -631,6 +727,7 @@ impl Record {
             },
             Change::Opened { .. }
             | Change::Reserved { .. }
+            | Change::Extended { .. }
             | Change::Voided { .. }
             | Change::Expired { .. }
             | Change::TokenIssued { .. }
@@ -673,8 +770,13 @@ impl Record {
                 Some(FundingStep::Down(down)) => debits(&down),
                 None => Effect::default(),
             },
-            Change::Reserved { amount, .. } => Effect {
+            Change::Reserved { amount, .. } | Change::Extended { amount, .. } => Effect {
                 held: amount.wide(),
+                ..Effect::default()
+            },
+            Change::Settled { amount, .. } => Effect {
+                debits: amount.wide(),
+                released: amount.wide(),
                 ..Effect::default()
             },
             Change::Committed {
@@ -743,6 +845,32 @@ impl Record {
                     account,
                     seq: *hold,
                 },
+            },
+            Change::Extended {
+                hold,
+                amount,
+                timeout_ms,
+                ..
+            } => Command::Extend {
+                hold: HoldId {
+                    account,
+                    seq: *hold,
+                },
+                amount: *amount,
+                timeout_ms: *timeout_ms,
+            },
+            Change::Settled {
+                hold,
+                amount,
+                usage,
+                ..
+            } => Command::Settle {
+                hold: HoldId {
+                    account,
+                    seq: *hold,
+                },
+                amount: *amount,
+                usage: *usage,
             },
             Change::Charged {
                 app,
@@ -826,6 +954,25 @@ impl Record {
                 amount_released, ..
             } => Outcome::Voided {
                 amount_released: *amount_released,
+            },
+            Change::Extended {
+                total, expires_at, ..
+            } => Outcome::Extended {
+                amount: *total,
+                expires_at: *expires_at,
+            },
+            Change::Settled {
+                amount,
+                posting,
+                amount_held,
+                ..
+            } => Outcome::Settled {
+                posting: PostingId {
+                    account,
+                    seq: *posting,
+                },
+                amount_posted: *amount,
+                amount_held: *amount_held,
             },
             Change::Expired {
                 amount_released, ..

@@ -204,16 +204,20 @@ impl Account {
                 amount,
                 usage,
             } => {
-                positive(*amount, "amount")?;
                 let held = self.pending_hold(*hold, ctx.now)?;
-                if *amount > held.amount {
+                // Zero only finishes a hold that settled parts already (posting nothing more).
+                if held.amount_posted.is_zero() {
+                    positive(*amount, "amount")?;
+                }
+                let holding = held.held();
+                if *amount > holding {
                     return Err(Error::CommitExceedsHold {
                         hold: *hold,
-                        held: held.amount.get(),
+                        held: holding.get(),
                         requested: amount.get(),
                     });
                 }
-                let amount_released = held.amount.checked_sub(*amount).unwrap_or(Amount::ZERO);
+                let amount_released = holding.checked_sub(*amount).unwrap_or(Amount::ZERO);
                 Ok(Change::Committed {
                     hold: hold.seq,
                     app: held.app,
@@ -228,7 +232,88 @@ impl Account {
                 let held = self.pending_hold(*hold, ctx.now)?;
                 Ok(Change::Voided {
                     hold: hold.seq,
-                    amount_released: held.amount,
+                    amount_released: held.held(),
+                })
+            }
+            Command::Extend {
+                hold,
+                amount,
+                timeout_ms,
+            } => {
+                if amount.is_zero() && *timeout_ms == 0 {
+                    return Err(Error::ZeroAmount { field: "amount" });
+                }
+                let held = self.pending_hold(*hold, ctx.now)?;
+                let limits = ctx.limits;
+                if *timeout_ms != 0
+                    && (*timeout_ms < limits.hold_timeout_ms_min
+                        || *timeout_ms > limits.hold_timeout_ms_max)
+                {
+                    return Err(Error::InvalidTimeout {
+                        timeout_ms: *timeout_ms,
+                        min_ms: limits.hold_timeout_ms_min,
+                        max_ms: limits.hold_timeout_ms_max,
+                    });
+                }
+                let total = held
+                    .amount
+                    .checked_add(*amount)
+                    .ok_or(Error::AmountTooLarge {
+                        amount: amount.get(),
+                        max: Amount::MAX.get().saturating_sub(held.amount.get()),
+                    })?;
+                if !amount.is_zero() {
+                    self.debit_fits(*amount)?;
+                    self.within_caps(held.app, *amount, ctx)?;
+                }
+                let expires_at = if *timeout_ms == 0 {
+                    held.expires_at
+                } else {
+                    held.expires_at.max(ctx.now.plus_ms(*timeout_ms))
+                };
+                // A hold made with a token draws the extension from it, and may not outlive it.
+                if let Some(token_expiry) =
+                    self.token_covers(held.token, held.app, &held.endpoint, *amount, ctx.now)?
+                {
+                    if expires_at > token_expiry {
+                        return Err(Error::InvalidTimeout {
+                            timeout_ms: *timeout_ms,
+                            min_ms: limits.hold_timeout_ms_min,
+                            max_ms: token_expiry.0.saturating_sub(ctx.now.0),
+                        });
+                    }
+                }
+                Ok(Change::Extended {
+                    hold: hold.seq,
+                    amount: *amount,
+                    timeout_ms: *timeout_ms,
+                    expires_at,
+                    total,
+                })
+            }
+            Command::Settle {
+                hold,
+                amount,
+                usage,
+            } => {
+                positive(*amount, "amount")?;
+                let held = self.pending_hold(*hold, ctx.now)?;
+                let holding = held.held();
+                let Some(amount_held) = holding.checked_sub(*amount) else {
+                    return Err(Error::CommitExceedsHold {
+                        hold: *hold,
+                        held: holding.get(),
+                        requested: amount.get(),
+                    });
+                };
+                Ok(Change::Settled {
+                    hold: hold.seq,
+                    app: held.app,
+                    amount: *amount,
+                    posting: self.next_seq,
+                    endpoint: held.endpoint.clone(),
+                    usage: *usage,
+                    amount_held,
                 })
             }
             Command::Charge {
@@ -446,7 +531,7 @@ impl Account {
         let held_app: u128 = self
             .pending_holds()
             .filter(|h| h.app == app)
-            .map(|h| h.amount.wide())
+            .map(|h| h.held().wide())
             .sum();
         let checks = [
             (
@@ -485,7 +570,7 @@ impl Account {
             origin: Origin::default(),
             change: Change::Expired {
                 hold,
-                amount_released: found.amount,
+                amount_released: found.held(),
             },
         })
     }
@@ -678,7 +763,15 @@ impl Account {
                     seq: *posting,
                 };
                 self.resolve(*hold, HoldStatus::Posted, record.at, limits, |h| {
-                    h.amount_posted = *amount_posted;
+                    h.amount_posted =
+                        h.amount_posted
+                            .checked_add(*amount_posted)
+                            .unwrap_or_else(|| {
+                                panic!(
+                                    "{}: record {seq} posts past u64 on hold {hold}",
+                                    h.id.account
+                                )
+                            });
                     h.posting = Some(posting_id);
                 });
                 self.add_posting(*posting, *app, *amount_posted, record.at, limits);
@@ -690,6 +783,51 @@ impl Account {
             } => {
                 self.token_release(*hold, *amount_released);
                 self.resolve(*hold, HoldStatus::Voided, record.at, limits, |_| {});
+            }
+            Change::Extended {
+                hold,
+                amount,
+                expires_at,
+                total,
+                ..
+            } => {
+                let token = self.holds.get(hold).and_then(|h| h.token);
+                self.token_use(token, *amount);
+                if let Some(h) = self.holds.get_mut(hold) {
+                    // Decided from this hold: anything else is a bug, and stops the account.
+                    assert_eq!(
+                        h.amount.checked_add(*amount),
+                        Some(*total),
+                        "{}: record {seq} extends hold {hold} to a total it does not make",
+                        self.id
+                    );
+                    h.amount = *total;
+                    if h.expires_at != *expires_at {
+                        self.deadlines.remove(&(h.expires_at, *hold));
+                        self.deadlines.insert((*expires_at, *hold));
+                        h.expires_at = *expires_at;
+                    }
+                }
+            }
+            Change::Settled {
+                hold,
+                app,
+                amount,
+                posting,
+                ..
+            } => {
+                if let Some(h) = self.holds.get_mut(hold) {
+                    h.amount_posted = match h.amount_posted.checked_add(*amount) {
+                        Some(posted) if posted <= h.amount => posted,
+                        _ => panic!(
+                            "{}: record {seq} settles {amount} of hold {hold}, past its {} \
+                             ({} posted already)",
+                            self.id, h.amount, h.amount_posted
+                        ),
+                    };
+                }
+                self.add_posting(*posting, *app, *amount, record.at, limits);
+                self.spend.add(record.at, *app, *amount);
             }
             Change::Expired {
                 hold,

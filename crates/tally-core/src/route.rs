@@ -4,15 +4,15 @@ use crate::{Account, AccountId, Command};
 
 impl Account {
     /// The other account whose leg `command` would change, if it succeeds: the funding account of
-    /// a fund, the app of a charge, commit or refund, the target of a transfer. `None` for
-    /// reserve and void (one account only), for a hold or posting this account does not have,
+    /// a fund, the app of a charge, commit, settlement or refund, the target of a transfer. `None` for
+    /// reserve, extend and void (one account only), for a hold or posting this account does not have,
     /// and for a transfer to itself (which is refused).
     pub fn leg_counterparty(&self, command: &Command) -> Option<AccountId> {
         let other = match command {
             Command::Fund { from, .. } | Command::UpdateFunding { from, .. } => Some(*from),
             Command::Charge { app, .. } => Some(*app),
             Command::Transfer { to, .. } => Some(*to),
-            Command::Commit { hold, .. } => self
+            Command::Commit { hold, .. } | Command::Settle { hold, .. } => self
                 .holds
                 .get(&hold.seq)
                 .filter(|_| hold.account == self.id)
@@ -24,6 +24,7 @@ impl Account {
                 .map(|p| p.app),
             Command::Reserve { .. }
             | Command::Void { .. }
+            | Command::Extend { .. }
             | Command::IssueToken { .. }
             | Command::RevokeToken { .. } => None,
         };

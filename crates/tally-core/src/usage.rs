@@ -272,6 +272,13 @@ impl UsageSample {
                 usage,
                 ..
             } => Some((*app, *amount_posted, endpoint.as_str(), usage)),
+            Change::Settled {
+                app,
+                amount,
+                endpoint,
+                usage,
+                ..
+            } => Some((*app, *amount, endpoint.as_str(), usage)),
             Change::Charged {
                 app,
                 amount,

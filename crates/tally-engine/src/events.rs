@@ -100,6 +100,28 @@ pub enum EventKind {
         /// Released back.
         amount_released: Amount,
     },
+    /// `hold.extended`.
+    HoldExtended {
+        /// The hold.
+        hold: HoldId,
+        /// The amount added (zero when only the deadline moved).
+        amount: Amount,
+        /// What it holds in all now.
+        total: Amount,
+        /// When it expires now.
+        expires_at: Timestamp,
+    },
+    /// `hold.settled`: part of a hold posted, the hold still pending.
+    HoldSettled {
+        /// The hold.
+        hold: HoldId,
+        /// The posting made.
+        posting: PostingId,
+        /// Posted to the app.
+        amount_posted: Amount,
+        /// What the hold still holds.
+        amount_held: Amount,
+    },
     /// `hold.voided`.
     HoldVoided {
         /// The hold.
@@ -134,8 +156,8 @@ pub enum EventKind {
 
 impl Event {
     /// The event's name (`credit.check-available`, `credit.record-cost`,
-    /// `credit.funding-update`, `hold.reserved`, `hold.committed`, `hold.voided`,
-    /// `hold.expired`, `refund`, `balance.low`).
+    /// `credit.funding-update`, `hold.reserved`, `hold.extended`, `hold.settled`,
+    /// `hold.committed`, `hold.voided`, `hold.expired`, `refund`, `balance.low`).
     pub fn name(&self) -> &'static str {
         match self.kind {
             EventKind::CheckAvailable { .. } => "credit.check-available",
@@ -143,6 +165,8 @@ impl Event {
             EventKind::FundingUpdate { .. } => "credit.funding-update",
             EventKind::HoldReserved { .. } => "hold.reserved",
             EventKind::HoldCommitted { .. } => "hold.committed",
+            EventKind::HoldExtended { .. } => "hold.extended",
+            EventKind::HoldSettled { .. } => "hold.settled",
             EventKind::HoldVoided { .. } => "hold.voided",
             EventKind::HoldExpired { .. } => "hold.expired",
             EventKind::Refund { .. } => "refund",
@@ -362,6 +386,30 @@ fn kind_of(record: &Record, own: &Account) -> Option<EventKind> {
             posting: posting(*p),
             amount_posted: *amount_posted,
             amount_released: *amount_released,
+        },
+        Change::Extended {
+            hold: seq,
+            amount,
+            expires_at,
+            total,
+            ..
+        } => EventKind::HoldExtended {
+            hold: hold(*seq),
+            amount: *amount,
+            total: *total,
+            expires_at: *expires_at,
+        },
+        Change::Settled {
+            hold: seq,
+            amount,
+            posting: p,
+            amount_held,
+            ..
+        } => EventKind::HoldSettled {
+            hold: hold(*seq),
+            posting: posting(*p),
+            amount_posted: *amount,
+            amount_held: *amount_held,
         },
         Change::Voided {
             hold: seq,

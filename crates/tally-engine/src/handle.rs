@@ -143,6 +143,26 @@ pub struct Committed {
     pub amount_released: Amount,
 }
 
+/// What an extension did (see [`Tally::extend`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extended {
+    /// What the hold holds in all now (before any settlement).
+    pub amount: Amount,
+    /// When it expires now.
+    pub expires_at: Timestamp,
+}
+
+/// What a settlement did (see [`Tally::settle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// The posting made (refunds name it).
+    pub posting: PostingId,
+    /// The amount posted to the app.
+    pub amount_posted: Amount,
+    /// What the hold still holds.
+    pub amount_held: Amount,
+}
+
 /// One page of an account's history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryPage {
@@ -425,6 +445,68 @@ impl Tally {
                 posting,
                 amount_posted,
                 amount_released,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Raises a pending hold by `more` while its work runs (a streaming call), and, with a
+    /// `timeout`, moves its deadline to at least that far from now. Refused, changing nothing,
+    /// as a reserve of `more` would be: `InsufficientFunds`, a spend cap, the hold's spend
+    /// token's cap or expiry; the caller stops the work at that point. `more` may be zero
+    /// when a timeout is given.
+    pub async fn extend(
+        &self,
+        op: OpId,
+        hold: HoldId,
+        more: u64,
+        timeout: Option<Duration>,
+    ) -> Result<Extended, Error> {
+        let timeout_ms = match timeout {
+            None => 0,
+            Some(t) => u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1),
+        };
+        let command = Command::Extend {
+            hold,
+            amount: amount(more)?,
+            timeout_ms,
+        };
+        match self
+            .execute(hold.account, self.request(op, command))
+            .await?
+        {
+            Outcome::Extended { amount, expires_at } => Ok(Extended { amount, expires_at }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Posts `part` of a pending hold to its app now (a delivered chunk of a stream); the
+    /// hold stays pending with the rest, and the final [`Tally::commit`] posts what is left to
+    /// post (zero allowed once a part was settled) and releases the remainder.
+    pub async fn settle(
+        &self,
+        op: OpId,
+        hold: HoldId,
+        part: u64,
+        usage: Usage,
+    ) -> Result<Settled, Error> {
+        let command = Command::Settle {
+            hold,
+            amount: amount(part)?,
+            usage,
+        };
+        match self
+            .execute(hold.account, self.request(op, command))
+            .await?
+        {
+            Outcome::Settled {
+                posting,
+                amount_posted,
+                amount_held,
+            } => Ok(Settled {
+                posting,
+                amount_posted,
+                amount_held,
             }),
             other => Err(unexpected(other)),
         }

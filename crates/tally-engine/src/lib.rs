@@ -30,7 +30,8 @@ pub use error::Error;
 pub use events::{Event, EventKind, Missed, Subscription, EVENTS_QUEUE};
 pub use guard::HoldGuard;
 pub use handle::{
-    Committed, HistoryPage, ReserveRequest, Tally, HISTORY_PAGE_MAX, SUBMIT_BATCH_MAX,
+    Committed, Extended, HistoryPage, ReserveRequest, Settled, Tally, HISTORY_PAGE_MAX,
+    SUBMIT_BATCH_MAX,
 };
 pub use metering::{BalanceHistory, BalancePoint, MeterGuard};
 pub use policy::{LimitScope, Rate, RateLimit};

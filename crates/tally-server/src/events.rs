@@ -222,6 +222,21 @@ fn event_json(state: &AppState, e: &Event) -> Value {
         } => json!({"hold": hold_str(*hold), "account": n(hold.account),
                     "posting": posting_str(*posting), "amount_posted": amount_posted.get(),
                     "amount_released": amount_released.get()}),
+        EventKind::HoldExtended {
+            hold,
+            amount,
+            total,
+            expires_at,
+        } => json!({"hold": hold_str(*hold), "account": n(hold.account), "amount": amount.get(),
+                    "total": total.get(), "expires_at_ms": expires_at.0}),
+        EventKind::HoldSettled {
+            hold,
+            posting,
+            amount_posted,
+            amount_held,
+        } => json!({"hold": hold_str(*hold), "account": n(hold.account),
+                    "posting": posting_str(*posting), "amount_posted": amount_posted.get(),
+                    "amount_held": amount_held.get()}),
         EventKind::HoldVoided {
             hold,
             amount_released,

@@ -150,6 +150,7 @@ pub fn answer(outcome: Outcome) -> Answer {
             Answer::Released(amount_released)
         }
         Outcome::Charged { posting } => Answer::Posted(posting),
+        Outcome::Extended { .. } | Outcome::Settled { .. } => Answer::Done,
         Outcome::FundingUpdated { .. }
         | Outcome::TokenIssued { .. }
         | Outcome::TokenRevoked { .. } => Answer::Done,

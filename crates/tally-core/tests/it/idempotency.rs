@@ -319,7 +319,7 @@ fn an_account_read_without_its_keys_decides_nothing() {
     // A store's recovery reads an account without its keys (they stay in its index): such an
     // account refuses to decide, even a request its keys would answer as a replay, which it
     // could otherwise run a second time.
-    let mut keyless = tally_core::Account::new(USER, w.account(USER).spec.clone());
+    let mut keyless = tally_core::Account::new(USER, w.account(USER).spec);
     keyless
         .defer_remembered(tally_core::KeyWindow {
             first: 1,

@@ -12,6 +12,7 @@ mod pricing;
 mod rejections;
 mod replay;
 mod retention;
+mod streaming;
 mod tokens;
 mod usage;
 mod world;

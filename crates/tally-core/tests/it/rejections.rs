@@ -152,6 +152,16 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
                 ttl_ms,
                 endpoint,
             },
+            Command::Extend { hold, .. } => Command::Extend {
+                hold,
+                amount: Amount::ZERO,
+                timeout_ms: 0,
+            },
+            Command::Settle { hold, .. } => Command::Settle {
+                hold,
+                amount: Amount::ZERO,
+                usage: Default::default(),
+            },
             Command::Void { .. } | Command::RevokeToken { .. } => {
                 unreachable!("carries no amount")
             }
@@ -161,6 +171,16 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
         fund(BANK, 1),
         reserve(1),
         commit(s.pending, 1),
+        Command::Extend {
+            hold: s.pending,
+            amount: amt(1),
+            timeout_ms: 0,
+        },
+        Command::Settle {
+            hold: s.pending,
+            amount: amt(1),
+            usage: Default::default(),
+        },
         charge(1),
         refund(s.charged_posting, 1),
         transfer(USER2, 1),
