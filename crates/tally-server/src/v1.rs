@@ -447,6 +447,26 @@ pub enum Op {
         /// The hold.
         hold: String,
     },
+    /// Raise a pending hold while its work runs, and/or move its deadline.
+    Extend {
+        /// The hold.
+        hold: String,
+        /// µ¢ more to hold (0 when only the deadline moves).
+        amount: u64,
+        /// A new timeout from now (the deadline never moves back).
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Post part of a pending hold now; it stays pending with the rest.
+    Settle {
+        /// The hold.
+        hold: String,
+        /// µ¢ to post (≤ what it still holds).
+        amount: u64,
+        /// Usage of this part.
+        #[serde(default)]
+        usage: Option<UsageBody>,
+    },
     /// Reserve and commit in one step.
     Charge(ChargeRequest),
     /// Return up to what a posting moved.
@@ -690,6 +710,73 @@ async fn prepare(
                 },
             ))
         }
+        Op::Extend {
+            hold,
+            amount,
+            timeout_ms,
+        } => {
+            let id = parse_hold(&hold)?;
+            hold_for_app(state, principal, id).await?;
+            let command = Command::Extend {
+                hold: id,
+                amount: amount_field(amount, "amount")?,
+                timeout_ms: timeout_ms.unwrap_or(0),
+            };
+            Ok(Prepared::new(
+                principal,
+                id.account,
+                op,
+                command,
+                move |outcome| match outcome {
+                    Outcome::Extended { amount, expires_at } => Ok((
+                        StatusCode::OK,
+                        json!({
+                            "hold": hold,
+                            "status": "pending",
+                            "amount": amount.get(),
+                            "expires_at_ms": expires_at.0,
+                        }),
+                    )),
+                    other => Err(unexpected(other)),
+                },
+            ))
+        }
+        Op::Settle {
+            hold,
+            amount,
+            usage,
+        } => {
+            let id = parse_hold(&hold)?;
+            hold_for_app(state, principal, id).await?;
+            let command = Command::Settle {
+                hold: id,
+                amount: amount_field(amount, "amount")?,
+                usage: usage.map(Usage::from).unwrap_or_default(),
+            };
+            Ok(Prepared::new(
+                principal,
+                id.account,
+                op,
+                command,
+                move |outcome| match outcome {
+                    Outcome::Settled {
+                        posting,
+                        amount_posted,
+                        amount_held,
+                    } => Ok((
+                        StatusCode::OK,
+                        json!({
+                            "hold": hold,
+                            "status": "pending",
+                            "posting": posting_str(posting),
+                            "amount_posted": amount_posted.get(),
+                            "amount_held": amount_held.get(),
+                        }),
+                    )),
+                    other => Err(unexpected(other)),
+                },
+            ))
+        }
         Op::Charge(r) => {
             let account = state.account(&r.account)?;
             let app = state.account(&r.app)?;
@@ -834,6 +921,7 @@ pub fn hold_json(state: &AppState, h: &tally::Hold) -> Value {
         "created_at_ms": h.created_at.0,
         "expires_at_ms": h.expires_at.0,
         "amount_posted": h.amount_posted.get(),
+        "amount_held": h.held().get(),
         "posting": h.posting.map(posting_str),
         "resolved_at_ms": h.resolved_at.map(|t| t.0),
     })
@@ -843,7 +931,8 @@ pub fn hold_json(state: &AppState, h: &tally::Hold) -> Value {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
-    /// µ¢ to post (≤ held); the rest is released.
+    /// µ¢ to post (≤ what it still holds; 0 allowed once a part was settled); the rest is
+    /// released.
     pub amount: u64,
     /// Usage to record.
     #[serde(default)]
@@ -864,6 +953,74 @@ async fn commit_hold(
 ) -> Response {
     let route = format!("POST /v1/holds/{id}/commit");
     let op = Op::Commit {
+        hold: id,
+        amount: body.value.amount,
+        usage: body.value.usage,
+    };
+    single(state, principal, headers, &route, body.digest, op).await
+}
+
+/// `POST /v1/holds/{id}/extend`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// µ¢ more to hold (0 when only the deadline moves). Refused like a hold of that much:
+    /// `insufficient_funds`, a spend cap, the hold's spend token.
+    pub amount: u64,
+    /// A new timeout from now, 1 ms to 7 days (the deadline never moves back; absent: kept).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Raises a pending hold while its work runs (a streaming call that needs more), and/or moves
+/// its deadline. A refusal changes nothing: the caller stops the work there.
+#[utoipa::path(post, path = "/v1/holds/{id}/extend", params(("id" = String, Path)),
+    request_body = ExtendRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn extend_hold(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body<ExtendRequest>,
+) -> Response {
+    let route = format!("POST /v1/holds/{id}/extend");
+    let op = Op::Extend {
+        hold: id,
+        amount: body.value.amount,
+        timeout_ms: body.value.timeout_ms,
+    };
+    single(state, principal, headers, &route, body.digest, op).await
+}
+
+/// `POST /v1/holds/{id}/settle`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettleRequest {
+    /// µ¢ to post now (≤ what the hold still holds).
+    pub amount: u64,
+    /// Usage of this part.
+    #[serde(default)]
+    pub usage: Option<UsageBody>,
+}
+
+/// Posts part of a pending hold to its app now (a delivered chunk of a stream); the hold
+/// stays pending with the rest. The final commit posts what is left to post (0 allowed once
+/// a part was settled) and releases the remainder.
+#[utoipa::path(post, path = "/v1/holds/{id}/settle", params(("id" = String, Path)),
+    request_body = SettleRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn settle_hold(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body<SettleRequest>,
+) -> Response {
+    let route = format!("POST /v1/holds/{id}/settle");
+    let op = Op::Settle {
         hold: id,
         amount: body.value.amount,
         usage: body.value.usage,
@@ -1469,6 +1626,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_hold))
         .routes(routes!(commit_hold))
         .routes(routes!(void_hold))
+        .routes(routes!(extend_hold))
+        .routes(routes!(settle_hold))
         .routes(routes!(create_charge))
         .routes(routes!(create_refund))
         .routes(routes!(create_transfer))

@@ -618,6 +618,8 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
         ("get", "/v1/holds/{id}"),
         ("post", "/v1/holds/{id}/commit"),
         ("post", "/v1/holds/{id}/void"),
+        ("post", "/v1/holds/{id}/extend"),
+        ("post", "/v1/holds/{id}/settle"),
         ("post", "/v1/charges"),
         ("post", "/v1/refunds"),
         ("post", "/v1/transfers"),
@@ -882,4 +884,122 @@ async fn pruning_history_is_for_the_admin_checks_its_body_and_says_what_went() {
     let history = h.admin("GET", "/v1/accounts/alice/history", None).await;
     assert_eq!(history.body["pruned_through"], 0, "{history:?}");
     assert!(!history.body["entries"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_stream_over_http_extends_settles_and_stops_with_402_when_funds_run_out() {
+    let h = Harness::new().await;
+    h.world(1_000).await;
+    let hold = h
+        .admin(
+            "POST",
+            "/v1/holds",
+            Some(json!({"account": "alice", "app": "chat", "amount": 300, "endpoint": "/chat"})),
+        )
+        .await;
+    let id = hold.body["id"].as_str().unwrap().to_owned();
+    let settled = h
+        .admin(
+            "POST",
+            &format!("/v1/holds/{id}/settle"),
+            Some(json!({"amount": 250, "usage": {"output_tokens": 500}})),
+        )
+        .await;
+    assert_eq!(settled.status, StatusCode::OK, "{settled:?}");
+    assert_eq!(
+        (
+            settled.body["amount_posted"].clone(),
+            settled.body["amount_held"].clone()
+        ),
+        (json!(250), json!(50))
+    );
+    assert_eq!(
+        h.available("chat").await,
+        250,
+        "the part is the app's at once"
+    );
+    let extended = h
+        .admin(
+            "POST",
+            &format!("/v1/holds/{id}/extend"),
+            Some(json!({"amount": 700, "timeout_ms": 120_000})),
+        )
+        .await;
+    assert_eq!(extended.status, StatusCode::OK, "{extended:?}");
+    assert_eq!(extended.body["amount"], 1_000);
+    assert_eq!(h.available("alice").await, 0);
+    // One µ¢ more than alice has: 402, and nothing changed.
+    let refused = h
+        .admin(
+            "POST",
+            &format!("/v1/holds/{id}/extend"),
+            Some(json!({"amount": 1})),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::PAYMENT_REQUIRED, "insufficient_funds"),
+        "{refused:?}"
+    );
+    let got = h.admin("GET", &format!("/v1/holds/{id}"), None).await;
+    assert_eq!(
+        (
+            got.body["amount"].clone(),
+            got.body["amount_posted"].clone(),
+            got.body["amount_held"].clone()
+        ),
+        (json!(1_000), json!(250), json!(750))
+    );
+    let over = h
+        .admin(
+            "POST",
+            &format!("/v1/holds/{id}/settle"),
+            Some(json!({"amount": 751})),
+        )
+        .await;
+    assert_eq!(
+        (over.status, over.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "commit_exceeds_hold"),
+        "{over:?}"
+    );
+    assert_eq!(over.body["error"]["held"], 750);
+    let done = h
+        .admin(
+            "POST",
+            &format!("/v1/holds/{id}/commit"),
+            Some(json!({"amount": 100})),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{done:?}");
+    assert_eq!(done.body["amount_released"], 650);
+    assert_eq!(h.available("alice").await, 650);
+    assert_eq!(h.available("chat").await, 350);
+    let audit = h.admin("GET", "/v1/audit", None).await;
+    assert_eq!(audit.body["ok"], true, "{audit:?}");
+}
+
+#[tokio::test]
+async fn a_service_key_cannot_extend_or_settle_another_apps_hold() {
+    let h = Harness::new().await;
+    h.world(10_000).await;
+    let chat = h.service_key("chat").await;
+    let search_hold = h
+        .admin(
+            "POST",
+            "/v1/holds",
+            Some(json!({"account": "alice", "app": "search", "amount": 200})),
+        )
+        .await;
+    let id = search_hold.body["id"].as_str().unwrap().to_owned();
+    let before = h.available("alice").await;
+    for (path, body) in [
+        (format!("/v1/holds/{id}/extend"), json!({"amount": 10})),
+        (format!("/v1/holds/{id}/settle"), json!({"amount": 10})),
+    ] {
+        let refused = h.as_key(&chat, "POST", &path, Some(body), None).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{path}: {refused:?}");
+    }
+    assert_eq!(h.available("alice").await, before);
+    let hold = h.admin("GET", &format!("/v1/holds/{id}"), None).await;
+    assert_eq!(hold.body["amount_posted"], 0);
 }
