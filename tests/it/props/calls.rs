@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use tally::{
-    AccountId, Amount, Balance, Committed, Error, Hold, HoldId, OpId, Outcome, Posting, PostingId,
-    ReserveRequest, Tally,
+    AccountId, Amount, Balance, Committed, Error, Extended, Hold, HoldId, OpId, Outcome, Posting,
+    PostingId, ReserveRequest, Settled, Tally,
 };
 
 use super::reference::Acct;
@@ -34,6 +34,16 @@ pub enum Write {
     Void {
         hold: HoldId,
     },
+    Extend {
+        hold: HoldId,
+        amount: u64,
+        /// 0: keep the deadline.
+        timeout_ms: u64,
+    },
+    Settle {
+        hold: HoldId,
+        amount: u64,
+    },
     Charge {
         account: AccountId,
         app: AccountId,
@@ -58,7 +68,10 @@ impl Write {
             Write::Fund { account, .. }
             | Write::Reserve { account, .. }
             | Write::Charge { account, .. } => *account,
-            Write::Commit { hold, .. } | Write::Void { hold } => hold.account,
+            Write::Commit { hold, .. }
+            | Write::Void { hold }
+            | Write::Extend { hold, .. }
+            | Write::Settle { hold, .. } => hold.account,
             Write::Refund { posting, .. } => posting.account,
             Write::Transfer { from, .. } => *from,
         }
@@ -70,6 +83,8 @@ impl Write {
             Write::Fund { amount, .. }
             | Write::Reserve { amount, .. }
             | Write::Commit { amount, .. }
+            | Write::Extend { amount, .. }
+            | Write::Settle { amount, .. }
             | Write::Charge { amount, .. }
             | Write::Refund { amount, .. }
             | Write::Transfer { amount, .. } => Some(*amount),
@@ -84,6 +99,8 @@ pub enum Answer {
     Done,
     Held(HoldId),
     Committed(Committed),
+    Extended(Extended),
+    Settled(Settled),
     Released(Amount),
     Posted(PostingId),
     Check(bool),
@@ -150,7 +167,18 @@ pub fn answer(outcome: Outcome) -> Answer {
             Answer::Released(amount_released)
         }
         Outcome::Charged { posting } => Answer::Posted(posting),
-        Outcome::Extended { .. } | Outcome::Settled { .. } => Answer::Done,
+        Outcome::Extended { amount, expires_at } => {
+            Answer::Extended(Extended { amount, expires_at })
+        }
+        Outcome::Settled {
+            posting,
+            amount_posted,
+            amount_held,
+        } => Answer::Settled(Settled {
+            posting,
+            amount_posted,
+            amount_held,
+        }),
         Outcome::FundingUpdated { .. }
         | Outcome::TokenIssued { .. }
         | Outcome::TokenRevoked { .. } => Answer::Done,
@@ -186,6 +214,21 @@ pub async fn write_to(tally: &Tally, op: OpId, write: &Write) -> Res {
             tally.commit(op, hold, amount).await.map(Answer::Committed)
         }
         Write::Void { hold } => tally.void(op, hold).await.map(Answer::Released),
+        Write::Extend {
+            hold,
+            amount,
+            timeout_ms,
+        } => {
+            let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
+            tally
+                .extend(op, hold, amount, timeout)
+                .await
+                .map(Answer::Extended)
+        }
+        Write::Settle { hold, amount } => tally
+            .settle(op, hold, amount, tally::Usage::default())
+            .await
+            .map(Answer::Settled),
         Write::Charge {
             account,
             app,

@@ -200,6 +200,12 @@ impl Ctx {
                 | LedgerError::RefundExceedsPosting { .. }
                 | LedgerError::SameAccount { .. },
             )) => None,
+            // A final commit of zero before any part was settled.
+            Err(Error::Ledger(LedgerError::ZeroAmount { .. }))
+                if matches!(write, Write::Commit { amount: 0, .. }) =>
+            {
+                None
+            }
             Err(e) => panic!("unexpected refusal of {write:?}: {e:?}"),
         }
     }
@@ -387,6 +393,9 @@ async fn check_books(ctx: &Ctx, users: &[(AccountId, AccountSpec, u64)]) {
     let mut resolutions: BTreeMap<HoldId, Vec<(&Write, &Answer)>> = BTreeMap::new();
     let mut refunded: BTreeMap<PostingId, u64> = BTreeMap::new();
     let mut posted: BTreeMap<PostingId, u64> = BTreeMap::new();
+    // Per hold: settled parts and extensions acknowledged.
+    let mut settled: BTreeMap<HoldId, u64> = BTreeMap::new();
+    let mut extended: BTreeMap<HoldId, u64> = BTreeMap::new();
     for (write, answer) in acked.values() {
         match (write, answer) {
             (
@@ -416,6 +425,14 @@ async fn check_books(ctx: &Ctx, users: &[(AccountId, AccountSpec, u64)]) {
             }
             (Write::Void { hold }, _) => {
                 resolutions.entry(*hold).or_default().push((write, answer))
+            }
+            (Write::Settle { hold, amount }, Answer::Settled(s)) => {
+                move_money(hold.account, APP, *amount);
+                posted.insert(s.posting, *amount);
+                *settled.entry(*hold).or_default() += amount;
+            }
+            (Write::Extend { hold, amount, .. }, _) => {
+                *extended.entry(*hold).or_default() += amount;
             }
             (Write::Refund { posting, amount }, _) => {
                 move_money(APP, posting.account, *amount);
@@ -460,9 +477,11 @@ async fn check_books(ctx: &Ctx, users: &[(AccountId, AccountSpec, u64)]) {
 
     // Every hold resolved exactly once, as acknowledged.
     let holds = ctx.acks.holds.lock().unwrap().clone();
-    for (hold, amount) in holds {
+    for (hold, reserved) in holds {
         let found = tally.get_hold(hold).await.unwrap();
-        assert_eq!(found.amount.get(), amount);
+        let amount = reserved + extended.get(&hold).copied().unwrap_or(0);
+        let parts = settled.get(&hold).copied().unwrap_or(0);
+        assert_eq!(found.amount.get(), amount, "{found:?}");
         let won = resolutions.get(&hold).cloned().unwrap_or_default();
         assert!(
             won.len() <= 1,
@@ -472,16 +491,23 @@ async fn check_books(ctx: &Ctx, users: &[(AccountId, AccountSpec, u64)]) {
         match won.first() {
             Some((Write::Commit { .. }, Answer::Committed(c))) => {
                 assert_eq!(found.status, HoldStatus::Posted, "{found:?}");
-                assert_eq!(found.amount_posted, c.amount_posted);
+                assert_eq!(found.amount_posted.get(), parts + c.amount_posted.get());
                 assert_eq!(found.posting, Some(c.posting));
-                assert_eq!(c.amount_posted.get() + c.amount_released.get(), amount);
+                assert_eq!(
+                    c.amount_posted.get() + c.amount_released.get(),
+                    amount - parts
+                );
             }
             Some((Write::Void { .. }, Answer::Released(released))) => {
                 assert_eq!(found.status, HoldStatus::Voided, "{found:?}");
-                assert_eq!(released.get(), amount);
+                assert_eq!(released.get(), amount - parts);
+                assert_eq!(found.amount_posted.get(), parts);
             }
             Some(other) => panic!("unexpected resolution {other:?}"),
-            None => assert_eq!(found.status, HoldStatus::Expired, "{found:?}"),
+            None => {
+                assert_eq!(found.status, HoldStatus::Expired, "{found:?}");
+                assert_eq!(found.amount_posted.get(), parts);
+            }
         }
     }
 
@@ -620,6 +646,22 @@ enum RaceKind {
     RefundRefund { posted: u64, a: u64, b: u64 },
     /// Two reserves for the same funds (`held` is all the account has).
     ReserveReserve { held: u64, a: u64, b: u64 },
+    /// Two settlements of one hold racing its final commit.
+    SettleSettleCommit {
+        held: u64,
+        a: u64,
+        b: u64,
+        commit: u64,
+    },
+    /// A settlement and a void of one hold.
+    SettleVoid { held: u64, settle: u64 },
+    /// An extension (of `more`, which the account has besides the hold) and the clock moved past
+    /// the hold's deadline (and `expire_due`) from another task.
+    ExtendExpiry {
+        held: u64,
+        more: u64,
+        timeout_ms: u64,
+    },
 }
 
 impl RaceKind {
@@ -629,7 +671,10 @@ impl RaceKind {
             RaceKind::CommitCommit { held, .. }
             | RaceKind::CommitVoid { held, .. }
             | RaceKind::CommitExpiry { held, .. }
-            | RaceKind::ReserveReserve { held, .. } => held,
+            | RaceKind::ReserveReserve { held, .. }
+            | RaceKind::SettleSettleCommit { held, .. }
+            | RaceKind::SettleVoid { held, .. } => held,
+            RaceKind::ExtendExpiry { held, more, .. } => held + more,
             RaceKind::RefundRefund { posted, .. } => posted,
         }
     }
@@ -653,6 +698,17 @@ fn race() -> impl Strategy<Value = Race> {
                 b
             }),
             (1..=held, 1..=held).prop_map(move |(a, b)| RaceKind::ReserveReserve { held, a, b }),
+            (1..=held, 1..=held, 0..=held).prop_map(move |(a, b, commit)| {
+                RaceKind::SettleSettleCommit { held, a, b, commit }
+            }),
+            (1..=held).prop_map(move |settle| RaceKind::SettleVoid { held, settle }),
+            (1..=held, 1..=1_000u64).prop_map(move |(more, timeout_ms)| {
+                RaceKind::ExtendExpiry {
+                    held,
+                    more,
+                    timeout_ms,
+                }
+            }),
         ]
     });
     (kind, (0..8u8, 0..8u8)).prop_map(|(kind, turns)| Race { kind, turns })
@@ -794,6 +850,122 @@ async fn run_race(ctx: Arc<Ctx>, race: Race, user: AccountId) {
             assert_eq!(balance.debits_pending, u128::from(pending));
             assert!(balance.available >= 0, "{balance:?}");
         }
+        RaceKind::SettleSettleCommit { held, a, b, commit } => {
+            // A hold the commit may leave pending: expired by the books' check at the end.
+            let Some(Answer::Held(hold)) = ctx.send(ctx.op(), reserve(held, TIMEOUT_MS_MAX)).await
+            else {
+                panic!("the reserve was refused");
+            };
+            let (op_a, op_b, op_c) = (ctx.op(), ctx.op(), ctx.op());
+            let task = |op, write: Write, n: u8| {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    turns(n).await;
+                    ctx.send(op, write).await
+                })
+            };
+            let sa = task(op_a, Write::Settle { hold, amount: a }, turns_a);
+            let sb = task(op_b, Write::Settle { hold, amount: b }, turns_b);
+            let fc = task(
+                op_c,
+                Write::Commit {
+                    hold,
+                    amount: commit,
+                },
+                turns_a.wrapping_add(turns_b) % 8,
+            );
+            let (ra, rb, rc) = (sa.await.unwrap(), sb.await.unwrap(), fc.await.unwrap());
+            let parts = ra.as_ref().map_or(0, |_| a) + rb.as_ref().map_or(0, |_| b);
+            let found = tally.get_hold(hold).await.unwrap();
+            assert!(parts <= held, "settled {parts} of {held}: {ra:?} {rb:?}");
+            match &rc {
+                Some(Answer::Committed(c)) => {
+                    // The commit came after the settlements that succeeded, and resolved the
+                    // hold: what it posted and released is exactly what they left.
+                    assert_eq!(found.status, HoldStatus::Posted);
+                    assert_eq!(
+                        c.amount_posted.get() + c.amount_released.get(),
+                        held - parts
+                    );
+                    assert_eq!(found.amount_posted.get(), parts + c.amount_posted.get());
+                }
+                _ => {
+                    assert_eq!(found.status, HoldStatus::Pending, "{rc:?}");
+                    assert_eq!(found.amount_posted.get(), parts);
+                }
+            }
+        }
+        RaceKind::SettleVoid { held, settle } => {
+            let Some(Answer::Held(hold)) =
+                ctx.send(ctx.op(), reserve(held, 7 * 24 * 3_600_000)).await
+            else {
+                panic!("the reserve was refused");
+            };
+            let (rs, rv) = both(
+                Write::Settle {
+                    hold,
+                    amount: settle,
+                },
+                Write::Void { hold },
+            )
+            .await;
+            let Some(Answer::Released(released)) = rv else {
+                panic!("the void was refused: {rv:?}");
+            };
+            let parts = rs.as_ref().map_or(0, |_| settle);
+            let found = tally.get_hold(hold).await.unwrap();
+            assert_eq!(found.status, HoldStatus::Voided);
+            assert_eq!(found.amount_posted.get(), parts, "{rs:?}");
+            assert_eq!(released.get(), held - parts, "the void released the rest");
+        }
+        RaceKind::ExtendExpiry {
+            held,
+            more,
+            timeout_ms,
+        } => {
+            let Some(Answer::Held(hold)) = ctx.send(ctx.op(), reserve(held, timeout_ms)).await
+            else {
+                panic!("the reserve was refused");
+            };
+            let op = ctx.op();
+            let extender = {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    turns(turns_a).await;
+                    ctx.send(
+                        op,
+                        Write::Extend {
+                            hold,
+                            amount: more,
+                            timeout_ms: 0,
+                        },
+                    )
+                    .await
+                })
+            };
+            let expirer = {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    turns(turns_b).await;
+                    ctx.clock.advance(timeout_ms);
+                    ctx.tally.expire_due().await.unwrap();
+                })
+            };
+            let extended = extender.await.unwrap();
+            expirer.await.unwrap();
+            let found = tally.get_hold(hold).await.unwrap();
+            // Extended before the deadline or refused after it; expired either way, releasing
+            // all it held.
+            assert_eq!(
+                found.status,
+                HoldStatus::Expired,
+                "extend answered {extended:?}"
+            );
+            let expected = held + extended.as_ref().map_or(0, |_| more);
+            assert_eq!(found.amount.get(), expected);
+            let balance = tally.balance(user).await.unwrap();
+            assert_eq!(balance.debits_pending, 0);
+        }
         RaceKind::RefundRefund { posted, a, b } => {
             let charge = Write::Charge {
                 account: user,
@@ -874,8 +1046,9 @@ proptest! {
     }
 
     /// Two commits of one hold, a commit and a void, a commit and the expiry, two refunds of one
-    /// posting, two reserves for the last funds: each resolves exactly once, with nothing lost,
-    /// nothing counted twice and nothing overspent.
+    /// posting, two reserves for the last funds, two settlements and the final commit, a
+    /// settlement and a void, an extension and the expiry: each resolves exactly once, with
+    /// nothing lost, nothing counted twice and nothing overspent.
     #[test]
     fn races_on_one_hold_or_posting_resolve_exactly_once(
         workers in 2..=4usize,

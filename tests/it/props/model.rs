@@ -79,6 +79,10 @@ pub enum Step {
 pub enum Named {
     Commit(OpId, Pick, Share),
     Void(OpId, Pick),
+    /// Extend by a share of what the hold holds now, with a timeout (0: keep the deadline).
+    Extend(OpId, Pick, Share, u64),
+    /// Settle a share of what the hold still holds.
+    Settle(OpId, Pick, Share),
     Refund(OpId, Pick, Share),
     GetHold(Pick),
 }
@@ -263,6 +267,19 @@ impl RefState {
         }
     }
 
+    /// The hold `pick` names, with what it still holds (as far as the model knows; its
+    /// reserved amount when the model does not know it).
+    fn held_now(&self, pick: Pick) -> (HoldId, u64) {
+        let (id, amount) = self.hold(pick);
+        let held = self
+            .ledger
+            .accounts
+            .get(&id.account)
+            .and_then(|a| a.holds.get(&id.seq))
+            .map_or(amount, |h| h.amount.get() - h.amount_posted.get());
+        (id, held)
+    }
+
     /// The posting `pick` names, with what remains refundable of it (as far as the model knows).
     fn posting(&self, pick: Pick) -> (PostingId, u64) {
         let (id, amount) = match pick {
@@ -306,6 +323,27 @@ impl RefState {
                     hold: self.hold(pick).0,
                 },
             ),
+            Named::Extend(op, pick, share, timeout_ms) => {
+                let (hold, held) = self.held_now(pick);
+                Step::Write(
+                    op,
+                    Write::Extend {
+                        hold,
+                        amount: share.of(held),
+                        timeout_ms,
+                    },
+                )
+            }
+            Named::Settle(op, pick, share) => {
+                let (hold, held) = self.held_now(pick);
+                Step::Write(
+                    op,
+                    Write::Settle {
+                        hold,
+                        amount: share.of(held),
+                    },
+                )
+            }
             Named::Refund(op, pick, share) => {
                 let (posting, refundable) = self.posting(pick);
                 Step::Write(
@@ -340,6 +378,11 @@ impl RefState {
                         self.holds.push((*hold, amount));
                     }
                     Ok(Answer::Committed(c))
+                        if !self.postings.iter().any(|(p, _)| *p == c.posting) =>
+                    {
+                        self.postings.push((c.posting, c.amount_posted.get()));
+                    }
+                    Ok(Answer::Settled(c))
                         if !self.postings.iter().any(|(p, _)| *p == c.posting) =>
                     {
                         self.postings.push((c.posting, c.amount_posted.get()));
@@ -566,7 +609,28 @@ pub fn write_step(s: &RefState) -> BoxedStrategy<Step> {
     let refund = (op(), pick_posting(s), share())
         .prop_map(|(op, pick, share)| Step::Named(Named::Refund(op, pick, share)))
         .boxed();
-    Union::new_weighted(vec![(23, plain), (8, commit), (3, void), (5, refund)]).boxed()
+    let extend = (
+        op(),
+        pick_hold(s),
+        share(),
+        prop_oneof![3 => Just(0u64), 1 => timeout_ms()],
+    )
+        .prop_map(|(op, pick, share, timeout_ms)| {
+            Step::Named(Named::Extend(op, pick, share, timeout_ms))
+        })
+        .boxed();
+    let settle = (op(), pick_hold(s), share())
+        .prop_map(|(op, pick, share)| Step::Named(Named::Settle(op, pick, share)))
+        .boxed();
+    Union::new_weighted(vec![
+        (23, plain),
+        (8, commit),
+        (3, void),
+        (5, refund),
+        (3, extend),
+        (4, settle),
+    ])
+    .boxed()
 }
 
 /// A step of a sequential history.

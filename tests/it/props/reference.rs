@@ -52,6 +52,22 @@ impl Write {
                 ("commit", vec![("hold", s(hold)), ("amount", s(amount))])
             }
             Write::Void { hold } => ("void", vec![("hold", s(hold))]),
+            Write::Extend {
+                hold,
+                amount,
+                timeout_ms,
+            } => (
+                "extend",
+                vec![
+                    ("hold", s(hold)),
+                    ("amount", s(amount)),
+                    ("timeout_ms", s(timeout_ms)),
+                ],
+            ),
+            Write::Settle { hold, amount } => (
+                "settle",
+                vec![("hold", s(hold)), ("amount", s(amount)), ("usage", s(&""))],
+            ),
             Write::Charge {
                 app,
                 amount,
@@ -337,10 +353,12 @@ impl Ledger {
             HoldStatus::Pending,
             "the model resolved a hold twice"
         );
+        // What it still held: the settled parts were posted already.
+        let held = hold.amount.wide() - hold.amount_posted.wide();
         hold.status = status;
         hold.resolved_at = Some(now);
         update(hold);
-        acct.pending -= hold.amount.wide();
+        acct.pending -= held;
         acct.resolved_order.push_back(seq);
         while acct.resolved_order.len() > retained {
             let old = acct.resolved_order.pop_front().expect("non-empty");
@@ -404,9 +422,11 @@ impl Ledger {
             Write::Fund { from, .. } => Some(*from),
             Write::Charge { app, .. } => Some(*app),
             Write::Transfer { to, .. } => Some(*to),
-            Write::Commit { hold, .. } => acct.holds.get(&hold.seq).map(|h| h.app),
+            Write::Commit { hold, .. } | Write::Settle { hold, .. } => {
+                acct.holds.get(&hold.seq).map(|h| h.app)
+            }
             Write::Refund { posting, .. } => acct.postings.get(&posting.seq).map(|p| p.app),
-            Write::Reserve { .. } | Write::Void { .. } => None,
+            Write::Reserve { .. } | Write::Void { .. } | Write::Extend { .. } => None,
         };
         other.filter(|other| *other != id)
     }
@@ -533,12 +553,16 @@ impl Ledger {
                 hold,
                 amount: value,
             } => {
-                positive(*value)?;
                 let held = self.pending_hold(*hold)?;
-                if *value > held.amount.get() {
+                // Zero finishes a hold whose parts were settled; otherwise it is refused.
+                if held.amount_posted.is_zero() {
+                    positive(*value)?;
+                }
+                let holding = held.amount.get() - held.amount_posted.get();
+                if *value > holding {
                     return Err(ledger_err(LedgerError::CommitExceedsHold {
                         hold: *hold,
-                        held: held.amount.get(),
+                        held: holding,
                         requested: *value,
                     }));
                 }
@@ -548,7 +572,7 @@ impl Ledger {
                     seq: self.accounts[&id].next_seq,
                 };
                 self.resolve(id, hold.seq, HoldStatus::Posted, |h| {
-                    h.amount_posted = posted;
+                    h.amount_posted = amount(h.amount_posted.get() + value).expect("within");
                     h.posting = Some(posting);
                 });
                 self.acct_mut(id).debits += posted.wide();
@@ -558,14 +582,88 @@ impl Ledger {
                 Ok(Outcome::Committed {
                     posting,
                     amount_posted: posted,
-                    amount_released: amount(held.amount.get() - value)?,
+                    amount_released: amount(holding - value)?,
                 })
             }
             Write::Void { hold } => {
                 let held = self.pending_hold(*hold)?;
                 self.resolve(id, hold.seq, HoldStatus::Voided, |_| {});
                 Ok(Outcome::Voided {
-                    amount_released: held.amount,
+                    amount_released: amount(held.amount.get() - held.amount_posted.get())?,
+                })
+            }
+            Write::Extend {
+                hold,
+                amount: value,
+                timeout_ms,
+            } => {
+                if *value == 0 && *timeout_ms == 0 {
+                    return Err(ledger_err(LedgerError::ZeroAmount { field: "amount" }));
+                }
+                let held = self.pending_hold(*hold)?;
+                if *timeout_ms != 0
+                    && (*timeout_ms < limits.hold_timeout_ms_min
+                        || *timeout_ms > limits.hold_timeout_ms_max)
+                {
+                    return Err(ledger_err(LedgerError::InvalidTimeout {
+                        timeout_ms: *timeout_ms,
+                        min_ms: limits.hold_timeout_ms_min,
+                        max_ms: limits.hold_timeout_ms_max,
+                    }));
+                }
+                let total = held
+                    .amount
+                    .get()
+                    .checked_add(*value)
+                    .filter(|t| *t <= AMOUNT_MAX);
+                let Some(total) = total else {
+                    return Err(ledger_err(LedgerError::AmountTooLarge {
+                        amount: *value,
+                        max: AMOUNT_MAX - held.amount.get(),
+                    }));
+                };
+                if *value > 0 {
+                    self.funds(id, *value)?;
+                }
+                let now = self.now;
+                let acct = self.acct_mut(id);
+                acct.pending += u128::from(*value);
+                let h = acct.holds.get_mut(&hold.seq).expect("pending");
+                h.amount = amount(total)?;
+                if *timeout_ms != 0 {
+                    h.expires_at = h.expires_at.max(now.plus_ms(*timeout_ms));
+                }
+                Ok(Outcome::Extended {
+                    amount: h.amount,
+                    expires_at: h.expires_at,
+                })
+            }
+            Write::Settle {
+                hold,
+                amount: value,
+            } => {
+                positive(*value)?;
+                let held = self.pending_hold(*hold)?;
+                let holding = held.amount.get() - held.amount_posted.get();
+                if *value > holding {
+                    return Err(ledger_err(LedgerError::CommitExceedsHold {
+                        hold: *hold,
+                        held: holding,
+                        requested: *value,
+                    }));
+                }
+                let posted = amount(*value)?;
+                let acct = self.acct_mut(id);
+                acct.debits += posted.wide();
+                acct.pending -= posted.wide();
+                let h = acct.holds.get_mut(&hold.seq).expect("pending");
+                h.amount_posted = amount(h.amount_posted.get() + value)?;
+                self.acct_mut(held.app).credits += posted.wide();
+                let posting = self.add_posting(id, held.app, posted);
+                Ok(Outcome::Settled {
+                    posting,
+                    amount_posted: posted,
+                    amount_held: amount(holding - value)?,
                 })
             }
             Write::Charge {
