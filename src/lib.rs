@@ -42,8 +42,8 @@ pub use tally_core::{
     CHECK_MINIMUM_DEFAULT, DAY_MS,
 };
 pub use tally_core::{
-    parse_cents, parse_usd, Meter, Price, PricingError, Rate, Tier, Usage, MICROCENTS_PER_CENT,
-    MICROCENTS_PER_USD,
+    parse_cents, parse_usd, Limiter, Meter, Price, PricingError, Rate, Tier, Usage, UsageField,
+    MICROCENTS_PER_CENT, MICROCENTS_PER_USD,
 };
 pub use tally_core::{
     Granularity, UsageBook, UsageConfig, UsageKey, UsageQuery, UsageReport, UsageTotals,
@@ -51,9 +51,9 @@ pub use tally_core::{
 /// A token bucket's rate (for [`RateLimit`]).
 pub use tally_engine::Rate as TokenRate;
 pub use tally_engine::{
-    BalanceHistory, BalancePoint, Clock, Committed, Dispatch, EngineConfig, Error, Event,
-    EventKind, Extended, HistoryPage, HoldGuard, LimitScope, ManualClock, MeterGuard, Missed,
-    RateLimit, ReserveRequest, Settled, Subscription, SystemClock, Tally, EVENTS_QUEUE,
+    Affordable, BalanceHistory, BalancePoint, Clock, Committed, Dispatch, EngineConfig, Error,
+    Event, EventKind, Extended, HistoryPage, HoldGuard, LimitScope, ManualClock, MeterGuard,
+    Missed, RateLimit, ReserveRequest, Settled, Subscription, SystemClock, Tally, EVENTS_QUEUE,
     HISTORY_PAGE_MAX, SUBMIT_BATCH_MAX,
 };
 pub use tally_store::journal::SyncMode;

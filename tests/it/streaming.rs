@@ -189,3 +189,92 @@ async fn a_stream_in_flight_survives_a_restart_with_its_parts_and_its_extension(
     assert_eq!(w.tally.balance(ALICE).await.unwrap().available, 800);
     w.assert_books_balance().await;
 }
+
+/// Output tokens at 0.003 µ¢ each (input free): 3,333 fit in 10 µ¢.
+fn per_output_token() -> tally::Price {
+    tally::Price::PerToken {
+        input: tally::Rate::new(0, 1).unwrap(),
+        output: tally::Rate::new(3, 1_000).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn affordable_clamps_a_call_to_what_balance_caps_token_and_rate_limits_leave() {
+    use tally::{LimitScope, RateLimit, TokenRate, UsageField};
+    let w = World::new(1_000).await;
+    let t = &w.tally;
+    t.set_price(APP, "/chat", per_output_token());
+    let base = Usage::default();
+    let ask = |token| {
+        let t = t.clone();
+        async move {
+            t.affordable(
+                ALICE,
+                APP,
+                "/chat",
+                &Usage::default(),
+                UsageField::OutputTokens,
+                token,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let a = ask(None).await;
+    assert_eq!(
+        (a.units, a.cost.map(|c| c.get()), a.limited_by),
+        (Some(333_333), Some(1_000), "balance")
+    );
+    // A hold of exactly that cost is accepted; the room is then gone.
+    let hold = t
+        .reserve(
+            op(),
+            ReserveRequest::new(ALICE, APP, 1_000).endpoint("/chat"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ask(None).await.units, Some(0));
+    t.void(op(), hold).await.unwrap();
+
+    t.set_spend_cap(LimitScope::Account(ALICE), Some(600))
+        .unwrap();
+    let a = ask(None).await;
+    assert_eq!((a.room.get(), a.limited_by), (600, "spend_cap_account"));
+    assert_eq!(a.units, Some(200_000));
+
+    t.set_rate_limit(
+        LimitScope::App(APP),
+        RateLimit {
+            requests: None,
+            cost: Some(TokenRate {
+                per_second: 1,
+                burst: 10,
+            }),
+        },
+    );
+    let a = ask(None).await;
+    assert_eq!(
+        (a.room.get(), a.limited_by, a.units),
+        (10, "rate_limit", Some(3_333))
+    );
+    // What the answer says fits is accepted, one unit more of cost is not.
+    t.charge_with_usage(
+        op(),
+        ALICE,
+        APP,
+        a.cost.unwrap().get(),
+        "/chat",
+        Usage {
+            output_tokens: 3_333,
+            ..base
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(ask(None).await.units, Some(0), "the bucket is empty now");
+    let no_price = t
+        .affordable(ALICE, APP, "/other", &base, UsageField::OutputTokens, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(no_price, Error::NoPrice { .. }), "{no_price:?}");
+}

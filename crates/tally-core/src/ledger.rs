@@ -465,7 +465,7 @@ impl Account {
     /// The spend token presented (if any) covers holding or charging `amount` for `app` at
     /// `endpoint` now: live, for that app (and endpoint, if it names one), within its cap.
     /// Returns the token's expiry.
-    fn token_covers(
+    pub(crate) fn token_covers(
         &self,
         token: Option<u64>,
         app: AccountId,

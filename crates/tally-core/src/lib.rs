@@ -16,6 +16,7 @@
 //! larger than [`Amount::MAX`]; account totals are `u128`; every step is checked. No floats.
 
 mod account;
+mod afford;
 mod amount;
 mod audit;
 mod command;
@@ -38,6 +39,7 @@ pub use account::{
     signed_diff, Account, AccountFlags, AccountKind, AccountSpec, Balance, Hold, HoldStatus,
     KeyWindow, Posting, RememberedKey, SpendToken, DAY_MS,
 };
+pub use afford::{Limiter, UsageField};
 pub use amount::Amount;
 pub use audit::{audit, AuditReport, Auditor, Violation};
 pub use command::{

@@ -22,6 +22,14 @@ pub(crate) enum Query {
     Hold(u64),
     Op(tally_core::OpId),
     State,
+    /// The room for one more hold or charge (see `Account::spend_room`).
+    Room {
+        app: tally_core::AccountId,
+        endpoint: String,
+        token: Option<u64>,
+        caps: tally_core::SpendCaps,
+        now: tally_core::Timestamp,
+    },
 }
 
 /// Answers to [`Query`].
@@ -31,6 +39,7 @@ pub(crate) enum Answer {
     Hold(Option<Hold>),
     Op(Option<Outcome>),
     State(Box<Account>),
+    Room(Result<(Amount, tally_core::Limiter), tally_core::Error>),
 }
 
 /// Messages an account actor handles.
@@ -120,6 +129,13 @@ pub(crate) fn read(slot: &Slot, query: Query) -> Reply<Answer> {
         Query::Hold(seq) => Answer::Hold(account.hold(seq).cloned()),
         Query::Op(op) => Answer::Op(account.remembered(op).map(|(outcome, _)| outcome)),
         Query::State => Answer::State(Box::new(account.clone())),
+        Query::Room {
+            app,
+            endpoint,
+            token,
+            caps,
+            now,
+        } => Answer::Room(account.spend_room(app, &endpoint, token, caps, now)),
     };
     Reply {
         result: Ok(answer),

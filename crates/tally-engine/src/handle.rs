@@ -1021,7 +1021,11 @@ impl Tally {
         Ok(())
     }
 
-    async fn read(&self, account: AccountId, query: impl Fn() -> Query) -> Result<Answer, Error> {
+    pub(crate) async fn read(
+        &self,
+        account: AccountId,
+        query: impl Fn() -> Query,
+    ) -> Result<Answer, Error> {
         match self.shared.config.dispatch {
             Dispatch::Actor => {
                 self.call(account, |reply| AccountMsg::Read {

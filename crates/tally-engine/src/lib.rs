@@ -33,5 +33,5 @@ pub use handle::{
     Committed, Extended, HistoryPage, ReserveRequest, Settled, Tally, HISTORY_PAGE_MAX,
     SUBMIT_BATCH_MAX,
 };
-pub use metering::{BalanceHistory, BalancePoint, MeterGuard};
+pub use metering::{Affordable, BalanceHistory, BalancePoint, MeterGuard};
 pub use policy::{LimitScope, Rate, RateLimit};

@@ -69,6 +69,61 @@ impl Tally {
         Ok(price.cost(usage)?)
     }
 
+    /// The most of one usage field (`maximize`, e.g. output tokens, with the rest of `base`
+    /// as given) that `account` can pay for at `app`'s `endpoint` right now: what its available
+    /// balance, spend caps, the spend token presented (its sequence number) and the rate limits
+    /// leave for one more hold, priced by the current catalog under its rounding (the cost of
+    /// one unit more is above that room). A caller clamps `max_tokens` to it before calling a
+    /// model, then reserves `cost`. Reads only: nothing is held, and a concurrent request may
+    /// take the room first (the hold is still decided on its own).
+    ///
+    /// Errors: `NoPrice`, `UnknownAccount`, the token's refusals, pricing overflow.
+    pub async fn affordable(
+        &self,
+        account: AccountId,
+        app: AccountId,
+        endpoint: &str,
+        base: &Usage,
+        maximize: tally_core::UsageField,
+        token: Option<u64>,
+    ) -> Result<Affordable, Error> {
+        let price = self.price(app, endpoint).ok_or_else(|| Error::NoPrice {
+            app,
+            endpoint: endpoint.to_string(),
+        })?;
+        let caps = self.shared.policy.caps_for(account, app);
+        let now = self.shared.config.clock.now();
+        let query = || crate::actor::Query::Room {
+            app,
+            endpoint: endpoint.to_owned(),
+            token,
+            caps,
+            now,
+        };
+        let (mut room, limiter) = match self.read(account, query).await? {
+            crate::actor::Answer::Room(room) => room?,
+            _ => {
+                return Err(Error::Internal {
+                    reason: "unexpected answer to room".into(),
+                })
+            }
+        };
+        let mut limited_by = limiter.name();
+        if let Some((rate_room, _)) = self.shared.policy.rate_room(account, app, now.0) {
+            if rate_room < room.get() {
+                room = Amount::new(rate_room).unwrap_or(Amount::ZERO);
+                limited_by = "rate_limit";
+            }
+        }
+        let found = price.max_units(base, maximize, room)?;
+        Ok(Affordable {
+            units: found.map(|(units, _)| units),
+            cost: found.map(|(_, cost)| cost),
+            room,
+            limited_by,
+        })
+    }
+
     /// The seeds' `get_funding_allowed({ minimum })`: whether `available ≥ minimum` (default
     /// 100 µ¢).
     pub async fn funding_allowed(
@@ -271,6 +326,22 @@ impl Tally {
             }
         }
     }
+}
+
+/// What [`Tally::affordable`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Affordable {
+    /// The most of the field asked for that fits (`u64::MAX` when the price ignores it);
+    /// `None` when even none of it fits (the rest of the usage, or a fixed price, costs more
+    /// than the room).
+    pub units: Option<u64>,
+    /// What that usage costs (what to reserve).
+    pub cost: Option<Amount>,
+    /// The most one more hold may take now.
+    pub room: Amount,
+    /// What bounds the room: `balance`, `spend_cap_account`, `spend_cap_app`, `token`,
+    /// `rate_limit` or `none`.
+    pub limited_by: &'static str,
 }
 
 /// What [`Tally::balance_history`] found.

@@ -215,6 +215,55 @@ impl Policy {
         Ok(())
     }
 
+    /// The spend caps that apply to one more hold or charge of `account` for `app`.
+    pub(crate) fn caps_for(&self, account: AccountId, app: AccountId) -> SpendCaps {
+        if !self.any_caps.load(Ordering::Acquire) {
+            return SpendCaps::default();
+        }
+        SpendCaps {
+            account_per_day: self.caps.get(&LimitScope::Account(account)).map(|c| *c),
+            app_per_user_per_day: self.caps.get(&LimitScope::App(app)).map(|c| *c),
+        }
+    }
+
+    /// What the rate limits of `account` and `app` let one more request spend now, taking
+    /// nothing: `Some((0, scope))` when a request bucket is empty, the least whole level of the
+    /// cost buckets otherwise; `None` when no rate limit applies.
+    pub(crate) fn rate_room(
+        &self,
+        account: AccountId,
+        app: AccountId,
+        now_ms: u64,
+    ) -> Option<(u64, LimitScope)> {
+        if !self.any_rates.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut room: Option<(u64, LimitScope)> = None;
+        for scope in [LimitScope::Account(account), LimitScope::App(app)] {
+            let Some(found) = self.rates.get(&scope).map(|b| b.clone()) else {
+                continue;
+            };
+            let mut buckets = found.lock();
+            let mut levels = Vec::with_capacity(2);
+            if let Some(b) = buckets.requests.as_mut() {
+                b.refill(now_ms);
+                if b.level_milli < 1_000 {
+                    levels.push(0);
+                }
+            }
+            if let Some(b) = buckets.cost.as_mut() {
+                b.refill(now_ms);
+                levels.push(u64::try_from(b.level_milli / 1_000).unwrap_or(u64::MAX));
+            }
+            for level in levels {
+                if room.is_none_or(|(r, _)| level < r) {
+                    room = Some((level, scope));
+                }
+            }
+        }
+        room
+    }
+
     /// Returns the tokens [`Policy::take`] took for a request that then failed (the journal
     /// refused its record), up to each bucket's burst.
     pub(crate) fn give_back(&self, account: AccountId, command: &Command) {

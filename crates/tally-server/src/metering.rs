@@ -336,6 +336,75 @@ async fn quote(
     ))
 }
 
+/// `POST /v1/prices/affordable`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AffordableRequest {
+    /// The user account that would pay.
+    pub account: String,
+    /// The app.
+    pub app: String,
+    /// The priced endpoint.
+    pub endpoint: String,
+    /// The usage known before the call (e.g. its input tokens); the field to maximize is
+    /// ignored here.
+    #[serde(default)]
+    pub usage: Option<UsageBody>,
+    /// The usage field to maximize: `requests`, `input_tokens`, `output_tokens`, `characters`,
+    /// `pages` or `duration_ms`.
+    pub maximize: String,
+    /// The user's spend token (`st_...`) the call would present.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// The most of one usage field (say output tokens, for the input given) the account can pay
+/// for now: what its balance, spend caps, the token and the rate limits leave for one more
+/// hold, priced exactly (one unit more would cost more than that). Clamp `max_tokens` to
+/// `units`, then hold `cost`. Reads only.
+#[utoipa::path(post, path = "/v1/prices/affordable", request_body = AffordableRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn affordable(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    body: Body<AffordableRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let req = body.value;
+    let account = state.account(&req.account)?;
+    let app = state.account(&req.app)?;
+    principal.require_app(app)?;
+    let maximize = tally::UsageField::parse(&req.maximize).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            format!(
+                "maximize must be one of requests, input_tokens, output_tokens, characters, \
+                 pages, duration_ms (got {:?})",
+                req.maximize
+            ),
+        )
+        .with("field", "maximize")
+    })?;
+    let token = crate::tokens::presented(&state, req.token.as_deref(), account)?;
+    let base = req.usage.map(Usage::from).unwrap_or_default();
+    let found = state
+        .tally
+        .affordable(account, app, &req.endpoint, &base, maximize, token)
+        .await?;
+    Ok(Json(json!({
+        "account": req.account,
+        "app": req.app,
+        "endpoint": req.endpoint,
+        "maximize": maximize.name(),
+        // u64::MAX (the price ignores the field) as a string, like other wide numbers.
+        "units": found.units.map(|u| if u == u64::MAX { Value::from(u.to_string()) } else { Value::from(u) }),
+        "cost": found.cost.map(|c| c.get()),
+        "room": found.room.get(),
+        "limited_by": found.limited_by,
+    })))
+}
+
 /// `POST /v1/meter`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -672,6 +741,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(set_price, get_price))
         .routes(routes!(quote))
+        .routes(routes!(affordable))
         .routes(routes!(start_meter))
         .routes(routes!(finish_meter))
         .routes(routes!(usage))

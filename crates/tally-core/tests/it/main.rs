@@ -4,6 +4,7 @@
 //! there and its leg on the counterparty, and journals it with a sequence number, so a test reads
 //! as setup, one action, the expected outcome.
 
+mod afford;
 mod audit;
 mod idempotency;
 mod operations;

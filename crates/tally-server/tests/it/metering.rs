@@ -160,3 +160,54 @@ async fn finishing_above_what_was_held_is_refused_and_the_hold_stays() {
     let got = h.admin("GET", &format!("/v1/holds/{hold}"), None).await;
     assert_eq!(got.body["status"], "pending");
 }
+
+#[tokio::test]
+async fn affordable_says_how_many_output_tokens_the_balance_pays_for_and_that_is_exact() {
+    let h = priced().await;
+    // 100,000,000 µ¢, of which 1,000 input tokens take 200,000: the rest buys
+    // 99,800,000 / 600 = 166,333.33 output tokens, so 166,333 (one more would not fit).
+    let ask = json!({"account": "alice", "app": "chat", "endpoint": "/v1/chat",
+        "usage": {"input_tokens": 1_000}, "maximize": "output_tokens"});
+    let a = h
+        .admin("POST", "/v1/prices/affordable", Some(ask.clone()))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.body["units"], 166_333);
+    assert_eq!(a.body["cost"], 200_000 + 166_333 * 600);
+    assert_eq!(a.body["limited_by"], "balance");
+    // Holding that cost is accepted, and then nothing more fits.
+    let start = h
+        .admin(
+            "POST",
+            "/v1/meter",
+            Some(
+                json!({"account": "alice", "app": "chat", "endpoint": "/v1/chat",
+                "max_usage": {"input_tokens": 1_000, "output_tokens": 166_333}}),
+            ),
+        )
+        .await;
+    assert_eq!(start.status, StatusCode::CREATED, "{start:?}");
+    let after = h
+        .admin("POST", "/v1/prices/affordable", Some(ask.clone()))
+        .await;
+    assert_eq!(after.body["units"], serde_json::Value::Null, "{after:?}");
+    assert_eq!(after.body["room"], 200);
+
+    let mut bad = ask.clone();
+    bad["maximize"] = json!("tokens");
+    let refused = h.admin("POST", "/v1/prices/affordable", Some(bad)).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::BAD_REQUEST, "invalid_field"),
+        "{refused:?}"
+    );
+    let search = h.service_key("search").await;
+    let other = h
+        .as_key(&search, "POST", "/v1/prices/affordable", Some(ask), None)
+        .await;
+    assert_eq!(
+        other.status,
+        StatusCode::FORBIDDEN,
+        "another app's key: {other:?}"
+    );
+}
