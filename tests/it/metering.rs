@@ -8,14 +8,18 @@ use crate::support::*;
 #[tokio::test]
 async fn a_text_model_holds_its_maximum_and_charges_the_tokens_used() {
     let w = World::new(100_000_000).await;
-    w.tally.set_price(
-        APP,
-        "/chat",
-        Price::PerToken {
-            input: Rate::cents("200", 1_000_000).unwrap(),
-            output: Rate::cents("600", 1_000_000).unwrap(),
-        },
-    );
+    w.tally
+        .set_price(
+            op(),
+            APP,
+            "/chat",
+            Some(Price::PerToken {
+                input: Rate::cents("200", 1_000_000).unwrap(),
+                output: Rate::cents("600", 1_000_000).unwrap(),
+            }),
+        )
+        .await
+        .unwrap();
     let max = Usage {
         input_tokens: 1_200,
         output_tokens: 4_096,
@@ -42,11 +46,15 @@ async fn a_text_model_holds_its_maximum_and_charges_the_tokens_used() {
 #[tokio::test]
 async fn text_to_speech_costs_400_microcents_per_character() {
     let w = World::new(1_000_000).await;
-    w.tally.set_price(
-        APP,
-        "/polly",
-        Price::PerCharacter(Rate::new(400, 1).unwrap()),
-    );
+    w.tally
+        .set_price(
+            op(),
+            APP,
+            "/polly",
+            Some(Price::PerCharacter(Rate::new(400, 1).unwrap())),
+        )
+        .await
+        .unwrap();
     let text = "Hello from tally, exact to the microcent.";
     let cost = w
         .tally
@@ -58,6 +66,7 @@ async fn text_to_speech_costs_400_microcents_per_character() {
                 ..Usage::default()
             },
         )
+        .await
         .unwrap();
     assert_eq!(cost.get(), 400 * text.len() as u64);
     w.tally
@@ -71,11 +80,15 @@ async fn text_to_speech_costs_400_microcents_per_character() {
 async fn document_pages_cost_150000_microcents_each() {
     let w = World::new(10_000_000).await;
     // 150 cents per 1,000 pages = 150,000 µ¢ per page.
-    w.tally.set_price(
-        APP,
-        "/textract",
-        Price::PerPage(Rate::cents("150", 1_000).unwrap()),
-    );
+    w.tally
+        .set_price(
+            op(),
+            APP,
+            "/textract",
+            Some(Price::PerPage(Rate::cents("150", 1_000).unwrap())),
+        )
+        .await
+        .unwrap();
     let max = Usage {
         pages: 12,
         ..Usage::default()
@@ -100,11 +113,15 @@ async fn document_pages_cost_150000_microcents_each() {
 #[tokio::test]
 async fn a_search_at_one_cent_is_charged_only_when_the_work_succeeded() {
     let w = World::new(5_000_000).await;
-    w.tally.set_price(
-        APP,
-        "/search",
-        Price::PerRequest(parse_usd("0.01").unwrap()),
-    );
+    w.tally
+        .set_price(
+            op(),
+            APP,
+            "/search",
+            Some(Price::PerRequest(parse_usd("0.01").unwrap())),
+        )
+        .await
+        .unwrap();
     assert!(w
         .tally
         .funding_allowed(ALICE, Some(1_000_000))
@@ -318,4 +335,190 @@ async fn funding_updates_work_once_the_total_passes_the_largest_amount() {
         "{e:?}"
     );
     assert_eq!(w.tally.account(ALICE).await.unwrap().funded(), total - 400);
+}
+
+fn per_token(input_cents: &str, output_cents: &str) -> Price {
+    Price::PerToken {
+        input: Rate::cents(input_cents, 1_000_000).unwrap(),
+        output: Rate::cents(output_cents, 1_000_000).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_call_is_finished_at_the_price_it_was_quoted_even_when_the_price_changes_mid_call() {
+    let w = World::new(100_000_000).await;
+    let t = &w.tally;
+    let v1 = t
+        .set_price(op(), APP, "/chat", Some(per_token("200", "600")))
+        .await
+        .unwrap();
+    let max = Usage {
+        output_tokens: 1_000,
+        ..Usage::default()
+    };
+    let start = op();
+    let mut call = t
+        .meter(start, ALICE, APP, "/chat", &max, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(call.price().version, v1);
+    // The price triples while the call runs.
+    let v2 = t
+        .set_price(op(), APP, "/chat", Some(per_token("600", "1800")))
+        .await
+        .unwrap();
+    assert!(v2 > v1, "versions count up: {v1} then {v2}");
+    assert_eq!(t.price(APP, "/chat").await.unwrap().unwrap().version, v2);
+    // A retry of the start after the change is the same request: the same hold, not a
+    // conflict and not a second hold.
+    let again = t
+        .meter(start, ALICE, APP, "/chat", &max, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(again.detach(), call.hold().id());
+    let used = Usage {
+        output_tokens: 100,
+        ..Usage::default()
+    };
+    let done = call.finish(op(), &used).await.unwrap();
+    assert_eq!(
+        done.amount_posted.get(),
+        100 * 600,
+        "the quoted price, not the new one"
+    );
+    // A new call pays the new price.
+    let mut next = t
+        .meter(op(), ALICE, APP, "/chat", &max, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.finish(op(), &used).await.unwrap().amount_posted.get(),
+        100 * 1_800
+    );
+    w.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn prices_are_ledger_state_that_survives_a_crash_with_their_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tally::EngineConfig::default();
+    let (t, _, _) = open_durable(tally::DurableConfig::new(dir.path()), config.clone()).await;
+    open_accounts(&t).await;
+    t.fund(op(), ALICE, BANK, 1_000_000).await.unwrap();
+    let v1 = t
+        .set_price(op(), APP, "/chat", Some(per_token("200", "600")))
+        .await
+        .unwrap();
+    let v2 = t
+        .set_price(
+            op(),
+            APP,
+            "/pages",
+            Some(Price::PerPage(Rate::new(500, 1).unwrap())),
+        )
+        .await
+        .unwrap();
+    let max = Usage {
+        output_tokens: 1_000,
+        ..Usage::default()
+    };
+    let call = t
+        .meter(op(), ALICE, APP, "/chat", &max, Duration::from_secs(600))
+        .await
+        .unwrap();
+    let hold = call.detach();
+    // Removed, and repriced: the hold keeps its pinned price through all of it and a crash.
+    t.set_price(op(), APP, "/pages", None).await.unwrap();
+    t.set_price(op(), APP, "/chat", Some(per_token("1", "1")))
+        .await
+        .unwrap();
+    drop(t);
+
+    let (t, _, _) = open_durable(tally::DurableConfig::new(dir.path()), config).await;
+    let chat = t.price(APP, "/chat").await.unwrap().unwrap();
+    assert_eq!(chat.price, per_token("1", "1"));
+    assert!(chat.version > v2 && v2 > v1);
+    assert_eq!(
+        t.price(APP, "/pages").await.unwrap(),
+        None,
+        "removed stays removed"
+    );
+    let pinned = t.get_hold(hold).await.unwrap().price.unwrap();
+    assert_eq!(
+        (pinned.version, pinned.price),
+        (v1, per_token("200", "600"))
+    );
+    let done = t
+        .finish(
+            op(),
+            hold,
+            Usage {
+                output_tokens: 10,
+                ..Usage::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.amount_posted.get(), 6_000);
+}
+
+#[tokio::test]
+async fn bad_prices_and_finishing_a_plain_hold_are_refused_and_change_nothing() {
+    use tally::{Error, LedgerError, Meter, ReserveRequest, Tier};
+    let w = World::new(10_000).await;
+    let t = &w.tally;
+    let unordered = Price::Tiered {
+        meter: Meter::Pages,
+        tiers: vec![
+            Tier {
+                up_to: Some(10),
+                rate: Rate::new(1, 1).unwrap(),
+            },
+            Tier {
+                up_to: Some(5),
+                rate: Rate::new(1, 1).unwrap(),
+            },
+        ],
+    };
+    for (bad, what) in [
+        (Some(unordered), "tiers out of order"),
+        (
+            Some(Price::PerPage(Rate { amount: 1, per: 0 })),
+            "a rate per zero units",
+        ),
+        (None, "removing what is not priced"),
+    ] {
+        let refused = t.set_price(op(), APP, "/x", bad).await;
+        let Err(refused) = refused else {
+            panic!("{what}: accepted as version {refused:?}");
+        };
+        assert!(
+            matches!(refused, Error::Ledger(LedgerError::InvalidPrice { .. })),
+            "{what}: {refused:?}"
+        );
+    }
+    assert!(t.catalog(APP).await.unwrap().1.is_empty(), "nothing set");
+    let refused = t
+        .set_price(
+            op(),
+            BANK,
+            "/x",
+            Some(Price::PerRequest(tally::Amount::MAX)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, Error::Ledger(LedgerError::WrongAccountKind { .. })),
+        "{refused:?}"
+    );
+    let plain = t
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 100))
+        .await
+        .unwrap();
+    let refused = t.finish(op(), plain, Usage::default()).await.unwrap_err();
+    assert!(
+        matches!(refused, Error::Ledger(LedgerError::NotMetered { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(w.available(ALICE).await, 9_900);
 }

@@ -203,7 +203,9 @@ async fn affordable_clamps_a_call_to_what_balance_caps_token_and_rate_limits_lea
     use tally::{LimitScope, RateLimit, TokenRate, UsageField};
     let w = World::new(1_000).await;
     let t = &w.tally;
-    t.set_price(APP, "/chat", per_output_token());
+    t.set_price(op(), APP, "/chat", Some(per_output_token()))
+        .await
+        .unwrap();
     let base = Usage::default();
     let ask = |token| {
         let t = t.clone();

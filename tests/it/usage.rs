@@ -41,7 +41,10 @@ fn everything(granularity: Granularity) -> UsageQuery {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn usage_totals_equal_the_sum_of_what_was_committed_after_a_concurrent_run() {
     let w = World::new(0).await;
-    w.tally.set_price(APP, "/chat", chat_price());
+    w.tally
+        .set_price(op(), APP, "/chat", Some(chat_price()))
+        .await
+        .unwrap();
     let users: Vec<AccountId> = (100..108).map(AccountId).collect();
     for &user in &users {
         w.tally

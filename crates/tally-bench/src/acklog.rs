@@ -31,6 +31,7 @@ pub fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::Voided { .. } => "voided",
         Outcome::Extended { .. } => "extended",
         Outcome::Settled { .. } => "settled",
+        Outcome::PriceSet { .. } => "price_set",
         Outcome::Expired { .. } => "expired",
         Outcome::Charged { .. } => "charged",
         Outcome::Refunded { .. } => "refunded",

@@ -52,6 +52,7 @@ pub fn typical_record_bytes() -> usize {
             amount_posted: Amount::from_const(123_456),
             amount_released: Amount::from_const(6_544),
             posting: 12_346,
+            metered: false,
         },
     };
     let payload = tally_store::codec::encode_record(&record)

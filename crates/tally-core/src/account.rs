@@ -139,6 +139,8 @@ pub struct Hold {
     pub resolved_at: Option<Timestamp>,
     /// The spend token it was made with (its sequence number in the account), if any.
     pub token: Option<u64>,
+    /// For a metered hold, the price it was quoted at, which finishing it uses.
+    pub price: Option<crate::PinnedPrice>,
 }
 
 impl Hold {
@@ -291,6 +293,22 @@ pub struct Account {
     pub(crate) spend: SpendDay,
     /// Spend tokens, by sequence number (dead ones are dropped when a new one is issued).
     pub(crate) tokens: std::collections::BTreeMap<u64, SpendToken>,
+    /// The app's price catalog: endpoint → its latest entry (a removed price stays as an entry
+    /// without one, so versions never repeat).
+    pub(crate) catalog: std::collections::BTreeMap<String, CatalogEntry>,
+    /// The version of the newest catalog entry (0: none yet).
+    pub(crate) catalog_version: u64,
+}
+
+/// One endpoint's entry in an app's price catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// Its version (versions count up per app).
+    pub version: u64,
+    /// The price (`None`: removed).
+    pub price: Option<crate::Price>,
+    /// When it was set.
+    pub set_at: Timestamp,
 }
 
 /// Milliseconds in a day: spend caps count per UTC day of the records' timestamps.
@@ -363,7 +381,23 @@ impl Account {
             funded: 0,
             spend: SpendDay::default(),
             tokens: std::collections::BTreeMap::new(),
+            catalog: std::collections::BTreeMap::new(),
+            catalog_version: 0,
         }
+    }
+
+    /// The price this app's catalog has for `endpoint` now, with its version.
+    pub fn price(&self, endpoint: &str) -> Option<crate::PinnedPrice> {
+        let entry = self.catalog.get(endpoint)?;
+        entry.price.as_ref().map(|price| crate::PinnedPrice {
+            version: entry.version,
+            price: price.clone(),
+        })
+    }
+
+    /// The app's catalog: every endpoint's latest entry, removed ones included.
+    pub fn catalog(&self) -> impl Iterator<Item = (&str, &CatalogEntry)> {
+        self.catalog.iter().map(|(e, entry)| (e.as_str(), entry))
     }
 
     /// A spend token of this account.

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AccountId, AccountSpec, Amount, HoldId, OpId, PostingId, Timestamp, TokenId, Usage};
+use crate::{
+    AccountId, AccountSpec, Amount, HoldId, OpId, PostingId, Price, Timestamp, TokenId, Usage,
+};
 
 /// A write request: a caller-chosen operation id (the idempotency key), what to do, and who
 /// asked.
@@ -109,6 +111,43 @@ pub enum Command {
         /// The new timeout from now (0: keep the deadline).
         timeout_ms: u64,
     },
+    /// Hold the cost of `max_usage` at the price the catalog has for `app`'s `endpoint` (its
+    /// version and itself, given by the engine from the app's catalog), and keep that price with
+    /// the hold, so that [`Command::Finish`] prices the actual usage with it even if the
+    /// catalog changes meanwhile. The price is not part of the idempotency check (a retry
+    /// after a price change is still the same request).
+    ReserveMetered {
+        /// The app's revenue account.
+        app: AccountId,
+        /// The priced endpoint.
+        endpoint: String,
+        /// The largest usage the call can have: its cost is held.
+        max_usage: Usage,
+        /// How long the hold lives before it is voided automatically.
+        timeout_ms: u64,
+        /// Caller's metadata (opaque).
+        metadata: String,
+        /// The spend token presented.
+        token: Option<u64>,
+        /// The price quoted, as the catalog had it.
+        price: Box<PinnedPrice>,
+    },
+    /// Commit a metered hold: post the cost of `usage` at the price pinned when it was made
+    /// (at most what it still holds) and release the rest.
+    Finish {
+        /// The hold.
+        hold: HoldId,
+        /// What the call used.
+        usage: Usage,
+    },
+    /// Set (or, with `None`, remove) the price of one of this app's endpoints in its catalog:
+    /// a new version of the entry, journaled like every change.
+    SetPrice {
+        /// The endpoint.
+        endpoint: String,
+        /// The price (`None`: the endpoint is no longer priced).
+        price: Option<Price>,
+    },
     /// Post part of a pending hold to its app now (a chunk of a stream delivered); the hold
     /// stays pending with the rest. The final commit posts what is left to post and releases
     /// the remainder.
@@ -195,8 +234,11 @@ impl Command {
             | Command::Void { .. }
             | Command::Extend { .. }
             | Command::Settle { .. }
+            | Command::Finish { .. }
+            | Command::SetPrice { .. }
             | Command::Refund { .. }
             | Command::RevokeToken { .. } => None,
+            Command::ReserveMetered { app, .. } => Some(*app),
         }
     }
 
@@ -215,6 +257,9 @@ impl Command {
             Command::RevokeToken { .. } => "revoke_token",
             Command::Extend { .. } => "extend",
             Command::Settle { .. } => "settle",
+            Command::ReserveMetered { .. } => "reserve_metered",
+            Command::Finish { .. } => "finish",
+            Command::SetPrice { .. } => "set_price",
         }
     }
 
@@ -232,6 +277,9 @@ impl Command {
             Command::RevokeToken { .. } => 9,
             Command::Extend { .. } => 10,
             Command::Settle { .. } => 11,
+            Command::ReserveMetered { .. } => 12,
+            Command::Finish { .. } => 13,
+            Command::SetPrice { .. } => 14,
         }
     }
 
@@ -323,6 +371,34 @@ impl Command {
                 0,
                 0,
             ],
+            Command::ReserveMetered {
+                app,
+                endpoint,
+                max_usage,
+                timeout_ms,
+                metadata,
+                token,
+                // Not the price: it is the engine's quote, not the request's content.
+                price: _,
+            } => [
+                app.0,
+                text_hash(endpoint),
+                usage_hash(max_usage),
+                *timeout_ms,
+                text_hash(metadata),
+                token_field(token),
+            ],
+            Command::Finish { hold, usage } => {
+                [hold.account.0, hold.seq, usage_hash(usage), 0, 0, 0]
+            }
+            Command::SetPrice { endpoint, price } => [
+                text_hash(endpoint),
+                price.as_ref().map_or(0, price_hash),
+                0,
+                0,
+                0,
+                0,
+            ],
         };
         Digest {
             kind: self.kind_index(),
@@ -332,7 +408,7 @@ impl Command {
 }
 
 /// Field names of each command kind, in [`Command::digest`]'s order.
-const DIGEST_FIELDS: [[&str; 6]; 12] = [
+const DIGEST_FIELDS: [[&str; 6]; 15] = [
     ["from", "amount", "", "", "", ""],
     [
         "app",
@@ -352,6 +428,16 @@ const DIGEST_FIELDS: [[&str; 6]; 12] = [
     ["token", "", "", "", "", ""],
     ["hold", "hold", "amount", "timeout_ms", "", ""],
     ["hold", "hold", "amount", "usage", "", ""],
+    [
+        "app",
+        "endpoint",
+        "max_usage",
+        "timeout_ms",
+        "metadata",
+        "token",
+    ],
+    ["hold", "hold", "usage", "", "", ""],
+    ["endpoint", "price", "", "", "", ""],
 ];
 
 /// FNV-1a (64-bit) of the text: fixed by its specification, so digests stored in snapshots
@@ -381,6 +467,68 @@ fn usage_hash(usage: &Usage) -> u64 {
     .fold(OFFSET, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(PRIME)
     })
+}
+
+/// FNV-1a over a price's canonical form: its kind, then every rate (amount, per) and tier bound
+/// (`u64::MAX` for the open tier) in order, little-endian.
+fn price_hash(price: &Price) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let rate = |r: &crate::Rate| [r.amount, r.per];
+    let mut words: Vec<u64> = Vec::new();
+    match price {
+        Price::PerRequest(amount) => words.extend([0, amount.get()]),
+        Price::PerToken { input, output } => {
+            words.push(1);
+            words.extend(rate(input));
+            words.extend(rate(output));
+        }
+        Price::PerCharacter(r) => {
+            words.push(2);
+            words.extend(rate(r));
+        }
+        Price::PerPage(r) => {
+            words.push(3);
+            words.extend(rate(r));
+        }
+        Price::PerSecond(r) => {
+            words.push(4);
+            words.extend(rate(r));
+        }
+        Price::Tiered { meter, tiers } => {
+            words.extend([5, *meter as u64]);
+            for tier in tiers {
+                words.push(tier.up_to.unwrap_or(u64::MAX));
+                words.extend(rate(&tier.rate));
+            }
+        }
+    }
+    words
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .fold(OFFSET, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        })
+}
+
+/// A price as an app's catalog had it when a hold was quoted: the entry's version and the
+/// price itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedPrice {
+    /// The catalog entry's version (see [`Change::PriceSet`]).
+    pub version: u64,
+    /// The price.
+    pub price: Price,
+}
+
+/// What a metered hold keeps of how it was sized: the largest usage it was quoted for and the
+/// price (see [`Command::ReserveMetered`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metered {
+    /// The largest usage the call could have.
+    pub max_usage: Usage,
+    /// The price pinned.
+    pub price: PinnedPrice,
 }
 
 /// A command's fingerprint (see [`Command::digest`]).
@@ -441,6 +589,11 @@ pub enum Outcome {
         amount: Amount,
         /// When it expires now.
         expires_at: Timestamp,
+    },
+    /// A price of the app's catalog was set (or removed).
+    PriceSet {
+        /// The entry's new version.
+        version: u64,
     },
     /// Part of a hold was posted; the hold stays pending.
     Settled {
@@ -534,6 +687,8 @@ pub enum Change {
         metadata: String,
         /// The spend token it was made with.
         token: Option<u64>,
+        /// For a metered hold: the usage it was sized for and the price pinned.
+        metered: Option<Box<Metered>>,
     },
     /// A hold was committed (the app's credit is the leg).
     Committed {
@@ -551,6 +706,8 @@ pub enum Change {
         endpoint: String,
         /// What the work used.
         usage: Usage,
+        /// Made by [`Command::Finish`]: the amount is the cost of `usage` at the pinned price.
+        metered: bool,
     },
     /// A hold was voided.
     Voided {
@@ -558,6 +715,16 @@ pub enum Change {
         hold: u64,
         /// The amount released.
         amount_released: Amount,
+    },
+    /// A price of this app's catalog was set (`None`: removed), as version `version` of the
+    /// entry (versions count up per app from 1).
+    PriceSet {
+        /// The endpoint.
+        endpoint: String,
+        /// The price.
+        price: Option<Price>,
+        /// The entry's version.
+        version: u64,
     },
     /// A pending hold was raised by `amount` (zero when only its deadline moved).
     Extended {
@@ -728,6 +895,7 @@ impl Record {
             Change::Opened { .. }
             | Change::Reserved { .. }
             | Change::Extended { .. }
+            | Change::PriceSet { .. }
             | Change::Voided { .. }
             | Change::Expired { .. }
             | Change::TokenIssued { .. }
@@ -761,9 +929,10 @@ impl Record {
             ..Effect::default()
         };
         match &self.change {
-            Change::Opened { .. } | Change::TokenIssued { .. } | Change::TokenRevoked { .. } => {
-                Effect::default()
-            }
+            Change::Opened { .. }
+            | Change::TokenIssued { .. }
+            | Change::TokenRevoked { .. }
+            | Change::PriceSet { .. } => Effect::default(),
             Change::Funded { amount, .. } | Change::Refunded { amount, .. } => credits(amount),
             Change::FundingUpdated { old, new, .. } => match funding_difference(*old, *new) {
                 Some(FundingStep::Up(up)) => credits(&up),
@@ -818,14 +987,41 @@ impl Record {
                 endpoint,
                 metadata,
                 token,
+                metered,
                 ..
-            } => Command::Reserve {
-                app: *app,
-                amount: *amount,
-                timeout_ms: expires_at.0.saturating_sub(self.at.0),
-                endpoint: endpoint.clone(),
-                metadata: metadata.clone(),
-                token: *token,
+            } => {
+                let timeout_ms = expires_at.0.saturating_sub(self.at.0);
+                match metered {
+                    None => Command::Reserve {
+                        app: *app,
+                        amount: *amount,
+                        timeout_ms,
+                        endpoint: endpoint.clone(),
+                        metadata: metadata.clone(),
+                        token: *token,
+                    },
+                    Some(m) => Command::ReserveMetered {
+                        app: *app,
+                        endpoint: endpoint.clone(),
+                        max_usage: m.max_usage,
+                        timeout_ms,
+                        metadata: metadata.clone(),
+                        token: *token,
+                        price: Box::new(m.price.clone()),
+                    },
+                }
+            }
+            Change::Committed {
+                hold,
+                usage,
+                metered: true,
+                ..
+            } => Command::Finish {
+                hold: HoldId {
+                    account,
+                    seq: *hold,
+                },
+                usage: *usage,
             },
             Change::Committed {
                 hold,
@@ -839,6 +1035,12 @@ impl Record {
                 },
                 amount: *amount_posted,
                 usage: *usage,
+            },
+            Change::PriceSet {
+                endpoint, price, ..
+            } => Command::SetPrice {
+                endpoint: endpoint.clone(),
+                price: price.clone(),
             },
             Change::Voided { hold, .. } => Command::Void {
                 hold: HoldId {
@@ -955,6 +1157,7 @@ impl Record {
             } => Outcome::Voided {
                 amount_released: *amount_released,
             },
+            Change::PriceSet { version, .. } => Outcome::PriceSet { version: *version },
             Change::Extended {
                 total, expires_at, ..
             } => Outcome::Extended {

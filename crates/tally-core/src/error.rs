@@ -240,4 +240,24 @@ pub enum Error {
         /// The account.
         account: AccountId,
     },
+    /// The hold was not made by a metered reserve, so it has no price to finish it with.
+    #[error("{hold} is not metered (it has no pinned price); commit an amount instead")]
+    NotMetered {
+        /// The hold.
+        hold: HoldId,
+    },
+    /// A price the catalog cannot hold.
+    #[error("invalid price: {reason}")]
+    InvalidPrice {
+        /// Why.
+        reason: String,
+    },
+    /// The app prices as many endpoints as it may.
+    #[error("{account} prices {limit} endpoints already, the most an app may")]
+    TooManyPrices {
+        /// The app.
+        account: AccountId,
+        /// The limit.
+        limit: usize,
+    },
 }

@@ -2,7 +2,7 @@
 //! applying the record (`apply`, `apply_leg`). Deciding never mutates; applying never fails.
 
 use crate::account::{forget_oldest, forget_through, totals_fit, Remembered};
-use crate::command::Leg;
+use crate::command::{Leg, Metered};
 use crate::{
     Account, AccountId, AccountKind, AccountSpec, Amount, Change, Command, Error, Hold, HoldId,
     HoldStatus, Limits, OpId, Origin, Outcome, Posting, PostingId, Record, Request, SpendToken,
@@ -151,53 +151,46 @@ impl Account {
                 endpoint,
                 metadata,
                 token,
+            } => self.decide_reserve(
+                *app,
+                *amount,
+                *timeout_ms,
+                endpoint,
+                metadata,
+                *token,
+                None,
+                ctx,
+            ),
+            Command::ReserveMetered {
+                app,
+                endpoint,
+                max_usage,
+                timeout_ms,
+                metadata,
+                token,
+                price,
             } => {
-                positive(*amount, "amount")?;
-                self.require_kind(AccountKind::User, "a user account")?;
-                self.require_payee(ctx, *app)?;
-                let limits = ctx.limits;
-                if *timeout_ms < limits.hold_timeout_ms_min
-                    || *timeout_ms > limits.hold_timeout_ms_max
-                {
-                    return Err(Error::InvalidTimeout {
-                        timeout_ms: *timeout_ms,
-                        min_ms: limits.hold_timeout_ms_min,
-                        max_ms: limits.hold_timeout_ms_max,
-                    });
-                }
-                bounded_text(endpoint, "endpoint", limits.endpoint_bytes_max)?;
-                bounded_text(metadata, "metadata", limits.metadata_bytes_max)?;
-                if self.deadlines.len() >= limits.holds_pending_max {
-                    return Err(Error::TooManyHolds {
-                        account: self.id,
-                        limit: limits.holds_pending_max,
-                    });
-                }
-                self.debit_fits(*amount)?;
-                self.within_caps(*app, *amount, ctx)?;
-                let expires_at = ctx.now.plus_ms(*timeout_ms);
-                // A hold made with a token may not outlive it (the record keeps the timeout as
-                // asked, so a retry is recognized: a longer one is refused, not shortened).
-                if let Some(token_expiry) =
-                    self.token_covers(*token, *app, endpoint, *amount, ctx.now)?
-                {
-                    if expires_at > token_expiry {
-                        return Err(Error::InvalidTimeout {
-                            timeout_ms: *timeout_ms,
-                            min_ms: limits.hold_timeout_ms_min,
-                            max_ms: token_expiry.0.saturating_sub(ctx.now.0),
-                        });
-                    }
-                }
-                Ok(Change::Reserved {
-                    hold: self.next_seq,
-                    app: *app,
-                    amount: *amount,
-                    expires_at,
-                    endpoint: endpoint.clone(),
-                    metadata: metadata.clone(),
-                    token: *token,
-                })
+                let amount = price
+                    .price
+                    .cost(max_usage)
+                    .map_err(|_| Error::AmountTooLarge {
+                        amount: u64::MAX,
+                        max: Amount::MAX.get(),
+                    })?;
+                let metered = Metered {
+                    max_usage: *max_usage,
+                    price: (**price).clone(),
+                };
+                self.decide_reserve(
+                    *app,
+                    amount,
+                    *timeout_ms,
+                    endpoint,
+                    metadata,
+                    *token,
+                    Some(Box::new(metered)),
+                    ctx,
+                )
             }
             Command::Commit {
                 hold,
@@ -209,23 +202,47 @@ impl Account {
                 if held.amount_posted.is_zero() {
                     positive(*amount, "amount")?;
                 }
-                let holding = held.held();
-                if *amount > holding {
-                    return Err(Error::CommitExceedsHold {
-                        hold: *hold,
-                        held: holding.get(),
-                        requested: amount.get(),
+                commit_change(held, *hold, *amount, *usage, self.next_seq, false)
+            }
+            Command::Finish { hold, usage } => {
+                let held = self.pending_hold(*hold, ctx.now)?;
+                let Some(price) = held.price.as_ref() else {
+                    return Err(Error::NotMetered { hold: *hold });
+                };
+                // Priced as quoted when the hold was made, whatever the catalog says now; a
+                // zero cost (no usage) posts nothing and releases all.
+                let cost = price.price.cost(usage).map_err(|_| Error::AmountTooLarge {
+                    amount: u64::MAX,
+                    max: Amount::MAX.get(),
+                })?;
+                commit_change(held, *hold, cost, *usage, self.next_seq, true)
+            }
+            Command::SetPrice { endpoint, price } => {
+                self.require_kind_not(AccountKind::Funding, "a revenue or user account")?;
+                bounded_text(endpoint, "endpoint", ctx.limits.endpoint_bytes_max)?;
+                if let Some(price) = price {
+                    check_price(price)?;
+                }
+                let listed = self
+                    .catalog
+                    .get(endpoint)
+                    .is_some_and(|e| e.price.is_some());
+                if price.is_none() && !listed {
+                    return Err(Error::InvalidPrice {
+                        reason: format!("{endpoint:?} has no price to remove"),
                     });
                 }
-                let amount_released = holding.checked_sub(*amount).unwrap_or(Amount::ZERO);
-                Ok(Change::Committed {
-                    hold: hold.seq,
-                    app: held.app,
-                    amount_posted: *amount,
-                    amount_released,
-                    posting: self.next_seq,
-                    endpoint: held.endpoint.clone(),
-                    usage: *usage,
+                let live = self.catalog.values().filter(|e| e.price.is_some()).count();
+                if price.is_some() && !listed && live >= PRICES_MAX {
+                    return Err(Error::TooManyPrices {
+                        account: self.id,
+                        limit: PRICES_MAX,
+                    });
+                }
+                Ok(Change::PriceSet {
+                    endpoint: endpoint.clone(),
+                    price: price.clone(),
+                    version: self.catalog_version.saturating_add(1),
                 })
             }
             Command::Void { hold } => {
@@ -460,6 +477,65 @@ impl Account {
                 })
             }
         }
+    }
+
+    /// A reserve of `amount` (of a metered hold when `metered` is given): the checks of a new
+    /// hold, in the order they are reported.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_reserve(
+        &self,
+        app: AccountId,
+        amount: Amount,
+        timeout_ms: u64,
+        endpoint: &str,
+        metadata: &str,
+        token: Option<u64>,
+        metered: Option<Box<Metered>>,
+        ctx: &DecideCtx<'_>,
+    ) -> Result<Change, Error> {
+        positive(amount, "amount")?;
+        self.require_kind(AccountKind::User, "a user account")?;
+        self.require_payee(ctx, app)?;
+        let limits = ctx.limits;
+        if timeout_ms < limits.hold_timeout_ms_min || timeout_ms > limits.hold_timeout_ms_max {
+            return Err(Error::InvalidTimeout {
+                timeout_ms,
+                min_ms: limits.hold_timeout_ms_min,
+                max_ms: limits.hold_timeout_ms_max,
+            });
+        }
+        bounded_text(endpoint, "endpoint", limits.endpoint_bytes_max)?;
+        bounded_text(metadata, "metadata", limits.metadata_bytes_max)?;
+        if self.deadlines.len() >= limits.holds_pending_max {
+            return Err(Error::TooManyHolds {
+                account: self.id,
+                limit: limits.holds_pending_max,
+            });
+        }
+        self.debit_fits(amount)?;
+        self.within_caps(app, amount, ctx)?;
+        let expires_at = ctx.now.plus_ms(timeout_ms);
+        // A hold made with a token may not outlive it (the record keeps the timeout as
+        // asked, so a retry is recognized: a longer one is refused, not shortened).
+        if let Some(token_expiry) = self.token_covers(token, app, endpoint, amount, ctx.now)? {
+            if expires_at > token_expiry {
+                return Err(Error::InvalidTimeout {
+                    timeout_ms,
+                    min_ms: limits.hold_timeout_ms_min,
+                    max_ms: token_expiry.0.saturating_sub(ctx.now.0),
+                });
+            }
+        }
+        Ok(Change::Reserved {
+            hold: self.next_seq,
+            app,
+            amount,
+            expires_at,
+            endpoint: endpoint.to_owned(),
+            metadata: metadata.to_owned(),
+            token,
+            metered,
+        })
     }
 
     /// The spend token presented (if any) covers holding or charging `amount` for `app` at
@@ -724,6 +800,7 @@ impl Account {
                 endpoint,
                 metadata,
                 token,
+                metered,
             } => {
                 self.next_seq = self.next_seq.max(hold.saturating_add(1));
                 self.token_use(*token, *amount);
@@ -746,6 +823,22 @@ impl Account {
                         posting: None,
                         resolved_at: None,
                         token: *token,
+                        price: metered.as_ref().map(|m| m.price.clone()),
+                    },
+                );
+            }
+            Change::PriceSet {
+                endpoint,
+                price,
+                version,
+            } => {
+                self.catalog_version = self.catalog_version.max(*version);
+                self.catalog.insert(
+                    endpoint.clone(),
+                    crate::account::CatalogEntry {
+                        version: *version,
+                        price: price.clone(),
+                        set_at: record.at,
                     },
                 );
             }
@@ -1060,6 +1153,73 @@ impl Account {
         }
         forget_oldest(&mut self.remembered, &mut self.remembered_order, at, limits);
     }
+}
+
+/// The commit of `amount` of `held` (a pending hold), posted as `posting`: refused past what it
+/// still holds.
+fn commit_change(
+    held: &Hold,
+    hold: HoldId,
+    amount: Amount,
+    usage: crate::Usage,
+    posting: u64,
+    metered: bool,
+) -> Result<Change, Error> {
+    let holding = held.held();
+    if amount > holding {
+        return Err(Error::CommitExceedsHold {
+            hold,
+            held: holding.get(),
+            requested: amount.get(),
+        });
+    }
+    let amount_released = holding.checked_sub(amount).unwrap_or(Amount::ZERO);
+    Ok(Change::Committed {
+        hold: hold.seq,
+        app: held.app,
+        amount_posted: amount,
+        amount_released,
+        posting,
+        endpoint: held.endpoint.clone(),
+        usage,
+        metered,
+    })
+}
+
+/// The most endpoints one app may price at once.
+pub const PRICES_MAX: usize = 1_000;
+/// The most tiers one price may have.
+pub const TIERS_MAX: usize = 64;
+
+/// A price the catalog may hold: its tiers in order and at most [`TIERS_MAX`], every rate per at
+/// least one unit (checked by pricing nothing with it, which walks every tier).
+fn check_price(price: &crate::Price) -> Result<(), Error> {
+    if let crate::Price::Tiered { tiers, .. } = price {
+        if tiers.len() > TIERS_MAX {
+            return Err(Error::InvalidPrice {
+                reason: format!("{} tiers, at most {TIERS_MAX}", tiers.len()),
+            });
+        }
+    }
+    let rates_ok = match price {
+        crate::Price::PerRequest(_) => true,
+        crate::Price::PerToken { input, output } => input.per > 0 && output.per > 0,
+        crate::Price::PerCharacter(r) | crate::Price::PerPage(r) | crate::Price::PerSecond(r) => {
+            r.per > 0
+        }
+        crate::Price::Tiered { tiers, .. } => tiers.iter().all(|t| t.rate.per > 0),
+    };
+    if !rates_ok {
+        return Err(Error::InvalidPrice {
+            reason: crate::PricingError::ZeroPer.to_string(),
+        });
+    }
+    price
+        .cost(&crate::Usage::default())
+        .map(drop)
+        .map_err(|e| Error::InvalidPrice {
+            reason: e.to_string(),
+        })
 }
 
 fn require_counterparty(

@@ -36,18 +36,19 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 pub use account::{
-    signed_diff, Account, AccountFlags, AccountKind, AccountSpec, Balance, Hold, HoldStatus,
-    KeyWindow, Posting, RememberedKey, SpendToken, DAY_MS,
+    signed_diff, Account, AccountFlags, AccountKind, AccountSpec, Balance, CatalogEntry, Hold,
+    HoldStatus, KeyWindow, Posting, RememberedKey, SpendToken, DAY_MS,
 };
 pub use afford::{Limiter, UsageField};
 pub use amount::Amount;
 pub use audit::{audit, AuditReport, Auditor, Violation};
 pub use command::{
-    funding_difference, Change, Command, Effect, FundingStep, Leg, Origin, Outcome, Record, Request,
+    funding_difference, Change, Command, Effect, FundingStep, Leg, Metered, Origin, Outcome,
+    PinnedPrice, Record, Request,
 };
 pub use error::Error;
 pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp, TokenId};
-pub use ledger::{Counterparty, DecideCtx, Decision, SpendCaps};
+pub use ledger::{Counterparty, DecideCtx, Decision, SpendCaps, PRICES_MAX, TIERS_MAX};
 pub use limits::Limits;
 pub use pricing::{
     parse_cents, parse_usd, Meter, Price, PricingError, Rate, Tier, Usage, MICROCENTS_PER_CENT,

@@ -12,7 +12,9 @@ impl Account {
             Command::Fund { from, .. } | Command::UpdateFunding { from, .. } => Some(*from),
             Command::Charge { app, .. } => Some(*app),
             Command::Transfer { to, .. } => Some(*to),
-            Command::Commit { hold, .. } | Command::Settle { hold, .. } => self
+            Command::Commit { hold, .. }
+            | Command::Settle { hold, .. }
+            | Command::Finish { hold, .. } => self
                 .holds
                 .get(&hold.seq)
                 .filter(|_| hold.account == self.id)
@@ -23,6 +25,8 @@ impl Account {
                 .filter(|_| posting.account == self.id)
                 .map(|p| p.app),
             Command::Reserve { .. }
+            | Command::ReserveMetered { .. }
+            | Command::SetPrice { .. }
             | Command::Void { .. }
             | Command::Extend { .. }
             | Command::IssueToken { .. }

@@ -22,6 +22,8 @@ pub(crate) enum Query {
     Hold(u64),
     Op(tally_core::OpId),
     State,
+    /// The app's price catalog.
+    Catalog,
     /// The room for one more hold or charge (see `Account::spend_room`).
     Room {
         app: tally_core::AccountId,
@@ -40,6 +42,7 @@ pub(crate) enum Answer {
     Op(Option<Outcome>),
     State(Box<Account>),
     Room(Result<(Amount, tally_core::Limiter), tally_core::Error>),
+    Catalog(Box<crate::shared::Catalog>),
 }
 
 /// Messages an account actor handles.
@@ -129,6 +132,7 @@ pub(crate) fn read(slot: &Slot, query: Query) -> Reply<Answer> {
         Query::Hold(seq) => Answer::Hold(account.hold(seq).cloned()),
         Query::Op(op) => Answer::Op(account.remembered(op).map(|(outcome, _)| outcome)),
         Query::State => Answer::State(Box::new(account.clone())),
+        Query::Catalog => Answer::Catalog(Box::new(crate::shared::catalog_of(account))),
         Query::Room {
             app,
             endpoint,

@@ -349,7 +349,8 @@ fn kind_of(record: &Record, own: &Account) -> Option<EventKind> {
         Change::Opened { .. }
         | Change::Transferred { .. }
         | Change::TokenIssued { .. }
-        | Change::TokenRevoked { .. } => return None,
+        | Change::TokenRevoked { .. }
+        | Change::PriceSet { .. } => return None,
         Change::Funded { amount, .. } => {
             let new = own.funded();
             EventKind::FundingUpdate {

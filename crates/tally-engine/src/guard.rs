@@ -69,6 +69,25 @@ impl HoldGuard {
         Ok(committed)
     }
 
+    /// Finishes a metered hold: posts the cost of `usage` at the price pinned when it was made
+    /// (see [`Tally::finish`]).
+    pub async fn finish(
+        &mut self,
+        op: OpId,
+        usage: &tally_core::Usage,
+    ) -> Result<Committed, Error> {
+        let committed = self.tally.finish(op, self.hold, *usage).await?;
+        self.resolved = true;
+        Ok(committed)
+    }
+
+    /// Lets go of the hold without resolving it: it stays pending until committed, finished or
+    /// voided by its id (from another task or process), or until it expires.
+    pub fn detach(mut self) -> HoldId {
+        self.resolved = true;
+        self.hold
+    }
+
     /// Voids the hold now and waits for it; returns the amount released.
     pub async fn void(mut self) -> Result<Amount, Error> {
         let released = self.tally.void(self.void_op(), self.hold).await?;

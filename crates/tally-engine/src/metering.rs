@@ -5,17 +5,22 @@
 //! `get_funding_allowed({minimum})` is [`Tally::funding_allowed`], `record_cost({cost})` is
 //! [`Tally::record_cost`], and a variable-cost call is [`Tally::meter`] + [`MeterGuard::finish`].
 //!
-//! The catalog is configuration, not ledger state: the service registers its prices when it
-//! starts ([`Tally::set_price`]); they are not journaled.
+//! The catalog is ledger state: each app's prices live in its account, set by journaled
+//! records ([`Tally::set_price`], versioned per app), so they survive restarts and are in the
+//! audit trail. A metered hold pins the price it was quoted at ([`Tally::meter`]) and
+//! finishing it prices the usage with that price ([`Tally::finish`]), whatever the catalog
+//! says by then.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tally_core::{
-    AccountId, Amount, Command, OpId, Outcome, PostingId, Price, PricingError, Record, Timestamp,
-    Usage, UsageQuery, UsageReport, UsageTotals,
+    AccountId, Amount, Command, HoldId, OpId, Outcome, PinnedPrice, PostingId, Price, PricingError,
+    Record, Timestamp, Usage, UsageQuery, UsageReport, UsageTotals,
 };
 
-use crate::{Committed, Error, HoldGuard, ReserveRequest, Tally, HISTORY_PAGE_MAX};
+use crate::{Committed, Error, HoldGuard, Tally, HISTORY_PAGE_MAX};
 
 /// Why a metered call could not be priced.
 impl From<PricingError> for Error {
@@ -24,11 +29,11 @@ impl From<PricingError> for Error {
     }
 }
 
-/// A metered call in progress: the hold sized from the most the call can cost, and the price
-/// that turns its actual usage into a cost.
+/// A metered call in progress: the hold sized from the most the call can cost at the price it
+/// pinned.
 pub struct MeterGuard {
     hold: HoldGuard,
-    price: Price,
+    price: PinnedPrice,
 }
 
 impl MeterGuard {
@@ -37,36 +42,126 @@ impl MeterGuard {
         &self.hold
     }
 
-    /// Commits the priced cost of `usage` (at most what was held). Dropping the guard instead
-    /// voids the hold: nobody pays for failed work.
+    /// The price the hold pinned.
+    pub fn price(&self) -> &PinnedPrice {
+        &self.price
+    }
+
+    /// Lets go of the call without resolving it (see [`HoldGuard::detach`]): its hold stays
+    /// pending, to be finished by id with [`Tally::finish`].
+    pub fn detach(self) -> HoldId {
+        self.hold.detach()
+    }
+
+    /// Commits the cost of `usage` at the pinned price (at most what was held). Dropping the
+    /// guard instead voids the hold: nobody pays for failed work.
     pub async fn finish(&mut self, op: OpId, usage: &Usage) -> Result<Committed, Error> {
-        let cost = self.price.cost(usage)?;
-        self.hold.commit_with_usage(op, cost.get(), *usage).await
+        self.hold.finish(op, usage).await
     }
 }
 
 impl Tally {
-    /// Sets the price of an app's endpoint (replacing any earlier one).
-    pub fn set_price(&self, app: AccountId, endpoint: impl Into<String>, price: Price) {
-        self.shared.prices.insert((app, endpoint.into()), price);
+    /// Sets (with `None`, removes) the price of an app's endpoint: a journaled change of the
+    /// app's catalog, decided by the app's account; returns the entry's new version. Holds
+    /// already made keep the price they were quoted at. Refused: `InvalidPrice` (tiers out of
+    /// order, more than 64, a rate per zero units; removing what is not priced),
+    /// `TooManyPrices` (1,000 endpoints per app), `FieldTooLong`, `WrongAccountKind` (a
+    /// funding account).
+    pub async fn set_price(
+        &self,
+        op: OpId,
+        app: AccountId,
+        endpoint: impl Into<String>,
+        price: Option<Price>,
+    ) -> Result<u64, Error> {
+        let command = Command::SetPrice {
+            endpoint: endpoint.into(),
+            price,
+        };
+        match self.execute(app, self.request(op, command)).await? {
+            Outcome::PriceSet { version } => Ok(version),
+            other => Err(crate::handle::unexpected(other)),
+        }
     }
 
-    /// The price of an app's endpoint.
-    pub fn price(&self, app: AccountId, endpoint: &str) -> Option<Price> {
-        self.shared
-            .prices
-            .get(&(app, endpoint.to_string()))
-            .map(|p| p.clone())
+    /// The price an app's catalog has for `endpoint` now, with its version (`None`: not
+    /// priced). The first look-up of an app after the engine opens reads its account.
+    pub async fn price(
+        &self,
+        app: AccountId,
+        endpoint: &str,
+    ) -> Result<Option<PinnedPrice>, Error> {
+        let catalog = self.catalog(app).await?;
+        Ok(catalog.1.get(endpoint).and_then(|entry| {
+            entry.price.as_ref().map(|price| PinnedPrice {
+                version: entry.version,
+                price: price.clone(),
+            })
+        }))
     }
 
-    /// The most a call can cost (from its largest possible usage: its maximum tokens, say), to
-    /// size the hold; and, after the work, what it did cost.
-    pub fn quote(&self, app: AccountId, endpoint: &str, usage: &Usage) -> Result<Amount, Error> {
-        let price = self.price(app, endpoint).ok_or_else(|| Error::NoPrice {
-            app,
-            endpoint: endpoint.to_string(),
-        })?;
-        Ok(price.cost(usage)?)
+    /// An app's whole catalog: its newest version and every endpoint's entry (removed ones
+    /// have no price).
+    pub async fn catalog(&self, app: AccountId) -> Result<Arc<crate::shared::Catalog>, Error> {
+        if let Some(cached) = self.shared.catalogs.get(&app) {
+            return Ok(cached.clone());
+        }
+        match self.read(app, || crate::actor::Query::Catalog).await? {
+            crate::actor::Answer::Catalog(catalog) => {
+                self.shared.cache_catalog(app, *catalog);
+                self.shared
+                    .catalogs
+                    .get(&app)
+                    .map(|c| c.clone())
+                    .ok_or_else(|| Error::Internal {
+                        reason: "a cached catalog vanished".into(),
+                    })
+            }
+            _ => Err(Error::Internal {
+                reason: "unexpected answer to catalog".into(),
+            }),
+        }
+    }
+
+    async fn priced(&self, app: AccountId, endpoint: &str) -> Result<PinnedPrice, Error> {
+        self.price(app, endpoint)
+            .await?
+            .ok_or_else(|| Error::NoPrice {
+                app,
+                endpoint: endpoint.to_string(),
+            })
+    }
+
+    /// What `usage` costs at an app's endpoint's price now.
+    pub async fn quote(
+        &self,
+        app: AccountId,
+        endpoint: &str,
+        usage: &Usage,
+    ) -> Result<Amount, Error> {
+        Ok(self.priced(app, endpoint).await?.price.cost(usage)?)
+    }
+
+    /// Finishes a metered hold: posts the cost of `usage` at the price the hold pinned (at most
+    /// what it still holds: more is `CommitExceedsHold`) and releases the rest. `NotMetered`
+    /// for a hold made by a plain reserve.
+    pub async fn finish(&self, op: OpId, hold: HoldId, usage: Usage) -> Result<Committed, Error> {
+        let command = Command::Finish { hold, usage };
+        match self
+            .execute(hold.account, self.request(op, command))
+            .await?
+        {
+            Outcome::Committed {
+                posting,
+                amount_posted,
+                amount_released,
+            } => Ok(Committed {
+                posting,
+                amount_posted,
+                amount_released,
+            }),
+            other => Err(crate::handle::unexpected(other)),
+        }
     }
 
     /// The most of one usage field (`maximize`, e.g. output tokens, with the rest of `base`
@@ -87,10 +182,7 @@ impl Tally {
         maximize: tally_core::UsageField,
         token: Option<u64>,
     ) -> Result<Affordable, Error> {
-        let price = self.price(app, endpoint).ok_or_else(|| Error::NoPrice {
-            app,
-            endpoint: endpoint.to_string(),
-        })?;
+        let price = self.priced(app, endpoint).await?.price;
         let caps = self.shared.policy.caps_for(account, app);
         let now = self.shared.config.clock.now();
         let query = || crate::actor::Query::Room {
@@ -201,15 +293,22 @@ impl Tally {
         max_usage: &Usage,
         timeout: Duration,
     ) -> Result<MeterGuard, Error> {
-        let price = self.price(app, endpoint).ok_or_else(|| Error::NoPrice {
+        let price = self.priced(app, endpoint).await?;
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let command = Command::ReserveMetered {
             app,
-            endpoint: endpoint.to_string(),
-        })?;
-        let estimate = price.cost(max_usage)?;
-        let request = ReserveRequest::new(account, app, estimate.get())
-            .timeout(timeout)
-            .endpoint(endpoint);
-        let hold = self.hold(op, request).await?;
+            endpoint: endpoint.to_owned(),
+            max_usage: *max_usage,
+            timeout_ms,
+            metadata: String::new(),
+            token: None,
+            price: Box::new(price.clone()),
+        };
+        let (hold, amount) = match self.execute(account, self.request(op, command)).await? {
+            Outcome::Reserved { hold, .. } => (hold, price.price.cost(max_usage)?),
+            other => return Err(crate::handle::unexpected(other)),
+        };
+        let hold = HoldGuard::new(self.clone(), hold, amount, op);
         Ok(MeterGuard { hold, price })
     }
 

@@ -65,6 +65,22 @@ impl Slot {
     }
 }
 
+/// An app's catalog as cached: its newest version and every endpoint's entry.
+pub(crate) type Catalog = (
+    u64,
+    std::collections::BTreeMap<String, tally_core::CatalogEntry>,
+);
+
+/// The catalog of `account`, for the cache.
+pub(crate) fn catalog_of(account: &Account) -> Catalog {
+    let version = account.catalog().map(|(_, e)| e.version).max().unwrap_or(0);
+    let entries = account
+        .catalog()
+        .map(|(endpoint, entry)| (endpoint.to_owned(), entry.clone()))
+        .collect();
+    (version, entries)
+}
+
 /// A reply from an account actor: the result and the journal sequence number the caller must
 /// see durable before it is answered (0: nothing to wait for).
 pub(crate) struct Reply<T> {
@@ -84,8 +100,10 @@ pub(crate) struct Shared {
     pub(crate) actors: DashMap<ActorId, AccountId>,
     pub(crate) shutting_down: AtomicBool,
     eviction_requested: AtomicBool,
-    /// The price catalog: (app, endpoint) → price.
-    pub(crate) prices: DashMap<(AccountId, String), tally_core::Price>,
+    /// The apps' price catalogs as their accounts last applied them (the catalog is ledger
+    /// state, in each app's account): app → (its newest version, endpoint → entry). Filled
+    /// when an app's catalog is first needed and on every price change it applies.
+    pub(crate) catalogs: DashMap<AccountId, Arc<Catalog>, FastHash>,
     /// Rate limits and spend caps.
     pub(crate) policy: crate::policy::Policy,
     /// Subscribers and the events waiting for durability.
@@ -122,7 +140,7 @@ impl Shared {
             actors: DashMap::new(),
             shutting_down: AtomicBool::new(false),
             eviction_requested: AtomicBool::new(false),
-            prices: DashMap::new(),
+            catalogs: DashMap::with_hasher(FastHash::default()),
             policy: crate::policy::Policy::default(),
             events: Arc::new(crate::events::Events::default()),
         })
@@ -283,6 +301,18 @@ impl Shared {
             .remove_if(&slot.id, |_, routed| std::ptr::eq(routed.as_ref(), slot));
     }
 
+    /// Caches `catalog` for `app` unless a newer one is cached already.
+    pub(crate) fn cache_catalog(&self, app: AccountId, catalog: Catalog) {
+        self.catalogs
+            .entry(app)
+            .and_modify(|cached| {
+                if catalog.0 > cached.0 {
+                    *cached = Arc::new(catalog.clone());
+                }
+            })
+            .or_insert_with(|| Arc::new(catalog.clone()));
+    }
+
     fn counterparty(&self, id: Option<AccountId>) -> Option<Counterparty> {
         let id = id?;
         self.directory.get(&id).map(|spec| Counterparty {
@@ -362,6 +392,9 @@ impl Shared {
                         }
                         Ok(seq) => {
                             own.account.apply(&record, seq, &self.config.limits);
+                            if matches!(record.change, tally_core::Change::PriceSet { .. }) {
+                                self.cache_catalog(slot.id, catalog_of(&own.account));
+                            }
                             if let Some(theirs) = theirs.as_mut() {
                                 theirs.account.apply_leg(&record, seq);
                             }

@@ -230,6 +230,11 @@ impl From<LedgerError> for ApiError {
                 .with("spent", wide_u(spent))
                 .with("requested", requested),
             L::KeysNotLoaded { .. } => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            L::NotMetered { .. } => s(StatusCode::CONFLICT, "not_metered"),
+            L::InvalidPrice { .. } => s(StatusCode::BAD_REQUEST, "invalid_price"),
+            L::TooManyPrices { limit, .. } => {
+                s(StatusCode::CONFLICT, "too_many_prices").with("limit", limit)
+            }
         }
     }
 }

@@ -112,7 +112,13 @@ impl AppState {
             metrics: metrics::install(),
             config,
         }));
-        metering::restore_prices(&state);
+        let imported = metering::import_registry_prices(&state).await?;
+        if imported > 0 {
+            tracing::info!(
+                imported,
+                "prices kept by the registry moved into the ledger"
+            );
+        }
         state
             .registry
             .map_fixed(FUNDING_ACCOUNT_NAME, FUNDING_ACCOUNT)

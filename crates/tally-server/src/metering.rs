@@ -239,7 +239,8 @@ pub struct SetPrice {
     pub price: PriceBody,
 }
 
-/// Sets the price of an app's endpoint (replacing any earlier one; kept across restarts).
+/// Sets the price of an app's endpoint (replacing any earlier one): a journaled change of the
+/// app's catalog, versioned; holds already made keep the price they were quoted at.
 #[utoipa::path(put, path = "/v1/prices", request_body = SetPrice,
     responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -258,12 +259,14 @@ async fn set_price(
         ));
     }
     let price = to_price(&req.price)?;
-    state.registry.set_price(app, &req.endpoint, &price).await?;
-    state
+    let op = state.registry.fresh_op();
+    let version = state
         .tally
-        .set_price(app, req.endpoint.clone(), price.clone());
+        .set_price(op, app, req.endpoint.clone(), Some(price.clone()))
+        .await?;
     Ok(Json(
-        json!({"app": req.app, "endpoint": req.endpoint, "price": price_body(&price)}),
+        json!({"app": req.app, "endpoint": req.endpoint, "price": price_body(&price),
+        "version": version}),
     ))
 }
 
@@ -291,15 +294,14 @@ async fn get_price(
         return Err(ApiError::forbidden("this needs an admin or service key"));
     }
     let app = state.account(&q.app)?;
-    let price = state.tally.price(app, &q.endpoint).ok_or_else(|| {
+    let pinned = state.tally.price(app, &q.endpoint).await?.ok_or_else(|| {
         ApiError::from(tally::Error::NoPrice {
             app,
             endpoint: q.endpoint.clone(),
         })
     })?;
-    Ok(Json(
-        json!({"app": q.app, "endpoint": q.endpoint, "price": price_body(&price)}),
-    ))
+    Ok(Json(json!({"app": q.app, "endpoint": q.endpoint,
+        "price": price_body(&pinned.price), "version": pinned.version})))
 }
 
 /// `POST /v1/prices/quote`.
@@ -330,7 +332,8 @@ async fn quote(
     let app = state.account(&req.app)?;
     let cost = state
         .tally
-        .quote(app, &req.endpoint, &Usage::from(req.usage))?;
+        .quote(app, &req.endpoint, &Usage::from(req.usage))
+        .await?;
     Ok(Json(
         json!({"app": req.app, "endpoint": req.endpoint, "cost": cost.get()}),
     ))
@@ -449,16 +452,23 @@ async fn start_meter(
             let account = s.account(&req.account)?;
             let app = s.account(&req.app)?;
             p.require_app(app)?;
-            let estimate = s
-                .tally
-                .quote(app, &req.endpoint, &Usage::from(req.max_usage))?;
-            let command = Command::Reserve {
+            let max_usage = Usage::from(req.max_usage);
+            let price = s.tally.price(app, &req.endpoint).await?.ok_or_else(|| {
+                ApiError::from(tally::Error::NoPrice {
+                    app,
+                    endpoint: req.endpoint.clone(),
+                })
+            })?;
+            let estimate = price.price.cost(&max_usage).map_err(tally::Error::from)?;
+            let version = price.version;
+            let command = Command::ReserveMetered {
                 app,
-                amount: estimate,
-                timeout_ms: req.timeout_ms.unwrap_or(60_000),
                 endpoint: req.endpoint.clone(),
+                max_usage,
+                timeout_ms: req.timeout_ms.unwrap_or(60_000),
                 metadata: String::new(),
                 token: crate::tokens::presented(&s, req.token.as_deref(), account)?,
+                price: Box::new(price),
             };
             let request = Request {
                 op,
@@ -470,7 +480,7 @@ async fn start_meter(
                     StatusCode::CREATED,
                     json!({"hold": hold_str(hold), "account": req.account, "app": req.app,
                        "endpoint": req.endpoint, "amount_held": estimate.get(),
-                       "expires_at_ms": expires_at.0}),
+                       "price_version": version, "expires_at_ms": expires_at.0}),
                 )),
                 other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
             }
@@ -508,15 +518,9 @@ async fn finish_meter(
         let h = s.tally.get_hold(id).await?;
         p.require_app(h.app)?;
         let usage = Usage::from(body.value.usage);
-        let cost = s.tally.quote(h.app, &h.endpoint, &usage)?;
         let request = Request {
             op,
-            command: Command::Commit {
-                hold: id,
-                amount: cost,
-                usage,
-            },
-            origin: tally::Origin::new("tally-server", p.scope(), ""),
+            command: Command::Finish { hold: id, usage },            origin: tally::Origin::new("tally-server", p.scope(), ""),
         };
         match s.tally.execute(id.account, request).await? {
             Outcome::Committed {
@@ -525,7 +529,8 @@ async fn finish_meter(
                 amount_released,
             } => Ok((
                 StatusCode::OK,
-                json!({"hold": hold, "posting": posting_str(posting), "cost": cost.get(),
+                json!({"hold": hold, "posting": posting_str(posting), "cost": amount_posted.get(),
+                       "price_version": h.price.as_ref().map(|p| p.version),
                        "amount_posted": amount_posted.get(), "amount_released": amount_released.get()}),
             )),
             other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
@@ -729,11 +734,32 @@ async fn balance_history(
     ))
 }
 
-/// Sets again, at start, every price the registry recorded.
-pub fn restore_prices(state: &AppState) {
+/// Imports, at start, the prices an earlier build kept in the server's registry into the
+/// ledger's catalogs: each endpoint the app's catalog has never had an entry for (a price
+/// removed since is not brought back). The registry records no new prices.
+pub async fn import_registry_prices(state: &AppState) -> Result<usize, String> {
+    let mut imported = 0;
     for (app, endpoint, price) in state.registry.prices() {
-        state.tally.set_price(app, endpoint, price);
+        let catalog = match state.tally.catalog(app).await {
+            Ok(catalog) => catalog,
+            Err(tally::Error::Ledger(tally::LedgerError::UnknownAccount { .. })) => {
+                tracing::warn!(%app, %endpoint, "a registry price names an account the ledger lacks; not imported");
+                continue;
+            }
+            Err(e) => return Err(format!("reading {app}'s catalog: {e}")),
+        };
+        if catalog.1.contains_key(&endpoint) {
+            continue;
+        }
+        let op = state.registry.fresh_op();
+        state
+            .tally
+            .set_price(op, app, endpoint, Some(price))
+            .await
+            .map_err(|e| format!("importing a price: {e}"))?;
+        imported += 1;
     }
+    Ok(imported)
 }
 
 /// The metering routes.

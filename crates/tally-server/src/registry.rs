@@ -966,7 +966,9 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// Records the price of an app's endpoint.
+    /// Records the price of an app's endpoint in the registry, as builds before prices were
+    /// ledger state did (the server no longer calls it; [`crate::metering`] imports such
+    /// entries into the ledger at start, and tests use it to make one).
     pub async fn set_price(
         &self,
         app: AccountId,

@@ -10,13 +10,16 @@ use tally_core::{Account, KeyWindow, Record, RememberedKey};
 use crate::StoreError;
 
 /// Version of the record encoding. Version 2 added the origin, usage and funding updates;
-/// version 3 spend tokens (issue, revoke, and the token a hold or charge was made with). Data
-/// written by earlier versions (pre-release builds only) is refused with a clear error.
-const RECORD_VERSION: u8 = 3;
+/// version 3 spend tokens (issue, revoke, and the token a hold or charge was made with); version
+/// 4 streaming holds (extend, settle), metered holds with their pinned price, and price catalog
+/// changes. Data written by earlier versions (pre-release builds only) is refused with a clear
+/// error.
+const RECORD_VERSION: u8 = 4;
 /// Version of the snapshot encoding (2: total funding and the day's spending; 3: spend tokens
 /// and the token of each hold, a sixth digest field; 4: the idempotency keys kept apart, the
-/// header naming their window; 5: the header names where the window's unforgotten keys start).
-const SNAPSHOT_VERSION: u8 = 5;
+/// header naming their window; 5: the header names where the window's unforgotten keys start;
+/// 6: a hold's pinned price, an app's price catalog).
+const SNAPSHOT_VERSION: u8 = 6;
 /// Version of a remembered idempotency key's encoding.
 const KEY_VERSION: u8 = 1;
 /// Bytes before a snapshot's postcard body: version, covered seq, key window (first seq, count,

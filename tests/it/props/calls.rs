@@ -179,7 +179,8 @@ pub fn answer(outcome: Outcome) -> Answer {
             amount_posted,
             amount_held,
         }),
-        Outcome::FundingUpdated { .. }
+        Outcome::PriceSet { .. }
+        | Outcome::FundingUpdated { .. }
         | Outcome::TokenIssued { .. }
         | Outcome::TokenRevoked { .. } => Answer::Done,
     }

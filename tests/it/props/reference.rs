@@ -545,6 +545,7 @@ impl Ledger {
                         posting: None,
                         resolved_at: None,
                         token: None,
+                        price: None,
                     },
                 );
                 Ok(Outcome::Reserved { hold, expires_at })

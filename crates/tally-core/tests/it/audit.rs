@@ -146,6 +146,7 @@ fn a_commit_above_its_hold_is_caught() {
             amount_posted: amt(150),
             amount_released: Amount::ZERO,
             posting: hold.seq + 1,
+            metered: false,
         },
     );
 

@@ -109,6 +109,8 @@ fn user_with(id: AccountId, credit_limit: u64, totals: Totals) -> Account {
             ]),
         ),
         (Val::Str("tokens"), empty_map()),
+        (Val::Str("catalog"), empty_map()),
+        (Val::Str("catalog_version"), Val::U64(0)),
     ]);
     Account::deserialize(account).unwrap()
 }

@@ -162,7 +162,11 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
                 amount: Amount::ZERO,
                 usage: Default::default(),
             },
-            Command::Void { .. } | Command::RevokeToken { .. } => {
+            Command::Void { .. }
+            | Command::RevokeToken { .. }
+            | Command::ReserveMetered { .. }
+            | Command::Finish { .. }
+            | Command::SetPrice { .. } => {
                 unreachable!("carries no amount")
             }
         }

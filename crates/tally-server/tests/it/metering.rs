@@ -211,3 +211,86 @@ async fn affordable_says_how_many_output_tokens_the_balance_pays_for_and_that_is
         "another app's key: {other:?}"
     );
 }
+
+#[tokio::test]
+async fn a_price_change_mid_call_does_not_change_what_the_call_costs_and_prices_survive_a_restart()
+{
+    let h = priced().await;
+    let start = h
+        .admin(
+            "POST",
+            "/v1/meter",
+            Some(
+                json!({"account": "alice", "app": "chat", "endpoint": "/v1/chat",
+                "max_usage": {"output_tokens": 1_000}}),
+            ),
+        )
+        .await;
+    assert_eq!(start.status, StatusCode::CREATED, "{start:?}");
+    let hold = start.body["hold"].as_str().unwrap().to_owned();
+    let quoted = start.body["price_version"].as_u64().unwrap();
+    let price = json!({"app": "chat", "endpoint": "/v1/chat", "price": {"type": "per_token",
+        "input": {"cents": "1000", "per": 1_000_000}, "output": {"cents": "3000", "per": 1_000_000}}});
+    let set = h.admin("PUT", "/v1/prices", Some(price)).await;
+    assert_eq!(set.status, StatusCode::OK, "{set:?}");
+    let newer = set.body["version"].as_u64().unwrap();
+    assert!(newer > quoted);
+    let h = h.restart().await;
+    let got = h
+        .admin("GET", "/v1/prices?app=chat&endpoint=/v1/chat", None)
+        .await;
+    assert_eq!(got.status, StatusCode::OK, "{got:?}");
+    assert_eq!(
+        got.body["version"], newer,
+        "the new price survived the restart"
+    );
+    let done = h
+        .admin(
+            "POST",
+            &format!("/v1/meter/{hold}/finish"),
+            Some(json!({"usage": {"output_tokens": 100}})),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{done:?}");
+    assert_eq!(
+        done.body["cost"],
+        100 * 600,
+        "priced as quoted: 600 µ¢ a token, not 3,000"
+    );
+    assert_eq!(done.body["price_version"], quoted);
+}
+
+#[tokio::test]
+async fn a_price_an_earlier_build_kept_in_the_registry_moves_into_the_ledger_once() {
+    let h = Harness::new().await;
+    h.world(1_000).await;
+    let chat = h.state.account("chat").unwrap();
+    let old = tally::Price::PerRequest(tally::Amount::new(700).unwrap());
+    h.state
+        .registry
+        .set_price(chat, "/old", &old)
+        .await
+        .unwrap();
+    let h = h.restart().await;
+    let got = h
+        .admin("GET", "/v1/prices?app=chat&endpoint=/old", None)
+        .await;
+    assert_eq!(got.status, StatusCode::OK, "{got:?}");
+    assert_eq!(
+        got.body["version"], 1,
+        "imported as the catalog's first entry"
+    );
+    // Changed in the ledger, it is not brought back from the registry at the next start.
+    let price = json!({"app": "chat", "endpoint": "/old",
+        "price": {"type": "per_request", "amount": 900}});
+    assert_eq!(
+        h.admin("PUT", "/v1/prices", Some(price)).await.status,
+        StatusCode::OK
+    );
+    let h = h.restart().await;
+    let got = h
+        .admin("GET", "/v1/prices?app=chat&endpoint=/old", None)
+        .await;
+    assert_eq!(got.body["version"], 2, "{got:?}");
+    assert_eq!(got.body["price"]["amount"], 900, "{got:?}");
+}
