@@ -141,6 +141,9 @@ pub struct Hold {
     pub token: Option<u64>,
     /// For a metered hold, the price it was quoted at, which finishing it uses.
     pub price: Option<crate::PinnedPrice>,
+    /// The usage of the parts settled so far (a metered hold's cost is that of all its usage,
+    /// rounded once: each part posts the cost so far minus what was posted).
+    pub usage_settled: crate::Usage,
 }
 
 impl Hold {

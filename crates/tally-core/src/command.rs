@@ -132,8 +132,18 @@ pub enum Command {
         /// The price quoted, as the catalog had it.
         price: Box<PinnedPrice>,
     },
-    /// Commit a metered hold: post the cost of `usage` at the price pinned when it was made
-    /// (at most what it still holds) and release the rest.
+    /// Settle a metered hold by usage: the call used `usage` more since its last part; post the
+    /// cost of all its usage so far at the pinned price, minus what was posted (so the cost is
+    /// rounded once over the whole call, not per part). The hold stays pending.
+    Progress {
+        /// The hold.
+        hold: HoldId,
+        /// The usage since the last part.
+        usage: Usage,
+    },
+    /// Commit a metered hold: post the cost of all its usage (the parts settled plus `usage`,
+    /// the rest of it) at the price pinned when it was made, minus what was posted (at most
+    /// what it still holds), and release the rest.
     Finish {
         /// The hold.
         hold: HoldId,
@@ -235,6 +245,7 @@ impl Command {
             | Command::Extend { .. }
             | Command::Settle { .. }
             | Command::Finish { .. }
+            | Command::Progress { .. }
             | Command::SetPrice { .. }
             | Command::Refund { .. }
             | Command::RevokeToken { .. } => None,
@@ -260,6 +271,7 @@ impl Command {
             Command::ReserveMetered { .. } => "reserve_metered",
             Command::Finish { .. } => "finish",
             Command::SetPrice { .. } => "set_price",
+            Command::Progress { .. } => "progress",
         }
     }
 
@@ -280,6 +292,7 @@ impl Command {
             Command::ReserveMetered { .. } => 12,
             Command::Finish { .. } => 13,
             Command::SetPrice { .. } => 14,
+            Command::Progress { .. } => 15,
         }
     }
 
@@ -388,7 +401,7 @@ impl Command {
                 text_hash(metadata),
                 token_field(token),
             ],
-            Command::Finish { hold, usage } => {
+            Command::Finish { hold, usage } | Command::Progress { hold, usage } => {
                 [hold.account.0, hold.seq, usage_hash(usage), 0, 0, 0]
             }
             Command::SetPrice { endpoint, price } => [
@@ -408,7 +421,7 @@ impl Command {
 }
 
 /// Field names of each command kind, in [`Command::digest`]'s order.
-const DIGEST_FIELDS: [[&str; 6]; 15] = [
+const DIGEST_FIELDS: [[&str; 6]; 16] = [
     ["from", "amount", "", "", "", ""],
     [
         "app",
@@ -438,6 +451,7 @@ const DIGEST_FIELDS: [[&str; 6]; 15] = [
     ],
     ["hold", "hold", "usage", "", "", ""],
     ["endpoint", "price", "", "", "", ""],
+    ["hold", "hold", "usage", "", "", ""],
 ];
 
 /// FNV-1a (64-bit) of the text: fixed by its specification, so digests stored in snapshots
@@ -755,6 +769,8 @@ pub enum Change {
         usage: Usage,
         /// What the hold still holds after it.
         amount_held: Amount,
+        /// Made by [`Command::Progress`]: the amount is priced from the usage.
+        metered: bool,
     },
     /// A hold expired.
     Expired {
@@ -1060,6 +1076,18 @@ impl Record {
                 },
                 amount: *amount,
                 timeout_ms: *timeout_ms,
+            },
+            Change::Settled {
+                hold,
+                usage,
+                metered: true,
+                ..
+            } => Command::Progress {
+                hold: HoldId {
+                    account,
+                    seq: *hold,
+                },
+                usage: *usage,
             },
             Change::Settled {
                 hold,

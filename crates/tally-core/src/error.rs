@@ -260,4 +260,14 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// A metered hold's parts settled by amount posted more than all its usage costs.
+    #[error("{hold} settled {settled} already, more than its usage costs ({cost})")]
+    SettledPastCost {
+        /// The hold.
+        hold: HoldId,
+        /// What its parts posted.
+        settled: u64,
+        /// What its whole usage costs.
+        cost: u64,
+    },
 }

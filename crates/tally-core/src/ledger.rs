@@ -211,11 +211,33 @@ impl Account {
                 };
                 // Priced as quoted when the hold was made, whatever the catalog says now; a
                 // zero cost (no usage) posts nothing and releases all.
-                let cost = price.price.cost(usage).map_err(|_| Error::AmountTooLarge {
-                    amount: u64::MAX,
-                    max: Amount::MAX.get(),
-                })?;
-                commit_change(held, *hold, cost, *usage, self.next_seq, true)
+                let part = self.metered_part(held, *hold, price, usage)?;
+                commit_change(held, *hold, part, *usage, self.next_seq, true)
+            }
+            Command::Progress { hold, usage } => {
+                let held = self.pending_hold(*hold, ctx.now)?;
+                let Some(price) = held.price.as_ref() else {
+                    return Err(Error::NotMetered { hold: *hold });
+                };
+                let part = self.metered_part(held, *hold, price, usage)?;
+                let holding = held.held();
+                let Some(amount_held) = holding.checked_sub(part) else {
+                    return Err(Error::CommitExceedsHold {
+                        hold: *hold,
+                        held: holding.get(),
+                        requested: part.get(),
+                    });
+                };
+                Ok(Change::Settled {
+                    hold: hold.seq,
+                    app: held.app,
+                    amount: part,
+                    posting: self.next_seq,
+                    endpoint: held.endpoint.clone(),
+                    usage: *usage,
+                    amount_held,
+                    metered: true,
+                })
             }
             Command::SetPrice { endpoint, price } => {
                 self.require_kind_not(AccountKind::Funding, "a revenue or user account")?;
@@ -315,6 +337,12 @@ impl Account {
             } => {
                 positive(*amount, "amount")?;
                 let held = self.pending_hold(*hold, ctx.now)?;
+                if held.usage_settled.checked_add(usage).is_none() {
+                    return Err(Error::Overflow {
+                        account: self.id,
+                        field: "usage",
+                    });
+                }
                 let holding = held.held();
                 let Some(amount_held) = holding.checked_sub(*amount) else {
                     return Err(Error::CommitExceedsHold {
@@ -331,6 +359,7 @@ impl Account {
                     endpoint: held.endpoint.clone(),
                     usage: *usage,
                     amount_held,
+                    metered: false,
                 })
             }
             Command::Charge {
@@ -477,6 +506,37 @@ impl Account {
                 })
             }
         }
+    }
+
+    /// What the next part of a metered hold posts: the cost of all its usage (the parts settled
+    /// plus `usage`) at its pinned price, minus what it posted already.
+    fn metered_part(
+        &self,
+        held: &Hold,
+        hold: HoldId,
+        price: &crate::PinnedPrice,
+        usage: &crate::Usage,
+    ) -> Result<Amount, Error> {
+        let total = held
+            .usage_settled
+            .checked_add(usage)
+            .ok_or(Error::Overflow {
+                account: self.id,
+                field: "usage",
+            })?;
+        let cost = price
+            .price
+            .cost(&total)
+            .map_err(|_| Error::AmountTooLarge {
+                amount: u64::MAX,
+                max: Amount::MAX.get(),
+            })?;
+        cost.checked_sub(held.amount_posted)
+            .ok_or(Error::SettledPastCost {
+                hold,
+                settled: held.amount_posted.get(),
+                cost: cost.get(),
+            })
     }
 
     /// A reserve of `amount` (of a metered hold when `metered` is given): the checks of a new
@@ -824,6 +884,7 @@ impl Account {
                         resolved_at: None,
                         token: *token,
                         price: metered.as_ref().map(|m| m.price.clone()),
+                        usage_settled: crate::Usage::default(),
                     },
                 );
             }
@@ -907,9 +968,16 @@ impl Account {
                 app,
                 amount,
                 posting,
+                usage,
                 ..
             } => {
                 if let Some(h) = self.holds.get_mut(hold) {
+                    h.usage_settled = h.usage_settled.checked_add(usage).unwrap_or_else(|| {
+                        panic!(
+                            "{}: record {seq} settles usage past u64 on hold {hold}",
+                            h.id
+                        )
+                    });
                     h.amount_posted = match h.amount_posted.checked_add(*amount) {
                         Some(posted) if posted <= h.amount => posted,
                         _ => panic!(

@@ -177,6 +177,20 @@ pub struct Usage {
     pub duration_ms: u64,
 }
 
+impl Usage {
+    /// The field-by-field sum, `None` if a field would pass `u64::MAX`.
+    pub fn checked_add(&self, other: &Usage) -> Option<Usage> {
+        Some(Usage {
+            requests: self.requests.checked_add(other.requests)?,
+            input_tokens: self.input_tokens.checked_add(other.input_tokens)?,
+            output_tokens: self.output_tokens.checked_add(other.output_tokens)?,
+            characters: self.characters.checked_add(other.characters)?,
+            pages: self.pages.checked_add(other.pages)?,
+            duration_ms: self.duration_ms.checked_add(other.duration_ms)?,
+        })
+    }
+}
+
 /// Which usage field a tiered price meters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Meter {

@@ -14,7 +14,8 @@ impl Account {
             Command::Transfer { to, .. } => Some(*to),
             Command::Commit { hold, .. }
             | Command::Settle { hold, .. }
-            | Command::Finish { hold, .. } => self
+            | Command::Finish { hold, .. }
+            | Command::Progress { hold, .. } => self
                 .holds
                 .get(&hold.seq)
                 .filter(|_| hold.account == self.id)

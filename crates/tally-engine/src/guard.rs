@@ -81,6 +81,11 @@ impl HoldGuard {
         Ok(committed)
     }
 
+    /// The engine the hold is in.
+    pub(crate) fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
     /// Lets go of the hold without resolving it: it stays pending until committed, finished or
     /// voided by its id (from another task or process), or until it expires.
     pub fn detach(mut self) -> HoldId {

@@ -179,6 +179,38 @@ fn amount(value: u64) -> Result<Amount, Error> {
     Ok(Amount::new(value)?)
 }
 
+/// A commit's answer (`Committed`), or `Internal` for any other outcome.
+pub(crate) fn committed(outcome: Outcome) -> Result<Committed, Error> {
+    match outcome {
+        Outcome::Committed {
+            posting,
+            amount_posted,
+            amount_released,
+        } => Ok(Committed {
+            posting,
+            amount_posted,
+            amount_released,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A settlement's answer (`Settled`), or `Internal` for any other outcome.
+pub(crate) fn settled(outcome: Outcome) -> Result<Settled, Error> {
+    match outcome {
+        Outcome::Settled {
+            posting,
+            amount_posted,
+            amount_held,
+        } => Ok(Settled {
+            posting,
+            amount_posted,
+            amount_held,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
 pub(crate) fn unexpected(outcome: Outcome) -> Error {
     Error::Internal {
         reason: format!("unexpected outcome {outcome:?}").into(),
@@ -433,21 +465,10 @@ impl Tally {
             amount: amount(actual)?,
             usage,
         };
-        match self
-            .execute(hold.account, self.request(op, command))
-            .await?
-        {
-            Outcome::Committed {
-                posting,
-                amount_posted,
-                amount_released,
-            } => Ok(Committed {
-                posting,
-                amount_posted,
-                amount_released,
-            }),
-            other => Err(unexpected(other)),
-        }
+        committed(
+            self.execute(hold.account, self.request(op, command))
+                .await?,
+        )
     }
 
     /// Raises a pending hold by `more` while its work runs (a streaming call), and, with a
@@ -495,21 +516,10 @@ impl Tally {
             amount: amount(part)?,
             usage,
         };
-        match self
-            .execute(hold.account, self.request(op, command))
-            .await?
-        {
-            Outcome::Settled {
-                posting,
-                amount_posted,
-                amount_held,
-            } => Ok(Settled {
-                posting,
-                amount_posted,
-                amount_held,
-            }),
-            other => Err(unexpected(other)),
-        }
+        settled(
+            self.execute(hold.account, self.request(op, command))
+                .await?,
+        )
     }
 
     /// Releases a hold entirely; returns the amount released.

@@ -20,7 +20,7 @@ use tally_core::{
     Record, Timestamp, Usage, UsageQuery, UsageReport, UsageTotals,
 };
 
-use crate::{Committed, Error, HoldGuard, Tally, HISTORY_PAGE_MAX};
+use crate::{Committed, Error, HoldGuard, Settled, Tally, HISTORY_PAGE_MAX};
 
 /// Why a metered call could not be priced.
 impl From<PricingError> for Error {
@@ -51,6 +51,11 @@ impl MeterGuard {
     /// pending, to be finished by id with [`Tally::finish`].
     pub fn detach(self) -> HoldId {
         self.hold.detach()
+    }
+
+    /// Settles the part of the call that used `usage` (see [`Tally::progress`]).
+    pub async fn progress(&self, op: OpId, usage: &Usage) -> Result<Settled, Error> {
+        self.hold.tally().progress(op, self.hold.id(), *usage).await
     }
 
     /// Commits the cost of `usage` at the pinned price (at most what was held). Dropping the
@@ -142,26 +147,29 @@ impl Tally {
         Ok(self.priced(app, endpoint).await?.price.cost(usage)?)
     }
 
-    /// Finishes a metered hold: posts the cost of `usage` at the price the hold pinned (at most
-    /// what it still holds: more is `CommitExceedsHold`) and releases the rest. `NotMetered`
-    /// for a hold made by a plain reserve.
+    /// Settles a part of a metered call by usage: the call used `usage` more since its last
+    /// part; posts the cost of all its usage so far at the pinned price minus what was posted
+    /// (the cost is rounded once over the whole call), the hold staying pending. More than it
+    /// holds is `CommitExceedsHold`: extend it ([`Tally::extend`]) or stop the call.
+    pub async fn progress(&self, op: OpId, hold: HoldId, usage: Usage) -> Result<Settled, Error> {
+        let command = Command::Progress { hold, usage };
+        crate::handle::settled(
+            self.execute(hold.account, self.request(op, command))
+                .await?,
+        )
+    }
+
+    /// Finishes a metered hold: posts the cost of all its usage (the parts settled plus
+    /// `usage`, the rest of the call's) at the price the hold pinned, minus what its parts
+    /// posted (at most what it still holds: more is `CommitExceedsHold`), and releases the
+    /// rest. `NotMetered` for a hold made by a plain reserve; `SettledPastCost` when parts
+    /// settled by amount posted more than the whole usage costs.
     pub async fn finish(&self, op: OpId, hold: HoldId, usage: Usage) -> Result<Committed, Error> {
         let command = Command::Finish { hold, usage };
-        match self
-            .execute(hold.account, self.request(op, command))
-            .await?
-        {
-            Outcome::Committed {
-                posting,
-                amount_posted,
-                amount_released,
-            } => Ok(Committed {
-                posting,
-                amount_posted,
-                amount_released,
-            }),
-            other => Err(crate::handle::unexpected(other)),
-        }
+        crate::handle::committed(
+            self.execute(hold.account, self.request(op, command))
+                .await?,
+        )
     }
 
     /// The most of one usage field (`maximize`, e.g. output tokens, with the rest of `base`

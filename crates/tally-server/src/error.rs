@@ -231,6 +231,11 @@ impl From<LedgerError> for ApiError {
                 .with("requested", requested),
             L::KeysNotLoaded { .. } => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             L::NotMetered { .. } => s(StatusCode::CONFLICT, "not_metered"),
+            L::SettledPastCost { settled, cost, .. } => {
+                s(StatusCode::CONFLICT, "settled_past_cost")
+                    .with("settled", settled)
+                    .with("cost", cost)
+            }
             L::InvalidPrice { .. } => s(StatusCode::BAD_REQUEST, "invalid_price"),
             L::TooManyPrices { limit, .. } => {
                 s(StatusCode::CONFLICT, "too_many_prices").with("limit", limit)

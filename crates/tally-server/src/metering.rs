@@ -489,16 +489,79 @@ async fn start_meter(
     .await
 }
 
+/// `POST /v1/meter/{hold}/progress`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressRequest {
+    /// What the call used since its last part.
+    pub usage: UsageBody,
+}
+
+/// Settles a part of a metered (streaming) call by usage: posts the cost of all the call's
+/// usage so far at the pinned price minus what was posted (rounded once over the whole call);
+/// the hold stays pending. Past what it holds: 422 `commit_exceeds_hold` (extend the hold with
+/// `POST /v1/holds/{id}/extend`, or stop the call).
+#[utoipa::path(post, path = "/v1/meter/{hold}/progress", params(("hold" = String, Path)),
+    request_body = ProgressRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn progress_meter(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(hold): Path<String>,
+    headers: HeaderMap,
+    body: Body<ProgressRequest>,
+) -> Response {
+    let route = format!("POST /v1/meter/{hold}/progress");
+    let s = state.clone();
+    let p = principal.clone();
+    idempotency::run(
+        &state,
+        &principal,
+        &headers,
+        &route,
+        &body.digest,
+        1,
+        |op| async move {
+            let id = parse_hold(&hold)?;
+            let h = s.tally.get_hold(id).await?;
+            p.require_app(h.app)?;
+            let request = Request {
+                op,
+                command: Command::Progress {
+                    hold: id,
+                    usage: Usage::from(body.value.usage),
+                },
+                origin: tally::Origin::new("tally-server", p.scope(), ""),
+            };
+            match s.tally.execute(id.account, request).await? {
+                Outcome::Settled {
+                    posting,
+                    amount_posted,
+                    amount_held,
+                } => Ok((
+                    StatusCode::OK,
+                    json!({"hold": hold, "status": "pending", "posting": posting_str(posting),
+                       "amount_posted": amount_posted.get(), "amount_held": amount_held.get()}),
+                )),
+                other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+            }
+        },
+    )
+    .await
+}
+
 /// `POST /v1/meter/{hold}/finish`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FinishRequest {
-    /// What the call used.
+    /// What the call used (since its last settled part, if any).
     pub usage: UsageBody,
 }
 
-/// Finishes a metered call: commits the priced cost of its actual usage (at most what was
-/// held: more is 422 `commit_exceeds_hold`), releases the rest, records the usage.
+/// Finishes a metered call: commits the cost of all its usage (parts already settled plus this
+/// `usage`) at the pinned price minus what the parts posted (at most what was held: more is 422
+/// `commit_exceeds_hold`), releases the rest, records the usage.
 #[utoipa::path(post, path = "/v1/meter/{hold}/finish", params(("hold" = String, Path)),
     request_body = FinishRequest,
     responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
@@ -769,6 +832,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(quote))
         .routes(routes!(affordable))
         .routes(routes!(start_meter))
+        .routes(routes!(progress_meter))
         .routes(routes!(finish_meter))
         .routes(routes!(usage))
         .routes(routes!(top_users))

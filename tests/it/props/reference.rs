@@ -546,6 +546,7 @@ impl Ledger {
                         resolved_at: None,
                         token: None,
                         price: None,
+                        usage_settled: tally::Usage::default(),
                     },
                 );
                 Ok(Outcome::Reserved { hold, expires_at })

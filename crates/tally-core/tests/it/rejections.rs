@@ -166,6 +166,7 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
             | Command::RevokeToken { .. }
             | Command::ReserveMetered { .. }
             | Command::Finish { .. }
+            | Command::Progress { .. }
             | Command::SetPrice { .. } => {
                 unreachable!("carries no amount")
             }

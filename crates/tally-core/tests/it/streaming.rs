@@ -300,3 +300,136 @@ fn an_extension_draws_on_the_holds_spend_token_within_its_cap() {
     assert_eq!(used(&w), amt(100), "the released 50 goes back to the token");
     assert!(w.audit().ok(), "{:?}", w.audit());
 }
+
+fn metered(w: &mut World, max_output: u64) -> tally_core::HoldId {
+    // 0.003 µ¢ per output token: rounding per part would overcharge.
+    let price = tally_core::PinnedPrice {
+        version: 1,
+        price: tally_core::Price::PerToken {
+            input: tally_core::Rate::new(0, 1).unwrap(),
+            output: tally_core::Rate::new(3, 1_000).unwrap(),
+        },
+    };
+    hold_of(w.ok(
+        USER,
+        Command::ReserveMetered {
+            app: APP,
+            endpoint: ENDPOINT.to_owned(),
+            max_usage: Usage {
+                output_tokens: max_output,
+                ..Usage::default()
+            },
+            timeout_ms: TIMEOUT_MS,
+            metadata: String::new(),
+            token: None,
+            price: Box::new(price),
+        },
+    ))
+}
+
+fn tokens(output_tokens: u64) -> Usage {
+    Usage {
+        output_tokens,
+        ..Usage::default()
+    }
+}
+
+#[test]
+fn a_metered_stream_is_priced_once_over_all_its_parts_not_rounded_up_per_part() {
+    let mut w = World::new();
+    w.fund(USER, 1_000);
+    let hold = metered(&mut w, 10_000); // 30 µ¢ held
+                                        // Three parts of 1 token: 0.003 µ¢ in all so far, rounded up once to 1 µ¢.
+    let mut posted = 0;
+    for _ in 0..3 {
+        let part = w.ok(
+            USER,
+            Command::Progress {
+                hold,
+                usage: tokens(1),
+            },
+        );
+        let Outcome::Settled { amount_posted, .. } = part else {
+            panic!("{part:?}")
+        };
+        posted += amount_posted.get();
+    }
+    assert_eq!(posted, 1, "the cost of 3 tokens, rounded once");
+    // 997 more tokens: 1,000 cost 3 µ¢, 1 posted already.
+    let part = w.ok(
+        USER,
+        Command::Progress {
+            hold,
+            usage: tokens(997),
+        },
+    );
+    assert!(matches!(part, Outcome::Settled { amount_posted, .. } if amount_posted == amt(2)));
+    // Finishing with the rest (1,000 tokens more): 2,000 tokens cost 6 µ¢ in all.
+    let done = w.ok(
+        USER,
+        Command::Finish {
+            hold,
+            usage: tokens(1_000),
+        },
+    );
+    assert!(
+        matches!(done, Outcome::Committed { amount_posted, amount_released, .. }
+            if amount_posted == amt(3) && amount_released == amt(24)),
+        "{done:?}"
+    );
+    assert_eq!(w.bal(USER), bal(994, 0, 994));
+    assert_eq!(
+        w.account(USER).hold(hold.seq).unwrap().usage_settled,
+        tokens(1_000)
+    );
+    assert!(w.audit().ok(), "{:?}", w.audit());
+    assert_eq!(
+        &w.recover()[&USER],
+        w.account(USER),
+        "replay rebuilds the same"
+    );
+}
+
+#[test]
+fn parts_settled_by_amount_count_against_a_metered_holds_cost() {
+    let mut w = World::new();
+    w.fund(USER, 1_000);
+    let hold = metered(&mut w, 10_000);
+    w.ok(USER, settle(hold, 5)); // 5 µ¢ for 5 tokens (0.015 µ¢ worth, 1 rounded up)
+    assert_eq!(
+        w.reject(
+            USER,
+            Command::Finish {
+                hold,
+                usage: Usage::default(),
+            }
+        ),
+        Error::SettledPastCost {
+            hold,
+            settled: 5,
+            cost: 1
+        },
+        "5 tokens cost 1 µ¢, 5 were posted"
+    );
+    // With the rest of the usage counted, the 2,005 tokens cost 7 µ¢: 2 more are posted.
+    let done = w.ok(
+        USER,
+        Command::Finish {
+            hold,
+            usage: tokens(2_000),
+        },
+    );
+    assert!(matches!(done, Outcome::Committed { amount_posted, .. } if amount_posted == amt(2)));
+    // A plain hold cannot be settled by usage.
+    let plain = w.reserve(USER, 10);
+    assert_eq!(
+        w.reject(
+            USER,
+            Command::Progress {
+                hold: plain,
+                usage: tokens(1)
+            }
+        ),
+        Error::NotMetered { hold: plain }
+    );
+}

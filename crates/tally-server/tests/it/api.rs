@@ -640,6 +640,7 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
         ("post", "/v1/prices/quote"),
         ("post", "/v1/prices/affordable"),
         ("post", "/v1/meter"),
+        ("post", "/v1/meter/{hold}/progress"),
         ("post", "/v1/meter/{hold}/finish"),
         ("get", "/v1/usage"),
         ("get", "/v1/usage/top-users"),

@@ -294,3 +294,65 @@ async fn a_price_an_earlier_build_kept_in_the_registry_moves_into_the_ledger_onc
     assert_eq!(got.body["version"], 2, "{got:?}");
     assert_eq!(got.body["price"]["amount"], 900, "{got:?}");
 }
+
+#[tokio::test]
+async fn a_metered_stream_reports_its_parts_by_usage_and_finishes_at_the_pinned_price() {
+    let h = priced().await;
+    let start = h
+        .admin(
+            "POST",
+            "/v1/meter",
+            Some(
+                json!({"account": "alice", "app": "chat", "endpoint": "/v1/chat",
+                "max_usage": {"input_tokens": 1_000, "output_tokens": 100}}),
+            ),
+        )
+        .await;
+    assert_eq!(start.status, StatusCode::CREATED, "{start:?}");
+    let hold = start.body["hold"].as_str().unwrap().to_owned();
+    assert_eq!(start.body["amount_held"], 200_000 + 60_000);
+    let part = h
+        .admin(
+            "POST",
+            &format!("/v1/meter/{hold}/progress"),
+            Some(json!({"usage": {"input_tokens": 1_000, "output_tokens": 50}})),
+        )
+        .await;
+    assert_eq!(part.status, StatusCode::OK, "{part:?}");
+    assert_eq!(part.body["amount_posted"], 200_000 + 30_000);
+    // The stream runs past its estimate: 60 more tokens do not fit until the hold is extended.
+    let over = h
+        .admin(
+            "POST",
+            &format!("/v1/meter/{hold}/progress"),
+            Some(json!({"usage": {"output_tokens": 60}})),
+        )
+        .await;
+    assert_eq!(
+        (over.status, over.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "commit_exceeds_hold"),
+        "{over:?}"
+    );
+    let more = h
+        .admin(
+            "POST",
+            &format!("/v1/holds/{hold}/extend"),
+            Some(json!({"amount": 6_000})),
+        )
+        .await;
+    assert_eq!(more.status, StatusCode::OK, "{more:?}");
+    let done = h
+        .admin(
+            "POST",
+            &format!("/v1/meter/{hold}/finish"),
+            Some(json!({"usage": {"output_tokens": 60}})),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{done:?}");
+    assert_eq!(
+        done.body["amount_posted"], 36_000,
+        "110 output tokens in all, 50 posted"
+    );
+    assert_eq!(done.body["amount_released"], 0);
+    assert_eq!(h.available("alice").await, 100_000_000 - 200_000 - 66_000);
+}
