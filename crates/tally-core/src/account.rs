@@ -398,6 +398,11 @@ impl Account {
         })
     }
 
+    /// The version of the app's newest catalog entry (0: none yet).
+    pub fn catalog_version(&self) -> u64 {
+        self.catalog_version
+    }
+
     /// The app's catalog: every endpoint's latest entry, removed ones included.
     pub fn catalog(&self) -> impl Iterator<Item = (&str, &CatalogEntry)> {
         self.catalog.iter().map(|(e, entry)| (e.as_str(), entry))

@@ -123,19 +123,12 @@ impl Account {
                 Limiter::Balance,
             );
         }
-        let (posted, posted_app) = self.spend.on(now, app);
-        let held_app: u128 = self
-            .pending_holds()
-            .filter(|h| h.app == app)
-            .map(|h| h.held().wide())
-            .sum();
+        let (spent, spent_app) = self.spent_today(app, now);
         if let Some(cap) = caps.account_per_day {
-            let spent = posted.saturating_add(self.debits_pending);
             bound(cap.wide().saturating_sub(spent), Limiter::AccountCap);
         }
         if let Some(cap) = caps.app_per_user_per_day {
-            let spent = posted_app.saturating_add(held_app);
-            bound(cap.wide().saturating_sub(spent), Limiter::AppCap);
+            bound(cap.wide().saturating_sub(spent_app), Limiter::AppCap);
         }
         if token.is_some() {
             self.token_covers(token, app, endpoint, Amount::ZERO, now)?;

@@ -205,39 +205,14 @@ impl Account {
                 commit_change(held, *hold, *amount, *usage, self.next_seq, false)
             }
             Command::Finish { hold, usage } => {
-                let held = self.pending_hold(*hold, ctx.now)?;
-                let Some(price) = held.price.as_ref() else {
-                    return Err(Error::NotMetered { hold: *hold });
-                };
                 // Priced as quoted when the hold was made, whatever the catalog says now; a
                 // zero cost (no usage) posts nothing and releases all.
-                let part = self.metered_part(held, *hold, price, usage)?;
+                let (held, part) = self.metered_part(*hold, usage, ctx.now)?;
                 commit_change(held, *hold, part, *usage, self.next_seq, true)
             }
             Command::Progress { hold, usage } => {
-                let held = self.pending_hold(*hold, ctx.now)?;
-                let Some(price) = held.price.as_ref() else {
-                    return Err(Error::NotMetered { hold: *hold });
-                };
-                let part = self.metered_part(held, *hold, price, usage)?;
-                let holding = held.held();
-                let Some(amount_held) = holding.checked_sub(part) else {
-                    return Err(Error::CommitExceedsHold {
-                        hold: *hold,
-                        held: holding.get(),
-                        requested: part.get(),
-                    });
-                };
-                Ok(Change::Settled {
-                    hold: hold.seq,
-                    app: held.app,
-                    amount: part,
-                    posting: self.next_seq,
-                    endpoint: held.endpoint.clone(),
-                    usage: *usage,
-                    amount_held,
-                    metered: true,
-                })
+                let (held, part) = self.metered_part(*hold, usage, ctx.now)?;
+                settle_change(held, *hold, part, *usage, self.next_seq, true)
             }
             Command::SetPrice { endpoint, price } => {
                 self.require_kind_not(AccountKind::Funding, "a revenue or user account")?;
@@ -283,16 +258,8 @@ impl Account {
                     return Err(Error::ZeroAmount { field: "amount" });
                 }
                 let held = self.pending_hold(*hold, ctx.now)?;
-                let limits = ctx.limits;
-                if *timeout_ms != 0
-                    && (*timeout_ms < limits.hold_timeout_ms_min
-                        || *timeout_ms > limits.hold_timeout_ms_max)
-                {
-                    return Err(Error::InvalidTimeout {
-                        timeout_ms: *timeout_ms,
-                        min_ms: limits.hold_timeout_ms_min,
-                        max_ms: limits.hold_timeout_ms_max,
-                    });
+                if *timeout_ms != 0 {
+                    timeout_in_range(*timeout_ms, ctx.limits)?;
                 }
                 let total = held
                     .amount
@@ -311,17 +278,8 @@ impl Account {
                     held.expires_at.max(ctx.now.plus_ms(*timeout_ms))
                 };
                 // A hold made with a token draws the extension from it, and may not outlive it.
-                if let Some(token_expiry) =
-                    self.token_covers(held.token, held.app, &held.endpoint, *amount, ctx.now)?
-                {
-                    if expires_at > token_expiry {
-                        return Err(Error::InvalidTimeout {
-                            timeout_ms: *timeout_ms,
-                            min_ms: limits.hold_timeout_ms_min,
-                            max_ms: token_expiry.0.saturating_sub(ctx.now.0),
-                        });
-                    }
-                }
+                let hold_token = (held.token, held.app, held.endpoint.as_str());
+                self.token_allows(hold_token, *amount, expires_at, *timeout_ms, ctx)?;
                 Ok(Change::Extended {
                     hold: hold.seq,
                     amount: *amount,
@@ -343,24 +301,7 @@ impl Account {
                         field: "usage",
                     });
                 }
-                let holding = held.held();
-                let Some(amount_held) = holding.checked_sub(*amount) else {
-                    return Err(Error::CommitExceedsHold {
-                        hold: *hold,
-                        held: holding.get(),
-                        requested: amount.get(),
-                    });
-                };
-                Ok(Change::Settled {
-                    hold: hold.seq,
-                    app: held.app,
-                    amount: *amount,
-                    posting: self.next_seq,
-                    endpoint: held.endpoint.clone(),
-                    usage: *usage,
-                    amount_held,
-                    metered: false,
-                })
+                settle_change(held, *hold, *amount, *usage, self.next_seq, false)
             }
             Command::Charge {
                 app,
@@ -508,15 +449,16 @@ impl Account {
         }
     }
 
-    /// What the next part of a metered hold posts: the cost of all its usage (the parts settled
-    /// plus `usage`) at its pinned price, minus what it posted already.
+    /// A pending metered hold and what its next part posts: the cost of all its usage (the
+    /// parts settled plus `usage`) at its pinned price, minus what it posted already.
     fn metered_part(
         &self,
-        held: &Hold,
         hold: HoldId,
-        price: &crate::PinnedPrice,
         usage: &crate::Usage,
-    ) -> Result<Amount, Error> {
+        now: Timestamp,
+    ) -> Result<(&Hold, Amount), Error> {
+        let held = self.pending_hold(hold, now)?;
+        let price = held.price.as_ref().ok_or(Error::NotMetered { hold })?;
         let total = held
             .usage_settled
             .checked_add(usage)
@@ -531,12 +473,14 @@ impl Account {
                 amount: u64::MAX,
                 max: Amount::MAX.get(),
             })?;
-        cost.checked_sub(held.amount_posted)
+        let part = cost
+            .checked_sub(held.amount_posted)
             .ok_or(Error::SettledPastCost {
                 hold,
                 settled: held.amount_posted.get(),
                 cost: cost.get(),
-            })
+            })?;
+        Ok((held, part))
     }
 
     /// A reserve of `amount` (of a metered hold when `metered` is given): the checks of a new
@@ -557,13 +501,7 @@ impl Account {
         self.require_kind(AccountKind::User, "a user account")?;
         self.require_payee(ctx, app)?;
         let limits = ctx.limits;
-        if timeout_ms < limits.hold_timeout_ms_min || timeout_ms > limits.hold_timeout_ms_max {
-            return Err(Error::InvalidTimeout {
-                timeout_ms,
-                min_ms: limits.hold_timeout_ms_min,
-                max_ms: limits.hold_timeout_ms_max,
-            });
-        }
+        timeout_in_range(timeout_ms, limits)?;
         bounded_text(endpoint, "endpoint", limits.endpoint_bytes_max)?;
         bounded_text(metadata, "metadata", limits.metadata_bytes_max)?;
         if self.deadlines.len() >= limits.holds_pending_max {
@@ -577,15 +515,7 @@ impl Account {
         let expires_at = ctx.now.plus_ms(timeout_ms);
         // A hold made with a token may not outlive it (the record keeps the timeout as
         // asked, so a retry is recognized: a longer one is refused, not shortened).
-        if let Some(token_expiry) = self.token_covers(token, app, endpoint, amount, ctx.now)? {
-            if expires_at > token_expiry {
-                return Err(Error::InvalidTimeout {
-                    timeout_ms,
-                    min_ms: limits.hold_timeout_ms_min,
-                    max_ms: token_expiry.0.saturating_sub(ctx.now.0),
-                });
-            }
-        }
+        self.token_allows((token, app, endpoint), amount, expires_at, timeout_ms, ctx)?;
         Ok(Change::Reserved {
             hold: self.next_seq,
             app,
@@ -596,6 +526,44 @@ impl Account {
             token,
             metered,
         })
+    }
+
+    /// The spend token (if any) of a hold of `amount` for `app` at `endpoint` until `expires_at`
+    /// covers it, and the hold does not outlive the token (`InvalidTimeout` naming the longest
+    /// timeout left, `timeout_ms` being the one asked).
+    fn token_allows(
+        &self,
+        (token, app, endpoint): (Option<u64>, AccountId, &str),
+        amount: Amount,
+        expires_at: Timestamp,
+        timeout_ms: u64,
+        ctx: &DecideCtx<'_>,
+    ) -> Result<(), Error> {
+        if let Some(token_expiry) = self.token_covers(token, app, endpoint, amount, ctx.now)? {
+            if expires_at > token_expiry {
+                return Err(Error::InvalidTimeout {
+                    timeout_ms,
+                    min_ms: ctx.limits.hold_timeout_ms_min,
+                    max_ms: token_expiry.0.saturating_sub(ctx.now.0),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// What the account spent on the day of `now` with what it holds: in all, and at `app`
+    /// (what its spend caps count).
+    pub(crate) fn spent_today(&self, app: AccountId, now: Timestamp) -> (u128, u128) {
+        let (posted, posted_app) = self.spend.on(now, app);
+        let held_app: u128 = self
+            .pending_holds()
+            .filter(|h| h.app == app)
+            .map(|h| h.held().wide())
+            .sum();
+        (
+            posted.saturating_add(self.debits_pending),
+            posted_app.saturating_add(held_app),
+        )
     }
 
     /// The spend token presented (if any) covers holding or charging `amount` for `app` at
@@ -663,23 +631,10 @@ impl Account {
         if caps.account_per_day.is_none() && caps.app_per_user_per_day.is_none() {
             return Ok(());
         }
-        let (posted, posted_app) = self.spend.on(ctx.now, app);
-        let held_app: u128 = self
-            .pending_holds()
-            .filter(|h| h.app == app)
-            .map(|h| h.held().wide())
-            .sum();
+        let (spent, spent_app) = self.spent_today(app, ctx.now);
         let checks = [
-            (
-                caps.account_per_day,
-                posted.saturating_add(self.debits_pending),
-                "account per day",
-            ),
-            (
-                caps.app_per_user_per_day,
-                posted_app.saturating_add(held_app),
-                "app per user per day",
-            ),
+            (caps.account_per_day, spent, "account per day"),
+            (caps.app_per_user_per_day, spent_app, "app per user per day"),
         ];
         for (cap, spent, scope) in checks {
             let Some(cap) = cap else { continue };
@@ -1233,15 +1188,7 @@ fn commit_change(
     posting: u64,
     metered: bool,
 ) -> Result<Change, Error> {
-    let holding = held.held();
-    if amount > holding {
-        return Err(Error::CommitExceedsHold {
-            hold,
-            held: holding.get(),
-            requested: amount.get(),
-        });
-    }
-    let amount_released = holding.checked_sub(amount).unwrap_or(Amount::ZERO);
+    let amount_released = left_in(held, hold, amount)?;
     Ok(Change::Committed {
         hold: hold.seq,
         app: held.app,
@@ -1252,6 +1199,56 @@ fn commit_change(
         usage,
         metered,
     })
+}
+
+/// The settlement of `amount` of `held` (a pending hold), posted as `posting`; by usage at its
+/// pinned price when `metered`.
+fn settle_change(
+    held: &Hold,
+    hold: HoldId,
+    amount: Amount,
+    usage: crate::Usage,
+    posting: u64,
+    metered: bool,
+) -> Result<Change, Error> {
+    if held.usage_settled.checked_add(&usage).is_none() {
+        return Err(Error::Overflow {
+            account: hold.account,
+            field: "usage",
+        });
+    }
+    Ok(Change::Settled {
+        hold: hold.seq,
+        app: held.app,
+        amount,
+        posting,
+        endpoint: held.endpoint.clone(),
+        usage,
+        amount_held: left_in(held, hold, amount)?,
+        metered,
+    })
+}
+
+/// What `held` still holds once `part` of it is posted; refused past what it holds.
+fn left_in(held: &Hold, hold: HoldId, part: Amount) -> Result<Amount, Error> {
+    let holding = held.held();
+    holding.checked_sub(part).ok_or(Error::CommitExceedsHold {
+        hold,
+        held: holding.get(),
+        requested: part.get(),
+    })
+}
+
+/// A hold's timeout within the limits.
+fn timeout_in_range(timeout_ms: u64, limits: &Limits) -> Result<(), Error> {
+    if timeout_ms < limits.hold_timeout_ms_min || timeout_ms > limits.hold_timeout_ms_max {
+        return Err(Error::InvalidTimeout {
+            timeout_ms,
+            min_ms: limits.hold_timeout_ms_min,
+            max_ms: limits.hold_timeout_ms_max,
+        });
+    }
+    Ok(())
 }
 
 /// The most endpoints one app may price at once.

@@ -302,6 +302,8 @@ impl Tally {
         timeout: Duration,
     ) -> Result<MeterGuard, Error> {
         let price = self.priced(app, endpoint).await?;
+        // What the decision holds (it prices `max_usage` the same way), for the guard.
+        let amount = price.price.cost(max_usage)?;
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let command = Command::ReserveMetered {
             app,
@@ -312,8 +314,8 @@ impl Tally {
             token: None,
             price: Box::new(price.clone()),
         };
-        let (hold, amount) = match self.execute(account, self.request(op, command)).await? {
-            Outcome::Reserved { hold, .. } => (hold, price.price.cost(max_usage)?),
+        let hold = match self.execute(account, self.request(op, command)).await? {
+            Outcome::Reserved { hold, .. } => hold,
             other => return Err(crate::handle::unexpected(other)),
         };
         let hold = HoldGuard::new(self.clone(), hold, amount, op);

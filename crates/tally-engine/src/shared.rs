@@ -73,12 +73,11 @@ pub(crate) type Catalog = (
 
 /// The catalog of `account`, for the cache.
 pub(crate) fn catalog_of(account: &Account) -> Catalog {
-    let version = account.catalog().map(|(_, e)| e.version).max().unwrap_or(0);
     let entries = account
         .catalog()
         .map(|(endpoint, entry)| (endpoint.to_owned(), entry.clone()))
         .collect();
-    (version, entries)
+    (account.catalog_version(), entries)
 }
 
 /// A reply from an account actor: the result and the journal sequence number the caller must
@@ -303,14 +302,16 @@ impl Shared {
 
     /// Caches `catalog` for `app` unless a newer one is cached already.
     pub(crate) fn cache_catalog(&self, app: AccountId, catalog: Catalog) {
-        self.catalogs
-            .entry(app)
-            .and_modify(|cached| {
-                if catalog.0 > cached.0 {
-                    *cached = Arc::new(catalog.clone());
+        match self.catalogs.entry(app) {
+            dashmap::Entry::Occupied(mut cached) => {
+                if catalog.0 > cached.get().0 {
+                    cached.insert(Arc::new(catalog));
                 }
-            })
-            .or_insert_with(|| Arc::new(catalog.clone()));
+            }
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(Arc::new(catalog));
+            }
+        }
     }
 
     fn counterparty(&self, id: Option<AccountId>) -> Option<Counterparty> {

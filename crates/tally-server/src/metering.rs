@@ -489,6 +489,26 @@ async fn start_meter(
     .await
 }
 
+/// Runs `command` (made for the hold's id) on the hold `hold` names, once the credential is
+/// found to reach its app: the hold as read before, and the outcome.
+async fn on_metered_hold(
+    s: &AppState,
+    p: &Principal,
+    op: tally::OpId,
+    hold: &str,
+    command: impl FnOnce(tally::HoldId) -> Command,
+) -> Result<(tally::Hold, Outcome), ApiError> {
+    let id = parse_hold(hold)?;
+    let h = s.tally.get_hold(id).await?;
+    p.require_app(h.app)?;
+    let request = Request {
+        op,
+        command: command(id),
+        origin: tally::Origin::new("tally-server", p.scope(), ""),
+    };
+    Ok((h, s.tally.execute(id.account, request).await?))
+}
+
 /// `POST /v1/meter/{hold}/progress`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -523,18 +543,13 @@ async fn progress_meter(
         &body.digest,
         1,
         |op| async move {
-            let id = parse_hold(&hold)?;
-            let h = s.tally.get_hold(id).await?;
-            p.require_app(h.app)?;
-            let request = Request {
-                op,
-                command: Command::Progress {
-                    hold: id,
-                    usage: Usage::from(body.value.usage),
-                },
-                origin: tally::Origin::new("tally-server", p.scope(), ""),
-            };
-            match s.tally.execute(id.account, request).await? {
+            let usage = Usage::from(body.value.usage);
+            let (_, outcome) = on_metered_hold(&s, &p, op, &hold, |id| Command::Progress {
+                hold: id,
+                usage,
+            })
+            .await?;
+            match outcome {
                 Outcome::Settled {
                     posting,
                     amount_posted,
@@ -577,15 +592,10 @@ async fn finish_meter(
     let s = state.clone();
     let p = principal.clone();
     idempotency::run(&state, &principal, &headers, &route, &body.digest, 1, |op| async move {
-        let id = parse_hold(&hold)?;
-        let h = s.tally.get_hold(id).await?;
-        p.require_app(h.app)?;
         let usage = Usage::from(body.value.usage);
-        let request = Request {
-            op,
-            command: Command::Finish { hold: id, usage },            origin: tally::Origin::new("tally-server", p.scope(), ""),
-        };
-        match s.tally.execute(id.account, request).await? {
+        let (h, outcome) =
+            on_metered_hold(&s, &p, op, &hold, |id| Command::Finish { hold: id, usage }).await?;
+        match outcome {
             Outcome::Committed {
                 posting,
                 amount_posted,
