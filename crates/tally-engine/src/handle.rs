@@ -922,6 +922,21 @@ impl Tally {
         self.shared.directory.len()
     }
 
+    /// Every account known, with what it was opened with, in no particular order (a copy of
+    /// the directory: one entry per account, taken without loading any account).
+    pub fn accounts(&self) -> Vec<(AccountId, AccountSpec)> {
+        self.shared
+            .directory
+            .iter()
+            .map(|e| (*e.key(), *e.value()))
+            .collect()
+    }
+
+    /// What an account was opened with, if it exists.
+    pub fn spec(&self, account: AccountId) -> Option<AccountSpec> {
+        self.shared.directory.get(&account).map(|e| *e.value())
+    }
+
     /// The engine's clock reading.
     pub fn now(&self) -> Timestamp {
         self.shared.config.clock.now()

@@ -255,7 +255,8 @@ pub fn authorization(parts: &Parts) -> Result<Option<(String, String)>, ApiError
     Ok(Some((scheme.to_ascii_lowercase(), rest.trim().to_owned())))
 }
 
-/// The native API's credential: `Authorization: Bearer <key>`.
+/// The native API's credential: `Authorization: Bearer <key>`, or, for a read, a dashboard
+/// session's cookie ([`crate::session`]).
 pub struct Auth(pub Principal);
 
 impl FromRequestParts<AppState> for Auth {
@@ -269,7 +270,22 @@ impl FromRequestParts<AppState> for Auth {
             Some(_) => Err(ApiError::unauthenticated(
                 "the native API takes `Authorization: Bearer <key>`",
             )),
-            None => Err(ApiError::unauthenticated("an API key is required")),
+            None => match crate::session::cookie(&parts.headers) {
+                Some(secret) => {
+                    let session = crate::session::principal(state, &secret, state.now_ms())?;
+                    if parts.method != axum::http::Method::GET
+                        && parts.method != axum::http::Method::HEAD
+                    {
+                        return Err(ApiError::new(
+                            axum::http::StatusCode::FORBIDDEN,
+                            "session_read_only",
+                            "a dashboard session reads; a write takes `Authorization: Bearer <key>`",
+                        ));
+                    }
+                    Ok(Auth(session.principal))
+                }
+                None => Err(ApiError::unauthenticated("an API key is required")),
+            },
         }
     }
 }

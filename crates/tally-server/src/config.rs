@@ -63,6 +63,14 @@ pub struct ServerConfig {
     pub sync: SyncMode,
     /// Seconds to wait for in-flight requests at shutdown. Default 30.
     pub shutdown_grace_s: u64,
+    /// Dashboard: how long a session lasts, in seconds (never past its key's expiry).
+    /// Default 28,800 (8 h).
+    pub session_ttl_s: u64,
+    /// Dashboard: sessions live at once; past it a sign-in is 503 `overloaded`. Default 10,000.
+    pub sessions_max: usize,
+    /// Dashboard: mark the session cookie `Secure` (set it when a TLS proxy fronts the
+    /// server). Default false.
+    pub cookie_secure: bool,
 }
 
 fn sync_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SyncMode, D::Error> {
@@ -100,6 +108,9 @@ impl Default for ServerConfig {
             log_format: "text".into(),
             sync: SyncMode::Data,
             shutdown_grace_s: 30,
+            session_ttl_s: 28_800,
+            sessions_max: 10_000,
+            cookie_secure: false,
         }
     }
 }

@@ -10,9 +10,11 @@
 //! - `/v1/cost`: the seeds' cost service calls.
 //! - `/syft/v1` and `/syft/v2`: the APIs the Syft accounting clients call.
 //! - `/healthz`, `/readyz`, `/metrics`, `/v1/openapi.json`.
+//! - `/`: the dashboard ([`dashboard`]), signed in through [`session`].
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod idempotency;
@@ -21,6 +23,7 @@ pub mod metering;
 pub mod metrics;
 pub mod registry;
 pub mod serve;
+pub mod session;
 pub mod syft;
 pub mod tokens;
 pub mod v1;
@@ -70,6 +73,10 @@ pub struct StateInner {
     pub closing: tokio::sync::watch::Sender<bool>,
     /// The Prometheus exporter's handle.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Dashboard sessions.
+    pub sessions: session::Sessions,
+    /// The last dashboard overview computed.
+    pub overview: dashboard::OverviewCache,
     /// Retained events for `/v1/events`.
     pub events: events::EventLog,
     /// The task feeding `events` while anyone watches (stopped at shutdown).
@@ -99,6 +106,8 @@ impl AppState {
         let started_after = tally.trail_head().0;
         let state = AppState(Arc::new(StateInner {
             events: events::EventLog::new(started_after),
+            sessions: session::Sessions::default(),
+            overview: dashboard::OverviewCache::default(),
             pump: parking_lot::Mutex::new(None),
             in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
             event_streams: Arc::new(Semaphore::new(config.event_streams_max)),
@@ -118,6 +127,9 @@ impl AppState {
                 imported,
                 "prices kept by the registry moved into the ledger"
             );
+        }
+        for (account, threshold) in state.registry.low_balances() {
+            state.tally.set_low_balance(account, Some(threshold));
         }
         state
             .registry

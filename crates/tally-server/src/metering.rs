@@ -663,7 +663,8 @@ fn usage_query(state: &AppState, p: &UsageParams) -> Result<UsageQuery, ApiError
     Ok(q)
 }
 
-fn totals_json(t: &UsageTotals) -> Value {
+/// Usage totals as JSON (sums beyond 2^64 as decimal strings).
+pub fn totals_json(t: &UsageTotals) -> Value {
     let w = wide_u;
     json!({
         "calls": t.calls,

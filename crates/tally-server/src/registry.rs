@@ -176,6 +176,11 @@ enum Entry {
         status: u16,
         body: Vec<u8>,
     },
+    /// An account's low-balance threshold set (`Some`) or removed (`None`).
+    LowBalance {
+        account: AccountId,
+        threshold: Option<u64>,
+    },
 }
 
 /// What is kept of a keyed request's body to recognize its retries: a BLAKE3 of its canonical
@@ -277,6 +282,7 @@ struct Inner {
     txn_order: VecDeque<tally::HoldId>,
     txns_max: usize,
     prices: BTreeMap<(AccountId, String), tally::Price>,
+    low_balance: HashMap<AccountId, u64>,
 }
 
 /// The bounds of the registry.
@@ -490,6 +496,14 @@ impl Inner {
             } => {
                 self.prices.insert((app, endpoint), price);
             }
+            Entry::LowBalance { account, threshold } => match threshold {
+                Some(t) => {
+                    self.low_balance.insert(account, t);
+                }
+                None => {
+                    self.low_balance.remove(&account);
+                }
+            },
         }
     }
 
@@ -628,6 +642,23 @@ impl Registry {
     /// The account a name maps to.
     pub fn account(&self, name: &str) -> Option<AccountId> {
         self.inner.read().names.get(name).copied()
+    }
+
+    /// A page of names in byte order after `after` (`""` for the first), at most `limit`, with
+    /// their accounts. Each call sorts the names (about 1 ms for 10,000).
+    pub fn names_after(&self, after: &str, limit: usize) -> Vec<(String, AccountId)> {
+        let inner = self.inner.read();
+        let mut names: Vec<(&String, &AccountId)> = inner
+            .names
+            .iter()
+            .filter(|(n, _)| n.as_str() > after)
+            .collect();
+        names.sort_unstable();
+        names
+            .into_iter()
+            .take(limit)
+            .map(|(n, id)| (n.clone(), *id))
+            .collect()
     }
 
     /// The name of an account.
@@ -981,6 +1012,25 @@ impl Registry {
             price: price.clone(),
         };
         self.record(entry).await
+    }
+
+    /// Sets (or, with `None`, removes) an account's low-balance threshold, durably.
+    pub async fn set_low_balance(
+        &self,
+        account: AccountId,
+        threshold: Option<u64>,
+    ) -> Result<(), ApiError> {
+        self.record(Entry::LowBalance { account, threshold }).await
+    }
+
+    /// Every low-balance threshold.
+    pub fn low_balances(&self) -> Vec<(AccountId, u64)> {
+        self.inner
+            .read()
+            .low_balance
+            .iter()
+            .map(|(a, t)| (*a, *t))
+            .collect()
     }
 
     /// Every recorded price.

@@ -57,6 +57,8 @@ fn v1_cost_routes() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(crate::events::stream_events))
         .merge(crate::metering::routes())
         .merge(crate::tokens::routes())
+        .merge(crate::session::routes())
+        .merge(crate::dashboard::routes())
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -112,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::render))
         .nest("/syft", syft::routes())
+        .merge(crate::dashboard::pages())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(crate::error::jsonify))

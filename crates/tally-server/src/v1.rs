@@ -1321,6 +1321,26 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
 }
 
+/// A journal record as JSON. Its operation id is a decimal string: the server's ids pass 2^64,
+/// which a JSON number (and `serde_json::Value`) cannot hold; a record that still holds such a
+/// number is given as its JSON text in `record_text`.
+pub fn record_json(record: &tally::Record) -> Value {
+    let op = record.op.map(|op| op.0.to_string());
+    let bare = tally::Record {
+        op: None,
+        ..record.clone()
+    };
+    match serde_json::to_value(&bare) {
+        Ok(mut v) => {
+            v["op"] = Value::from(op);
+            v
+        }
+        Err(_) => {
+            json!({"op": op, "record_text": serde_json::to_string(&bare).unwrap_or_default()})
+        }
+    }
+}
+
 /// The records that touched an account, oldest first, with a cursor.
 #[utoipa::path(get, path = "/v1/accounts/{id}/history", params(("id" = String, Path), HistoryQuery),
     responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
@@ -1348,7 +1368,7 @@ async fn history(
             json!({
                 "seq": e.seq,
                 "at_ms": e.record.at.0,
-                "record": serde_json::to_value(&e.record).unwrap_or(Value::Null),
+                "record": record_json(&e.record),
             })
         })
         .collect();

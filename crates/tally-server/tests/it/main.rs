@@ -3,11 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod api;
+mod browser;
 mod common;
 mod corpus;
+mod dashboard;
 mod events;
 mod metering;
 mod process;
 mod sdk;
+mod session;
 mod syft;
 mod tokens;

@@ -1,0 +1,388 @@
+// tally's dashboard: one page, reading the native API with the session cookie.
+// Amounts arrive as integers in µ¢ (numbers, or decimal strings past 2^53); they are kept as
+// BigInt, shown in USD rounded down to the cent, exact in each figure's tooltip and in the CSV.
+"use strict";
+
+// Errors of the page (scripts, failed assets, policy violations), for the browser tests.
+window.tallyErrors = [];
+window.addEventListener("error", (e) => {
+  window.tallyErrors.push(e.message || "failed to load " + ((e.target && (e.target.src || e.target.href)) || "?"));
+}, true);
+window.addEventListener("unhandledrejection", (e) => window.tallyErrors.push(String(e.reason)));
+document.addEventListener("securitypolicyviolation", (e) => window.tallyErrors.push("CSP: " + e.violatedDirective + " " + e.blockedURI));
+const consoleError = console.error;
+console.error = (...args) => { window.tallyErrors.push(args.map(String).join(" ")); consoleError.apply(console, args); };
+
+const UC_PER_CENT = 1000000n;
+const state = { csrf: null, events: null, view: null, timers: [] };
+const $ = (sel, root = document) => root.querySelector(sel);
+
+function big(v) {
+  if (v === null || v === undefined || v === "") return 0n;
+  return BigInt(v);
+}
+
+// µ¢ → "$1,234.56" (rounded toward zero to the cent).
+function usd(v) {
+  const uc = big(v);
+  const neg = uc < 0n;
+  const cents = (neg ? -uc : uc) / UC_PER_CENT;
+  const dollars = (cents / 100n).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  const rest = (cents % 100n).toString().padStart(2, "0");
+  return (neg ? "-$" : "$") + dollars + "." + rest;
+}
+
+function count(v) {
+  return big(v).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+}
+
+function when(ms) {
+  if (ms === null || ms === undefined) return "";
+  return new Date(Number(ms)).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c);
+  return e;
+}
+
+function money(v) {
+  return el("span", { title: big(v).toString() + " µ¢", "data-uc": big(v).toString(), text: usd(v) });
+}
+
+class Unauthenticated extends Error {}
+
+async function api(path) {
+  const r = await fetch(path, { credentials: "same-origin", headers: { accept: "application/json" } });
+  if (r.status === 401) throw new Unauthenticated("signed out");
+  const body = await r.json();
+  if (!r.ok) throw new Error((body.error && body.error.message) || r.statusText);
+  return body;
+}
+
+// A table of rows; `cols` are [header, key, kind] with kind "money", "count", "time" or text.
+// Under it, a CSV of exactly the rows shown, raw values (µ¢, ms).
+function table(id, cols, rows, onRow) {
+  const head = el("tr", {}, ...cols.map(([h, , kind]) =>
+    el("th", { class: kind === "money" || kind === "count" ? "num" : "", scope: "col", text: h })));
+  const body = el("tbody");
+  for (const row of rows) {
+    const tr = el("tr");
+    for (const [, key, kind] of cols) {
+      const v = typeof key === "function" ? key(row) : row[key];
+      let cell;
+      if (kind === "money") cell = el("td", { class: "num" }, money(v));
+      else if (kind === "count") cell = el("td", { class: "num", text: count(v) });
+      else if (kind === "time") cell = el("td", { text: when(v) });
+      else if (v instanceof Node) cell = el("td", {}, v);
+      else cell = el("td", { text: v === null || v === undefined ? "" : String(v) });
+      tr.append(cell);
+    }
+    if (onRow) onRow(tr, row);
+    body.append(tr);
+  }
+  const csvCell = (v) => {
+    const s = v === null || v === undefined ? "" : v instanceof Node ? v.textContent : String(v);
+    return /[",\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+  };
+  const csv = [cols.map(([h, , kind]) => csvCell(kind === "money" ? h + " (µ¢)" : kind === "time" ? h + " (ms)" : h)).join(",")]
+    .concat(rows.map((row) => cols.map(([, key]) => csvCell(typeof key === "function" ? key(row) : row[key])).join(",")))
+    .join("\n") + "\n";
+  const link = el("a", {
+    id: id + "-csv", class: "csv", download: id + ".csv",
+    href: "data:text/csv;charset=utf-8," + encodeURIComponent(csv), text: "CSV",
+  });
+  return el("div", { class: "scroll" }, el("table", { id }, el("thead", {}, head), body), link);
+}
+
+function card(label, value, id) {
+  return el("div", { class: "card" }, el("div", { class: "label", text: label }),
+    el("div", { class: "value", id }, value));
+}
+
+// A time chart: x in ms, each series [label, values].
+function chart(target, xs, series) {
+  const width = Math.max(280, target.clientWidth || 600);
+  const opts = {
+    width, height: 220,
+    series: [{}, ...series.map(([label], i) => ({ label, stroke: ["#2457c5", "#e07a1f", "#12b76a", "#b42318"][i % 4], width: 2 }))],
+    axes: [{ stroke: "#8a939d" }, { stroke: "#8a939d", size: 100 }],
+    scales: {
+      x: {
+        time: true,
+        // A range under a minute (or one point) is widened to a minute around it.
+        range: () => {
+          const secs = xs.map((x) => Number(x) / 1000);
+          const lo = secs.length ? Math.min(...secs) : Date.now() / 1000;
+          const hi = secs.length ? Math.max(...secs) : lo;
+          return hi - lo < 60 ? [(lo + hi) / 2 - 30, (lo + hi) / 2 + 30] : [lo, hi];
+        },
+      },
+    },
+  };
+  const data = [xs.map((x) => Number(x) / 1000), ...series.map(([, ys]) => ys.map(Number))];
+  target.replaceChildren();
+  return new uPlot(opts, data, target);
+}
+
+function stopTimers() {
+  for (const t of state.timers) clearInterval(t);
+  state.timers = [];
+}
+
+// ---- views ----
+
+async function overview(view) {
+  const o = await api("/v1/overview");
+  const b = o.balances;
+  view.replaceChildren(
+    el("h1", { text: "Overview" }),
+    el("p", { class: "muted" }, el("span", { class: "live" + (state.events ? "" : " off"), id: "live-dot" }),
+      "Live; updated " + when(o.at_ms)),
+    el("div", { class: "cards" },
+      card("User balances (available)", money(b.available), "ov-available"),
+      card("Held in open holds", money(b.pending), "ov-pending"),
+      card("Accounts holding", count(b.holding_accounts), "ov-holding"),
+      card("Spend today (UTC)", money(o.today.cost), "ov-today"),
+      card("Calls today", count(o.today.calls), "ov-today-calls"),
+      card("Spend this month", money(o.month.cost), "ov-month"),
+      card("Accounts", count(o.accounts.total), "ov-accounts"),
+      card("Under low-balance threshold", count(o.low_balance.count), "ov-low")),
+    el("h2", { text: "Calls per minute, last hour" }),
+    el("div", { class: "chart", id: "ov-rpm" }),
+    el("h2", { text: "Revenue by app, this month" }),
+    table("ov-apps", [["App", "app"], ["Calls", "calls", "count"], ["Input tokens", "input_tokens", "count"],
+      ["Output tokens", "output_tokens", "count"], ["Revenue", "cost", "money"]], o.apps),
+    el("h2", { text: "Accounts under their low-balance threshold" }),
+    table("ov-low-table", [["Account", (r) => el("a", { href: "#/accounts/" + encodeURIComponent(r.account), text: r.account })],
+      ["Available", "available", "money"], ["Threshold", "threshold", "money"]], o.low_balance.accounts),
+  );
+  if (!b.complete) view.append(el("p", { class: "muted", text: `Balances summed over the first ${b.scanned} user accounts only.` }));
+  chart($("#ov-rpm"), o.per_minute.map((m) => m.start_ms), [["calls", o.per_minute.map((m) => m.calls)]]);
+}
+
+const RANGES = { today: 86400000, "7d": 7 * 86400000, "30d": 30 * 86400000 };
+
+async function usage(view, params) {
+  const range = params.get("range") || "today";
+  const granularity = params.get("granularity") || (range === "today" ? "hour" : "day");
+  const now = Date.now();
+  let from = range === "today" ? now - (now % 86400000) : now - (RANGES[range] || 86400000);
+  let to = now + 1;
+  if (params.get("from")) from = Date.parse(params.get("from"));
+  if (params.get("to")) to = Date.parse(params.get("to"));
+  const q = new URLSearchParams({ granularity, from_ms: String(from), to_ms: String(to) });
+  for (const k of ["app", "endpoint", "account"]) if (params.get(k)) q.set(k, params.get(k));
+  const [u, top] = await Promise.all([api("/v1/usage?" + q), api("/v1/usage/top-users?" + q + "&n=10")]);
+  const form = el("form", { class: "toolbar", id: "usage-form" });
+  const field = (label, name, input) => { input.name = name; input.value = params.get(name) || input.value; return el("label", {}, label, input); };
+  const select = (opts) => el("select", {}, ...opts.map((o) => el("option", { value: o, text: o })));
+  form.append(
+    field("Range", "range", select(["today", "7d", "30d"])),
+    field("Buckets", "granularity", select(["minute", "hour", "day"])),
+    field("From (ISO)", "from", el("input", { placeholder: "2026-12-01T00:00Z" })),
+    field("To (ISO)", "to", el("input", { placeholder: "now" })),
+    field("App", "app", el("input")), field("Endpoint", "endpoint", el("input")), field("User", "account", el("input")),
+    el("button", { type: "submit", text: "Show" }));
+  $("[name=granularity]", form).value = granularity;
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const p = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (v) p.set(k, v);
+    location.hash = "#/usage?" + p;
+  });
+  const cols = [["Bucket", "start_ms", "time"], ["Calls", "calls", "count"], ["Requests", "requests", "count"],
+    ["Input tokens", "input_tokens", "count"], ["Output tokens", "output_tokens", "count"],
+    ["Characters", "characters", "count"], ["Pages", "pages", "count"], ["Duration (ms)", "duration_ms", "count"],
+    ["Cost", "cost", "money"]];
+  view.replaceChildren(el("h1", { text: "Usage" }), form,
+    el("div", { class: "cards" }, card("Cost", money(u.totals.cost), "usage-cost"), card("Calls", count(u.totals.calls), "usage-calls"),
+      card("Input tokens", count(u.totals.input_tokens)), card("Output tokens", count(u.totals.output_tokens))),
+    el("h2", { text: "Cost (µ¢) and calls per bucket" }), el("div", { class: "chart", id: "usage-chart" }),
+    table("usage-table", cols, u.buckets),
+    el("h2", { text: "Top users" }),
+    table("top-users", [["User", (r) => el("a", { href: "#/accounts/" + encodeURIComponent(r.account), text: r.account })],
+      ["Calls", "calls", "count"], ["Cost", "cost", "money"]], top.users));
+  if (!u.complete) view.append(el("p", { class: "muted", text: "Part of this range is older than the buckets kept." }));
+  chart($("#usage-chart"), u.buckets.map((b) => b.start_ms), [["cost µ¢", u.buckets.map((b) => b.cost)], ["calls", u.buckets.map((b) => b.calls)]]);
+}
+
+async function accounts(view, params) {
+  const q = new URLSearchParams({ limit: "50" });
+  if (params.get("after")) q.set("after", params.get("after"));
+  if (params.get("kind")) q.set("kind", params.get("kind"));
+  const page = await api("/v1/accounts?" + q);
+  const link = (r) => el("a", { href: "#/accounts/" + encodeURIComponent(r.account), text: r.account });
+  view.replaceChildren(el("h1", { text: "Accounts" }),
+    table("accounts-table", [["Account", link], ["Kind", "kind"], ["Available", "available", "money"],
+      ["Held", "debits_pending", "money"], ["Posted", "posted", "money"], ["Low-balance threshold", "low_balance_threshold", "money"]], page.accounts));
+  if (page.next_after) {
+    const p = new URLSearchParams(params); p.set("after", page.next_after);
+    view.append(el("p", {}, el("a", { href: "#/accounts?" + p, id: "accounts-next", text: "Next page" })));
+  }
+}
+
+function describe(record) {
+  const change = record.change || {};
+  const kind = typeof change === "string" ? change : Object.keys(change)[0];
+  const body = typeof change === "string" ? {} : change[kind] || {};
+  const amount = body.amount ?? body.actual ?? body.value ?? body.amount_posted ?? "";
+  return { kind, amount, app: body.app ?? "", endpoint: body.endpoint ?? "" };
+}
+
+async function account(view, name, params) {
+  const enc = encodeURIComponent(name);
+  const after = params.get("after") || "0";
+  const [bal, holds, hist, points, tokens] = await Promise.all([
+    api(`/v1/accounts/${enc}/balance`), api(`/v1/accounts/${enc}/holds`),
+    api(`/v1/accounts/${enc}/history?limit=50&after=${after}`),
+    api(`/v1/accounts/${enc}/balance-history?limit=1000`), api(`/v1/accounts/${enc}/tokens`)]);
+  const rows = hist.entries.map((e) => ({ seq: e.seq, at_ms: e.at_ms, ...describe(e.record), op: e.record.op ?? "" }));
+  view.replaceChildren(el("h1", { text: "Account " + name }),
+    el("div", { class: "cards" }, card("Available", money(bal.available), "acct-available"),
+      card("Posted", money(bal.posted), "acct-posted"), card("Held", money(bal.debits_pending), "acct-pending"),
+      card("Credit limit", money(bal.credit_limit), "acct-limit"),
+      card("Low-balance threshold", holds.low_balance_threshold === null ? "none" : money(holds.low_balance_threshold), "acct-low")),
+    el("h2", { text: "Balance over time (posted, µ¢)" }), el("div", { class: "chart", id: "acct-chart" }),
+    el("h2", { text: "Pending holds" }),
+    table("holds-table", [["Hold", "id"], ["App", "app"], ["Endpoint", "endpoint"], ["Held", "amount_held", "money"],
+      ["Created", "created_at_ms", "time"], ["Deadline", "expires_at_ms", "time"]], holds.holds),
+    el("h2", { text: "History" }),
+    table("history-table", [["Seq", "seq"], ["Time", "at_ms", "time"], ["Change", "kind"], ["App", "app"],
+      ["Endpoint", "endpoint"], ["Amount", "amount", "money"]], rows),
+    el("h2", { text: "Spend tokens" }),
+    table("tokens-table", [["Token", "id"], ["App", "app"], ["Endpoint", "endpoint"], ["Cap", "cap", "money"],
+      ["Spent", "spent", "money"], ["Expires", "expires_at_ms", "time"]], tokens.tokens || []));
+  if (hist.next_after && hist.entries.length === 50) {
+    view.append(el("p", {}, el("a", { href: `#/accounts/${enc}?after=${hist.next_after}`, id: "history-next", text: "Older entries" })));
+  }
+  const pts = points.points || [];
+  chart($("#acct-chart"), pts.map((p) => p.at_ms), [["posted", pts.map((p) => p.posted)]]);
+}
+
+const feed = [];
+const FEED_MAX = 500;
+
+function events(view) {
+  const rows = () => feed.slice().reverse();
+  const render = () => {
+    const t = table("events-table", [["Id", "id"], ["Time", "at_ms", "time"], ["Event", "event"], ["Account", "account"],
+      ["App", "app"], ["Amount", (r) => r.amount ?? r.amount_posted ?? r.amount_released ?? ""]], rows());
+    const old = $("#events-wrap");
+    if (old) old.replaceChildren(t);
+  };
+  view.replaceChildren(el("h1", { text: "Live events" }),
+    el("p", { class: "muted", text: `The newest ${FEED_MAX} events since this page opened, newest first.` }),
+    el("div", { id: "events-wrap", class: "feed" }));
+  render();
+  state.renderFeed = render;
+}
+
+// ---- live updates ----
+
+const EVENT_NAMES = ["credit.record-cost", "credit.funding-update", "hold.reserved", "hold.committed", "hold.extended",
+  "hold.settled", "hold.voided", "hold.expired", "refund", "balance.low", "missed"];
+let refresh = null;
+
+function listen() {
+  if (state.events) return;
+  const es = new EventSource("/v1/events", { withCredentials: true });
+  state.events = es;
+  for (const name of EVENT_NAMES) {
+    es.addEventListener(name, (e) => {
+      let data = {};
+      try { data = JSON.parse(e.data); } catch (_) { data = {}; }
+      feed.push({ id: e.lastEventId, event: name, ...data });
+      if (feed.length > FEED_MAX) feed.shift();
+      if (state.view === "events" && state.renderFeed) state.renderFeed();
+      if (state.view === "overview" || state.view === "account") {
+        // Coalesce bursts: one reload at most every 300 ms.
+        if (!refresh) refresh = setTimeout(() => { refresh = null; route(); }, 300);
+      }
+    });
+  }
+  es.onerror = () => { const d = $("#live-dot"); if (d) d.className = "live off"; };
+  es.onopen = () => { const d = $("#live-dot"); if (d) d.className = "live"; };
+}
+
+// ---- sign-in and routing ----
+
+function signedOut() {
+  stopTimers();
+  if (state.events) { state.events.close(); state.events = null; }
+  $("#nav").hidden = true;
+  $("#signout").hidden = true;
+  $("#view").replaceChildren();
+  $("#signin").hidden = false;
+  $("#key").focus();
+}
+
+async function signIn(e) {
+  e.preventDefault();
+  $("#signin-error").textContent = "";
+  const r = await fetch("/v1/session", {
+    method: "POST", credentials: "same-origin",
+    headers: { "content-type": "application/json" }, body: JSON.stringify({ key: $("#key").value }),
+  });
+  const body = await r.json();
+  if (!r.ok) { $("#signin-error").textContent = body.error ? body.error.message : "sign-in failed"; return; }
+  $("#key").value = "";
+  state.csrf = body.csrf_token;
+  start();
+}
+
+async function signOut() {
+  await fetch("/v1/session", { method: "DELETE", credentials: "same-origin", headers: { "x-csrf-token": state.csrf || "" } });
+  state.csrf = null;
+  signedOut();
+}
+
+async function route() {
+  const view = $("#view");
+  view.removeAttribute("data-ready");
+  const [path, query] = (location.hash.slice(1) || "/overview").split("?");
+  const params = new URLSearchParams(query || "");
+  const parts = path.split("/").filter(Boolean);
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.getAttribute("href") === "#/" + parts[0]);
+  try {
+    if (parts[0] === "usage") { state.view = "usage"; await usage(view, params); }
+    else if (parts[0] === "accounts" && parts[1]) { state.view = "account"; await account(view, decodeURIComponent(parts[1]), params); }
+    else if (parts[0] === "accounts") { state.view = "accounts"; await accounts(view, params); }
+    else if (parts[0] === "events") { state.view = "events"; events(view); }
+    else { state.view = "overview"; await overview(view); }
+    view.setAttribute("data-ready", state.view);
+  } catch (err) {
+    if (err instanceof Unauthenticated) { signedOut(); return; }
+    window.tallyErrors.push("view " + state.view + ": " + err.message);
+    view.replaceChildren(el("p", { class: "error", role: "alert", text: "Could not load: " + err.message }));
+  }
+}
+
+function start() {
+  $("#signin").hidden = true;
+  $("#nav").hidden = false;
+  $("#signout").hidden = false;
+  listen();
+  route();
+}
+
+async function boot() {
+  $("#signin").addEventListener("submit", signIn);
+  $("#signout").addEventListener("click", signOut);
+  window.addEventListener("hashchange", route);
+  try {
+    const s = await api("/v1/session");
+    state.csrf = s.csrf_token;
+    start();
+  } catch (_) {
+    signedOut();
+  }
+}
+
+boot();
