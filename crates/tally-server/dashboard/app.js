@@ -179,7 +179,12 @@ async function usage(view, params) {
   if (params.get("to")) to = Date.parse(params.get("to"));
   const q = new URLSearchParams({ granularity, from_ms: String(from), to_ms: String(to) });
   for (const k of ["app", "endpoint", "account"]) if (params.get(k)) q.set(k, params.get(k));
-  const [u, top] = await Promise.all([api("/v1/usage?" + q), api("/v1/usage/top-users?" + q + "&n=10")]);
+  const [u, top, apps] = await Promise.all([api("/v1/usage?" + q), api("/v1/usage/top-users?" + q + "&n=10"),
+    api("/v1/accounts?kind=revenue&limit=20")]);
+  const perApp = params.get("app") ? [] : await Promise.all(apps.accounts.map(async (a) => {
+    const qa = new URLSearchParams(q); qa.set("app", a.account);
+    return [a.account, await api("/v1/usage?" + qa)];
+  }));
   const form = el("form", { class: "toolbar", id: "usage-form" });
   const field = (label, name, input) => { input.name = name; input.value = params.get(name) || input.value; return el("label", {}, label, input); };
   const select = (opts) => el("select", {}, ...opts.map((o) => el("option", { value: o, text: o })));
@@ -211,6 +216,15 @@ async function usage(view, params) {
       ["Calls", "calls", "count"], ["Cost", "cost", "money"]], top.users));
   if (!u.complete) view.append(el("p", { class: "muted", text: "Part of this range is older than the buckets kept." }));
   chart($("#usage-chart"), u.buckets.map((b) => b.start_ms), [["cost µ¢", u.buckets.map((b) => b.cost)], ["calls", u.buckets.map((b) => b.calls)]]);
+  if (perApp.length) {
+    // Revenue per app: one series per app over the same buckets.
+    const xs = u.buckets.map((b) => b.start_ms);
+    const of = (r) => xs.map((x) => { const b = r.buckets.find((b) => b.start_ms === x); return b ? b.cost : 0; });
+    const target = el("div", { class: "chart", id: "revenue-chart" });
+    view.append(el("h2", { text: "Revenue per app (µ¢ per bucket)" }), target,
+      table("revenue-table", [["App", 0], ["Calls", (r) => r[1].totals.calls, "count"], ["Revenue", (r) => r[1].totals.cost, "money"]], perApp));
+    chart(target, xs, perApp.map(([name, r]) => [name, of(r)]));
+  }
 }
 
 async function accounts(view, params) {
@@ -239,10 +253,22 @@ function describe(record) {
 async function account(view, name, params) {
   const enc = encodeURIComponent(name);
   const after = params.get("after") || "0";
-  const [bal, holds, hist, points, tokens] = await Promise.all([
+  // The query history's range: today, this month (UTC), all, or from/to.
+  const qrange = params.get("queries") || "all";
+  const now = new Date();
+  const qfrom = qrange === "today" ? Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate())
+    : qrange === "month" ? Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)
+    : params.get("from") ? Date.parse(params.get("from")) : 0;
+  const qs = new URLSearchParams({ from_ms: String(qfrom), limit: "100" });
+  if (params.get("to")) qs.set("to_ms", String(Date.parse(params.get("to"))));
+  const [bal, holds, hist, points, tokens, queries] = await Promise.all([
     api(`/v1/accounts/${enc}/balance`), api(`/v1/accounts/${enc}/holds`),
     api(`/v1/accounts/${enc}/history?limit=50&after=${after}`),
-    api(`/v1/accounts/${enc}/balance-history?limit=1000`), api(`/v1/accounts/${enc}/tokens`)]);
+    api(`/v1/accounts/${enc}/balance-history?limit=1000`), api(`/v1/accounts/${enc}/tokens`),
+    api(`/v1/accounts/${enc}/queries?${qs}`)]);
+  const rangeLinks = el("p", { class: "toolbar" }, "Queries: ",
+    ...["today", "month", "all"].map((r) => el("a", { href: `#/accounts/${enc}?queries=${r}`, id: "queries-" + r,
+      "aria-current": r === qrange ? "true" : "false", text: r === "month" ? "this month" : r })));
   const rows = hist.entries.map((e) => ({ seq: e.seq, at_ms: e.at_ms, ...describe(e.record), op: e.record.op ?? "" }));
   view.replaceChildren(el("h1", { text: "Account " + name }),
     el("div", { class: "cards" }, card("Available", money(bal.available), "acct-available"),
@@ -253,6 +279,10 @@ async function account(view, name, params) {
     el("h2", { text: "Pending holds" }),
     table("holds-table", [["Hold", "id"], ["App", "app"], ["Endpoint", "endpoint"], ["Held", "amount_held", "money"],
       ["Created", "created_at_ms", "time"], ["Deadline", "expires_at_ms", "time"]], holds.holds),
+    el("h2", { text: "Query history" }), rangeLinks,
+    table("queries-table", [["Id", "id"], ["Time", "at_ms", "time"], ["Sender", "sender"], ["Recipient", "recipient"],
+      ["Endpoint", "endpoint"], ["Amount", "amount", "money"], ["Status", "status"]], queries.queries),
+    el("p", { class: "muted", text: `${queries.matched} in this range; the newest 100 shown.` }),
     el("h2", { text: "History" }),
     table("history-table", [["Seq", "seq"], ["Time", "at_ms", "time"], ["Change", "kind"], ["App", "app"],
       ["Endpoint", "endpoint"], ["Amount", "amount", "money"]], rows),

@@ -415,12 +415,169 @@ async fn set_low_balance(
     Ok(Json(json!({"account": name, "threshold": threshold})))
 }
 
+/// Journal records one query history reads at most (it reports `complete: false` past it).
+pub const QUERY_SCAN_MAX: usize = 100_000;
+
+/// `GET /v1/accounts/{id}/queries`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct QueriesQuery {
+    /// Only queries made at or after this time (ms). Default 0.
+    #[serde(default)]
+    pub from_ms: u64,
+    /// Only queries made before this time (ms). Default: no end.
+    #[serde(default)]
+    pub to_ms: Option<u64>,
+    /// At most this many, newest first (1 to 1,000, default 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+struct QueryRow {
+    id: String,
+    at_ms: u64,
+    app: AccountId,
+    endpoint: String,
+    amount: u64,
+    status: &'static str,
+}
+
+/// An account's queries as a router shows them: each hold or charge once, with who paid, which
+/// app was paid, the endpoint, the amount (held while pending, posted once done) and where it
+/// stands (`pending`, `completed`, `cancelled`, `expired`), newest first. Built from the
+/// account's journal history (at most 100,000 records read; `complete` says whether that was
+/// all of it).
+#[utoipa::path(get, path = "/v1/accounts/{id}/queries", params(("id" = String, Path), QueriesQuery),
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn account_queries(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(name): Path<String>,
+    QueryParams(q): QueryParams<QueriesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin()?;
+    let id = state.account(&name)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > ACCOUNTS_PAGE_MAX {
+        return Err(ApiError::invalid_field(
+            "limit",
+            format!("limit must be 1 to {ACCOUNTS_PAGE_MAX}"),
+        ));
+    }
+    let to_ms = q.to_ms.unwrap_or(u64::MAX);
+    if to_ms <= q.from_ms {
+        return Err(ApiError::invalid_field(
+            "to_ms",
+            "to_ms must be after from_ms",
+        ));
+    }
+    let mut rows: Vec<QueryRow> = Vec::new();
+    let mut holds: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let (mut after, mut read) = (0u64, 0usize);
+    let complete = loop {
+        let page = state
+            .tally
+            .history(id, after, tally::HISTORY_PAGE_MAX)
+            .await?;
+        for e in &page.entries {
+            let at = e.record.at.0;
+            let in_range = at >= q.from_ms && at < to_ms;
+            match &e.record.change {
+                tally::Change::Reserved {
+                    hold,
+                    app,
+                    amount,
+                    endpoint,
+                    ..
+                } if in_range => {
+                    holds.insert(*hold, rows.len());
+                    rows.push(QueryRow {
+                        id: crate::v1::hold_str(tally::HoldId {
+                            account: id,
+                            seq: *hold,
+                        }),
+                        at_ms: at,
+                        app: *app,
+                        endpoint: endpoint.clone(),
+                        amount: amount.get(),
+                        status: "pending",
+                    });
+                }
+                tally::Change::Extended { hold, total, .. } => {
+                    if let Some(row) = holds.get(hold).and_then(|i| rows.get_mut(*i)) {
+                        row.amount = total.get();
+                    }
+                }
+                tally::Change::Committed {
+                    hold,
+                    amount_posted,
+                    ..
+                } => {
+                    if let Some(row) = holds.get(hold).and_then(|i| rows.get_mut(*i)) {
+                        row.amount = amount_posted.get();
+                        row.status = "completed";
+                    }
+                }
+                tally::Change::Voided { hold, .. } | tally::Change::Expired { hold, .. } => {
+                    if let Some(row) = holds.get(hold).and_then(|i| rows.get_mut(*i)) {
+                        row.status = if matches!(e.record.change, tally::Change::Voided { .. }) {
+                            "cancelled"
+                        } else {
+                            "expired"
+                        };
+                    }
+                }
+                tally::Change::Charged {
+                    app,
+                    amount,
+                    endpoint,
+                    posting,
+                    ..
+                } if in_range => rows.push(QueryRow {
+                    id: crate::v1::posting_str(tally::PostingId {
+                        account: id,
+                        seq: *posting,
+                    }),
+                    at_ms: at,
+                    app: *app,
+                    endpoint: endpoint.clone(),
+                    amount: amount.get(),
+                    status: "completed",
+                }),
+                _ => {}
+            }
+        }
+        read += page.entries.len();
+        match page.next_after_seq {
+            Some(next) if !page.entries.is_empty() && read < QUERY_SCAN_MAX => after = next,
+            Some(_) if !page.entries.is_empty() => break false,
+            _ => break true,
+        }
+    };
+    let total = rows.len();
+    let queries: Vec<Value> = rows
+        .iter()
+        .rev()
+        .take(limit)
+        .map(|r| {
+            json!({"id": r.id, "at_ms": r.at_ms, "sender": name, "recipient": state.name(r.app),
+                   "endpoint": r.endpoint, "amount": r.amount, "status": r.status})
+        })
+        .collect();
+    Ok(Json(
+        json!({"account": name, "queries": queries, "matched": total, "complete": complete}),
+    ))
+}
+
 /// The dashboard's reads that the rest of the API lacked.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(overview))
         .routes(routes!(list_accounts))
         .routes(routes!(account_holds))
+        .routes(routes!(account_queries))
         .routes(routes!(set_low_balance))
 }
 

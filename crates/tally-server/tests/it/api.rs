@@ -654,6 +654,7 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
         ("get", "/v1/overview"),
         ("get", "/v1/accounts"),
         ("get", "/v1/accounts/{id}/holds"),
+        ("get", "/v1/accounts/{id}/queries"),
         ("put", "/v1/accounts/{id}/low-balance"),
     ];
     for (method, path) in expected {

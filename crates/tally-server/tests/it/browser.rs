@@ -363,6 +363,23 @@ async fn the_dashboard_shows_what_the_api_says_and_updates_live() {
     assert_eq!(last[8], api_last["cost"].to_string());
     let top = csv(&c, "top-users").await;
     assert_eq!(top[1][0], "alice");
+    let revenue = csv(&c, "revenue-table").await;
+    for row in &revenue[1..] {
+        let by_app = h
+            .admin(
+                "GET",
+                &format!(
+                    "/v1/usage?granularity=hour&from_ms={day_start}&to_ms={}&app={}",
+                    now + 3_600_000,
+                    row[0]
+                ),
+                None,
+            )
+            .await
+            .body;
+        assert_eq!(row[2], by_app["totals"]["cost"].to_string(), "{row:?}");
+    }
+    assert_eq!(revenue.len(), 3, "{revenue:?}");
     shot(&c, "usage").await;
 
     // The account list and an account's page.
@@ -412,7 +429,41 @@ async fn the_dashboard_shows_what_the_api_says_and_updates_live() {
         assert_eq!(row[0], e["seq"].to_string());
         assert_eq!(row[1], e["at_ms"].to_string());
     }
+    let queries = csv(&c, "queries-table").await;
+    let api_queries = h
+        .admin("GET", "/v1/accounts/alice/queries?limit=100", None)
+        .await
+        .body;
+    let api_queries = api_queries["queries"].as_array().unwrap();
+    assert_eq!(queries.len() - 1, api_queries.len());
+    assert_eq!(
+        queries[0],
+        [
+            "Id",
+            "Time (ms)",
+            "Sender",
+            "Recipient",
+            "Endpoint",
+            "Amount (µ¢)",
+            "Status"
+        ]
+    );
+    for (row, q) in queries[1..].iter().zip(api_queries) {
+        assert_eq!(row[0], q["id"].as_str().unwrap());
+        assert_eq!(row[5], q["amount"].to_string());
+        assert_eq!(row[6], q["status"].as_str().unwrap());
+    }
+    assert!(queries.iter().any(|r| r[6] == "pending"));
     shot(&c, "account").await;
+    // This month's queries are all of them here; the range links keep the page live.
+    c.find(Locator::Id("queries-month"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    ready(&c, "account").await;
+    assert_eq!(csv(&c, "queries-table").await.len(), queries.len());
 
     // The live feed shows a charge made while it is open.
     c.goto(&format!("{base}/#/events")).await.unwrap();

@@ -208,3 +208,100 @@ async fn the_page_is_served_with_a_strict_policy() {
     let none = h.raw("GET", "/assets/secret.key", &[], vec![]).await;
     assert_eq!(none.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_query_history_reads_as_a_router_shows_it() {
+    let h = Harness::new().await;
+    h.world(10_000).await;
+    let hold = |key: &'static str| {
+        let h = &h;
+        async move {
+            let a = h
+                .as_key(
+                    ADMIN,
+                    "POST",
+                    "/v1/holds",
+                    Some(json!({"account": "alice", "app": "chat", "amount": 500,
+                                "endpoint": "gpt", "timeout_ms": 60_000})),
+                    Some(key),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+            a.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let done = hold("q1").await;
+    let commit = h
+        .as_key(
+            ADMIN,
+            "POST",
+            &format!("/v1/holds/{done}/commit"),
+            Some(json!({"amount": 321})),
+            Some("q1c"),
+        )
+        .await;
+    assert_eq!(commit.status, StatusCode::OK, "{commit:?}");
+    let cancelled = hold("q2").await;
+    h.as_key(
+        ADMIN,
+        "POST",
+        &format!("/v1/holds/{cancelled}/void"),
+        Some(json!({})),
+        Some("q2v"),
+    )
+    .await;
+    h.clock.advance(1_000);
+    let since = h.state.now_ms();
+    let pending = hold("q3").await;
+    h.as_key(
+        ADMIN,
+        "POST",
+        "/v1/charges",
+        Some(json!({"account": "alice", "app": "search", "amount": 42, "endpoint": "web"})),
+        Some("q4"),
+    )
+    .await;
+
+    let all = h.admin("GET", "/v1/accounts/alice/queries", None).await;
+    assert_eq!(all.status, StatusCode::OK, "{all:?}");
+    assert_eq!(all.body["complete"], true);
+    let q = all.body["queries"].as_array().unwrap();
+    let seen: Vec<(&str, &str, u64)> = q
+        .iter()
+        .map(|r| {
+            (
+                r["recipient"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+                r["amount"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("search", "completed", 42),
+            ("chat", "pending", 500),
+            ("chat", "cancelled", 500),
+            ("chat", "completed", 321),
+        ]
+    );
+    assert_eq!(q[1]["id"], pending.as_str());
+    assert_eq!(q[3]["id"], done.as_str());
+    assert_eq!(q[0]["sender"], "alice");
+
+    let recent = h
+        .admin(
+            "GET",
+            &format!("/v1/accounts/alice/queries?from_ms={since}&limit=1"),
+            None,
+        )
+        .await;
+    assert_eq!(recent.body["matched"], 2, "{recent:?}");
+    assert_eq!(recent.body["queries"].as_array().unwrap().len(), 1);
+    for bad in ["limit=0", "from_ms=10&to_ms=5", "status=x"] {
+        let a = h
+            .admin("GET", &format!("/v1/accounts/alice/queries?{bad}"), None)
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}: {a:?}");
+    }
+}
