@@ -7,6 +7,7 @@ mod browser;
 mod common;
 mod corpus;
 mod dashboard;
+mod dashboard_load;
 mod events;
 mod metering;
 mod process;
