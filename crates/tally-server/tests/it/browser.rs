@@ -486,6 +486,38 @@ async fn the_dashboard_shows_what_the_api_says_and_updates_live() {
     }
     shot(&c, "events").await;
 
+    // Keyboard only: Tab from the top of the page reaches the navigation in order, and Enter
+    // on a link opens its view.
+    // A new document, so that Tab starts from its top.
+    c.goto(&format!("{base}/?keyboard#/overview"))
+        .await
+        .unwrap();
+    ready(&c, "overview").await;
+    let mut reached = Vec::new();
+    for _ in 0..4 {
+        c.active_element()
+            .await
+            .unwrap()
+            .send_keys(&fantoccini::key::Key::Tab.to_string())
+            .await
+            .unwrap();
+        reached.push(js(&c, "return document.activeElement.textContent;").await);
+    }
+    assert_eq!(reached, ["Overview", "Usage", "Accounts", "Events"]);
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&fantoccini::key::Key::Enter.to_string())
+        .await
+        .unwrap();
+    ready(&c, "events").await;
+    let ring = js(
+        &c,
+        "return getComputedStyle(document.activeElement).outlineStyle;",
+    )
+    .await;
+    assert_eq!(ring, "solid", "the focused link shows no focus ring");
+
     // At a phone's width nothing but the tables scrolls sideways.
     c.set_window_size(390, 844).await.unwrap();
     c.goto(&format!("{base}/#/overview")).await.unwrap();
