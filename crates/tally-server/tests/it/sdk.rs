@@ -23,7 +23,12 @@ fn python(venv: &Path) -> PathBuf {
     venv.join("bin/python")
 }
 
+/// Both flows run at once in this binary: one makes the venv while the other waits (two
+/// `python3 -m venv` on one directory at once fail).
+static VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ensure_venv() -> PathBuf {
+    let _one_at_a_time = VENV.lock().unwrap_or_else(|e| e.into_inner());
     let dir = venv();
     let py = python(&dir);
     let ready = py.exists()
