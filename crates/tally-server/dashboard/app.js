@@ -247,7 +247,7 @@ function describe(record) {
   const kind = typeof change === "string" ? change : Object.keys(change)[0];
   const body = typeof change === "string" ? {} : change[kind] || {};
   const amount = body.amount ?? body.actual ?? body.value ?? body.amount_posted ?? "";
-  return { kind, amount, app: body.app ?? "", endpoint: body.endpoint ?? "" };
+  return { kind, amount, app: body.app_name ?? body.to_name ?? body.from_name ?? "", endpoint: body.endpoint ?? "" };
 }
 
 async function account(view, name, params) {
@@ -284,7 +284,7 @@ async function account(view, name, params) {
       ["Endpoint", "endpoint"], ["Amount", "amount", "money"], ["Status", "status"]], queries.queries),
     el("p", { class: "muted", text: `${queries.matched} in this range; the newest 100 shown.` }),
     el("h2", { text: "History" }),
-    table("history-table", [["Seq", "seq"], ["Time", "at_ms", "time"], ["Change", "kind"], ["App", "app"],
+    table("history-table", [["Seq", "seq"], ["Time", "at_ms", "time"], ["Change", "kind"], ["Counterparty", "app"],
       ["Endpoint", "endpoint"], ["Amount", "amount", "money"]], rows),
     el("h2", { text: "Spend tokens" }),
     table("tokens-table", [["Token", "id"], ["App", "app"], ["Endpoint", "endpoint"], ["Cap", "cap", "money"],

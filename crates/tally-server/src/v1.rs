@@ -1323,8 +1323,9 @@ pub struct HistoryQuery {
 
 /// A journal record as JSON. Its operation id is a decimal string: the server's ids pass 2^64,
 /// which a JSON number (and `serde_json::Value`) cannot hold; a record that still holds such a
-/// number is given as its JSON text in `record_text`.
-pub fn record_json(record: &tally::Record) -> Value {
+/// number is given as its JSON text in `record_text`. The accounts a change names (`app`,
+/// `from`, `to`) get their names beside them (`app_name`, ...).
+pub fn record_json(state: &AppState, record: &tally::Record) -> Value {
     let op = record.op.map(|op| op.0.to_string());
     let bare = tally::Record {
         op: None,
@@ -1333,6 +1334,19 @@ pub fn record_json(record: &tally::Record) -> Value {
     match serde_json::to_value(&bare) {
         Ok(mut v) => {
             v["op"] = Value::from(op);
+            let body = v
+                .get_mut("change")
+                .and_then(Value::as_object_mut)
+                .and_then(|c| c.values_mut().next())
+                .and_then(Value::as_object_mut);
+            if let Some(body) = body {
+                for key in ["app", "from", "to"] {
+                    if let Some(id) = body.get(key).and_then(Value::as_u64) {
+                        let name = state.name(AccountId(id));
+                        body.insert(format!("{key}_name"), Value::from(name));
+                    }
+                }
+            }
             v
         }
         Err(_) => {
@@ -1368,7 +1382,7 @@ async fn history(
             json!({
                 "seq": e.seq,
                 "at_ms": e.record.at.0,
-                "record": record_json(&e.record),
+                "record": record_json(&state, &e.record),
             })
         })
         .collect();

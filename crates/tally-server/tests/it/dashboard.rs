@@ -169,6 +169,14 @@ async fn an_account_shows_its_pending_holds_soonest_first() {
             "{e}"
         );
     }
+    assert_eq!(
+        entries[2]["record"]["change"]["Reserved"]["app_name"],
+        "chat"
+    );
+    assert_eq!(
+        entries[1]["record"]["change"]["Funded"]["from_name"],
+        "tally:funding"
+    );
     let op = entries[1]["record"]["op"].as_str().unwrap();
     assert!(op.parse::<u128>().unwrap() > u128::from(u64::MAX), "{op}");
     let missing = h.admin("GET", "/v1/accounts/nobody/holds", None).await;
