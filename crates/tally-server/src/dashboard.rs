@@ -28,7 +28,7 @@ use utoipa_axum::routes;
 
 use crate::auth::Auth;
 use crate::error::{wide, ApiError};
-use crate::json::{Body, QueryParams};
+use crate::json::{page_limit, Body, QueryParams};
 use crate::v1::{balance_json, hold_json, ErrorBody, Kind};
 use crate::AppState;
 
@@ -317,13 +317,7 @@ async fn list_accounts(
     QueryParams(q): QueryParams<AccountsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > ACCOUNTS_PAGE_MAX {
-        return Err(ApiError::invalid_field(
-            "limit",
-            format!("limit must be 1 to {ACCOUNTS_PAGE_MAX}"),
-        ));
-    }
+    let limit = page_limit(q.limit, 100, ACCOUNTS_PAGE_MAX)?;
     let kind = q.kind.map(AccountKind::from);
     let thresholds: std::collections::HashMap<AccountId, u64> =
         state.registry.low_balances().into_iter().collect();
@@ -379,8 +373,7 @@ async fn account_holds(
         "kind": Kind::from(account.spec.kind),
         "credit_limit": account.spec.credit_limit.get(),
         "may_overdraw": account.spec.may_overdraw(),
-        "low_balance_threshold": state.registry.low_balances().into_iter()
-            .find(|(a, _)| *a == id).map(|(_, t)| t),
+        "low_balance_threshold": state.registry.low_balance(id),
         "holds": holds,
     })))
 }
@@ -434,6 +427,18 @@ pub struct QueriesQuery {
     pub limit: Option<usize>,
 }
 
+/// Marks a hold's row (if its reserve was in the range) as resolved.
+fn resolve(
+    rows: &mut [QueryRow],
+    holds: &std::collections::HashMap<u64, usize>,
+    hold: u64,
+    status: &'static str,
+) {
+    if let Some(row) = holds.get(&hold).and_then(|i| rows.get_mut(*i)) {
+        row.status = status;
+    }
+}
+
 struct QueryRow {
     id: String,
     at_ms: u64,
@@ -459,13 +464,7 @@ async fn account_queries(
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
     let id = state.account(&name)?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > ACCOUNTS_PAGE_MAX {
-        return Err(ApiError::invalid_field(
-            "limit",
-            format!("limit must be 1 to {ACCOUNTS_PAGE_MAX}"),
-        ));
-    }
+    let limit = page_limit(q.limit, 100, ACCOUNTS_PAGE_MAX)?;
     let to_ms = q.to_ms.unwrap_or(u64::MAX);
     if to_ms <= q.from_ms {
         return Err(ApiError::invalid_field(
@@ -520,15 +519,10 @@ async fn account_queries(
                         row.status = "completed";
                     }
                 }
-                tally::Change::Voided { hold, .. } | tally::Change::Expired { hold, .. } => {
-                    if let Some(row) = holds.get(hold).and_then(|i| rows.get_mut(*i)) {
-                        row.status = if matches!(e.record.change, tally::Change::Voided { .. }) {
-                            "cancelled"
-                        } else {
-                            "expired"
-                        };
-                    }
+                tally::Change::Voided { hold, .. } => {
+                    resolve(&mut rows, &holds, *hold, "cancelled")
                 }
+                tally::Change::Expired { hold, .. } => resolve(&mut rows, &holds, *hold, "expired"),
                 tally::Change::Charged {
                     app,
                     amount,

@@ -221,6 +221,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     }
 }
 
+/// A page's `limit` parameter: `default` when absent, else 1 to `max` (400 `invalid_field`).
+pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if limit == 0 || limit > max {
+        return Err(ApiError::invalid_field(
+            "limit",
+            format!("limit must be 1 to {max}"),
+        ));
+    }
+    Ok(limit)
+}
+
 /// A strict query string: an unknown parameter or a wrong type is 400 naming it.
 pub struct QueryParams<T>(pub T);
 

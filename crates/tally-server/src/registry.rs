@@ -1023,6 +1023,11 @@ impl Registry {
         self.record(Entry::LowBalance { account, threshold }).await
     }
 
+    /// An account's low-balance threshold, if it has one.
+    pub fn low_balance(&self, account: AccountId) -> Option<u64> {
+        self.inner.read().low_balance.get(&account).copied()
+    }
+
     /// Every low-balance threshold.
     pub fn low_balances(&self) -> Vec<(AccountId, u64)> {
         self.inner

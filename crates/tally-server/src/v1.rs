@@ -1367,13 +1367,7 @@ async fn history(
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
     let id = state.account(&name)?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > tally::HISTORY_PAGE_MAX {
-        return Err(ApiError::invalid_field(
-            "limit",
-            format!("limit must be 1 to {}", tally::HISTORY_PAGE_MAX),
-        ));
-    }
+    let limit = crate::json::page_limit(q.limit, 100, tally::HISTORY_PAGE_MAX)?;
     let page = state.tally.history(id, q.after.unwrap_or(0), limit).await?;
     let entries: Vec<Value> = page
         .entries
