@@ -5,6 +5,7 @@
 
 // Errors of the page (scripts, failed assets, policy violations), for the browser tests.
 window.tallyErrors = [];
+window.tallyTimings = [];
 window.addEventListener("error", (e) => {
   window.tallyErrors.push(e.message || "failed to load " + ((e.target && (e.target.src || e.target.href)) || "?"));
 }, true);
@@ -14,7 +15,7 @@ const consoleError = console.error;
 console.error = (...args) => { window.tallyErrors.push(args.map(String).join(" ")); consoleError.apply(console, args); };
 
 const UC_PER_CENT = 1000000n;
-const state = { csrf: null, events: null, view: null, timers: [] };
+const state = { csrf: null, events: null, view: null, timers: [], charts: [] };
 const $ = (sel, root = document) => root.querySelector(sel);
 
 function big(v) {
@@ -106,18 +107,44 @@ function card(label, value, id) {
     el("div", { class: "value", id }, value));
 }
 
-// A time chart: x in ms, each series [label, values].
-function chart(target, xs, series) {
+// An axis label in USD for µ¢ (a tick is a position on the axis, not an amount charged).
+function usdTick(v) {
+  const d = v / 1e8;
+  return "$" + d.toLocaleString("en-US", { maximumFractionDigits: Math.abs(d) < 0.01 && d !== 0 ? 8 : 2 });
+}
+
+// A time chart: x in ms, each series [label, values, kind]; kind "money" (µ¢, drawn on a USD
+// axis at the left) or "count" (its own axis, at the right when beside money). `span` is the
+// [from, to] in ms the x axis shows (the range asked for); without it, the data's own.
+function chart(target, xs, series, span) {
   const width = Math.max(280, target.clientWidth || 600);
+  const css = getComputedStyle(document.documentElement);
+  const muted = css.getPropertyValue("--muted").trim() || "#8a939d";
+  const line = css.getPropertyValue("--line").trim() || "#d6dae0";
+  const kinds = [...new Set(series.map(([, , kind]) => kind || "count"))];
+  const axisSize = (u, values) => values ? 16 + 7.5 * Math.max(3, ...values.map((s) => String(s).length)) : 40;
+  const axes = [{ stroke: muted, grid: { stroke: line }, ticks: { stroke: line } }];
+  kinds.forEach((kind, i) => axes.push({
+    scale: kind, stroke: muted, size: axisSize, side: i === 0 ? 3 : 1,
+    grid: { show: i === 0, stroke: line }, ticks: { stroke: line },
+    values: (u, splits) => splits.map((v) => kind === "money" ? usdTick(v) : v.toLocaleString("en-US")),
+  }));
   const opts = {
     width, height: 220,
-    series: [{}, ...series.map(([label], i) => ({ label, stroke: ["#2457c5", "#e07a1f", "#12b76a", "#b42318"][i % 4], width: 2 }))],
-    axes: [{ stroke: "#8a939d" }, { stroke: "#8a939d", size: 100 }],
+    // Room at the sides for the first and last time labels.
+    padding: [12, 28, 0, 28],
+    series: [{}, ...series.map(([label, , kind], i) => ({
+      label, scale: kind || "count", width: 2,
+      stroke: ["#2457c5", "#e07a1f", "#12b76a", "#b42318"][i % 4],
+      value: (u, v) => v === null || v === undefined ? "--" : (kind === "money" ? usdTick(v) : v.toLocaleString("en-US")),
+    }))],
+    axes,
     scales: {
       x: {
         time: true,
         // A range under a minute (or one point) is widened to a minute around it.
         range: () => {
+          if (span) return [Number(span[0]) / 1000, Number(span[1]) / 1000];
           const secs = xs.map((x) => Number(x) / 1000);
           const lo = secs.length ? Math.min(...secs) : Date.now() / 1000;
           const hi = secs.length ? Math.max(...secs) : lo;
@@ -128,7 +155,35 @@ function chart(target, xs, series) {
   };
   const data = [xs.map((x) => Number(x) / 1000), ...series.map(([, ys]) => ys.map(Number))];
   target.replaceChildren();
-  return new uPlot(opts, data, target);
+  const plot = new uPlot(opts, data, target);
+  state.charts = state.charts.filter(([, t]) => t.isConnected).concat([[plot, target]]);
+  return plot;
+}
+
+// Charts follow the window's width (a phone turned, a window resized).
+let resizing = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizing);
+  resizing = setTimeout(() => {
+    state.charts = state.charts.filter(([, t]) => t.isConnected);
+    for (const [plot, target] of state.charts) plot.setSize({ width: Math.max(280, target.clientWidth), height: 220 });
+  }, 100);
+});
+
+// The from/to fields of a form are empty or dates `Date.parse` reads; a bad one is marked and
+// named in the form's message, and nothing is asked of the server.
+function datesOk(form) {
+  let ok = true;
+  for (const name of ["from", "to"]) {
+    const input = form.elements[name];
+    const bad = input && input.value !== "" && Number.isNaN(Date.parse(input.value));
+    if (input) input.setAttribute("aria-invalid", bad ? "true" : "false");
+    if (bad) ok = false;
+  }
+  let msg = $(".form-error", form);
+  if (!msg) { msg = el("span", { class: "error form-error", role: "alert" }); form.append(msg); }
+  msg.textContent = ok ? "" : "Dates are ISO 8601, for example 2026-12-01T00:00Z.";
+  return ok;
 }
 
 function stopTimers() {
@@ -164,7 +219,8 @@ async function overview(view) {
       ["Available", "available", "money"], ["Threshold", "threshold", "money"]], o.low_balance.accounts),
   );
   if (!b.complete) view.append(el("p", { class: "muted", text: `Balances summed over the first ${b.scanned} user accounts only.` }));
-  chart($("#ov-rpm"), o.per_minute.map((m) => m.start_ms), [["calls", o.per_minute.map((m) => m.calls)]]);
+  chart($("#ov-rpm"), o.per_minute.map((m) => m.start_ms), [["calls", o.per_minute.map((m) => m.calls), "count"]],
+    [o.at_ms - 3600000, o.at_ms]);
 }
 
 const RANGES = { today: 86400000, "7d": 7 * 86400000, "30d": 30 * 86400000 };
@@ -177,6 +233,9 @@ async function usage(view, params) {
   let to = now + 1;
   if (params.get("from")) from = Date.parse(params.get("from"));
   if (params.get("to")) to = Date.parse(params.get("to"));
+  // Links may also name the range in ms since the epoch.
+  if (/^\d+$/.test(params.get("from_ms") || "")) from = Number(params.get("from_ms"));
+  if (/^\d+$/.test(params.get("to_ms") || "")) to = Number(params.get("to_ms"));
   const q = new URLSearchParams({ granularity, from_ms: String(from), to_ms: String(to) });
   for (const k of ["app", "endpoint", "account"]) if (params.get(k)) q.set(k, params.get(k));
   const [u, top, apps] = await Promise.all([api("/v1/usage?" + q), api("/v1/usage/top-users?" + q + "&n=10"),
@@ -198,6 +257,7 @@ async function usage(view, params) {
   $("[name=granularity]", form).value = granularity;
   form.addEventListener("submit", (e) => {
     e.preventDefault();
+    if (!datesOk(form)) return;
     const p = new URLSearchParams();
     for (const [k, v] of new FormData(form)) if (v) p.set(k, v);
     location.hash = "#/usage?" + p;
@@ -209,21 +269,22 @@ async function usage(view, params) {
   view.replaceChildren(el("h1", { text: "Usage" }), form,
     el("div", { class: "cards" }, card("Cost", money(u.totals.cost), "usage-cost"), card("Calls", count(u.totals.calls), "usage-calls"),
       card("Input tokens", count(u.totals.input_tokens)), card("Output tokens", count(u.totals.output_tokens))),
-    el("h2", { text: "Cost (µ¢) and calls per bucket" }), el("div", { class: "chart", id: "usage-chart" }),
+    el("h2", { text: "Cost and calls per bucket" }), el("div", { class: "chart", id: "usage-chart" }),
     table("usage-table", cols, u.buckets),
     el("h2", { text: "Top users" }),
     table("top-users", [["User", (r) => el("a", { href: "#/accounts/" + encodeURIComponent(r.account), text: r.account })],
       ["Calls", "calls", "count"], ["Cost", "cost", "money"]], top.users));
   if (!u.complete) view.append(el("p", { class: "muted", text: "Part of this range is older than the buckets kept." }));
-  chart($("#usage-chart"), u.buckets.map((b) => b.start_ms), [["cost µ¢", u.buckets.map((b) => b.cost)], ["calls", u.buckets.map((b) => b.calls)]]);
+  chart($("#usage-chart"), u.buckets.map((b) => b.start_ms), [["cost", u.buckets.map((b) => b.cost), "money"], ["calls", u.buckets.map((b) => b.calls), "count"]],
+    [from, Math.min(to, Date.now())]);
   if (perApp.length) {
     // Revenue per app: one series per app over the same buckets.
     const xs = u.buckets.map((b) => b.start_ms);
-    const of = (r) => xs.map((x) => { const b = r.buckets.find((b) => b.start_ms === x); return b ? b.cost : 0; });
+    const of = (r) => { const by = new Map(r.buckets.map((b) => [b.start_ms, b.cost])); return xs.map((x) => by.get(x) ?? 0); };
     const target = el("div", { class: "chart", id: "revenue-chart" });
-    view.append(el("h2", { text: "Revenue per app (µ¢ per bucket)" }), target,
+    view.append(el("h2", { text: "Revenue per app per bucket" }), target,
       table("revenue-table", [["App", 0], ["Calls", (r) => r[1].totals.calls, "count"], ["Revenue", (r) => r[1].totals.cost, "money"]], perApp));
-    chart(target, xs, perApp.map(([name, r]) => [name, of(r)]));
+    chart(target, xs, perApp.map(([name, r]) => [name, of(r), "money"]), [from, Math.min(to, Date.now())]);
   }
 }
 
@@ -261,21 +322,44 @@ async function account(view, name, params) {
     : params.get("from") ? Date.parse(params.get("from")) : 0;
   const qs = new URLSearchParams({ from_ms: String(qfrom), limit: "100" });
   if (params.get("to")) qs.set("to_ms", String(Date.parse(params.get("to"))));
+  // Its usage by day over the last 30 days (as the account that pays).
+  const dayMs = 86400000;
+  const uq = new URLSearchParams({ granularity: "day",
+    from_ms: String(Date.now() - (Date.now() % dayMs) - 29 * dayMs), to_ms: String(Date.now() + 1) });
   const [bal, holds, hist, points, tokens, queries] = await Promise.all([
     api(`/v1/accounts/${enc}/balance`), api(`/v1/accounts/${enc}/holds`),
     api(`/v1/accounts/${enc}/history?limit=50&after=${after}`),
     api(`/v1/accounts/${enc}/balance-history?limit=1000`), api(`/v1/accounts/${enc}/tokens`),
     api(`/v1/accounts/${enc}/queries?${qs}`)]);
-  const rangeLinks = el("p", { class: "toolbar" }, "Queries: ",
+  // A user's usage is what it paid for; an app's is what it earned.
+  uq.set(holds.kind === "user" ? "account" : "app", name);
+  const used = await api("/v1/usage?" + uq);
+  const rangeForm = el("form", { class: "toolbar", id: "queries-range" },
+    el("label", {}, "From (ISO)", el("input", { name: "from", placeholder: "2026-12-01T00:00Z", value: params.get("from") || "" })),
+    el("label", {}, "To (ISO)", el("input", { name: "to", placeholder: "now", value: params.get("to") || "" })),
+    el("button", { type: "submit", text: "Show range" }));
+  rangeForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (!datesOk(rangeForm)) return;
+    const p = new URLSearchParams({ queries: "range" });
+    for (const [k, v] of new FormData(rangeForm)) if (v) p.set(k, v);
+    location.hash = `#/accounts/${enc}?` + p;
+  });
+  const rangeLinks = el("div", { class: "toolbar" }, "Queries: ",
     ...["today", "month", "all"].map((r) => el("a", { href: `#/accounts/${enc}?queries=${r}`, id: "queries-" + r,
-      "aria-current": r === qrange ? "true" : "false", text: r === "month" ? "this month" : r })));
+      "aria-current": r === qrange ? "true" : "false", text: r === "month" ? "this month" : r })), rangeForm);
   const rows = hist.entries.map((e) => ({ seq: e.seq, at_ms: e.at_ms, ...describe(e.record), op: e.record.op ?? "" }));
   view.replaceChildren(el("h1", { text: "Account " + name }),
     el("div", { class: "cards" }, card("Available", money(bal.available), "acct-available"),
       card("Posted", money(bal.posted), "acct-posted"), card("Held", money(bal.debits_pending), "acct-pending"),
       card("Credit limit", money(bal.credit_limit), "acct-limit"),
       card("Low-balance threshold", holds.low_balance_threshold === null ? "none" : money(holds.low_balance_threshold), "acct-low")),
-    el("h2", { text: "Balance over time (posted, µ¢)" }), el("div", { class: "chart", id: "acct-chart" }),
+    el("h2", { text: "Balance over time (posted)" }), el("div", { class: "chart", id: "acct-chart" }),
+    el("h2", { text: (holds.kind === "user" ? "Spend" : "Revenue") + " per day, last 30 days" }),
+    el("div", { class: "cards" }, card(holds.kind === "user" ? "Spent in 30 days" : "Earned in 30 days", money(used.totals.cost), "acct-used-cost"),
+      card("Calls in 30 days", count(used.totals.calls), "acct-used-calls"),
+      card("Input tokens", count(used.totals.input_tokens)), card("Output tokens", count(used.totals.output_tokens))),
+    el("div", { class: "chart", id: "acct-usage-chart" }),
     el("h2", { text: "Pending holds" }),
     table("holds-table", [["Hold", "id"], ["App", "app"], ["Endpoint", "endpoint"], ["Held", "amount_held", "money"],
       ["Created", "created_at_ms", "time"], ["Deadline", "expires_at_ms", "time"]], holds.holds),
@@ -293,7 +377,10 @@ async function account(view, name, params) {
     view.append(el("p", {}, el("a", { href: `#/accounts/${enc}?after=${hist.next_after}`, id: "history-next", text: "Older entries" })));
   }
   const pts = points.points || [];
-  chart($("#acct-chart"), pts.map((p) => p.at_ms), [["posted", pts.map((p) => p.posted)]]);
+  chart($("#acct-chart"), pts.map((p) => p.at_ms), [["posted", pts.map((p) => p.posted), "money"]]);
+  chart($("#acct-usage-chart"), used.buckets.map((b) => b.start_ms),
+    [["spent", used.buckets.map((b) => b.cost), "money"], ["calls", used.buckets.map((b) => b.calls), "count"]],
+    [Number(uq.get("from_ms")), Date.now()]);
 }
 
 const feed = [];
@@ -378,6 +465,7 @@ async function route() {
   view.removeAttribute("data-ready");
   const [path, query] = (location.hash.slice(1) || "/overview").split("?");
   const params = new URLSearchParams(query || "");
+  const started = performance.now();
   const parts = path.split("/").filter(Boolean);
   for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.getAttribute("href") === "#/" + parts[0]);
   try {
@@ -387,6 +475,8 @@ async function route() {
     else if (parts[0] === "events") { state.view = "events"; events(view); }
     else { state.view = "overview"; await overview(view); }
     view.setAttribute("data-ready", state.view);
+    // When each view was asked for and shown (ms since this document's navigation began).
+    window.tallyTimings.push({ view: state.view, started, ready: performance.now() });
   } catch (err) {
     if (err instanceof Unauthenticated) { signedOut(); return; }
     window.tallyErrors.push("view " + state.view + ": " + err.message);
@@ -406,6 +496,10 @@ async function boot() {
   $("#signin").addEventListener("submit", signIn);
   $("#signout").addEventListener("click", signOut);
   window.addEventListener("hashchange", route);
+  // A page left (or kept in the back-forward cache) lets go of its event stream: a browser
+  // opens at most 6 connections to a host over HTTP/1.1, and each open stream holds one.
+  window.addEventListener("pagehide", () => { if (state.events) { state.events.close(); state.events = null; } });
+  window.addEventListener("pageshow", (e) => { if (e.persisted && state.csrf) listen(); });
   try {
     const s = await api("/v1/session");
     state.csrf = s.csrf_token;

@@ -265,7 +265,8 @@ struct IdemEntry {
 
 #[derive(Default)]
 struct Inner {
-    names: HashMap<String, AccountId>,
+    /// In byte order, so that the account list pages through it without sorting.
+    names: BTreeMap<String, AccountId>,
     ids: HashMap<AccountId, String>,
     id_next: u64,
     keys: BTreeMap<u64, ApiKey>,
@@ -645,17 +646,13 @@ impl Registry {
     }
 
     /// A page of names in byte order after `after` (`""` for the first), at most `limit`, with
-    /// their accounts. Each call sorts the names (about 1 ms for 10,000).
+    /// their accounts.
     pub fn names_after(&self, after: &str, limit: usize) -> Vec<(String, AccountId)> {
+        use std::ops::Bound;
         let inner = self.inner.read();
-        let mut names: Vec<(&String, &AccountId)> = inner
+        inner
             .names
-            .iter()
-            .filter(|(n, _)| n.as_str() > after)
-            .collect();
-        names.sort_unstable();
-        names
-            .into_iter()
+            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded))
             .take(limit)
             .map(|(n, id)| (n.clone(), *id))
             .collect()

@@ -9,10 +9,9 @@ use serde_json::json;
 
 use crate::common::{Harness, ADMIN};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement: run it by hand with --release"]
-async fn dashboard_load_at_10k_accounts() {
-    let h = Harness::new().await;
+/// 10,000 user accounts (one in ten funded) and a day of minute buckets: one charge by alice a
+/// minute for the 24 hours up to the harness clock's time plus a day.
+pub async fn seed_10k_accounts_and_a_day(h: &Harness) {
     h.world(100_000_000).await;
     let t = Instant::now();
     for i in 0..10_000u32 {
@@ -52,6 +51,13 @@ async fn dashboard_load_at_10k_accounts() {
             .await;
         assert_eq!(a.status.as_u16(), 201, "{a:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it by hand with --release"]
+async fn dashboard_load_at_10k_accounts() {
+    let h = Harness::new().await;
+    seed_10k_accounts_and_a_day(&h).await;
     for round in 0..3 {
         let t = Instant::now();
         let o = h.admin("GET", "/v1/overview", None).await;
@@ -80,6 +86,33 @@ async fn dashboard_load_at_10k_accounts() {
         eprintln!(
             "round {round}: overview {overview:?}, accounts page {list:?}, a day of minute buckets {usage:?}"
         );
+        // The reads of alice's page (1,440 charges in her history).
+        let mut reads = Vec::new();
+        for path in [
+            "/v1/accounts/alice/balance".to_owned(),
+            "/v1/accounts/alice/holds".to_owned(),
+            "/v1/accounts/alice/history?limit=50&after=0".to_owned(),
+            "/v1/accounts/alice/balance-history?limit=1000".to_owned(),
+            "/v1/accounts/alice/tokens".to_owned(),
+            "/v1/accounts/alice/queries?from_ms=0&limit=100".to_owned(),
+            "/v1/accounts?kind=revenue&limit=20".to_owned(),
+            format!(
+                "/v1/usage/top-users?granularity=hour&from_ms={}&to_ms={}&n=10",
+                now - 86_400_000,
+                now + 1
+            ),
+            format!(
+                "/v1/usage?granularity=day&account=alice&from_ms={}&to_ms={}",
+                now - 30 * 86_400_000,
+                now + 1
+            ),
+        ] {
+            let t = Instant::now();
+            let a = h.admin("GET", &path, None).await;
+            assert_eq!(a.status.as_u16(), 200, "{path}: {a:?}");
+            reads.push(format!("{path}: {:?}", t.elapsed()));
+        }
+        eprintln!("round {round}: alice's page: {reads:?}");
         // A write, so that the next overview is computed again rather than reused.
         h.admin(
             "POST",
