@@ -45,11 +45,10 @@ pub use tally_core::{
     parse_cents, parse_usd, Limiter, Meter, Price, PricingError, Rate, Tier, Usage, UsageField,
     MICROCENTS_PER_CENT, MICROCENTS_PER_USD,
 };
+pub use tally_core::{AccountPolicy, PolicySetting, TokenRate};
 pub use tally_core::{
     Granularity, UsageBook, UsageConfig, UsageKey, UsageQuery, UsageReport, UsageTotals,
 };
-/// A token bucket's rate (for [`RateLimit`]).
-pub use tally_engine::Rate as TokenRate;
 pub use tally_engine::{
     Affordable, BalanceHistory, BalancePoint, Clock, Committed, Dispatch, EngineConfig, Error,
     Event, EventKind, Extended, HistoryPage, HoldGuard, LimitScope, ManualClock, MeterGuard,

@@ -723,3 +723,38 @@ async fn pruning_by_age_removes_only_segments_whose_records_are_all_older() {
     // Nothing older is left to go but the segment the cutoff falls in.
     assert_eq!(store.prune_history_older_than(cutoff).unwrap().segments, 0);
 }
+
+#[tokio::test]
+async fn policies_are_in_force_after_a_crash_and_after_a_clean_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tally, _, _) = open(dir.path(), EngineConfig::default()).await;
+    setup(&tally).await;
+    let cap = tally::Amount::new(1_000).unwrap();
+    set_cap(&tally, ALICE, Some(1_000)).await;
+    set_cap(&tally, APP, Some(5_000)).await;
+    tally.charge(op(), ALICE, APP, 1_000, "/x").await.unwrap();
+    // A crash (no shutdown, no snapshot of the changed accounts): recovery replays the
+    // settings and writes the policies the engine reads before any account is loaded.
+    drop(tally);
+    let (tally, _, _) = open(dir.path(), EngineConfig::default()).await;
+    let e = tally.charge(op(), ALICE, APP, 1, "/x").await.unwrap_err();
+    assert!(
+        matches!(ledger(e), tally::LedgerError::SpendCapExceeded { .. }),
+        "the cap must be in force before alice is loaded"
+    );
+    assert_eq!(
+        tally.policy(ALICE).await.unwrap().spend_cap_per_day,
+        Some(cap)
+    );
+    // Removed, then a clean shutdown: the removal is what the next open sees.
+    set_cap(&tally, ALICE, None).await;
+    tally.shutdown().await.unwrap();
+    let (tally, _, _) = open(dir.path(), EngineConfig::default()).await;
+    tally.charge(op(), ALICE, APP, 1, "/x").await.unwrap();
+    let app = tally.policy(APP).await.unwrap();
+    assert_eq!(
+        (app.spend_cap_per_day, app.version),
+        (Some(tally::Amount::new(5_000).unwrap()), 1)
+    );
+    assert_eq!(tally.policy(ALICE).await.unwrap().version, 2);
+}

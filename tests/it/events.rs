@@ -102,7 +102,14 @@ async fn every_change_is_published_in_journal_order_with_who_asked() {
 #[tokio::test]
 async fn low_balance_fires_once_per_crossing() {
     let w = World::new(1_000).await;
-    w.tally.set_low_balance(ALICE, Some(500));
+    w.tally
+        .set_policy(
+            op(),
+            ALICE,
+            tally::PolicySetting::LowBalance(Some(tally::Amount::new(500).unwrap())),
+        )
+        .await
+        .unwrap();
     let mut sub = w.tally.subscribe();
     let mut lows = Vec::new();
     // 1,000 → 700 → 400 (crosses) → 100 → refund: 400 (still below, no event) → funded: 600

@@ -23,8 +23,9 @@ fn rate_limited(e: Error) -> (LimitScope, &'static str, u64) {
 #[tokio::test]
 async fn requests_per_second_refill_continuously_and_a_refusal_takes_nothing() {
     let w = World::new(1_000_000).await;
-    w.tally.set_rate_limit(
-        LimitScope::Account(ALICE),
+    set_rate(
+        &w.tally,
+        ALICE,
         RateLimit {
             requests: Some(TokenRate {
                 per_second: 4,
@@ -32,7 +33,8 @@ async fn requests_per_second_refill_continuously_and_a_refusal_takes_nothing() {
             }),
             cost: None,
         },
-    );
+    )
+    .await;
     w.tally.charge(op(), ALICE, APP, 10, "").await.unwrap();
     let held = w
         .tally
@@ -68,8 +70,9 @@ async fn requests_per_second_refill_continuously_and_a_refusal_takes_nothing() {
 async fn an_apps_cost_rate_is_shared_by_its_users() {
     let w = World::new(1_000_000).await;
     w.tally.fund(op(), BOB, BANK, 1_000_000).await.unwrap();
-    w.tally.set_rate_limit(
-        LimitScope::App(APP),
+    set_rate(
+        &w.tally,
+        APP,
         RateLimit {
             requests: None,
             cost: Some(TokenRate {
@@ -77,15 +80,17 @@ async fn an_apps_cost_rate_is_shared_by_its_users() {
                 burst: 1_500,
             }),
         },
-    );
+    )
+    .await;
     w.tally.charge(op(), ALICE, APP, 1_000, "").await.unwrap();
     let e = w.tally.charge(op(), BOB, APP, 1_000, "").await.unwrap_err();
     // 500 left; 500 more at 1 per ms.
     assert_eq!(rate_limited(e), (LimitScope::App(APP), "cost", 500));
     w.tally.charge(op(), BOB, APP, 500, "").await.unwrap();
     // When several buckets are short, the wait is the longest one's.
-    w.tally.set_rate_limit(
-        LimitScope::Account(BOB),
+    set_rate(
+        &w.tally,
+        BOB,
         RateLimit {
             requests: Some(TokenRate {
                 per_second: 10,
@@ -93,21 +98,20 @@ async fn an_apps_cost_rate_is_shared_by_its_users() {
             }),
             cost: None,
         },
-    );
+    )
+    .await;
     w.clock.advance(1_000);
     w.tally.charge(op(), BOB, APP, 1_000, "").await.unwrap();
     let e = w.tally.charge(op(), BOB, APP, 900, "").await.unwrap_err();
     // Bob's requests: 100 ms; the app's cost: 900 at 1 per ms.
     assert_eq!(rate_limited(e), (LimitScope::App(APP), "cost", 900));
-    w.tally
-        .set_rate_limit(LimitScope::Account(BOB), RateLimit::default());
+    set_rate(&w.tally, BOB, RateLimit::default()).await;
     // More than the bucket ever holds never fits.
     w.clock.advance(10_000);
     let e = w.tally.charge(op(), BOB, APP, 1_501, "").await.unwrap_err();
     assert_eq!(rate_limited(e).2, u64::MAX);
     // Removing the limit lifts it.
-    w.tally
-        .set_rate_limit(LimitScope::App(APP), RateLimit::default());
+    set_rate(&w.tally, APP, RateLimit::default()).await;
     w.tally.charge(op(), BOB, APP, 100_000, "").await.unwrap();
 }
 
@@ -127,9 +131,7 @@ fn cap_exceeded(e: Error) -> (&'static str, u64, u128, u64) {
 #[tokio::test]
 async fn a_daily_spend_cap_counts_posted_today_plus_held_and_resets_at_midnight_utc() {
     let w = World::new(1_000_000).await;
-    w.tally
-        .set_spend_cap(LimitScope::Account(ALICE), Some(1_000))
-        .unwrap();
+    set_cap(&w.tally, ALICE, Some(1_000)).await;
     w.tally.charge(op(), ALICE, APP, 600, "").await.unwrap();
     let hold = w
         .tally
@@ -154,17 +156,16 @@ async fn a_daily_spend_cap_counts_posted_today_plus_held_and_resets_at_midnight_
     let now = w.tally.now().0;
     w.clock.advance(DAY_MS - now % DAY_MS);
     w.tally.charge(op(), ALICE, APP, 1_000, "").await.unwrap();
-    // The cap survives a crash: spending is ledger state.
+    // The cap survives a crash: it is the account's policy, and spending is ledger state.
     let w = w.reopen().await;
-    w.tally
-        .set_spend_cap(LimitScope::Account(ALICE), Some(1_000))
-        .unwrap();
+    assert_eq!(
+        w.tally.policy(ALICE).await.unwrap().spend_cap_per_day,
+        Some(tally::Amount::new(1_000).unwrap())
+    );
     let e = w.tally.charge(op(), ALICE, APP, 1, "").await.unwrap_err();
     assert_eq!(cap_exceeded(e).2, 1_000);
     // Removed, nothing stops it.
-    w.tally
-        .set_spend_cap(LimitScope::Account(ALICE), None)
-        .unwrap();
+    set_cap(&w.tally, ALICE, None).await;
     w.tally.charge(op(), ALICE, APP, 1, "").await.unwrap();
 }
 
@@ -177,18 +178,14 @@ async fn an_apps_cap_limits_each_user_separately_and_other_apps_not_at_all() {
         .await
         .unwrap();
     w.tally.fund(op(), BOB, BANK, 1_000_000).await.unwrap();
-    w.tally
-        .set_spend_cap(LimitScope::App(APP), Some(500))
-        .unwrap();
+    set_cap(&w.tally, APP, Some(500)).await;
     w.tally.charge(op(), ALICE, APP, 500, "").await.unwrap();
     w.tally.charge(op(), BOB, APP, 500, "").await.unwrap();
     let e = w.tally.charge(op(), ALICE, APP, 1, "").await.unwrap_err();
     assert_eq!(cap_exceeded(e), ("app per user per day", 500, 500, 1));
     w.tally.charge(op(), ALICE, other, 5_000, "").await.unwrap();
     // Spending at the other app is counted there, not at this one.
-    w.tally
-        .set_spend_cap(LimitScope::App(other), Some(5_000))
-        .unwrap();
+    set_cap(&w.tally, other, Some(5_000)).await;
     let e = w.tally.charge(op(), ALICE, APP, 1, "").await.unwrap_err();
     assert_eq!(cap_exceeded(e).2, 500);
     let e = w.tally.charge(op(), ALICE, other, 1, "").await.unwrap_err();
@@ -201,11 +198,6 @@ async fn an_apps_cap_limits_each_user_separately_and_other_apps_not_at_all() {
         alice.spent_on_day(tally::Timestamp(now.0 + DAY_MS), APP),
         (0, 0)
     );
-    // A cap of u64::MAX is not an amount.
-    assert!(w
-        .tally
-        .set_spend_cap(LimitScope::App(APP), Some(u64::MAX))
-        .is_err());
 }
 
 #[tokio::test]
@@ -216,9 +208,7 @@ async fn an_apps_cap_counts_only_what_is_held_for_that_app() {
         .open_account(other, AccountSpec::revenue())
         .await
         .unwrap();
-    w.tally
-        .set_spend_cap(LimitScope::App(other), Some(1_000))
-        .unwrap();
+    set_cap(&w.tally, other, Some(1_000)).await;
     // 900 held for APP does not count against the cap at the other app...
     w.tally
         .reserve(op(), ReserveRequest::new(ALICE, APP, 900))
@@ -241,4 +231,70 @@ async fn an_apps_cap_counts_only_what_is_held_for_that_app() {
         .reserve(op(), ReserveRequest::new(ALICE, other, 1_000))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn limits_are_ledger_state_and_a_restart_hands_out_no_new_burst() {
+    let w = World::new(1_000_000).await;
+    let limit = RateLimit {
+        requests: Some(TokenRate {
+            per_second: 2,
+            burst: 3,
+        }),
+        cost: None,
+    };
+    assert_eq!(set_rate(&w.tally, ALICE, limit).await, 1);
+    assert_eq!(set_cap(&w.tally, APP, Some(10_000)).await, 1);
+    // The burst is there when the limit is set.
+    for _ in 0..3 {
+        w.tally.charge(op(), ALICE, APP, 10, "").await.unwrap();
+    }
+    assert!(w.tally.charge(op(), ALICE, APP, 10, "").await.is_err());
+    // Each setting is a record in the account's history, with its version.
+    let history = tally::Store::history(&w.store, ALICE, 0, 100).unwrap();
+    assert!(history
+        .iter()
+        .any(|e| matches!(e.record.change, tally::Change::PolicySet { version: 1, .. })));
+    // After a crash the limits are in force before the accounts are loaded, and the buckets
+    // start empty: the first request waits for a refill.
+    let w = w.reopen().await;
+    let policy = w.tally.policy(ALICE).await.unwrap();
+    assert_eq!((policy.rate_limit, policy.version), (limit, 1));
+    assert_eq!(
+        w.tally.policy(APP).await.unwrap().spend_cap_per_day,
+        Some(tally::Amount::new(10_000).unwrap())
+    );
+    let e = w.tally.charge(op(), ALICE, APP, 10, "").await.unwrap_err();
+    assert_eq!(
+        rate_limited(e),
+        (LimitScope::Account(ALICE), "requests", 500)
+    );
+    w.clock.advance(500);
+    w.tally.charge(op(), ALICE, APP, 10, "").await.unwrap();
+    // The app's cap applies to each user after the restart as before it.
+    w.tally.fund(op(), BOB, BANK, 100_000).await.unwrap();
+    w.tally.charge(op(), BOB, APP, 10_000, "").await.unwrap();
+    let e = w.tally.charge(op(), BOB, APP, 1, "").await.unwrap_err();
+    assert_eq!(cap_exceeded(e), ("app per user per day", 10_000, 10_000, 1));
+    // A funding account has no policy; a zero burst is refused; neither changes anything.
+    let e = w
+        .tally
+        .set_policy(op(), BANK, tally::PolicySetting::SpendCapPerDay(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(ledger(e), LedgerError::WrongAccountKind { .. }));
+    let zero = RateLimit {
+        requests: Some(TokenRate {
+            per_second: 1,
+            burst: 0,
+        }),
+        cost: None,
+    };
+    let e = w
+        .tally
+        .set_policy(op(), ALICE, tally::PolicySetting::RateLimit(zero))
+        .await
+        .unwrap_err();
+    assert!(matches!(ledger(e), LedgerError::InvalidPolicy { .. }));
+    assert_eq!(w.tally.policy(ALICE).await.unwrap(), policy);
 }

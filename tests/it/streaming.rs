@@ -200,7 +200,7 @@ fn per_output_token() -> tally::Price {
 
 #[tokio::test]
 async fn affordable_clamps_a_call_to_what_balance_caps_token_and_rate_limits_leave() {
-    use tally::{LimitScope, RateLimit, TokenRate, UsageField};
+    use tally::{RateLimit, TokenRate, UsageField};
     let w = World::new(1_000).await;
     let t = &w.tally;
     t.set_price(op(), APP, "/chat", Some(per_output_token()))
@@ -238,14 +238,14 @@ async fn affordable_clamps_a_call_to_what_balance_caps_token_and_rate_limits_lea
     assert_eq!(ask(None).await.units, Some(0));
     t.void(op(), hold).await.unwrap();
 
-    t.set_spend_cap(LimitScope::Account(ALICE), Some(600))
-        .unwrap();
+    set_cap(t, ALICE, Some(600)).await;
     let a = ask(None).await;
     assert_eq!((a.room.get(), a.limited_by), (600, "spend_cap_account"));
     assert_eq!(a.units, Some(200_000));
 
-    t.set_rate_limit(
-        LimitScope::App(APP),
+    set_rate(
+        t,
+        APP,
         RateLimit {
             requests: None,
             cost: Some(TokenRate {
@@ -253,7 +253,8 @@ async fn affordable_clamps_a_call_to_what_balance_caps_token_and_rate_limits_lea
                 burst: 10,
             }),
         },
-    );
+    )
+    .await;
     let a = ask(None).await;
     assert_eq!(
         (a.room.get(), a.limited_by, a.units),

@@ -138,3 +138,19 @@ pub fn ledger(e: tally::Error) -> tally::LedgerError {
         other => panic!("expected a ledger error, got {other:?}"),
     }
 }
+
+/// Sets an account's rate limit (a user's own, or an app's for all its users) through its
+/// policy.
+pub async fn set_rate(t: &Tally, account: AccountId, limit: tally::RateLimit) -> u64 {
+    t.set_policy(op(), account, tally::PolicySetting::RateLimit(limit))
+        .await
+        .unwrap()
+}
+
+/// Sets an account's spend cap per UTC day (on an app: per user of it) through its policy.
+pub async fn set_cap(t: &Tally, account: AccountId, per_day: Option<u64>) -> u64 {
+    let cap = per_day.map(|c| tally::Amount::new(c).unwrap());
+    t.set_policy(op(), account, tally::PolicySetting::SpendCapPerDay(cap))
+        .await
+        .unwrap()
+}

@@ -32,6 +32,7 @@ pub fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::Extended { .. } => "extended",
         Outcome::Settled { .. } => "settled",
         Outcome::PriceSet { .. } => "price_set",
+        Outcome::PolicySet { .. } => "policy_set",
         Outcome::Expired { .. } => "expired",
         Outcome::Charged { .. } => "charged",
         Outcome::Refunded { .. } => "refunded",

@@ -301,6 +301,9 @@ pub struct Account {
     pub(crate) catalog: std::collections::BTreeMap<String, CatalogEntry>,
     /// The version of the newest catalog entry (0: none yet).
     pub(crate) catalog_version: u64,
+    /// What the service allows this account (spend cap, rate limit, low-balance threshold).
+    #[serde(default)]
+    pub(crate) policy: crate::AccountPolicy,
 }
 
 /// One endpoint's entry in an app's price catalog.
@@ -386,6 +389,7 @@ impl Account {
             tokens: std::collections::BTreeMap::new(),
             catalog: std::collections::BTreeMap::new(),
             catalog_version: 0,
+            policy: crate::AccountPolicy::default(),
         }
     }
 
@@ -398,7 +402,13 @@ impl Account {
         })
     }
 
-    /// The version of the app's newest catalog entry (0: none yet).
+    /// What the service allows this account: its spend cap, rate limit and low-balance
+    /// threshold, with the version of the newest change.
+    pub fn policy(&self) -> &crate::AccountPolicy {
+        &self.policy
+    }
+
+    /// The version of the newest entry of the app's price catalog (0: none).
     pub fn catalog_version(&self) -> u64 {
         self.catalog_version
     }

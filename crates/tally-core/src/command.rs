@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccountId, AccountSpec, Amount, HoldId, OpId, PostingId, Price, Timestamp, TokenId, Usage,
+    AccountId, AccountSpec, Amount, HoldId, OpId, PolicySetting, PostingId, Price, Timestamp,
+    TokenId, Usage,
 };
 
 /// A write request: a caller-chosen operation id (the idempotency key), what to do, and who
@@ -228,6 +229,12 @@ pub enum Command {
         /// The token's sequence number in this account.
         token: u64,
     },
+    /// Change one setting of this account's policy (see [`crate::AccountPolicy`]): a new
+    /// version of it, journaled like every change.
+    SetPolicy {
+        /// The setting.
+        setting: PolicySetting,
+    },
 }
 
 impl Command {
@@ -248,7 +255,8 @@ impl Command {
             | Command::Progress { .. }
             | Command::SetPrice { .. }
             | Command::Refund { .. }
-            | Command::RevokeToken { .. } => None,
+            | Command::RevokeToken { .. }
+            | Command::SetPolicy { .. } => None,
             Command::ReserveMetered { app, .. } => Some(*app),
         }
     }
@@ -272,6 +280,7 @@ impl Command {
             Command::Finish { .. } => "finish",
             Command::SetPrice { .. } => "set_price",
             Command::Progress { .. } => "progress",
+            Command::SetPolicy { .. } => "set_policy",
         }
     }
 
@@ -293,6 +302,7 @@ impl Command {
             Command::Finish { .. } => 13,
             Command::SetPrice { .. } => 14,
             Command::Progress { .. } => 15,
+            Command::SetPolicy { .. } => 16,
         }
     }
 
@@ -412,6 +422,7 @@ impl Command {
                 0,
                 0,
             ],
+            Command::SetPolicy { setting } => policy_fields(setting),
         };
         Digest {
             kind: self.kind_index(),
@@ -421,7 +432,7 @@ impl Command {
 }
 
 /// Field names of each command kind, in [`Command::digest`]'s order.
-const DIGEST_FIELDS: [[&str; 6]; 16] = [
+const DIGEST_FIELDS: [[&str; 6]; 17] = [
     ["from", "amount", "", "", "", ""],
     [
         "app",
@@ -452,7 +463,33 @@ const DIGEST_FIELDS: [[&str; 6]; 16] = [
     ["hold", "hold", "usage", "", "", ""],
     ["endpoint", "price", "", "", "", ""],
     ["hold", "hold", "usage", "", "", ""],
+    [
+        "setting",
+        "value",
+        "requests.burst",
+        "cost.per_second",
+        "cost.burst",
+        "",
+    ],
 ];
+
+/// A policy setting as six numbers: its kind, then its values (a rate as per second and burst + 1,
+/// 0 for none).
+fn policy_fields(setting: &PolicySetting) -> [u64; 6] {
+    let amount = |a: &Option<Amount>| a.map_or(0, |a| a.get().saturating_add(1));
+    let rate = |r: Option<crate::TokenRate>| {
+        r.map_or((0, 0), |r| (r.per_second, r.burst.saturating_add(1)))
+    };
+    match setting {
+        PolicySetting::SpendCapPerDay(cap) => [1, amount(cap), 0, 0, 0, 0],
+        PolicySetting::RateLimit(limit) => {
+            let (rps, rb) = rate(limit.requests);
+            let (cps, cb) = rate(limit.cost);
+            [2, rps, rb, cps, cb, 0]
+        }
+        PolicySetting::LowBalance(threshold) => [3, amount(threshold), 0, 0, 0, 0],
+    }
+}
 
 /// FNV-1a (64-bit) of the text: fixed by its specification, so digests stored in snapshots
 /// mean the same in every build.
@@ -652,6 +689,11 @@ pub enum Outcome {
         /// The token.
         token: TokenId,
     },
+    /// A setting of the account's policy was changed.
+    PolicySet {
+        /// The policy's new version.
+        version: u64,
+    },
 }
 
 /// One journal record: one state change of one account (and, for a two-account change, the leg
@@ -840,6 +882,14 @@ pub enum Change {
         /// Its sequence number in the account.
         token: u64,
     },
+    /// A setting of the account's policy was changed, as version `version` of it (versions
+    /// count up per account from 1).
+    PolicySet {
+        /// The setting.
+        setting: PolicySetting,
+        /// The policy's version.
+        version: u64,
+    },
 }
 
 /// The counterparty's side of a two-account record.
@@ -915,7 +965,8 @@ impl Record {
             | Change::Voided { .. }
             | Change::Expired { .. }
             | Change::TokenIssued { .. }
-            | Change::TokenRevoked { .. } => None,
+            | Change::TokenRevoked { .. }
+            | Change::PolicySet { .. } => None,
         }
     }
 
@@ -948,7 +999,8 @@ impl Record {
             Change::Opened { .. }
             | Change::TokenIssued { .. }
             | Change::TokenRevoked { .. }
-            | Change::PriceSet { .. } => Effect::default(),
+            | Change::PriceSet { .. }
+            | Change::PolicySet { .. } => Effect::default(),
             Change::Funded { amount, .. } | Change::Refunded { amount, .. } => credits(amount),
             Change::FundingUpdated { old, new, .. } => match funding_difference(*old, *new) {
                 Some(FundingStep::Up(up)) => credits(&up),
@@ -1149,6 +1201,7 @@ impl Record {
                 endpoint: endpoint.clone(),
             },
             Change::TokenRevoked { token } => Command::RevokeToken { token: *token },
+            Change::PolicySet { setting, .. } => Command::SetPolicy { setting: *setting },
         })
     }
 
@@ -1239,6 +1292,7 @@ impl Record {
                     seq: *token,
                 },
             },
+            Change::PolicySet { version, .. } => Outcome::PolicySet { version: *version },
         }
     }
 }

@@ -252,6 +252,12 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A policy setting no account may have.
+    #[error("invalid policy: {reason}")]
+    InvalidPolicy {
+        /// Why.
+        reason: String,
+    },
     /// The app prices as many endpoints as it may.
     #[error("{account} prices {limit} endpoints already, the most an app may")]
     TooManyPrices {

@@ -242,6 +242,14 @@ impl Account {
                     version: self.catalog_version.saturating_add(1),
                 })
             }
+            Command::SetPolicy { setting } => {
+                self.require_kind_not(AccountKind::Funding, "a user or revenue account")?;
+                setting.check()?;
+                Ok(Change::PolicySet {
+                    setting: *setting,
+                    version: self.policy.version.saturating_add(1),
+                })
+            }
             Command::Void { hold } => {
                 let held = self.pending_hold(*hold, ctx.now)?;
                 Ok(Change::Voided {
@@ -842,6 +850,9 @@ impl Account {
                         usage_settled: crate::Usage::default(),
                     },
                 );
+            }
+            Change::PolicySet { setting, version } => {
+                self.policy.apply(setting, *version, record.at);
             }
             Change::PriceSet {
                 endpoint,

@@ -31,7 +31,8 @@ impl Account {
             | Command::Void { .. }
             | Command::Extend { .. }
             | Command::IssueToken { .. }
-            | Command::RevokeToken { .. } => None,
+            | Command::RevokeToken { .. }
+            | Command::SetPolicy { .. } => None,
         };
         other.filter(|id| *id != self.id)
     }

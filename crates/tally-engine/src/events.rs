@@ -10,7 +10,8 @@
 //! engine never waits for a subscriber. Events waiting for durability are bounded by the
 //! journal's own queue bound. With no subscriber, no event is built.
 //!
-//! **Low balance.** [`Tally::set_low_balance`] sets a threshold per account; `balance.low`
+//! **Low balance.** An account's policy sets its threshold
+//! ([`tally_core::PolicySetting::LowBalance`], through [`Tally::set_policy`]); `balance.low`
 //! fires once when a change takes the account's available balance below it, and again only
 //! after a change has taken it back to the threshold or above (once per crossing).
 
@@ -249,6 +250,29 @@ impl Default for Events {
 }
 
 impl Events {
+    /// Sets (replacing) the low-balance threshold of an account, or removes it (`None`).
+    pub(crate) fn install_threshold(&self, account: AccountId, threshold: Option<u64>) {
+        let events = self;
+        let _settings = events.settings.lock();
+        match threshold {
+            Some(amount) => {
+                events.thresholds.insert(
+                    account,
+                    Threshold {
+                        amount,
+                        below: AtomicBool::new(false),
+                    },
+                );
+            }
+            None => {
+                events.thresholds.remove(&account);
+            }
+        }
+        events
+            .any_thresholds
+            .store(!events.thresholds.is_empty(), Ordering::Release);
+    }
+
     fn listening(&self) -> bool {
         self.subscribers.load(Ordering::Acquire) > 0
     }
@@ -347,6 +371,7 @@ fn kind_of(record: &Record, own: &Account) -> Option<EventKind> {
     let posting = |seq: u64| PostingId { account, seq };
     Some(match &record.change {
         Change::Opened { .. }
+        | Change::PolicySet { .. }
         | Change::Transferred { .. }
         | Change::TokenIssued { .. }
         | Change::TokenRevoked { .. }
@@ -469,6 +494,16 @@ pub(crate) async fn publisher(
 }
 
 impl Tally {
+    /// Every account's low-balance threshold (its policy's), without loading any account.
+    pub fn low_balance_thresholds(&self) -> Vec<(AccountId, u64)> {
+        self.shared
+            .events
+            .thresholds
+            .iter()
+            .map(|t| (*t.key(), t.value().amount))
+            .collect()
+    }
+
     /// Subscribes to the engine's events (see [`Event::name`] for the list). Events of records
     /// are delivered once durable, in journal order.
     pub fn subscribe(&self) -> Subscription {
@@ -478,28 +513,5 @@ impl Tally {
             rx: events.tx.subscribe(),
             events,
         }
-    }
-
-    /// Sets (replacing) the low-balance threshold of an account, or removes it (`None`).
-    pub fn set_low_balance(&self, account: AccountId, threshold: Option<u64>) {
-        let events = &self.shared.events;
-        let _settings = events.settings.lock();
-        match threshold {
-            Some(amount) => {
-                events.thresholds.insert(
-                    account,
-                    Threshold {
-                        amount,
-                        below: AtomicBool::new(false),
-                    },
-                );
-            }
-            None => {
-                events.thresholds.remove(&account);
-            }
-        }
-        events
-            .any_thresholds
-            .store(!events.thresholds.is_empty(), Ordering::Release);
     }
 }

@@ -34,4 +34,5 @@ pub use handle::{
     SUBMIT_BATCH_MAX,
 };
 pub use metering::{Affordable, BalanceHistory, BalancePoint, MeterGuard};
-pub use policy::{LimitScope, Rate, RateLimit};
+pub use policy::LimitScope;
+pub use tally_core::{AccountPolicy, PolicySetting, RateLimit, TokenRate};

@@ -2,10 +2,14 @@
 //! account before a hold or a charge (under the account's lock, so two requests never both pass
 //! a limit that only one fits in).
 //!
-//! Like prices, limits are configuration the service sets when it starts; they are not
-//! journaled. The spending a cap is checked against is ledger state (posted today per the
-//! account's records, plus what it holds now), so caps hold across restarts exactly; the token
-//! buckets of rate limits live in memory and start full after a restart.
+//! Like prices, limits are ledger state: each is a setting of an account's policy
+//! ([`tally_core::AccountPolicy`]), set by a journaled record ([`Tally::set_policy`]) and kept in
+//! the account's snapshot; the engine reads every policy when it opens and follows each change it
+//! applies. The spending a cap is checked against is ledger state too (posted today per the
+//! account's records, plus what it holds now), so caps hold across restarts exactly. The token
+//! buckets' levels are not journaled (a record per request would double the journal): a bucket
+//! starts full when its limit is set and **empty when the engine opens**, so a restart never
+//! hands out a fresh burst; it then refills at its rate.
 //!
 //! **Token buckets** are exact integer arithmetic in thousandths of a unit: a bucket holds at
 //! most `burst` units and refills `per_second` units per second, continuously (per
@@ -21,7 +25,10 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use tally_core::{AccountId, Amount, Command, SpendCaps};
+use tally_core::{
+    AccountId, AccountKind, AccountPolicy, Amount, Command, OpId, Outcome, PolicySetting,
+    RateLimit, SpendCaps, TokenRate,
+};
 
 use crate::{Error, Tally};
 
@@ -34,37 +41,23 @@ pub enum LimitScope {
     App(AccountId),
 }
 
-/// A token bucket's rate: `per_second` units per second, at most `burst` at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rate {
-    /// Units added per second.
-    pub per_second: u64,
-    /// Units the bucket holds at most (and starts with).
-    pub burst: u64,
-}
-
-/// A rate limit: on requests per second, on cost (ledger units) per second, or both.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Requests (reserves and charges).
-    pub requests: Option<Rate>,
-    /// Cost: the amounts held or charged.
-    pub cost: Option<Rate>,
-}
-
 /// A bucket's level in thousandths of a unit, and when it was last refilled.
 #[derive(Debug)]
 struct Bucket {
-    rate: Rate,
+    rate: TokenRate,
     level_milli: u128,
     at_ms: u64,
 }
 
 impl Bucket {
-    fn new(rate: Rate, now_ms: u64) -> Self {
+    fn new(rate: TokenRate, now_ms: u64, full: bool) -> Self {
         Bucket {
             rate,
-            level_milli: u128::from(rate.burst) * 1_000,
+            level_milli: if full {
+                u128::from(rate.burst) * 1_000
+            } else {
+                0
+            },
             at_ms: now_ms,
         }
     }
@@ -282,47 +275,116 @@ impl Policy {
     }
 }
 
-impl Tally {
-    /// Sets (replacing) the rate limit of an account or an app; its buckets start full.
-    /// `RateLimit::default()` (no rates) removes it.
-    pub fn set_rate_limit(&self, scope: LimitScope, limit: RateLimit) {
-        let policy = &self.shared.policy;
-        let _settings = policy.settings.lock();
-        if limit.requests.is_none() && limit.cost.is_none() {
-            policy.rates.remove(&scope);
-        } else {
-            let now = self.shared.now_ms();
+impl Policy {
+    /// Installs (replacing) a scope's rate limit; its buckets start full, or empty (`full` false:
+    /// as the engine opens). A limit without rates removes it.
+    pub(crate) fn install_rate(
+        &self,
+        scope: LimitScope,
+        limit: RateLimit,
+        now_ms: u64,
+        full: bool,
+    ) {
+        let _settings = self.settings.lock();
+        if limit.is_set() {
             let buckets = Buckets {
-                requests: limit.requests.map(|r| Bucket::new(r, now)),
-                cost: limit.cost.map(|r| Bucket::new(r, now)),
+                requests: limit.requests.map(|r| Bucket::new(r, now_ms, full)),
+                cost: limit.cost.map(|r| Bucket::new(r, now_ms, full)),
             };
-            policy.rates.insert(scope, Arc::new(Mutex::new(buckets)));
+            self.rates.insert(scope, Arc::new(Mutex::new(buckets)));
+        } else {
+            self.rates.remove(&scope);
         }
-        policy
-            .any_rates
-            .store(!policy.rates.is_empty(), Ordering::Release);
+        self.any_rates
+            .store(!self.rates.is_empty(), Ordering::Release);
     }
 
-    /// Sets (replacing) a spend cap per UTC day: on an account's spending over all apps
-    /// (`LimitScope::Account`), or on each user's spending at an app (`LimitScope::App`).
-    /// `None` removes it. Spending is what was posted (commits and charges) during the day plus
-    /// what is held now; a reserve or charge that would pass a cap is refused with
-    /// `SpendCapExceeded`. Refunds do not give cap room back.
-    pub fn set_spend_cap(&self, scope: LimitScope, per_day: Option<u64>) -> Result<(), Error> {
-        let policy = &self.shared.policy;
-        let _settings = policy.settings.lock();
+    /// Installs (with `None`, removes) a scope's spend cap per UTC day.
+    pub(crate) fn install_cap(&self, scope: LimitScope, per_day: Option<Amount>) {
+        let _settings = self.settings.lock();
         match per_day {
-            None => {
-                policy.caps.remove(&scope);
-            }
             Some(cap) => {
-                let cap = Amount::new(cap)?;
-                policy.caps.insert(scope, cap);
+                self.caps.insert(scope, cap);
+            }
+            None => {
+                self.caps.remove(&scope);
             }
         }
-        policy
-            .any_caps
-            .store(!policy.caps.is_empty(), Ordering::Release);
-        Ok(())
+        self.any_caps
+            .store(!self.caps.is_empty(), Ordering::Release);
+    }
+}
+
+/// The scope an account's policy applies to: a user's own, or an app's (its users together for
+/// rates, each user for caps); a funding account has none.
+pub(crate) fn scope_of(account: AccountId, kind: AccountKind) -> Option<LimitScope> {
+    match kind {
+        AccountKind::User => Some(LimitScope::Account(account)),
+        AccountKind::Revenue => Some(LimitScope::App(account)),
+        AccountKind::Funding => None,
+    }
+}
+
+impl crate::shared::Shared {
+    /// Follows the policy an account has: at open (`opening`: its buckets start empty) and on
+    /// every setting it applies (a new rate limit's buckets start full).
+    pub(crate) fn install_policy(
+        &self,
+        account: AccountId,
+        policy: &AccountPolicy,
+        changed: Option<&PolicySetting>,
+    ) {
+        let Some(kind) = self.directory.get(&account).map(|s| s.kind) else {
+            return;
+        };
+        let Some(scope) = scope_of(account, kind) else {
+            return;
+        };
+        let now = self.now_ms();
+        let opening = changed.is_none();
+        if opening || matches!(changed, Some(PolicySetting::RateLimit(_))) {
+            self.policy
+                .install_rate(scope, policy.rate_limit, now, !opening);
+        }
+        if opening || matches!(changed, Some(PolicySetting::SpendCapPerDay(_))) {
+            self.policy.install_cap(scope, policy.spend_cap_per_day);
+        }
+        if opening || matches!(changed, Some(PolicySetting::LowBalance(_))) {
+            self.events
+                .install_threshold(account, policy.low_balance.map(Amount::get));
+        }
+    }
+}
+
+impl Tally {
+    /// Changes one setting of an account's policy: a journaled change decided by the account,
+    /// in force for the next request once this returns; returns the policy's new version. On a
+    /// user account it applies to that user; on an app's revenue account, the rate limit to all
+    /// its users together and the spend cap to each user of it. Refused: `InvalidPolicy` (a
+    /// rate's burst of 0), `WrongAccountKind` (a funding account).
+    ///
+    /// - **Spend cap per UTC day**: spending is what was posted (commits and charges) during the
+    ///   day plus what is held now; a reserve or charge that would pass it is refused with
+    ///   `SpendCapExceeded`. Refunds do not give cap room back.
+    /// - **Rate limit** (replacing the one before; no rates removes it): token buckets, full when
+    ///   set, empty when the engine opens (module docs).
+    /// - **Low-balance threshold**: a `balance.low` event when a change takes the available
+    ///   balance below it.
+    pub async fn set_policy(
+        &self,
+        op: OpId,
+        account: AccountId,
+        setting: PolicySetting,
+    ) -> Result<u64, Error> {
+        let command = Command::SetPolicy { setting };
+        match self.execute(account, self.request(op, command)).await? {
+            Outcome::PolicySet { version } => Ok(version),
+            other => Err(crate::handle::unexpected(other)),
+        }
+    }
+
+    /// An account's policy as its account holds it.
+    pub async fn policy(&self, account: AccountId) -> Result<AccountPolicy, Error> {
+        Ok(*self.account(account).await?.policy())
     }
 }

@@ -126,8 +126,9 @@ impl Shared {
         for (id, spec) in store.accounts()? {
             directory.insert(id, spec);
         }
+        let policies = store.policies()?;
         let durable = store.durable();
-        Ok(Shared {
+        let shared = Shared {
             store,
             admission: Arc::new(Semaphore::new(config.inflight_max)),
             config,
@@ -142,7 +143,12 @@ impl Shared {
             catalogs: DashMap::with_hasher(FastHash::default()),
             policy: crate::policy::Policy::default(),
             events: Arc::new(crate::events::Events::default()),
-        })
+        };
+        // Every policy is in force before its account is first loaded.
+        for (id, policy) in &policies {
+            shared.install_policy(*id, policy, None);
+        }
+        Ok(shared)
     }
 
     pub(crate) fn stripe(&self, id: AccountId) -> MutexGuard<'_, ()> {
@@ -393,8 +399,15 @@ impl Shared {
                         }
                         Ok(seq) => {
                             own.account.apply(&record, seq, &self.config.limits);
-                            if matches!(record.change, tally_core::Change::PriceSet { .. }) {
-                                self.cache_catalog(slot.id, catalog_of(&own.account));
+                            match &record.change {
+                                tally_core::Change::PriceSet { .. } => {
+                                    self.cache_catalog(slot.id, catalog_of(&own.account));
+                                }
+                                tally_core::Change::PolicySet { setting, .. } => {
+                                    let policy = *own.account.policy();
+                                    self.install_policy(slot.id, &policy, Some(setting));
+                                }
+                                _ => {}
                             }
                             if let Some(theirs) = theirs.as_mut() {
                                 theirs.account.apply_leg(&record, seq);

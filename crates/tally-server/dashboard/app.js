@@ -326,11 +326,13 @@ async function account(view, name, params) {
   const dayMs = 86400000;
   const uq = new URLSearchParams({ granularity: "day",
     from_ms: String(Date.now() - (Date.now() % dayMs) - 29 * dayMs), to_ms: String(Date.now() + 1) });
-  const [bal, holds, hist, points, tokens, queries] = await Promise.all([
+  const [bal, holds, hist, points, tokens, queries, policy] = await Promise.all([
     api(`/v1/accounts/${enc}/balance`), api(`/v1/accounts/${enc}/holds`),
     api(`/v1/accounts/${enc}/history?limit=50&after=${after}`),
     api(`/v1/accounts/${enc}/balance-history?limit=1000`), api(`/v1/accounts/${enc}/tokens`),
-    api(`/v1/accounts/${enc}/queries?${qs}`)]);
+    api(`/v1/accounts/${enc}/queries?${qs}`), api(`/v1/accounts/${enc}/policy`)]);
+  const rate = (r, unit) => r ? `${count(r.per_second)}${unit}/s, burst ${count(r.burst)}` : "none";
+  const rl = policy.rate_limit;
   // A user's usage is what it paid for; an app's is what it earned.
   uq.set(holds.kind === "user" ? "account" : "app", name);
   const used = await api("/v1/usage?" + uq);
@@ -354,6 +356,12 @@ async function account(view, name, params) {
       card("Posted", money(bal.posted), "acct-posted"), card("Held", money(bal.debits_pending), "acct-pending"),
       card("Credit limit", money(bal.credit_limit), "acct-limit"),
       card("Low-balance threshold", holds.low_balance_threshold === null ? "none" : money(holds.low_balance_threshold), "acct-low")),
+    el("h2", { text: "Limits" + (policy.version ? ` (version ${policy.version}, set ${when(policy.set_at_ms)})` : "") }),
+    el("div", { class: "cards" },
+      card(holds.kind === "user" ? "Spend cap per day" : "Spend cap per user per day",
+        policy.spend_cap_per_day === null ? "none" : money(policy.spend_cap_per_day), "acct-cap"),
+      card(holds.kind === "user" ? "Requests" : "Requests (all users)", rate(rl.requests, ""), "acct-rate-requests"),
+      card(holds.kind === "user" ? "Cost rate" : "Cost rate (all users)", rl.cost ? rate(rl.cost, " µ¢") : "none", "acct-rate-cost")),
     el("h2", { text: "Balance over time (posted)" }), el("div", { class: "chart", id: "acct-chart" }),
     el("h2", { text: (holds.kind === "user" ? "Spend" : "Revenue") + " per day, last 30 days" }),
     el("div", { class: "cards" }, card(holds.kind === "user" ? "Spent in 30 days" : "Earned in 30 days", money(used.totals.cost), "acct-used-cost"),

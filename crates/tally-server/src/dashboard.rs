@@ -22,13 +22,13 @@ use futures_util::stream::{self, StreamExt as _};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tally::{AccountId, AccountKind, Granularity, Timestamp, UsageQuery, DAY_MS};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Auth;
 use crate::error::{wide, ApiError};
-use crate::json::{page_limit, Body, QueryParams};
+use crate::json::{page_limit, QueryParams};
 use crate::v1::{balance_json, hold_json, ErrorBody, Kind};
 use crate::AppState;
 
@@ -168,7 +168,7 @@ async fn compute_overview(state: &AppState) -> Result<Value, ApiError> {
         .collect();
     let scanned = users.len();
     let thresholds: std::collections::HashMap<AccountId, u64> =
-        state.registry.low_balances().into_iter().collect();
+        state.tally.low_balance_thresholds().into_iter().collect();
     let balances: Vec<_> = stream::iter(users)
         .map(|id| {
             let tally = state.tally.clone();
@@ -320,7 +320,7 @@ async fn list_accounts(
     let limit = page_limit(q.limit, 100, ACCOUNTS_PAGE_MAX)?;
     let kind = q.kind.map(AccountKind::from);
     let thresholds: std::collections::HashMap<AccountId, u64> =
-        state.registry.low_balances().into_iter().collect();
+        state.tally.low_balance_thresholds().into_iter().collect();
     let mut after = q.after.unwrap_or_default();
     let mut rows = Vec::new();
     let mut next_after = None;
@@ -373,39 +373,9 @@ async fn account_holds(
         "kind": Kind::from(account.spec.kind),
         "credit_limit": account.spec.credit_limit.get(),
         "may_overdraw": account.spec.may_overdraw(),
-        "low_balance_threshold": state.registry.low_balance(id),
+        "low_balance_threshold": account.policy().low_balance.map(tally::Amount::get),
         "holds": holds,
     })))
-}
-
-/// `PUT /v1/accounts/{id}/low-balance`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LowBalance {
-    /// The threshold in µ¢: a `low_balance` event when the available balance falls below it,
-    /// and the overview counts the account. `null` removes it.
-    pub threshold: Option<u64>,
-}
-
-/// Sets (replacing) or removes an account's low-balance threshold; kept durably by the server.
-#[utoipa::path(put, path = "/v1/accounts/{id}/low-balance", params(("id" = String, Path)),
-    request_body = LowBalance,
-    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
-    security(("bearer" = [])))]
-async fn set_low_balance(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(name): Path<String>,
-    body: Body<LowBalance>,
-) -> Result<Json<Value>, ApiError> {
-    principal.require_admin()?;
-    let id = state.account(&name)?;
-    let threshold = body.value.threshold;
-    state.registry.set_low_balance(id, threshold).await?;
-    state.tally.set_low_balance(id, threshold);
-    // The overview counts thresholds, which the journal does not see change.
-    *state.overview.lock().await = None;
-    Ok(Json(json!({"account": name, "threshold": threshold})))
 }
 
 /// Journal records one query history reads at most (it reports `complete: false` past it).
@@ -572,7 +542,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_accounts))
         .routes(routes!(account_holds))
         .routes(routes!(account_queries))
-        .routes(routes!(set_low_balance))
 }
 
 #[cfg(test)]

@@ -237,6 +237,7 @@ impl From<LedgerError> for ApiError {
                     .with("cost", cost)
             }
             L::InvalidPrice { .. } => s(StatusCode::BAD_REQUEST, "invalid_price"),
+            L::InvalidPolicy { .. } => s(StatusCode::BAD_REQUEST, "invalid_policy"),
             L::TooManyPrices { limit, .. } => {
                 s(StatusCode::CONFLICT, "too_many_prices").with("limit", limit)
             }

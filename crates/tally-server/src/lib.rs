@@ -21,6 +21,7 @@ pub mod idempotency;
 pub mod json;
 pub mod metering;
 pub mod metrics;
+pub mod policy;
 pub mod registry;
 pub mod serve;
 pub mod session;
@@ -127,9 +128,6 @@ impl AppState {
                 imported,
                 "prices kept by the registry moved into the ledger"
             );
-        }
-        for (account, threshold) in state.registry.low_balances() {
-            state.tally.set_low_balance(account, Some(threshold));
         }
         state
             .registry

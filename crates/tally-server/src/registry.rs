@@ -176,7 +176,9 @@ enum Entry {
         status: u16,
         body: Vec<u8>,
     },
-    /// An account's low-balance threshold set (`Some`) or removed (`None`).
+    /// An account's low-balance threshold set (`Some`) or removed (`None`), by builds before
+    /// thresholds were ledger state (an account's policy): read and ignored, kept so that the
+    /// entries after it still decode.
     LowBalance {
         account: AccountId,
         threshold: Option<u64>,
@@ -283,7 +285,6 @@ struct Inner {
     txn_order: VecDeque<tally::HoldId>,
     txns_max: usize,
     prices: BTreeMap<(AccountId, String), tally::Price>,
-    low_balance: HashMap<AccountId, u64>,
 }
 
 /// The bounds of the registry.
@@ -497,14 +498,7 @@ impl Inner {
             } => {
                 self.prices.insert((app, endpoint), price);
             }
-            Entry::LowBalance { account, threshold } => match threshold {
-                Some(t) => {
-                    self.low_balance.insert(account, t);
-                }
-                None => {
-                    self.low_balance.remove(&account);
-                }
-            },
+            Entry::LowBalance { .. } => {}
         }
     }
 
@@ -1009,30 +1003,6 @@ impl Registry {
             price: price.clone(),
         };
         self.record(entry).await
-    }
-
-    /// Sets (or, with `None`, removes) an account's low-balance threshold, durably.
-    pub async fn set_low_balance(
-        &self,
-        account: AccountId,
-        threshold: Option<u64>,
-    ) -> Result<(), ApiError> {
-        self.record(Entry::LowBalance { account, threshold }).await
-    }
-
-    /// An account's low-balance threshold, if it has one.
-    pub fn low_balance(&self, account: AccountId) -> Option<u64> {
-        self.inner.read().low_balance.get(&account).copied()
-    }
-
-    /// Every low-balance threshold.
-    pub fn low_balances(&self) -> Vec<(AccountId, u64)> {
-        self.inner
-            .read()
-            .low_balance
-            .iter()
-            .map(|(a, t)| (*a, *t))
-            .collect()
     }
 
     /// Every recorded price.

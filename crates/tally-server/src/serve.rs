@@ -59,6 +59,7 @@ fn v1_cost_routes() -> OpenApiRouter<AppState> {
         .merge(crate::tokens::routes())
         .merge(crate::session::routes())
         .merge(crate::dashboard::routes())
+        .merge(crate::policy::routes())
 }
 
 async fn healthz() -> Json<serde_json::Value> {

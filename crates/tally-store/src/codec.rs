@@ -18,8 +18,10 @@ const RECORD_VERSION: u8 = 4;
 /// Version of the snapshot encoding (2: total funding and the day's spending; 3: spend tokens
 /// and the token of each hold, a sixth digest field; 4: the idempotency keys kept apart, the
 /// header naming their window; 5: the header names where the window's unforgotten keys start;
-/// 6: a hold's pinned price, an app's price catalog).
-const SNAPSHOT_VERSION: u8 = 6;
+/// 6: a hold's pinned price, an app's price catalog; 7: the account's policy).
+const SNAPSHOT_VERSION: u8 = 7;
+/// Version of an account policy's encoding (the policies table).
+const POLICY_VERSION: u8 = 1;
 /// Version of a remembered idempotency key's encoding.
 const KEY_VERSION: u8 = 1;
 /// Bytes before a snapshot's postcard body: version, covered seq, key window (first seq, count,
@@ -54,6 +56,16 @@ fn decode<T: DeserializeOwned>(version: u8, bytes: &[u8], what: &str) -> Result<
         )),
         None => Err(StoreError::Corrupt(format!("empty {what}").into())),
     }
+}
+
+/// Encodes an account's policy (for the policies table).
+pub fn encode_policy(policy: &tally_core::AccountPolicy) -> Result<Vec<u8>, StoreError> {
+    encode(POLICY_VERSION, policy)
+}
+
+/// Decodes an account's policy.
+pub fn decode_policy(bytes: &[u8]) -> Result<tally_core::AccountPolicy, StoreError> {
+    decode(POLICY_VERSION, bytes, "policy")
 }
 
 /// Encodes a journal record.

@@ -299,6 +299,13 @@ fn write_account_in(w: &snapdb::Writer<'_>, account: &Account) -> Result<bool, S
         .collect::<Result<Vec<_>, StoreError>>()?;
     w.insert_all(Table::Keys, keys)?;
     w.insert(Table::Accounts, &key(id), &encode_account(account)?)?;
+    if account.policy().version > 0 {
+        w.insert(
+            Table::Policies,
+            &key(id),
+            &crate::codec::encode_policy(account.policy())?,
+        )?;
+    }
     let window = account.remembered_window();
     let keep_from = if window.count == 0 {
         account.last_seq().saturating_add(1)
@@ -899,6 +906,21 @@ impl Store for DurableStore {
                 Ok(true)
             })?;
         Ok(accounts)
+    }
+
+    fn policies(&self) -> Result<Vec<(AccountId, tally_core::AccountPolicy)>, StoreError> {
+        let mut policies = Vec::new();
+        self.inner
+            .snapshots()?
+            .db
+            .scan(Table::Policies, snapdb::ALL, |k, v| {
+                let id = <[u8; 8]>::try_from(k)
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("policy key is not 8 bytes".into()))?;
+                policies.push((AccountId(id), crate::codec::decode_policy(v)?));
+                Ok(true)
+            })?;
+        Ok(policies)
     }
 
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {

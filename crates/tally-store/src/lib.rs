@@ -123,6 +123,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every account the store knows, with its specification (read once when the engine opens).
     fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError>;
 
+    /// Every account that has a policy (see [`tally_core::AccountPolicy`]), as of the records
+    /// its snapshot or recovery covers (read once when the engine opens, which then follows the
+    /// records it applies).
+    fn policies(&self) -> Result<Vec<(AccountId, tally_core::AccountPolicy)>, StoreError>;
+
     /// An account's state as of the last record appended for it, or `None` if it was never
     /// opened.
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError>;

@@ -186,6 +186,20 @@ impl Store for MemStore {
             .collect())
     }
 
+    fn policies(&self) -> Result<Vec<(AccountId, tally_core::AccountPolicy)>, StoreError> {
+        let journal = self.inner.journal.lock();
+        let mut policies: HashMap<AccountId, tally_core::AccountPolicy> = HashMap::new();
+        for r in &journal.records {
+            if let tally_core::Change::PolicySet { setting, version } = &r.change {
+                policies
+                    .entry(r.account)
+                    .or_default()
+                    .apply(setting, *version, r.at);
+            }
+        }
+        Ok(policies.into_iter().collect())
+    }
+
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
         self.rebuild(id)
     }

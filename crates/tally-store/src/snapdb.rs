@@ -43,10 +43,13 @@ pub(crate) enum Table {
     Usage,
     /// Account id → the totals of its pruned history.
     Bases,
+    /// Account id → its policy, for every account whose snapshot has one (version > 0): read
+    /// when the engine opens, so limits apply before an account is first loaded.
+    Policies,
 }
 
 impl Table {
-    const ALL: [Table; 7] = [
+    const ALL: [Table; 8] = [
         Table::Meta,
         Table::Accounts,
         Table::Keys,
@@ -54,6 +57,7 @@ impl Table {
         Table::HistoryIndex,
         Table::Usage,
         Table::Bases,
+        Table::Policies,
     ];
 
     fn name(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Table {
             Table::HistoryIndex => "history_index",
             Table::Usage => "usage",
             Table::Bases => "history_base",
+            Table::Policies => "policies",
         }
     }
 

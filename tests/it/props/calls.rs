@@ -180,6 +180,7 @@ pub fn answer(outcome: Outcome) -> Answer {
             amount_held,
         }),
         Outcome::PriceSet { .. }
+        | Outcome::PolicySet { .. }
         | Outcome::FundingUpdated { .. }
         | Outcome::TokenIssued { .. }
         | Outcome::TokenRevoked { .. } => Answer::Done,

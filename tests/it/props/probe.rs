@@ -140,6 +140,9 @@ impl Store for ProbeStore {
     fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError> {
         self.inner.accounts()
     }
+    fn policies(&self) -> Result<Vec<(AccountId, tally::AccountPolicy)>, StoreError> {
+        self.inner.policies()
+    }
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
         self.inner.load(id)
     }

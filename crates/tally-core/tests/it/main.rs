@@ -9,6 +9,7 @@ mod audit;
 mod idempotency;
 mod operations;
 mod overflow;
+mod policy;
 mod pricing;
 mod rejections;
 mod replay;

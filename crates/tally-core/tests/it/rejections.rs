@@ -167,7 +167,8 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
             | Command::ReserveMetered { .. }
             | Command::Finish { .. }
             | Command::Progress { .. }
-            | Command::SetPrice { .. } => {
+            | Command::SetPrice { .. }
+            | Command::SetPolicy { .. } => {
                 unreachable!("carries no amount")
             }
         }

@@ -656,6 +656,9 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
         ("get", "/v1/accounts/{id}/holds"),
         ("get", "/v1/accounts/{id}/queries"),
         ("put", "/v1/accounts/{id}/low-balance"),
+        ("get", "/v1/accounts/{id}/policy"),
+        ("put", "/v1/accounts/{id}/spend-cap"),
+        ("put", "/v1/accounts/{id}/rate-limit"),
     ];
     for (method, path) in expected {
         assert!(

@@ -220,6 +220,18 @@ async fn the_dashboard_shows_what_the_api_says_and_updates_live() {
         Some(json!({"amount": 2_000_000_000u64})),
     )
     .await;
+    for (path, body) in [
+        ("spend-cap", json!({"per_day": 9_000_000_000u64})),
+        (
+            "rate-limit",
+            json!({"requests": {"per_second": 50, "burst": 100}}),
+        ),
+    ] {
+        let a = h
+            .admin("PUT", &format!("/v1/accounts/alice/{path}"), Some(body))
+            .await;
+        assert_eq!(a.status, axum::http::StatusCode::OK, "{a:?}");
+    }
     h.admin(
         "PUT",
         "/v1/accounts/bob/low-balance",
@@ -456,6 +468,14 @@ async fn the_dashboard_shows_what_the_api_says_and_updates_live() {
         b["available"].to_string()
     );
     assert_eq!(figure(&c, "acct-pending").await, "777000000");
+    // Her limits are her policy's.
+    assert_eq!(figure(&c, "acct-cap").await, "9000000000");
+    let rate = js(
+        &c,
+        "return document.getElementById('acct-rate-requests').textContent;",
+    )
+    .await;
+    assert_eq!(rate, "50/s, burst 100");
     let holds = csv(&c, "holds-table").await;
     assert_eq!(holds.len(), 2);
     assert_eq!(holds[1][0], hold.body["id"].as_str().unwrap());

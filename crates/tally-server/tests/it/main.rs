@@ -10,6 +10,7 @@ mod dashboard;
 mod dashboard_load;
 mod events;
 mod metering;
+mod policy;
 mod process;
 mod sdk;
 mod session;
