@@ -208,6 +208,8 @@ pub struct Posting {
     pub amount_refunded: Amount,
     /// When it was posted.
     pub posted_at: Timestamp,
+    /// The endpoint it paid for.
+    pub endpoint: String,
 }
 
 impl Posting {

@@ -465,7 +465,7 @@ const DIGEST_FIELDS: [[&str; 6]; 17] = [
     ["hold", "hold", "usage", "", "", ""],
     [
         "setting",
-        "value",
+        "value or requests.per_second",
         "requests.burst",
         "cost.per_second",
         "cost.burst",
@@ -473,13 +473,11 @@ const DIGEST_FIELDS: [[&str; 6]; 17] = [
     ],
 ];
 
-/// A policy setting as six numbers: its kind, then its values (a rate as per second and burst + 1,
-/// 0 for none).
+/// A policy setting as six numbers: its kind, then its values (an amount + 1, 0 for none; a rate
+/// as its per second and burst, both at least 1, or 0 and 0 for none).
 fn policy_fields(setting: &PolicySetting) -> [u64; 6] {
     let amount = |a: &Option<Amount>| a.map_or(0, |a| a.get().saturating_add(1));
-    let rate = |r: Option<crate::TokenRate>| {
-        r.map_or((0, 0), |r| (r.per_second, r.burst.saturating_add(1)))
-    };
+    let rate = |r: Option<crate::TokenRate>| r.map_or((0, 0), |r| (r.per_second, r.burst));
     match setting {
         PolicySetting::SpendCapPerDay(cap) => [1, amount(cap), 0, 0, 0, 0],
         PolicySetting::RateLimit(limit) => {
@@ -505,6 +503,9 @@ fn text_hash(text: &str) -> u64 {
 fn usage_hash(usage: &Usage) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
+    // The provider's cost is hashed only when set, so digests stored before it existed still
+    // recognize their retries.
+    let provider = (usage.provider_cost != 0).then_some(usage.provider_cost);
     [
         usage.requests,
         usage.input_tokens,
@@ -514,6 +515,7 @@ fn usage_hash(usage: &Usage) -> u64 {
         usage.duration_ms,
     ]
     .iter()
+    .chain(provider.iter())
     .flat_map(|field| field.to_le_bytes())
     .fold(OFFSET, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(PRIME)
@@ -846,6 +848,8 @@ pub enum Change {
         app: AccountId,
         /// The amount returned.
         amount: Amount,
+        /// The endpoint the posting paid for (usage reports count the refund there).
+        endpoint: String,
     },
     /// A transfer out (the credit of `to` is the leg).
     Transferred {

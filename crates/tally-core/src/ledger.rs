@@ -366,6 +366,7 @@ impl Account {
                     posting: posting.seq,
                     app: found.app,
                     amount: *amount,
+                    endpoint: found.endpoint.clone(),
                 })
             }
             Command::Transfer { to, amount } => {
@@ -875,6 +876,7 @@ impl Account {
                 amount_posted,
                 amount_released,
                 posting,
+                endpoint,
                 ..
             } => {
                 self.token_release(*hold, *amount_released);
@@ -894,7 +896,7 @@ impl Account {
                             });
                     h.posting = Some(posting_id);
                 });
-                self.add_posting(*posting, *app, *amount_posted, record.at, limits);
+                self.add_posting(*posting, *app, *amount_posted, record.at, endpoint, limits);
                 self.spend.add(record.at, *app, *amount_posted);
             }
             Change::Voided {
@@ -935,6 +937,7 @@ impl Account {
                 amount,
                 posting,
                 usage,
+                endpoint,
                 ..
             } => {
                 if let Some(h) = self.holds.get_mut(hold) {
@@ -953,7 +956,7 @@ impl Account {
                         ),
                     };
                 }
-                self.add_posting(*posting, *app, *amount, record.at, limits);
+                self.add_posting(*posting, *app, *amount, record.at, endpoint, limits);
                 self.spend.add(record.at, *app, *amount);
             }
             Change::Expired {
@@ -968,10 +971,11 @@ impl Account {
                 amount,
                 posting,
                 token,
+                endpoint,
                 ..
             } => {
                 self.token_use(*token, *amount);
-                self.add_posting(*posting, *app, *amount, record.at, limits);
+                self.add_posting(*posting, *app, *amount, record.at, endpoint, limits);
                 self.spend.add(record.at, *app, *amount);
             }
             Change::Refunded {
@@ -1127,6 +1131,7 @@ impl Account {
         app: AccountId,
         amount: Amount,
         at: Timestamp,
+        endpoint: &str,
         limits: &Limits,
     ) {
         self.next_seq = self.next_seq.max(seq.saturating_add(1));
@@ -1141,6 +1146,7 @@ impl Account {
                 amount,
                 amount_refunded: Amount::ZERO,
                 posted_at: at,
+                endpoint: endpoint.to_owned(),
             },
         );
         self.posting_order.push_back(seq);

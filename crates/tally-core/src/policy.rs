@@ -14,7 +14,8 @@ use crate::{Amount, Error, Timestamp};
 /// A token bucket's rate: `per_second` units per second, at most `burst` at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRate {
-    /// Units added per second (0: the burst is all there is, never refilled).
+    /// Units added per second; at least 1 (a bucket that never refilled would, emptied at
+    /// each restart, refuse its scope for good).
     pub per_second: u64,
     /// Units the bucket holds at most; at least 1.
     pub burst: u64,
@@ -50,17 +51,22 @@ pub enum PolicySetting {
 
 impl PolicySetting {
     /// Refuses a setting no account may have: a rate with a zero burst (it could never let a
-    /// request through).
+    /// request through) or refilling zero per second (its bucket starts empty after a restart
+    /// and would never let one through again).
     pub fn check(&self) -> Result<(), Error> {
         if let PolicySetting::RateLimit(limit) = self {
             for (what, rate) in [("requests", limit.requests), ("cost", limit.cost)] {
-                if rate.is_some_and(|r| r.burst == 0) {
-                    return Err(Error::InvalidPolicy {
-                        reason: format!(
-                            "the {what} rate's burst is 0: it would refuse every request"
-                        ),
-                    });
-                }
+                let Some(rate) = rate else { continue };
+                let problem = if rate.burst == 0 {
+                    "burst is 0: it would refuse every request"
+                } else if rate.per_second == 0 {
+                    "per_second is 0: an empty bucket would never refill"
+                } else {
+                    continue;
+                };
+                return Err(Error::InvalidPolicy {
+                    reason: format!("the {what} rate's {problem}"),
+                });
             }
         }
         Ok(())

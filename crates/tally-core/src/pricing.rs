@@ -175,6 +175,10 @@ pub struct Usage {
     pub pages: u64,
     /// Duration or response time, in milliseconds.
     pub duration_ms: u64,
+    /// What the provider behind the app charged for this work, in the ledger unit: recorded
+    /// beside the price charged (usage reports give the margin), never priced.
+    #[serde(default)]
+    pub provider_cost: u64,
 }
 
 impl Usage {
@@ -187,6 +191,7 @@ impl Usage {
             characters: self.characters.checked_add(other.characters)?,
             pages: self.pages.checked_add(other.pages)?,
             duration_ms: self.duration_ms.checked_add(other.duration_ms)?,
+            provider_cost: self.provider_cost.checked_add(other.provider_cost)?,
         })
     }
 }

@@ -2,14 +2,17 @@
 //! and time bucket (minute, hour, day), in bounded memory.
 //!
 //! A [`UsageBook`] is a projection of the journal: [`UsageBook::fold`] adds one record (a
-//! `Committed` or `Charged` change; every other record is ignored). Sums are commutative, so
+//! `Committed`, `Settled`, `Charged` or `Refunded` change; every other record is ignored). Sums are commutative, so
 //! records may be folded in any order as long as no bound drops anything: which entries a
 //! bound drops, and whether a record for a bucket already dropped is counted, depends on the
 //! order. The store folds each record as it is appended and keeps the book durable with the
 //! journal (see `tally-store`).
 //!
-//! **Revenue** here is gross: refunds are not folded (a refund's record names the posting, not
-//! the endpoint). An app's net revenue is its account's balance.
+//! **Revenue and margin.** `cost` is gross revenue (what was posted); a refund counts in
+//! `refunded` under the posting's user, app and endpoint, in the bucket of the refund's time,
+//! so `net()` is revenue net of refunds as they happen. A call may record what the provider
+//! behind the app charged for it ([`Usage::provider_cost`]); `margin()` is the net revenue less
+//! that.
 //!
 //! **Buckets.** A record counts in the bucket whose start is its timestamp rounded down to the
 //! bucket width (UTC minutes, hours, days since the epoch). A query over `[from, to)` covers
@@ -85,8 +88,14 @@ pub struct UsageTotals {
     pub pages: u128,
     /// Σ [`Usage::duration_ms`].
     pub duration_ms: u128,
-    /// Σ amounts posted to the apps (the apps' revenue), in the ledger unit.
+    /// Σ amounts posted to the apps (the apps' gross revenue), in the ledger unit.
     pub cost: u128,
+    /// Σ [`Usage::provider_cost`]: what the providers behind the apps charged for the work.
+    #[serde(default)]
+    pub provider_cost: u128,
+    /// Σ refunds of postings of these keys, counted when refunded (in the refund's bucket).
+    #[serde(default)]
+    pub refunded: u128,
 }
 
 impl UsageTotals {
@@ -106,6 +115,25 @@ impl UsageTotals {
             .duration_ms
             .saturating_add(u128::from(usage.duration_ms));
         self.cost = self.cost.saturating_add(cost.wide());
+        self.provider_cost = self
+            .provider_cost
+            .saturating_add(u128::from(usage.provider_cost));
+    }
+
+    /// Adds one refund.
+    pub fn add_refund(&mut self, amount: Amount) {
+        self.refunded = self.refunded.saturating_add(amount.wide());
+    }
+
+    /// Revenue net of refunds: `cost − refunded` (negative when a bucket refunds more than it
+    /// earned: refunds count when they happen, postings when they were made).
+    pub fn net(&self) -> i128 {
+        wide_difference(self.cost, self.refunded)
+    }
+
+    /// Net revenue less what the providers charged.
+    pub fn margin(&self) -> i128 {
+        wide_difference(self.cost, self.refunded.saturating_add(self.provider_cost))
     }
 
     /// Adds other sums.
@@ -118,6 +146,17 @@ impl UsageTotals {
         self.pages = self.pages.saturating_add(other.pages);
         self.duration_ms = self.duration_ms.saturating_add(other.duration_ms);
         self.cost = self.cost.saturating_add(other.cost);
+        self.provider_cost = self.provider_cost.saturating_add(other.provider_cost);
+        self.refunded = self.refunded.saturating_add(other.refunded);
+    }
+}
+
+/// `a − b` as an `i128`, saturating at its bounds (sums of `u64` amounts stay far inside them).
+fn wide_difference(a: u128, b: u128) -> i128 {
+    if a >= b {
+        i128::try_from(a - b).unwrap_or(i128::MAX)
+    } else {
+        i128::try_from(b - a).map_or(i128::MIN, |d| -d)
     }
 }
 
@@ -247,11 +286,30 @@ pub struct UsageSample {
     pub endpoint: String,
     /// What the work used.
     pub usage: Usage,
+    /// A refund of a posting for this key (`amount` is what was returned; `usage` is zero).
+    pub refund: bool,
 }
 
 impl UsageSample {
     /// The sample of a commit or a charge; `None` for any other record.
     pub fn of(record: &Record) -> Option<UsageSample> {
+        if let Change::Refunded {
+            app,
+            amount,
+            endpoint,
+            ..
+        } = &record.change
+        {
+            return Some(UsageSample {
+                account: record.account,
+                app: *app,
+                at: record.at,
+                amount: *amount,
+                endpoint: endpoint.clone(),
+                usage: Usage::default(),
+                refund: true,
+            });
+        }
         let (app, amount, endpoint, usage) = Self::parts(record)?;
         Some(UsageSample {
             account: record.account,
@@ -260,6 +318,7 @@ impl UsageSample {
             amount,
             endpoint: endpoint.to_owned(),
             usage: *usage,
+            refund: false,
         })
     }
 
@@ -326,11 +385,26 @@ impl UsageBook {
         }
     }
 
-    /// Adds a record's usage, if it is a commit or a charge. Returns whether it counted.
+    /// Adds a record's usage, if it is a commit, a settlement or a charge, or its refund, if it
+    /// is a refund. Returns whether it counted.
     pub fn fold(&mut self, record: &Record) -> bool {
+        if let Change::Refunded {
+            app,
+            amount,
+            endpoint,
+            ..
+        } = &record.change
+        {
+            self.fold_parts(record.account, *app, record.at, endpoint, |t| {
+                t.add_refund(*amount)
+            });
+            return true;
+        }
         match UsageSample::parts(record) {
             Some((app, amount, endpoint, usage)) => {
-                self.fold_parts(record.account, app, record.at, amount, endpoint, usage);
+                self.fold_parts(record.account, app, record.at, endpoint, |t| {
+                    t.add(usage, amount)
+                });
                 true
             }
             None => false,
@@ -340,13 +414,19 @@ impl UsageBook {
     /// Adds a sample taken from a commit or a charge ([`UsageSample::of`]): the same sums as
     /// folding the record.
     pub fn fold_sample(&mut self, sample: &UsageSample) {
+        let (amount, usage, refund) = (sample.amount, sample.usage, sample.refund);
         self.fold_parts(
             sample.account,
             sample.app,
             sample.at,
-            sample.amount,
             &sample.endpoint,
-            &sample.usage,
+            |t| {
+                if refund {
+                    t.add_refund(amount);
+                } else {
+                    t.add(&usage, amount);
+                }
+            },
         );
     }
 
@@ -355,9 +435,8 @@ impl UsageBook {
         account: AccountId,
         app: AccountId,
         at: Timestamp,
-        amount: Amount,
         endpoint: &str,
-        usage: &Usage,
+        update: impl Fn(&mut UsageTotals),
     ) {
         for granularity in Granularity::ALL {
             let bucket = granularity.bucket(at);
@@ -373,10 +452,10 @@ impl UsageBook {
                 .entry((account, app))
                 .or_default();
             match by_endpoint.get_mut(endpoint) {
-                Some(totals) => totals.add(usage, amount),
+                Some(totals) => update(totals),
                 None => {
                     let mut totals = UsageTotals::default();
-                    totals.add(usage, amount);
+                    update(&mut totals);
                     by_endpoint.insert(endpoint.to_owned(), totals);
                     series.entries += 1;
                 }
@@ -542,7 +621,7 @@ impl UsageBook {
             for (_, totals) in matching(query, by_pair) {
                 sums.merge(totals);
             }
-            if sums.calls > 0 {
+            if sums.calls > 0 || sums.refunded > 0 {
                 report.totals.merge(&sums);
                 report.buckets.push((Timestamp(bucket), sums));
             }
@@ -550,8 +629,8 @@ impl UsageBook {
         report
     }
 
-    /// The `n` accounts that spent most at `query`'s app (and endpoint) in its range, most
-    /// first (ties by account id); each with its sums.
+    /// The `n` accounts that spent most (net of refunds) at `query`'s app (and endpoint) in its
+    /// range, most first (ties by account id); each with its sums.
     pub fn top_users(&self, query: &UsageQuery, n: usize) -> Vec<(AccountId, UsageTotals)> {
         let mut by_account: BTreeMap<AccountId, UsageTotals> = BTreeMap::new();
         for (_, by_pair) in self.buckets(query) {
@@ -560,7 +639,8 @@ impl UsageBook {
             }
         }
         let mut top: Vec<_> = by_account.into_iter().collect();
-        top.sort_by(|(a, x), (b, y)| y.cost.cmp(&x.cost).then(a.cmp(b)));
+        // By what each paid net of refunds.
+        top.sort_by(|(a, x), (b, y)| y.net().cmp(&x.net()).then(a.cmp(b)));
         top.truncate(n);
         top
     }

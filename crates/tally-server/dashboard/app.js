@@ -213,7 +213,8 @@ async function overview(view) {
     el("div", { class: "chart", id: "ov-rpm" }),
     el("h2", { text: "Revenue by app, this month" }),
     table("ov-apps", [["App", "app"], ["Calls", "calls", "count"], ["Input tokens", "input_tokens", "count"],
-      ["Output tokens", "output_tokens", "count"], ["Revenue", "cost", "money"]], o.apps),
+      ["Output tokens", "output_tokens", "count"], ["Revenue", "cost", "money"], ["Refunded", "refunded", "money"],
+      ["Net", "net", "money"], ["Provider cost", "provider_cost", "money"], ["Margin", "margin", "money"]], o.apps),
     el("h2", { text: "Accounts under their low-balance threshold" }),
     table("ov-low-table", [["Account", (r) => el("a", { href: "#/accounts/" + encodeURIComponent(r.account), text: r.account })],
       ["Available", "available", "money"], ["Threshold", "threshold", "money"]], o.low_balance.accounts),
@@ -265,9 +266,11 @@ async function usage(view, params) {
   const cols = [["Bucket", "start_ms", "time"], ["Calls", "calls", "count"], ["Requests", "requests", "count"],
     ["Input tokens", "input_tokens", "count"], ["Output tokens", "output_tokens", "count"],
     ["Characters", "characters", "count"], ["Pages", "pages", "count"], ["Duration (ms)", "duration_ms", "count"],
-    ["Cost", "cost", "money"]];
+    ["Cost", "cost", "money"], ["Refunded", "refunded", "money"], ["Net", "net", "money"],
+    ["Provider cost", "provider_cost", "money"], ["Margin", "margin", "money"]];
   view.replaceChildren(el("h1", { text: "Usage" }), form,
     el("div", { class: "cards" }, card("Cost", money(u.totals.cost), "usage-cost"), card("Calls", count(u.totals.calls), "usage-calls"),
+      card("Net of refunds", money(u.totals.net), "usage-net"), card("Margin", money(u.totals.margin), "usage-margin"),
       card("Input tokens", count(u.totals.input_tokens)), card("Output tokens", count(u.totals.output_tokens))),
     el("h2", { text: "Cost and calls per bucket" }), el("div", { class: "chart", id: "usage-chart" }),
     table("usage-table", cols, u.buckets),
@@ -415,6 +418,25 @@ const EVENT_NAMES = ["credit.record-cost", "credit.funding-update", "hold.reserv
   "hold.settled", "hold.voided", "hold.expired", "refund", "balance.low", "missed"];
 let refresh = null;
 
+// A live reload keeps what was typed into the view's forms, and the focus: the view is drawn
+// again, then each field gets back its text (by form id and name).
+async function reload() {
+  const typed = [...document.querySelectorAll("#view form [name]")]
+    .filter((e) => e.form && e.form.id && e.value !== e.defaultValue)
+    .map((e) => [e.form.id, e.name, e.value]);
+  const active = document.activeElement;
+  const focused = active && active.form && active.form.id ? [active.form.id, active.name] : null;
+  await route();
+  for (const [form, name, value] of typed) {
+    const e = document.querySelector(`#${form} [name="${name}"]`);
+    if (e) e.value = value;
+  }
+  if (focused) {
+    const e = document.querySelector(`#${focused[0]} [name="${focused[1]}"]`);
+    if (e) e.focus();
+  }
+}
+
 function listen() {
   if (state.events) return;
   const es = new EventSource("/v1/events", { withCredentials: true });
@@ -428,7 +450,7 @@ function listen() {
       if (state.view === "events" && state.renderFeed) state.renderFeed();
       if (state.view === "overview" || state.view === "account") {
         // Coalesce bursts: one reload at most every 300 ms.
-        if (!refresh) refresh = setTimeout(() => { refresh = null; route(); }, 300);
+        if (!refresh) refresh = setTimeout(() => { refresh = null; reload(); }, 300);
       }
     });
   }

@@ -675,6 +675,10 @@ pub fn totals_json(t: &UsageTotals) -> Value {
         "pages": w(t.pages),
         "duration_ms": w(t.duration_ms),
         "cost": w(t.cost),
+        "provider_cost": w(t.provider_cost),
+        "refunded": w(t.refunded),
+        "net": crate::error::wide(t.net()),
+        "margin": crate::error::wide(t.margin()),
     })
 }
 

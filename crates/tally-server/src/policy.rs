@@ -23,7 +23,7 @@ use crate::AppState;
 #[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateBody {
-    /// Units added per second (0: the burst is all there is).
+    /// Units added per second, at least 1.
     pub per_second: u64,
     /// Units the bucket holds at most, at least 1.
     pub burst: u64,

@@ -169,6 +169,9 @@ pub struct UsageBody {
     pub pages: u64,
     /// Duration in ms.
     pub duration_ms: u64,
+    /// What the provider behind the app charged for this work, in µ¢: recorded beside the
+    /// price (usage reports give the margin), never priced.
+    pub provider_cost: u64,
 }
 
 impl From<UsageBody> for Usage {
@@ -180,6 +183,7 @@ impl From<UsageBody> for Usage {
             characters: u.characters,
             pages: u.pages,
             duration_ms: u.duration_ms,
+            provider_cost: u.provider_cost,
         }
     }
 }

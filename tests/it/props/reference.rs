@@ -366,7 +366,13 @@ impl Ledger {
         }
     }
 
-    fn add_posting(&mut self, id: AccountId, app: AccountId, value: Amount) -> PostingId {
+    fn add_posting(
+        &mut self,
+        id: AccountId,
+        app: AccountId,
+        value: Amount,
+        endpoint: &str,
+    ) -> PostingId {
         let now = self.now;
         let retained = self.limits.postings_retained;
         let acct = self.acct_mut(id);
@@ -383,6 +389,7 @@ impl Ledger {
                 amount: value,
                 amount_refunded: Amount::ZERO,
                 posted_at: now,
+                endpoint: endpoint.to_owned(),
             },
         );
         acct.posting_order.push_back(posting.seq);
@@ -579,7 +586,7 @@ impl Ledger {
                 });
                 self.acct_mut(id).debits += posted.wide();
                 self.acct_mut(held.app).credits += posted.wide();
-                let made = self.add_posting(id, held.app, posted);
+                let made = self.add_posting(id, held.app, posted, &held.endpoint);
                 assert_eq!(made, posting);
                 Ok(Outcome::Committed {
                     posting,
@@ -661,7 +668,7 @@ impl Ledger {
                 let h = acct.holds.get_mut(&hold.seq).expect("pending");
                 h.amount_posted = amount(h.amount_posted.get() + value)?;
                 self.acct_mut(held.app).credits += posted.wide();
-                let posting = self.add_posting(id, held.app, posted);
+                let posting = self.add_posting(id, held.app, posted, &held.endpoint);
                 Ok(Outcome::Settled {
                     posting,
                     amount_posted: posted,
@@ -683,7 +690,7 @@ impl Ledger {
                 self.funds(id, *value)?;
                 self.acct_mut(id).debits += u128::from(*value);
                 self.acct_mut(*app).credits += u128::from(*value);
-                let posting = self.add_posting(id, *app, amount(*value)?);
+                let posting = self.add_posting(id, *app, amount(*value)?, endpoint);
                 Ok(Outcome::Charged { posting })
             }
             Write::Refund {

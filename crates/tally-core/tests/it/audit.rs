@@ -177,6 +177,7 @@ fn a_refund_above_its_posting_is_caught() {
             posting: posting.seq,
             app: APP,
             amount: amt(150),
+            endpoint: String::new(),
         },
     );
 

@@ -201,11 +201,58 @@ fn a_report_has_one_row_per_bucket_whoever_used_it() {
     assert_eq!(rows, vec![(0, 2, 12, 3), (MINUTE, 1, 11, 4)]);
 }
 
+fn refund(at: u64, amount: u64, endpoint: &str) -> Record {
+    Record {
+        change: Change::Refunded {
+            posting: 1,
+            app: APP,
+            amount: Amount::new(amount).unwrap(),
+            endpoint: endpoint.to_owned(),
+        },
+        ..charge(at, 1, "", 0)
+    }
+}
+
+#[test]
+fn revenue_is_net_of_refunds_where_they_happen_and_margin_is_net_of_the_providers_cost() {
+    let mut book = UsageBook::new(UsageConfig::default());
+    let mut with_cost = charge(5, 1_000, "/gpt", 10);
+    if let Change::Charged { usage, .. } = &mut with_cost.change {
+        usage.provider_cost = 600;
+    }
+    book.fold(&with_cost);
+    book.fold(&charge(6, 500, "/tts", 0));
+    // 300 of the first call refunded a minute later: counted then, at its endpoint.
+    assert!(book.fold(&refund(MINUTE + 1, 300, "/gpt")));
+    let minutes = book.report(&all(Granularity::Minute));
+    assert_eq!(minutes.buckets.len(), 2);
+    assert_eq!(
+        (minutes.buckets[0].1.cost, minutes.buckets[0].1.refunded),
+        (1_500, 0)
+    );
+    assert_eq!(
+        (minutes.buckets[1].1.cost, minutes.buckets[1].1.net()),
+        (0, -300),
+        "a bucket that only refunds is negative"
+    );
+    let day = book.report(&all(Granularity::Day)).totals;
+    assert_eq!((day.calls, day.cost, day.refunded), (2, 1_500, 300));
+    assert_eq!(
+        (day.provider_cost, day.net(), day.margin()),
+        (600, 1_200, 600)
+    );
+    let mut gpt = all(Granularity::Day);
+    gpt.endpoint = Some("/gpt".into());
+    let gpt = book.report(&gpt).totals;
+    assert_eq!((gpt.net(), gpt.margin()), (700, 100));
+}
+
 #[test]
 fn a_sample_folds_exactly_as_its_record_and_other_records_have_none() {
     let records = [
         charge(5, 10, "/a", 1),
         charge(MINUTE + 1, 20, "/b", 2),
+        refund(MINUTE + 2, 4, "/b"),
         charge(MINUTE + 2, 7, "/a", 0),
     ];
     let mut by_record = UsageBook::new(UsageConfig::default());

@@ -351,7 +351,11 @@ async fn the_dashboard_shows_what_the_api_says_and_updates_live() {
             "Calls",
             "Input tokens",
             "Output tokens",
-            "Revenue (µ¢)"
+            "Revenue (µ¢)",
+            "Refunded (µ¢)",
+            "Net (µ¢)",
+            "Provider cost (µ¢)",
+            "Margin (µ¢)"
         ]
     );
     for app in o["apps"].as_array().unwrap() {
@@ -361,6 +365,8 @@ async fn the_dashboard_shows_what_the_api_says_and_updates_live() {
             .unwrap();
         assert_eq!(row[1], app["calls"].to_string());
         assert_eq!(row[4], app["cost"].to_string());
+        assert_eq!(row[6], app["net"].to_string());
+        assert_eq!(row[8], app["margin"].to_string());
     }
     shot(&c, "overview").await;
 
@@ -545,17 +551,54 @@ async fn the_dashboard_shows_what_the_api_says_and_updates_live() {
     );
     // A range of the query history: a date that is not one is refused on the page, nothing is
     // asked of the server; a range from the future holds no query.
-    let from = c
-        .find(Locator::Css("#queries-range [name=from]"))
-        .await
-        .unwrap();
-    from.send_keys("yesterday-ish").await.unwrap();
-    c.find(Locator::Css("#queries-range button"))
+    // A live reload may draw the page again at any moment (it keeps what was typed): each step
+    // finds the field anew.
+    let field = || c.find(Locator::Css("#queries-range [name=from]"));
+    let submit = || async {
+        c.find(Locator::Css("#queries-range button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while field()
         .await
         .unwrap()
-        .click()
+        .send_keys("yesterday-ish")
         .await
-        .unwrap();
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the range field kept going stale"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A charge while someone types in the form: the page is drawn again, with the text kept.
+    let drawn = js(&c, "return window.tallyTimings.length;").await;
+    charge(&h, "live-typing", "alice", "chat", 1_000_000, "gpt-4o").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while js(&c, "return window.tallyTimings.length;").await == drawn {
+        assert!(
+            Instant::now() < deadline,
+            "the charge did not redraw the account page"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let typed = js(
+        &c,
+        "return document.querySelector('#queries-range [name=from]').value;",
+    )
+    .await;
+    assert_eq!(typed, "yesterday-ish", "a live reload wiped what was typed");
+    // (Retried until a click lands on a button that is still there.)
+    while submit().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the range button kept going stale"
+        );
+    }
     let refused = js(
         &c,
         "return [document.querySelector('#queries-range .form-error').textContent,
@@ -569,14 +612,18 @@ async fn the_dashboard_shows_what_the_api_says_and_updates_live() {
     );
     assert_eq!(refused[1], "true");
     assert!(!refused[2].as_str().unwrap().contains("range"), "{refused}");
-    from.clear().await.unwrap();
-    from.send_keys("2100-01-01T00:00Z").await.unwrap();
-    c.find(Locator::Css("#queries-range button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    js(
+        &c,
+        "const f = document.querySelector('#queries-range [name=from]');
+         f.value = '2100-01-01T00:00Z'; return true;",
+    )
+    .await;
+    while submit().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the range button kept going stale"
+        );
+    }
     // (The view is drawn again for the new range; the table is then only its header.)
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

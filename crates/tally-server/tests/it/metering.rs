@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::common::Harness;
+use crate::common::{Harness, ADMIN};
 
 async fn priced() -> Harness {
     let h = Harness::new().await;
@@ -355,4 +355,111 @@ async fn a_metered_stream_reports_its_parts_by_usage_and_finishes_at_the_pinned_
     );
     assert_eq!(done.body["amount_released"], 0);
     assert_eq!(h.available("alice").await, 100_000_000 - 200_000 - 66_000);
+}
+
+#[tokio::test]
+async fn usage_reports_revenue_net_of_refunds_and_the_margin_over_the_providers_cost() {
+    let h = Harness::new().await;
+    h.world(1_000_000).await;
+    let charge = |key: &'static str, endpoint: &'static str, amount: u64, provider: u64| {
+        let h = &h;
+        async move {
+            let a = h
+                .as_key(
+                    ADMIN,
+                    "POST",
+                    "/v1/charges",
+                    Some(json!({"account": "alice", "app": "chat", "amount": amount,
+                                "endpoint": endpoint,
+                                "usage": {"output_tokens": 10, "provider_cost": provider}})),
+                    Some(key),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+            a.body["posting"].as_str().unwrap().to_owned()
+        }
+    };
+    let gpt = charge("c1", "gpt-4o", 10_000, 6_000).await;
+    charge("c2", "tts", 2_000, 500).await;
+    h.clock.advance(3_600_000);
+    let r = h
+        .as_key(
+            ADMIN,
+            "POST",
+            "/v1/refunds",
+            Some(json!({"posting": gpt, "amount": 3_000})),
+            Some("r1"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let now = h.state.now_ms();
+    let day = h
+        .admin(
+            "GET",
+            &format!(
+                "/v1/usage?granularity=day&app=chat&from_ms={}&to_ms={}",
+                now - 86_400_000,
+                now + 1
+            ),
+            None,
+        )
+        .await;
+    let t = &day.body["totals"];
+    assert_eq!(
+        (
+            &t["cost"],
+            &t["refunded"],
+            &t["net"],
+            &t["provider_cost"],
+            &t["margin"]
+        ),
+        (
+            &json!(12_000),
+            &json!(3_000),
+            &json!(9_000),
+            &json!(6_500),
+            &json!(2_500)
+        ),
+        "{t}"
+    );
+    // By endpoint: the refund counts where its posting was paid.
+    let by = |endpoint: &'static str| {
+        let h = &h;
+        async move {
+            h.admin(
+                "GET",
+                &format!(
+                    "/v1/usage?granularity=day&app=chat&endpoint={endpoint}&from_ms={}&to_ms={}",
+                    now - 86_400_000,
+                    now + 1
+                ),
+                None,
+            )
+            .await
+            .body["totals"]
+                .clone()
+        }
+    };
+    let g = by("gpt-4o").await;
+    assert_eq!((&g["net"], &g["margin"]), (&json!(7_000), &json!(1_000)));
+    let s = by("tts").await;
+    assert_eq!((&s["refunded"], &s["margin"]), (&json!(0), &json!(1_500)));
+    // By hour: the refund's hour has no calls and a negative net.
+    let hours = h
+        .admin(
+            "GET",
+            &format!(
+                "/v1/usage?granularity=hour&app=chat&from_ms={}&to_ms={}",
+                now - 86_400_000,
+                now + 1
+            ),
+            None,
+        )
+        .await;
+    let buckets = hours.body["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 2, "{buckets:?}");
+    assert_eq!(
+        (&buckets[1]["calls"], &buckets[1]["net"]),
+        (&json!(0), &json!(-3_000))
+    );
 }

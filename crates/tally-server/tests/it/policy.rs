@@ -172,6 +172,12 @@ async fn a_bad_setting_is_refused_with_its_code_and_changes_nothing() {
         ),
         (
             "/v1/accounts/alice/rate-limit",
+            json!({"requests": {"per_second": 0, "burst": 5}}),
+            400,
+            "invalid_policy",
+        ),
+        (
+            "/v1/accounts/alice/rate-limit",
             json!({"requests": {"per_second": 5}}),
             400,
             "missing_field",
