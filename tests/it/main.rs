@@ -4,6 +4,7 @@
 mod batch;
 mod concurrency;
 mod durable;
+mod estimate;
 mod events;
 mod holds;
 mod idempotency;

@@ -33,6 +33,7 @@ pub fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::Settled { .. } => "settled",
         Outcome::PriceSet { .. } => "price_set",
         Outcome::PolicySet { .. } => "policy_set",
+        Outcome::Corrected { .. } => "corrected",
         Outcome::Expired { .. } => "expired",
         Outcome::Charged { .. } => "charged",
         Outcome::Refunded { .. } => "refunded",

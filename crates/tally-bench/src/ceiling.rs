@@ -53,6 +53,7 @@ pub fn typical_record_bytes() -> usize {
             amount_released: Amount::from_const(6_544),
             posting: 12_346,
             metered: false,
+            estimated: false,
         },
     };
     let payload = tally_store::codec::encode_record(&record)

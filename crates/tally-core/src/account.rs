@@ -210,6 +210,25 @@ pub struct Posting {
     pub posted_at: Timestamp,
     /// The endpoint it paid for.
     pub endpoint: String,
+    /// Set when the posting committed a hold's estimate (the call ended without reported
+    /// usage): what a correction needs, and whether it was corrected.
+    #[serde(default)]
+    pub estimate: Option<Estimate>,
+}
+
+/// What an estimated posting keeps for its one correction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// The price the hold was quoted at (metered holds): a correction by usage prices with it.
+    pub price: Option<crate::PinnedPrice>,
+    /// The usage the hold's settled parts reported before the estimate.
+    pub usage_before: crate::Usage,
+    /// What the hold's settled parts posted before the estimate.
+    pub posted_before: Amount,
+    /// The amount the estimate posted.
+    pub estimated: Amount,
+    /// Whether the one correction was made.
+    pub corrected: bool,
 }
 
 impl Posting {

@@ -235,6 +235,26 @@ pub enum Command {
         /// The setting.
         setting: PolicySetting,
     },
+    /// Commit a pending hold's estimate: the call ended without reported usage, so all it still
+    /// holds is posted, marked estimated, to be corrected once later ([`Command::Correct`]).
+    CommitEstimate {
+        /// The hold.
+        hold: HoldId,
+    },
+    /// Correct an estimated posting once, up or down, to what the call really cost: `amount`,
+    /// or (without it, for a metered hold's estimate) the cost of `usage` at the price the hold
+    /// was quoted at, priced as the hold's final part would have been. Down returns the
+    /// difference from the app (a debit it may not refuse, as a refund); up posts it to the app
+    /// (refused with `InsufficientFunds` when the account cannot pay it: nothing changes, the
+    /// estimate stands and may be corrected later).
+    Correct {
+        /// The estimated posting.
+        posting: PostingId,
+        /// What the call cost (`None`: by usage at the pinned price).
+        amount: Option<Amount>,
+        /// What the call used (priced when `amount` is `None`; counted in usage either way).
+        usage: Usage,
+    },
 }
 
 impl Command {
@@ -256,7 +276,9 @@ impl Command {
             | Command::SetPrice { .. }
             | Command::Refund { .. }
             | Command::RevokeToken { .. }
-            | Command::SetPolicy { .. } => None,
+            | Command::SetPolicy { .. }
+            | Command::CommitEstimate { .. }
+            | Command::Correct { .. } => None,
             Command::ReserveMetered { app, .. } => Some(*app),
         }
     }
@@ -281,6 +303,8 @@ impl Command {
             Command::SetPrice { .. } => "set_price",
             Command::Progress { .. } => "progress",
             Command::SetPolicy { .. } => "set_policy",
+            Command::CommitEstimate { .. } => "commit_estimate",
+            Command::Correct { .. } => "correct",
         }
     }
 
@@ -303,6 +327,8 @@ impl Command {
             Command::SetPrice { .. } => 14,
             Command::Progress { .. } => 15,
             Command::SetPolicy { .. } => 16,
+            Command::CommitEstimate { .. } => 17,
+            Command::Correct { .. } => 18,
         }
     }
 
@@ -423,6 +449,19 @@ impl Command {
                 0,
             ],
             Command::SetPolicy { setting } => policy_fields(setting),
+            Command::CommitEstimate { hold } => [hold.account.0, hold.seq, 0, 0, 0, 0],
+            Command::Correct {
+                posting,
+                amount,
+                usage,
+            } => [
+                posting.account.0,
+                posting.seq,
+                amount.map_or(0, |a| a.get().saturating_add(1)),
+                usage_hash(usage),
+                0,
+                0,
+            ],
         };
         Digest {
             kind: self.kind_index(),
@@ -432,7 +471,7 @@ impl Command {
 }
 
 /// Field names of each command kind, in [`Command::digest`]'s order.
-const DIGEST_FIELDS: [[&str; 6]; 17] = [
+const DIGEST_FIELDS: [[&str; 6]; 19] = [
     ["from", "amount", "", "", "", ""],
     [
         "app",
@@ -471,6 +510,8 @@ const DIGEST_FIELDS: [[&str; 6]; 17] = [
         "cost.burst",
         "",
     ],
+    ["hold", "hold", "", "", "", ""],
+    ["posting", "posting", "amount", "usage", "", ""],
 ];
 
 /// A policy setting as six numbers: its kind, then its values (an amount + 1, 0 for none; a rate
@@ -696,6 +737,15 @@ pub enum Outcome {
         /// The policy's new version.
         version: u64,
     },
+    /// An estimated posting was corrected.
+    Corrected {
+        /// The posting.
+        posting: PostingId,
+        /// What the estimate posted.
+        estimated: Amount,
+        /// What the posting is now.
+        amount: Amount,
+    },
 }
 
 /// One journal record: one state change of one account (and, for a two-account change, the leg
@@ -766,6 +816,10 @@ pub enum Change {
         usage: Usage,
         /// Made by [`Command::Finish`]: the amount is the cost of `usage` at the pinned price.
         metered: bool,
+        /// Made by [`Command::CommitEstimate`]: the amount is the estimate (all the hold still
+        /// held), to be corrected once.
+        #[serde(default)]
+        estimated: bool,
     },
     /// A hold was voided.
     Voided {
@@ -894,6 +948,24 @@ pub enum Change {
         /// The policy's version.
         version: u64,
     },
+    /// An estimated posting was corrected from `old` to `new`: the difference moved from the
+    /// app back to this account (down) or from this account to the app (up).
+    Corrected {
+        /// The posting's sequence number in the account.
+        posting: u64,
+        /// The app.
+        app: AccountId,
+        /// The endpoint the posting paid for.
+        endpoint: String,
+        /// What the estimate posted.
+        old: Amount,
+        /// What the call cost.
+        new: Amount,
+        /// What the call used.
+        usage: Usage,
+        /// Whether `new` was priced from `usage` (the request gave no amount).
+        by_usage: bool,
+    },
 }
 
 /// The counterparty's side of a two-account record.
@@ -956,6 +1028,11 @@ impl Record {
                 Some(Leg::Credit(*app, *amount))
             }
             Change::Refunded { app, amount, .. } => Some(Leg::Debit(*app, *amount)),
+            Change::Corrected { app, old, new, .. } => match new.checked_sub(*old) {
+                Some(up) if up > Amount::ZERO => Some(Leg::Credit(*app, up)),
+                Some(_) => None,
+                None => old.checked_sub(*new).map(|down| Leg::Debit(*app, down)),
+            },
             Change::Transferred { to, amount } => Some(Leg::Credit(*to, *amount)),
             Change::FundingUpdated { from, old, new } => match funding_difference(*old, *new) {
                 Some(FundingStep::Up(d)) => Some(Leg::Debit(*from, d)),
@@ -1040,6 +1117,12 @@ impl Record {
                 ..Effect::default()
             },
             Change::Charged { amount, .. } | Change::Transferred { amount, .. } => debits(amount),
+            Change::Corrected { old, new, .. } => match new.checked_sub(*old) {
+                Some(up) => debits(&up),
+                None => old
+                    .checked_sub(*new)
+                    .map_or(Effect::default(), |down| credits(&down)),
+            },
         }
     }
 
@@ -1083,6 +1166,16 @@ impl Record {
                     },
                 }
             }
+            Change::Committed {
+                hold,
+                estimated: true,
+                ..
+            } => Command::CommitEstimate {
+                hold: HoldId {
+                    account,
+                    seq: *hold,
+                },
+            },
             Change::Committed {
                 hold,
                 usage,
@@ -1206,6 +1299,20 @@ impl Record {
             },
             Change::TokenRevoked { token } => Command::RevokeToken { token: *token },
             Change::PolicySet { setting, .. } => Command::SetPolicy { setting: *setting },
+            Change::Corrected {
+                posting,
+                new,
+                usage,
+                by_usage,
+                ..
+            } => Command::Correct {
+                posting: PostingId {
+                    account,
+                    seq: *posting,
+                },
+                amount: (!by_usage).then_some(*new),
+                usage: *usage,
+            },
         })
     }
 
@@ -1297,6 +1404,16 @@ impl Record {
                 },
             },
             Change::PolicySet { version, .. } => Outcome::PolicySet { version: *version },
+            Change::Corrected {
+                posting, old, new, ..
+            } => Outcome::Corrected {
+                posting: PostingId {
+                    account,
+                    seq: *posting,
+                },
+                estimated: *old,
+                amount: *new,
+            },
         }
     }
 }

@@ -252,6 +252,20 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The posting cannot be corrected so.
+    #[error("{posting} cannot be corrected: {reason}")]
+    InvalidCorrection {
+        /// The posting.
+        posting: PostingId,
+        /// Why.
+        reason: String,
+    },
+    /// The estimate was corrected already (a posting is corrected once).
+    #[error("{posting} was corrected already; an estimate is corrected once")]
+    AlreadyCorrected {
+        /// The posting.
+        posting: PostingId,
+    },
     /// A policy setting no account may have.
     #[error("invalid policy: {reason}")]
     InvalidPolicy {

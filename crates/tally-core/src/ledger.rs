@@ -242,6 +242,27 @@ impl Account {
                     version: self.catalog_version.saturating_add(1),
                 })
             }
+            Command::CommitEstimate { hold } => {
+                let held = self.pending_hold(*hold, ctx.now)?;
+                let estimate = held.held();
+                let mut change = commit_change(
+                    held,
+                    *hold,
+                    estimate,
+                    crate::Usage::default(),
+                    self.next_seq,
+                    false,
+                )?;
+                if let Change::Committed { estimated, .. } = &mut change {
+                    *estimated = true;
+                }
+                Ok(change)
+            }
+            Command::Correct {
+                posting,
+                amount,
+                usage,
+            } => self.decide_correction(*posting, *amount, usage, ctx),
             Command::SetPolicy { setting } => {
                 self.require_kind_not(AccountKind::Funding, "a user or revenue account")?;
                 setting.check()?;
@@ -460,6 +481,83 @@ impl Account {
 
     /// A pending metered hold and what its next part posts: the cost of all its usage (the
     /// parts settled plus `usage`) at its pinned price, minus what it posted already.
+    /// The one correction of an estimated posting (see [`Command::Correct`]).
+    fn decide_correction(
+        &self,
+        posting: PostingId,
+        amount: Option<Amount>,
+        usage: &crate::Usage,
+        ctx: &DecideCtx<'_>,
+    ) -> Result<Change, Error> {
+        let found = self.retained_posting(posting)?;
+        let invalid = |reason: &str| Error::InvalidCorrection {
+            posting,
+            reason: reason.to_owned(),
+        };
+        let estimate = found.estimate.as_ref().ok_or_else(|| {
+            invalid("it is not an estimate (only a committed estimate is corrected)")
+        })?;
+        if estimate.corrected {
+            return Err(Error::AlreadyCorrected { posting });
+        }
+        if found.amount_refunded > Amount::ZERO {
+            return Err(invalid(
+                "part of it was refunded: correct an estimate before refunding it",
+            ));
+        }
+        let new = match amount {
+            Some(amount) => amount,
+            None => {
+                let price = estimate.price.as_ref().ok_or_else(|| {
+                    invalid("the hold was not metered: give the amount the call cost")
+                })?;
+                let total = estimate
+                    .usage_before
+                    .checked_add(usage)
+                    .ok_or(Error::Overflow {
+                        account: self.id,
+                        field: "usage",
+                    })?;
+                let cost = price
+                    .price
+                    .cost(&total)
+                    .map_err(|_| Error::AmountTooLarge {
+                        amount: u64::MAX,
+                        max: Amount::MAX.get(),
+                    })?;
+                cost.checked_sub(estimate.posted_before).ok_or_else(|| {
+                    invalid("the hold's settled parts posted more than the whole usage costs")
+                })?
+            }
+        };
+        let old = found.amount;
+        if let Some(up) = new.checked_sub(old).filter(|up| *up > Amount::ZERO) {
+            self.debit_fits(up)?;
+        } else if let Some(down) = old.checked_sub(new).filter(|d| *d > Amount::ZERO) {
+            // As a refund: only an app's revenue account takes a debit it may not refuse.
+            if let Some(cp) = ctx.counterparty.filter(|cp| cp.id == found.app) {
+                if cp.kind == AccountKind::User {
+                    return Err(Error::WrongAccountKind {
+                        account: found.app,
+                        actual: cp.kind.name(),
+                        expected:
+                            "a revenue account (a payment to a user is returned by a transfer)",
+                    });
+                }
+            }
+            self.credit_fits(down)?;
+        }
+        Ok(Change::Corrected {
+            posting: posting.seq,
+            app: found.app,
+            endpoint: found.endpoint.clone(),
+            old,
+            new,
+            usage: *usage,
+            by_usage: amount.is_none(),
+        })
+    }
+
     fn metered_part(
         &self,
         hold: HoldId,
@@ -855,6 +953,23 @@ impl Account {
             Change::PolicySet { setting, version } => {
                 self.policy.apply(setting, *version, record.at);
             }
+            Change::Corrected {
+                posting,
+                app,
+                old,
+                new,
+                ..
+            } => {
+                if let Some(p) = self.postings.get_mut(posting) {
+                    p.amount = *new;
+                    if let Some(e) = p.estimate.as_mut() {
+                        e.corrected = true;
+                    }
+                }
+                if let Some(up) = new.checked_sub(*old).filter(|up| *up > Amount::ZERO) {
+                    self.spend.add(record.at, *app, up);
+                }
+            }
             Change::PriceSet {
                 endpoint,
                 price,
@@ -877,8 +992,19 @@ impl Account {
                 amount_released,
                 posting,
                 endpoint,
+                estimated,
                 ..
             } => {
+                // What the estimate's correction needs, as the hold was before this commit.
+                let estimate = estimated.then(|| self.holds.get(hold)).flatten().map(|h| {
+                    crate::account::Estimate {
+                        price: h.price.clone(),
+                        usage_before: h.usage_settled,
+                        posted_before: h.amount_posted,
+                        estimated: *amount_posted,
+                        corrected: false,
+                    }
+                });
                 self.token_release(*hold, *amount_released);
                 let posting_id = PostingId {
                     account: self.id,
@@ -897,6 +1023,9 @@ impl Account {
                     h.posting = Some(posting_id);
                 });
                 self.add_posting(*posting, *app, *amount_posted, record.at, endpoint, limits);
+                if let Some(p) = self.postings.get_mut(posting) {
+                    p.estimate = estimate;
+                }
                 self.spend.add(record.at, *app, *amount_posted);
             }
             Change::Voided {
@@ -1147,6 +1276,7 @@ impl Account {
                 amount_refunded: Amount::ZERO,
                 posted_at: at,
                 endpoint: endpoint.to_owned(),
+                estimate: None,
             },
         );
         self.posting_order.push_back(seq);
@@ -1215,6 +1345,7 @@ fn commit_change(
         endpoint: held.endpoint.clone(),
         usage,
         metered,
+        estimated: false,
     })
 }
 

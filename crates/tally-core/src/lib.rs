@@ -37,8 +37,8 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 pub use account::{
-    signed_diff, Account, AccountFlags, AccountKind, AccountSpec, Balance, CatalogEntry, Hold,
-    HoldStatus, KeyWindow, Posting, RememberedKey, SpendToken, DAY_MS,
+    signed_diff, Account, AccountFlags, AccountKind, AccountSpec, Balance, CatalogEntry, Estimate,
+    Hold, HoldStatus, KeyWindow, Posting, RememberedKey, SpendToken, DAY_MS,
 };
 pub use afford::{Limiter, UsageField};
 pub use amount::Amount;
@@ -58,8 +58,8 @@ pub use pricing::{
 };
 
 pub use usage::{
-    Granularity, UsageBook, UsageChange, UsageConfig, UsageKey, UsageQuery, UsageReport,
-    UsageSample, UsageTotals,
+    Granularity, SampleKind, UsageBook, UsageChange, UsageConfig, UsageKey, UsageQuery,
+    UsageReport, UsageSample, UsageTotals,
 };
 
 /// The default minimum of a funds check, in the ledger unit: 100 µ¢ (a tenth of a cent), as in

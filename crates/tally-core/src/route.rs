@@ -15,12 +15,13 @@ impl Account {
             Command::Commit { hold, .. }
             | Command::Settle { hold, .. }
             | Command::Finish { hold, .. }
-            | Command::Progress { hold, .. } => self
+            | Command::Progress { hold, .. }
+            | Command::CommitEstimate { hold } => self
                 .holds
                 .get(&hold.seq)
                 .filter(|_| hold.account == self.id)
                 .map(|h| h.app),
-            Command::Refund { posting, .. } => self
+            Command::Refund { posting, .. } | Command::Correct { posting, .. } => self
                 .postings
                 .get(&posting.seq)
                 .filter(|_| posting.account == self.id)

@@ -125,6 +125,15 @@ impl UsageTotals {
         self.refunded = self.refunded.saturating_add(amount.wide());
     }
 
+    /// Adds the correction of an estimate: the call's usage (the estimate counted the call and
+    /// no usage), what more was posted (`up`, in `cost`) or returned (`down`, in `refunded`).
+    pub fn add_correction(&mut self, usage: &Usage, up: Amount, down: Amount) {
+        let calls = self.calls;
+        self.add(usage, up);
+        self.calls = calls;
+        self.add_refund(down);
+    }
+
     /// Revenue net of refunds: `cost − refunded` (negative when a bucket refunds more than it
     /// earned: refunds count when they happen, postings when they were made).
     pub fn net(&self) -> i128 {
@@ -286,43 +295,52 @@ pub struct UsageSample {
     pub endpoint: String,
     /// What the work used.
     pub usage: Usage,
-    /// A refund of a posting for this key (`amount` is what was returned; `usage` is zero).
-    pub refund: bool,
+    /// What the record was.
+    pub kind: SampleKind,
+}
+
+/// What a [`UsageSample`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleKind {
+    /// A call (commit, settlement or charge): `amount` posted, `usage` used.
+    Call,
+    /// A refund: `amount` returned (`usage` is zero).
+    Refund,
+    /// An estimate corrected up: `amount` more posted, `usage` the call's.
+    CorrectedUp,
+    /// An estimate corrected down: `amount` returned, `usage` the call's.
+    CorrectedDown,
+}
+
+impl SampleKind {
+    /// Adds a sample of this kind to sums.
+    fn add_to(self, totals: &mut UsageTotals, usage: &Usage, amount: Amount) {
+        match self {
+            SampleKind::Call => totals.add(usage, amount),
+            SampleKind::Refund => totals.add_refund(amount),
+            SampleKind::CorrectedUp => totals.add_correction(usage, amount, Amount::ZERO),
+            SampleKind::CorrectedDown => totals.add_correction(usage, Amount::ZERO, amount),
+        }
+    }
 }
 
 impl UsageSample {
     /// The sample of a commit or a charge; `None` for any other record.
     pub fn of(record: &Record) -> Option<UsageSample> {
-        if let Change::Refunded {
-            app,
-            amount,
-            endpoint,
-            ..
-        } = &record.change
-        {
-            return Some(UsageSample {
-                account: record.account,
-                app: *app,
-                at: record.at,
-                amount: *amount,
-                endpoint: endpoint.clone(),
-                usage: Usage::default(),
-                refund: true,
-            });
-        }
-        let (app, amount, endpoint, usage) = Self::parts(record)?;
+        let (app, amount, endpoint, usage, kind) = Self::parts(record)?;
         Some(UsageSample {
             account: record.account,
             app,
             at: record.at,
             amount,
             endpoint: endpoint.to_owned(),
-            usage: *usage,
-            refund: false,
+            usage,
+            kind,
         })
     }
 
-    fn parts(record: &Record) -> Option<(AccountId, Amount, &str, &Usage)> {
+    /// Who was paid, how much, where, what was used, and what kind of sample a record is.
+    fn parts(record: &Record) -> Option<(AccountId, Amount, &str, Usage, SampleKind)> {
         match &record.change {
             Change::Committed {
                 app,
@@ -330,21 +348,56 @@ impl UsageSample {
                 endpoint,
                 usage,
                 ..
-            } => Some((*app, *amount_posted, endpoint.as_str(), usage)),
+            } => Some((
+                *app,
+                *amount_posted,
+                endpoint.as_str(),
+                *usage,
+                SampleKind::Call,
+            )),
             Change::Settled {
                 app,
                 amount,
                 endpoint,
                 usage,
                 ..
-            } => Some((*app, *amount, endpoint.as_str(), usage)),
-            Change::Charged {
+            }
+            | Change::Charged {
                 app,
                 amount,
                 endpoint,
                 usage,
                 ..
-            } => Some((*app, *amount, endpoint.as_str(), usage)),
+            } => Some((*app, *amount, endpoint.as_str(), *usage, SampleKind::Call)),
+            Change::Refunded {
+                app,
+                amount,
+                endpoint,
+                ..
+            } => Some((
+                *app,
+                *amount,
+                endpoint.as_str(),
+                Usage::default(),
+                SampleKind::Refund,
+            )),
+            Change::Corrected {
+                app,
+                endpoint,
+                old,
+                new,
+                usage,
+                ..
+            } => Some(match new.checked_sub(*old) {
+                Some(up) => (*app, up, endpoint.as_str(), *usage, SampleKind::CorrectedUp),
+                None => (
+                    *app,
+                    old.checked_sub(*new).unwrap_or(Amount::ZERO),
+                    endpoint.as_str(),
+                    *usage,
+                    SampleKind::CorrectedDown,
+                ),
+            }),
             _ => None,
         }
     }
@@ -385,25 +438,13 @@ impl UsageBook {
         }
     }
 
-    /// Adds a record's usage, if it is a commit, a settlement or a charge, or its refund, if it
-    /// is a refund. Returns whether it counted.
+    /// Adds a record's usage, if it is a commit, a settlement or a charge, its refund, if it is
+    /// a refund, or its correction. Returns whether it counted.
     pub fn fold(&mut self, record: &Record) -> bool {
-        if let Change::Refunded {
-            app,
-            amount,
-            endpoint,
-            ..
-        } = &record.change
-        {
-            self.fold_parts(record.account, *app, record.at, endpoint, |t| {
-                t.add_refund(*amount)
-            });
-            return true;
-        }
         match UsageSample::parts(record) {
-            Some((app, amount, endpoint, usage)) => {
+            Some((app, amount, endpoint, usage, kind)) => {
                 self.fold_parts(record.account, app, record.at, endpoint, |t| {
-                    t.add(usage, amount)
+                    kind.add_to(t, &usage, amount)
                 });
                 true
             }
@@ -414,19 +455,13 @@ impl UsageBook {
     /// Adds a sample taken from a commit or a charge ([`UsageSample::of`]): the same sums as
     /// folding the record.
     pub fn fold_sample(&mut self, sample: &UsageSample) {
-        let (amount, usage, refund) = (sample.amount, sample.usage, sample.refund);
+        let (amount, usage, kind) = (sample.amount, sample.usage, sample.kind);
         self.fold_parts(
             sample.account,
             sample.app,
             sample.at,
             &sample.endpoint,
-            |t| {
-                if refund {
-                    t.add_refund(amount);
-                } else {
-                    t.add(&usage, amount);
-                }
-            },
+            |t| kind.add_to(t, &usage, amount),
         );
     }
 
@@ -621,7 +656,7 @@ impl UsageBook {
             for (_, totals) in matching(query, by_pair) {
                 sums.merge(totals);
             }
-            if sums.calls > 0 || sums.refunded > 0 {
+            if sums.calls > 0 || sums.cost > 0 || sums.refunded > 0 {
                 report.totals.merge(&sums);
                 report.buckets.push((Timestamp(bucket), sums));
             }

@@ -144,6 +144,15 @@ pub enum EventKind {
         /// The amount returned.
         amount: Amount,
     },
+    /// `posting.corrected`: an estimated posting was corrected to what the call cost.
+    PostingCorrected {
+        /// The posting.
+        posting: PostingId,
+        /// What the estimate posted.
+        estimated: Amount,
+        /// What the posting is now.
+        amount: Amount,
+    },
     /// `balance.low`: the available balance went below the account's threshold.
     LowBalance {
         /// The account.
@@ -158,7 +167,8 @@ pub enum EventKind {
 impl Event {
     /// The event's name (`credit.check-available`, `credit.record-cost`,
     /// `credit.funding-update`, `hold.reserved`, `hold.extended`, `hold.settled`,
-    /// `hold.committed`, `hold.voided`, `hold.expired`, `refund`, `balance.low`).
+    /// `hold.committed`, `hold.voided`, `hold.expired`, `refund`, `posting.corrected`,
+    /// `balance.low`).
     pub fn name(&self) -> &'static str {
         match self.kind {
             EventKind::CheckAvailable { .. } => "credit.check-available",
@@ -172,6 +182,7 @@ impl Event {
             EventKind::HoldExpired { .. } => "hold.expired",
             EventKind::Refund { .. } => "refund",
             EventKind::LowBalance { .. } => "balance.low",
+            EventKind::PostingCorrected { .. } => "posting.corrected",
         }
     }
 }
@@ -463,6 +474,16 @@ fn kind_of(record: &Record, own: &Account) -> Option<EventKind> {
             endpoint: endpoint.clone(),
             amount: *amount,
             posting: posting(*p),
+        },
+        Change::Corrected {
+            posting: p,
+            old,
+            new,
+            ..
+        } => EventKind::PostingCorrected {
+            posting: posting(*p),
+            estimated: *old,
+            amount: *new,
         },
         Change::Refunded {
             posting: p, amount, ..

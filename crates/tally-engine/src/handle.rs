@@ -471,6 +471,48 @@ impl Tally {
         )
     }
 
+    /// Commits a pending hold's estimate: the call ended without reported usage, so all the
+    /// hold still holds is posted, marked estimated (the posting's `estimate`), to be corrected
+    /// once with [`Tally::correct`]. Refused as a commit is (`UnknownHold`, `HoldExpired`,
+    /// `HoldAlreadyResolved`).
+    pub async fn commit_estimate(&self, op: OpId, hold: HoldId) -> Result<Committed, Error> {
+        let command = Command::CommitEstimate { hold };
+        committed(
+            self.execute(hold.account, self.request(op, command))
+                .await?,
+        )
+    }
+
+    /// Corrects an estimated posting once to what the call cost: `actual` µ¢, or (`None`, for a
+    /// metered hold's estimate) the cost of `usage` at the price the hold was quoted at, with
+    /// its settled parts. Down, the difference goes back to the account from the app; up, the
+    /// account pays it (`InsufficientFunds` when it cannot: nothing changes, and the estimate
+    /// may be corrected later). Returns (what the estimate posted, what the posting is now).
+    /// Refused: `AlreadyCorrected`, `InvalidCorrection` (not an estimate, refunded in part, no
+    /// price to price usage with), `UnknownPosting`.
+    pub async fn correct(
+        &self,
+        op: OpId,
+        posting: PostingId,
+        actual: Option<u64>,
+        usage: Usage,
+    ) -> Result<(Amount, Amount), Error> {
+        let command = Command::Correct {
+            posting,
+            amount: actual.map(amount).transpose()?,
+            usage,
+        };
+        match self
+            .execute(posting.account, self.request(op, command))
+            .await?
+        {
+            Outcome::Corrected {
+                estimated, amount, ..
+            } => Ok((estimated, amount)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Raises a pending hold by `more` while its work runs (a streaming call), and, with a
     /// `timeout`, moves its deadline to at least that far from now. Refused, changing nothing,
     /// as a reserve of `more` would be: `InsufficientFunds`, a spend cap, the hold's spend

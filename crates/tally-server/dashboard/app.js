@@ -415,7 +415,7 @@ function events(view) {
 // ---- live updates ----
 
 const EVENT_NAMES = ["credit.record-cost", "credit.funding-update", "hold.reserved", "hold.committed", "hold.extended",
-  "hold.settled", "hold.voided", "hold.expired", "refund", "balance.low", "missed"];
+  "hold.settled", "hold.voided", "hold.expired", "refund", "posting.corrected", "balance.low", "missed"];
 let refresh = null;
 
 // A live reload keeps what was typed into the view's forms, and the focus: the view is drawn

@@ -238,6 +238,10 @@ impl From<LedgerError> for ApiError {
             }
             L::InvalidPrice { .. } => s(StatusCode::BAD_REQUEST, "invalid_price"),
             L::InvalidPolicy { .. } => s(StatusCode::BAD_REQUEST, "invalid_policy"),
+            L::InvalidCorrection { reason, .. } => {
+                s(StatusCode::UNPROCESSABLE_ENTITY, "invalid_correction").with("reason", reason)
+            }
+            L::AlreadyCorrected { .. } => s(StatusCode::CONFLICT, "already_corrected"),
             L::TooManyPrices { limit, .. } => {
                 s(StatusCode::CONFLICT, "too_many_prices").with("limit", limit)
             }

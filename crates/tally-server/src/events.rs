@@ -249,6 +249,14 @@ fn event_json(state: &AppState, e: &Event) -> Value {
         EventKind::Refund { posting, amount } => {
             json!({"posting": posting_str(*posting), "account": n(posting.account), "amount": amount.get()})
         }
+        EventKind::PostingCorrected {
+            posting,
+            estimated,
+            amount,
+        } => {
+            json!({"posting": posting_str(*posting), "account": n(posting.account),
+                   "estimated": estimated.get(), "amount": amount.get()})
+        }
         EventKind::LowBalance {
             account,
             available,

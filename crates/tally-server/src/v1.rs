@@ -477,6 +477,23 @@ pub enum Op {
     Refund(RefundRequest),
     /// Move posted funds between accounts.
     Transfer(TransferRequest),
+    /// Commit a hold's estimate (the call ended without reported usage): all it still holds is
+    /// posted, marked estimated.
+    CommitEstimate {
+        /// The hold.
+        hold: String,
+    },
+    /// Correct an estimated posting once to what the call cost.
+    Correct {
+        /// The posting.
+        posting: String,
+        /// What the call cost, µ¢ (absent: the cost of `usage` at the hold's pinned price).
+        #[serde(default)]
+        amount: Option<u64>,
+        /// What the call used.
+        #[serde(default)]
+        usage: Option<UsageBody>,
+    },
 }
 
 /// `POST /v1/holds`.
@@ -548,6 +565,21 @@ pub struct TransferRequest {
     pub to: String,
     /// µ¢.
     pub amount: u64,
+}
+
+/// The posting's app, once the caller is allowed it: an admin, or a service key of that app.
+async fn posting_for_app(
+    state: &AppState,
+    principal: &Principal,
+    posting: PostingId,
+) -> Result<AccountId, ApiError> {
+    let account = state.tally.account(posting.account).await?;
+    let app = account
+        .posting(posting.seq)
+        .map(|p| p.app)
+        .ok_or(tally::LedgerError::UnknownPosting { posting })?;
+    principal.require_app(app)?;
+    Ok(app)
 }
 
 async fn hold_for_app(
@@ -691,6 +723,67 @@ async fn prepare(
                             "posting": posting_str(posting),
                             "amount_posted": amount_posted.get(),
                             "amount_released": amount_released.get(),
+                        }),
+                    )),
+                    other => Err(unexpected(other)),
+                },
+            ))
+        }
+        Op::CommitEstimate { hold } => {
+            let id = parse_hold(&hold)?;
+            hold_for_app(state, principal, id).await?;
+            Ok(Prepared::new(
+                principal,
+                id.account,
+                op,
+                Command::CommitEstimate { hold: id },
+                move |outcome| match outcome {
+                    Outcome::Committed {
+                        posting,
+                        amount_posted,
+                        amount_released,
+                    } => Ok((
+                        StatusCode::OK,
+                        json!({
+                            "hold": hold,
+                            "status": "posted",
+                            "estimated": true,
+                            "posting": posting_str(posting),
+                            "amount_posted": amount_posted.get(),
+                            "amount_released": amount_released.get(),
+                        }),
+                    )),
+                    other => Err(unexpected(other)),
+                },
+            ))
+        }
+        Op::Correct {
+            posting,
+            amount,
+            usage,
+        } => {
+            let id = parse_posting(&posting, "posting")?;
+            posting_for_app(state, principal, id).await?;
+            let command = Command::Correct {
+                posting: id,
+                amount: amount.map(|a| amount_field(a, "amount")).transpose()?,
+                usage: usage.map(Usage::from).unwrap_or_default(),
+            };
+            Ok(Prepared::new(
+                principal,
+                id.account,
+                op,
+                command,
+                move |outcome| match outcome {
+                    Outcome::Corrected {
+                        estimated, amount, ..
+                    } => Ok((
+                        StatusCode::OK,
+                        json!({
+                            "posting": posting,
+                            "estimated": estimated.get(),
+                            "amount": amount.get(),
+                            "difference": i128::from(amount.get()) - i128::from(estimated.get()),
                         }),
                     )),
                     other => Err(unexpected(other)),
@@ -964,6 +1057,69 @@ async fn commit_hold(
     single(state, principal, headers, &route, body.digest, op).await
 }
 
+/// Commits a hold's estimate: the call ended without reported usage, so all the hold still
+/// holds is posted to its app, marked estimated, to be corrected once later
+/// (`POST /v1/postings/{id}/correct`).
+#[utoipa::path(post, path = "/v1/holds/{id}/commit-estimate", params(("id" = String, Path)),
+    request_body = VoidRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn commit_estimate(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body<VoidRequest>,
+) -> Response {
+    let route = format!("POST /v1/holds/{id}/commit-estimate");
+    single(
+        state,
+        principal,
+        headers,
+        &route,
+        body.digest,
+        Op::CommitEstimate { hold: id },
+    )
+    .await
+}
+
+/// `POST /v1/postings/{id}/correct`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectRequest {
+    /// What the call cost, µ¢. Absent: the cost of `usage` at the price the hold was quoted at
+    /// (a metered hold's estimate only), with the hold's settled parts.
+    #[serde(default)]
+    pub amount: Option<u64>,
+    /// What the call used (counted in usage).
+    #[serde(default)]
+    pub usage: Option<UsageBody>,
+}
+
+/// Corrects an estimated posting once, up or down. Down returns the difference to the user
+/// from the app; up posts it (402 `insufficient_funds` when the user cannot pay it, nothing
+/// changed: correct again later). 409 `already_corrected` the second time; 422
+/// `invalid_correction` for a posting that is not an estimate or was refunded in part.
+#[utoipa::path(post, path = "/v1/postings/{id}/correct", params(("id" = String, Path)),
+    request_body = CorrectRequest,
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn correct_posting(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body<CorrectRequest>,
+) -> Response {
+    let route = format!("POST /v1/postings/{id}/correct");
+    let op = Op::Correct {
+        posting: id,
+        amount: body.value.amount,
+        usage: body.value.usage,
+    };
+    single(state, principal, headers, &route, body.digest, op).await
+}
+
 /// `POST /v1/holds/{id}/extend`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1032,7 +1188,7 @@ async fn settle_hold(
     single(state, principal, headers, &route, body.digest, op).await
 }
 
-/// `POST /v1/holds/{id}/void` (an empty object).
+/// `POST /v1/holds/{id}/void` and `/commit-estimate` (an empty object).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VoidRequest {}
@@ -1657,6 +1813,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_hold))
         .routes(routes!(get_hold))
         .routes(routes!(commit_hold))
+        .routes(routes!(commit_estimate))
+        .routes(routes!(correct_posting))
         .routes(routes!(void_hold))
         .routes(routes!(extend_hold))
         .routes(routes!(settle_hold))

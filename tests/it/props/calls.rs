@@ -181,6 +181,7 @@ pub fn answer(outcome: Outcome) -> Answer {
         }),
         Outcome::PriceSet { .. }
         | Outcome::PolicySet { .. }
+        | Outcome::Corrected { .. }
         | Outcome::FundingUpdated { .. }
         | Outcome::TokenIssued { .. }
         | Outcome::TokenRevoked { .. } => Answer::Done,

@@ -390,6 +390,7 @@ impl Ledger {
                 amount_refunded: Amount::ZERO,
                 posted_at: now,
                 endpoint: endpoint.to_owned(),
+                estimate: None,
             },
         );
         acct.posting_order.push_back(posting.seq);

@@ -147,6 +147,7 @@ fn a_commit_above_its_hold_is_caught() {
             amount_released: Amount::ZERO,
             posting: hold.seq + 1,
             metered: false,
+            estimated: false,
         },
     );
 

@@ -6,6 +6,7 @@
 
 mod afford;
 mod audit;
+mod estimate;
 mod idempotency;
 mod operations;
 mod overflow;

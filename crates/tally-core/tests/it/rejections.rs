@@ -168,7 +168,9 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
             | Command::Finish { .. }
             | Command::Progress { .. }
             | Command::SetPrice { .. }
-            | Command::SetPolicy { .. } => {
+            | Command::SetPolicy { .. }
+            | Command::CommitEstimate { .. }
+            | Command::Correct { .. } => {
                 unreachable!("carries no amount")
             }
         }

@@ -276,3 +276,49 @@ fn a_sample_folds_exactly_as_its_record_and_other_records_have_none() {
     };
     assert_eq!(UsageSample::of(&voided), None);
 }
+
+#[test]
+fn a_corrected_estimate_counts_one_call_its_real_usage_and_its_real_cost() {
+    let mut book = UsageBook::new(UsageConfig::default());
+    let estimate = Record {
+        change: Change::Committed {
+            hold: 1,
+            app: APP,
+            amount_posted: Amount::new(400).unwrap(),
+            amount_released: Amount::ZERO,
+            posting: 2,
+            endpoint: "/gpt".into(),
+            usage: Usage::default(),
+            metered: false,
+            estimated: true,
+        },
+        ..charge(5, 1, "", 0)
+    };
+    let correction = |old: u64, new: u64| Record {
+        change: Change::Corrected {
+            posting: 2,
+            app: APP,
+            endpoint: "/gpt".into(),
+            old: Amount::new(old).unwrap(),
+            new: Amount::new(new).unwrap(),
+            usage: Usage {
+                output_tokens: 70,
+                ..Usage::default()
+            },
+            by_usage: false,
+        },
+        ..charge(MINUTE * 2, 1, "", 0)
+    };
+    book.fold(&estimate);
+    assert!(book.fold(&correction(400, 250)));
+    let day = book.report(&all(Granularity::Day)).totals;
+    assert_eq!((day.calls, day.output_tokens), (1, 70));
+    assert_eq!((day.cost, day.refunded, day.net()), (400, 150, 250));
+    let mut up = UsageBook::new(UsageConfig::default());
+    up.fold(&estimate);
+    up.fold(&correction(400, 500));
+    let day = up.report(&all(Granularity::Day)).totals;
+    assert_eq!((day.calls, day.cost, day.net()), (1, 500, 500));
+    // The correction's minute has no call and is still reported.
+    assert_eq!(up.report(&all(Granularity::Minute)).buckets.len(), 2);
+}

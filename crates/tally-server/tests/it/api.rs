@@ -659,6 +659,8 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
         ("get", "/v1/accounts/{id}/policy"),
         ("put", "/v1/accounts/{id}/spend-cap"),
         ("put", "/v1/accounts/{id}/rate-limit"),
+        ("post", "/v1/holds/{id}/commit-estimate"),
+        ("post", "/v1/postings/{id}/correct"),
     ];
     for (method, path) in expected {
         assert!(

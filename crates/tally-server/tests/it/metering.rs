@@ -463,3 +463,143 @@ async fn usage_reports_revenue_net_of_refunds_and_the_margin_over_the_providers_
         (&json!(0), &json!(-3_000))
     );
 }
+
+#[tokio::test]
+async fn a_call_that_ends_unreported_commits_its_estimate_and_is_corrected_once() {
+    let h = Harness::new().await;
+    h.world(10_000).await;
+    let hold = h
+        .as_key(
+            ADMIN,
+            "POST",
+            "/v1/holds",
+            Some(json!({"account": "alice", "app": "chat", "amount": 4_000, "endpoint": "gpt"})),
+            Some("h1"),
+        )
+        .await;
+    assert_eq!(hold.status, StatusCode::CREATED, "{hold:?}");
+    let id = hold.body["id"].as_str().unwrap().to_owned();
+    let est = h
+        .as_key(
+            ADMIN,
+            "POST",
+            &format!("/v1/holds/{id}/commit-estimate"),
+            Some(json!({})),
+            Some("e1"),
+        )
+        .await;
+    assert_eq!(est.status, StatusCode::OK, "{est:?}");
+    assert_eq!(
+        (&est.body["estimated"], &est.body["amount_posted"]),
+        (&json!(true), &json!(4_000))
+    );
+    let posting = est.body["posting"].as_str().unwrap().to_owned();
+    // The app's own service key may correct its estimate; another app's may not.
+    let chat = h.service_key("chat").await;
+    let search = h.service_key("search").await;
+    let path = format!("/v1/postings/{posting}/correct");
+    let body = json!({"amount": 2_500, "usage": {"output_tokens": 1_500, "provider_cost": 1_000}});
+    let other = h
+        .as_key(&search, "POST", &path, Some(body.clone()), Some("x1"))
+        .await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN, "{other:?}");
+    let fixed = h
+        .as_key(&chat, "POST", &path, Some(body.clone()), Some("c1"))
+        .await;
+    assert_eq!(fixed.status, StatusCode::OK, "{fixed:?}");
+    assert_eq!(
+        (
+            &fixed.body["estimated"],
+            &fixed.body["amount"],
+            &fixed.body["difference"]
+        ),
+        (&json!(4_000), &json!(2_500), &json!(-1_500))
+    );
+    assert_eq!(h.available("alice").await, 7_500);
+    // The retry is replayed; a second correction is refused and changes nothing.
+    let again = h.as_key(&chat, "POST", &path, Some(body), Some("c1")).await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let twice = h
+        .as_key(&chat, "POST", &path, Some(json!({"amount": 1})), Some("c2"))
+        .await;
+    assert_eq!(
+        (twice.status, twice.code()),
+        (StatusCode::CONFLICT, "already_corrected")
+    );
+    assert_eq!(h.available("alice").await, 7_500);
+    // A posting that is no estimate; a correction up past the funds.
+    let charge = h
+        .as_key(
+            ADMIN,
+            "POST",
+            "/v1/charges",
+            Some(json!({"account": "alice", "app": "chat", "amount": 100})),
+            Some("ch1"),
+        )
+        .await;
+    let charged = charge.body["posting"].as_str().unwrap();
+    let not = h
+        .admin(
+            "POST",
+            &format!("/v1/postings/{charged}/correct"),
+            Some(json!({"amount": 50})),
+        )
+        .await;
+    assert_eq!(
+        (not.status.as_u16(), not.code()),
+        (422, "invalid_correction"),
+        "{not:?}"
+    );
+    let hold = h
+        .as_key(
+            ADMIN,
+            "POST",
+            "/v1/holds",
+            Some(json!({"account": "alice", "app": "chat", "amount": 7_000})),
+            Some("h2"),
+        )
+        .await;
+    let id = hold.body["id"].as_str().unwrap();
+    let est = h
+        .as_key(
+            ADMIN,
+            "POST",
+            &format!("/v1/holds/{id}/commit-estimate"),
+            Some(json!({})),
+            Some("e2"),
+        )
+        .await;
+    let posting = est.body["posting"].as_str().unwrap();
+    let up = h
+        .admin(
+            "POST",
+            &format!("/v1/postings/{posting}/correct"),
+            Some(json!({"amount": 8_000})),
+        )
+        .await;
+    assert_eq!(
+        (up.status.as_u16(), up.code()),
+        (402, "insufficient_funds"),
+        "{up:?}"
+    );
+    assert_eq!(h.available("alice").await, 400);
+    // Usage: the corrected call counts its real cost, tokens and margin.
+    let now = h.state.now_ms();
+    let u = h
+        .admin(
+            "GET",
+            &format!(
+                "/v1/usage?granularity=day&app=chat&endpoint=gpt&from_ms={}&to_ms={}",
+                now - 86_400_000,
+                now + 1
+            ),
+            None,
+        )
+        .await;
+    let t = &u.body["totals"];
+    assert_eq!(
+        (&t["calls"], &t["output_tokens"], &t["net"], &t["margin"]),
+        (&json!(1), &json!(1_500), &json!(2_500), &json!(1_500)),
+        "{t}"
+    );
+}
