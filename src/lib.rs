@@ -35,6 +35,8 @@
 //! # }
 //! ```
 
+/// The tier (0-based) a period's count has reached.
+pub use tally_core::period::tier_reached;
 pub use tally_core::{
     audit, Account, AccountFlags, AccountId, AccountKind, AccountSpec, Amount, AuditReport,
     Auditor, Balance, Change, Command, Hold, HoldId, HoldStatus, Limits, OpId, Origin, Outcome,
@@ -45,7 +47,9 @@ pub use tally_core::{
     parse_cents, parse_usd, Limiter, Meter, Price, PricingError, Rate, Tier, Usage, UsageField,
     MICROCENTS_PER_CENT, MICROCENTS_PER_USD,
 };
-pub use tally_core::{AccountPolicy, PolicySetting, TokenRate};
+pub use tally_core::{
+    AccountPolicy, Period, PeriodStep, PeriodUse, PolicySetting, TierMode, TokenRate,
+};
 pub use tally_core::{
     Granularity, UsageBook, UsageConfig, UsageKey, UsageQuery, UsageReport, UsageTotals,
 };

@@ -65,6 +65,7 @@ async fn text_to_speech_costs_400_microcents_per_character() {
                 characters: text.len() as u64,
                 ..Usage::default()
             },
+            None,
         )
         .await
         .unwrap();
@@ -521,4 +522,95 @@ async fn bad_prices_and_finishing_a_plain_hold_are_refused_and_change_nothing() 
         "{refused:?}"
     );
     assert_eq!(w.available(ALICE).await, 9_900);
+}
+
+#[tokio::test]
+async fn concurrent_calls_straddling_a_period_tier_cost_exactly_the_sequential_price() {
+    use tally::{Meter, Period, Price, Rate, Tier, TierMode};
+    for mode in [TierMode::Graduated, TierMode::Volume] {
+        let w = World::new(100_000_000).await;
+        // 7 µ¢ a token for the month's first 1,050 tokens, 3 µ¢ after (graduated: each token by
+        // its tier; volume: all by the tier the month's total reaches).
+        let price = Price::PeriodTiered {
+            meter: Meter::Tokens,
+            tiers: vec![
+                Tier {
+                    up_to: Some(1_050),
+                    rate: Rate::new(7, 1).unwrap(),
+                },
+                Tier {
+                    up_to: None,
+                    rate: Rate::new(3, 1).unwrap(),
+                },
+            ],
+            mode,
+            period: Period::Month,
+        };
+        w.tally
+            .set_price(op(), APP, "/chat", Some(price))
+            .await
+            .unwrap();
+        // 20 calls of 100 tokens at once: they straddle the boundary in whatever order the
+        // account decides them.
+        let calls = (0..20).map(|_| {
+            let t = w.tally.clone();
+            tokio::spawn(async move {
+                let max = Usage {
+                    output_tokens: 100,
+                    ..Usage::default()
+                };
+                let mut call = t
+                    .meter(op(), ALICE, APP, "/chat", &max, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                call.finish(op(), &max).await.unwrap()
+            })
+        });
+        for c in calls.collect::<Vec<_>>() {
+            c.await.unwrap();
+        }
+        // In sequence: 2,000 tokens.
+        let expected: i128 = match mode {
+            TierMode::Graduated => 1_050 * 7 + 950 * 3,
+            TierMode::Volume => 2_000 * 3,
+        };
+        assert_eq!(
+            w.tally.balance(APP).await.unwrap().posted,
+            expected,
+            "{mode:?}"
+        );
+        assert_eq!(
+            w.tally.balance(ALICE).await.unwrap().posted,
+            100_000_000 - expected,
+            "{mode:?}"
+        );
+        assert_eq!(w.tally.balance(ALICE).await.unwrap().debits_pending, 0);
+        assert!(w.tally.audit().await.unwrap().ok());
+        // The count survives a crash; a quote sees it.
+        let w = w.reopen().await;
+        let one = Usage {
+            output_tokens: 1,
+            ..Usage::default()
+        };
+        assert_eq!(
+            w.tally
+                .quote(APP, "/chat", &one, Some(ALICE))
+                .await
+                .unwrap()
+                .get(),
+            3,
+            "{mode:?}: the month is past the boundary"
+        );
+        assert_eq!(
+            w.tally.quote(APP, "/chat", &one, None).await.unwrap().get(),
+            7
+        );
+        let (used, _, tier) = w
+            .tally
+            .period_use(ALICE, APP, "/chat")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((used.units, tier), (2_000, 1));
+    }
 }

@@ -54,6 +54,7 @@ pub fn typical_record_bytes() -> usize {
             posting: 12_346,
             metered: false,
             estimated: false,
+            period: None,
         },
     };
     let payload = tally_store::codec::encode_record(&record)

@@ -325,6 +325,9 @@ pub struct Account {
     /// What the service allows this account (spend cap, rate limit, low-balance threshold).
     #[serde(default)]
     pub(crate) policy: crate::AccountPolicy,
+    /// Its use of each period-tiered price (app, endpoint) in that price's current period.
+    #[serde(default)]
+    pub(crate) period_use: std::collections::BTreeMap<(AccountId, String), crate::PeriodUse>,
 }
 
 /// One endpoint's entry in an app's price catalog.
@@ -411,6 +414,7 @@ impl Account {
             catalog: std::collections::BTreeMap::new(),
             catalog_version: 0,
             policy: crate::AccountPolicy::default(),
+            period_use: std::collections::BTreeMap::new(),
         }
     }
 
@@ -421,6 +425,33 @@ impl Account {
             version: entry.version,
             price: price.clone(),
         })
+    }
+
+    /// Its use of a period-tiered price of `app` at `endpoint` in the period that contains
+    /// `at` (none yet, or only in an earlier period: all zero in that period).
+    pub fn period_use(
+        &self,
+        app: AccountId,
+        endpoint: &str,
+        period: &crate::Period,
+        at: Timestamp,
+    ) -> crate::PeriodUse {
+        let start = period.start(at);
+        self.period_use
+            .get(&(app, endpoint.to_owned()))
+            .filter(|u| u.start == start)
+            .copied()
+            .unwrap_or(crate::PeriodUse {
+                start,
+                ..crate::PeriodUse::default()
+            })
+    }
+
+    /// Every period-tiered price's use this account has: (app, endpoint) → its last period.
+    pub fn period_uses(&self) -> impl Iterator<Item = (AccountId, &str, &crate::PeriodUse)> {
+        self.period_use
+            .iter()
+            .map(|((app, endpoint), u)| (*app, endpoint.as_str(), u))
     }
 
     /// What the service allows this account: its spend cap, rate limit and low-balance

@@ -157,9 +157,21 @@ impl Price {
         field: UsageField,
         budget: Amount,
     ) -> Result<Option<(u64, Amount)>, PricingError> {
+        self.max_units_by(base, field, budget, |usage| self.cost(usage))
+    }
+
+    /// [`Price::max_units`] under another cost of usage (one that never decreases with it: what
+    /// a hold of a period-tiered price holds at an account's count).
+    pub fn max_units_by(
+        &self,
+        base: &Usage,
+        field: UsageField,
+        budget: Amount,
+        cost: impl Fn(&Usage) -> Result<Amount, PricingError>,
+    ) -> Result<Option<(u64, Amount)>, PricingError> {
         // A cost too large to compute is above any budget (cost never decreases with usage).
         let fits = |units: u64| -> Result<Option<Amount>, PricingError> {
-            match self.cost(&field.set(base, units)) {
+            match cost(&field.set(base, units)) {
                 Ok(cost) => Ok((cost <= budget).then_some(cost)),
                 Err(PricingError::Overflow { .. }) => Ok(None),
                 Err(e) => Err(e),

@@ -596,6 +596,26 @@ fn price_hash(price: &Price) -> u64 {
                 words.extend(rate(&tier.rate));
             }
         }
+        Price::PeriodTiered {
+            meter,
+            tiers,
+            mode,
+            period,
+        } => {
+            words.extend([6, *meter as u64, *mode as u64]);
+            match period {
+                crate::Period::Day => words.push(0),
+                crate::Period::Month => words.push(1),
+                crate::Period::Every {
+                    anchor_ms,
+                    length_ms,
+                } => words.extend([2, *anchor_ms, *length_ms]),
+            }
+            for tier in tiers {
+                words.push(tier.up_to.unwrap_or(u64::MAX));
+                words.extend(rate(&tier.rate));
+            }
+        }
     }
     words
         .iter()
@@ -662,6 +682,8 @@ pub enum Outcome {
         hold: HoldId,
         /// When it expires unless committed or voided.
         expires_at: Timestamp,
+        /// What it holds (a metered hold: what its usage can cost at most).
+        amount: Amount,
     },
     /// A hold was committed.
     Committed {
@@ -820,6 +842,10 @@ pub enum Change {
         /// held), to be corrected once.
         #[serde(default)]
         estimated: bool,
+        /// For a period-tiered price: the period's use after this call, and any rebate the app
+        /// gives back (a volume tier crossed).
+        #[serde(default)]
+        period: Option<crate::PeriodStep>,
     },
     /// A hold was voided.
     Voided {
@@ -869,6 +895,10 @@ pub enum Change {
         amount_held: Amount,
         /// Made by [`Command::Progress`]: the amount is priced from the usage.
         metered: bool,
+        /// For a period-tiered price: the period's use after this part, and any rebate the app
+        /// gives back (a volume tier crossed).
+        #[serde(default)]
+        period: Option<crate::PeriodStep>,
     },
     /// A hold expired.
     Expired {
@@ -968,6 +998,11 @@ pub enum Change {
     },
 }
 
+/// What a period step gives back to the account (0 without one).
+fn rebate_of(period: &Option<crate::PeriodStep>) -> u128 {
+    period.as_ref().map_or(0, |step| step.rebate.wide())
+}
+
 /// The counterparty's side of a two-account record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Leg {
@@ -1022,11 +1057,21 @@ impl Record {
         match &self.change {
             Change::Funded { from, amount } => Some(Leg::Debit(*from, *amount)),
             Change::Committed {
-                app, amount_posted, ..
-            } => Some(Leg::Credit(*app, *amount_posted)),
-            Change::Charged { app, amount, .. } | Change::Settled { app, amount, .. } => {
-                Some(Leg::Credit(*app, *amount))
+                app,
+                amount_posted,
+                period,
+                ..
             }
+            | Change::Settled {
+                app,
+                amount: amount_posted,
+                period,
+                ..
+            } => match period {
+                Some(step) if step.rebate > Amount::ZERO => Some(Leg::Debit(*app, step.rebate)),
+                _ => Some(Leg::Credit(*app, *amount_posted)),
+            },
+            Change::Charged { app, amount, .. } => Some(Leg::Credit(*app, *amount)),
             Change::Refunded { app, amount, .. } => Some(Leg::Debit(*app, *amount)),
             Change::Corrected { app, old, new, .. } => match new.checked_sub(*old) {
                 Some(up) if up > Amount::ZERO => Some(Leg::Credit(*app, up)),
@@ -1092,19 +1137,22 @@ impl Record {
                 held: amount.wide(),
                 ..Effect::default()
             },
-            Change::Settled { amount, .. } => Effect {
+            Change::Settled { amount, period, .. } => Effect {
                 debits: amount.wide(),
                 released: amount.wide(),
+                credits: rebate_of(period),
                 ..Effect::default()
             },
             Change::Committed {
                 amount_posted,
                 amount_released,
+                period,
                 ..
             } => Effect {
                 debits: amount_posted.wide(),
                 // Two u64 amounts widened: their sum cannot overflow u128.
                 released: amount_posted.wide() + amount_released.wide(),
+                credits: rebate_of(period),
                 ..Effect::default()
             },
             Change::Voided {
@@ -1323,13 +1371,17 @@ impl Record {
             Change::Opened { .. } => Outcome::Opened,
             Change::Funded { .. } => Outcome::Funded,
             Change::Reserved {
-                hold, expires_at, ..
+                hold,
+                expires_at,
+                amount,
+                ..
             } => Outcome::Reserved {
                 hold: HoldId {
                     account,
                     seq: *hold,
                 },
                 expires_at: *expires_at,
+                amount: *amount,
             },
             Change::Committed {
                 amount_posted,

@@ -170,9 +170,17 @@ impl Account {
                 token,
                 price,
             } => {
+                // A period-tiered price holds the most the call can cost in the account's
+                // period as it stands (it only gets cheaper as the count grows).
+                let before = self
+                    .period_use
+                    .get(&(*app, endpoint.clone()))
+                    .copied()
+                    .unwrap_or_default();
+                let expires_at = ctx.now.plus_ms(*timeout_ms);
                 let amount = price
                     .price
-                    .cost(max_usage)
+                    .hold_bound(max_usage, before, ctx.now, expires_at)
                     .map_err(|_| Error::AmountTooLarge {
                         amount: u64::MAX,
                         max: Amount::MAX.get(),
@@ -207,12 +215,20 @@ impl Account {
             Command::Finish { hold, usage } => {
                 // Priced as quoted when the hold was made, whatever the catalog says now; a
                 // zero cost (no usage) posts nothing and releases all.
-                let (held, part) = self.metered_part(*hold, usage, ctx.now)?;
-                commit_change(held, *hold, part, *usage, self.next_seq, true)
+                let (held, part, step) = self.metered_step(*hold, usage, ctx.now)?;
+                let mut change = commit_change(held, *hold, part, *usage, self.next_seq, true)?;
+                if let Change::Committed { period, .. } = &mut change {
+                    *period = step;
+                }
+                Ok(change)
             }
             Command::Progress { hold, usage } => {
-                let (held, part) = self.metered_part(*hold, usage, ctx.now)?;
-                settle_change(held, *hold, part, *usage, self.next_seq, true)
+                let (held, part, step) = self.metered_step(*hold, usage, ctx.now)?;
+                let mut change = settle_change(held, *hold, part, *usage, self.next_seq, true)?;
+                if let Change::Settled { period, .. } = &mut change {
+                    *period = step;
+                }
+                Ok(change)
             }
             Command::SetPrice { endpoint, price } => {
                 self.require_kind_not(AccountKind::Funding, "a revenue or user account")?;
@@ -556,6 +572,46 @@ impl Account {
             usage: *usage,
             by_usage: amount.is_none(),
         })
+    }
+
+    /// A metered hold's next part: priced over all its usage at its pinned price, or, for a
+    /// period-tiered price, as the next step of the account's period at the app's endpoint
+    /// (read and advanced in this decision, so concurrent calls price as if in sequence).
+    fn metered_step(
+        &self,
+        hold: HoldId,
+        usage: &crate::Usage,
+        now: Timestamp,
+    ) -> Result<(&Hold, Amount, Option<crate::PeriodStep>), Error> {
+        let held = self.pending_hold(hold, now)?;
+        let price = held.price.as_ref().ok_or(Error::NotMetered { hold })?;
+        let before = self
+            .period_use
+            .get(&(held.app, held.endpoint.clone()))
+            .copied()
+            .unwrap_or_default();
+        match price.price.period_step(usage, before, now) {
+            None => {
+                let (held, part) = self.metered_part(hold, usage, now)?;
+                Ok((held, part, None))
+            }
+            Some(step) => {
+                let step = step.map_err(|_| Error::AmountTooLarge {
+                    amount: u64::MAX,
+                    max: Amount::MAX.get(),
+                })?;
+                if held.usage_settled.checked_add(usage).is_none() {
+                    return Err(Error::Overflow {
+                        account: self.id,
+                        field: "usage",
+                    });
+                }
+                if step.rebate > Amount::ZERO {
+                    self.credit_fits(step.rebate)?;
+                }
+                Ok((held, step.cost, Some(step)))
+            }
+        }
     }
 
     fn metered_part(
@@ -993,8 +1049,12 @@ impl Account {
                 posting,
                 endpoint,
                 estimated,
+                period,
                 ..
             } => {
+                if let Some(step) = period {
+                    self.period_use.insert((*app, endpoint.clone()), step.after);
+                }
                 // What the estimate's correction needs, as the hold was before this commit.
                 let estimate = estimated.then(|| self.holds.get(hold)).flatten().map(|h| {
                     crate::account::Estimate {
@@ -1067,8 +1127,12 @@ impl Account {
                 posting,
                 usage,
                 endpoint,
+                period,
                 ..
             } => {
+                if let Some(step) = period {
+                    self.period_use.insert((*app, endpoint.clone()), step.after);
+                }
                 if let Some(h) = self.holds.get_mut(hold) {
                     h.usage_settled = h.usage_settled.checked_add(usage).unwrap_or_else(|| {
                         panic!(
@@ -1346,6 +1410,7 @@ fn commit_change(
         usage,
         metered,
         estimated: false,
+        period: None,
     })
 }
 
@@ -1374,6 +1439,7 @@ fn settle_change(
         usage,
         amount_held: left_in(held, hold, amount)?,
         metered,
+        period: None,
     })
 }
 
@@ -1407,11 +1473,25 @@ pub const TIERS_MAX: usize = 64;
 /// A price the catalog may hold: its tiers in order and at most [`TIERS_MAX`], every rate per at
 /// least one unit (checked by pricing nothing with it, which walks every tier).
 fn check_price(price: &crate::Price) -> Result<(), Error> {
-    if let crate::Price::Tiered { tiers, .. } = price {
+    if let crate::Price::Tiered { tiers, .. } | crate::Price::PeriodTiered { tiers, .. } = price {
         if tiers.len() > TIERS_MAX {
             return Err(Error::InvalidPrice {
                 reason: format!("{} tiers, at most {TIERS_MAX}", tiers.len()),
             });
+        }
+    }
+    if let crate::Price::PeriodTiered { tiers, period, .. } = price {
+        if !crate::period::non_increasing(tiers) {
+            return Err(Error::InvalidPrice {
+                reason: "a period tier may not be dearer per unit than the one before it".into(),
+            });
+        }
+        if let crate::Period::Every { length_ms, .. } = period {
+            if *length_ms < 60_000 {
+                return Err(Error::InvalidPrice {
+                    reason: format!("a period of {length_ms} ms: at least one minute"),
+                });
+            }
         }
     }
     let rates_ok = match price {
@@ -1420,7 +1500,9 @@ fn check_price(price: &crate::Price) -> Result<(), Error> {
         crate::Price::PerCharacter(r) | crate::Price::PerPage(r) | crate::Price::PerSecond(r) => {
             r.per > 0
         }
-        crate::Price::Tiered { tiers, .. } => tiers.iter().all(|t| t.rate.per > 0),
+        crate::Price::Tiered { tiers, .. } | crate::Price::PeriodTiered { tiers, .. } => {
+            tiers.iter().all(|t| t.rate.per > 0)
+        }
     };
     if !rates_ok {
         return Err(Error::InvalidPrice {

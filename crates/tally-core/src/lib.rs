@@ -24,6 +24,7 @@ mod error;
 mod ids;
 mod ledger;
 mod limits;
+pub mod period;
 mod policy;
 mod pricing;
 mod route;
@@ -51,6 +52,7 @@ pub use error::Error;
 pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp, TokenId};
 pub use ledger::{Counterparty, DecideCtx, Decision, SpendCaps, PRICES_MAX, TIERS_MAX};
 pub use limits::Limits;
+pub use period::{Period, PeriodStep, PeriodUse, TierMode};
 pub use policy::{AccountPolicy, PolicySetting, RateLimit, TokenRate};
 pub use pricing::{
     parse_cents, parse_usd, Meter, Price, PricingError, Rate, Tier, Usage, MICROCENTS_PER_CENT,

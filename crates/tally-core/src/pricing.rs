@@ -245,6 +245,19 @@ pub enum Price {
         /// Tiers in increasing order, the last one open (`up_to: None`).
         tiers: Vec<Tier>,
     },
+    /// Tiers on one meter over a billing period: the units the account has used at this
+    /// endpoint in the current `period` decide the tier (see [`crate::period`]). No tier may be
+    /// dearer than the one before it.
+    PeriodTiered {
+        /// What is metered.
+        meter: Meter,
+        /// Tiers in increasing order of the period's count, the last one open.
+        tiers: Vec<Tier>,
+        /// Graduated or volume.
+        mode: crate::TierMode,
+        /// The billing period.
+        period: crate::Period,
+    },
 }
 
 /// Sums fractions `units × amount / per` exactly and rounds the total up once.
@@ -292,11 +305,117 @@ impl Exact {
     }
 }
 
+impl Meter {
+    /// The units of `usage` this meter counts.
+    pub fn units(self, usage: &Usage) -> u64 {
+        match self {
+            Meter::Requests => usage.requests,
+            Meter::Tokens => usage.input_tokens.saturating_add(usage.output_tokens),
+            Meter::Characters => usage.characters,
+            Meter::Pages => usage.pages,
+            Meter::Seconds => usage.duration_ms,
+        }
+    }
+
+    /// Units per rate unit (a rate per second meters milliseconds).
+    pub(crate) fn scale(self) -> u128 {
+        if self == Meter::Seconds {
+            1_000
+        } else {
+            1
+        }
+    }
+}
+
 impl Price {
-    /// The cost of `usage`: the exact sum, rounded up once to a whole ledger unit.
+    /// For a period-tiered price, the step `usage` makes in the account's period at `at`, from
+    /// its use `before` (`None` for any other price).
+    pub fn period_step(
+        &self,
+        usage: &Usage,
+        before: crate::PeriodUse,
+        at: crate::Timestamp,
+    ) -> Option<Result<crate::PeriodStep, PricingError>> {
+        match self {
+            Price::PeriodTiered {
+                meter,
+                tiers,
+                mode,
+                period,
+            } => Some(crate::period::period_step(
+                tiers,
+                *mode,
+                period,
+                meter.scale(),
+                before,
+                at,
+                meter.units(usage),
+            )),
+            _ => None,
+        }
+    }
+
+    /// What a metered hold of `usage` holds at `at`, expiring at `expires_at`: the cost, or,
+    /// for a period-tiered price, the most the call can cost in the account's period (`before`
+    /// its use there): from its current count when the hold ends within the period, from an
+    /// empty period when it may outlive it.
+    pub fn hold_bound(
+        &self,
+        usage: &Usage,
+        before: crate::PeriodUse,
+        at: crate::Timestamp,
+        expires_at: crate::Timestamp,
+    ) -> Result<Amount, PricingError> {
+        let Price::PeriodTiered {
+            meter,
+            tiers,
+            mode,
+            period,
+        } = self
+        else {
+            return self.cost(usage);
+        };
+        let start = period.start(at);
+        if expires_at.0 >= period.end(start) {
+            return self.cost(usage);
+        }
+        let before = if before.start == start {
+            before
+        } else {
+            crate::PeriodUse::default()
+        };
+        let bound =
+            crate::period::step_bound(tiers, *mode, meter.scale(), before, meter.units(usage))?;
+        Amount::new(bound).map_err(|_| PricingError::Overflow { what: "cost" })
+    }
+
+    /// What `usage` would post now for an account whose use of this price is `before` (the
+    /// cost for any price that is not period-tiered; a volume rebate posts nothing).
+    pub fn quote(
+        &self,
+        usage: &Usage,
+        before: crate::PeriodUse,
+        at: crate::Timestamp,
+    ) -> Result<Amount, PricingError> {
+        match self.period_step(usage, before, at) {
+            None => self.cost(usage),
+            Some(step) => step.map(|s| s.cost),
+        }
+    }
+
+    /// The cost of `usage`: the exact sum, rounded up once to a whole ledger unit. For a
+    /// period-tiered price, the cost as the first call of a period (the most it can cost: the
+    /// bound a metered hold holds); [`Price::period_step`] prices it in the account's period.
     pub fn cost(&self, usage: &Usage) -> Result<Amount, PricingError> {
         let mut exact = Exact::new();
         match self {
+            Price::PeriodTiered {
+                meter, tiers, mode, ..
+            } => {
+                let total =
+                    crate::period::period_total(tiers, *mode, meter.units(usage), meter.scale())?;
+                return Amount::new(total).map_err(|_| PricingError::Overflow { what: "cost" });
+            }
             Price::PerRequest(amount) => exact.add(usage.requests.max(1), amount.get(), 1)?,
             Price::PerToken { input, output } => {
                 exact.add(usage.input_tokens, input.amount, u128::from(input.per))?;

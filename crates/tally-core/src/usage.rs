@@ -297,6 +297,8 @@ pub struct UsageSample {
     pub usage: Usage,
     /// What the record was.
     pub kind: SampleKind,
+    /// What the app gave back with a call (a period's volume tier crossed; in `refunded`).
+    pub rebate: Amount,
 }
 
 /// What a [`UsageSample`] counts.
@@ -327,7 +329,7 @@ impl SampleKind {
 impl UsageSample {
     /// The sample of a commit or a charge; `None` for any other record.
     pub fn of(record: &Record) -> Option<UsageSample> {
-        let (app, amount, endpoint, usage, kind) = Self::parts(record)?;
+        let (app, amount, endpoint, usage, kind, rebate) = Self::parts(record)?;
         Some(UsageSample {
             account: record.account,
             app,
@@ -336,39 +338,47 @@ impl UsageSample {
             endpoint: endpoint.to_owned(),
             usage,
             kind,
+            rebate,
         })
     }
 
-    /// Who was paid, how much, where, what was used, and what kind of sample a record is.
-    fn parts(record: &Record) -> Option<(AccountId, Amount, &str, Usage, SampleKind)> {
+    /// Who was paid, how much, where, what was used, what kind of sample a record is, and what
+    /// the app gave back with it.
+    fn parts(record: &Record) -> Option<(AccountId, Amount, &str, Usage, SampleKind, Amount)> {
+        let rebate = |period: &Option<crate::PeriodStep>| period.map_or(Amount::ZERO, |p| p.rebate);
+        fn call<'a>(
+            app: &AccountId,
+            amount: &Amount,
+            endpoint: &'a str,
+            usage: &Usage,
+            rebate: Amount,
+        ) -> (AccountId, Amount, &'a str, Usage, SampleKind, Amount) {
+            (*app, *amount, endpoint, *usage, SampleKind::Call, rebate)
+        }
         match &record.change {
             Change::Committed {
                 app,
-                amount_posted,
+                amount_posted: amount,
                 endpoint,
                 usage,
-                ..
-            } => Some((
-                *app,
-                *amount_posted,
-                endpoint.as_str(),
-                *usage,
-                SampleKind::Call,
-            )),
-            Change::Settled {
-                app,
-                amount,
-                endpoint,
-                usage,
+                period,
                 ..
             }
-            | Change::Charged {
+            | Change::Settled {
+                app,
+                amount,
+                endpoint,
+                usage,
+                period,
+                ..
+            } => Some(call(app, amount, endpoint, usage, rebate(period))),
+            Change::Charged {
                 app,
                 amount,
                 endpoint,
                 usage,
                 ..
-            } => Some((*app, *amount, endpoint.as_str(), *usage, SampleKind::Call)),
+            } => Some(call(app, amount, endpoint, usage, Amount::ZERO)),
             Change::Refunded {
                 app,
                 amount,
@@ -380,6 +390,7 @@ impl UsageSample {
                 endpoint.as_str(),
                 Usage::default(),
                 SampleKind::Refund,
+                Amount::ZERO,
             )),
             Change::Corrected {
                 app,
@@ -388,16 +399,16 @@ impl UsageSample {
                 new,
                 usage,
                 ..
-            } => Some(match new.checked_sub(*old) {
-                Some(up) => (*app, up, endpoint.as_str(), *usage, SampleKind::CorrectedUp),
-                None => (
-                    *app,
-                    old.checked_sub(*new).unwrap_or(Amount::ZERO),
-                    endpoint.as_str(),
-                    *usage,
-                    SampleKind::CorrectedDown,
-                ),
-            }),
+            } => {
+                let (amount, kind) = match new.checked_sub(*old) {
+                    Some(up) => (up, SampleKind::CorrectedUp),
+                    None => (
+                        old.checked_sub(*new).unwrap_or(Amount::ZERO),
+                        SampleKind::CorrectedDown,
+                    ),
+                };
+                Some((*app, amount, endpoint.as_str(), *usage, kind, Amount::ZERO))
+            }
             _ => None,
         }
     }
@@ -442,9 +453,10 @@ impl UsageBook {
     /// a refund, or its correction. Returns whether it counted.
     pub fn fold(&mut self, record: &Record) -> bool {
         match UsageSample::parts(record) {
-            Some((app, amount, endpoint, usage, kind)) => {
+            Some((app, amount, endpoint, usage, kind, rebate)) => {
                 self.fold_parts(record.account, app, record.at, endpoint, |t| {
-                    kind.add_to(t, &usage, amount)
+                    kind.add_to(t, &usage, amount);
+                    t.add_refund(rebate);
                 });
                 true
             }
@@ -455,13 +467,17 @@ impl UsageBook {
     /// Adds a sample taken from a commit or a charge ([`UsageSample::of`]): the same sums as
     /// folding the record.
     pub fn fold_sample(&mut self, sample: &UsageSample) {
-        let (amount, usage, kind) = (sample.amount, sample.usage, sample.kind);
+        let (amount, usage, kind, rebate) =
+            (sample.amount, sample.usage, sample.kind, sample.rebate);
         self.fold_parts(
             sample.account,
             sample.app,
             sample.at,
             &sample.endpoint,
-            |t| kind.add_to(t, &usage, amount),
+            |t| {
+                kind.add_to(t, &usage, amount);
+                t.add_refund(rebate);
+            },
         );
     }
 

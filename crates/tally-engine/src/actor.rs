@@ -31,6 +31,8 @@ pub(crate) enum Query {
         token: Option<u64>,
         caps: tally_core::SpendCaps,
         now: tally_core::Timestamp,
+        /// A period-tiered price's period: the answer carries the account's use in it.
+        period: Option<tally_core::Period>,
     },
 }
 
@@ -41,7 +43,10 @@ pub(crate) enum Answer {
     Hold(Option<Hold>),
     Op(Option<Outcome>),
     State(Box<Account>),
-    Room(Result<(Amount, tally_core::Limiter), tally_core::Error>),
+    Room(
+        Result<(Amount, tally_core::Limiter), tally_core::Error>,
+        Option<tally_core::PeriodUse>,
+    ),
     Catalog(Box<crate::shared::Catalog>),
 }
 
@@ -139,7 +144,11 @@ pub(crate) fn read(slot: &Slot, query: Query) -> Reply<Answer> {
             token,
             caps,
             now,
-        } => Answer::Room(account.spend_room(app, &endpoint, token, caps, now)),
+            period,
+        } => Answer::Room(
+            account.spend_room(app, &endpoint, token, caps, now),
+            period.map(|p| account.period_use(app, &endpoint, &p, now)),
+        ),
     };
     Reply {
         result: Ok(answer),

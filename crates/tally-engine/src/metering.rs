@@ -137,14 +137,54 @@ impl Tally {
             })
     }
 
-    /// What `usage` costs at an app's endpoint's price now.
+    /// What `usage` costs at an app's endpoint's price now. A period-tiered price costs what it
+    /// would post for `account` at its count in the current period (without an account: as the
+    /// first call of a period).
     pub async fn quote(
         &self,
         app: AccountId,
         endpoint: &str,
         usage: &Usage,
+        account: Option<AccountId>,
     ) -> Result<Amount, Error> {
-        Ok(self.priced(app, endpoint).await?.price.cost(usage)?)
+        let price = self.priced(app, endpoint).await?.price;
+        let (tally_core::Price::PeriodTiered { period, .. }, Some(account)) = (&price, account)
+        else {
+            return Ok(price.cost(usage)?);
+        };
+        let now = self.shared.config.clock.now();
+        let used = self
+            .account(account)
+            .await?
+            .period_use(app, endpoint, period, now);
+        Ok(price.quote(usage, used, now)?)
+    }
+
+    /// An account's use of an app's endpoint's period-tiered price in its current period, with
+    /// the tier its count has reached (`None`: the price is not period-tiered).
+    pub async fn period_use(
+        &self,
+        account: AccountId,
+        app: AccountId,
+        endpoint: &str,
+    ) -> Result<Option<(tally_core::PeriodUse, u64, usize)>, Error> {
+        let Some(price) = self.price(app, endpoint).await? else {
+            return Ok(None);
+        };
+        let tally_core::Price::PeriodTiered { period, tiers, .. } = &price.price else {
+            return Ok(None);
+        };
+        let now = self.shared.config.clock.now();
+        let used = self
+            .account(account)
+            .await?
+            .period_use(app, endpoint, period, now);
+        let end = period.end(used.start);
+        Ok(Some((
+            used,
+            end,
+            tally_core::period::tier_reached(tiers, used.units),
+        )))
     }
 
     /// Settles a part of a metered call by usage: the call used `usage` more since its last
@@ -193,21 +233,27 @@ impl Tally {
         let price = self.priced(app, endpoint).await?.price;
         let caps = self.shared.policy.caps_for(account, app);
         let now = self.shared.config.clock.now();
+        let period = match &price {
+            tally_core::Price::PeriodTiered { period, .. } => Some(*period),
+            _ => None,
+        };
         let query = || crate::actor::Query::Room {
             app,
             endpoint: endpoint.to_owned(),
             token,
             caps,
             now,
+            period,
         };
-        let (mut room, limiter) = match self.read(account, query).await? {
-            crate::actor::Answer::Room(room) => room?,
+        let (room, used) = match self.read(account, query).await? {
+            crate::actor::Answer::Room(room, used) => (room, used),
             _ => {
                 return Err(Error::Internal {
                     reason: "unexpected answer to room".into(),
                 })
             }
         };
+        let (mut room, limiter) = room?;
         let mut limited_by = limiter.name();
         if let Some((rate_room, _)) = self.shared.policy.rate_room(account, app, now.0) {
             if rate_room < room.get() {
@@ -215,7 +261,13 @@ impl Tally {
                 limited_by = "rate_limit";
             }
         }
-        let found = price.max_units(base, maximize, room)?;
+        // A period-tiered price: what a hold made now would hold, at the account's count.
+        let found = match used {
+            Some(used) => price.max_units_by(base, maximize, room, |usage| {
+                price.hold_bound(usage, used, now, now)
+            })?,
+            None => price.max_units(base, maximize, room)?,
+        };
         Ok(Affordable {
             units: found.map(|(units, _)| units),
             cost: found.map(|(_, cost)| cost),
@@ -302,8 +354,6 @@ impl Tally {
         timeout: Duration,
     ) -> Result<MeterGuard, Error> {
         let price = self.priced(app, endpoint).await?;
-        // What the decision holds (it prices `max_usage` the same way), for the guard.
-        let amount = price.price.cost(max_usage)?;
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let command = Command::ReserveMetered {
             app,
@@ -315,9 +365,10 @@ impl Tally {
             price: Box::new(price.clone()),
         };
         let hold = match self.execute(account, self.request(op, command)).await? {
-            Outcome::Reserved { hold, .. } => hold,
+            Outcome::Reserved { hold, amount, .. } => (hold, amount),
             other => return Err(crate::handle::unexpected(other)),
         };
+        let (hold, amount) = hold;
         let hold = HoldGuard::new(self.clone(), hold, amount, op);
         Ok(MeterGuard { hold, price })
     }

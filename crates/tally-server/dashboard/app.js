@@ -329,11 +329,12 @@ async function account(view, name, params) {
   const dayMs = 86400000;
   const uq = new URLSearchParams({ granularity: "day",
     from_ms: String(Date.now() - (Date.now() % dayMs) - 29 * dayMs), to_ms: String(Date.now() + 1) });
-  const [bal, holds, hist, points, tokens, queries, policy] = await Promise.all([
+  const [bal, holds, hist, points, tokens, queries, policy, periods] = await Promise.all([
     api(`/v1/accounts/${enc}/balance`), api(`/v1/accounts/${enc}/holds`),
     api(`/v1/accounts/${enc}/history?limit=50&after=${after}`),
     api(`/v1/accounts/${enc}/balance-history?limit=1000`), api(`/v1/accounts/${enc}/tokens`),
-    api(`/v1/accounts/${enc}/queries?${qs}`), api(`/v1/accounts/${enc}/policy`)]);
+    api(`/v1/accounts/${enc}/queries?${qs}`), api(`/v1/accounts/${enc}/policy`),
+    api(`/v1/accounts/${enc}/periods`)]);
   const rate = (r, unit) => r ? `${count(r.per_second)}${unit}/s, burst ${count(r.burst)}` : "none";
   const rl = policy.rate_limit;
   // A user's usage is what it paid for; an app's is what it earned.
@@ -381,6 +382,11 @@ async function account(view, name, params) {
     el("h2", { text: "History" }),
     table("history-table", [["Seq", "seq"], ["Time", "at_ms", "time"], ["Change", "kind"], ["Counterparty", "app"],
       ["Endpoint", "endpoint"], ["Amount", "amount", "money"]], rows),
+    el("h2", { text: "Billing periods (period-tiered prices)" }),
+    table("periods-table", [["App", "app"], ["Endpoint", "endpoint"], ["Mode", "mode"], ["From", "start_ms", "time"],
+      ["To", "end_ms", "time"], ["Units", "units", "count"], ["Charged", "charged", "money"],
+      ["Tier reached", (r) => r.tier + 1], ["Tier up to", (r) => r.tier_up_to === null ? "open" : r.tier_up_to]],
+      periods.periods),
     el("h2", { text: "Spend tokens" }),
     table("tokens-table", [["Token", "id"], ["App", "app"], ["Endpoint", "endpoint"], ["Cap", "cap", "money"],
       ["Spent", "spent", "money"], ["Expires", "expires_at_ms", "time"]], tokens.tokens || []));

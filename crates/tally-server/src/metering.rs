@@ -98,6 +98,81 @@ pub enum PriceBody {
         /// The tiers, in order.
         tiers: Vec<TierBody>,
     },
+    /// Tiers over a billing period: the units the user has used at this endpoint in the current
+    /// period decide the tier. No tier may be dearer per unit than the one before it.
+    PeriodTiered {
+        /// `requests`, `tokens`, `characters`, `pages` or `seconds`.
+        meter: String,
+        /// The tiers, in order of the period's count.
+        tiers: Vec<TierBody>,
+        /// `graduated` (each unit by the tier it falls in) or `volume` (all the period's units by
+        /// the tier its total reaches; the difference is given back at the crossing).
+        mode: String,
+        /// `day` or `month` (UTC), or `every` (`length_ms` from `anchor_ms`).
+        period: String,
+        /// With `every`: when one period starts (ms since the epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anchor_ms: Option<u64>,
+        /// With `every`: the period's length in ms (at least 60,000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        length_ms: Option<u64>,
+    },
+}
+
+fn tiers_of(tiers: &[TierBody]) -> Result<Vec<Tier>, ApiError> {
+    if tiers.is_empty() || tiers.len() > 32 {
+        return Err(ApiError::invalid_field(
+            "price.tiers",
+            "a tiered price has 1 to 32 tiers",
+        ));
+    }
+    tiers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            Ok(Tier {
+                up_to: t.up_to,
+                rate: rate(&format!("price.tiers[{i}].rate"), &t.rate)?,
+            })
+        })
+        .collect()
+}
+
+fn tier_bodies(tiers: &[Tier]) -> Vec<TierBody> {
+    tiers
+        .iter()
+        .map(|t| TierBody {
+            up_to: t.up_to,
+            rate: rate_body(&t.rate),
+        })
+        .collect()
+}
+
+fn period_of(
+    name: &str,
+    anchor_ms: Option<u64>,
+    length_ms: Option<u64>,
+) -> Result<tally::Period, ApiError> {
+    match (name, anchor_ms, length_ms) {
+        ("day", None, None) => Ok(tally::Period::Day),
+        ("month", None, None) => Ok(tally::Period::Month),
+        ("every", Some(anchor_ms), Some(length_ms)) => Ok(tally::Period::Every {
+            anchor_ms,
+            length_ms,
+        }),
+        ("day" | "month", _, _) => Err(ApiError::invalid_field(
+            "price.period",
+            "anchor_ms and length_ms go with period \"every\" only",
+        )),
+        ("every", _, _) => Err(ApiError::invalid_field(
+            "price.period",
+            "period \"every\" needs anchor_ms and length_ms",
+        )),
+        (other, _, _) => Err(ApiError::invalid_field(
+            "price.period",
+            format!("period is day, month or every, not {other:?}"),
+        )),
+    }
 }
 
 fn pricing(field: &str, e: tally::PricingError) -> ApiError {
@@ -181,25 +256,32 @@ pub fn to_price(p: &PriceBody) -> Result<Price, ApiError> {
         PriceBody::PerCharacter { rate: r } => Price::PerCharacter(rate("price.rate", r)?),
         PriceBody::PerPage { rate: r } => Price::PerPage(rate("price.rate", r)?),
         PriceBody::PerSecond { rate: r } => Price::PerSecond(rate("price.rate", r)?),
-        PriceBody::Tiered { meter: m, tiers } => {
-            if tiers.is_empty() || tiers.len() > 32 {
-                return Err(ApiError::invalid_field(
-                    "price.tiers",
-                    "a tiered price has 1 to 32 tiers",
-                ));
-            }
-            let mut out = Vec::with_capacity(tiers.len());
-            for (i, t) in tiers.iter().enumerate() {
-                out.push(Tier {
-                    up_to: t.up_to,
-                    rate: rate(&format!("price.tiers[{i}].rate"), &t.rate)?,
-                });
-            }
-            Price::Tiered {
-                meter: meter(m)?,
-                tiers: out,
-            }
-        }
+        PriceBody::Tiered { meter: m, tiers } => Price::Tiered {
+            meter: meter(m)?,
+            tiers: tiers_of(tiers)?,
+        },
+        PriceBody::PeriodTiered {
+            meter: m,
+            tiers,
+            mode,
+            period,
+            anchor_ms,
+            length_ms,
+        } => Price::PeriodTiered {
+            meter: meter(m)?,
+            tiers: tiers_of(tiers)?,
+            mode: match mode.as_str() {
+                "graduated" => tally::TierMode::Graduated,
+                "volume" => tally::TierMode::Volume,
+                other => {
+                    return Err(ApiError::invalid_field(
+                        "price.mode",
+                        format!("mode is graduated or volume, not {other:?}"),
+                    ))
+                }
+            },
+            period: period_of(period, *anchor_ms, *length_ms)?,
+        },
     })
 }
 
@@ -216,14 +298,35 @@ pub fn price_body(p: &Price) -> PriceBody {
         Price::PerSecond(r) => PriceBody::PerSecond { rate: rate_body(r) },
         Price::Tiered { meter: m, tiers } => PriceBody::Tiered {
             meter: meter_name(*m).to_owned(),
-            tiers: tiers
-                .iter()
-                .map(|t| TierBody {
-                    up_to: t.up_to,
-                    rate: rate_body(&t.rate),
-                })
-                .collect(),
+            tiers: tier_bodies(tiers),
         },
+        Price::PeriodTiered {
+            meter: m,
+            tiers,
+            mode,
+            period,
+        } => {
+            let (name, anchor_ms, length_ms) = match period {
+                tally::Period::Day => ("day", None, None),
+                tally::Period::Month => ("month", None, None),
+                tally::Period::Every {
+                    anchor_ms,
+                    length_ms,
+                } => ("every", Some(*anchor_ms), Some(*length_ms)),
+            };
+            PriceBody::PeriodTiered {
+                meter: meter_name(*m).to_owned(),
+                tiers: tier_bodies(tiers),
+                mode: match mode {
+                    tally::TierMode::Graduated => "graduated",
+                    tally::TierMode::Volume => "volume",
+                }
+                .to_owned(),
+                period: name.to_owned(),
+                anchor_ms,
+                length_ms,
+            }
+        }
     }
 }
 
@@ -314,9 +417,14 @@ pub struct QuoteRequest {
     pub endpoint: String,
     /// The usage to price.
     pub usage: UsageBody,
+    /// The user who would pay: a period-tiered price is quoted at their count in the current
+    /// period (without it, as the first call of a period).
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
-/// What a usage costs at an endpoint's price now (rounded up once to a whole µ¢).
+/// What a usage costs at an endpoint's price now (rounded up once to a whole µ¢); for a
+/// period-tiered price and an `account`, what it would post at the account's count.
 #[utoipa::path(post, path = "/v1/prices/quote", request_body = QuoteRequest,
     responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -330,9 +438,17 @@ async fn quote(
     }
     let req = body.value;
     let app = state.account(&req.app)?;
+    let account = match &req.account {
+        Some(name) => {
+            // An app reads its own users' counts only.
+            principal.require_app(app)?;
+            Some(state.account(name)?)
+        }
+        None => None,
+    };
     let cost = state
         .tally
-        .quote(app, &req.endpoint, &Usage::from(req.usage))
+        .quote(app, &req.endpoint, &Usage::from(req.usage), account)
         .await?;
     Ok(Json(
         json!({"app": req.app, "endpoint": req.endpoint, "cost": cost.get()}),
@@ -459,7 +575,6 @@ async fn start_meter(
                     endpoint: req.endpoint.clone(),
                 })
             })?;
-            let estimate = price.price.cost(&max_usage).map_err(tally::Error::from)?;
             let version = price.version;
             let command = Command::ReserveMetered {
                 app,
@@ -476,7 +591,11 @@ async fn start_meter(
                 origin: tally::Origin::new("tally-server", p.scope(), ""),
             };
             match s.tally.execute(account, request).await? {
-                Outcome::Reserved { hold, expires_at } => Ok((
+                Outcome::Reserved {
+                    hold,
+                    expires_at,
+                    amount: estimate,
+                } => Ok((
                     StatusCode::CREATED,
                     json!({"hold": hold_str(hold), "account": req.account, "app": req.app,
                        "endpoint": req.endpoint, "amount_held": estimate.get(),
@@ -840,6 +959,56 @@ pub async fn import_registry_prices(state: &AppState) -> Result<usize, String> {
     Ok(imported)
 }
 
+/// A user's use of each period-tiered price in its current period: units, what it was charged
+/// and the tier the count reached. Admin, or an app's service key for its own prices only.
+#[utoipa::path(get, path = "/v1/accounts/{id}/periods", params(("id" = String, Path)),
+    responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn account_periods(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if let Principal::User { .. } = principal {
+        return Err(ApiError::forbidden("this needs an admin or service key"));
+    }
+    let id = state.account(&name)?;
+    let account = state.tally.account(id).await?;
+    let mut rows = Vec::new();
+    for (app, endpoint, _) in account.period_uses() {
+        if principal.require_app(app).is_err() {
+            continue;
+        }
+        // Only endpoints still period-tiered count (a price changed to another kind does not).
+        let Some(pinned) = state.tally.price(app, endpoint).await? else {
+            continue;
+        };
+        let Price::PeriodTiered {
+            mode,
+            tiers,
+            period,
+            ..
+        } = &pinned.price
+        else {
+            continue;
+        };
+        let used = account.period_use(app, endpoint, period, state.tally.now());
+        let end = period.end(used.start);
+        let tier = tally::tier_reached(tiers, used.units);
+        let up_to = tiers.get(tier).and_then(|t| t.up_to);
+        let mode = match mode {
+            tally::TierMode::Graduated => "graduated",
+            tally::TierMode::Volume => "volume",
+        };
+        rows.push(json!({
+            "app": state.name(app), "endpoint": endpoint, "mode": mode,
+            "start_ms": used.start, "end_ms": end, "units": used.units, "charged": used.charged,
+            "tier": tier, "tier_up_to": up_to,
+        }));
+    }
+    Ok(Json(json!({"account": name, "periods": rows})))
+}
+
 /// The metering routes.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -852,4 +1021,5 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(usage))
         .routes(routes!(top_users))
         .routes(routes!(balance_history))
+        .routes(routes!(account_periods))
 }

@@ -677,7 +677,9 @@ async fn prepare(
                 op,
                 command,
                 move |outcome| match outcome {
-                    Outcome::Reserved { hold, expires_at } => Ok((
+                    Outcome::Reserved {
+                        hold, expires_at, ..
+                    } => Ok((
                         StatusCode::CREATED,
                         json!({
                             "id": hold_str(hold),

@@ -557,7 +557,11 @@ impl Ledger {
                         usage_settled: tally::Usage::default(),
                     },
                 );
-                Ok(Outcome::Reserved { hold, expires_at })
+                Ok(Outcome::Reserved {
+                    hold,
+                    expires_at,
+                    amount: amount(*value)?,
+                })
             }
             Write::Commit {
                 hold,

@@ -148,6 +148,7 @@ fn a_commit_above_its_hold_is_caught() {
             posting: hold.seq + 1,
             metered: false,
             estimated: false,
+            period: None,
         },
     );
 

@@ -10,6 +10,7 @@ mod estimate;
 mod idempotency;
 mod operations;
 mod overflow;
+mod period;
 mod policy;
 mod pricing;
 mod rejections;

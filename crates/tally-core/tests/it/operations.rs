@@ -39,7 +39,14 @@ fn reserve_moves_the_amount_from_available_to_pending() {
         seq: 1,
     };
     let expires_at = T0.plus_ms(TIMEOUT_MS);
-    assert_eq!(outcome, Outcome::Reserved { hold, expires_at });
+    assert_eq!(
+        outcome,
+        Outcome::Reserved {
+            hold,
+            expires_at,
+            amount: amt(300)
+        }
+    );
     assert_eq!(w.bal(USER), bal(1_000, 300, 700));
     assert_eq!(
         w.bal(APP),

@@ -291,6 +291,7 @@ fn a_corrected_estimate_counts_one_call_its_real_usage_and_its_real_cost() {
             usage: Usage::default(),
             metered: false,
             estimated: true,
+            period: None,
         },
         ..charge(5, 1, "", 0)
     };

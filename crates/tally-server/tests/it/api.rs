@@ -661,6 +661,7 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
         ("put", "/v1/accounts/{id}/rate-limit"),
         ("post", "/v1/holds/{id}/commit-estimate"),
         ("post", "/v1/postings/{id}/correct"),
+        ("get", "/v1/accounts/{id}/periods"),
     ];
     for (method, path) in expected {
         assert!(

@@ -603,3 +603,101 @@ async fn a_call_that_ends_unreported_commits_its_estimate_and_is_corrected_once(
         "{t}"
     );
 }
+
+#[tokio::test]
+async fn a_period_tiered_price_counts_the_month_over_http_and_keeps_it_across_a_restart() {
+    let h = Harness::new().await;
+    h.world(100_000_000).await;
+    let price = json!({"app": "chat", "endpoint": "gpt", "price": {"type": "period_tiered",
+        "meter": "tokens", "mode": "graduated", "period": "month",
+        "tiers": [{"up_to": 1_000, "rate": {"amount": 5, "per": 1}},
+                  {"rate": {"amount": 2, "per": 1}}]}});
+    let set = h.admin("PUT", "/v1/prices", Some(price.clone())).await;
+    assert_eq!(set.status, StatusCode::OK, "{set:?}");
+    for field in ["type", "meter", "mode", "period"] {
+        assert_eq!(
+            set.body["price"][field], price["price"][field],
+            "{field} reads back"
+        );
+    }
+    assert_eq!(set.body["price"]["tiers"][0], price["price"]["tiers"][0]);
+    let call = |key: &'static str, tokens: u64| {
+        let h = &h;
+        async move {
+            let start = h
+                .as_key(
+                    ADMIN,
+                    "POST",
+                    "/v1/meter",
+                    Some(json!({"account": "alice", "app": "chat", "endpoint": "gpt",
+                                "max_usage": {"output_tokens": tokens}})),
+                    Some(key),
+                )
+                .await;
+            assert_eq!(start.status, StatusCode::CREATED, "{start:?}");
+            let hold = start.body["hold"].as_str().unwrap().to_owned();
+            let done = h
+                .admin(
+                    "POST",
+                    &format!("/v1/meter/{hold}/finish"),
+                    Some(json!({"usage": {"output_tokens": tokens}})),
+                )
+                .await;
+            assert_eq!(done.status, StatusCode::OK, "{done:?}");
+            (start.body["amount_held"].clone(), done.body["cost"].clone())
+        }
+    };
+    assert_eq!(call("m1", 900).await, (json!(4_500), json!(4_500)));
+    // 100 at 5 µ¢ and 100 at 2 µ¢; the hold held what the count allowed: 700.
+    assert_eq!(call("m2", 200).await, (json!(700), json!(700)));
+    let quote = h
+        .admin(
+            "POST",
+            "/v1/prices/quote",
+            Some(
+                json!({"app": "chat", "endpoint": "gpt", "usage": {"output_tokens": 10},
+                        "account": "alice"}),
+            ),
+        )
+        .await;
+    assert_eq!(quote.body["cost"], 20, "{quote:?}");
+    let periods = h.admin("GET", "/v1/accounts/alice/periods", None).await;
+    assert_eq!(periods.status, StatusCode::OK, "{periods:?}");
+    let p = &periods.body["periods"][0];
+    assert_eq!(
+        (
+            &p["app"],
+            &p["endpoint"],
+            &p["units"],
+            &p["charged"],
+            &p["tier"],
+            &p["tier_up_to"]
+        ),
+        (
+            &json!("chat"),
+            &json!("gpt"),
+            &json!(1_100),
+            &json!(5_200),
+            &json!(1),
+            &json!(null)
+        )
+    );
+    // A service key of another app sees none of it; a tier dearer than the one before it is
+    // refused.
+    let search = h.service_key("search").await;
+    let other = h
+        .as_key(&search, "GET", "/v1/accounts/alice/periods", None, None)
+        .await;
+    assert_eq!(other.body["periods"], json!([]));
+    let mut dearer = price.clone();
+    dearer["price"]["tiers"][1]["rate"]["amount"] = json!(9);
+    let refused = h.admin("PUT", "/v1/prices", Some(dearer)).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::BAD_REQUEST, "invalid_price")
+    );
+    // After a restart the month's count is the same.
+    let h = h.restart().await;
+    let again = h.admin("GET", "/v1/accounts/alice/periods", None).await;
+    assert_eq!(again.body["periods"], periods.body["periods"]);
+}
