@@ -298,3 +298,75 @@ async fn limits_are_ledger_state_and_a_restart_hands_out_no_new_burst() {
     assert!(matches!(ledger(e), LedgerError::InvalidPolicy { .. }));
     assert_eq!(w.tally.policy(ALICE).await.unwrap(), policy);
 }
+
+#[tokio::test]
+async fn caps_and_rates_apply_to_metered_holds_extensions_and_corrections_up() {
+    let w = World::new(1_000_000).await;
+    w.tally
+        .set_price(
+            op(),
+            APP,
+            "/chat",
+            Some(tally::Price::PerRequest(tally::Amount::new(1_500).unwrap())),
+        )
+        .await
+        .unwrap();
+    set_cap(&w.tally, ALICE, Some(1_000)).await;
+    // A metered hold of 1,500 passes the day's cap of 1,000.
+    let one = tally::Usage {
+        requests: 1,
+        ..tally::Usage::default()
+    };
+    let e = w
+        .tally
+        .meter(
+            op(),
+            ALICE,
+            APP,
+            "/chat",
+            &one,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(cap_exceeded(e), ("account per day", 1_000, 0, 1_500));
+    // An extension is spending too.
+    let hold = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 800))
+        .await
+        .unwrap();
+    let e = w.tally.extend(op(), hold, 300, None).await.unwrap_err();
+    assert_eq!(cap_exceeded(e), ("account per day", 1_000, 800, 300));
+    // So is a correction up of an estimate.
+    let posted = w.tally.commit_estimate(op(), hold).await.unwrap();
+    let e = w
+        .tally
+        .correct(op(), posted.posting, Some(1_100), tally::Usage::default())
+        .await
+        .unwrap_err();
+    assert_eq!(cap_exceeded(e), ("account per day", 1_000, 800, 300));
+    // A cost rate counts an extension's amount (no request token).
+    set_cap(&w.tally, ALICE, None).await;
+    set_rate(
+        &w.tally,
+        ALICE,
+        RateLimit {
+            requests: None,
+            cost: Some(TokenRate {
+                per_second: 1,
+                burst: 1_000,
+            }),
+        },
+    )
+    .await;
+    let hold = w
+        .tally
+        .reserve(op(), ReserveRequest::new(ALICE, APP, 900))
+        .await
+        .unwrap();
+    let e = w.tally.extend(op(), hold, 200, None).await.unwrap_err();
+    assert_eq!(rate_limited(e).1, "cost");
+    w.tally.extend(op(), hold, 100, None).await.unwrap();
+}

@@ -215,7 +215,8 @@ impl Account {
             Command::Finish { hold, usage } => {
                 // Priced as quoted when the hold was made, whatever the catalog says now; a
                 // zero cost (no usage) posts nothing and releases all.
-                let (held, part, step) = self.metered_step(*hold, usage, ctx.now)?;
+                let (held, part, step) =
+                    self.metered_step(*hold, usage, ctx.now, ctx.counterparty)?;
                 let mut change = commit_change(held, *hold, part, *usage, self.next_seq, true)?;
                 if let Change::Committed { period, .. } = &mut change {
                     *period = step;
@@ -223,7 +224,8 @@ impl Account {
                 Ok(change)
             }
             Command::Progress { hold, usage } => {
-                let (held, part, step) = self.metered_step(*hold, usage, ctx.now)?;
+                let (held, part, step) =
+                    self.metered_step(*hold, usage, ctx.now, ctx.counterparty)?;
                 let mut change = settle_change(held, *hold, part, *usage, self.next_seq, true)?;
                 if let Change::Settled { period, .. } = &mut change {
                     *period = step;
@@ -322,6 +324,21 @@ impl Account {
                 } else {
                     held.expires_at.max(ctx.now.plus_ms(*timeout_ms))
                 };
+                // A period-priced hold sized at the period's count may not outlive the period:
+                // after it the count starts again and the call could cost more than it holds.
+                if let Some(crate::Price::PeriodTiered { period, .. }) =
+                    held.price.as_ref().map(|p| &p.price)
+                {
+                    // (A hold that already outlived it was sized from an empty period.)
+                    let end = period.end(period.start(ctx.now));
+                    if held.expires_at.0 < end && expires_at.0 >= end {
+                        return Err(Error::InvalidTimeout {
+                            timeout_ms: *timeout_ms,
+                            min_ms: ctx.limits.hold_timeout_ms_min,
+                            max_ms: end.saturating_sub(ctx.now.0).saturating_sub(1),
+                        });
+                    }
+                }
                 // A hold made with a token draws the extension from it, and may not outlive it.
                 let hold_token = (held.token, held.app, held.endpoint.as_str());
                 self.token_allows(hold_token, *amount, expires_at, *timeout_ms, ctx)?;
@@ -527,6 +544,11 @@ impl Account {
                 let price = estimate.price.as_ref().ok_or_else(|| {
                     invalid("the hold was not metered: give the amount the call cost")
                 })?;
+                if matches!(price.price, crate::Price::PeriodTiered { .. }) {
+                    return Err(invalid(
+                        "a period-tiered estimate is corrected by amount (its units do not enter the period's count)",
+                    ));
+                }
                 let total = estimate
                     .usage_before
                     .checked_add(usage)
@@ -549,6 +571,7 @@ impl Account {
         let old = found.amount;
         if let Some(up) = new.checked_sub(old).filter(|up| *up > Amount::ZERO) {
             self.debit_fits(up)?;
+            self.within_caps(found.app, up, ctx)?;
         } else if let Some(down) = old.checked_sub(new).filter(|d| *d > Amount::ZERO) {
             // As a refund: only an app's revenue account takes a debit it may not refuse.
             if let Some(cp) = ctx.counterparty.filter(|cp| cp.id == found.app) {
@@ -582,6 +605,7 @@ impl Account {
         hold: HoldId,
         usage: &crate::Usage,
         now: Timestamp,
+        counterparty: Option<Counterparty>,
     ) -> Result<(&Hold, Amount, Option<crate::PeriodStep>), Error> {
         let held = self.pending_hold(hold, now)?;
         let price = held.price.as_ref().ok_or(Error::NotMetered { hold })?;
@@ -590,7 +614,7 @@ impl Account {
             .get(&(held.app, held.endpoint.clone()))
             .copied()
             .unwrap_or_default();
-        match price.price.period_step(usage, before, now) {
+        match price.price.period_step(usage, before, now, price.version) {
             None => {
                 let (held, part) = self.metered_part(hold, usage, now)?;
                 Ok((held, part, None))
@@ -607,6 +631,17 @@ impl Account {
                     });
                 }
                 if step.rebate > Amount::ZERO {
+                    // Given back by the payee, a debit it may not refuse: an app's only.
+                    if let Some(cp) = counterparty.filter(|cp| cp.id == held.app) {
+                        if cp.kind != AccountKind::Revenue {
+                            return Err(Error::WrongAccountKind {
+                                account: held.app,
+                                actual: cp.kind.name(),
+                                expected:
+                                    "a revenue account (a volume rebate is given back by the app)",
+                            });
+                        }
+                    }
                     self.credit_fits(step.rebate)?;
                 }
                 Ok((held, step.cost, Some(step)))

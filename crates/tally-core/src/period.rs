@@ -127,6 +127,11 @@ pub struct PeriodUse {
     pub units: u64,
     /// What it was charged in it, rebates taken off.
     pub charged: u64,
+    /// The catalog version of the price it was last charged at: a new version of the price
+    /// keeps the period's count, and charges only the units after it at the new price
+    /// (what was charged is taken as the new price's cost of the units before).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// One step of a period: what it posts (or gives back) and the period's use after it.
@@ -284,6 +289,7 @@ pub fn tier_reached(tiers: &[Tier], units: u64) -> usize {
 
 /// The step of `units` more in the period of `at`, from `before` (a use of another period
 /// counts as none).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn period_step(
     tiers: &[Tier],
     mode: TierMode,
@@ -292,15 +298,24 @@ pub(crate) fn period_step(
     before: PeriodUse,
     at: Timestamp,
     units: u64,
+    version: u64,
 ) -> Result<PeriodStep, PricingError> {
     let start = period.start(at);
-    let before = if before.start == start {
-        before
-    } else {
+    let before = if before.start != start {
         PeriodUse {
             start,
+            version,
             ..PeriodUse::default()
         }
+    } else if before.version != version {
+        // Another version of the price: the count goes on, re-based on this price.
+        PeriodUse {
+            charged: period_total(tiers, mode, before.units, scale)?,
+            version,
+            ..before
+        }
+    } else {
+        before
     };
     let count = before
         .units
@@ -318,6 +333,7 @@ pub(crate) fn period_step(
             start,
             units: count,
             charged: total,
+            version,
         },
         cost,
         rebate,

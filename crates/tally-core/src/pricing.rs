@@ -328,13 +328,14 @@ impl Meter {
 }
 
 impl Price {
-    /// For a period-tiered price, the step `usage` makes in the account's period at `at`, from
-    /// its use `before` (`None` for any other price).
+    /// For a period-tiered price (catalog version `version`), the step `usage` makes in the
+    /// account's period at `at`, from its use `before` (`None` for any other price).
     pub fn period_step(
         &self,
         usage: &Usage,
         before: crate::PeriodUse,
         at: crate::Timestamp,
+        version: u64,
     ) -> Option<Result<crate::PeriodStep, PricingError>> {
         match self {
             Price::PeriodTiered {
@@ -350,6 +351,7 @@ impl Price {
                 before,
                 at,
                 meter.units(usage),
+                version,
             )),
             _ => None,
         }
@@ -396,8 +398,9 @@ impl Price {
         usage: &Usage,
         before: crate::PeriodUse,
         at: crate::Timestamp,
+        version: u64,
     ) -> Result<Amount, PricingError> {
-        match self.period_step(usage, before, at) {
+        match self.period_step(usage, before, at, version) {
             None => self.cost(usage),
             Some(step) => step.map(|s| s.cost),
         }

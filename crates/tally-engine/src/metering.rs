@@ -147,8 +147,9 @@ impl Tally {
         usage: &Usage,
         account: Option<AccountId>,
     ) -> Result<Amount, Error> {
-        let price = self.priced(app, endpoint).await?.price;
-        let (tally_core::Price::PeriodTiered { period, .. }, Some(account)) = (&price, account)
+        let pinned = self.priced(app, endpoint).await?;
+        let price = &pinned.price;
+        let (tally_core::Price::PeriodTiered { period, .. }, Some(account)) = (price, account)
         else {
             return Ok(price.cost(usage)?);
         };
@@ -157,7 +158,7 @@ impl Tally {
             .account(account)
             .await?
             .period_use(app, endpoint, period, now);
-        Ok(price.quote(usage, used, now)?)
+        Ok(price.quote(usage, used, now, pinned.version)?)
     }
 
     /// An account's use of an app's endpoint's period-tiered price in its current period, with

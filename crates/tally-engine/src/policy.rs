@@ -118,67 +118,97 @@ pub(crate) struct Policy {
     settings: Mutex<()>,
 }
 
-/// The app and amount of a request that spends (reserve or charge).
-fn spending(command: &Command) -> Option<(AccountId, Amount)> {
+/// What a change spends, for the rate limits: the app, the amount held or posted, and whether
+/// it is a request (a hold or a charge; an extension or a correction up spends without being
+/// one).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Spend {
+    pub(crate) app: AccountId,
+    pub(crate) amount: Amount,
+    pub(crate) request: bool,
+}
+
+/// The app a command would spend at, from the account that decides it: a reserve's or
+/// charge's app, an extended hold's, a corrected posting's. `None` for a command that spends
+/// nothing.
+pub(crate) fn spending_app(account: &tally_core::Account, command: &Command) -> Option<AccountId> {
     match command {
-        Command::Reserve { app, amount, .. } | Command::Charge { app, amount, .. } => {
-            Some((*app, *amount))
+        Command::Reserve { app, .. }
+        | Command::ReserveMetered { app, .. }
+        | Command::Charge { app, .. } => Some(*app),
+        Command::Extend { hold, .. } => account.hold(hold.seq).map(|h| h.app),
+        Command::Correct { posting, .. } => account.posting(posting.seq).map(|p| p.app),
+        _ => None,
+    }
+}
+
+/// What a decided record spends (see [`Spend`]), from the account before it applies it.
+pub(crate) fn spend_of(
+    account: &tally_core::Account,
+    record: &tally_core::Record,
+) -> Option<Spend> {
+    use tally_core::Change;
+    let spend = |app, amount, request| {
+        Some(Spend {
+            app,
+            amount,
+            request,
+        })
+    };
+    match &record.change {
+        Change::Reserved { app, amount, .. } | Change::Charged { app, amount, .. } => {
+            spend(*app, *amount, true)
+        }
+        Change::Extended { hold, amount, .. } if !amount.is_zero() => {
+            spend(account.hold(*hold)?.app, *amount, false)
+        }
+        Change::Corrected { app, old, new, .. } => {
+            let up = new.checked_sub(*old).filter(|up| !up.is_zero())?;
+            spend(*app, up, false)
         }
         _ => None,
     }
 }
 
 impl Policy {
-    /// The spend caps that apply to `command` executed by `account`.
-    pub(crate) fn caps(&self, account: AccountId, command: &Command) -> SpendCaps {
-        if !self.any_caps.load(Ordering::Acquire) {
-            return SpendCaps::default();
-        }
-        let Some((app, _)) = spending(command) else {
-            return SpendCaps::default();
-        };
-        SpendCaps {
-            account_per_day: self.caps.get(&LimitScope::Account(account)).map(|c| *c),
-            app_per_user_per_day: self.caps.get(&LimitScope::App(app)).map(|c| *c),
-        }
-    }
-
-    /// The buckets that apply to `command` executed by `account`, in locking order (the
-    /// account's, then the app's), with the amount it spends.
+    /// The buckets that apply to `spend` by `account`, in locking order (the account's, then
+    /// the app's).
     fn buckets(
         &self,
         account: AccountId,
-        command: &Command,
-    ) -> Option<(Amount, Vec<ScopedBuckets>)> {
+        spend: Option<Spend>,
+    ) -> Option<(Spend, Vec<ScopedBuckets>)> {
         if !self.any_rates.load(Ordering::Acquire) {
             return None;
         }
-        let (app, amount) = spending(command)?;
-        let found: Vec<_> = [LimitScope::Account(account), LimitScope::App(app)]
+        let spend = spend?;
+        let found: Vec<_> = [LimitScope::Account(account), LimitScope::App(spend.app)]
             .iter()
             .filter_map(|scope| self.rates.get(scope).map(|b| (*scope, b.clone())))
             .collect();
-        (!found.is_empty()).then_some((amount, found))
+        (!found.is_empty()).then_some((spend, found))
     }
 
-    /// Takes the tokens `command` needs from the account's and the app's buckets, or nothing
-    /// and says how long until every bucket would have them.
+    /// Takes the tokens `spend` needs from the account's and the app's buckets (a request
+    /// token only for a request), or nothing and says how long until every bucket would have
+    /// them.
     pub(crate) fn take(
         &self,
         account: AccountId,
-        command: &Command,
+        spend: Option<Spend>,
         now_ms: u64,
     ) -> Result<(), Error> {
-        let Some((amount, found)) = self.buckets(account, command) else {
+        let Some((spend, found)) = self.buckets(account, spend) else {
             return Ok(());
         };
+        let (amount, requests) = (spend.amount, u64::from(spend.request));
         // Locked in a fixed order and all checked before any is taken from.
         let mut guards: Vec<_> = found.iter().map(|(s, b)| (*s, b.lock())).collect();
         let mut longest: Option<(LimitScope, &'static str, u64)> = None;
         for (scope, guard) in guards.iter_mut() {
             let buckets: &mut Buckets = guard;
             let needs = [
-                (buckets.requests.as_mut(), 1, "requests"),
+                (buckets.requests.as_mut(), requests, "requests"),
                 (buckets.cost.as_mut(), amount.get(), "cost"),
             ];
             for (bucket, units, what) in needs {
@@ -199,7 +229,7 @@ impl Policy {
         }
         for (_, buckets) in guards.iter_mut() {
             if let Some(b) = buckets.requests.as_mut() {
-                b.take(1);
+                b.take(requests);
             }
             if let Some(b) = buckets.cost.as_mut() {
                 b.take(amount.get());
@@ -259,17 +289,17 @@ impl Policy {
 
     /// Returns the tokens [`Policy::take`] took for a request that then failed (the journal
     /// refused its record), up to each bucket's burst.
-    pub(crate) fn give_back(&self, account: AccountId, command: &Command) {
-        let Some((amount, found)) = self.buckets(account, command) else {
+    pub(crate) fn give_back(&self, account: AccountId, spend: Option<Spend>) {
+        let Some((spend, found)) = self.buckets(account, spend) else {
             return;
         };
         for (_, buckets) in &found {
             let mut buckets = buckets.lock();
             if let Some(b) = buckets.requests.as_mut() {
-                b.give_back(1);
+                b.give_back(u64::from(spend.request));
             }
             if let Some(b) = buckets.cost.as_mut() {
-                b.give_back(amount.get());
+                b.give_back(spend.amount.get());
             }
         }
     }

@@ -331,13 +331,28 @@ impl Shared {
     /// Decides `request` on the account of `slot`, journals the record and applies it (to the
     /// counterparty too). Runs inside the account's actor, one request at a time.
     pub(crate) fn execute(self: &Arc<Self>, slot: &Slot, request: &Request) -> Reply<Outcome> {
-        let leg_id = slot.state.lock().account.leg_counterparty(&request.command);
-        // The named counterparty; a refund names none, and needs its posting's payee (a refund
-        // to a user payee is refused), so it gets the leg's. No other command looks it up.
+        let (leg_id, spend_app) = {
+            let state = slot.state.lock();
+            (
+                state.account.leg_counterparty(&request.command),
+                crate::policy::spending_app(&state.account, &request.command),
+            )
+        };
+        // The named counterparty; a refund, a correction or a metered part names none, and
+        // needs its posting's or hold's payee (money taken back from a user payee is refused),
+        // so it gets the leg's.
         let counterparty = match request.command {
-            tally_core::Command::Refund { .. } => self.counterparty(leg_id),
+            tally_core::Command::Refund { .. }
+            | tally_core::Command::Correct { .. }
+            | tally_core::Command::Finish { .. }
+            | tally_core::Command::Progress { .. } => self.counterparty(leg_id),
             _ => self.counterparty(request.command.counterparty()),
         };
+        // Spend caps follow the app the command spends at (a hold, a charge, an extension, a
+        // correction up), whatever the command names.
+        let caps = spend_app.map_or_else(tally_core::SpendCaps::default, |app| {
+            self.policy.caps_for(slot.id, app)
+        });
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -379,7 +394,7 @@ impl Shared {
                 now: self.config.clock.now(),
                 limits: &self.config.limits,
                 counterparty,
-                caps: self.policy.caps(slot.id, &request.command),
+                caps,
             };
             return match own.account.decide(request, &ctx) {
                 Err(e) => reply_err(e.into()),
@@ -388,13 +403,14 @@ impl Shared {
                     wait_seq: seq,
                 },
                 Ok(Decision::Apply { record, outcome }) => {
-                    if let Err(e) = self.policy.take(slot.id, &request.command, ctx.now.0) {
+                    let spend = crate::policy::spend_of(&own.account, &record);
+                    if let Err(e) = self.policy.take(slot.id, spend, ctx.now.0) {
                         return reply_err(e);
                     }
                     let held = self.events.before_append();
                     match self.store.append(&record) {
                         Err(e) => {
-                            self.policy.give_back(slot.id, &request.command);
+                            self.policy.give_back(slot.id, spend);
                             reply_err(e.into())
                         }
                         Ok(seq) => {

@@ -308,3 +308,95 @@ fn a_period_price_that_gets_dearer_is_refused() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_new_price_mid_period_keeps_the_count_and_prices_only_the_units_after_it() {
+    let mut w = World::new();
+    w.fund(USER, 1_000_000);
+    let v1 = price(TierMode::Graduated, Period::Month, tiers(1_000, 5, 2));
+    assert_eq!(call(&mut w, &v1, 900), 4_500);
+    // Version 2: 4 µ¢ for the first 1,000 of the month, 1 after. 200 more tokens: 100 at 4 and
+    // 100 at 1, nothing charged again for the 900 before and nothing given back.
+    let mut v2 = price(TierMode::Graduated, Period::Month, tiers(1_000, 4, 1));
+    v2.version = 2;
+    let before = w.bal(USER).posted;
+    assert_eq!(call(&mut w, &v2, 200), 500);
+    assert_eq!(w.bal(USER).posted, before - 500);
+    let used = w
+        .account(USER)
+        .period_use(APP, ENDPOINT, &Period::Month, w.now);
+    assert_eq!((used.units, used.version), (1_100, 2));
+    assert!(w.audit().ok(), "{:?}", w.audit());
+}
+
+#[test]
+fn a_volume_rebate_is_given_back_only_by_an_apps_revenue_account() {
+    let mut w = World::new();
+    w.fund(USER, 1_000_000);
+    let p = price(TierMode::Volume, Period::Month, tiers(100, 3, 2));
+    // Paid to another user (a delegated payment): the crossing would debit that user.
+    let to_user = |w: &mut World, units: u64| {
+        hold_of(w.ok(
+            USER,
+            Command::ReserveMetered {
+                app: USER2,
+                endpoint: ENDPOINT.to_owned(),
+                max_usage: tokens(units),
+                timeout_ms: TIMEOUT_MS,
+                metadata: String::new(),
+                token: None,
+                price: Box::new(p.clone()),
+            },
+        ))
+    };
+    let first = to_user(&mut w, 100);
+    w.ok(
+        USER,
+        Command::Finish {
+            hold: first,
+            usage: tokens(100),
+        },
+    );
+    // 101 tokens at 2 µ¢ = 202 < the 300 charged: a rebate of 98 from USER2.
+    let second = to_user(&mut w, 1);
+    let before = (w.account(USER).clone(), w.account(USER2).clone());
+    let e = w.reject(
+        USER,
+        Command::Finish {
+            hold: second,
+            usage: tokens(1),
+        },
+    );
+    assert!(matches!(e, Error::WrongAccountKind { .. }), "{e:?}");
+    assert_eq!((w.account(USER).clone(), w.account(USER2).clone()), before);
+}
+
+#[test]
+fn a_hold_sized_at_the_count_may_not_be_extended_past_its_period() {
+    let mut w = World::new();
+    w.fund(USER, 1_000_000);
+    let p = price(TierMode::Graduated, Period::Day, tiers(1_000, 5, 2));
+    call(&mut w, &p, 1_000);
+    let h = hold(&mut w, &p, 100);
+    assert_eq!(w.account(USER).hold(h.seq).unwrap().amount.get(), 200);
+    let day_end = Period::Day.end(Period::Day.start(w.now));
+    let past = day_end - w.now.0 + 1_000;
+    let e = w.reject(
+        USER,
+        Command::Extend {
+            hold: h,
+            amount: tally_core::Amount::ZERO,
+            timeout_ms: past,
+        },
+    );
+    assert!(matches!(e, Error::InvalidTimeout { .. }), "{e:?}");
+    // Within the day it may.
+    w.ok(
+        USER,
+        Command::Extend {
+            hold: h,
+            amount: tally_core::Amount::ZERO,
+            timeout_ms: 120_000,
+        },
+    );
+}

@@ -217,12 +217,32 @@ impl World {
 
     /// What the engine's directory tells `decide` about the account a command names.
     pub fn ctx(&self, command: &Command) -> DecideCtx<'_> {
+        self.ctx_for(None, command)
+    }
+
+    /// The context the engine gives `command` decided by `account`: the counterparty the
+    /// command names, or, for a refund, a correction or a metered part, the payee of its
+    /// posting or hold.
+    pub fn ctx_for(&self, account: Option<AccountId>, command: &Command) -> DecideCtx<'_> {
+        let leg = matches!(
+            command,
+            Command::Refund { .. }
+                | Command::Correct { .. }
+                | Command::Finish { .. }
+                | Command::Progress { .. }
+        );
+        let named = if leg {
+            account
+                .and_then(|id| self.accounts.get(&id))
+                .and_then(|a| a.leg_counterparty(command))
+        } else {
+            command.counterparty()
+        };
         DecideCtx {
             caps: Default::default(),
             now: self.now,
             limits: &self.limits,
-            counterparty: command
-                .counterparty()
+            counterparty: named
                 .and_then(|id| self.accounts.get(&id))
                 .map(|a| Counterparty {
                     id: a.id,
@@ -234,7 +254,7 @@ impl World {
     /// Decides `request` on `account`, changing nothing.
     pub fn decide(&self, account: AccountId, request: &Request) -> Result<Decision, Error> {
         self.account(account)
-            .decide(request, &self.ctx(&request.command))
+            .decide(request, &self.ctx_for(Some(account), &request.command))
     }
 
     /// Decides `request` on `account` and, on `Apply`, journals and applies the record.
