@@ -1088,7 +1088,7 @@ impl Account {
                 ..
             } => {
                 if let Some(step) = period {
-                    self.period_use.insert((*app, endpoint.clone()), step.after);
+                    self.period_step_applied(*app, endpoint, step);
                 }
                 // What the estimate's correction needs, as the hold was before this commit.
                 let estimate = estimated.then(|| self.holds.get(hold)).flatten().map(|h| {
@@ -1166,7 +1166,7 @@ impl Account {
                 ..
             } => {
                 if let Some(step) = period {
-                    self.period_use.insert((*app, endpoint.clone()), step.after);
+                    self.period_step_applied(*app, endpoint, step);
                 }
                 if let Some(h) = self.holds.get_mut(hold) {
                     h.usage_settled = h.usage_settled.checked_add(usage).unwrap_or_else(|| {
@@ -1350,6 +1350,29 @@ impl Account {
             if let Some(old) = self.resolved_order.pop_front() {
                 self.holds.remove(&old);
             }
+        }
+    }
+
+    /// Applies a period step: the period's use after it, and a volume rebate taken off what
+    /// the period's earlier postings at this app and endpoint may still refund (newest first):
+    /// it returned part of what they charged, so a refund of them cannot return it again.
+    fn period_step_applied(&mut self, app: AccountId, endpoint: &str, step: &crate::PeriodStep) {
+        self.period_use
+            .insert((app, endpoint.to_owned()), step.after);
+        let mut left = step.rebate;
+        for seq in self.posting_order.iter().rev() {
+            if left.is_zero() {
+                break;
+            }
+            let Some(p) = self.postings.get_mut(seq) else {
+                continue;
+            };
+            if p.app != app || p.endpoint != endpoint || p.posted_at.0 < step.after.start {
+                continue;
+            }
+            let take = p.refundable().min(left);
+            p.amount_refunded = p.amount_refunded.checked_add(take).unwrap_or(p.amount);
+            left = left.checked_sub(take).unwrap_or(Amount::ZERO);
         }
     }
 

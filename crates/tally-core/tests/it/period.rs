@@ -190,6 +190,18 @@ fn volume_tiers_price_the_period_by_the_tier_its_total_reaches_and_give_back_at_
     let (user, app) = (w.bal(USER), w.bal(APP));
     assert_eq!(user.posted, before.0.posted + 998);
     assert_eq!(app.posted, before.1.posted - 998);
+    // The rebate is taken off what the earlier postings may still refund, newest first: a
+    // refund cannot return it again.
+    let refundable: Vec<u64> = w
+        .account(USER)
+        .postings()
+        .map(|p| p.refundable().get())
+        .collect();
+    assert_eq!(
+        refundable.iter().sum::<u64>(),
+        2_700 + 300 - 998,
+        "{refundable:?}"
+    );
     // After the crossing each token is 2 µ¢.
     assert_eq!(call(&mut w, &p, 99), 198);
     let used = w
