@@ -412,3 +412,91 @@ fn a_hold_sized_at_the_count_may_not_be_extended_past_its_period() {
         },
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What a period's units cost in all, computed independently: graduated, the exact sum
+    /// over tiers rounded up once; volume, every unit at the reached tier's rate, rounded up.
+    fn expected(
+        mode: TierMode,
+        first_up_to: u64,
+        first: u64,
+        rest: u64,
+        per: u64,
+        units: u64,
+    ) -> u64 {
+        let exact = match mode {
+            TierMode::Graduated => {
+                let low = units.min(first_up_to);
+                u128::from(low) * u128::from(first) + u128::from(units - low) * u128::from(rest)
+            }
+            TierMode::Volume => {
+                let rate = if units <= first_up_to { first } else { rest };
+                u128::from(units) * u128::from(rate)
+            }
+        };
+        u64::try_from(exact.div_ceil(u128::from(per))).unwrap()
+    }
+
+    proptest! {
+        /// Holds of any sizes, finished in any order and in any number of parts: the app ends
+        /// with exactly the period's price of all the units, nothing stays held, nothing is
+        /// overspent, and replay rebuilds the accounts.
+        #[test]
+        fn any_interleaving_of_calls_costs_the_periods_exact_price(
+            graduated in any::<bool>(),
+            first_up_to in 1u64..400,
+            (first, rest) in (1u64..20).prop_flat_map(|f| (Just(f), 0..=f)),
+            per in 1u64..5,
+            calls in proptest::collection::vec((1u64..150, 0u64..3, any::<u8>()), 1..12),
+        ) {
+            let mode = if graduated { TierMode::Graduated } else { TierMode::Volume };
+            let p = PinnedPrice {
+                version: 1,
+                price: Price::PeriodTiered {
+                    meter: Meter::Tokens,
+                    tiers: vec![
+                        Tier { up_to: Some(first_up_to), rate: Rate::new(first, per).unwrap() },
+                        Tier { up_to: None, rate: Rate::new(rest, per).unwrap() },
+                    ],
+                    mode,
+                    period: Period::Month,
+                },
+            };
+            let mut w = World::new();
+            w.fund(USER, 10_000_000);
+            // Every call is held first (before any finishes), each then finishes in parts.
+            let holds: Vec<_> = calls.iter().map(|(units, _, _)| hold(&mut w, &p, *units)).collect();
+            let mut order: Vec<usize> = (0..calls.len()).collect();
+            order.sort_by_key(|i| calls[*i].2);
+            let mut total = 0u64;
+            for i in order {
+                let (units, parts, _) = calls[i];
+                let mut left = units;
+                for _ in 0..parts {
+                    let part = left / 2;
+                    if part == 0 {
+                        break;
+                    }
+                    // A part may need up to 1 µ¢ more than is held (rounding): extend first.
+                    w.ok(USER, Command::Extend { hold: holds[i], amount: tally_core::Amount::new(1).unwrap(), timeout_ms: 0 });
+                    w.ok(USER, Command::Progress { hold: holds[i], usage: tokens(part) });
+                    left -= part;
+                }
+                w.ok(USER, Command::Extend { hold: holds[i], amount: tally_core::Amount::new(1).unwrap(), timeout_ms: 0 });
+                finish(&mut w, holds[i], left);
+                total += units;
+            }
+            prop_assert_eq!(
+                w.bal(APP).posted,
+                i128::from(expected(mode, first_up_to, first, rest, per, total))
+            );
+            prop_assert_eq!(w.bal(USER).pending, 0);
+            prop_assert!(w.audit().ok(), "{:?}", w.audit());
+            prop_assert_eq!(&w.recover()[&USER], w.account(USER));
+        }
+    }
+}
