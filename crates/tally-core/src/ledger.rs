@@ -549,20 +549,7 @@ impl Account {
                         "a period-tiered estimate is corrected by amount (its units do not enter the period's count)",
                     ));
                 }
-                let total = estimate
-                    .usage_before
-                    .checked_add(usage)
-                    .ok_or(Error::Overflow {
-                        account: self.id,
-                        field: "usage",
-                    })?;
-                let cost = price
-                    .price
-                    .cost(&total)
-                    .map_err(|_| Error::AmountTooLarge {
-                        amount: u64::MAX,
-                        max: Amount::MAX.get(),
-                    })?;
+                let cost = self.cost_of_all(price, &estimate.usage_before, usage)?;
                 cost.checked_sub(estimate.posted_before).ok_or_else(|| {
                     invalid("the hold's settled parts posted more than the whole usage costs")
                 })?
@@ -649,6 +636,24 @@ impl Account {
         }
     }
 
+    /// What all of a metered call's usage costs at its pinned price: the usage reported
+    /// `before` and `more`.
+    fn cost_of_all(
+        &self,
+        price: &crate::PinnedPrice,
+        before: &crate::Usage,
+        more: &crate::Usage,
+    ) -> Result<Amount, Error> {
+        let total = before.checked_add(more).ok_or(Error::Overflow {
+            account: self.id,
+            field: "usage",
+        })?;
+        price.price.cost(&total).map_err(|_| Error::AmountTooLarge {
+            amount: u64::MAX,
+            max: Amount::MAX.get(),
+        })
+    }
+
     fn metered_part(
         &self,
         hold: HoldId,
@@ -657,20 +662,7 @@ impl Account {
     ) -> Result<(&Hold, Amount), Error> {
         let held = self.pending_hold(hold, now)?;
         let price = held.price.as_ref().ok_or(Error::NotMetered { hold })?;
-        let total = held
-            .usage_settled
-            .checked_add(usage)
-            .ok_or(Error::Overflow {
-                account: self.id,
-                field: "usage",
-            })?;
-        let cost = price
-            .price
-            .cost(&total)
-            .map_err(|_| Error::AmountTooLarge {
-                amount: u64::MAX,
-                max: Amount::MAX.get(),
-            })?;
+        let cost = self.cost_of_all(price, &held.usage_settled, usage)?;
         let part = cost
             .checked_sub(held.amount_posted)
             .ok_or(Error::SettledPastCost {

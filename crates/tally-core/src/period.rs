@@ -21,6 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::pricing::Exact;
 use crate::{Amount, PricingError, Rate, Tier, Timestamp, DAY_MS};
 
 /// How long a period is.
@@ -145,38 +146,17 @@ pub struct PeriodStep {
     pub rebate: Amount,
 }
 
-/// Sums `units × amount / per` fractions exactly.
-fn exact_add(
-    num: &mut u128,
-    den: &mut u128,
-    units: u64,
-    rate: &Rate,
-    scale: u128,
-) -> Result<(), PricingError> {
-    let overflow = || PricingError::Overflow { what: "cost" };
+/// Adds `units` at `rate` (per `rate.per × scale` units) to an exact sum.
+fn add(exact: &mut Exact, units: u64, rate: &Rate, scale: u128) -> Result<(), PricingError> {
     let per = u128::from(rate.per)
         .checked_mul(scale)
-        .ok_or_else(overflow)?;
-    if per == 0 {
-        return Err(PricingError::ZeroPer);
-    }
-    let term = u128::from(units)
-        .checked_mul(u128::from(rate.amount))
-        .ok_or_else(overflow)?;
-    let g = gcd(*den, per);
-    let lcm = (*den / g).checked_mul(per).ok_or_else(overflow)?;
-    let left = num.checked_mul(lcm / *den).ok_or_else(overflow)?;
-    let right = term.checked_mul(lcm / per).ok_or_else(overflow)?;
-    *num = left.checked_add(right).ok_or_else(overflow)?;
-    *den = lcm;
-    Ok(())
+        .ok_or(PricingError::Overflow { what: "cost" })?;
+    exact.add(units, rate.amount, per)
 }
 
-fn gcd(mut a: u128, mut b: u128) -> u128 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a.max(1)
+/// An exact sum rounded up, as a whole number of ledger units.
+fn whole(exact: &Exact) -> Result<u64, PricingError> {
+    exact.ceil().map(Amount::get)
 }
 
 /// Each tier's `(floor, ceiling)` in units; refuses tiers out of order or without an open last.
@@ -216,12 +196,12 @@ pub(crate) fn period_total(
     scale: u128,
 ) -> Result<u64, PricingError> {
     let bounds = tier_bounds(tiers)?;
-    let (mut num, mut den) = (0u128, 1u128);
+    let mut exact = Exact::new();
     match mode {
         TierMode::Graduated => {
             for (tier, (floor, ceiling)) in tiers.iter().zip(&bounds) {
                 let in_tier = units.min(*ceiling).saturating_sub(*floor);
-                exact_add(&mut num, &mut den, in_tier, &tier.rate, scale)?;
+                add(&mut exact, in_tier, &tier.rate, scale)?;
             }
         }
         TierMode::Volume => {
@@ -231,11 +211,11 @@ pub(crate) fn period_total(
                 .position(|(floor, ceiling)| units > *floor && units <= *ceiling)
                 .unwrap_or(0);
             if let Some(tier) = tiers.get(reached) {
-                exact_add(&mut num, &mut den, units, &tier.rate, scale)?;
+                add(&mut exact, units, &tier.rate, scale)?;
             }
         }
     }
-    u64::try_from(num.div_ceil(den)).map_err(|_| PricingError::Overflow { what: "cost" })
+    whole(&exact)
 }
 
 /// The most `units` more can cost in a period from `before` (the use in the current period), for
@@ -259,19 +239,19 @@ pub(crate) fn step_bound(
                     .checked_add(units)
                     .ok_or(PricingError::Overflow { what: "units" })?,
             );
-            let (mut num, mut den) = (0u128, 1u128);
+            let mut exact = Exact::new();
             for (tier, (floor, ceiling)) in tiers.iter().zip(tier_bounds(tiers)?) {
                 let in_tier = to.min(ceiling).saturating_sub(from.max(floor));
-                exact_add(&mut num, &mut den, in_tier, &tier.rate, scale)?;
+                add(&mut exact, in_tier, &tier.rate, scale)?;
             }
-            u64::try_from(num.div_ceil(den)).map_err(|_| PricingError::Overflow { what: "cost" })
+            whole(&exact)
         }
         TierMode::Volume => {
             let at = tier_reached(tiers, before.units.max(1));
             let rate = tiers.get(at).ok_or(PricingError::BadTiers)?.rate;
-            let (mut num, mut den) = (0u128, 1u128);
-            exact_add(&mut num, &mut den, units, &rate, scale)?;
-            u64::try_from(num.div_ceil(den)).map_err(|_| PricingError::Overflow { what: "cost" })
+            let mut exact = Exact::new();
+            add(&mut exact, units, &rate, scale)?;
+            whole(&exact)
         }
     }
 }

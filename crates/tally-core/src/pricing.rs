@@ -261,20 +261,20 @@ pub enum Price {
 }
 
 /// Sums fractions `units × amount / per` exactly and rounds the total up once.
-struct Exact {
+pub(crate) struct Exact {
     numerator: u128,
     denominator: u128,
 }
 
 impl Exact {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Exact {
             numerator: 0,
             denominator: 1,
         }
     }
 
-    fn add(&mut self, units: u64, amount: u64, per: u128) -> Result<(), PricingError> {
+    pub(crate) fn add(&mut self, units: u64, amount: u64, per: u128) -> Result<(), PricingError> {
         let overflow = PricingError::Overflow { what: "cost" };
         if per == 0 {
             return Err(PricingError::ZeroPer);
@@ -296,7 +296,7 @@ impl Exact {
         Ok(())
     }
 
-    fn ceil(&self) -> Result<Amount, PricingError> {
+    pub(crate) fn ceil(&self) -> Result<Amount, PricingError> {
         let whole = self.numerator.div_ceil(self.denominator);
         u64::try_from(whole)
             .ok()
@@ -432,29 +432,14 @@ impl Price {
                 exact.add(usage.duration_ms, rate.amount, u128::from(rate.per) * 1_000)?
             }
             Price::Tiered { meter, tiers } => {
-                let units = match meter {
-                    Meter::Requests => usage.requests,
-                    Meter::Tokens => usage.input_tokens.saturating_add(usage.output_tokens),
-                    Meter::Characters => usage.characters,
-                    Meter::Pages => usage.pages,
-                    Meter::Seconds => usage.duration_ms,
-                };
-                let scale: u128 = if *meter == Meter::Seconds { 1_000 } else { 1 };
-                let mut floor = 0u64;
-                for (i, tier) in tiers.iter().enumerate() {
-                    let last = i + 1 == tiers.len();
-                    let ceiling = match tier.up_to {
-                        Some(up_to) if up_to > floor && !last => up_to,
-                        None if last => u64::MAX,
-                        _ => return Err(PricingError::BadTiers),
-                    };
-                    let in_tier = units.min(ceiling).saturating_sub(floor);
-                    exact.add(in_tier, tier.rate.amount, u128::from(tier.rate.per) * scale)?;
-                    floor = ceiling;
-                }
-                if tiers.is_empty() {
-                    return Err(PricingError::BadTiers);
-                }
+                // One call's units across the tiers: a graduated period of one call.
+                let total = crate::period::period_total(
+                    tiers,
+                    crate::TierMode::Graduated,
+                    meter.units(usage),
+                    meter.scale(),
+                )?;
+                return Amount::new(total).map_err(|_| PricingError::Overflow { what: "cost" });
             }
         }
         exact.ceil()
