@@ -212,8 +212,9 @@ pub struct Posting {
     pub endpoint: String,
     /// Set when the posting committed a hold's estimate (the call ended without reported
     /// usage): what a correction needs, and whether it was corrected.
+    /// (Boxed: most postings are not estimates, and a posting stays small.)
     #[serde(default)]
-    pub estimate: Option<Estimate>,
+    pub estimate: Option<Box<Estimate>>,
 }
 
 /// What an estimated posting keeps for its one correction.

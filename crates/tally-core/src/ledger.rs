@@ -1084,13 +1084,13 @@ impl Account {
                 }
                 // What the estimate's correction needs, as the hold was before this commit.
                 let estimate = estimated.then(|| self.holds.get(hold)).flatten().map(|h| {
-                    crate::account::Estimate {
+                    Box::new(crate::account::Estimate {
                         price: h.price.clone(),
                         usage_before: h.usage_settled,
                         posted_before: h.amount_posted,
                         estimated: *amount_posted,
                         corrected: false,
-                    }
+                    })
                 });
                 self.token_release(*hold, *amount_released);
                 let posting_id = PostingId {
