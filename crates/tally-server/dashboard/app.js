@@ -310,7 +310,7 @@ function describe(record) {
   const change = record.change || {};
   const kind = typeof change === "string" ? change : Object.keys(change)[0];
   const body = typeof change === "string" ? {} : change[kind] || {};
-  const amount = body.amount ?? body.actual ?? body.value ?? body.amount_posted ?? "";
+  const amount = body.amount ?? body.actual ?? body.value ?? body.amount_posted ?? body.new ?? "";
   return { kind, amount, app: body.app_name ?? body.to_name ?? body.from_name ?? "", endpoint: body.endpoint ?? "" };
 }
 
