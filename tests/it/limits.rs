@@ -250,6 +250,9 @@ async fn limits_are_ledger_state_and_a_restart_hands_out_no_new_burst() {
         w.tally.charge(op(), ALICE, APP, 10, "").await.unwrap();
     }
     assert!(w.tally.charge(op(), ALICE, APP, 10, "").await.is_err());
+    // Setting the same limit again (a retried request) does not refill it.
+    assert_eq!(set_rate(&w.tally, ALICE, limit).await, 2);
+    assert!(w.tally.charge(op(), ALICE, APP, 10, "").await.is_err());
     // Each setting is a record in the account's history, with its version.
     let history = tally::Store::history(&w.store, ALICE, 0, 100).unwrap();
     assert!(history
@@ -259,7 +262,7 @@ async fn limits_are_ledger_state_and_a_restart_hands_out_no_new_burst() {
     // start empty: the first request waits for a refill.
     let w = w.reopen().await;
     let policy = w.tally.policy(ALICE).await.unwrap();
-    assert_eq!((policy.rate_limit, policy.version), (limit, 1));
+    assert_eq!((policy.rate_limit, policy.version), (limit, 2));
     assert_eq!(
         w.tally.policy(APP).await.unwrap().spend_cap_per_day,
         Some(tally::Amount::new(10_000).unwrap())

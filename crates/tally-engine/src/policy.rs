@@ -307,7 +307,8 @@ impl Policy {
 
 impl Policy {
     /// Installs (replacing) a scope's rate limit; its buckets start full, or empty (`full` false:
-    /// as the engine opens). A limit without rates removes it.
+    /// as the engine opens); the same rates again keep the buckets as they are. A limit without
+    /// rates removes it.
     pub(crate) fn install_rate(
         &self,
         scope: LimitScope,
@@ -317,6 +318,16 @@ impl Policy {
     ) {
         let _settings = self.settings.lock();
         if limit.is_set() {
+            // The same limit set again (a retried request) keeps its buckets' levels: setting a
+            // limit is no way to refill it.
+            let same = self.rates.get(&scope).is_some_and(|b| {
+                let b = b.lock();
+                b.requests.as_ref().map(|x| x.rate) == limit.requests
+                    && b.cost.as_ref().map(|x| x.rate) == limit.cost
+            });
+            if same {
+                return;
+            }
             let buckets = Buckets {
                 requests: limit.requests.map(|r| Bucket::new(r, now_ms, full)),
                 cost: limit.cost.map(|r| Bucket::new(r, now_ms, full)),
