@@ -350,27 +350,48 @@ pub struct SetPrice {
 async fn set_price(
     State(state): State<AppState>,
     Auth(principal): Auth,
+    headers: axum::http::HeaderMap,
     body: Body<SetPrice>,
-) -> Result<Json<Value>, ApiError> {
-    principal.require_admin()?;
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let checked = principal.require_admin().and_then(|()| {
+        let req = &body.value;
+        let app = state.account(&req.app)?;
+        if req.endpoint.len() > 128 {
+            return Err(ApiError::invalid_field(
+                "endpoint",
+                "endpoint is over 128 bytes",
+            ));
+        }
+        Ok((app, to_price(&req.price)?))
+    });
+    let (app, price) = match checked {
+        Ok(checked) => checked,
+        Err(e) => return e.into_response(),
+    };
     let req = body.value;
-    let app = state.account(&req.app)?;
-    if req.endpoint.len() > 128 {
-        return Err(ApiError::invalid_field(
-            "endpoint",
-            "endpoint is over 128 bytes",
-        ));
-    }
-    let price = to_price(&req.price)?;
-    let op = state.registry.fresh_op();
-    let version = state
-        .tally
-        .set_price(op, app, req.endpoint.clone(), Some(price.clone()))
-        .await?;
-    Ok(Json(
-        json!({"app": req.app, "endpoint": req.endpoint, "price": price_body(&price),
-        "version": version}),
-    ))
+    let s = state.clone();
+    // Under the request's `Idempotency-Key`, a retry is answered as first.
+    crate::idempotency::run(
+        &state,
+        &principal,
+        &headers,
+        "PUT /v1/prices",
+        &body.digest,
+        1,
+        |op| async move {
+            let version = s
+                .tally
+                .set_price(op, app, req.endpoint.clone(), Some(price.clone()))
+                .await?;
+            Ok((
+                StatusCode::OK,
+                json!({"app": req.app, "endpoint": req.endpoint, "price": price_body(&price),
+                   "version": version}),
+            ))
+        },
+    )
+    .await
 }
 
 /// `GET /v1/prices`.

@@ -5,6 +5,8 @@
 //! spend cap to each of them. Admin only.
 
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
@@ -122,17 +124,33 @@ async fn account_of(state: &AppState, name: &str) -> Result<(AccountId, Kind), A
     Ok((id, Kind::from(spec.kind)))
 }
 
-/// Records one setting and answers with the policy it makes.
+/// Records one setting under the request's `Idempotency-Key` (a retry is answered as first,
+/// `Idempotent-Replayed: true`), and answers with the policy it makes.
 async fn set(
-    state: &AppState,
-    name: &str,
+    state: AppState,
+    principal: &crate::auth::Principal,
+    headers: &HeaderMap,
+    route: &str,
+    digest: &crate::registry::BodyDigest,
+    name: String,
     setting: PolicySetting,
-) -> Result<Json<Value>, ApiError> {
-    let (id, kind) = account_of(state, name).await?;
-    let op = state.registry.fresh_op();
-    state.tally.set_policy(op, id, setting).await?;
-    let policy = state.tally.policy(id).await?;
-    Ok(Json(policy_json(name, kind, &policy)))
+) -> Response {
+    let s = state.clone();
+    crate::idempotency::run(
+        &state,
+        principal,
+        headers,
+        route,
+        digest,
+        1,
+        |op| async move {
+            let (id, kind) = account_of(&s, &name).await?;
+            s.tally.set_policy(op, id, setting).await?;
+            let policy = s.tally.policy(id).await?;
+            Ok((StatusCode::OK, policy_json(&name, kind, &policy)))
+        },
+    )
+    .await
 }
 
 /// An account's policy: spend cap, rate limit and low-balance threshold, with the version of
@@ -161,11 +179,28 @@ async fn set_spend_cap(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body<SpendCapBody>,
-) -> Result<Json<Value>, ApiError> {
-    principal.require_admin()?;
-    let cap = amount("per_day", required("per_day", body.value.per_day)?)?;
-    set(&state, &name, PolicySetting::SpendCapPerDay(cap)).await
+) -> Response {
+    let cap = match principal
+        .require_admin()
+        .and_then(|()| amount("per_day", required("per_day", body.value.per_day)?))
+    {
+        Ok(cap) => cap,
+        Err(e) => return e.into_response(),
+    };
+    let route = format!("PUT /v1/accounts/{name}/spend-cap");
+    let setting = PolicySetting::SpendCapPerDay(cap);
+    set(
+        state,
+        &principal,
+        &headers,
+        &route,
+        &body.digest,
+        name,
+        setting,
+    )
+    .await
 }
 
 /// Sets (replacing) or removes an account's rate limit: token buckets on requests and on cost,
@@ -179,9 +214,12 @@ async fn set_rate_limit(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body<RateLimitBody>,
-) -> Result<Json<Value>, ApiError> {
-    principal.require_admin()?;
+) -> Response {
+    if let Err(e) = principal.require_admin() {
+        return e.into_response();
+    }
     let rate = |r: Option<RateBody>| {
         r.map(|r| TokenRate {
             per_second: r.per_second,
@@ -192,7 +230,18 @@ async fn set_rate_limit(
         requests: rate(body.value.requests),
         cost: rate(body.value.cost),
     };
-    set(&state, &name, PolicySetting::RateLimit(limit)).await
+    let route = format!("PUT /v1/accounts/{name}/rate-limit");
+    let setting = PolicySetting::RateLimit(limit);
+    set(
+        state,
+        &principal,
+        &headers,
+        &route,
+        &body.digest,
+        name,
+        setting,
+    )
+    .await
 }
 
 /// Sets (replacing) or removes an account's low-balance threshold.
@@ -204,11 +253,28 @@ async fn set_low_balance(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body<LowBalanceBody>,
-) -> Result<Json<Value>, ApiError> {
-    principal.require_admin()?;
-    let threshold = amount("threshold", required("threshold", body.value.threshold)?)?;
-    set(&state, &name, PolicySetting::LowBalance(threshold)).await
+) -> Response {
+    let threshold = match principal
+        .require_admin()
+        .and_then(|()| amount("threshold", required("threshold", body.value.threshold)?))
+    {
+        Ok(threshold) => threshold,
+        Err(e) => return e.into_response(),
+    };
+    let route = format!("PUT /v1/accounts/{name}/low-balance");
+    let setting = PolicySetting::LowBalance(threshold);
+    set(
+        state,
+        &principal,
+        &headers,
+        &route,
+        &body.digest,
+        name,
+        setting,
+    )
+    .await
 }
 
 /// The policy routes.

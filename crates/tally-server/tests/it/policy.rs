@@ -222,3 +222,39 @@ async fn a_bad_setting_is_refused_with_its_code_and_changes_nothing() {
         "nothing changed"
     );
 }
+
+#[tokio::test]
+async fn a_setting_retried_with_its_idempotency_key_is_answered_as_first() {
+    let h = Harness::new().await;
+    h.world(1_000).await;
+    let put = |body: serde_json::Value| {
+        let h = &h;
+        async move {
+            h.as_key(
+                ADMIN,
+                "PUT",
+                "/v1/accounts/alice/spend-cap",
+                Some(body),
+                Some("cap-1"),
+            )
+            .await
+        }
+    };
+    let first = put(json!({"per_day": 500})).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    assert_eq!(first.body["version"], 1);
+    let again = put(json!({"per_day": 500})).await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body, first.body);
+    let other = put(json!({"per_day": 600})).await;
+    assert_eq!(
+        (other.status, other.code()),
+        (StatusCode::CONFLICT, "idempotency_conflict"),
+        "{other:?}"
+    );
+    let now = h.admin("GET", "/v1/accounts/alice/policy", None).await.body;
+    assert_eq!(
+        (&now["version"], &now["spend_cap_per_day"]),
+        (&json!(1), &json!(500))
+    );
+}
