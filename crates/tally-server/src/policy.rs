@@ -24,7 +24,7 @@ use crate::AppState;
 /// A token bucket: `per_second` units a second, at most `burst` at once (at least 1).
 #[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RateBody {
+pub struct TokenRateBody {
     /// Units added per second, at least 1.
     pub per_second: u64,
     /// Units the bucket holds at most, at least 1.
@@ -38,10 +38,10 @@ pub struct RateBody {
 pub struct RateLimitBody {
     /// Requests (reserves and charges) per second.
     #[serde(default)]
-    pub requests: Option<RateBody>,
+    pub requests: Option<TokenRateBody>,
     /// Cost (µ¢ held or charged) per second.
     #[serde(default)]
-    pub cost: Option<RateBody>,
+    pub cost: Option<TokenRateBody>,
 }
 
 /// A field that must be present; `null` is a value (it removes the setting).
@@ -220,7 +220,7 @@ async fn set_rate_limit(
     if let Err(e) = principal.require_admin() {
         return e.into_response();
     }
-    let rate = |r: Option<RateBody>| {
+    let rate = |r: Option<TokenRateBody>| {
         r.map(|r| TokenRate {
             per_second: r.per_second,
             burst: r.burst,

@@ -258,3 +258,23 @@ async fn a_setting_retried_with_its_idempotency_key_is_answered_as_first() {
         (&json!(1), &json!(500))
     );
 }
+
+#[tokio::test]
+async fn the_documented_rate_limit_body_is_the_one_the_route_reads() {
+    // Two body types once shared a schema name, and the document described a price's rate here.
+    let h = Harness::new().await;
+    let doc = h.admin("GET", "/v1/openapi.json", None).await.body;
+    let schemas = &doc["components"]["schemas"];
+    let requests = &schemas["RateLimitBody"]["properties"]["requests"]["oneOf"];
+    let reference = requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| s["$ref"].as_str())
+        .unwrap();
+    let name = reference.rsplit('/').next().unwrap();
+    let props = schemas[name]["properties"].as_object().unwrap();
+    let mut fields: Vec<&str> = props.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["burst", "per_second"]);
+}
