@@ -230,6 +230,9 @@ pub struct Estimate {
     pub estimated: Amount,
     /// Whether the one correction was made.
     pub corrected: bool,
+    /// The spend token the hold was made with: a correction up draws on it, down gives back.
+    #[serde(default)]
+    pub token: Option<u64>,
 }
 
 impl Posting {

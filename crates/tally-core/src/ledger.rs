@@ -559,6 +559,8 @@ impl Account {
         if let Some(up) = new.checked_sub(old).filter(|up| *up > Amount::ZERO) {
             self.debit_fits(up)?;
             self.within_caps(found.app, up, ctx)?;
+            // The hold's spend token must still cover what the app takes more.
+            self.token_covers(estimate.token, found.app, &found.endpoint, up, ctx.now)?;
         } else if let Some(down) = old.checked_sub(new).filter(|d| *d > Amount::ZERO) {
             // As a refund: only an app's revenue account takes a debit it may not refuse.
             if let Some(cp) = ctx.counterparty.filter(|cp| cp.id == found.app) {
@@ -1043,14 +1045,19 @@ impl Account {
                 new,
                 ..
             } => {
+                let mut token = None;
                 if let Some(p) = self.postings.get_mut(posting) {
                     p.amount = *new;
                     if let Some(e) = p.estimate.as_mut() {
                         e.corrected = true;
+                        token = e.token;
                     }
                 }
                 if let Some(up) = new.checked_sub(*old).filter(|up| *up > Amount::ZERO) {
                     self.spend.add(record.at, *app, up);
+                    self.token_use(token, up);
+                } else if let Some(down) = old.checked_sub(*new) {
+                    self.token_give_back(token, down);
                 }
             }
             Change::PriceSet {
@@ -1090,6 +1097,7 @@ impl Account {
                         posted_before: h.amount_posted,
                         estimated: *amount_posted,
                         corrected: false,
+                        token: h.token,
                     })
                 });
                 self.token_release(*hold, *amount_released);
@@ -1289,6 +1297,12 @@ impl Account {
     /// The released part of a hold made with a spend token goes back to the token.
     fn token_release(&mut self, hold: u64, released: Amount) {
         let token = self.holds.get(&hold).and_then(|h| h.token);
+        self.token_give_back(token, released);
+    }
+
+    /// Gives `released` back to a spend token's room (a hold's remainder, an estimate
+    /// corrected down).
+    fn token_give_back(&mut self, token: Option<u64>, released: Amount) {
         if let Some(t) = token.and_then(|seq| self.tokens.get_mut(&seq)) {
             match t.used.checked_sub(released) {
                 Some(used) => t.used = used,

@@ -193,3 +193,43 @@ fn only_an_unrefunded_estimate_is_corrected() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_correction_draws_on_the_holds_spend_token_up_and_gives_back_down() {
+    let mut w = World::new();
+    w.fund(USER, 10_000);
+    let token = match w.ok(
+        USER,
+        Command::IssueToken {
+            app: APP,
+            cap: amt(1_000),
+            ttl_ms: 3_600_000,
+            endpoint: String::new(),
+        },
+    ) {
+        Outcome::TokenIssued { token, .. } => token,
+        other => panic!("{other:?}"),
+    };
+    let hold = hold_of(w.ok(
+        USER,
+        Command::Reserve {
+            app: APP,
+            amount: amt(800),
+            timeout_ms: TIMEOUT_MS,
+            endpoint: ENDPOINT.into(),
+            metadata: String::new(),
+            token: Some(token.seq),
+        },
+    ));
+    let posting = posted(w.ok(USER, estimate(hold)));
+    // 800 used of 1,000: 300 more is past the token's cap, refused, nothing changes.
+    let before = w.account(USER).clone();
+    let e = w.reject(USER, correct(posting, Some(1_100), Usage::default()));
+    assert!(matches!(e, Error::TokenCapExceeded { .. }), "{e:?}");
+    assert_eq!(*w.account(USER), before);
+    // Down by 500: the token has 700 of room again.
+    w.ok(USER, correct(posting, Some(300), Usage::default()));
+    let used = w.account(USER).token(token.seq).map(|t| t.used);
+    assert_eq!(used, Some(amt(300)));
+    assert_eq!(w.recover()[&USER], *w.account(USER));
+}
