@@ -233,3 +233,74 @@ fn a_correction_draws_on_the_holds_spend_token_up_and_gives_back_down() {
     assert_eq!(used, Some(amt(300)));
     assert_eq!(w.recover()[&USER], *w.account(USER));
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Hold(u64),
+        Estimate(usize),
+        Correct(usize, u64),
+        Refund(usize, u64),
+        Fund(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1u64..2_000).prop_map(Step::Hold),
+            (0usize..8).prop_map(Step::Estimate),
+            ((0usize..8), (0u64..4_000)).prop_map(|(i, a)| Step::Correct(i, a)),
+            ((0usize..8), (1u64..2_000)).prop_map(|(i, a)| Step::Refund(i, a)),
+            (1u64..3_000).prop_map(Step::Fund),
+        ]
+    }
+
+    proptest! {
+        /// Holds, estimates, corrections up and down, refunds and top-ups in any order: every
+        /// request either applies or is refused changing nothing; the user is never overspent,
+        /// the books balance, a posting is corrected at most once and never refunds more than
+        /// it now posts, and replay rebuilds both accounts.
+        #[test]
+        fn estimates_and_corrections_never_overspend_and_replay_exactly(
+            steps in proptest::collection::vec(step(), 1..40),
+        ) {
+            let mut w = World::new();
+            w.fund(USER, 3_000);
+            let mut holds = Vec::new();
+            let mut postings = Vec::new();
+            for s in steps {
+                let before = (w.account(USER).clone(), w.account(APP).clone());
+                let result = match s {
+                    Step::Hold(a) => w.exec(USER, reserve(a)).map(|o| holds.push(hold_of(o))),
+                    Step::Estimate(i) => match holds.get(i % holds.len().max(1)) {
+                        Some(h) => w.exec(USER, estimate(*h)).map(|o| postings.push(posted(o))),
+                        None => continue,
+                    },
+                    Step::Correct(i, a) => match postings.get(i % postings.len().max(1)) {
+                        Some(p) => w.exec(USER, correct(*p, Some(a), Usage::default())).map(drop),
+                        None => continue,
+                    },
+                    Step::Refund(i, a) => match postings.get(i % postings.len().max(1)) {
+                        Some(p) => w.exec(USER, Command::Refund { posting: *p, amount: amt(a) }).map(drop),
+                        None => continue,
+                    },
+                    Step::Fund(a) => w.exec(USER, fund(BANK, a)).map(drop),
+                };
+                if result.is_err() {
+                    prop_assert_eq!(&(w.account(USER).clone(), w.account(APP).clone()), &before);
+                }
+                prop_assert!(w.audit().ok(), "{:?}", w.audit());
+                prop_assert!(w.bal(USER).available >= 0);
+            }
+            for p in w.account(USER).postings() {
+                prop_assert!(p.amount_refunded <= p.amount);
+            }
+            let recovered = w.recover();
+            prop_assert_eq!(&recovered[&USER], w.account(USER));
+            prop_assert_eq!(&recovered[&APP], w.account(APP));
+        }
+    }
+}
