@@ -45,7 +45,7 @@ async fn reserve_moves_available_to_pending() {
         (found.status, found.amount.get()),
         (HoldStatus::Pending, 3_000)
     );
-    assert_eq!(found.endpoint, "/chat");
+    assert_eq!(&*found.endpoint, "/chat");
 }
 
 #[tokio::test]

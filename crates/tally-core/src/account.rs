@@ -121,8 +121,8 @@ pub struct Hold {
     pub amount: Amount,
     /// The app (revenue account) a commit credits.
     pub app: AccountId,
-    /// The app's endpoint that does the work.
-    pub endpoint: String,
+    /// The app's endpoint that does the work (shared with the posting a commit makes).
+    pub endpoint: std::sync::Arc<str>,
     /// Caller's metadata.
     pub metadata: String,
     /// When it was reserved.
@@ -208,8 +208,8 @@ pub struct Posting {
     pub amount_refunded: Amount,
     /// When it was posted.
     pub posted_at: Timestamp,
-    /// The endpoint it paid for.
-    pub endpoint: String,
+    /// The endpoint it paid for (a commit's shares its hold's).
+    pub endpoint: std::sync::Arc<str>,
     /// Set when the posting committed a hold's estimate (the call ended without reported
     /// usage): what a correction needs, and whether it was corrected.
     /// (Boxed: most postings are not estimates, and a posting stays small.)

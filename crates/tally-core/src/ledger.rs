@@ -340,7 +340,7 @@ impl Account {
                     }
                 }
                 // A hold made with a token draws the extension from it, and may not outlive it.
-                let hold_token = (held.token, held.app, held.endpoint.as_str());
+                let hold_token = (held.token, held.app, &*held.endpoint);
                 self.token_allows(hold_token, *amount, expires_at, *timeout_ms, ctx)?;
                 Ok(Change::Extended {
                     hold: hold.seq,
@@ -420,7 +420,7 @@ impl Account {
                     posting: posting.seq,
                     app: found.app,
                     amount: *amount,
-                    endpoint: found.endpoint.clone(),
+                    endpoint: found.endpoint.to_string(),
                 })
             }
             Command::Transfer { to, amount } => {
@@ -578,7 +578,7 @@ impl Account {
         Ok(Change::Corrected {
             posting: posting.seq,
             app: found.app,
-            endpoint: found.endpoint.clone(),
+            endpoint: found.endpoint.to_string(),
             old,
             new,
             usage: *usage,
@@ -600,7 +600,7 @@ impl Account {
         let price = held.price.as_ref().ok_or(Error::NotMetered { hold })?;
         let before = self
             .period_use
-            .get(&(held.app, held.endpoint.clone()))
+            .get(&(held.app, held.endpoint.to_string()))
             .copied()
             .unwrap_or_default();
         match price.price.period_step(usage, before, now, price.version) {
@@ -1021,7 +1021,7 @@ impl Account {
                         },
                         amount: *amount,
                         app: *app,
-                        endpoint: endpoint.clone(),
+                        endpoint: endpoint.as_str().into(),
                         metadata: metadata.clone(),
                         created_at: record.at,
                         expires_at: *expires_at,
@@ -1100,6 +1100,8 @@ impl Account {
                         token: h.token,
                     })
                 });
+                // The posting shares its hold's endpoint (taken before the hold may be dropped).
+                let shared = self.hold_endpoint(*hold, endpoint);
                 self.token_release(*hold, *amount_released);
                 let posting_id = PostingId {
                     account: self.id,
@@ -1117,7 +1119,7 @@ impl Account {
                             });
                     h.posting = Some(posting_id);
                 });
-                self.add_posting(*posting, *app, *amount_posted, record.at, endpoint, limits);
+                self.add_posting(*posting, *app, *amount_posted, record.at, shared, limits);
                 if let Some(p) = self.postings.get_mut(posting) {
                     p.estimate = estimate;
                 }
@@ -1184,7 +1186,8 @@ impl Account {
                         ),
                     };
                 }
-                self.add_posting(*posting, *app, *amount, record.at, endpoint, limits);
+                let shared = self.hold_endpoint(*hold, endpoint);
+                self.add_posting(*posting, *app, *amount, record.at, shared, limits);
                 self.spend.add(record.at, *app, *amount);
             }
             Change::Expired {
@@ -1203,7 +1206,14 @@ impl Account {
                 ..
             } => {
                 self.token_use(*token, *amount);
-                self.add_posting(*posting, *app, *amount, record.at, endpoint, limits);
+                self.add_posting(
+                    *posting,
+                    *app,
+                    *amount,
+                    record.at,
+                    endpoint.as_str().into(),
+                    limits,
+                );
                 self.spend.add(record.at, *app, *amount);
             }
             Change::Refunded {
@@ -1373,12 +1383,20 @@ impl Account {
             let Some(p) = self.postings.get_mut(seq) else {
                 continue;
             };
-            if p.app != app || p.endpoint != endpoint || p.posted_at.0 < step.after.start {
+            if p.app != app || &*p.endpoint != endpoint || p.posted_at.0 < step.after.start {
                 continue;
             }
             let take = p.refundable().min(left);
             p.amount_refunded = p.amount_refunded.checked_add(take).unwrap_or(p.amount);
             left = left.checked_sub(take).unwrap_or(Amount::ZERO);
+        }
+    }
+
+    /// A hold's endpoint, shared (the record's text when the hold is gone).
+    fn hold_endpoint(&self, hold: u64, endpoint: &str) -> std::sync::Arc<str> {
+        match self.holds.get(&hold) {
+            Some(h) if &*h.endpoint == endpoint => h.endpoint.clone(),
+            _ => endpoint.into(),
         }
     }
 
@@ -1388,7 +1406,7 @@ impl Account {
         app: AccountId,
         amount: Amount,
         at: Timestamp,
-        endpoint: &str,
+        endpoint: std::sync::Arc<str>,
         limits: &Limits,
     ) {
         self.next_seq = self.next_seq.max(seq.saturating_add(1));
@@ -1403,7 +1421,7 @@ impl Account {
                 amount,
                 amount_refunded: Amount::ZERO,
                 posted_at: at,
-                endpoint: endpoint.to_owned(),
+                endpoint,
                 estimate: None,
             },
         );
@@ -1470,7 +1488,7 @@ fn commit_change(
         amount_posted: amount,
         amount_released,
         posting,
-        endpoint: held.endpoint.clone(),
+        endpoint: held.endpoint.to_string(),
         usage,
         metered,
         estimated: false,
@@ -1499,7 +1517,7 @@ fn settle_change(
         app: held.app,
         amount,
         posting,
-        endpoint: held.endpoint.clone(),
+        endpoint: held.endpoint.to_string(),
         usage,
         amount_held: left_in(held, hold, amount)?,
         metered,

@@ -389,7 +389,7 @@ impl Ledger {
                 amount: value,
                 amount_refunded: Amount::ZERO,
                 posted_at: now,
-                endpoint: endpoint.to_owned(),
+                endpoint: endpoint.into(),
                 estimate: None,
             },
         );
@@ -544,7 +544,7 @@ impl Ledger {
                         id: hold,
                         amount: amount(*value)?,
                         app: *app,
-                        endpoint: endpoint.clone(),
+                        endpoint: endpoint.as_str().into(),
                         metadata: metadata.clone(),
                         created_at: now,
                         expires_at,

@@ -58,10 +58,7 @@ fn reserve_moves_the_amount_from_available_to_pending() {
         (h.amount, h.app, h.status, h.expires_at, h.created_at),
         (amt(300), APP, HoldStatus::Pending, expires_at, T0)
     );
-    assert_eq!(
-        (h.endpoint.as_str(), h.metadata.as_str()),
-        (ENDPOINT, METADATA)
-    );
+    assert_eq!((&*h.endpoint, h.metadata.as_str()), (ENDPOINT, METADATA));
     assert_eq!(w.account(USER).next_deadline(), Some(expires_at));
     assert_eq!(w.account(USER).pending_holds().count(), 1);
 }
