@@ -67,6 +67,7 @@ pub(crate) enum AccountMsg {
     /// Leave memory if idle: snapshot, leave the routing map, stop.
     Passivate,
     /// Test hook: panic inside the handler, as a bug would.
+    #[cfg(feature = "test-hooks")]
     Panic,
 }
 
@@ -121,6 +122,7 @@ impl Actor for AccountActor {
                     return Ok(());
                 }
             }
+            #[cfg(feature = "test-hooks")]
             AccountMsg::Panic => panic!("injected panic in the actor of {}", state.slot.id),
         }
         arm_timer(&myself, state);

@@ -1042,7 +1042,8 @@ impl Tally {
             })?
     }
 
-    /// Test hook: makes the account's actor panic, as a bug would.
+    /// Test hook: makes the account's actor panic, as a bug would (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub async fn inject_panic(&self, account: AccountId) -> Result<(), Error> {
         let slot = self.shared.slot(account)?;

@@ -106,7 +106,9 @@ pub struct DurableConfig {
     /// [`crate::journal::anchor`]); the window in which damage cannot be told from a torn
     /// tail. Default 100 ms.
     pub anchor_interval: Duration,
-    /// Test hook: the journal's sync after this many fails, as a failing disk would.
+    /// Test hook (feature `test-hooks`): the journal's sync after this many fails, as a
+    /// failing disk would.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fail_after_syncs: Option<u64>,
 }
@@ -125,6 +127,7 @@ impl DurableConfig {
             snapshot_compact_slack: compact::GROWTH_SLACK,
             usage: UsageConfig::default(),
             anchor_interval: journal.anchor_interval,
+            #[cfg(feature = "test-hooks")]
             fail_after_syncs: None,
         }
     }
@@ -506,7 +509,10 @@ impl DurableStore {
         journal_config.sync = config.sync;
         journal_config.segment_bytes_max = config.segment_bytes_max;
         journal_config.queue_records_max = config.queue_records_max;
-        journal_config.fail_after_syncs = config.fail_after_syncs;
+        #[cfg(feature = "test-hooks")]
+        {
+            journal_config.fail_after_syncs = config.fail_after_syncs;
+        }
         journal_config.anchor_interval = config.anchor_interval;
 
         let usage = Projection::open(&snapshots.db, config.usage.clone())?;

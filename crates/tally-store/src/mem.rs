@@ -55,7 +55,8 @@ impl MemStore {
     }
 
     /// A store that fail-stops on the append after `appends` successful ones, as a disk that
-    /// fails would: for testing fail-stop.
+    /// fails would: for testing fail-stop (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
     pub fn failing_after(limits: Limits, appends: u64) -> Self {
         Self::build(limits, Some(appends))
     }
@@ -306,8 +307,9 @@ impl MemStore {
         })
     }
 
-    /// Test hook: replaces record `seq` without updating its chain hash, as tampering would.
-    /// Returns whether there was such a record.
+    /// Test hook (feature `test-hooks`): replaces record `seq` without updating its chain hash,
+    /// as tampering would. Returns whether there was such a record.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn tamper_record(&self, seq: u64, record: Record) -> bool {
         let mut journal = self.inner.journal.lock();
