@@ -172,11 +172,7 @@ impl Account {
             } => {
                 // A period-tiered price holds the most the call can cost in the account's
                 // period as it stands (it only gets cheaper as the count grows).
-                let before = self
-                    .period_use
-                    .get(&(*app, endpoint.clone()))
-                    .copied()
-                    .unwrap_or_default();
+                let before = self.period_before(*app, endpoint, &price.price);
                 let expires_at = ctx.now.plus_ms(*timeout_ms);
                 let amount = price
                     .price
@@ -598,14 +594,17 @@ impl Account {
     ) -> Result<(&Hold, Amount, Option<crate::PeriodStep>), Error> {
         let held = self.pending_hold(hold, now)?;
         let price = held.price.as_ref().ok_or(Error::NotMetered { hold })?;
-        let before = self
-            .period_use
-            .get(&(held.app, held.endpoint.to_string()))
-            .copied()
-            .unwrap_or_default();
+        let before = self.period_before(held.app, &held.endpoint, &price.price);
         match price.price.period_step(usage, before, now, price.version) {
             None => {
-                let (held, part) = self.metered_part(hold, usage, now)?;
+                let cost = self.cost_of_all(price, &held.usage_settled, usage)?;
+                let part = cost
+                    .checked_sub(held.amount_posted)
+                    .ok_or(Error::SettledPastCost {
+                        hold,
+                        settled: held.amount_posted.get(),
+                        cost: cost.get(),
+                    })?;
                 Ok((held, part, None))
             }
             Some(step) => {
@@ -656,23 +655,21 @@ impl Account {
         })
     }
 
-    fn metered_part(
+    /// The account's use of a period-tiered `price` of `app` at `endpoint` (none for any other
+    /// price: nothing is looked up).
+    fn period_before(
         &self,
-        hold: HoldId,
-        usage: &crate::Usage,
-        now: Timestamp,
-    ) -> Result<(&Hold, Amount), Error> {
-        let held = self.pending_hold(hold, now)?;
-        let price = held.price.as_ref().ok_or(Error::NotMetered { hold })?;
-        let cost = self.cost_of_all(price, &held.usage_settled, usage)?;
-        let part = cost
-            .checked_sub(held.amount_posted)
-            .ok_or(Error::SettledPastCost {
-                hold,
-                settled: held.amount_posted.get(),
-                cost: cost.get(),
-            })?;
-        Ok((held, part))
+        app: AccountId,
+        endpoint: &str,
+        price: &crate::Price,
+    ) -> crate::PeriodUse {
+        if !matches!(price, crate::Price::PeriodTiered { .. }) {
+            return crate::PeriodUse::default();
+        }
+        self.period_use
+            .get(&(app, endpoint.to_owned()))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// A reserve of `amount` (of a metered hold when `metered` is given): the checks of a new

@@ -34,6 +34,13 @@ pub(crate) enum Query {
         /// A period-tiered price's period: the answer carries the account's use in it.
         period: Option<tally_core::Period>,
     },
+    /// Its use of a period-tiered price in the period of `now`.
+    PeriodUse {
+        app: tally_core::AccountId,
+        endpoint: String,
+        period: tally_core::Period,
+        now: tally_core::Timestamp,
+    },
 }
 
 /// Answers to [`Query`].
@@ -48,6 +55,7 @@ pub(crate) enum Answer {
         Option<tally_core::PeriodUse>,
     ),
     Catalog(Box<crate::shared::Catalog>),
+    PeriodUse(tally_core::PeriodUse),
 }
 
 /// Messages an account actor handles.
@@ -151,6 +159,12 @@ pub(crate) fn read(slot: &Slot, query: Query) -> Reply<Answer> {
             account.spend_room(app, &endpoint, token, caps, now),
             period.map(|p| account.period_use(app, &endpoint, &p, now)),
         ),
+        Query::PeriodUse {
+            app,
+            endpoint,
+            period,
+            now,
+        } => Answer::PeriodUse(account.period_use(app, &endpoint, &period, now)),
     };
     Reply {
         result: Ok(answer),

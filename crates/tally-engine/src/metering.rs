@@ -155,10 +155,32 @@ impl Tally {
         };
         let now = self.shared.config.clock.now();
         let used = self
-            .account(account)
-            .await?
-            .period_use(app, endpoint, period, now);
+            .period_use_at(account, app, endpoint, *period, now)
+            .await?;
         Ok(price.quote(usage, used, now, pinned.version)?)
+    }
+
+    /// Asks the account for its use of a period-tiered price (no copy of the account).
+    async fn period_use_at(
+        &self,
+        account: AccountId,
+        app: AccountId,
+        endpoint: &str,
+        period: tally_core::Period,
+        now: tally_core::Timestamp,
+    ) -> Result<tally_core::PeriodUse, Error> {
+        let query = || crate::actor::Query::PeriodUse {
+            app,
+            endpoint: endpoint.to_owned(),
+            period,
+            now,
+        };
+        match self.read(account, query).await? {
+            crate::actor::Answer::PeriodUse(used) => Ok(used),
+            _ => Err(Error::Internal {
+                reason: "unexpected answer to period use".into(),
+            }),
+        }
     }
 
     /// An account's use of an app's endpoint's period-tiered price in its current period, with
@@ -177,9 +199,8 @@ impl Tally {
         };
         let now = self.shared.config.clock.now();
         let used = self
-            .account(account)
-            .await?
-            .period_use(app, endpoint, period, now);
+            .period_use_at(account, app, endpoint, *period, now)
+            .await?;
         let end = period.end(used.start);
         Ok(Some((
             used,

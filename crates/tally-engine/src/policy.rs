@@ -131,7 +131,7 @@ pub(crate) struct Spend {
 /// The app a command would spend at, from the account that decides it: a reserve's or
 /// charge's app, an extended hold's, a corrected posting's. `None` for a command that spends
 /// nothing.
-pub(crate) fn spending_app(account: &tally_core::Account, command: &Command) -> Option<AccountId> {
+fn spending_app(account: &tally_core::Account, command: &Command) -> Option<AccountId> {
     match command {
         Command::Reserve { app, .. }
         | Command::ReserveMetered { app, .. }
@@ -143,10 +143,7 @@ pub(crate) fn spending_app(account: &tally_core::Account, command: &Command) -> 
 }
 
 /// What a decided record spends (see [`Spend`]), from the account before it applies it.
-pub(crate) fn spend_of(
-    account: &tally_core::Account,
-    record: &tally_core::Record,
-) -> Option<Spend> {
+fn spend_of(account: &tally_core::Account, record: &tally_core::Record) -> Option<Spend> {
     use tally_core::Change;
     let spend = |app, amount, request| {
         Some(Spend {
@@ -171,6 +168,32 @@ pub(crate) fn spend_of(
 }
 
 impl Policy {
+    /// The spend caps that apply to `command` decided by `account` (nothing is looked at while
+    /// no cap is set).
+    pub(crate) fn caps_of(
+        &self,
+        id: AccountId,
+        account: &tally_core::Account,
+        command: &Command,
+    ) -> SpendCaps {
+        if !self.any_caps.load(Ordering::Acquire) {
+            return SpendCaps::default();
+        }
+        spending_app(account, command).map_or_else(SpendCaps::default, |app| self.caps_for(id, app))
+    }
+
+    /// What `record` spends, for the rate limits (`None` while no rate limit is set).
+    pub(crate) fn spend_of(
+        &self,
+        account: &tally_core::Account,
+        record: &tally_core::Record,
+    ) -> Option<Spend> {
+        if !self.any_rates.load(Ordering::Acquire) {
+            return None;
+        }
+        spend_of(account, record)
+    }
+
     /// The buckets that apply to `spend` by `account`, in locking order (the account's, then
     /// the app's).
     fn buckets(

@@ -331,11 +331,14 @@ impl Shared {
     /// Decides `request` on the account of `slot`, journals the record and applies it (to the
     /// counterparty too). Runs inside the account's actor, one request at a time.
     pub(crate) fn execute(self: &Arc<Self>, slot: &Slot, request: &Request) -> Reply<Outcome> {
-        let (leg_id, spend_app) = {
+        let (leg_id, caps) = {
             let state = slot.state.lock();
             (
                 state.account.leg_counterparty(&request.command),
-                crate::policy::spending_app(&state.account, &request.command),
+                // Spend caps follow the app the command spends at (a hold, a charge, an
+                // extension, a correction up), whatever the command names.
+                self.policy
+                    .caps_of(slot.id, &state.account, &request.command),
             )
         };
         // The named counterparty; a refund, a correction or a metered part names none, and
@@ -348,11 +351,6 @@ impl Shared {
             | tally_core::Command::Progress { .. } => self.counterparty(leg_id),
             _ => self.counterparty(request.command.counterparty()),
         };
-        // Spend caps follow the app the command spends at (a hold, a charge, an extension, a
-        // correction up), whatever the command names.
-        let caps = spend_app.map_or_else(tally_core::SpendCaps::default, |app| {
-            self.policy.caps_for(slot.id, app)
-        });
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -403,7 +401,7 @@ impl Shared {
                     wait_seq: seq,
                 },
                 Ok(Decision::Apply { record, outcome }) => {
-                    let spend = crate::policy::spend_of(&own.account, &record);
+                    let spend = self.policy.spend_of(&own.account, &record);
                     if let Err(e) = self.policy.take(slot.id, spend, ctx.now.0) {
                         return reply_err(e);
                     }

@@ -124,24 +124,30 @@ async fn account_of(state: &AppState, name: &str) -> Result<(AccountId, Kind), A
     Ok((id, Kind::from(spec.kind)))
 }
 
-/// Records one setting under the request's `Idempotency-Key` (a retry is answered as first,
+/// Records one setting (admin only, refused before anything runs when `setting` is an error)
+/// under the request's `Idempotency-Key` (a retry is answered as first,
 /// `Idempotent-Replayed: true`), and answers with the policy it makes.
 async fn set(
     state: AppState,
-    principal: &crate::auth::Principal,
-    headers: &HeaderMap,
-    route: &str,
-    digest: &crate::registry::BodyDigest,
+    principal: crate::auth::Principal,
+    headers: HeaderMap,
+    body_digest: &crate::registry::BodyDigest,
     name: String,
-    setting: PolicySetting,
+    what: &str,
+    setting: Result<PolicySetting, ApiError>,
 ) -> Response {
+    let setting = match principal.require_admin().and(setting) {
+        Ok(setting) => setting,
+        Err(e) => return e.into_response(),
+    };
+    let route = format!("PUT /v1/accounts/{name}/{what}");
     let s = state.clone();
     crate::idempotency::run(
         &state,
-        principal,
-        headers,
-        route,
-        digest,
+        &principal,
+        &headers,
+        &route,
+        body_digest,
         1,
         |op| async move {
             let (id, kind) = account_of(&s, &name).await?;
@@ -182,22 +188,16 @@ async fn set_spend_cap(
     headers: HeaderMap,
     body: Body<SpendCapBody>,
 ) -> Response {
-    let cap = match principal
-        .require_admin()
-        .and_then(|()| amount("per_day", required("per_day", body.value.per_day)?))
-    {
-        Ok(cap) => cap,
-        Err(e) => return e.into_response(),
-    };
-    let route = format!("PUT /v1/accounts/{name}/spend-cap");
-    let setting = PolicySetting::SpendCapPerDay(cap);
+    let setting = required("per_day", body.value.per_day)
+        .and_then(|cap| amount("per_day", cap))
+        .map(PolicySetting::SpendCapPerDay);
     set(
         state,
-        &principal,
-        &headers,
-        &route,
+        principal,
+        headers,
         &body.digest,
         name,
+        "spend-cap",
         setting,
     )
     .await
@@ -217,28 +217,23 @@ async fn set_rate_limit(
     headers: HeaderMap,
     body: Body<RateLimitBody>,
 ) -> Response {
-    if let Err(e) = principal.require_admin() {
-        return e.into_response();
-    }
     let rate = |r: Option<TokenRateBody>| {
         r.map(|r| TokenRate {
             per_second: r.per_second,
             burst: r.burst,
         })
     };
-    let limit = RateLimit {
+    let setting = Ok(PolicySetting::RateLimit(RateLimit {
         requests: rate(body.value.requests),
         cost: rate(body.value.cost),
-    };
-    let route = format!("PUT /v1/accounts/{name}/rate-limit");
-    let setting = PolicySetting::RateLimit(limit);
+    }));
     set(
         state,
-        &principal,
-        &headers,
-        &route,
+        principal,
+        headers,
         &body.digest,
         name,
+        "rate-limit",
         setting,
     )
     .await
@@ -256,22 +251,16 @@ async fn set_low_balance(
     headers: HeaderMap,
     body: Body<LowBalanceBody>,
 ) -> Response {
-    let threshold = match principal
-        .require_admin()
-        .and_then(|()| amount("threshold", required("threshold", body.value.threshold)?))
-    {
-        Ok(threshold) => threshold,
-        Err(e) => return e.into_response(),
-    };
-    let route = format!("PUT /v1/accounts/{name}/low-balance");
-    let setting = PolicySetting::LowBalance(threshold);
+    let setting = required("threshold", body.value.threshold)
+        .and_then(|t| amount("threshold", t))
+        .map(PolicySetting::LowBalance);
     set(
         state,
-        &principal,
-        &headers,
-        &route,
+        principal,
+        headers,
         &body.digest,
         name,
+        "low-balance",
         setting,
     )
     .await
