@@ -51,13 +51,16 @@ pub use tally_core::{
     AccountPolicy, Period, PeriodStep, PeriodUse, PolicySetting, TierMode, TokenRate,
 };
 pub use tally_core::{
+    Allowance, AllowanceState, Grant, GrantId, GrantShares, GRANTS_MAX, GRANT_LABEL_MAX,
+};
+pub use tally_core::{
     Granularity, UsageBook, UsageConfig, UsageKey, UsageQuery, UsageReport, UsageTotals,
 };
 pub use tally_engine::{
     Affordable, BalanceHistory, BalancePoint, Clock, Committed, Dispatch, EngineConfig, Error,
-    Event, EventKind, Extended, HistoryPage, HoldGuard, LimitScope, ManualClock, MeterGuard,
-    Missed, RateLimit, ReserveRequest, Settled, Subscription, SystemClock, Tally, EVENTS_QUEUE,
-    HISTORY_PAGE_MAX, SUBMIT_BATCH_MAX,
+    Event, EventKind, Extended, GrantRequest, Grants, HistoryPage, HoldGuard, LimitScope,
+    ManualClock, MeterGuard, Missed, RateLimit, ReserveRequest, Settled, Subscription, SystemClock,
+    Tally, EVENTS_QUEUE, HISTORY_PAGE_MAX, SUBMIT_BATCH_MAX,
 };
 pub use tally_store::journal::SyncMode;
 pub use tally_store::{

@@ -6,6 +6,7 @@ mod concurrency;
 mod durable;
 mod estimate;
 mod events;
+mod grants;
 mod holds;
 mod idempotency;
 mod lifecycle;

@@ -41,6 +41,9 @@ pub fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::FundingUpdated { .. } => "funding_updated",
         Outcome::TokenIssued { .. } => "token_issued",
         Outcome::TokenRevoked { .. } => "token_revoked",
+        Outcome::GrantIssued { .. } => "grant_issued",
+        Outcome::GrantExpired { .. } => "grant_expired",
+        Outcome::AllowanceSet => "allowance_set",
     }
 }
 

@@ -144,6 +144,10 @@ pub struct Hold {
     /// The usage of the parts settled so far (a metered hold's cost is that of all its usage,
     /// rounded once: each part posts the cost so far minus what was posted).
     pub usage_settled: crate::Usage,
+    /// What each grant of the account holds for it, in the order drawn (the rest of what it
+    /// holds is the account's general balance).
+    #[serde(default)]
+    pub grants: crate::GrantShares,
 }
 
 impl Hold {
@@ -215,6 +219,10 @@ pub struct Posting {
     /// (Boxed: most postings are not estimates, and a posting stays small.)
     #[serde(default)]
     pub estimate: Option<Box<Estimate>>,
+    /// What each grant of the account paid of what is still refundable, in the order drawn
+    /// (the rest was paid from the general balance).
+    #[serde(default)]
+    pub grants: crate::GrantShares,
 }
 
 /// What an estimated posting keeps for its one correction.
@@ -332,6 +340,12 @@ pub struct Account {
     /// Its use of each period-tiered price (app, endpoint) in that price's current period.
     #[serde(default)]
     pub(crate) period_use: std::collections::BTreeMap<(AccountId, String), crate::PeriodUse>,
+    /// Its prepaid credit grants, by sequence number (see [`crate::Grant`]).
+    #[serde(default)]
+    pub(crate) grants: std::collections::BTreeMap<u64, crate::Grant>,
+    /// Its recurring allowance.
+    #[serde(default)]
+    pub(crate) allowance: Option<crate::AllowanceState>,
 }
 
 /// One endpoint's entry in an app's price catalog.
@@ -419,6 +433,8 @@ impl Account {
             catalog_version: 0,
             policy: crate::AccountPolicy::default(),
             period_use: std::collections::BTreeMap::new(),
+            grants: std::collections::BTreeMap::new(),
+            allowance: None,
         }
     }
 
@@ -567,9 +583,15 @@ impl Account {
             })
     }
 
-    /// The earliest deadline of a pending hold.
+    /// The earliest time the engine has something to do for this account by itself: a pending
+    /// hold's deadline, a grant's expiry (while it has something free to give back), or its
+    /// allowance's next issue.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.deadlines.first().map(|(deadline, _)| *deadline)
+        let hold = self.deadlines.first().map(|(deadline, _)| *deadline);
+        match (hold, self.grants_next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Journal sequence number of the last record applied to this account (0 if none).

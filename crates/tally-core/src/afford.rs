@@ -119,7 +119,7 @@ impl Account {
         };
         if !self.spec.may_overdraw() {
             bound(
-                u128::try_from(self.available()).unwrap_or(0),
+                u128::try_from(self.spendable(now)).unwrap_or(0),
                 Limiter::Balance,
             );
         }

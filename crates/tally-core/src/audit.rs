@@ -40,6 +40,20 @@ pub enum Violation {
         /// The posting.
         posting: PostingId,
     },
+    /// A grant's parts (used, held, expired, free) do not add up to what it granted, or what
+    /// the account's holds hold of it is not what it says it has held.
+    GrantMismatch {
+        /// The grant.
+        grant: crate::GrantId,
+    },
+    /// What a user's grants have free is more than it has available: its general part went
+    /// below zero.
+    GrantedPastBalance {
+        /// The account.
+        account: AccountId,
+        /// Its general part of the available balance.
+        general: i128,
+    },
 }
 
 /// Totals over all accounts and the invariants that failed (none, when all is well).
@@ -135,6 +149,9 @@ impl Auditor {
                 holds_pending,
             });
         }
+        if !account.grants.is_empty() {
+            audit_grants(account, &mut report.violations);
+        }
         for posting in account.postings.values() {
             if posting.amount_refunded > posting.amount {
                 report.violations.push(Violation::RefundAbovePosting {
@@ -154,5 +171,35 @@ impl Auditor {
             });
         }
         report
+    }
+}
+
+/// A user's grants: each one's parts add up to its amount, its held part is what the pending
+/// holds hold of it, and together they have no more free than the account has available.
+fn audit_grants(account: &Account, violations: &mut Vec<Violation>) {
+    let mut free: u128 = 0;
+    for g in account.grants.values() {
+        let held_by_holds: u128 = account
+            .holds
+            .values()
+            .filter(|h| h.status == HoldStatus::Pending)
+            .flat_map(|h| h.grants.iter())
+            .filter(|(seq, _)| *seq == g.id.seq)
+            .map(|(_, a)| a.wide())
+            .sum();
+        let parts = g.used.wide() + g.held.wide() + g.expired.wide() + g.free().wide();
+        if parts != g.amount.wide() || held_by_holds != g.held.wide() {
+            violations.push(Violation::GrantMismatch { grant: g.id });
+        }
+        free += g.free().wide();
+    }
+    let general = account
+        .available()
+        .saturating_sub(i128::try_from(free).unwrap_or(i128::MAX));
+    if !account.spec.may_overdraw() && general < 0 {
+        violations.push(Violation::GrantedPastBalance {
+            account: account.id,
+            general,
+        });
     }
 }

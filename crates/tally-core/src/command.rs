@@ -255,6 +255,28 @@ pub enum Command {
         /// What the call used (priced when `amount` is `None`; counted in usage either way).
         usage: Usage,
     },
+    /// Issue a prepaid credit grant to this user account from a funding account: a credit
+    /// consumed before the account's general balance, in the order of [`crate::Grant`], until
+    /// it expires (what is left of it then goes back to `from`).
+    Grant {
+        /// The funding account debited.
+        from: AccountId,
+        /// The amount granted.
+        amount: Amount,
+        /// Lower numbers are consumed first.
+        priority: u32,
+        /// How long it lasts (0: it never expires).
+        ttl_ms: u64,
+        /// What it is for (at most [`crate::GRANT_LABEL_MAX`] bytes).
+        label: String,
+    },
+    /// Set (or, with `None`, remove) this user account's recurring allowance: the engine issues
+    /// a grant of its amount from its funding account at the start of each of its periods (the
+    /// current one at once), expiring at the period's end.
+    SetAllowance {
+        /// The allowance.
+        allowance: Option<crate::Allowance>,
+    },
 }
 
 impl Command {
@@ -265,8 +287,9 @@ impl Command {
             Command::Fund { from, .. } => Some(*from),
             Command::Reserve { app, .. } | Command::Charge { app, .. } => Some(*app),
             Command::Transfer { to, .. } => Some(*to),
-            Command::UpdateFunding { from, .. } => Some(*from),
+            Command::UpdateFunding { from, .. } | Command::Grant { from, .. } => Some(*from),
             Command::IssueToken { app, .. } => Some(*app),
+            Command::SetAllowance { allowance } => allowance.as_ref().map(|a| a.from),
             Command::Commit { .. }
             | Command::Void { .. }
             | Command::Extend { .. }
@@ -305,6 +328,8 @@ impl Command {
             Command::SetPolicy { .. } => "set_policy",
             Command::CommitEstimate { .. } => "commit_estimate",
             Command::Correct { .. } => "correct",
+            Command::Grant { .. } => "grant",
+            Command::SetAllowance { .. } => "set_allowance",
         }
     }
 
@@ -329,6 +354,8 @@ impl Command {
             Command::SetPolicy { .. } => 16,
             Command::CommitEstimate { .. } => 17,
             Command::Correct { .. } => 18,
+            Command::Grant { .. } => 19,
+            Command::SetAllowance { .. } => 20,
         }
     }
 
@@ -462,6 +489,31 @@ impl Command {
                 0,
                 0,
             ],
+            Command::Grant {
+                from,
+                amount,
+                priority,
+                ttl_ms,
+                label,
+            } => [
+                from.0,
+                amount.get(),
+                u64::from(*priority),
+                *ttl_ms,
+                text_hash(label),
+                0,
+            ],
+            Command::SetAllowance { allowance } => match allowance {
+                None => [0; 6],
+                Some(a) => [
+                    a.from.0.saturating_add(1),
+                    a.amount.get(),
+                    period_hash(&a.period),
+                    u64::from(a.priority),
+                    text_hash(&a.label),
+                    0,
+                ],
+            },
         };
         Digest {
             kind: self.kind_index(),
@@ -471,7 +523,7 @@ impl Command {
 }
 
 /// Field names of each command kind, in [`Command::digest`]'s order.
-const DIGEST_FIELDS: [[&str; 6]; 19] = [
+const DIGEST_FIELDS: [[&str; 6]; 21] = [
     ["from", "amount", "", "", "", ""],
     [
         "app",
@@ -512,7 +564,29 @@ const DIGEST_FIELDS: [[&str; 6]; 19] = [
     ],
     ["hold", "hold", "", "", "", ""],
     ["posting", "posting", "amount", "usage", "", ""],
+    ["from", "amount", "priority", "ttl_ms", "label", ""],
+    ["from", "amount", "period", "priority", "label", ""],
 ];
+
+/// FNV-1a over a period's canonical form (its kind, then its anchor and length).
+fn period_hash(period: &crate::Period) -> u64 {
+    let words: [u64; 3] = match period {
+        crate::Period::Day => [0, 0, 0],
+        crate::Period::Month => [1, 0, 0],
+        crate::Period::Every {
+            anchor_ms,
+            length_ms,
+        } => [2, *anchor_ms, *length_ms],
+    };
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    words
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .fold(OFFSET, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        })
+}
 
 /// A policy setting as six numbers: its kind, then its values (an amount + 1, 0 for none; a rate
 /// as its per second and burst, both at least 1, or 0 and 0 for none).
@@ -768,6 +842,22 @@ pub enum Outcome {
         /// What the posting is now.
         amount: Amount,
     },
+    /// A grant was issued.
+    GrantIssued {
+        /// The grant.
+        grant: crate::GrantId,
+        /// When it expires (`None`: never).
+        expires_at: Option<Timestamp>,
+    },
+    /// What an expired grant had left went back to its funding account (made by the engine).
+    GrantExpired {
+        /// The grant.
+        grant: crate::GrantId,
+        /// The amount given back.
+        amount: Amount,
+    },
+    /// The account's allowance was set or removed.
+    AllowanceSet,
 }
 
 /// One journal record: one state change of one account (and, for a two-account change, the leg
@@ -996,6 +1086,39 @@ pub enum Change {
         /// Whether `new` was priced from `usage` (the request gave no amount).
         by_usage: bool,
     },
+    /// A grant was issued from a funding account (whose debit is the leg): by a request, or by
+    /// the engine for an allowance's period.
+    GrantIssued {
+        /// Its sequence number in the account.
+        grant: u64,
+        /// The funding account.
+        from: AccountId,
+        /// The amount.
+        amount: Amount,
+        /// Its priority.
+        priority: u32,
+        /// When it expires (`None`: never).
+        expires_at: Option<Timestamp>,
+        /// Its label.
+        label: String,
+        /// For an allowance's grant: the start (ms) of the period it is for.
+        allowance_period: Option<u64>,
+    },
+    /// What an expired grant had free went back to its funding account (whose credit is the
+    /// leg). Made by the engine.
+    GrantExpired {
+        /// The grant's sequence number in the account.
+        grant: u64,
+        /// The funding account.
+        from: AccountId,
+        /// The amount given back.
+        amount: Amount,
+    },
+    /// The account's allowance was set (`None`: removed).
+    AllowanceSet {
+        /// The allowance.
+        allowance: Option<crate::Allowance>,
+    },
 }
 
 /// What a period step gives back to the account (0 without one).
@@ -1079,6 +1202,8 @@ impl Record {
                 None => old.checked_sub(*new).map(|down| Leg::Debit(*app, down)),
             },
             Change::Transferred { to, amount } => Some(Leg::Credit(*to, *amount)),
+            Change::GrantIssued { from, amount, .. } => Some(Leg::Debit(*from, *amount)),
+            Change::GrantExpired { from, amount, .. } => Some(Leg::Credit(*from, *amount)),
             Change::FundingUpdated { from, old, new } => match funding_difference(*old, *new) {
                 Some(FundingStep::Up(d)) => Some(Leg::Debit(*from, d)),
                 Some(FundingStep::Down(d)) => Some(Leg::Credit(*from, d)),
@@ -1092,7 +1217,8 @@ impl Record {
             | Change::Expired { .. }
             | Change::TokenIssued { .. }
             | Change::TokenRevoked { .. }
-            | Change::PolicySet { .. } => None,
+            | Change::PolicySet { .. }
+            | Change::AllowanceSet { .. } => None,
         }
     }
 
@@ -1126,8 +1252,12 @@ impl Record {
             | Change::TokenIssued { .. }
             | Change::TokenRevoked { .. }
             | Change::PriceSet { .. }
-            | Change::PolicySet { .. } => Effect::default(),
-            Change::Funded { amount, .. } | Change::Refunded { amount, .. } => credits(amount),
+            | Change::PolicySet { .. }
+            | Change::AllowanceSet { .. } => Effect::default(),
+            Change::Funded { amount, .. }
+            | Change::Refunded { amount, .. }
+            | Change::GrantIssued { amount, .. } => credits(amount),
+            Change::GrantExpired { amount, .. } => debits(amount),
             Change::FundingUpdated { old, new, .. } => match funding_difference(*old, *new) {
                 Some(FundingStep::Up(up)) => credits(&up),
                 Some(FundingStep::Down(down)) => debits(&down),
@@ -1178,7 +1308,26 @@ impl Record {
     pub fn command(&self) -> Option<Command> {
         let account = self.account;
         Some(match &self.change {
-            Change::Opened { .. } | Change::Expired { .. } => return None,
+            Change::Opened { .. } | Change::Expired { .. } | Change::GrantExpired { .. } => {
+                return None
+            }
+            Change::GrantIssued {
+                from,
+                amount,
+                priority,
+                expires_at,
+                label,
+                ..
+            } => Command::Grant {
+                from: *from,
+                amount: *amount,
+                priority: *priority,
+                ttl_ms: expires_at.map_or(0, |e| e.0.saturating_sub(self.at.0)),
+                label: label.clone(),
+            },
+            Change::AllowanceSet { allowance } => Command::SetAllowance {
+                allowance: allowance.clone(),
+            },
             Change::Funded { from, amount } => Command::Fund {
                 from: *from,
                 amount: *amount,
@@ -1466,6 +1615,23 @@ impl Record {
                 estimated: *old,
                 amount: *new,
             },
+            Change::GrantIssued {
+                grant, expires_at, ..
+            } => Outcome::GrantIssued {
+                grant: crate::GrantId {
+                    account,
+                    seq: *grant,
+                },
+                expires_at: *expires_at,
+            },
+            Change::GrantExpired { grant, amount, .. } => Outcome::GrantExpired {
+                grant: crate::GrantId {
+                    account,
+                    seq: *grant,
+                },
+                amount: *amount,
+            },
+            Change::AllowanceSet { .. } => Outcome::AllowanceSet,
         }
     }
 }

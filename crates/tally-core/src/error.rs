@@ -290,4 +290,18 @@ pub enum Error {
         /// What its whole usage costs.
         cost: u64,
     },
+    /// A grant or allowance the account cannot take.
+    #[error("invalid grant: {reason}")]
+    InvalidGrant {
+        /// Why.
+        reason: String,
+    },
+    /// The account has as many unexpired grants as it may.
+    #[error("{account} has {limit} unexpired grants already, the most an account may")]
+    TooManyGrants {
+        /// The account.
+        account: AccountId,
+        /// The limit.
+        limit: usize,
+    },
 }

@@ -65,6 +65,15 @@ pub enum Decision {
     },
 }
 
+/// What a debit may spend (see [`crate::Grant`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pool {
+    /// Live grants first, then the general balance.
+    Any,
+    /// The general balance only (a transfer out, a funding update down).
+    General,
+}
+
 fn positive(amount: Amount, field: &'static str) -> Result<(), Error> {
     if amount.is_zero() {
         Err(Error::ZeroAmount { field })
@@ -312,7 +321,7 @@ impl Account {
                         max: Amount::MAX.get().saturating_sub(held.amount.get()),
                     })?;
                 if !amount.is_zero() {
-                    self.debit_fits(*amount)?;
+                    self.debit_fits(*amount, ctx.now, Pool::Any)?;
                     self.within_caps(held.app, *amount, ctx)?;
                 }
                 let expires_at = if *timeout_ms == 0 {
@@ -374,7 +383,7 @@ impl Account {
                 self.require_payee(ctx, *app)?;
                 bounded_text(endpoint, "endpoint", ctx.limits.endpoint_bytes_max)?;
                 bounded_text(metadata, "metadata", ctx.limits.metadata_bytes_max)?;
-                self.debit_fits(*amount)?;
+                self.debit_fits(*amount, ctx.now, Pool::Any)?;
                 self.within_caps(*app, *amount, ctx)?;
                 self.token_covers(*token, *app, endpoint, *amount, ctx.now)?;
                 Ok(Change::Charged {
@@ -425,7 +434,8 @@ impl Account {
                     return Err(Error::SameAccount { account: self.id });
                 }
                 require_counterparty(ctx, *to, None, "an account")?;
-                self.debit_fits(*amount)?;
+                // Granted credit is not the user's to move: only the general balance.
+                self.debit_fits(*amount, ctx.now, Pool::General)?;
                 Ok(Change::Transferred {
                     to: *to,
                     amount: *amount,
@@ -474,6 +484,80 @@ impl Account {
                     Some(_) => Ok(Change::TokenRevoked { token: *token }),
                 }
             }
+            Command::Grant {
+                from,
+                amount,
+                priority,
+                ttl_ms,
+                label,
+            } => {
+                positive(*amount, "amount")?;
+                self.require_kind(AccountKind::User, "a user account")?;
+                require_counterparty(ctx, *from, Some(AccountKind::Funding), "a funding account")?;
+                bounded_text(label, "label", crate::GRANT_LABEL_MAX)?;
+                if *ttl_ms > ctx.limits.token_ttl_ms_max.saturating_mul(10) {
+                    return Err(Error::InvalidGrant {
+                        reason: format!(
+                            "ttl_ms {ttl_ms} is past the longest, {} (0: never expires)",
+                            ctx.limits.token_ttl_ms_max.saturating_mul(10)
+                        ),
+                    });
+                }
+                let live = self
+                    .grants
+                    .values()
+                    .filter(|g| !g.expired_at(ctx.now))
+                    .count();
+                if live >= crate::GRANTS_MAX {
+                    return Err(Error::TooManyGrants {
+                        account: self.id,
+                        limit: crate::GRANTS_MAX,
+                    });
+                }
+                self.credit_fits(*amount)?;
+                Ok(Change::GrantIssued {
+                    grant: self.next_seq,
+                    from: *from,
+                    amount: *amount,
+                    priority: *priority,
+                    expires_at: (*ttl_ms > 0).then(|| ctx.now.plus_ms(*ttl_ms)),
+                    label: label.clone(),
+                    allowance_period: None,
+                })
+            }
+            Command::SetAllowance { allowance } => {
+                self.require_kind(AccountKind::User, "a user account")?;
+                match allowance {
+                    None if self.allowance.is_none() => Err(Error::InvalidGrant {
+                        reason: "the account has no allowance to remove".into(),
+                    }),
+                    None => Ok(Change::AllowanceSet { allowance: None }),
+                    Some(a) => {
+                        positive(a.amount, "amount")?;
+                        require_counterparty(
+                            ctx,
+                            a.from,
+                            Some(AccountKind::Funding),
+                            "a funding account",
+                        )?;
+                        bounded_text(&a.label, "label", crate::GRANT_LABEL_MAX)?;
+                        if let crate::Period::Every { length_ms, .. } = a.period {
+                            if length_ms < crate::period::PERIOD_MS_MIN {
+                                return Err(Error::InvalidGrant {
+                                    reason: format!(
+                                        "an allowance period of {length_ms} ms is shorter than \
+                                         the shortest, {} ms",
+                                        crate::period::PERIOD_MS_MIN
+                                    ),
+                                });
+                            }
+                        }
+                        Ok(Change::AllowanceSet {
+                            allowance: Some(a.clone()),
+                        })
+                    }
+                }
+            }
             Command::UpdateFunding { from, old, new } => {
                 self.require_kind_not(AccountKind::Funding, "a user or revenue account")?;
                 require_counterparty(ctx, *from, Some(AccountKind::Funding), "a funding account")?;
@@ -491,7 +575,9 @@ impl Account {
                 }
                 match crate::command::funding_difference(*old, *new) {
                     Some(crate::command::FundingStep::Up(up)) => self.credit_fits(up)?,
-                    Some(crate::command::FundingStep::Down(down)) => self.debit_fits(down)?,
+                    Some(crate::command::FundingStep::Down(down)) => {
+                        self.debit_fits(down, ctx.now, Pool::General)?
+                    }
                     None => {
                         return Err(Error::AmountTooLarge {
                             amount: u64::try_from(new.abs_diff(*old)).unwrap_or(u64::MAX),
@@ -553,7 +639,7 @@ impl Account {
         };
         let old = found.amount;
         if let Some(up) = new.checked_sub(old).filter(|up| *up > Amount::ZERO) {
-            self.debit_fits(up)?;
+            self.debit_fits(up, ctx.now, Pool::Any)?;
             self.within_caps(found.app, up, ctx)?;
             // The hold's spend token must still cover what the app takes more.
             self.token_covers(estimate.token, found.app, &found.endpoint, up, ctx.now)?;
@@ -699,7 +785,7 @@ impl Account {
                 limit: limits.holds_pending_max,
             });
         }
-        self.debit_fits(amount)?;
+        self.debit_fits(amount, ctx.now, Pool::Any)?;
         self.within_caps(app, amount, ctx)?;
         let expires_at = ctx.now.plus_ms(timeout_ms);
         // A hold made with a token may not outlive it (the record keeps the timeout as
@@ -898,7 +984,9 @@ impl Account {
 
     /// A debit of `amount` (posted or pending) keeps the account within its limit, and its
     /// totals in range: the balances stay within `i128` even once every pending hold posts.
-    fn debit_fits(&self, amount: Amount) -> Result<(), Error> {
+    /// `pool` says what it may spend: live grants and the general balance, or the general
+    /// balance only; never what expired grants still have.
+    fn debit_fits(&self, amount: Amount, now: Timestamp, pool: Pool) -> Result<(), Error> {
         let total = self
             .debits_posted
             .checked_add(self.debits_pending)
@@ -910,7 +998,10 @@ impl Account {
                 field: "debits",
             });
         }
-        let available = self.available();
+        let available = match pool {
+            Pool::Any => self.spendable(now),
+            Pool::General => self.general_available(now),
+        };
         if !self.spec.may_overdraw() && available < amount.wide() as i128 {
             return Err(Error::InsufficientFunds {
                 account: self.id,
@@ -1029,8 +1120,76 @@ impl Account {
                         token: *token,
                         price: metered.as_ref().map(|m| m.price.clone()),
                         usage_settled: crate::Usage::default(),
+                        grants: crate::GrantShares::new(),
                     },
                 );
+                let shares = self.grants_draw(*amount, record.at, false);
+                if let Some(h) = self.holds.get_mut(hold).filter(|_| !shares.is_empty()) {
+                    h.grants = shares;
+                }
+            }
+            Change::GrantIssued {
+                grant,
+                from,
+                amount,
+                priority,
+                expires_at,
+                label,
+                allowance_period,
+            } => {
+                self.next_seq = self.next_seq.max(grant.saturating_add(1));
+                self.grants_prune(record.at);
+                self.grants.insert(
+                    *grant,
+                    crate::Grant {
+                        id: crate::GrantId {
+                            account: self.id,
+                            seq: *grant,
+                        },
+                        from: *from,
+                        amount: *amount,
+                        priority: *priority,
+                        expires_at: *expires_at,
+                        label: label.clone(),
+                        issued_at: record.at,
+                        held: Amount::ZERO,
+                        used: Amount::ZERO,
+                        expired: Amount::ZERO,
+                        allowance_period: *allowance_period,
+                    },
+                );
+                if let (Some(start), Some(state)) = (allowance_period, self.allowance.as_mut()) {
+                    state.issued_for = Some(*start);
+                }
+            }
+            Change::GrantExpired { grant, amount, .. } => {
+                match self.grants.get_mut(grant) {
+                    // Decided from what the grant had free: anything else is a bug or damage.
+                    Some(g) if *amount <= g.free() => {
+                        g.expired = g.expired.checked_add(*amount).unwrap_or(g.amount);
+                    }
+                    found => panic!(
+                        "{}: record {seq} expires {amount} of grant {grant}, which has {:?} free",
+                        self.id,
+                        found.map(|g| g.free())
+                    ),
+                }
+                self.grants_prune(record.at);
+            }
+            Change::AllowanceSet { allowance } => {
+                let before = self.allowance.take();
+                self.allowance = allowance.clone().map(|allowance| {
+                    // The same period keeps what was issued (a new amount starts next period);
+                    // another period issues at once.
+                    let issued_for = before
+                        .filter(|b| b.allowance.period == allowance.period)
+                        .and_then(|b| b.issued_for);
+                    crate::AllowanceState {
+                        allowance,
+                        set_at: record.at,
+                        issued_for,
+                    }
+                });
             }
             Change::PolicySet { setting, version } => {
                 self.policy.apply(setting, *version, record.at);
@@ -1043,6 +1202,14 @@ impl Account {
                 ..
             } => {
                 let mut token = None;
+                if let Some(down) = old.checked_sub(*new).filter(|d| !d.is_zero()) {
+                    self.posting_give_back(*posting, down);
+                } else if let Some(up) = new.checked_sub(*old).filter(|u| !u.is_zero()) {
+                    let more = self.grants_draw(up, record.at, true);
+                    if let Some(p) = self.postings.get_mut(posting) {
+                        merge_shares(&mut p.grants, more);
+                    }
+                }
                 if let Some(p) = self.postings.get_mut(posting) {
                     p.amount = *new;
                     if let Some(e) = p.estimate.as_mut() {
@@ -1099,6 +1266,7 @@ impl Account {
                 });
                 // The posting shares its hold's endpoint (taken before the hold may be dropped).
                 let shared = self.hold_endpoint(*hold, endpoint);
+                let paid = self.hold_grants_post(*hold, *amount_posted, true);
                 self.token_release(*hold, *amount_released);
                 let posting_id = PostingId {
                     account: self.id,
@@ -1119,6 +1287,7 @@ impl Account {
                 self.add_posting(*posting, *app, *amount_posted, record.at, shared, limits);
                 if let Some(p) = self.postings.get_mut(posting) {
                     p.estimate = estimate;
+                    p.grants = paid;
                 }
                 self.spend.add(record.at, *app, *amount_posted);
             }
@@ -1127,6 +1296,7 @@ impl Account {
                 amount_released,
             } => {
                 self.token_release(*hold, *amount_released);
+                self.hold_grants_post(*hold, Amount::ZERO, true);
                 self.resolve(*hold, HoldStatus::Voided, record.at, limits, |_| {});
             }
             Change::Extended {
@@ -1138,7 +1308,9 @@ impl Account {
             } => {
                 let token = self.holds.get(hold).and_then(|h| h.token);
                 self.token_use(token, *amount);
+                let more = self.grants_draw(*amount, record.at, false);
                 if let Some(h) = self.holds.get_mut(hold) {
+                    merge_shares(&mut h.grants, more);
                     // Decided from this hold: anything else is a bug, and stops the account.
                     assert_eq!(
                         h.amount.checked_add(*amount),
@@ -1183,8 +1355,12 @@ impl Account {
                         ),
                     };
                 }
+                let paid = self.hold_grants_post(*hold, *amount, false);
                 let shared = self.hold_endpoint(*hold, endpoint);
                 self.add_posting(*posting, *app, *amount, record.at, shared, limits);
+                if let Some(p) = self.postings.get_mut(posting).filter(|_| !paid.is_empty()) {
+                    p.grants = paid;
+                }
                 self.spend.add(record.at, *app, *amount);
             }
             Change::Expired {
@@ -1192,6 +1368,7 @@ impl Account {
                 amount_released,
             } => {
                 self.token_release(*hold, *amount_released);
+                self.hold_grants_post(*hold, Amount::ZERO, true);
                 self.resolve(*hold, HoldStatus::Expired, record.at, limits, |_| {});
             }
             Change::Charged {
@@ -1203,6 +1380,7 @@ impl Account {
                 ..
             } => {
                 self.token_use(*token, *amount);
+                let paid = self.grants_draw(*amount, record.at, true);
                 self.add_posting(
                     *posting,
                     *app,
@@ -1211,11 +1389,15 @@ impl Account {
                     endpoint.as_str().into(),
                     limits,
                 );
+                if let Some(p) = self.postings.get_mut(posting).filter(|_| !paid.is_empty()) {
+                    p.grants = paid;
+                }
                 self.spend.add(record.at, *app, *amount);
             }
             Change::Refunded {
                 posting, amount, ..
             } => {
+                self.posting_give_back(*posting, *amount);
                 if let Some(p) = self.postings.get_mut(posting) {
                     // Decided within what is left of the posting; a record past it is kept as
                     // it is, for the audit to report (never clamped to fit).
@@ -1373,6 +1555,7 @@ impl Account {
         self.period_use
             .insert((app, endpoint.to_owned()), step.after);
         let mut left = step.rebate;
+        let mut rebated = Vec::new();
         for seq in self.posting_order.iter().rev() {
             if left.is_zero() {
                 break;
@@ -1384,9 +1567,115 @@ impl Account {
                 continue;
             }
             let take = p.refundable().min(left);
+            if !p.grants.is_empty() {
+                rebated.push((*seq, take));
+            }
             p.amount_refunded = p.amount_refunded.checked_add(take).unwrap_or(p.amount);
             left = left.checked_sub(take).unwrap_or(Amount::ZERO);
         }
+        // What the rebate gave back of postings grants paid goes back to those grants.
+        for (seq, take) in rebated {
+            self.posting_shares_give_back(seq, take);
+        }
+    }
+
+    /// Gives `amount` returned on a retained posting back where it was paid from (see
+    /// [`crate::Grant`]: its general part first, then its grants from the last drawn), before
+    /// the posting's refundable amount is reduced.
+    fn posting_give_back(&mut self, posting: u64, amount: Amount) {
+        if self.grants.is_empty() {
+            return;
+        }
+        let Some(p) = self.postings.get_mut(&posting) else {
+            return;
+        };
+        let mut shares = std::mem::take(&mut p.grants);
+        let general = p
+            .refundable()
+            .wide()
+            .saturating_sub(crate::grant::shares_total(&shares));
+        self.grants_restore(&mut shares, general, amount);
+        if let Some(p) = self.postings.get_mut(&posting) {
+            p.grants = shares;
+        }
+    }
+
+    /// As [`Account::posting_give_back`], after the posting's refundable amount was reduced
+    /// by `amount` already (a volume rebate).
+    fn posting_shares_give_back(&mut self, posting: u64, amount: Amount) {
+        let Some(p) = self.postings.get_mut(&posting) else {
+            return;
+        };
+        let mut shares = std::mem::take(&mut p.grants);
+        let general = p
+            .refundable()
+            .wide()
+            .saturating_add(amount.wide())
+            .saturating_sub(crate::grant::shares_total(&shares));
+        self.grants_restore(&mut shares, general, amount);
+        if let Some(p) = self.postings.get_mut(&posting) {
+            p.grants = shares;
+        }
+    }
+
+    /// Posts `amount` of a hold from its grant shares first (a settlement or commit) and, when
+    /// `release`, gives the shares left back to their grants; returns what each grant paid.
+    fn hold_grants_post(&mut self, hold: u64, amount: Amount, release: bool) -> crate::GrantShares {
+        let Some(h) = self.holds.get_mut(&hold).filter(|h| !h.grants.is_empty()) else {
+            return crate::GrantShares::new();
+        };
+        let mut shares = std::mem::take(&mut h.grants);
+        let paid = self.grants_consume(&mut shares, amount);
+        if release {
+            self.grants_release(&mut shares);
+        }
+        if let Some(h) = self.holds.get_mut(&hold) {
+            h.grants = shares;
+        }
+        paid
+    }
+
+    /// The record the engine makes by itself for this account's grants at `now`, if one is
+    /// due: what an expired grant has free going back to its funding account, else the
+    /// grant of its allowance for the current period. (Hold expiry is [`Account::expire_record`].)
+    pub fn grant_timer_record(&self, now: Timestamp) -> Option<Record> {
+        let change = if let Some(g) = self
+            .grants
+            .values()
+            .find(|g| g.expired_at(now) && !g.free().is_zero())
+        {
+            Change::GrantExpired {
+                grant: g.id.seq,
+                from: g.from,
+                amount: g.free(),
+            }
+        } else {
+            let state = self.allowance.as_ref()?;
+            let a = &state.allowance;
+            let start = a.period.start(now);
+            if now < state.next_at() || state.issued_for == Some(start) {
+                return None;
+            }
+            if self.credit_fits(a.amount).is_err() {
+                return None;
+            }
+            Change::GrantIssued {
+                grant: self.next_seq,
+                from: a.from,
+                amount: a.amount,
+                priority: a.priority,
+                expires_at: Some(Timestamp(a.period.end(start))),
+                label: a.label.clone(),
+                allowance_period: Some(start),
+            }
+        };
+        Some(Record {
+            account: self.id,
+            op: None,
+            at: now,
+            origin: Origin::default(),
+            change,
+        })
     }
 
     /// A hold's endpoint, shared (the record's text when the hold is gone).
@@ -1420,6 +1709,7 @@ impl Account {
                 posted_at: at,
                 endpoint,
                 estimate: None,
+                grants: crate::GrantShares::new(),
             },
         );
         self.posting_order.push_back(seq);
@@ -1465,6 +1755,21 @@ impl Account {
             return;
         }
         forget_oldest(&mut self.remembered, &mut self.remembered_order, at, limits);
+    }
+}
+
+/// Adds `more` to `shares`, a grant already there growing its share.
+fn merge_shares(shares: &mut crate::GrantShares, more: crate::GrantShares) {
+    for (seq, amount) in more {
+        match shares.iter_mut().find(|(s, _)| *s == seq) {
+            // Shares of one hold or posting add up to at most its amount.
+            Some((_, share)) => {
+                *share = share
+                    .checked_add(amount)
+                    .unwrap_or_else(|| panic!("grant {seq}: share {share} + {amount} overflows"))
+            }
+            None => shares.push((seq, amount)),
+        }
     }
 }
 
@@ -1566,7 +1871,7 @@ fn check_price(price: &crate::Price) -> Result<(), Error> {
             });
         }
         if let crate::Period::Every { length_ms, .. } = period {
-            if *length_ms < 60_000 {
+            if *length_ms < crate::period::PERIOD_MS_MIN {
                 return Err(Error::InvalidPrice {
                     reason: format!("a period of {length_ms} ms: at least one minute"),
                 });

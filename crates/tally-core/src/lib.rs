@@ -21,6 +21,7 @@ mod amount;
 mod audit;
 mod command;
 mod error;
+mod grant;
 mod ids;
 mod ledger;
 mod limits;
@@ -49,6 +50,9 @@ pub use command::{
     PinnedPrice, Record, Request,
 };
 pub use error::Error;
+pub use grant::{
+    Allowance, AllowanceState, Grant, GrantId, GrantShares, GRANTS_MAX, GRANT_LABEL_MAX,
+};
 pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp, TokenId};
 pub use ledger::{Counterparty, DecideCtx, Decision, SpendCaps, PRICES_MAX, TIERS_MAX};
 pub use limits::Limits;

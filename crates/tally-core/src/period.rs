@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::pricing::Exact;
 use crate::{Amount, PricingError, Rate, Tier, Timestamp, DAY_MS};
 
+/// The shortest period of [`Period::Every`] (ms): one minute.
+pub const PERIOD_MS_MIN: u64 = 60_000;
+
 /// How long a period is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Period {

@@ -9,7 +9,9 @@ impl Account {
     /// and for a transfer to itself (which is refused).
     pub fn leg_counterparty(&self, command: &Command) -> Option<AccountId> {
         let other = match command {
-            Command::Fund { from, .. } | Command::UpdateFunding { from, .. } => Some(*from),
+            Command::Fund { from, .. }
+            | Command::UpdateFunding { from, .. }
+            | Command::Grant { from, .. } => Some(*from),
             Command::Charge { app, .. } => Some(*app),
             Command::Transfer { to, .. } => Some(*to),
             Command::Commit { hold, .. }
@@ -33,7 +35,8 @@ impl Account {
             | Command::Extend { .. }
             | Command::IssueToken { .. }
             | Command::RevokeToken { .. }
-            | Command::SetPolicy { .. } => None,
+            | Command::SetPolicy { .. }
+            | Command::SetAllowance { .. } => None,
         };
         other.filter(|id| *id != self.id)
     }

@@ -34,6 +34,8 @@ pub(crate) enum Query {
         /// A period-tiered price's period: the answer carries the account's use in it.
         period: Option<tally_core::Period>,
     },
+    /// Its grants and allowance, as of `now`.
+    Grants(tally_core::Timestamp),
     /// Its use of a period-tiered price in the period of `now`.
     PeriodUse {
         app: tally_core::AccountId,
@@ -56,6 +58,7 @@ pub(crate) enum Answer {
     ),
     Catalog(Box<crate::shared::Catalog>),
     PeriodUse(tally_core::PeriodUse),
+    Grants(Box<crate::grants::Grants>),
 }
 
 /// Messages an account actor handles.
@@ -159,6 +162,7 @@ pub(crate) fn read(slot: &Slot, query: Query) -> Reply<Answer> {
             account.spend_room(app, &endpoint, token, caps, now),
             period.map(|p| account.period_use(app, &endpoint, &p, now)),
         ),
+        Query::Grants(now) => Answer::Grants(Box::new(crate::grants::Grants::of(account, now))),
         Query::PeriodUse {
             app,
             endpoint,

@@ -153,6 +153,23 @@ pub enum EventKind {
         /// What the posting is now.
         amount: Amount,
     },
+    /// `grant.issued`: a prepaid credit grant was issued (by a request, or for an allowance's
+    /// period).
+    GrantIssued {
+        /// The grant.
+        grant: tally_core::GrantId,
+        /// The amount.
+        amount: Amount,
+        /// When it expires (`None`: never).
+        expires_at: Option<Timestamp>,
+    },
+    /// `grant.expired`: what an expired grant had left went back to its funding account.
+    GrantExpired {
+        /// The grant.
+        grant: tally_core::GrantId,
+        /// The amount given back.
+        amount: Amount,
+    },
     /// `balance.low`: the available balance went below the account's threshold.
     LowBalance {
         /// The account.
@@ -168,7 +185,7 @@ impl Event {
     /// The event's name (`credit.check-available`, `credit.record-cost`,
     /// `credit.funding-update`, `hold.reserved`, `hold.extended`, `hold.settled`,
     /// `hold.committed`, `hold.voided`, `hold.expired`, `refund`, `posting.corrected`,
-    /// `balance.low`).
+    /// `grant.issued`, `grant.expired`, `balance.low`).
     pub fn name(&self) -> &'static str {
         match self.kind {
             EventKind::CheckAvailable { .. } => "credit.check-available",
@@ -183,6 +200,8 @@ impl Event {
             EventKind::Refund { .. } => "refund",
             EventKind::LowBalance { .. } => "balance.low",
             EventKind::PostingCorrected { .. } => "posting.corrected",
+            EventKind::GrantIssued { .. } => "grant.issued",
+            EventKind::GrantExpired { .. } => "grant.expired",
         }
     }
 }
@@ -386,7 +405,28 @@ fn kind_of(record: &Record, own: &Account) -> Option<EventKind> {
         | Change::Transferred { .. }
         | Change::TokenIssued { .. }
         | Change::TokenRevoked { .. }
+        | Change::AllowanceSet { .. }
         | Change::PriceSet { .. } => return None,
+        Change::GrantIssued {
+            grant,
+            amount,
+            expires_at,
+            ..
+        } => EventKind::GrantIssued {
+            grant: tally_core::GrantId {
+                account,
+                seq: *grant,
+            },
+            amount: *amount,
+            expires_at: *expires_at,
+        },
+        Change::GrantExpired { grant, amount, .. } => EventKind::GrantExpired {
+            grant: tally_core::GrantId {
+                account,
+                seq: *grant,
+            },
+            amount: *amount,
+        },
         Change::Funded { amount, .. } => {
             let new = own.funded();
             EventKind::FundingUpdate {

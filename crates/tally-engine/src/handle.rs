@@ -902,8 +902,10 @@ impl Tally {
         })
     }
 
-    /// Expires every due hold of every resident account now (the timers do this on their own;
-    /// this is for a [`crate::ManualClock`] moved by a test). Returns how many expired.
+    /// Runs what is due for every resident account now: due holds expire, expired grants go
+    /// back to their funding accounts, allowances issue their period's grant (the timers do
+    /// this on their own; this is for a [`crate::ManualClock`] moved by a test). Returns how
+    /// many records it made.
     pub async fn expire_due(&self) -> Result<usize, Error> {
         self.admit()?;
         let slots: Vec<_> = self

@@ -17,6 +17,7 @@ mod clock;
 mod config;
 mod error;
 mod events;
+mod grants;
 mod guard;
 mod handle;
 mod metering;
@@ -28,6 +29,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Dispatch, EngineConfig};
 pub use error::Error;
 pub use events::{Event, EventKind, Missed, Subscription, EVENTS_QUEUE};
+pub use grants::{GrantRequest, Grants};
 pub use guard::HoldGuard;
 pub use handle::{
     Committed, Extended, HistoryPage, ReserveRequest, Settled, Tally, HISTORY_PAGE_MAX,
@@ -35,4 +37,6 @@ pub use handle::{
 };
 pub use metering::{Affordable, BalanceHistory, BalancePoint, MeterGuard};
 pub use policy::LimitScope;
-pub use tally_core::{AccountPolicy, PolicySetting, RateLimit, TokenRate};
+pub use tally_core::{
+    AccountPolicy, Allowance, AllowanceState, Grant, GrantId, PolicySetting, RateLimit, TokenRate,
+};

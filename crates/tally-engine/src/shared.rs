@@ -351,6 +351,31 @@ impl Shared {
             | tally_core::Command::Progress { .. } => self.counterparty(leg_id),
             _ => self.counterparty(request.command.counterparty()),
         };
+        let reply =
+            self.decide_and_append(slot, leg_id, counterparty, caps, &mut |account, ctx| {
+                account.decide(request, ctx).map(Some)
+            });
+        Reply {
+            result: reply.result.and_then(|outcome| {
+                outcome.ok_or_else(|| Error::Internal {
+                    reason: "a request decided nothing".into(),
+                })
+            }),
+            wait_seq: reply.wait_seq,
+        }
+    }
+
+    /// Decides on the account of `slot` (with `decide`, under the locks of it and of `leg_id`,
+    /// the account its record's leg changes), journals the record and applies it to both:
+    /// the one place a decision becomes a record. `Ok(None)`: `decide` found nothing to do.
+    fn decide_and_append(
+        self: &Arc<Self>,
+        slot: &Slot,
+        leg_id: Option<AccountId>,
+        counterparty: Option<Counterparty>,
+        caps: tally_core::SpendCaps,
+        decide: &mut DecideFn<'_>,
+    ) -> Reply<Option<Outcome>> {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -394,13 +419,17 @@ impl Shared {
                 counterparty,
                 caps,
             };
-            return match own.account.decide(request, &ctx) {
+            return match decide(&own.account, &ctx) {
                 Err(e) => reply_err(e.into()),
-                Ok(Decision::Replay { outcome, seq }) => Reply {
-                    result: Ok(outcome),
+                Ok(None) => Reply {
+                    result: Ok(None),
+                    wait_seq: 0,
+                },
+                Ok(Some(Decision::Replay { outcome, seq })) => Reply {
+                    result: Ok(Some(outcome)),
                     wait_seq: seq,
                 },
-                Ok(Decision::Apply { record, outcome }) => {
+                Ok(Some(Decision::Apply { record, outcome })) => {
                     let spend = self.policy.spend_of(&own.account, &record);
                     if let Err(e) = self.policy.take(slot.id, spend, ctx.now.0) {
                         return reply_err(e);
@@ -434,7 +463,7 @@ impl Shared {
                                 theirs.as_ref().map(|t| &t.account),
                             );
                             Reply {
-                                result: Ok(outcome),
+                                result: Ok(Some(outcome)),
                                 wait_seq: seq,
                             }
                         }
@@ -444,12 +473,67 @@ impl Shared {
         }
     }
 
-    /// Expires every pending hold of the account whose deadline has passed; returns how many.
-    pub(crate) fn expire_due(&self, slot: &Slot) -> usize {
+    /// Runs what is due for the account by itself: every pending hold whose deadline has passed
+    /// expires, every expired grant gives what it has free back to its funding account, and its
+    /// allowance's grant for the current period is issued. Returns how many records it made.
+    pub(crate) fn expire_due(self: &Arc<Self>, slot: &Slot) -> usize {
+        match self.expire_holds(slot) {
+            // Nothing was due (the earliest deadline covers the grants' too).
+            None => 0,
+            Some(expired) => expired + self.grant_timers(slot),
+        }
+    }
+
+    /// Makes the grant records due for the account now (see [`Account::grant_timer_record`]),
+    /// each through the two-account path (its leg is the funding account's); returns how many.
+    fn grant_timers(self: &Arc<Self>, slot: &Slot) -> usize {
+        let mut made = 0;
+        // Each record settles one grant or issues one period's allowance: bounded by the grants.
+        for _ in 0..=tally_core::GRANTS_MAX.saturating_mul(2) {
+            let now = self.config.clock.now();
+            let leg_id = {
+                let state = slot.state.lock();
+                if state.retired {
+                    return made;
+                }
+                match state.account.grant_timer_record(now) {
+                    None => return made,
+                    Some(record) => record.leg().map(|leg| match leg {
+                        tally_core::Leg::Credit(id, _) | tally_core::Leg::Debit(id, _) => id,
+                    }),
+                }
+            };
+            let reply = self.decide_and_append(
+                slot,
+                leg_id,
+                None,
+                tally_core::SpendCaps::default(),
+                &mut |account, ctx| {
+                    Ok(account.grant_timer_record(ctx.now).map(|record| {
+                        let outcome = record.outcome();
+                        Decision::Apply { record, outcome }
+                    }))
+                },
+            );
+            match reply.result {
+                Ok(Some(_)) => made += 1,
+                Ok(None) => return made,
+                Err(e) => {
+                    tracing::warn!(account = %slot.id, error = %e, "grant timer deferred");
+                    return made;
+                }
+            }
+        }
+        made
+    }
+
+    /// Expires every pending hold of the account whose deadline has passed; returns how many,
+    /// or `None` when nothing at all was due.
+    fn expire_holds(&self, slot: &Slot) -> Option<usize> {
         let now = self.config.clock.now();
         let mut state = slot.state.lock();
         if state.retired || state.account.next_deadline().is_none_or(|d| d > now) {
-            return 0;
+            return None;
         }
         let due: Vec<_> = state.account.due_holds(now).collect();
         let mut expired = 0;
@@ -471,7 +555,7 @@ impl Shared {
                 }
             }
         }
-        expired
+        Some(expired)
     }
 
     /// Saves the snapshot of every resident account changed since its last one (and durable),
@@ -516,6 +600,10 @@ impl Shared {
         })
     }
 }
+
+/// What [`Shared::decide_and_append`] decides with: the record to make on the account, if any.
+type DecideFn<'a> =
+    dyn FnMut(&Account, &DecideCtx<'_>) -> Result<Option<Decision>, tally_core::Error> + 'a;
 
 fn reply_err<T>(e: Error) -> Reply<T> {
     Reply {

@@ -245,6 +245,12 @@ impl From<LedgerError> for ApiError {
             L::TooManyPrices { limit, .. } => {
                 s(StatusCode::CONFLICT, "too_many_prices").with("limit", limit)
             }
+            L::InvalidGrant { reason } => {
+                s(StatusCode::BAD_REQUEST, "invalid_grant").with("reason", reason)
+            }
+            L::TooManyGrants { limit, .. } => {
+                s(StatusCode::CONFLICT, "too_many_grants").with("limit", limit)
+            }
         }
     }
 }

@@ -257,6 +257,16 @@ fn event_json(state: &AppState, e: &Event) -> Value {
             json!({"posting": posting_str(*posting), "account": n(posting.account),
                    "estimated": estimated.get(), "amount": amount.get()})
         }
+        EventKind::GrantIssued {
+            grant,
+            amount,
+            expires_at,
+        } => json!({"grant": crate::v1::grant_str(*grant), "account": n(grant.account),
+                    "amount": amount.get(), "expires_at_ms": expires_at.map(|e| e.0)}),
+        EventKind::GrantExpired { grant, amount } => {
+            json!({"grant": crate::v1::grant_str(*grant), "account": n(grant.account),
+                   "amount_released": amount.get()})
+        }
         EventKind::LowBalance {
             account,
             available,

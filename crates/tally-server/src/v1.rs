@@ -112,6 +112,11 @@ pub fn posting_str(id: PostingId) -> String {
     format!("p_{}_{}", id.account.0, id.seq)
 }
 
+/// A grant's id as the API spells it: `g_<account>_<seq>`.
+pub fn grant_str(id: tally_core::GrantId) -> String {
+    format!("g_{}_{}", id.account.0, id.seq)
+}
+
 fn parse_pair(s: &str, prefix: &str) -> Option<(u64, u64)> {
     let rest = s.strip_prefix(prefix)?;
     let (a, b) = rest.split_once('_')?;

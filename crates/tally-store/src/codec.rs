@@ -14,21 +14,24 @@ use crate::StoreError;
 /// 4 streaming holds (extend, settle), metered holds with their pinned price, and price catalog
 /// changes; version 5 policy changes, the provider's cost in usage and the endpoint of a refund;
 /// version 6 estimated commits and their corrections; version 7 period-tiered steps (the
-/// period's use after a part, a volume rebate). Data written by earlier versions (pre-release
-/// builds only) is refused with a clear error.
-const RECORD_VERSION: u8 = 7;
+/// period's use after a part, a volume rebate); version 8 prepaid credit grants (issued, expired)
+/// and allowances. Data written by earlier versions (pre-release builds only) is refused with a
+/// clear error.
+const RECORD_VERSION: u8 = 8;
 /// Version of the snapshot encoding (2: total funding and the day's spending; 3: spend tokens
 /// and the token of each hold, a sixth digest field; 4: the idempotency keys kept apart, the
 /// header naming their window; 5: the header names where the window's unforgotten keys start;
 /// 6: a hold's pinned price, an app's price catalog; 7: the account's policy; 8: a posting's
 /// endpoint, the provider's cost in usage; 9: a posting's estimate; 10: the use of period-tiered
-/// prices).
-const SNAPSHOT_VERSION: u8 = 10;
+/// prices; 11: grants and the allowance, and what each grant holds of a hold or paid of a
+/// posting).
+const SNAPSHOT_VERSION: u8 = 11;
 /// Version of an account policy's encoding (the policies table).
 const POLICY_VERSION: u8 = 1;
 /// Version of a remembered idempotency key's encoding (2: a reserve's outcome names its amount,
-/// and the outcomes of corrections and policy changes).
-const KEY_VERSION: u8 = 2;
+/// and the outcomes of corrections and policy changes; 3: the outcomes of grants and
+/// allowances).
+const KEY_VERSION: u8 = 3;
 /// Bytes before a snapshot's postcard body: version, covered seq, key window (first seq, count,
 /// untrimmed from).
 const SNAPSHOT_HEADER_LEN: usize = 33;

@@ -184,7 +184,10 @@ pub fn answer(outcome: Outcome) -> Answer {
         | Outcome::Corrected { .. }
         | Outcome::FundingUpdated { .. }
         | Outcome::TokenIssued { .. }
-        | Outcome::TokenRevoked { .. } => Answer::Done,
+        | Outcome::TokenRevoked { .. }
+        | Outcome::GrantIssued { .. }
+        | Outcome::GrantExpired { .. }
+        | Outcome::AllowanceSet => Answer::Done,
     }
 }
 

@@ -391,6 +391,7 @@ impl Ledger {
                 posted_at: now,
                 endpoint: endpoint.into(),
                 estimate: None,
+                grants: Vec::new(),
             },
         );
         acct.posting_order.push_back(posting.seq);
@@ -555,6 +556,7 @@ impl Ledger {
                         token: None,
                         price: None,
                         usage_settled: tally::Usage::default(),
+                        grants: Vec::new(),
                     },
                 );
                 Ok(Outcome::Reserved {

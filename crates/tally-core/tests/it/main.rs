@@ -7,6 +7,7 @@
 mod afford;
 mod audit;
 mod estimate;
+mod grants;
 mod idempotency;
 mod operations;
 mod overflow;

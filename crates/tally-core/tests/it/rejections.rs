@@ -162,7 +162,21 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
                 amount: Amount::ZERO,
                 usage: Default::default(),
             },
+            Command::Grant {
+                from,
+                priority,
+                ttl_ms,
+                label,
+                ..
+            } => Command::Grant {
+                from,
+                amount: Amount::ZERO,
+                priority,
+                ttl_ms,
+                label,
+            },
             Command::Void { .. }
+            | Command::SetAllowance { .. }
             | Command::RevokeToken { .. }
             | Command::ReserveMetered { .. }
             | Command::Finish { .. }
@@ -192,6 +206,13 @@ fn a_zero_amount_is_rejected_for_every_amount_bearing_command() {
         charge(1),
         refund(s.charged_posting, 1),
         transfer(USER2, 1),
+        Command::Grant {
+            from: BANK,
+            amount: amt(1),
+            priority: 0,
+            ttl_ms: 0,
+            label: String::new(),
+        },
     ];
     for command in cases {
         let name = command.name();
