@@ -17,6 +17,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod events;
+pub mod grants;
 pub mod idempotency;
 pub mod json;
 pub mod metering;

@@ -148,7 +148,8 @@ fn tier_bodies(tiers: &[Tier]) -> Vec<TierBody> {
         .collect()
 }
 
-fn period_of(
+pub(crate) fn period_of(
+    field: &str,
     name: &str,
     anchor_ms: Option<u64>,
     length_ms: Option<u64>,
@@ -161,15 +162,15 @@ fn period_of(
             length_ms,
         }),
         ("day" | "month", _, _) => Err(ApiError::invalid_field(
-            "price.period",
+            field,
             "anchor_ms and length_ms go with period \"every\" only",
         )),
         ("every", _, _) => Err(ApiError::invalid_field(
-            "price.period",
+            field,
             "period \"every\" needs anchor_ms and length_ms",
         )),
         (other, _, _) => Err(ApiError::invalid_field(
-            "price.period",
+            field,
             format!("period is day, month or every, not {other:?}"),
         )),
     }
@@ -280,7 +281,7 @@ pub fn to_price(p: &PriceBody) -> Result<Price, ApiError> {
                     ))
                 }
             },
-            period: period_of(period, *anchor_ms, *length_ms)?,
+            period: period_of("price.period", period, *anchor_ms, *length_ms)?,
         },
     })
 }

@@ -60,6 +60,7 @@ fn v1_cost_routes() -> OpenApiRouter<AppState> {
         .merge(crate::session::routes())
         .merge(crate::dashboard::routes())
         .merge(crate::policy::routes())
+        .merge(crate::grants::routes())
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -662,6 +662,10 @@ async fn every_documented_route_is_served_and_needs_a_credential() {
         ("post", "/v1/holds/{id}/commit-estimate"),
         ("post", "/v1/postings/{id}/correct"),
         ("get", "/v1/accounts/{id}/periods"),
+        ("post", "/v1/accounts/{id}/grants"),
+        ("get", "/v1/accounts/{id}/grants"),
+        ("put", "/v1/accounts/{id}/allowance"),
+        ("delete", "/v1/accounts/{id}/allowance"),
     ];
     for (method, path) in expected {
         assert!(

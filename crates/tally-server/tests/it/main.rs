@@ -9,6 +9,7 @@ mod corpus;
 mod dashboard;
 mod dashboard_load;
 mod events;
+mod grants;
 mod metering;
 mod policy;
 mod process;
