@@ -339,7 +339,22 @@ async function account(view, name, params) {
   const rl = policy.rate_limit;
   // A user's usage is what it paid for; an app's is what it earned.
   uq.set(holds.kind === "user" ? "account" : "app", name);
-  const used = await api("/v1/usage?" + uq);
+  // A user's prepaid credit grants (an app has none).
+  const [used, grants] = await Promise.all([api("/v1/usage?" + uq),
+    holds.kind === "user" ? api(`/v1/accounts/${enc}/grants`) : Promise.resolve(null)]);
+  const allowance = grants && grants.allowance;
+  const grantSection = grants ? [
+    el("h2", { text: "Credit grants" }),
+    el("div", { class: "cards" }, card("Spendable", money(grants.spendable), "acct-spendable"),
+      card("General balance", money(grants.general), "acct-general"),
+      card("Granted, free", money(grants.granted), "acct-granted"),
+      card("Allowance", allowance ? `${money(allowance.amount).textContent} per ${allowance.period === "every"
+        ? `${count(allowance.length_ms / 1000)} s` : allowance.period}` : "none", "acct-allowance")),
+    el("p", { class: "muted", text: "Spent in this order: lowest priority first, then the earliest expiry, then the oldest; expired grants last." }),
+    table("grants-table", [["Grant", "grant"], ["Label", "label"], ["Priority", "priority"], ["Granted", "amount", "money"],
+      ["Used", "used", "money"], ["Held", "held", "money"], ["Free", "free", "money"], ["Expired", "expired", "money"],
+      ["Expires", (r) => r.expires_at_ms === null ? "never" : when(r.expires_at_ms)], ["Status", "status"]], grants.grants),
+  ] : [];
   const rangeForm = el("form", { class: "toolbar", id: "queries-range" },
     el("label", {}, "From (ISO)", el("input", { name: "from", placeholder: "2026-12-01T00:00Z", value: params.get("from") || "" })),
     el("label", {}, "To (ISO)", el("input", { name: "to", placeholder: "now", value: params.get("to") || "" })),
@@ -366,6 +381,7 @@ async function account(view, name, params) {
         policy.spend_cap_per_day === null ? "none" : money(policy.spend_cap_per_day), "acct-cap"),
       card(holds.kind === "user" ? "Requests" : "Requests (all users)", rate(rl.requests, ""), "acct-rate-requests"),
       card(holds.kind === "user" ? "Cost rate" : "Cost rate (all users)", rl.cost ? rate(rl.cost, " µ¢") : "none", "acct-rate-cost")),
+    ...grantSection,
     el("h2", { text: "Balance over time (posted)" }), el("div", { class: "chart", id: "acct-chart" }),
     el("h2", { text: (holds.kind === "user" ? "Spend" : "Revenue") + " per day, last 30 days" }),
     el("div", { class: "cards" }, card(holds.kind === "user" ? "Spent in 30 days" : "Earned in 30 days", money(used.totals.cost), "acct-used-cost"),

@@ -220,6 +220,14 @@ async fn the_dashboard_shows_what_the_api_says_and_updates_live() {
         Some(json!({"amount": 2_000_000_000u64})),
     )
     .await;
+    let promo = h
+        .admin(
+            "POST",
+            "/v1/accounts/alice/grants",
+            Some(json!({"amount": 500_000_000u64, "expires_in_s": 2_592_000, "label": "welcome"})),
+        )
+        .await;
+    assert_eq!(promo.status, axum::http::StatusCode::CREATED, "{promo:?}");
     for (path, body) in [
         ("spend-cap", json!({"per_day": 9_000_000_000u64})),
         (
@@ -482,6 +490,15 @@ async fn the_dashboard_shows_what_the_api_says_and_updates_live() {
     )
     .await;
     assert_eq!(rate, "50/s, burst 100");
+    // Her grant, as the API lists it.
+    let g = h.admin("GET", "/v1/accounts/alice/grants", None).await.body;
+    assert_eq!(figure(&c, "acct-granted").await, g["granted"].to_string());
+    assert_eq!(figure(&c, "acct-general").await, g["general"].to_string());
+    let grants = csv(&c, "grants-table").await;
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    assert_eq!(grants[1][0], g["grants"][0]["grant"].as_str().unwrap());
+    assert_eq!(grants[1][1], "welcome");
+    assert_eq!(grants[1][6], g["grants"][0]["free"].to_string());
     let holds = csv(&c, "holds-table").await;
     assert_eq!(holds.len(), 2);
     assert_eq!(holds[1][0], hold.body["id"].as_str().unwrap());
