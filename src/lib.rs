@@ -65,7 +65,8 @@ pub use tally_engine::{
 pub use tally_store::journal::SyncMode;
 pub use tally_store::{
     verify_trail, DurableConfig, DurablePoint, DurableRecovery, DurableStore, HistoryBase,
-    HistoryEntry, MemStore, Pruned, SnapshotStats, Store, StoreError, TrailProblem, TrailReport,
+    HistoryEntry, MemStore, PgConfig, PgRecovery, PgStore, Pruned, SnapshotStats, Store,
+    StoreError, TrailProblem, TrailReport,
 };
 
 /// The domain errors of the ledger (`tally::Error::Ledger` wraps them).

@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits;
 mod metering;
 mod operations;
+mod pg;
 mod props;
 mod rejections;
 mod streaming;

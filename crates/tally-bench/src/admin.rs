@@ -17,6 +17,7 @@ fn options(dir: &std::path::Path, keys: Option<usize>) -> StoreOptions {
         sync: SyncMode::Data,
         segment_bytes_max: None,
         anchor_interval: None,
+        postgres: None,
     }
 }
 

@@ -169,6 +169,14 @@ pub struct RunArgs {
     /// Use the in-memory store instead (no disk: the engine's own ceiling).
     #[arg(long)]
     pub in_memory: bool,
+    /// Use the PostgreSQL store on this server instead (a libpq connection string, e.g.
+    /// `host=/run/postgresql dbname=tally`); its tables go in the schema of --pg-schema.
+    #[arg(long, value_name = "CONNINFO", conflicts_with_all = ["in_memory", "data_dir"])]
+    pub postgres: Option<String>,
+    /// The schema of the PostgreSQL store (an existing ledger in it is continued)
+    /// [default: tally_bench_<pid>].
+    #[arg(long, value_name = "NAME", requires = "postgres")]
+    pub pg_schema: Option<String>,
     /// How journal groups are made durable.
     #[arg(long, value_enum, default_value_t = SyncArg::Data)]
     pub sync: SyncArg,

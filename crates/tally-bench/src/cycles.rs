@@ -473,6 +473,7 @@ fn run_cycles(setup: &Setup, quiet: bool) -> anyhow::Result<Done> {
         sync: setup.plan.sync_mode(),
         segment_bytes_max: None,
         anchor_interval: None,
+        postgres: None,
     };
     let mut rng = SmallRng::seed_from_u64(c.seed);
     let mut cycle_list = Vec::with_capacity(usize::try_from(c.cycles).unwrap_or(0));

@@ -104,6 +104,8 @@ impl Plan {
                 "http"
             } else if args.in_memory {
                 "memory"
+            } else if args.postgres.is_some() {
+                "postgres"
             } else {
                 "durable"
             },

@@ -67,7 +67,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let plan = Plan::resolve(args)?;
     let load_average_at_start = crate::sys::load_average();
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
-    let temp = if args.in_memory || args.data_dir.is_some() {
+    let temp = if args.in_memory || args.data_dir.is_some() || args.postgres.is_some() {
         None
     } else {
         Some(
@@ -78,7 +78,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         )
     };
     let dir: Option<PathBuf> = match (&args.data_dir, &temp) {
-        _ if args.in_memory => None,
+        _ if args.in_memory || args.postgres.is_some() => None,
         (Some(dir), _) => Some(dir.clone()),
         (None, Some(temp)) => Some(temp.path().to_owned()),
         (None, None) => None,
@@ -104,6 +104,15 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         sync: plan.sync_mode(),
         segment_bytes_max: args.segment_mib.map(|mib| mib << 20),
         anchor_interval: args.anchor_ms.map(Duration::from_millis),
+        postgres: args.postgres.as_ref().map(|url| {
+            let schema = args
+                .pg_schema
+                .clone()
+                .unwrap_or_else(|| format!("tally_bench_{}", std::process::id()));
+            let mut config = tally::PgConfig::new(url.clone(), schema);
+            config.limits = plan.limits();
+            config
+        }),
     };
     let (backend, opened) = open_store_blocking(options.clone()).await?;
     let store_text = backend.describe(plan.sync_mode());
@@ -1032,6 +1041,11 @@ async fn check_and_reopen(
         // The in-memory store's clones share its journal: "reopening" is a new engine on it.
         Backend::Memory(store) => (Backend::Memory(store), None),
         Backend::Durable(store) => {
+            drop(store);
+            open_store_blocking(options.clone()).await?
+        }
+        // Closed by the shutdown: opened again from what PostgreSQL holds.
+        Backend::Postgres(store) => {
             drop(store);
             open_store_blocking(options.clone()).await?
         }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tally::{
-    DurableConfig, DurableRecovery, DurableStore, EngineConfig, Limits, MemStore, Store,
-    StoreError, SyncMode, Tally,
+    DurableConfig, DurableRecovery, DurableStore, EngineConfig, Limits, MemStore, PgConfig,
+    PgStore, Store, StoreError, SyncMode, Tally,
 };
 
 /// How long a reopen waits for the previous owner of a data directory to let go of it (the
@@ -22,6 +22,8 @@ pub enum Backend {
     Durable(DurableStore),
     /// The in-memory store (clones share the same data, so it can be "reopened").
     Memory(MemStore),
+    /// The PostgreSQL store.
+    Postgres(PgStore),
 }
 
 impl Backend {
@@ -30,6 +32,7 @@ impl Backend {
         match self {
             Backend::Durable(store) => Arc::new(store.clone()),
             Backend::Memory(store) => Arc::new(store.clone()),
+            Backend::Postgres(store) => Arc::new(store.clone()),
         }
     }
 
@@ -37,7 +40,7 @@ impl Backend {
     pub fn data_bytes(&self) -> Option<u64> {
         match self {
             Backend::Durable(store) => Some(store.data_bytes()),
-            Backend::Memory(_) => None,
+            Backend::Memory(_) | Backend::Postgres(_) => None,
         }
     }
 
@@ -55,6 +58,9 @@ impl Backend {
                 store.dir().display()
             ),
             (Backend::Memory(_), _) => "in-memory store (no disk: the engine's ceiling)".to_owned(),
+            (Backend::Postgres(_), _) => {
+                "PostgreSQL store (one COPY transaction per group)".to_owned()
+            }
         }
     }
 }
@@ -72,11 +78,18 @@ pub struct StoreOptions {
     pub segment_bytes_max: Option<u64>,
     /// How often the anchor moves (`None`: the store's default).
     pub anchor_interval: Option<Duration>,
+    /// The PostgreSQL store instead (`dir` is then ignored).
+    pub postgres: Option<PgConfig>,
 }
 
 /// Opens the store: the durable one in `options.dir` (recovering what it holds, waiting up to
 /// [`REOPEN_WAIT_MAX`] for a previous owner in this process to let go), or a fresh in-memory one.
 pub fn open_store(options: &StoreOptions) -> anyhow::Result<(Backend, Option<DurableRecovery>)> {
+    if let Some(config) = &options.postgres {
+        let (store, _) = PgStore::open(config.clone())
+            .with_context(|| format!("opening the PostgreSQL store in schema {}", config.schema))?;
+        return Ok((Backend::Postgres(store), None));
+    }
     match &options.dir {
         None => Ok((Backend::Memory(MemStore::new(options.limits.clone())), None)),
         Some(dir) => {

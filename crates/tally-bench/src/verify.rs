@@ -132,6 +132,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<VerifyReport> {
         sync: SyncMode::Data,
         segment_bytes_max: None,
         anchor_interval: None,
+        postgres: None,
     };
     let (backend, opened) = tokio::task::spawn_blocking(move || open_store(&options))
         .await

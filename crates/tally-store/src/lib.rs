@@ -22,6 +22,7 @@ mod durable;
 pub mod journal;
 mod mem;
 mod open_dirs;
+mod pg;
 mod projection;
 pub mod salvage;
 mod snapdb;
@@ -34,6 +35,7 @@ use tally_core::{Account, AccountId, AccountSpec, Record, UsageQuery, UsageRepor
 pub use durable::{DurableConfig, DurableRecovery, DurableStore, Pruned, SnapshotStats};
 pub use journal::{TrailProblem, TrailReport};
 pub use mem::MemStore;
+pub use pg::{PgConfig, PgRecovery, PgStore, PG_GROUP_MAX, PG_QUEUE_MAX};
 pub use trail::verify_trail;
 
 /// The durable point of a store.
