@@ -698,13 +698,24 @@ impl Store for PgStore {
             if old.is_some() && old_seq >= account.last_seq() {
                 return Ok(()); // never replace a newer snapshot
             }
-            let insert_key = format!(
-                "INSERT INTO {schema}.keys (account, seq, body) VALUES ($1, $2, $3) \
-                 ON CONFLICT (account, seq) DO NOTHING"
-            );
+            // Every new key in one statement (a round trip per key made a save of 10,000
+            // accounts take 93 s).
+            let mut seqs = Vec::new();
+            let mut bodies = Vec::new();
             for key in account.remembered_after(old_seq) {
-                tx.execute(&insert_key, &[&id, &big(key.seq()), &encode_key(&key)?])
-                    .map_err(pg_err("writing an idempotency key"))?;
+                seqs.push(big(key.seq()));
+                bodies.push(encode_key(&key)?);
+            }
+            if !seqs.is_empty() {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {schema}.keys (account, seq, body) \
+                         SELECT $1, s, b FROM unnest($2::BIGINT[], $3::BYTEA[]) AS k(s, b) \
+                         ON CONFLICT (account, seq) DO NOTHING"
+                    ),
+                    &[&id, &seqs, &bodies],
+                )
+                .map_err(pg_err("writing idempotency keys"))?;
             }
             tx.execute(
                 &format!(
