@@ -3,142 +3,15 @@
 //! on a Unix socket of its own, started per test and stopped when the test ends. Set
 //! `TALLY_PG_URL` to use a running server instead (each test then takes a schema of its own).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use tally::{
-    AccountSpec, EngineConfig, LedgerError, OpId, PgConfig, PgStore, ReserveRequest, Store,
-    StoreError, Tally,
+    AccountSpec, EngineConfig, LedgerError, OpId, PgStore, ReserveRequest, Store, StoreError, Tally,
 };
 
+use tally_store::pg_testing::PgServer;
+
 use crate::support::*;
-
-/// A PostgreSQL server for one test.
-pub struct PgServer {
-    url: String,
-    dir: Option<(tempfile::TempDir, PathBuf)>,
-}
-
-fn pg_bin(name: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("TALLY_PG_BIN") {
-        return Path::new(&dir).join(name);
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin").join(name))
-        .filter(|p| p.exists())
-        .collect();
-    found.sort();
-    found.pop().unwrap_or_else(|| {
-        panic!(
-            "{name} is missing: install PostgreSQL (Debian: apt-get install postgresql), set \
-             TALLY_PG_BIN to its bin directory, or TALLY_PG_URL to a running server"
-        )
-    })
-}
-
-fn as_postgres(program: &Path) -> Command {
-    // initdb and postgres refuse to run as root.
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn run(mut c: Command, what: &str) {
-    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl PgServer {
-    pub fn start() -> PgServer {
-        if let Ok(url) = std::env::var("TALLY_PG_URL") {
-            return PgServer { url, dir: None };
-        }
-        let tmp = tempfile::Builder::new()
-            .prefix("tally-pg-")
-            .tempdir()
-            .unwrap();
-        let data = tmp.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let root = std::fs::metadata("/proc/self")
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-            .unwrap_or(false);
-        if root {
-            run(
-                {
-                    let mut c = Command::new("chown");
-                    c.args(["-R", "postgres:postgres"]).arg(tmp.path());
-                    c
-                },
-                "chown",
-            );
-        }
-        let mut initdb = as_postgres(&pg_bin("initdb"));
-        initdb
-            .args(["-A", "trust", "-U", "tally", "--no-sync", "-D"])
-            .arg(&data);
-        run(initdb, "initdb");
-        // The socket lives in the test's own directory; a port of its own anyway.
-        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-        let port = 20_000
-            + (std::process::id() % 10_000) as u16
-            + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut start = as_postgres(&pg_bin("pg_ctl"));
-        start
-            .arg("-D")
-            .arg(&data)
-            .args(["-w", "-l"])
-            .arg(tmp.path().join("log"))
-            .args([
-                "-o",
-                &format!(
-                    "-c listen_addresses='' -k {} -p {port} -c max_connections=50",
-                    tmp.path().display()
-                ),
-                "start",
-            ]);
-        run(start, "pg_ctl start");
-        let url = format!(
-            "host={} port={port} user=tally dbname=postgres",
-            tmp.path().display()
-        );
-        PgServer {
-            url,
-            dir: Some((tmp, data)),
-        }
-    }
-
-    /// A store config on a schema of its own.
-    pub fn config(&self, schema: &str) -> PgConfig {
-        let unique = format!("{schema}_{}", std::process::id());
-        PgConfig::new(self.url.clone(), unique)
-    }
-}
-
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        if let Some((_, data)) = &self.dir {
-            let mut stop = as_postgres(&pg_bin("pg_ctl"));
-            stop.arg("-D").arg(data).args(["-m", "immediate", "stop"]);
-            let _ = stop.output();
-        }
-    }
-}
 
 async fn engine(store: &PgStore) -> Tally {
     Tally::open(Arc::new(store.clone()), EngineConfig::default())
@@ -322,7 +195,7 @@ async fn concurrent_writers_on_postgres_never_overspend_and_every_write_is_durab
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_goes_away_fail_stops_the_store_and_nothing_unacknowledged_is_claimed() {
     let pg = PgServer::start();
-    if pg.dir.is_none() {
+    if !pg.is_own() {
         return; // a shared server is not ours to stop
     }
     let config = pg.config("gone");

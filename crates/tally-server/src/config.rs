@@ -71,6 +71,12 @@ pub struct ServerConfig {
     /// Dashboard: mark the session cookie `Secure` (set it when a TLS proxy fronts the
     /// server). Default false.
     pub cookie_secure: bool,
+    /// Keep the ledger in PostgreSQL (a libpq connection string) instead of `data_dir/ledger`;
+    /// the server's own state (names, keys, users, idempotency keys) stays in `data_dir`.
+    /// Default: none.
+    pub postgres: Option<String>,
+    /// The schema of the PostgreSQL ledger. Default `tally`.
+    pub pg_schema: String,
 }
 
 fn sync_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SyncMode, D::Error> {
@@ -111,6 +117,8 @@ impl Default for ServerConfig {
             session_ttl_s: 28_800,
             sessions_max: 10_000,
             cookie_secure: false,
+            postgres: None,
+            pg_schema: "tally".into(),
         }
     }
 }

@@ -87,6 +87,13 @@ struct ServeArgs {
     /// `data` (fdatasync, the default) or `none` (benchmarks only: not durable).
     #[arg(long, env = "TALLY_SYNC", global = true)]
     sync: Option<String>,
+    /// Keep the ledger in PostgreSQL at this libpq connection string (e.g.
+    /// `host=/run/postgresql dbname=tally`) instead of the data directory.
+    #[arg(long, env = "TALLY_POSTGRES", global = true)]
+    postgres: Option<String>,
+    /// The PostgreSQL ledger's schema. Default `tally`.
+    #[arg(long, env = "TALLY_PG_SCHEMA", global = true)]
+    pg_schema: Option<String>,
 }
 
 fn settings(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
@@ -108,6 +115,12 @@ fn settings(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(s) = &args.sync {
         c.sync = config::parse_sync(s).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(p) = &args.postgres {
+        c.postgres = Some(p.clone());
+    }
+    if let Some(s) = &args.pg_schema {
+        c.pg_schema = s.clone();
     }
     if c.log_format != "text" && c.log_format != "json" {
         bail!(
@@ -156,10 +169,36 @@ async fn open(args: &ServeArgs) -> anyhow::Result<(AppState, ServerConfig)> {
         .with_context(|| format!("creating {}", c.data_dir.display()))?;
     let key = admin_key(args, &c)?;
     let engine_config = EngineConfig::default();
-    let (tally, recovery) = Tally::open_durable(c.data_dir.join("ledger"), engine_config)
+    let limits = engine_config.limits.clone();
+    let store: std::sync::Arc<dyn tally::Store> = match &c.postgres {
+        Some(url) => {
+            let mut config = tally::PgConfig::new(url.clone(), c.pg_schema.clone());
+            config.limits = limits;
+            let (store, recovery) =
+                tokio::task::spawn_blocking(move || tally::PgStore::open(config))
+                    .await?
+                    .with_context(|| {
+                        format!("opening the ledger in PostgreSQL schema {}", c.pg_schema)
+                    })?;
+            tracing::info!(?recovery, schema = %c.pg_schema, "ledger open in PostgreSQL");
+            std::sync::Arc::new(store)
+        }
+        None => {
+            let mut config = tally::DurableConfig::new(c.data_dir.join("ledger"));
+            config.limits = limits;
+            // The ledger's journal follows `sync` too (it was always synced before).
+            config.sync = c.sync;
+            let (store, recovery) =
+                tokio::task::spawn_blocking(move || tally::DurableStore::open(config))
+                    .await?
+                    .with_context(|| format!("opening the ledger in {}", c.data_dir.display()))?;
+            tracing::info!(?recovery, "ledger open");
+            std::sync::Arc::new(store)
+        }
+    };
+    let tally = Tally::open(store, engine_config)
         .await
-        .with_context(|| format!("opening the ledger in {}", c.data_dir.display()))?;
-    tracing::info!(?recovery, "ledger open");
+        .context("opening the engine")?;
     let state = AppState::open(tally, &c.data_dir, c.clone(), &key)
         .await
         .map_err(anyhow::Error::msg)?;

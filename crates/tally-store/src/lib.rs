@@ -23,6 +23,8 @@ pub mod journal;
 mod mem;
 mod open_dirs;
 mod pg;
+#[cfg(feature = "test-hooks")]
+pub mod pg_testing;
 mod projection;
 pub mod salvage;
 mod snapdb;

@@ -141,9 +141,32 @@ fn a_fresh_start_generates_a_private_admin_key_and_sigterm_exits_cleanly() {
 #[test]
 fn what_was_acknowledged_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
+    kill_9_loses_nothing(dir.path(), &[]);
+    assert!(dir.path().join("ledger").is_dir());
+}
+
+/// The same with the ledger in a real PostgreSQL (a throwaway cluster): the process killed
+/// with -9 mid-life, started again on the same schema, every acknowledged charge there.
+#[test]
+fn what_was_acknowledged_survives_kill_9_with_the_ledger_in_postgres() {
+    let pg = tally_store::pg_testing::PgServer::start();
+    let schema = pg.config("server_kill").schema;
+    let dir = tempfile::tempdir().unwrap();
+    kill_9_loses_nothing(
+        dir.path(),
+        &[("TALLY_POSTGRES", pg.url()), ("TALLY_PG_SCHEMA", &schema)],
+    );
+    assert!(
+        !dir.path().join("ledger").exists(),
+        "the ledger is in PostgreSQL, not the data directory"
+    );
+}
+
+fn kill_9_loses_nothing(dir: &Path, extra: &[(&str, &str)]) {
     let key = "kill-nine-admin-key-0123";
-    let env = [("TALLY_ADMIN_KEY", key)];
-    let served = Served::start(dir.path(), &env);
+    let mut env = vec![("TALLY_ADMIN_KEY", key)];
+    env.extend_from_slice(extra);
+    let served = Served::start(dir, &env);
     for (id, kind) in [("alice", "user"), ("chat", "revenue")] {
         let (s, _) = http(
             &served.url,
@@ -176,7 +199,7 @@ fn what_was_acknowledged_survives_kill_9() {
     }
     served.signal("-KILL");
     drop(served);
-    let served = Served::start(dir.path(), &env);
+    let served = Served::start(dir, &env);
     let (s, body) = http(&served.url, "GET", "/v1/accounts/alice/balance", key, "");
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["available"].as_u64().unwrap(), 1_000_000 - acked);
