@@ -1181,9 +1181,18 @@ impl Account {
                 self.allowance = allowance.clone().map(|allowance| {
                     // The same period keeps what was issued (a new amount starts next period);
                     // another period issues at once.
+                    let start = allowance.period.start(record.at);
                     let issued_for = before
                         .filter(|b| b.allowance.period == allowance.period)
-                        .and_then(|b| b.issued_for);
+                        .and_then(|b| b.issued_for)
+                        // Removed and set again within a period: its grant stands, and is
+                        // not issued twice.
+                        .or_else(|| {
+                            self.grants
+                                .values()
+                                .any(|g| g.allowance_period == Some(start))
+                                .then_some(start)
+                        });
                     crate::AllowanceState {
                         allowance,
                         set_at: record.at,

@@ -188,6 +188,13 @@ fn arm_timer(myself: &ActorRef<AccountMsg>, state: &mut ActorState) {
         return;
     }
     let now = state.shared.now_ms();
+    // A due deadline whose work failed waits for its retry, not 1 ms.
+    let deferred = slot.timers_deferred_until_ms.load(Ordering::Acquire);
+    let deadline = if deadline.0 <= now && deferred > now {
+        tally_core::Timestamp(deferred)
+    } else {
+        deadline
+    };
     let wait = Duration::from_millis(deadline.0.saturating_sub(now).max(1));
     slot.timer_at_ms.store(deadline.0.max(1), Ordering::Release);
     myself.send_after(wait, || AccountMsg::Expire);

@@ -25,6 +25,9 @@ use tally_store::{DurablePoint, Store};
 use crate::actor::{AccountActor, AccountMsg};
 use crate::{EngineConfig, Error};
 
+/// How long an account's grant timers wait after one failed (ms).
+pub(crate) const TIMER_RETRY_MS: u64 = 1_000;
+
 /// Number of activation stripes (a power of two).
 const STRIPES: usize = 256;
 
@@ -47,6 +50,8 @@ pub(crate) struct Slot {
     pub(crate) snapshot_seq: AtomicU64,
     /// The deadline (ms) the actor's expiry timer is armed for (0: none).
     pub(crate) timer_at_ms: AtomicU64,
+    /// Until when (ms) its grant timers wait after a failure (0: they do not).
+    pub(crate) timers_deferred_until_ms: AtomicU64,
 }
 
 impl Slot {
@@ -213,6 +218,7 @@ impl Shared {
             last_access_ms: AtomicU64::new(self.now_ms()),
             snapshot_seq: AtomicU64::new(0),
             timer_at_ms: AtomicU64::new(0),
+            timers_deferred_until_ms: AtomicU64::new(0),
         });
         let (actor, _) = ractor::ActorRuntime::spawn_linked_instant(
             None,
@@ -491,6 +497,14 @@ impl Shared {
         // Each record settles one grant or issues one period's allowance: bounded by the grants.
         for _ in 0..=tally_core::GRANTS_MAX.saturating_mul(2) {
             let now = self.config.clock.now();
+            if slot.timers_deferred_until_ms.load(Ordering::Acquire) > now.0 {
+                return made;
+            }
+            let leg_of = |record: &tally_core::Record| {
+                record.leg().map(|leg| match leg {
+                    tally_core::Leg::Credit(id, _) | tally_core::Leg::Debit(id, _) => id,
+                })
+            };
             let leg_id = {
                 let state = slot.state.lock();
                 if state.retired {
@@ -498,28 +512,41 @@ impl Shared {
                 }
                 match state.account.grant_timer_record(now) {
                     None => return made,
-                    Some(record) => record.leg().map(|leg| match leg {
-                        tally_core::Leg::Credit(id, _) | tally_core::Leg::Debit(id, _) => id,
-                    }),
+                    Some(record) => leg_of(&record),
                 }
             };
+            // Decided again under the locks, at a later time: if another grant became due
+            // meanwhile the record may name another funding account than the one locked; it is
+            // then made on the next turn of the loop, with the right lock.
+            let mut other_leg = false;
             let reply = self.decide_and_append(
                 slot,
                 leg_id,
                 None,
                 tally_core::SpendCaps::default(),
                 &mut |account, ctx| {
-                    Ok(account.grant_timer_record(ctx.now).map(|record| {
-                        let outcome = record.outcome();
-                        Decision::Apply { record, outcome }
-                    }))
+                    let Some(record) = account.grant_timer_record(ctx.now) else {
+                        return Ok(None);
+                    };
+                    if leg_of(&record) != leg_id {
+                        other_leg = true;
+                        return Ok(None);
+                    }
+                    let outcome = record.outcome();
+                    Ok(Some(Decision::Apply { record, outcome }))
                 },
             );
             match reply.result {
                 Ok(Some(_)) => made += 1,
+                Ok(None) if other_leg => {}
                 Ok(None) => return made,
                 Err(e) => {
-                    tracing::warn!(account = %slot.id, error = %e, "grant timer deferred");
+                    // Not again for a second: a failing store or an unavailable funding
+                    // account must not spin the account's timer.
+                    let until = self.now_ms().saturating_add(TIMER_RETRY_MS);
+                    slot.timers_deferred_until_ms
+                        .store(until, Ordering::Release);
+                    tracing::warn!(account = %slot.id, error = %e, "grant timer deferred 1 s");
                     return made;
                 }
             }

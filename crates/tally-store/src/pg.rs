@@ -76,6 +76,9 @@ pub struct PgConfig {
     pub queue_max: usize,
     /// Records per transaction at most ([`PG_GROUP_MAX`] by default).
     pub group_max: usize,
+    /// How long opening waits for another store to let go of the schema (10 s by default;
+    /// past it the open is refused).
+    pub claim_wait: Duration,
 }
 
 impl PgConfig {
@@ -87,6 +90,7 @@ impl PgConfig {
             limits: Limits::default(),
             queue_max: PG_QUEUE_MAX,
             group_max: PG_GROUP_MAX,
+            claim_wait: CLAIM_WAIT,
         }
     }
 }
@@ -104,6 +108,21 @@ pub struct PgRecovery {
 #[derive(Clone)]
 pub struct PgStore {
     inner: Arc<Inner>,
+    /// Dropped with the last handle: the committer then writes what is queued and stops, and
+    /// the connections close (a store dropped without `close`, as a crash would, leaves no
+    /// thread or session behind).
+    _last: Arc<LastHandle>,
+}
+
+struct LastHandle(Arc<Inner>);
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        self.0.queue.lock().closing = true;
+        self.0.wake.notify_all();
+        // The reader's thread ends when its channel closes.
+        drop(self.0.reader.lock().take());
+    }
 }
 
 struct Inner {
@@ -364,13 +383,15 @@ impl PgStore {
             config,
         });
         let writer = Worker::connect(&inner.config.url, "tally-pg-committer-connect")?;
+        claim(&writer, &inner.config.schema, inner.config.claim_wait)?;
         let for_thread = inner.clone();
         let handle = std::thread::Builder::new()
             .name("tally-pg-committer".to_owned())
             .spawn(move || commit_loop(&for_thread, writer))
             .map_err(|e| StoreError::Io(format!("spawning the committer: {e}").into()))?;
         *inner.committer.lock() = Some(handle);
-        Ok((PgStore { inner }, recovery))
+        let last = Arc::new(LastHandle(inner.clone()));
+        Ok((PgStore { inner, _last: last }, recovery))
     }
 
     fn read<T: Send + 'static>(
@@ -398,6 +419,45 @@ impl PgStore {
 
     fn schema(&self) -> String {
         self.inner.config.schema.clone()
+    }
+}
+
+/// How long opening waits for another store to let go of the schema (one dropped a moment ago
+/// is still closing its connection).
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
+/// Makes the committer's connection the schema's only writer (a session advisory lock on the
+/// schema's name, held while the connection lives: a second store on the schema is refused,
+/// never interleaved) and its commits durable before they return (`synchronous_commit = on`,
+/// whatever the server's default).
+fn claim(writer: &Worker, schema: &str, wait: Duration) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        let name = schema.to_owned();
+        let got = writer.call(move |client| {
+            client
+                .batch_execute("SET synchronous_commit = on")
+                .map_err(pg_err("SET synchronous_commit"))?;
+            client
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended('tally:' || $1, 0))",
+                    &[&name],
+                )
+                .map(|row| row.get::<_, bool>(0))
+                .map_err(pg_err("taking the schema's lock"))
+        })?;
+        if got {
+            return Ok(());
+        }
+        if started.elapsed() >= wait {
+            return Err(StoreError::Io(
+                format!(
+                    "schema {schema} is in use by another tally store (its advisory lock is                      held); one schema has one writer"
+                )
+                .into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

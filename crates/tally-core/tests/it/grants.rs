@@ -347,6 +347,22 @@ fn an_allowance_issues_a_grant_each_period_that_expires_at_its_end() {
         },
     );
     assert!(w.grant_timers(USER).is_empty());
+    // Removed and set again in the same month: December's grant is not issued twice.
+    w.ok(USER, Command::SetAllowance { allowance: None });
+    w.ok(
+        USER,
+        Command::SetAllowance {
+            allowance: Some(Allowance {
+                from: BANK,
+                amount: amt(1_000),
+                period: Period::Month,
+                priority: 0,
+                label: "plan".into(),
+            }),
+        },
+    );
+    assert!(w.grant_timers(USER).is_empty(), "issued once per period");
+    assert_eq!(w.bal(USER), bal(1_000, 0, 1_000));
     // Removed: no more grants; the one issued stands until its end.
     w.ok(USER, Command::SetAllowance { allowance: None });
     w.now = Timestamp(1_704_067_200_000);
