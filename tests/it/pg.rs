@@ -13,6 +13,15 @@ use tally_store::pg_testing::PgServer;
 
 use crate::support::*;
 
+fn all_usage(tally: &Tally) -> tally::UsageTotals {
+    let all = tally::UsageQuery::new(
+        tally::Granularity::Day,
+        tally::Timestamp(0),
+        tally::Timestamp(u64::MAX / 2),
+    );
+    tally.usage(&all).unwrap().totals
+}
+
 async fn engine(store: &PgStore) -> Tally {
     Tally::open(Arc::new(store.clone()), EngineConfig::default())
         .await
@@ -41,14 +50,7 @@ async fn the_engine_on_postgres_keeps_every_acknowledged_write_across_a_crash() 
         .unwrap();
     let before = tally.balance(ALICE).await.unwrap();
     assert_eq!(before.available, 100_000 - 12_345 + 345 - 1_000);
-    let usage_before = tally
-        .usage(&tally::UsageQuery::new(
-            tally::Granularity::Day,
-            tally::Timestamp(0),
-            tally::Timestamp(u64::MAX / 2),
-        ))
-        .unwrap()
-        .totals;
+    let usage_before = all_usage(&tally);
     let head = store.trail_head();
     // A crash: the engine and the store handle go without saving anything.
     drop(tally);
@@ -71,14 +73,7 @@ async fn the_engine_on_postgres_keeps_every_acknowledged_write_across_a_crash() 
         .unwrap();
     assert_eq!(again, hold);
     assert_eq!(tally.balance(ALICE).await.unwrap(), before);
-    let usage_after = tally
-        .usage(&tally::UsageQuery::new(
-            tally::Granularity::Day,
-            tally::Timestamp(0),
-            tally::Timestamp(u64::MAX / 2),
-        ))
-        .unwrap()
-        .totals;
+    let usage_after = all_usage(&tally);
     assert_eq!(
         usage_after, usage_before,
         "usage is rebuilt from the records"

@@ -1212,7 +1212,7 @@ impl Account {
             } => {
                 let mut token = None;
                 if let Some(down) = old.checked_sub(*new).filter(|d| !d.is_zero()) {
-                    self.posting_give_back(*posting, down);
+                    self.posting_give_back(*posting, down, Amount::ZERO);
                 } else if let Some(up) = new.checked_sub(*old).filter(|u| !u.is_zero()) {
                     let more = self.grants_draw(up, record.at, true);
                     if let Some(p) = self.postings.get_mut(posting) {
@@ -1406,7 +1406,7 @@ impl Account {
             Change::Refunded {
                 posting, amount, ..
             } => {
-                self.posting_give_back(*posting, *amount);
+                self.posting_give_back(*posting, *amount, Amount::ZERO);
                 if let Some(p) = self.postings.get_mut(posting) {
                     // Decided within what is left of the posting; a record past it is kept as
                     // it is, for the audit to report (never clamped to fit).
@@ -1584,14 +1584,15 @@ impl Account {
         }
         // What the rebate gave back of postings grants paid goes back to those grants.
         for (seq, take) in rebated {
-            self.posting_shares_give_back(seq, take);
+            self.posting_give_back(seq, take, take);
         }
     }
 
     /// Gives `amount` returned on a retained posting back where it was paid from (see
-    /// [`crate::Grant`]: its general part first, then its grants from the last drawn), before
-    /// the posting's refundable amount is reduced.
-    fn posting_give_back(&mut self, posting: u64, amount: Amount) {
+    /// [`crate::Grant`]: its general part first, then its grants from the last drawn).
+    /// `reduced` is how much of it the posting's refundable amount was already reduced by (a
+    /// volume rebate takes it off first; a refund or a correction after).
+    fn posting_give_back(&mut self, posting: u64, amount: Amount, reduced: Amount) {
         if self.grants.is_empty() {
             return;
         }
@@ -1602,24 +1603,7 @@ impl Account {
         let general = p
             .refundable()
             .wide()
-            .saturating_sub(crate::grant::shares_total(&shares));
-        self.grants_restore(&mut shares, general, amount);
-        if let Some(p) = self.postings.get_mut(&posting) {
-            p.grants = shares;
-        }
-    }
-
-    /// As [`Account::posting_give_back`], after the posting's refundable amount was reduced
-    /// by `amount` already (a volume rebate).
-    fn posting_shares_give_back(&mut self, posting: u64, amount: Amount) {
-        let Some(p) = self.postings.get_mut(&posting) else {
-            return;
-        };
-        let mut shares = std::mem::take(&mut p.grants);
-        let general = p
-            .refundable()
-            .wide()
-            .saturating_add(amount.wide())
+            .saturating_add(reduced.wide())
             .saturating_sub(crate::grant::shares_total(&shares));
         self.grants_restore(&mut shares, general, amount);
         if let Some(p) = self.postings.get_mut(&posting) {

@@ -420,6 +420,23 @@ impl PgStore {
     fn schema(&self) -> String {
         self.inner.config.schema.clone()
     }
+
+    /// Every committed record of one `kind` (openings, policy changes), in sequence order.
+    fn records_of_kind(&self, kind: i16) -> Result<Vec<Record>, StoreError> {
+        self.wait_all_committed()?;
+        let schema = self.schema();
+        self.read(move |client| {
+            client
+                .query(
+                    &format!("SELECT body FROM {schema}.records WHERE kind = $1 ORDER BY seq"),
+                    &[&kind],
+                )
+                .map_err(pg_err("reading the journal by kind"))?
+                .iter()
+                .map(|row| decode_record(row.get(0)))
+                .collect()
+        })
+    }
 }
 
 /// How long opening waits for another store to let go of the schema (one dropped a moment ago
@@ -595,56 +612,29 @@ impl Store for PgStore {
     }
 
     fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError> {
-        self.wait_all_committed()?;
-        let schema = self.schema();
-        self.read(move |client| {
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT body FROM {schema}.records WHERE kind = {KIND_OPENED} ORDER BY seq"
-                    ),
-                    &[],
-                )
-                .map_err(pg_err("reading the accounts"))?;
-            rows.iter()
-                .map(|row| {
-                    let record = decode_record(row.get(0))?;
-                    match record.change {
-                        Change::Opened { spec } => Ok((record.account, spec)),
-                        _ => Err(StoreError::Corrupt(
-                            "a record marked as an opening is another change".into(),
-                        )),
-                    }
-                })
-                .collect()
-        })
+        self.records_of_kind(KIND_OPENED)?
+            .into_iter()
+            .map(|record| match record.change {
+                Change::Opened { spec } => Ok((record.account, spec)),
+                _ => Err(StoreError::Corrupt(
+                    "a record marked as an opening is another change".into(),
+                )),
+            })
+            .collect()
     }
 
     fn policies(&self) -> Result<Vec<(AccountId, tally_core::AccountPolicy)>, StoreError> {
-        self.wait_all_committed()?;
-        let schema = self.schema();
-        self.read(move |client| {
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT body FROM {schema}.records WHERE kind = {KIND_POLICY} ORDER BY seq"
-                    ),
-                    &[],
-                )
-                .map_err(pg_err("reading the policies"))?;
-            let mut policies: std::collections::BTreeMap<AccountId, tally_core::AccountPolicy> =
-                std::collections::BTreeMap::new();
-            for row in &rows {
-                let record = decode_record(row.get(0))?;
-                if let Change::PolicySet { setting, version } = &record.change {
-                    policies
-                        .entry(record.account)
-                        .or_default()
-                        .apply(setting, *version, record.at);
-                }
+        let mut policies: std::collections::BTreeMap<AccountId, tally_core::AccountPolicy> =
+            std::collections::BTreeMap::new();
+        for record in self.records_of_kind(KIND_POLICY)? {
+            if let Change::PolicySet { setting, version } = &record.change {
+                policies
+                    .entry(record.account)
+                    .or_default()
+                    .apply(setting, *version, record.at);
             }
-            Ok(policies.into_iter().collect())
-        })
+        }
+        Ok(policies.into_iter().collect())
     }
 
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
