@@ -32,15 +32,19 @@ pub const GRANT_EXPIRES_IN_S_MAX: u64 = 10 * 366 * 86_400;
 #[serde(deny_unknown_fields)]
 pub struct GrantBody {
     /// µ¢ granted.
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
     pub amount: u64,
     /// Lower numbers are consumed first (default 0).
     #[serde(default)]
+    #[schema(value_type = u64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub priority: u32,
     /// Seconds until it expires (absent or `null`: never). At most ten years.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 316_224_000)]
     pub expires_in_s: Option<u64>,
     /// What it is for (e.g. `promo`, `purchased`; at most 64 bytes).
     #[serde(default)]
+    #[schema(max_length = 64)]
     pub label: String,
     /// The funding account it comes from (default `tally:funding`).
     #[serde(default)]
@@ -52,20 +56,25 @@ pub struct GrantBody {
 #[serde(deny_unknown_fields)]
 pub struct AllowanceBody {
     /// µ¢ granted each period.
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
     pub amount: u64,
-    /// `day` or `month` (UTC), or `every` (`length_ms` from `anchor_ms`).
+    /// `day` or `month` (UTC), or `every` (`length_ms` from `anchor_ms`, both then required).
+    #[schema(pattern = "^(day|month|every)$")]
     pub period: String,
     /// For `every`: when one period starts (ms since the epoch).
     #[serde(default)]
     pub anchor_ms: Option<u64>,
     /// For `every`: the period's length in ms (at least one minute).
     #[serde(default)]
+    #[schema(minimum = 60_000)]
     pub length_ms: Option<u64>,
     /// The grants' priority (default 0).
     #[serde(default)]
+    #[schema(value_type = u64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub priority: u32,
     /// The grants' label (default `allowance`).
     #[serde(default)]
+    #[schema(max_length = 64)]
     pub label: Option<String>,
     /// The funding account the grants come from (default `tally:funding`).
     #[serde(default)]
@@ -308,8 +317,8 @@ async fn set_allowance(
     .await
 }
 
-/// Removes a user's allowance (grants already issued stand until they expire); 400
-/// `invalid_grant` when it has none.
+/// Removes a user's allowance (grants already issued stand until they expire); 404
+/// `no_allowance` when it has none.
 #[utoipa::path(delete, path = "/v1/accounts/{id}/allowance", params(("id" = String, Path)),
     responses((status = 200, body = Value), (status = "4XX", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -324,6 +333,13 @@ async fn remove_allowance(
     let digest = crate::registry::BodyDigest::default();
     admin_write(state, principal, headers, route, &digest, |op| async move {
         let id = user_of(&s, &name)?;
+        if s.tally.grants(id).await?.allowance.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_allowance",
+                format!("{name:?} has no allowance to remove"),
+            ));
+        }
         s.tally.set_allowance(op, id, None).await?;
         let g = s.tally.grants(id).await?;
         Ok((StatusCode::OK, grants_json(&s, &name, &g, s.tally.now())))

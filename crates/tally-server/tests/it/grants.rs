@@ -179,7 +179,7 @@ async fn an_allowance_grants_each_period_and_can_be_removed() {
         .await;
     assert_eq!(
         (again.status, again.code()),
-        (StatusCode::BAD_REQUEST, "invalid_grant")
+        (StatusCode::NOT_FOUND, "no_allowance")
     );
 }
 
@@ -284,8 +284,8 @@ async fn bad_grant_requests_are_refused_with_their_codes_and_change_nothing() {
             "DELETE",
             "/v1/accounts/alice/allowance",
             json!(null),
-            400,
-            "invalid_grant",
+            404,
+            "no_allowance",
         ),
     ];
     for (method, path, body, status, code) in cases {
