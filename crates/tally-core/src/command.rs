@@ -568,16 +568,28 @@ const DIGEST_FIELDS: [[&str; 6]; 21] = [
     ["from", "amount", "period", "priority", "label", ""],
 ];
 
-/// FNV-1a over a period's canonical form (its kind, then its anchor and length).
-fn period_hash(period: &crate::Period) -> u64 {
-    let words: [u64; 3] = match period {
-        crate::Period::Day => [0, 0, 0],
-        crate::Period::Month => [1, 0, 0],
+/// A period's canonical form, as price and allowance digests take it: its kind (0 day, 1
+/// month, 2 every), then, for `every`, its anchor and length.
+fn period_words(period: &crate::Period, words: &mut Vec<u64>) {
+    match period {
+        crate::Period::Day => words.push(0),
+        crate::Period::Month => words.push(1),
         crate::Period::Every {
             anchor_ms,
             length_ms,
-        } => [2, *anchor_ms, *length_ms],
-    };
+        } => words.extend([2, *anchor_ms, *length_ms]),
+    }
+}
+
+/// FNV-1a over a period's canonical form ([`period_words`]).
+fn period_hash(period: &crate::Period) -> u64 {
+    let mut words = Vec::with_capacity(3);
+    period_words(period, &mut words);
+    words_hash(&words)
+}
+
+/// FNV-1a over words, each little-endian, in order.
+fn words_hash(words: &[u64]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     words
@@ -640,8 +652,6 @@ fn usage_hash(usage: &Usage) -> u64 {
 /// FNV-1a over a price's canonical form: its kind, then every rate (amount, per) and tier bound
 /// (`u64::MAX` for the open tier) in order, little-endian.
 fn price_hash(price: &Price) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
     let rate = |r: &crate::Rate| [r.amount, r.per];
     let mut words: Vec<u64> = Vec::new();
     match price {
@@ -677,26 +687,14 @@ fn price_hash(price: &Price) -> u64 {
             period,
         } => {
             words.extend([6, *meter as u64, *mode as u64]);
-            match period {
-                crate::Period::Day => words.push(0),
-                crate::Period::Month => words.push(1),
-                crate::Period::Every {
-                    anchor_ms,
-                    length_ms,
-                } => words.extend([2, *anchor_ms, *length_ms]),
-            }
+            period_words(period, &mut words);
             for tier in tiers {
                 words.push(tier.up_to.unwrap_or(u64::MAX));
                 words.extend(rate(&tier.rate));
             }
         }
     }
-    words
-        .iter()
-        .flat_map(|w| w.to_le_bytes())
-        .fold(OFFSET, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-        })
+    words_hash(&words)
 }
 
 /// A price as an app's catalog had it when a hold was quoted: the entry's version and the
@@ -1175,6 +1173,13 @@ impl Effect {
 }
 
 impl Record {
+    /// The account the record's leg changes (the counterparty), if it has one.
+    pub fn leg_account(&self) -> Option<AccountId> {
+        self.leg().map(|leg| match leg {
+            Leg::Credit(id, _) | Leg::Debit(id, _) => id,
+        })
+    }
+
     /// The counterparty's leg, if the change moved money between two accounts.
     pub fn leg(&self) -> Option<Leg> {
         match &self.change {

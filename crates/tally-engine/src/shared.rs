@@ -500,11 +500,6 @@ impl Shared {
             if slot.timers_deferred_until_ms.load(Ordering::Acquire) > now.0 {
                 return made;
             }
-            let leg_of = |record: &tally_core::Record| {
-                record.leg().map(|leg| match leg {
-                    tally_core::Leg::Credit(id, _) | tally_core::Leg::Debit(id, _) => id,
-                })
-            };
             let leg_id = {
                 let state = slot.state.lock();
                 if state.retired {
@@ -512,7 +507,7 @@ impl Shared {
                 }
                 match state.account.grant_timer_record(now) {
                     None => return made,
-                    Some(record) => leg_of(&record),
+                    Some(record) => record.leg_account(),
                 }
             };
             // Decided again under the locks, at a later time: if another grant became due
@@ -528,7 +523,7 @@ impl Shared {
                     let Some(record) = account.grant_timer_record(ctx.now) else {
                         return Ok(None);
                     };
-                    if leg_of(&record) != leg_id {
+                    if record.leg_account() != leg_id {
                         other_leg = true;
                         return Ok(None);
                     }

@@ -62,7 +62,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use tally_core::{
-    Account, AccountId, AccountSpec, Change, Leg, Limits, Record, RememberedKey, UsageConfig,
+    Account, AccountId, AccountSpec, Change, Limits, Record, RememberedKey, UsageConfig,
     UsageQuery, UsageReport, UsageTotals,
 };
 
@@ -407,10 +407,7 @@ fn key(id: AccountId) -> [u8; 8] {
 }
 
 fn touched(record: &Record) -> (AccountId, Option<AccountId>) {
-    let other = record.leg().map(|leg| match leg {
-        Leg::Credit(id, _) | Leg::Debit(id, _) => id,
-    });
-    (record.account, other)
+    (record.account, record.leg_account())
 }
 
 impl DurableStore {

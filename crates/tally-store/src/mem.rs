@@ -160,10 +160,7 @@ impl Store for MemStore {
             .entry(record.account)
             .or_default()
             .push(index);
-        if let Some(leg) = record.leg() {
-            let other = match leg {
-                tally_core::Leg::Credit(id, _) | tally_core::Leg::Debit(id, _) => id,
-            };
+        if let Some(other) = record.leg_account() {
             journal.by_account.entry(other).or_default().push(index);
         }
         let seq = index + 1;

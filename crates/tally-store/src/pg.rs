@@ -40,8 +40,8 @@ use postgres::{Client, NoTls};
 use tokio::sync::watch;
 
 use tally_core::{
-    Account, AccountId, AccountSpec, Change, Leg, Limits, Record, UsageBook, UsageConfig,
-    UsageQuery, UsageReport, UsageTotals,
+    Account, AccountId, AccountSpec, Change, Limits, Record, UsageBook, UsageConfig, UsageQuery,
+    UsageReport, UsageTotals,
 };
 
 use crate::codec::{
@@ -556,12 +556,6 @@ fn write_group(client: &mut Client, schema: &str, group: &[Row]) -> Result<(), S
     tx.commit().map_err(pg_err("COMMIT"))
 }
 
-fn leg_of(record: &Record) -> Option<AccountId> {
-    record.leg().map(|leg| match leg {
-        Leg::Credit(id, _) | Leg::Debit(id, _) => id,
-    })
-}
-
 impl Store for PgStore {
     fn limits(&self) -> &Limits {
         &self.inner.config.limits
@@ -593,7 +587,7 @@ impl Store for PgStore {
             q.pending.push_back(Row {
                 seq: big(seq),
                 account: big(record.account.0),
-                leg: leg_of(record).map(|id| big(id.0)),
+                leg: record.leg_account().map(|id| big(id.0)),
                 kind,
                 body,
                 chain: chain.to_vec(),

@@ -34,12 +34,15 @@ fn pg_bin(name: &str) -> PathBuf {
     })
 }
 
-fn as_postgres(program: &Path) -> Command {
-    // initdb and postgres refuse to run as root.
-    let root = std::fs::metadata("/proc/self")
+/// Whether this process runs as root (initdb and postgres refuse to).
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    if root {
+        .unwrap_or(false)
+}
+
+fn as_postgres(program: &Path) -> Command {
+    if running_as_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
         c
@@ -71,10 +74,7 @@ impl PgServer {
             .unwrap_or_else(|e| panic!("a temporary directory for PostgreSQL: {e}"));
         let data = tmp.path().join("data");
         std::fs::create_dir(&data).unwrap_or_else(|e| panic!("creating {}: {e}", data.display()));
-        let root = std::fs::metadata("/proc/self")
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-            .unwrap_or(false);
-        if root {
+        if running_as_root() {
             run(
                 {
                     let mut c = Command::new("chown");
