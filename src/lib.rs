@@ -56,6 +56,7 @@ pub use tally_core::{
 pub use tally_core::{
     Granularity, UsageBook, UsageConfig, UsageKey, UsageQuery, UsageReport, UsageTotals,
 };
+pub use tally_core::{LegTotals, LegsError};
 pub use tally_engine::{
     Affordable, BalanceHistory, BalancePoint, Clock, Committed, Dispatch, EngineConfig, Error,
     Event, EventKind, Extended, GrantRequest, Grants, HistoryPage, HoldGuard, LimitScope,

@@ -45,10 +45,9 @@ async fn idle_accounts_are_passivated_and_come_back_unchanged() {
     let request = ReserveRequest::new(ALICE, APP, 1_000).timeout(Duration::from_secs(3_600));
     w.tally.reserve(op(), request).await.unwrap();
     let before = w.tally.account(ALICE).await.unwrap();
-    assert!(
-        w.tally.resident_accounts() >= 2,
-        "alice and the bank are resident"
-    );
+    // The hold made Alice resident; the app is credited through the store's leg book, never
+    // activated by it.
+    assert!(w.tally.resident_accounts() >= 1, "alice is resident");
     w.clock.advance(60_000);
     for _ in 0..200 {
         if w.tally.resident_accounts() == 0 {

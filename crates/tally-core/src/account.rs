@@ -346,6 +346,10 @@ pub struct Account {
     /// Its recurring allowance.
     #[serde(default)]
     pub(crate) allowance: Option<crate::AllowanceState>,
+    /// The legs of other accounts' records it has taken in (see [`crate::legs`]): its totals
+    /// include exactly these.
+    #[serde(default)]
+    pub(crate) legs: crate::LegTotals,
 }
 
 /// One endpoint's entry in an app's price catalog.
@@ -435,6 +439,7 @@ impl Account {
             period_use: std::collections::BTreeMap::new(),
             grants: std::collections::BTreeMap::new(),
             allowance: None,
+            legs: crate::LegTotals::default(),
         }
     }
 
@@ -594,9 +599,42 @@ impl Account {
         }
     }
 
-    /// Journal sequence number of the last record applied to this account (0 if none).
+    /// Journal sequence number of the last record applied to this account or of the last leg
+    /// it took in, whichever is newer (0 if none): every record of its own up to it is applied,
+    /// and a replay applies its own records after it.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// The legs of other accounts' records it has taken in.
+    pub fn legs(&self) -> &crate::LegTotals {
+        &self.legs
+    }
+
+    /// Takes in the legs other accounts' records carried to it since it last did: `store` is
+    /// what its store sums for it now ([`crate::legs`]). Returns whether anything was new.
+    /// Refused, changing nothing, if the store's sums are behind what it took in already or
+    /// its totals would pass `u128`: both mean damage, never a clamp.
+    pub fn absorb_legs(&mut self, store: &crate::LegTotals) -> Result<bool, crate::LegsError> {
+        if *store == self.legs {
+            return Ok(false);
+        }
+        let (credits, debits) = store.since(&self.legs).ok_or(crate::LegsError::Behind {
+            account: self.id,
+            taken: self.legs,
+            store: *store,
+        })?;
+        let overflow = crate::LegsError::TotalsOverflow { account: self.id };
+        let credits_posted = self
+            .credits_posted
+            .checked_add(credits)
+            .ok_or(overflow.clone())?;
+        let debits_posted = self.debits_posted.checked_add(debits).ok_or(overflow)?;
+        self.credits_posted = credits_posted;
+        self.debits_posted = debits_posted;
+        self.legs = *store;
+        self.last_seq = self.last_seq.max(store.last_seq);
+        Ok(true)
     }
 
     /// Total funding: the sum of every `Fund`, set to `new` by each funding update (the seeds'

@@ -2,7 +2,7 @@
 //! applying the record (`apply`, `apply_leg`). Deciding never mutates; applying never fails.
 
 use crate::account::{forget_oldest, forget_through, totals_fit, Remembered};
-use crate::command::{Leg, Metered};
+use crate::command::Metered;
 use crate::{
     Account, AccountId, AccountKind, AccountSpec, Amount, Change, Command, Error, Hold, HoldId,
     HoldStatus, Limits, OpId, Origin, Outcome, Posting, PostingId, Record, Request, SpendToken,
@@ -1470,12 +1470,20 @@ impl Account {
     /// revenue account by a commit or charge, the debit of a funding account by a funding, the
     /// debit of a revenue account by a refund, the credit of a transfer's target.
     pub fn apply_leg(&mut self, record: &Record, seq: u64) {
-        self.last_seq = self.last_seq.max(seq);
-        debug_assert!(
-            matches!(record.leg(), Some(Leg::Credit(id, _) | Leg::Debit(id, _)) if id == self.id),
-            "leg applied to the wrong account"
+        let Some((id, leg)) = crate::legs::leg_of(record) else {
+            panic!("{}: record {seq} carries no leg", self.id);
+        };
+        assert_eq!(
+            id, self.id,
+            "record {seq}'s leg applied to the wrong account"
         );
-        self.add_effect(record, seq);
+        let mut legs = self.legs;
+        if let Err(e) = legs.add(leg, seq) {
+            panic!("{}: {e}", self.id);
+        }
+        if let Err(e) = self.absorb_legs(&legs) {
+            panic!("{e}");
+        }
     }
 
     /// A hold or charge made with a spend token uses that much of its cap.

@@ -7,10 +7,12 @@
 //! The split follows event sourcing:
 //! - [`Account::decide`] validates a [`Request`] against the account's state and returns the
 //!   record it would produce, without mutating anything;
-//! - [`Account::apply`] applies a record to the account that executed it, and
-//!   [`Account::apply_leg`] applies the other side of a two-account record (the credit to a
-//!   revenue account, the debit of a funding account). Both are infallible, so replaying a
-//!   journal after a crash rebuilds exactly the state the accounts passed through.
+//! - [`Account::apply`] applies a record to the account that executed it. Infallible, so
+//!   replaying a journal after a crash rebuilds exactly the state the accounts passed through.
+//! - The other side of a two-account record (the credit to a revenue account, the debit of a
+//!   funding account) is a [`Leg`]: a store sums each account's legs as [`LegTotals`] and the
+//!   account takes them in with [`Account::absorb_legs`] (see [`legs`]), so no account waits
+//!   for its counterparty. [`Account::apply_leg`] applies one leg directly, for models.
 //!
 //! Money is integers: an [`Amount`] is a `u64` in the ledger unit (microcents by default) no
 //! larger than [`Amount::MAX`]; account totals are `u128`; every step is checked. No floats.
@@ -24,6 +26,7 @@ mod error;
 mod grant;
 mod ids;
 mod ledger;
+pub mod legs;
 mod limits;
 pub mod period;
 mod policy;
@@ -55,6 +58,7 @@ pub use grant::{
 };
 pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp, TokenId};
 pub use ledger::{Counterparty, DecideCtx, Decision, SpendCaps, PRICES_MAX, TIERS_MAX};
+pub use legs::{LegTotals, LegsError};
 pub use limits::Limits;
 pub use period::{Period, PeriodStep, PeriodUse, TierMode};
 pub use policy::{AccountPolicy, PolicySetting, RateLimit, TokenRate};

@@ -75,6 +75,8 @@ pub(crate) enum AccountMsg {
     },
     /// The expiry timer fired.
     Expire,
+    /// A leg was appended for the account: take it in now (a threshold watches it).
+    Legs,
     /// Leave memory if idle: snapshot, leave the routing map, stop.
     Passivate,
     /// Test hook: panic inside the handler, as a bug would.
@@ -121,11 +123,17 @@ impl Actor for AccountActor {
             }
             AccountMsg::Read { query, reply } => {
                 state.shared.expire_due(&state.slot);
-                let _ = reply.send(read(&state.slot, query));
+                let _ = reply.send(read(&state.shared, &state.slot, query));
             }
             AccountMsg::Expire => {
                 state.slot.timer_at_ms.store(0, Ordering::Release);
                 state.shared.expire_due(&state.slot);
+            }
+            AccountMsg::Legs => {
+                let mut slot = state.slot.state.lock();
+                if let Err(e) = state.shared.take_in_legs(&mut slot.account) {
+                    tracing::error!(account = %state.slot.id, error = %e, "taking in legs");
+                }
             }
             AccountMsg::Passivate => {
                 if passivate(&state.shared, &state.slot).await {
@@ -141,8 +149,14 @@ impl Actor for AccountActor {
     }
 }
 
-pub(crate) fn read(slot: &Slot, query: Query) -> Reply<Answer> {
-    let state = slot.state.lock();
+pub(crate) fn read(shared: &Shared, slot: &Slot, query: Query) -> Reply<Answer> {
+    let mut state = slot.state.lock();
+    if let Err(e) = shared.take_in_legs(&mut state.account) {
+        return Reply {
+            result: Err(e),
+            wait_seq: 0,
+        };
+    }
     let account = &state.account;
     let answer = match query {
         Query::Balance => Answer::Balance(account.balance()),

@@ -323,16 +323,15 @@ impl Events {
     }
 
     /// The events of `record` (journal sequence number `seq`), applied to `own` (the account
-    /// that made it) and `theirs` (the counterparty whose leg it is), held until durable.
-    /// Called under the accounts' locks, right after applying, with what
-    /// [`Events::before_append`] returned.
+    /// that made it), held until durable. Called right after applying, with what
+    /// [`Events::before_append`] returned. (The counterparty's `balance.low` comes when it takes
+    /// the leg in: [`Events::on_legs`].)
     pub(crate) fn on_record(
         &self,
         held: Option<Held<'_>>,
         record: &Record,
         seq: u64,
         own: &Account,
-        theirs: Option<&Account>,
     ) {
         let mut events = Vec::new();
         if held.is_some() {
@@ -341,10 +340,8 @@ impl Events {
             }
         }
         if self.any_thresholds.load(Ordering::Acquire) {
-            for account in std::iter::once(own).chain(theirs) {
-                if let Some(kind) = self.crossing(account) {
-                    events.push(kind);
-                }
+            if let Some(kind) = self.crossing(own) {
+                events.push(kind);
             }
         }
         let Some(mut held) = held else {
@@ -363,6 +360,36 @@ impl Events {
             })
             .collect();
         held.insert(seq, events);
+    }
+
+    /// Whether `account` has a low-balance threshold (a leg to it should be taken in at once,
+    /// so that a crossing is heard when it happens).
+    pub(crate) fn watches(&self, account: AccountId) -> bool {
+        self.any_thresholds.load(Ordering::Acquire) && self.thresholds.contains_key(&account)
+    }
+
+    /// `account` took in legs of other accounts' records: `balance.low` if they took it below
+    /// its threshold, held until the newest of those records is durable (`durable` is the
+    /// durable point now).
+    pub(crate) fn on_legs(&self, account: &Account, at: Timestamp, durable: u64) {
+        if !self.any_thresholds.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(kind) = self.crossing(account) else {
+            return;
+        };
+        if !self.listening() {
+            return;
+        }
+        let seq = account.legs().last_seq;
+        let event = Event {
+            seq,
+            at,
+            origin: Origin::default(),
+            kind,
+        };
+        self.pending.lock().entry(seq).or_default().push(event);
+        self.drain(durable);
     }
 
     /// `balance.low` if this change took `account` below its threshold.

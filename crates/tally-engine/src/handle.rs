@@ -933,7 +933,11 @@ impl Tally {
         for id in ids {
             let resident = self.shared.resident.get(&id).map(|s| s.clone());
             match resident {
-                Some(slot) => auditor.add(&slot.state.lock().account),
+                Some(slot) => {
+                    let mut state = slot.state.lock();
+                    self.shared.take_in_legs(&mut state.account)?;
+                    auditor.add(&state.account);
+                }
                 None => {
                     if let Some(account) = self.shared.store.load(id)? {
                         auditor.add(&account);
@@ -1107,7 +1111,7 @@ impl Tally {
             Dispatch::Inline => {
                 self.inline(account, |shared, slot| {
                     shared.expire_due(slot);
-                    crate::actor::read(slot, query())
+                    crate::actor::read(shared, slot, query())
                 })
                 .await
             }

@@ -382,101 +382,74 @@ impl Shared {
         caps: tally_core::SpendCaps,
         decide: &mut DecideFn<'_>,
     ) -> Reply<Option<Outcome>> {
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let other = match leg_id {
-                Some(id) => match self.slot(id) {
-                    Ok(other) => Some(other),
-                    Err(e) => return reply_err(e),
-                },
-                None => None,
-            };
-            let (mut own, mut theirs) = match &other {
-                None => (slot.state.lock(), None),
-                Some(other) if other.id < slot.id => {
-                    let theirs = other.state.lock();
-                    (slot.state.lock(), Some(theirs))
-                }
-                Some(other) => {
-                    let own = slot.state.lock();
-                    (own, Some(other.state.lock()))
-                }
-            };
-            if own.retired {
-                return reply_err(Error::Unavailable {
-                    account: slot.id,
-                    attempts,
-                });
-            }
-            if theirs.as_ref().is_some_and(|t| t.retired) {
-                // Passivated between look-up and lock: look it up again.
-                if attempts >= 8 {
-                    return reply_err(Error::Unavailable {
-                        account: leg_id.unwrap_or(slot.id),
-                        attempts,
-                    });
-                }
-                continue;
-            }
-            let ctx = DecideCtx {
-                now: self.config.clock.now(),
-                limits: &self.config.limits,
-                counterparty,
-                caps,
-            };
-            return match decide(&own.account, &ctx) {
-                Err(e) => reply_err(e.into()),
-                Ok(None) => Reply {
-                    result: Ok(None),
-                    wait_seq: 0,
-                },
-                Ok(Some(Decision::Replay { outcome, seq })) => Reply {
-                    result: Ok(Some(outcome)),
-                    wait_seq: seq,
-                },
-                Ok(Some(Decision::Apply { record, outcome })) => {
-                    let spend = self.policy.spend_of(&own.account, &record);
-                    if let Err(e) = self.policy.take(slot.id, spend, ctx.now.0) {
-                        return reply_err(e);
-                    }
-                    let held = self.events.before_append();
-                    match self.store.append(&record) {
-                        Err(e) => {
-                            self.policy.give_back(slot.id, spend);
-                            reply_err(e.into())
-                        }
-                        Ok(seq) => {
-                            own.account.apply(&record, seq, &self.config.limits);
-                            match &record.change {
-                                tally_core::Change::PriceSet { .. } => {
-                                    self.cache_catalog(slot.id, catalog_of(&own.account));
-                                }
-                                tally_core::Change::PolicySet { setting, .. } => {
-                                    let policy = *own.account.policy();
-                                    self.install_policy(slot.id, &policy, Some(setting));
-                                }
-                                _ => {}
-                            }
-                            if let Some(theirs) = theirs.as_mut() {
-                                theirs.account.apply_leg(&record, seq);
-                            }
-                            self.events.on_record(
-                                held,
-                                &record,
-                                seq,
-                                &own.account,
-                                theirs.as_ref().map(|t| &t.account),
-                            );
-                            Reply {
-                                result: Ok(Some(outcome)),
-                                wait_seq: seq,
-                            }
-                        }
-                    }
-                }
-            };
+        // The counterparty must exist (it is never locked nor waited for: its leg goes to the
+        // store's book).
+        if let Some(id) = leg_id.filter(|id| !self.directory.contains_key(id)) {
+            return reply_err(tally_core::Error::UnknownAccount { account: id }.into());
         }
+        let mut own = slot.state.lock();
+        if own.retired {
+            return reply_err(Error::Unavailable {
+                account: slot.id,
+                attempts: 1,
+            });
+        }
+        if let Err(e) = self.take_in_legs(&mut own.account) {
+            return reply_err(e);
+        }
+        let ctx = DecideCtx {
+            now: self.config.clock.now(),
+            limits: &self.config.limits,
+            counterparty,
+            caps,
+        };
+        let reply = match decide(&own.account, &ctx) {
+            Err(e) => reply_err(e.into()),
+            Ok(None) => Reply {
+                result: Ok(None),
+                wait_seq: 0,
+            },
+            Ok(Some(Decision::Replay { outcome, seq })) => Reply {
+                result: Ok(Some(outcome)),
+                wait_seq: seq,
+            },
+            Ok(Some(Decision::Apply { record, outcome })) => {
+                let spend = self.policy.spend_of(&own.account, &record);
+                if let Err(e) = self.policy.take(slot.id, spend, ctx.now.0) {
+                    return reply_err(e);
+                }
+                let held = self.events.before_append();
+                match self.store.append(&record) {
+                    Err(e) => {
+                        self.policy.give_back(slot.id, spend);
+                        reply_err(e.into())
+                    }
+                    Ok(seq) => {
+                        own.account.apply(&record, seq, &self.config.limits);
+                        match &record.change {
+                            tally_core::Change::PriceSet { .. } => {
+                                self.cache_catalog(slot.id, catalog_of(&own.account));
+                            }
+                            tally_core::Change::PolicySet { setting, .. } => {
+                                let policy = *own.account.policy();
+                                self.install_policy(slot.id, &policy, Some(setting));
+                            }
+                            _ => {}
+                        }
+                        self.events.on_record(held, &record, seq, &own.account);
+                        Reply {
+                            result: Ok(Some(outcome)),
+                            wait_seq: seq,
+                        }
+                    }
+                }
+            }
+        };
+        drop(own);
+        if let (Some(other), Ok(Some(_)), true) = (leg_id, &reply.result, reply.wait_seq > 0) {
+            self.leg_sent(other);
+        }
+        reply
     }
 
     /// Runs what is due for the account by itself: every pending hold whose deadline has passed
@@ -549,6 +522,34 @@ impl Shared {
         made
     }
 
+    /// Takes in the legs other accounts' records carried to `account` since it last did.
+    pub(crate) fn take_in_legs(&self, account: &mut Account) -> Result<(), Error> {
+        let new = account
+            .absorb_legs(&self.store.legs(account.id))
+            .map_err(|e| Error::Internal {
+                reason: e.to_string().into(),
+            })?;
+        if new {
+            let durable = self.durable.borrow().seq;
+            self.events
+                .on_legs(account, self.config.clock.now(), durable);
+        }
+        Ok(())
+    }
+
+    /// Has `other` take in the leg just appended for it, if a threshold watches it (otherwise
+    /// it takes the leg in on its next turn).
+    fn leg_sent(self: &Arc<Self>, other: AccountId) {
+        if !self.events.watches(other) {
+            return;
+        }
+        if let Ok(slot) = self.slot(other) {
+            if let Some(actor) = slot.actor.get() {
+                let _ = actor.send_message(AccountMsg::Legs);
+            }
+        }
+    }
+
     /// Expires every pending hold of the account whose deadline has passed; returns how many,
     /// or `None` when nothing at all was due.
     fn expire_holds(&self, slot: &Slot) -> Option<usize> {
@@ -567,8 +568,7 @@ impl Shared {
             match self.store.append(&record) {
                 Ok(seq) => {
                     state.account.apply(&record, seq, &self.config.limits);
-                    self.events
-                        .on_record(held, &record, seq, &state.account, None);
+                    self.events.on_record(held, &record, seq, &state.account);
                     expired += 1;
                 }
                 Err(e) => {

@@ -25,7 +25,7 @@ const RECORD_VERSION: u8 = 8;
 /// endpoint, the provider's cost in usage; 9: a posting's estimate; 10: the use of period-tiered
 /// prices; 11: grants and the allowance, and what each grant holds of a hold or paid of a
 /// posting).
-const SNAPSHOT_VERSION: u8 = 11;
+const SNAPSHOT_VERSION: u8 = 12;
 /// Version of an account policy's encoding (the policies table).
 const POLICY_VERSION: u8 = 1;
 /// Version of a remembered idempotency key's encoding (2: a reserve's outcome names its amount,

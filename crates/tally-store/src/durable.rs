@@ -61,6 +61,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+use crate::legs::LegBook;
 use tally_core::{
     Account, AccountId, AccountSpec, Change, Limits, Record, RememberedKey, UsageConfig,
     UsageQuery, UsageReport, UsageTotals,
@@ -178,6 +179,8 @@ struct Inner {
     append_gate: parking_lot::RwLock<()>,
     /// Usage aggregates of the commits and charges appended (see [`crate::projection`]).
     usage: Projection,
+    /// The legs every account received (see [`crate::legs`]).
+    legs: LegBook,
     /// Held through a whole checkpoint: two at once (the periodic one and a shutdown's) would
     /// save usage cuts and trim points out of order.
     checkpointing: parking_lot::Mutex<()>,
@@ -460,7 +463,7 @@ impl DurableStore {
             lock: parking_lot::RwLock::new(()),
         };
         match Self::recover(&config, lock, &snapshots, &archive, started) {
-            Ok((journal, usage, mut report)) => {
+            Ok((journal, usage, legs, mut report)) => {
                 report.snapshots_compacted = compacted;
                 let store = DurableStore {
                     inner: Arc::new(Inner {
@@ -473,6 +476,7 @@ impl DurableStore {
                         dirty: DashMap::with_hasher(foldhash::fast::RandomState::default()),
                         append_gate: parking_lot::RwLock::new(()),
                         usage,
+                        legs,
                         checkpointing: parking_lot::Mutex::new(()),
                     }),
                 };
@@ -496,7 +500,7 @@ impl DurableStore {
         snapshots: &Snapshots,
         archive: &Archive,
         started: Instant,
-    ) -> Result<(Journal, Projection, DurableRecovery), StoreError> {
+    ) -> Result<(Journal, Projection, LegBook, DurableRecovery), StoreError> {
         let dir = &config.dir;
         // Made durable by the trim at the end of recovery.
         let limits = postcard::to_allocvec(&config.limits)
@@ -513,8 +517,10 @@ impl DurableStore {
         journal_config.anchor_interval = config.anchor_interval;
 
         let usage = Projection::open(&snapshots.db, config.usage.clone())?;
+        let legs = LegBook::open(&snapshots.db)?;
         let mut replay = Replay {
             usage: &usage,
+            legs: &legs,
             snapshots,
             opened: Vec::new(),
             limits: &config.limits,
@@ -573,6 +579,7 @@ impl DurableStore {
             recovered.last_seq,
             usage.take_changes(),
         )?;
+        legs.save(&snapshots.db, recovered.last_seq, legs.take_changes())?;
         // Every account's snapshot is now current: nothing in the journal is needed any more.
         archive.index_unindexed(snapshots, &journal)?;
         trim(
@@ -599,7 +606,7 @@ impl DurableStore {
             elapsed_ms = report.elapsed.as_millis() as u64,
             "tally store recovered"
         );
-        Ok((journal, usage, report))
+        Ok((journal, usage, legs, report))
     }
 
     /// What the snapshot database holds: account snapshots and remembered idempotency keys,
@@ -808,6 +815,7 @@ pub struct SnapshotStats {
 /// Recovery's working set: the accounts the journal touches, loaded from their snapshots.
 struct Replay<'a> {
     usage: &'a Projection,
+    legs: &'a LegBook,
     snapshots: &'a Snapshots,
     /// The accounts the journal opened, written to the directory at the end of recovery.
     opened: Vec<(AccountId, Vec<u8>)>,
@@ -823,19 +831,19 @@ impl Replay<'_> {
         if let Change::Opened { spec } = &record.change {
             self.opened.push((record.account, encode_spec(spec)?));
         }
-        let (first, second) = touched(&record);
-        for id in std::iter::once(first).chain(second) {
-            let current = match self.touched.remove(&id) {
-                Some(account) => Some(account),
-                None => {
-                    let snapshot = self.snapshots.read_account_keyless(id)?;
-                    self.snapshots_loaded += u64::from(snapshot.is_some());
-                    snapshot
-                }
-            };
-            if let Some(account) = replay_one(current, &record, seq, id, self.limits)? {
-                self.touched.insert(id, account);
+        // The counterparty's side goes to the book; the account replays its own records.
+        self.legs.replay(&record, seq)?;
+        let id = record.account;
+        let current = match self.touched.remove(&id) {
+            Some(account) => Some(account),
+            None => {
+                let snapshot = self.snapshots.read_account_keyless(id)?;
+                self.snapshots_loaded += u64::from(snapshot.is_some());
+                snapshot
             }
+        };
+        if let Some(account) = replay_one(current, &record, seq, self.limits)? {
+            self.touched.insert(id, account);
         }
         Ok(())
     }
@@ -868,17 +876,16 @@ impl Store for DurableStore {
             Ok::<_, StoreError>((seq, gate))
         })?;
         self.inner.usage.fold(record);
-        let (first, second) = touched(record);
-        for id in std::iter::once(first).chain(second) {
-            self.inner
-                .dirty
-                .entry(id)
-                .and_modify(|d| d.last_seq = seq)
-                .or_insert(Dirty {
-                    first_seq: seq,
-                    last_seq: seq,
-                });
-        }
+        self.inner.legs.fold(record, seq)?;
+        // Only the account that made it replays the record; its counterparty has the book.
+        self.inner
+            .dirty
+            .entry(record.account)
+            .and_modify(|d| d.last_seq = seq)
+            .or_insert(Dirty {
+                first_seq: seq,
+                last_seq: seq,
+            });
         if let Change::Opened { spec } = &record.change {
             // The directory is a cache of the journal's Opened records (recovery rebuilds it).
             let spec = encode_spec(spec)?;
@@ -943,11 +950,14 @@ impl Store for DurableStore {
             ));
         }
         let last_touch = self.inner.dirty.get(&id).map_or(0, |d| d.last_seq);
-        if last_touch <= covered {
-            return Ok(snapshot);
-        }
-        // Records after the snapshot touched the account: replay them from the journal.
         let mut account = snapshot;
+        if last_touch <= covered {
+            if let Some(account) = account.as_mut() {
+                self.inner.legs.give(account)?;
+            }
+            return Ok(account);
+        }
+        // Records of its own after the snapshot: replay them from the journal.
         let mut failure = None;
         let from = covered
             .saturating_add(1)
@@ -956,9 +966,8 @@ impl Store for DurableStore {
             .journal
             .read_from(from, |seq, payload| {
                 let step = decode_record(payload).and_then(|record| {
-                    let (first, second) = touched(&record);
-                    if first == id || second == Some(id) {
-                        account = replay_one(account.take(), &record, seq, id, &self.inner.limits)?;
+                    if record.account == id {
+                        account = replay_one(account.take(), &record, seq, &self.inner.limits)?;
                     }
                     Ok(())
                 });
@@ -971,10 +980,17 @@ impl Store for DurableStore {
                 }
             })
             .map_err(journal_err)?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(account),
+        if let Some(e) = failure {
+            return Err(e);
         }
+        if let Some(account) = account.as_mut() {
+            self.inner.legs.give(account)?;
+        }
+        Ok(account)
+    }
+
+    fn legs(&self, id: AccountId) -> tally_core::LegTotals {
+        self.inner.legs.get(id)
     }
 
     fn save(&self, account: &Account) -> Result<(), StoreError> {
@@ -989,7 +1005,7 @@ impl Store for DurableStore {
     fn checkpoint(&self) -> Result<usize, StoreError> {
         let inner = &self.inner;
         let _checkpointing = inner.checkpointing.lock();
-        let (dirty_min, cut, usage) = {
+        let (dirty_min, cut, usage, legs) = {
             let _gate = inner.append_gate.write();
             let cut = inner.journal.last_seq();
             let dirty_min = inner
@@ -998,12 +1014,21 @@ impl Store for DurableStore {
                 .map(|d| d.first_seq)
                 .min()
                 .unwrap_or_else(|| cut.saturating_add(1));
-            (dirty_min, cut, inner.usage.take_changes())
+            (
+                dirty_min,
+                cut,
+                inner.usage.take_changes(),
+                inner.legs.take_changes(),
+            )
         };
         let snapshots = inner.snapshots()?;
-        inner
-            .usage
-            .save(&snapshots.db, &inner.journal, cut, usage)?;
+        // The usage save waits for the cut to be durable; the legs' follows it. Both cover
+        // the cut before anything up to it is trimmed.
+        if let Err(e) = inner.usage.save(&snapshots.db, &inner.journal, cut, usage) {
+            inner.legs.return_changes(&legs);
+            return Err(e);
+        }
+        inner.legs.save(&snapshots.db, cut, legs)?;
         trim(&snapshots, &inner.journal, &inner.archive, dirty_min)
     }
 

@@ -8,7 +8,8 @@
 //!   durable point has reached its record's sequence number; if making a group durable fails the
 //!   point carries the failure and every later append is refused (fail-stop).
 //! - [`Store::load`] gives an account's state as the journal says it is: the newest snapshot plus
-//!   every record after it that touched the account. [`Store::save`] stores a snapshot (when an
+//!   every record of its own after it, with the legs other accounts' records carried to it
+//!   ([`Store::legs`], summed by the store at append) taken in. [`Store::save`] stores a snapshot (when an
 //!   account is passivated); snapshots are a cache, the journal is the truth.
 //!
 //! [`MemStore`] keeps all of it in memory: for tests, for embedding without durability, and as
@@ -20,6 +21,7 @@
 pub mod codec;
 mod durable;
 pub mod journal;
+mod legs;
 mod mem;
 mod open_dirs;
 mod pg;
@@ -132,9 +134,14 @@ pub trait Store: Send + Sync + 'static {
     /// records it applies).
     fn policies(&self) -> Result<Vec<(AccountId, tally_core::AccountPolicy)>, StoreError>;
 
-    /// An account's state as of the last record appended for it, or `None` if it was never
-    /// opened.
+    /// An account's state as of the last record of its own appended, with every leg other
+    /// accounts' records carried to it taken in, or `None` if it was never opened.
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError>;
+
+    /// The sums of the legs other accounts' records carried to `id` so far, every record
+    /// appended included (see [`tally_core::legs`]): an account takes them in with
+    /// [`Account::absorb_legs`].
+    fn legs(&self, id: AccountId) -> tally_core::LegTotals;
 
     /// Stores a snapshot of an account (its `last_seq` says which records it covers). The
     /// engine saves only state that is durable up to its `last_seq`.

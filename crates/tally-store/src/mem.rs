@@ -28,6 +28,8 @@ struct Inner {
     durable: watch::Sender<DurablePoint>,
     /// Test hook: refuse appends after this many.
     fail_after: Option<u64>,
+    /// The legs every account received.
+    legs: crate::legs::LegBook,
 }
 
 #[derive(Default)]
@@ -73,6 +75,7 @@ impl MemStore {
                 snapshots: RwLock::new(HashMap::new()),
                 durable,
                 fail_after,
+                legs: crate::legs::LegBook::default(),
             }),
         }
     }
@@ -86,17 +89,20 @@ impl MemStore {
     fn rebuild(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
         let snapshot = self.inner.snapshots.read().get(&id).cloned();
         let journal = self.inner.journal.lock();
-        let Some(indexes) = journal.by_account.get(&id) else {
-            return Ok(snapshot);
-        };
         let mut account = snapshot;
-        for &index in indexes {
+        for &index in journal.by_account.get(&id).into_iter().flatten() {
             let seq = index + 1;
             let record = usize::try_from(index)
                 .ok()
                 .and_then(|i| journal.records.get(i))
                 .ok_or_else(|| StoreError::Corrupt(format!("missing record {seq}").into()))?;
-            account = replay_one(account, record, seq, id, &self.inner.limits)?;
+            // Its own records; the legs it received are in the book.
+            if record.account == id {
+                account = replay_one(account, record, seq, &self.inner.limits)?;
+            }
+        }
+        if let Some(account) = account.as_mut() {
+            self.inner.legs.give(account)?;
         }
         Ok(account)
     }
@@ -107,16 +113,12 @@ pub(crate) fn replay_one(
     account: Option<Account>,
     record: &Record,
     seq: u64,
-    id: AccountId,
     limits: &Limits,
 ) -> Result<Option<Account>, StoreError> {
+    let id = record.account;
     match account {
         Some(mut account) if seq > account.last_seq() => {
-            if record.account == id {
-                account.apply(record, seq, limits);
-            } else {
-                account.apply_leg(record, seq);
-            }
+            account.apply(record, seq, limits);
             Ok(Some(account))
         }
         Some(account) => Ok(Some(account)),
@@ -155,6 +157,7 @@ impl Store for MemStore {
         let prev = journal.chain.last().copied().unwrap_or(GENESIS);
         journal.chain.push(chain_next(&prev, index + 1, &payload));
         journal.usage.fold(record);
+        self.inner.legs.fold(record, index + 1)?;
         journal
             .by_account
             .entry(record.account)
@@ -200,6 +203,10 @@ impl Store for MemStore {
 
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
         self.rebuild(id)
+    }
+
+    fn legs(&self, id: AccountId) -> tally_core::LegTotals {
+        self.inner.legs.get(id)
     }
 
     fn save(&self, account: &Account) -> Result<(), StoreError> {

@@ -11,12 +11,13 @@
 //!   once PostgreSQL has made it durable. A failed group fail-stops the store, as the file
 //!   journal does: every waiter gets `StorageFailed` and every later append is refused.
 //! - **Load** waits until everything appended is committed, then reads the account's snapshot,
-//!   the idempotency keys it remembers and the records after it (as the executing account or
-//!   as the counterparty of a leg) in one read-only transaction, and replays them.
+//!   the idempotency keys it remembers and its own records after it in one read-only
+//!   transaction, replays them and takes in the legs it received ([`crate::legs`]: folded in
+//!   memory at append, rebuilt from the records at open).
 //! - **Save** writes a snapshot, the keys made since the stored one and the removal of the keys
 //!   it no longer remembers in one transaction, never replacing a newer snapshot.
-//! - History is kept whole in `records` (nothing is trimmed); usage is folded in memory at
-//!   append and rebuilt from the records at open.
+//! - History is kept whole in `records` (nothing is trimmed); usage and the legs are folded in
+//!   memory at append and rebuilt from the records at open.
 //!
 //! The `postgres` client blocks on a runtime of its own, which may not run on an async
 //! worker: each connection lives on a thread of its own (the committer's, and one for reads and
@@ -134,6 +135,8 @@ struct Inner {
     committed: Condvar,
     durable: watch::Sender<DurablePoint>,
     usage: Mutex<UsageBook>,
+    /// The legs every account received, folded from the whole journal at open and at append.
+    legs: crate::legs::LegBook,
     reader: Mutex<Option<Worker>>,
     committer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -330,11 +333,12 @@ impl PgStore {
         check_schema(&config.schema)?;
         let reader = Worker::connect(&config.url, "tally-pg-reader")?;
         let schema = config.schema.clone();
-        let (usage, last_seq, head, recovery) = reader.call(move |client| {
+        let (usage, legs, last_seq, head, recovery) = reader.call(move |client| {
             client
                 .batch_execute(&schema_sql(&schema))
                 .map_err(pg_err("creating the tables"))?;
             let mut usage = UsageBook::unsaved(UsageConfig::default());
+            let legs = crate::legs::LegBook::default();
             let (mut last, mut head) = (0u64, GENESIS);
             scan(client, &schema, |seq, body, chain| {
                 if seq != last + 1 {
@@ -346,7 +350,9 @@ impl PgStore {
                         .into(),
                     ));
                 }
-                usage.fold(&decode_record(body)?);
+                let record = decode_record(body)?;
+                usage.fold(&record);
+                legs.fold(&record, seq)?;
                 (last, head) = (seq, chain_of(chain, seq)?);
                 Ok(true)
             })?;
@@ -358,7 +364,7 @@ impl PgStore {
                 records: last,
                 snapshots: unbig(snapshots),
             };
-            Ok((usage, last, head, recovery))
+            Ok((usage, legs, last, head, recovery))
         })?;
         let (durable, _) = watch::channel(DurablePoint {
             seq: last_seq,
@@ -378,6 +384,7 @@ impl PgStore {
             committed: Condvar::new(),
             durable,
             usage: Mutex::new(usage),
+            legs,
             reader: Mutex::new(Some(reader)),
             committer: Mutex::new(None),
             config,
@@ -598,6 +605,7 @@ impl Store for PgStore {
         };
         self.inner.wake.notify_one();
         self.inner.usage.lock().fold(record);
+        self.inner.legs.fold(record, seq)?;
         Ok(seq)
     }
 
@@ -675,7 +683,7 @@ impl Store for PgStore {
             let records: Vec<(i64, Vec<u8>)> = tx
                 .query(
                     &format!(
-                        "SELECT seq, body FROM {schema}.records WHERE (account = $1 OR leg = $1) \
+                        "SELECT seq, body FROM {schema}.records WHERE account = $1 \
                          AND seq > $2 ORDER BY seq"
                     ),
                     &[&account, &covered],
@@ -720,9 +728,16 @@ impl Store for PgStore {
         };
         for (seq, body) in records {
             let record = decode_record(&body)?;
-            account = replay_one(account, &record, unbig(seq), id, limits)?;
+            account = replay_one(account, &record, unbig(seq), limits)?;
+        }
+        if let Some(account) = account.as_mut() {
+            self.inner.legs.give(account)?;
         }
         Ok(account)
+    }
+
+    fn legs(&self, id: AccountId) -> tally_core::LegTotals {
+        self.inner.legs.get(id)
     }
 
     fn save(&self, account: &Account) -> Result<(), StoreError> {

@@ -46,10 +46,13 @@ pub(crate) enum Table {
     /// Account id → its policy, for every account whose snapshot has one (version > 0): read
     /// when the engine opens, so limits apply before an account is first loaded.
     Policies,
+    /// Account id → the sums of the legs it received ([`tally_core::LegTotals`]), and the
+    /// journal point they cover (see [`crate::legs`]).
+    Legs,
 }
 
 impl Table {
-    const ALL: [Table; 8] = [
+    const ALL: [Table; 9] = [
         Table::Meta,
         Table::Accounts,
         Table::Keys,
@@ -58,6 +61,7 @@ impl Table {
         Table::Usage,
         Table::Bases,
         Table::Policies,
+        Table::Legs,
     ];
 
     fn name(self) -> &'static str {
@@ -70,6 +74,7 @@ impl Table {
             Table::Usage => "usage",
             Table::Bases => "history_base",
             Table::Policies => "policies",
+            Table::Legs => "legs",
         }
     }
 

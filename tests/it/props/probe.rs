@@ -146,6 +146,9 @@ impl Store for ProbeStore {
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
         self.inner.load(id)
     }
+    fn legs(&self, id: AccountId) -> tally::LegTotals {
+        self.inner.legs(id)
+    }
     fn save(&self, account: &Account) -> Result<(), StoreError> {
         pause(&self.save_delay_us);
         self.events.lock().unwrap().push(Event::Saved {
