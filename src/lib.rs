@@ -58,10 +58,10 @@ pub use tally_core::{
 };
 pub use tally_core::{LegTotals, LegsError};
 pub use tally_engine::{
-    Affordable, BalanceHistory, BalancePoint, Clock, Committed, Dispatch, EngineConfig, Error,
-    Event, EventKind, Extended, GrantRequest, Grants, HistoryPage, HoldGuard, LimitScope,
-    ManualClock, MeterGuard, Missed, RateLimit, ReserveRequest, Settled, Subscription, SystemClock,
-    Tally, EVENTS_QUEUE, HISTORY_PAGE_MAX, SUBMIT_BATCH_MAX,
+    Affordable, BalanceHistory, BalancePoint, Clock, Committed, EngineConfig, Error, Event,
+    EventKind, Extended, GrantRequest, Grants, HistoryPage, HoldGuard, LimitScope, ManualClock,
+    MeterGuard, Missed, RateLimit, ReserveRequest, Settled, Subscription, SystemClock, Tally,
+    EVENTS_QUEUE, HISTORY_PAGE_MAX, SUBMIT_BATCH_MAX,
 };
 pub use tally_store::journal::SyncMode;
 pub use tally_store::{

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use tally::{
-    AccountId, Amount, Command, Dispatch, EngineConfig, Error, LedgerError, Outcome, Request,
-    Usage, SUBMIT_BATCH_MAX,
+    AccountId, Amount, Command, EngineConfig, Error, LedgerError, Outcome, Request, Usage,
+    SUBMIT_BATCH_MAX,
 };
 
 use crate::support::{op, World, ALICE, APP, BANK, BOB};
@@ -27,19 +27,16 @@ fn fund(amount: u64) -> Command {
     }
 }
 
-async fn world(dispatch: Dispatch) -> World {
+async fn world() -> World {
     let clock = tally::ManualClock::new(tally::Timestamp(1_700_000_000_000));
-    let config = EngineConfig {
-        dispatch,
-        ..crate::support::config(&clock)
-    };
+    let config = crate::support::config(&clock);
     World::with_config(1_000, config, clock).await
 }
 
 #[tokio::test]
 async fn a_batch_answers_each_request_in_order_and_refusals_change_nothing() {
-    for dispatch in [Dispatch::Inline, Dispatch::Actor] {
-        let w = world(dispatch).await;
+    {
+        let w = world().await;
         let repeated = op();
         let batch = vec![
             (ALICE, Request::new(op(), charge(400))),
@@ -55,7 +52,7 @@ async fn a_batch_answers_each_request_in_order_and_refusals_change_nothing() {
             (AccountId(999), Request::new(op(), charge(1))),
         ];
         let results = w.tally.submit(batch).await.unwrap();
-        assert_eq!(results.len(), 8, "{dispatch:?}");
+        assert_eq!(results.len(), 8);
         assert!(
             matches!(results[0], Ok(Outcome::Charged { .. })),
             "{results:?}"
@@ -91,8 +88,8 @@ async fn a_batch_answers_each_request_in_order_and_refusals_change_nothing() {
             ),
             "{results:?}"
         );
-        assert_eq!(w.available(ALICE).await, 1_000 - 400 - 100, "{dispatch:?}");
-        assert_eq!(w.available(BOB).await, 0, "{dispatch:?}");
+        assert_eq!(w.available(ALICE).await, 1_000 - 400 - 100);
+        assert_eq!(w.available(BOB).await, 0);
         assert_eq!(w.tally.balance(APP).await.unwrap().posted, 550);
         w.assert_books_balance().await;
     }
@@ -100,7 +97,7 @@ async fn a_batch_answers_each_request_in_order_and_refusals_change_nothing() {
 
 #[tokio::test]
 async fn a_batch_past_its_bound_is_refused_whole_and_an_empty_one_is_empty() {
-    let w = world(Dispatch::Inline).await;
+    let w = world().await;
     let batch: Vec<_> = (0..=SUBMIT_BATCH_MAX)
         .map(|_| (ALICE, Request::new(op(), charge(1))))
         .collect();
@@ -134,7 +131,7 @@ async fn a_batch_that_does_not_fit_in_admission_is_refused_whole() {
 
 #[tokio::test]
 async fn a_full_batch_on_one_account_is_exact_and_survives_a_reopen() {
-    let w = world(Dispatch::Inline).await;
+    let w = world().await;
     w.tally.fund(op(), ALICE, BANK, 10_000_000).await.unwrap();
     let batch: Vec<_> = (0..SUBMIT_BATCH_MAX)
         .map(|n| (ALICE, Request::new(op(), charge(1 + (n as u64 % 7)))))

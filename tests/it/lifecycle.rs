@@ -150,11 +150,9 @@ async fn past_the_per_account_limit_requests_are_refused_as_overloaded() {
 #[tokio::test]
 async fn past_the_engine_limit_requests_are_refused_as_overloaded() {
     let clock = tally::ManualClock::default();
-    // Through the actor, so the first request is still in flight (in the mailbox) when the
-    // second arrives; inline, an in-memory request completes before the next one starts.
+    // The first request is still in flight (in the mailbox) when the second arrives.
     let config = EngineConfig {
         inflight_max: 1,
-        dispatch: tally::Dispatch::Actor,
         ..config(&clock)
     };
     let w = World::with_config(1_000, config, clock).await;

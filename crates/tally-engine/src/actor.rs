@@ -1,246 +1,544 @@
-//! The account actor: one per resident account, handling that account's messages one at a time.
+//! The account actor: one task per resident account, the only owner of that account's state.
 //!
-//! The actor struct is empty; its state is the slot it serves. Each handler is a few lines that
-//! delegate to [`Shared`] and to tally-core. Domain errors travel in the reply; a handler returns
-//! `Err` (which stops the actor) only for bugs, and a panic is caught by ractor and reported to
-//! the supervisor, which retires the slot so the next request reloads the account from the
-//! store.
+//! Every read and every write of the account is a message in its mailbox
+//! ([`crate::mailbox`]); the actor drains what is queued (up to [`BATCH_MAX`] messages a turn)
+//! and handles it in order, so "no overspend" is structural: one decider, no lock. A write is
+//! decided by tally-core against the account's state, appended to the store (which hands out
+//! its sequence number and sums its leg, if any, into the counterparty's received legs), and
+//! applied; the reply carries the sequence number the caller waits to see durable. The actor
+//! never waits for another account.
+//!
+//! The actor loads its account when it starts (on a blocking thread: the store's reads are
+//! blocking I/O), runs the account's timers (hold expiry, grant expiry, allowances), saves a
+//! snapshot and leaves the routing map when asked to passivate, and hands a copy of its state
+//! to a checkpoint. If it panics (a bug), it leaves the routing map on the way out and its
+//! next activation reloads the account from the store, after the records it had appended are
+//! durable.
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tally_core::{Account, Amount, Balance, Hold, Outcome, Request};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 
-use crate::shared::{Reply, Shared, Slot};
+use tally_core::{Account, AccountId, DecideCtx, Decision, Outcome, Request};
 
-/// Queries answered from the account's state.
-pub(crate) enum Query {
-    Balance,
-    Check(Amount),
-    Hold(u64),
-    Op(tally_core::OpId),
-    State,
-    /// The app's price catalog.
-    Catalog,
-    /// The room for one more hold or charge (see `Account::spend_room`).
-    Room {
-        app: tally_core::AccountId,
-        endpoint: String,
-        token: Option<u64>,
-        caps: tally_core::SpendCaps,
-        now: tally_core::Timestamp,
-        /// A period-tiered price's period: the answer carries the account's use in it.
-        period: Option<tally_core::Period>,
-    },
-    /// Its grants and allowance, as of `now`.
-    Grants(tally_core::Timestamp),
-    /// Its use of a period-tiered price in the period of `now`.
-    PeriodUse {
-        app: tally_core::AccountId,
-        endpoint: String,
-        period: tally_core::Period,
-        now: tally_core::Timestamp,
-    },
+use crate::mailbox::{catalog_of, Answer, Msg, Query, Reply, Route};
+use crate::shared::Shared;
+use crate::Error;
+
+/// The most messages an actor takes from its mailbox in one turn.
+pub(crate) const BATCH_MAX: usize = 256;
+
+/// How long an account's grant timers wait after one failed (ms).
+const TIMER_RETRY_MS: u64 = 1_000;
+
+/// Starts the actor of `id` on its mailbox `rx`: with `initial` (a newly opened account) or
+/// its state loaded from the store.
+pub(crate) fn spawn(residency: Residency, rx: mpsc::Receiver<Msg>, initial: Option<Account>) {
+    tokio::spawn(start(residency, rx, initial));
 }
 
-/// Answers to [`Query`].
-pub(crate) enum Answer {
-    Balance(Balance),
-    Check(bool),
-    Hold(Option<Hold>),
-    Op(Option<Outcome>),
-    State(Box<Account>),
-    Room(
-        Result<(Amount, tally_core::Limiter), tally_core::Error>,
-        Option<tally_core::PeriodUse>,
-    ),
-    Catalog(Box<crate::shared::Catalog>),
-    PeriodUse(tally_core::PeriodUse),
-    Grants(Box<crate::grants::Grants>),
-}
-
-/// Messages an account actor handles.
-pub(crate) enum AccountMsg {
-    /// A write.
-    Execute {
-        request: Request,
-        reply: RpcReplyPort<Reply<Outcome>>,
-    },
-    /// A read (after expiring due holds).
-    Read {
-        query: Query,
-        reply: RpcReplyPort<Reply<Answer>>,
-    },
-    /// The expiry timer fired.
-    Expire,
-    /// A leg was appended for the account: take it in now (a threshold watches it).
-    Legs,
-    /// Leave memory if idle: snapshot, leave the routing map, stop.
-    Passivate,
-    /// Test hook: panic inside the handler, as a bug would.
-    #[cfg(feature = "test-hooks")]
-    Panic,
-}
-
-pub(crate) struct AccountActor;
-
-pub(crate) struct ActorState {
+/// An actor's place in the routing map, which it leaves when it ends, however it ends.
+pub(crate) struct Residency {
     shared: Arc<Shared>,
-    slot: Arc<Slot>,
+    id: AccountId,
+    /// Its route, not held: the route holds the mailbox's sender.
+    route: Weak<Route>,
+    snapshot_seq: Arc<AtomicU64>,
+    passivate_asked: Arc<AtomicBool>,
 }
 
-impl Actor for AccountActor {
-    type Msg = AccountMsg;
-    type State = ActorState;
-    type Arguments = (Arc<Shared>, Arc<Slot>);
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        (shared, slot): Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(ActorState { shared, slot })
+impl Residency {
+    pub(crate) fn of(shared: Arc<Shared>, id: AccountId, route: &Arc<Route>) -> Self {
+        Residency {
+            shared,
+            id,
+            route: Arc::downgrade(route),
+            snapshot_seq: route.snapshot_seq.clone(),
+            passivate_asked: route.passivate_asked.clone(),
+        }
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if state.slot.state.lock().retired {
-            // Passivated or retired while this message waited: drop it (its reply port with it),
-            // and the caller re-routes to the account's new actor.
-            return Ok(());
-        }
-        match message {
-            AccountMsg::Execute { request, reply } => {
-                state.shared.expire_due(&state.slot);
-                let answer = state.shared.execute(&state.slot, &request);
-                let _ = reply.send(answer);
-            }
-            AccountMsg::Read { query, reply } => {
-                state.shared.expire_due(&state.slot);
-                let _ = reply.send(read(&state.shared, &state.slot, query));
-            }
-            AccountMsg::Expire => {
-                state.slot.timer_at_ms.store(0, Ordering::Release);
-                state.shared.expire_due(&state.slot);
-            }
-            AccountMsg::Legs => {
-                let mut slot = state.slot.state.lock();
-                if let Err(e) = state.shared.take_in_legs(&mut slot.account) {
-                    tracing::error!(account = %state.slot.id, error = %e, "taking in legs");
-                }
-            }
-            AccountMsg::Passivate => {
-                if passivate(&state.shared, &state.slot).await {
-                    myself.stop(Some("passivated".into()));
-                    return Ok(());
-                }
-            }
-            #[cfg(feature = "test-hooks")]
-            AccountMsg::Panic => panic!("injected panic in the actor of {}", state.slot.id),
-        }
-        arm_timer(&myself, state);
-        Ok(())
+    fn is(&self, route: &Arc<Route>) -> bool {
+        std::ptr::eq(Arc::as_ptr(route), self.route.as_ptr())
+    }
+
+    /// Leaves the routing map if this actor is still the account's.
+    fn leave(&self) {
+        self.shared.routes.remove_if(&self.id, |_, r| self.is(r));
     }
 }
 
-pub(crate) fn read(shared: &Shared, slot: &Slot, query: Query) -> Reply<Answer> {
-    let mut state = slot.state.lock();
-    if let Err(e) = shared.take_in_legs(&mut state.account) {
-        return Reply {
-            result: Err(e),
-            wait_seq: 0,
+impl Drop for Residency {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+async fn start(residency: Residency, mut rx: mpsc::Receiver<Msg>, initial: Option<Account>) {
+    let shared = residency.shared.clone();
+    let id = residency.id;
+    let loaded = match initial {
+        Some(account) => Ok(account),
+        None => load(&shared, id).await,
+    };
+    match loaded {
+        Ok(account) => {
+            let actor = AccountActor {
+                shared,
+                id,
+                account,
+                residency,
+                appended_seq: 0,
+                timers_deferred_until_ms: 0,
+            };
+            actor.run(rx).await;
+        }
+        Err(e) => {
+            // Nothing more reaches this mailbox once it has left the map; answer what is in it.
+            residency.leave();
+            rx.close();
+            while let Ok(msg) = rx.try_recv() {
+                msg.refuse(&e);
+            }
+        }
+    }
+}
+
+/// Loads the account's last durable state, off the async workers; first waits until the
+/// records a failed actor of the account appended are durable (a load reads durable records).
+async fn load(shared: &Arc<Shared>, id: AccountId) -> Result<Account, Error> {
+    let failed_at = shared.failed.get(&id).map(|seq| *seq);
+    if let Some(seq) = failed_at {
+        shared.wait_durable(seq).await?;
+    }
+    let store = shared.store.clone();
+    let loaded = tokio::task::spawn_blocking(move || store.load(id))
+        .await
+        .map_err(|e| Error::Internal {
+            reason: format!("loading {id}: {e}").into(),
+        })??;
+    let account = loaded.ok_or(tally_core::Error::UnknownAccount { account: id })?;
+    if let Some(seq) = failed_at {
+        shared.failed.remove_if(&id, |_, s| *s <= seq);
+    }
+    Ok(account)
+}
+
+pub(crate) struct AccountActor {
+    shared: Arc<Shared>,
+    id: AccountId,
+    account: Account,
+    residency: Residency,
+    /// The last sequence number it appended (what a successor waits for if this one fails).
+    appended_seq: u64,
+    /// Until when (engine ms) its grant timers wait after a failure (0: they do not).
+    timers_deferred_until_ms: u64,
+}
+
+impl Drop for AccountActor {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Before the residency leaves the map (fields drop after this): the next
+            // activation must find the failure.
+            let seq = self.appended_seq.max(self.account.last_seq());
+            self.shared.failed.insert(self.id, seq);
+            tracing::error!(account = %self.id, "account actor failed; the account reloads from the store on next use");
+        }
+    }
+}
+
+/// What a turn asks of the loop.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl AccountActor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut batch = Vec::with_capacity(BATCH_MAX);
+        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut armed: Option<u64> = None;
+        loop {
+            self.arm(&mut timer, &mut armed);
+            tokio::select! {
+                biased;
+                received = rx.recv_many(&mut batch, BATCH_MAX) => {
+                    if received == 0 {
+                        return; // the engine stopped: every sender is gone
+                    }
+                    if self.turn(&mut batch, &rx).await == Flow::Stop {
+                        return;
+                    }
+                }
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.run_due();
+                }
+            }
+        }
+    }
+
+    /// Handles a batch of messages in order.
+    async fn turn(&mut self, batch: &mut Vec<Msg>, rx: &mpsc::Receiver<Msg>) -> Flow {
+        let mut passivate = false;
+        for msg in batch.drain(..) {
+            match msg {
+                Msg::Execute { request, reply } => {
+                    self.run_due();
+                    let _ = reply.send(self.execute(&request));
+                }
+                Msg::ExecuteMany { requests, reply } => {
+                    let replies = requests
+                        .iter()
+                        .map(|request| {
+                            self.run_due();
+                            self.execute(request)
+                        })
+                        .collect();
+                    let _ = reply.send(replies);
+                }
+                Msg::Read { query, reply } => {
+                    if !matches!(query, Query::AsItStands) {
+                        self.run_due();
+                    }
+                    let _ = reply.send(self.read(query));
+                }
+                Msg::Due { reply } => {
+                    let made = self.run_due();
+                    let _ = reply.send(Reply {
+                        result: Ok(made),
+                        wait_seq: self.account.last_seq(),
+                    });
+                }
+                Msg::Legs => {
+                    if let Err(e) = self.shared.take_in_legs(&mut self.account) {
+                        tracing::error!(account = %self.id, error = %e, "taking in legs");
+                    }
+                }
+                Msg::Passivate => passivate = true,
+                Msg::Snapshot { all, reply, .. } => {
+                    let saved = self.residency.snapshot_seq.load(Ordering::Acquire);
+                    let copy = (all || self.account.last_seq() > saved)
+                        .then(|| Box::new(self.account.clone()));
+                    let _ = reply.send(copy);
+                }
+                #[cfg(feature = "test-hooks")]
+                Msg::Panic => panic!("injected panic in the actor of {}", self.id),
+            }
+        }
+        if passivate {
+            if self.passivate(rx).await {
+                return Flow::Stop;
+            }
+            // Asked again only after this attempt: one asked meanwhile would have kept it from
+            // finding the mailbox empty.
+            self.residency
+                .passivate_asked
+                .store(false, Ordering::Release);
+        }
+        Flow::Continue
+    }
+
+    /// Arms the timer for the account's earliest deadline, unless it is armed for it already.
+    fn arm(&self, timer: &mut Pin<Box<Sleep>>, armed: &mut Option<u64>) {
+        let Some(deadline) = self.account.next_deadline() else {
+            return;
         };
+        let now = self.shared.now_ms();
+        // A due deadline whose work failed waits for its retry, not 1 ms.
+        let at = if deadline.0 <= now && self.timers_deferred_until_ms > now {
+            self.timers_deferred_until_ms
+        } else {
+            deadline.0
+        };
+        if armed.is_some_and(|a| a <= at) {
+            return;
+        }
+        let wait = Duration::from_millis(at.saturating_sub(now).max(1));
+        timer.as_mut().reset(Instant::now() + wait);
+        *armed = Some(at);
     }
-    let account = &state.account;
-    let answer = match query {
-        Query::Balance => Answer::Balance(account.balance()),
-        Query::Check(minimum) => Answer::Check(account.check(minimum)),
-        Query::Hold(seq) => Answer::Hold(account.hold(seq).cloned()),
-        Query::Op(op) => Answer::Op(account.remembered(op).map(|(outcome, _)| outcome)),
-        Query::State => Answer::State(Box::new(account.clone())),
-        Query::Catalog => Answer::Catalog(Box::new(crate::shared::catalog_of(account))),
-        Query::Room {
-            app,
-            endpoint,
-            token,
+
+    /// Answers a query from the account's state, with the legs it received taken in.
+    fn read(&mut self, query: Query) -> Reply<Answer> {
+        if let Err(e) = self.shared.take_in_legs(&mut self.account) {
+            return Reply::err(e);
+        }
+        let account = &self.account;
+        let answer = match query {
+            Query::Balance => Answer::Balance(account.balance()),
+            Query::Check(minimum) => Answer::Check(account.check(minimum)),
+            Query::Hold(seq) => Answer::Hold(account.hold(seq).cloned()),
+            Query::Op(op) => Answer::Op(account.remembered(op).map(|(outcome, _)| outcome)),
+            Query::State | Query::AsItStands => Answer::State(Box::new(account.clone())),
+            Query::Catalog => Answer::Catalog(Box::new(catalog_of(account))),
+            Query::Room {
+                app,
+                endpoint,
+                token,
+                caps,
+                now,
+                period,
+            } => Answer::Room(
+                account.spend_room(app, &endpoint, token, caps, now),
+                period.map(|p| account.period_use(app, &endpoint, &p, now)),
+            ),
+            Query::Grants(now) => Answer::Grants(Box::new(crate::grants::Grants::of(account, now))),
+            Query::PeriodUse {
+                app,
+                endpoint,
+                period,
+                now,
+            } => Answer::PeriodUse(account.period_use(app, &endpoint, &period, now)),
+        };
+        Reply {
+            result: Ok(answer),
+            // Show nothing that is not durable: wait for everything this state reflects.
+            wait_seq: self.account.last_seq(),
+        }
+    }
+
+    /// Decides `request` on the account, journals the record and applies it.
+    fn execute(&mut self, request: &Request) -> Reply<Outcome> {
+        let leg_id = self.account.leg_counterparty(&request.command);
+        // Spend caps follow the app the command spends at (a hold, a charge, an extension, a
+        // correction up), whatever the command names.
+        let caps = self
+            .shared
+            .policy
+            .caps_of(self.id, &self.account, &request.command);
+        // The named counterparty; a refund, a correction or a metered part names none, and
+        // needs its posting's or hold's payee (money taken back from a user payee is refused),
+        // so it gets the leg's.
+        let counterparty = match request.command {
+            tally_core::Command::Refund { .. }
+            | tally_core::Command::Correct { .. }
+            | tally_core::Command::Finish { .. }
+            | tally_core::Command::Progress { .. } => self.shared.counterparty(leg_id),
+            _ => self.shared.counterparty(request.command.counterparty()),
+        };
+        let reply = self.decide_and_append(leg_id, counterparty, caps, &mut |account, ctx| {
+            account.decide(request, ctx).map(Some)
+        });
+        Reply {
+            result: reply.result.and_then(|outcome| {
+                outcome.ok_or_else(|| Error::Internal {
+                    reason: "a request decided nothing".into(),
+                })
+            }),
+            wait_seq: reply.wait_seq,
+        }
+    }
+
+    /// Decides on the account (with `decide`), journals the record and applies it: the one
+    /// place a decision becomes a record. The counterparty (`leg_id`, the account its record's
+    /// leg goes to) must exist; it is never waited for: its leg goes to the store's sums.
+    /// `Ok(None)`: `decide` found nothing to do.
+    fn decide_and_append(
+        &mut self,
+        leg_id: Option<AccountId>,
+        counterparty: Option<tally_core::Counterparty>,
+        caps: tally_core::SpendCaps,
+        decide: &mut DecideFn<'_>,
+    ) -> Reply<Option<Outcome>> {
+        let shared = &self.shared;
+        if let Some(id) = leg_id.filter(|id| !shared.directory.contains_key(id)) {
+            return Reply::err(tally_core::Error::UnknownAccount { account: id }.into());
+        }
+        if let Err(e) = shared.take_in_legs(&mut self.account) {
+            return Reply::err(e);
+        }
+        let ctx = DecideCtx {
+            now: shared.config.clock.now(),
+            limits: &shared.config.limits,
+            counterparty,
             caps,
-            now,
-            period,
-        } => Answer::Room(
-            account.spend_room(app, &endpoint, token, caps, now),
-            period.map(|p| account.period_use(app, &endpoint, &p, now)),
-        ),
-        Query::Grants(now) => Answer::Grants(Box::new(crate::grants::Grants::of(account, now))),
-        Query::PeriodUse {
-            app,
-            endpoint,
-            period,
-            now,
-        } => Answer::PeriodUse(account.period_use(app, &endpoint, &period, now)),
-    };
-    Reply {
-        result: Ok(answer),
-        // Show nothing that is not durable: wait for everything this state reflects.
-        wait_seq: account.last_seq(),
+        };
+        let (record, outcome) = match decide(&self.account, &ctx) {
+            Err(e) => return Reply::err(e.into()),
+            Ok(None) => {
+                return Reply {
+                    result: Ok(None),
+                    wait_seq: 0,
+                }
+            }
+            Ok(Some(Decision::Replay { outcome, seq })) => {
+                return Reply {
+                    result: Ok(Some(outcome)),
+                    wait_seq: seq,
+                }
+            }
+            Ok(Some(Decision::Apply { record, outcome })) => (record, outcome),
+        };
+        let spend = shared.policy.spend_of(&self.account, &record);
+        if let Err(e) = shared.policy.take(self.id, spend, ctx.now.0) {
+            return Reply::err(e);
+        }
+        let held = shared.events.before_append();
+        let seq = match shared.store.append(&record) {
+            Err(e) => {
+                shared.policy.give_back(self.id, spend);
+                return Reply::err(e.into());
+            }
+            Ok(seq) => seq,
+        };
+        self.appended_seq = seq;
+        self.account.apply(&record, seq, &shared.config.limits);
+        match &record.change {
+            tally_core::Change::PriceSet { .. } => {
+                shared.cache_catalog(self.id, catalog_of(&self.account));
+            }
+            tally_core::Change::PolicySet { setting, .. } => {
+                let policy = *self.account.policy();
+                shared.install_policy(self.id, &policy, Some(setting));
+            }
+            _ => {}
+        }
+        shared.events.on_record(held, &record, seq, &self.account);
+        if let Some(other) = record.leg_account() {
+            shared.leg_sent(other);
+        }
+        Reply {
+            result: Ok(Some(outcome)),
+            wait_seq: seq,
+        }
+    }
+
+    /// Runs what is due for the account by itself: every pending hold whose deadline has passed
+    /// expires, every expired grant gives what it has free back to its funding account, and its
+    /// allowance's grant for the current period is issued. Returns how many records it made.
+    fn run_due(&mut self) -> usize {
+        match self.expire_holds() {
+            // Nothing was due (the earliest deadline covers the grants' too).
+            None => 0,
+            Some(expired) => expired + self.grant_timers(),
+        }
+    }
+
+    /// Makes the grant records due for the account now (see [`Account::grant_timer_record`]);
+    /// returns how many.
+    fn grant_timers(&mut self) -> usize {
+        let mut made = 0;
+        // Each record settles one grant or issues one period's allowance: bounded by the grants.
+        for _ in 0..=tally_core::GRANTS_MAX.saturating_mul(2) {
+            let now = self.shared.config.clock.now();
+            if self.timers_deferred_until_ms > now.0 {
+                return made;
+            }
+            let leg_id = match self.account.grant_timer_record(now) {
+                None => return made,
+                Some(record) => record.leg_account(),
+            };
+            let reply = self.decide_and_append(
+                leg_id,
+                None,
+                tally_core::SpendCaps::default(),
+                &mut |account, ctx| {
+                    Ok(account.grant_timer_record(ctx.now).map(|record| {
+                        let outcome = record.outcome();
+                        Decision::Apply { record, outcome }
+                    }))
+                },
+            );
+            match reply.result {
+                Ok(Some(_)) => made += 1,
+                Ok(None) => return made,
+                Err(e) => {
+                    // Not again for a second: a failing store or an unknown funding account
+                    // must not spin the account's timer.
+                    self.timers_deferred_until_ms =
+                        self.shared.now_ms().saturating_add(TIMER_RETRY_MS);
+                    tracing::warn!(account = %self.id, error = %e, "grant timer deferred 1 s");
+                    return made;
+                }
+            }
+        }
+        made
+    }
+
+    /// Expires every pending hold of the account whose deadline has passed; returns how many,
+    /// or `None` when nothing at all was due.
+    fn expire_holds(&mut self) -> Option<usize> {
+        let now = self.shared.config.clock.now();
+        if self.account.next_deadline().is_none_or(|d| d > now) {
+            return None;
+        }
+        let due: Vec<_> = self.account.due_holds(now).collect();
+        let mut expired = 0;
+        for hold in due {
+            let Some(record) = self.account.expire_record(hold.seq, now) else {
+                continue;
+            };
+            let held = self.shared.events.before_append();
+            match self.shared.store.append(&record) {
+                Ok(seq) => {
+                    self.appended_seq = seq;
+                    self.account.apply(&record, seq, &self.shared.config.limits);
+                    self.shared
+                        .events
+                        .on_record(held, &record, seq, &self.account);
+                    expired += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(account = %self.id, error = %e, "expiry deferred");
+                    break;
+                }
+            }
+        }
+        Some(expired)
+    }
+
+    /// Saves a snapshot and leaves the routing map, if the mailbox is empty and everything the
+    /// state reflects is durable. Returns whether the actor should stop.
+    async fn passivate(&mut self, rx: &mpsc::Receiver<Msg>) -> bool {
+        if !rx.is_empty() {
+            return false;
+        }
+        let seq = self.account.last_seq();
+        if self.shared.wait_durable(seq).await.is_err() {
+            return false;
+        }
+        // The snapshot is written on a blocking thread: the account goes there and comes back.
+        let placeholder = Account::new(self.id, self.account.spec);
+        let account = std::mem::replace(&mut self.account, placeholder);
+        let store = self.shared.store.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let result = store.save(&account);
+            (account, result)
+        })
+        .await;
+        match saved {
+            Ok((account, result)) => {
+                self.account = account;
+                if let Err(e) = result {
+                    tracing::warn!(account = %self.id, error = %e, "snapshot failed; account stays resident");
+                    return false;
+                }
+            }
+            Err(e) => {
+                // The state is lost with the thread; it is durable up to `seq`, so the next
+                // activation reloads it exactly.
+                tracing::error!(account = %self.id, error = %e, "passivation lost its thread; the account reloads");
+                self.shared.failed.insert(self.id, seq);
+                self.residency.leave();
+                return true;
+            }
+        }
+        let residency = &self.residency;
+        residency.snapshot_seq.fetch_max(seq, Ordering::AcqRel);
+        // Under the map's write lock no message is being sent: leave only with nothing queued.
+        self.shared
+            .routes
+            .remove_if(&self.id, |_, r| residency.is(r) && rx.is_empty())
+            .is_some()
     }
 }
 
-/// Arms the expiry timer for the earliest pending deadline, unless one is armed for it already.
-fn arm_timer(myself: &ActorRef<AccountMsg>, state: &mut ActorState) {
-    let slot = &state.slot;
-    let Some(deadline) = slot.state.lock().account.next_deadline() else {
-        return;
-    };
-    let armed = slot.timer_at_ms.load(Ordering::Acquire);
-    if armed != 0 && armed <= deadline.0 {
-        return;
-    }
-    let now = state.shared.now_ms();
-    // A due deadline whose work failed waits for its retry, not 1 ms.
-    let deferred = slot.timers_deferred_until_ms.load(Ordering::Acquire);
-    let deadline = if deadline.0 <= now && deferred > now {
-        tally_core::Timestamp(deferred)
-    } else {
-        deadline
-    };
-    let wait = Duration::from_millis(deadline.0.saturating_sub(now).max(1));
-    slot.timer_at_ms.store(deadline.0.max(1), Ordering::Release);
-    myself.send_after(wait, || AccountMsg::Expire);
-}
-
-/// Saves a snapshot and leaves the routing map, if the account is idle and everything its state
-/// reflects is durable. Returns whether the actor should stop.
-async fn passivate(shared: &Shared, slot: &Slot) -> bool {
-    loop {
-        if slot.inflight.load(Ordering::Acquire) > 0 {
-            return false;
-        }
-        let seq = slot.state.lock().account.last_seq();
-        if shared.wait_durable(seq).await.is_err() {
-            return false;
-        }
-        let _stripe = shared.stripe(slot.id);
-        let mut state = slot.state.lock();
-        if state.retired {
-            return true;
-        }
-        if state.account.last_seq() != seq {
-            continue; // a leg arrived meanwhile; wait for it to be durable too
-        }
-        if slot.inflight.load(Ordering::Acquire) > 0 {
-            return false;
-        }
-        if let Err(e) = shared.store.save(&state.account) {
-            tracing::warn!(account = %slot.id, error = %e, "snapshot failed; account stays resident");
-            return false;
-        }
-        shared.retire(slot, &mut state);
-        return true;
-    }
-}
+/// What [`AccountActor::decide_and_append`] decides with: the record to make, if any.
+type DecideFn<'a> =
+    dyn FnMut(&Account, &DecideCtx<'_>) -> Result<Option<Decision>, tally_core::Error> + 'a;

@@ -7,18 +7,6 @@ use tally_core::Limits;
 
 use crate::{Clock, SystemClock};
 
-/// Where a request is executed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dispatch {
-    /// In the account's actor: the request travels through the actor's mailbox and the reply
-    /// back through a reply port (two task wake-ups per request).
-    Actor,
-    /// In the caller's task, under the account's lock, which serializes requests exactly as
-    /// the mailbox does; the actor keeps the account's timers, passivation and restarts. No
-    /// hop per request.
-    Inline,
-}
-
 /// How an engine runs. Every field is a bound, with what happens when it is reached.
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -27,7 +15,8 @@ pub struct EngineConfig {
     /// Requests in flight in the whole engine, waiting for durability included. One more is
     /// answered `Overloaded { scope: "engine" }` at once. This also bounds the journal's queue.
     pub inflight_max: usize,
-    /// Requests in flight for one account. One more is `Overloaded { scope: "account" }`.
+    /// Messages queued in one account's mailbox (its actor's bound). One more is
+    /// `Overloaded { scope: "account" }` at once.
     pub account_inflight_max: usize,
     /// Accounts resident (with an actor and state in memory). Past it the least recently used
     /// idle accounts are passivated (snapshot saved, actor stopped); activating one more while
@@ -40,8 +29,6 @@ pub struct EngineConfig {
     /// How often changed resident accounts are snapshotted and the journal trimmed (checked on
     /// each supervisor tick). Longer: less snapshot work; shorter: a shorter journal to replay.
     pub checkpoint_interval: Duration,
-    /// Where requests are executed (see [`Dispatch`]).
-    pub dispatch: Dispatch,
     /// The clock (inject a [`crate::ManualClock`] in tests).
     pub clock: Arc<dyn Clock>,
 }
@@ -56,7 +43,6 @@ impl Default for EngineConfig {
             idle_passivate_after: Duration::from_secs(60),
             supervisor_tick: Duration::from_secs(1),
             checkpoint_interval: Duration::from_secs(30),
-            dispatch: Dispatch::Inline,
             clock: Arc::new(SystemClock),
         }
     }
@@ -72,7 +58,6 @@ impl std::fmt::Debug for EngineConfig {
             .field("idle_passivate_after", &self.idle_passivate_after)
             .field("supervisor_tick", &self.supervisor_tick)
             .field("checkpoint_interval", &self.checkpoint_interval)
-            .field("dispatch", &self.dispatch)
             .finish_non_exhaustive()
     }
 }

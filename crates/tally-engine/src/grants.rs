@@ -15,7 +15,7 @@ use tally_core::{
     Timestamp,
 };
 
-use crate::actor::{Answer, Query};
+use crate::mailbox::{Answer, Query};
 use crate::{Error, Tally};
 
 /// A grant to issue (see [`Tally::grant`]).

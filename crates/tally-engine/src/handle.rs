@@ -1,10 +1,10 @@
 //! The embedding API: [`Tally`], a cheap `Clone + Send + Sync` handle.
 //!
-//! A call routes to the account's actor through the concurrent routing map (activating the
-//! account on a miss), waits for its reply, then waits until the record it produced is durable.
-//! Only then does it return `Ok`.
+//! Every call goes through one private path ([`Tally::call`]): admission, then a message to
+//! the account's actor through the routing map (activating the account on a miss), then its
+//! reply, then a wait until the record it produced (or the state it read) is durable. Only
+//! then does it return `Ok`.
 
-use ractor::{Actor, RpcReplyPort};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,30 +16,17 @@ use tally_core::{
 };
 use tally_store::{DurableConfig, DurableRecovery, DurableStore, HistoryEntry, MemStore, Store};
 
-use crate::actor::{AccountMsg, Answer, Query};
 use crate::guard::HoldGuard;
-use crate::shared::{Reply, Shared};
-use crate::supervisor::Supervisor;
-use crate::{Dispatch, EngineConfig, Error};
+use crate::mailbox::{Answer, Msg, Query, Reply};
+use crate::shared::Shared;
+use crate::supervisor::{self, ROUTE_ATTEMPTS};
+use crate::{EngineConfig, Error};
 
-/// How often a request is re-routed when it finds its account's actor stopped (passivated or
-/// failed) before giving up with [`Error::Unavailable`].
-const ROUTE_ATTEMPTS: u32 = 16;
+/// How long (ms) activating an account past the hard resident bound waits for eviction.
+pub const RESIDENT_WAIT_MS: u32 = 100;
 
 /// Requests one [`Tally::submit`] takes at most (TigerBeetle's clients send up to 8,189).
 pub const SUBMIT_BATCH_MAX: usize = 8_192;
-
-/// A write request run in the caller's task on the account's slot: due holds expire first.
-fn execute_inline(
-    shared: &Arc<Shared>,
-    slot: &crate::shared::Slot,
-    request: &Request,
-) -> Reply<Outcome> {
-    shared.expire_due(slot);
-    let reply = shared.execute(slot, request);
-    slot.nudge_timer();
-    reply
-}
 
 /// The most history entries one page returns.
 pub const HISTORY_PAGE_MAX: usize = 1_000;
@@ -65,17 +52,13 @@ impl Drop for Life {
     }
 }
 
+/// Stops the engine's tasks: without a route (the only senders) each actor ends once its
+/// mailbox is empty; the supervisor and the event publisher stop.
 fn stop_all(shared: &Shared) {
     shared.shutting_down.store(true, Ordering::Release);
     shared.events.stop.notify_one();
-    for entry in shared.resident.iter() {
-        if let Some(actor) = entry.value().actor.get() {
-            actor.stop(None);
-        }
-    }
-    if let Some(supervisor) = shared.supervisor.get() {
-        supervisor.stop(None);
-    }
+    shared.stop.notify_one();
+    shared.routes.clear();
 }
 
 /// A reservation request: hold `amount` of `account` for work `app` is about to do.
@@ -244,12 +227,7 @@ impl Tally {
     pub async fn open(store: Arc<dyn Store>, config: EngineConfig) -> Result<Tally, Error> {
         let started = std::time::Instant::now();
         let shared = Arc::new(Shared::new(store, config)?);
-        let (supervisor, _) = Actor::spawn(None, Supervisor, shared.clone())
-            .await
-            .map_err(|e| Error::Internal {
-                reason: format!("spawning the supervisor: {e}").into(),
-            })?;
-        let _ = shared.supervisor.set(supervisor.get_cell());
+        supervisor::start(shared.clone());
         tokio::spawn(crate::events::publisher(
             shared.events.clone(),
             shared.store.durable(),
@@ -294,9 +272,9 @@ impl Tally {
     /// nothing; with a different spec it is `AccountExists` naming the field.
     pub async fn open_account(&self, id: AccountId, spec: AccountSpec) -> Result<(), Error> {
         self.admit()?;
-        let seq = {
-            let _stripe = self.shared.stripe(id);
-            if let Some(existing) = self.shared.directory.get(&id) {
+        let (record, seq) = match self.shared.directory.entry(id) {
+            dashmap::Entry::Occupied(existing) => {
+                let existing = existing.get();
                 let field = if existing.kind != spec.kind {
                     Some("kind")
                 } else if existing.credit_limit != spec.credit_limit {
@@ -313,17 +291,26 @@ impl Tally {
                     }
                 };
             }
-            let record = tally_core::Account::open_record(id, spec, self.shared.config.clock.now());
-            let seq = self.shared.store.append(&record)?;
-            self.shared.directory.insert(id, spec);
-            (record, seq)
+            dashmap::Entry::Vacant(vacant) => {
+                // Appended under the directory's entry, so two opens of one id cannot both.
+                let now = self.shared.config.clock.now();
+                let record = tally_core::Account::open_record(id, spec, now);
+                let seq = self.shared.store.append(&record)?;
+                vacant.insert(spec);
+                (record, seq)
+            }
         };
-        let (record, seq) = seq;
         self.shared.wait_durable(seq).await?;
         // Its first snapshot, so the journal need not keep the Opened record of an account that
-        // is never used (the store never replaces a newer snapshot with this one).
+        // is never used (the store never replaces a newer snapshot with this one); written on
+        // a blocking thread.
         if let Some(account) = tally_core::Account::from_open_record(&record, seq) {
-            self.shared.store.save(&account)?;
+            let store = self.shared.store.clone();
+            tokio::task::spawn_blocking(move || store.save(&account))
+                .await
+                .map_err(|e| Error::Internal {
+                    reason: format!("saving a new account: {e}").into(),
+                })??;
         }
         Ok(())
     }
@@ -694,36 +681,27 @@ impl Tally {
 
     /// Executes any write request on the account that must execute it (see [`Command`]).
     pub async fn execute(&self, account: AccountId, request: Request) -> Result<Outcome, Error> {
-        match self.shared.config.dispatch {
-            Dispatch::Actor => {
-                self.call(account, |reply| AccountMsg::Execute {
-                    request: request.clone(),
-                    reply,
-                })
-                .await
-            }
-            Dispatch::Inline => {
-                self.inline(account, |shared, slot| {
-                    execute_inline(shared, slot, &request)
-                })
-                .await
-            }
-        }
+        let request = Box::new(request);
+        self.call(account, |reply| Msg::Execute {
+            request: request.clone(),
+            reply,
+        })
+        .await
     }
 
     /// Executes a batch of write requests, each on the account that must execute it, and
     /// answers each in the batch's order, as [`Tally::execute`] would have answered it alone.
     /// The requests are independent: one refused changes nothing for the others. Requests on
-    /// one account execute in the batch's order. Under [`Dispatch::Inline`] the whole batch is
-    /// decided and journaled in the calling task, then waits once for the journal to make it
-    /// durable (one group commit for many requests); under [`Dispatch::Actor`] each request
-    /// goes through its account's mailbox, all of them in flight at once.
+    /// one account execute in the batch's order. Every request is in its account's mailbox
+    /// before the first answer is awaited, so each actor drains its share in one turn, and the
+    /// batch waits once for durability (one group commit for many requests).
     ///
     /// At most [`SUBMIT_BATCH_MAX`] requests; a larger batch, like one that does not fit in
     /// what the engine admits now, is refused whole (nothing executed): `BatchTooLarge`, or
-    /// `Overloaded { scope: "engine" }`. If the journal fails while the batch waits, every
-    /// request not yet durable answers `StorageFailed` (and was not acknowledged); those
-    /// durable before the failure keep their outcome.
+    /// `Overloaded { scope: "engine" }`. A request whose account's mailbox is full answers
+    /// `Overloaded { scope: "account" }` (the others go on). If the journal fails while the
+    /// batch waits, every request not yet durable answers `StorageFailed` (and was not
+    /// acknowledged); those durable before the failure keep their outcome.
     pub async fn submit(
         &self,
         requests: Vec<(AccountId, Request)>,
@@ -737,7 +715,6 @@ impl Tally {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        tokio::task::consume_budget().await;
         self.admit()?;
         let count = u32::try_from(requests.len()).unwrap_or(u32::MAX);
         let _permits = self
@@ -749,85 +726,85 @@ impl Tally {
                 scope: "engine",
                 limit: self.shared.config.inflight_max,
             })?;
-        match self.shared.config.dispatch {
-            Dispatch::Actor => {
-                let mut running = tokio::task::JoinSet::new();
-                for (index, (account, request)) in requests.into_iter().enumerate() {
-                    let tally = self.clone();
-                    running.spawn(async move {
-                        let result = tally
-                            .call_admitted(account, |reply| AccountMsg::Execute {
-                                request: request.clone(),
-                                reply,
-                            })
-                            .await;
-                        (index, result)
-                    });
-                }
-                let mut results: Vec<Option<Result<Outcome, Error>>> =
-                    (0..count).map(|_| None).collect();
-                while let Some(done) = running.join_next().await {
-                    let (index, result) = done.map_err(|e| Error::Internal {
-                        reason: format!("a batch request's task failed: {e}").into(),
-                    })?;
-                    if let Some(slot) = results.get_mut(index) {
-                        *slot = Some(result);
-                    }
-                }
-                Ok(results
-                    .into_iter()
-                    .map(|r| {
-                        r.unwrap_or_else(|| {
-                            Err(Error::Internal {
-                                reason: "a batch request went unanswered".into(),
-                            })
-                        })
-                    })
-                    .collect())
-            }
-            Dispatch::Inline => {
-                let mut replies = Vec::with_capacity(requests.len());
-                for (account, request) in &requests {
-                    let work = |shared: &Arc<Shared>, slot: &crate::shared::Slot| {
-                        execute_inline(shared, slot, request)
-                    };
-                    let mut reply = None;
-                    for _ in 0..ROUTE_ATTEMPTS {
-                        match self.inline_once(*account, &work) {
-                            Ok(Some(done)) => {
-                                reply = Some(done);
-                                break;
-                            }
-                            Ok(None) => continue,
-                            Err(e) => {
-                                reply = Some(Reply {
-                                    result: Err(e),
-                                    wait_seq: 0,
-                                });
-                                break;
-                            }
-                        }
-                    }
-                    replies.push(reply.unwrap_or(Reply {
-                        result: Err(Error::Unavailable {
-                            account: *account,
-                            attempts: ROUTE_ATTEMPTS,
-                        }),
-                        wait_seq: 0,
-                    }));
-                }
-                let last = replies.iter().map(|r| r.wait_seq).max().unwrap_or(0);
-                let failure = self.shared.wait_durable(last).await.err();
-                let durable = self.shared.durable.borrow().seq;
-                Ok(replies
-                    .into_iter()
-                    .map(|reply| match &failure {
-                        Some(e) if reply.wait_seq > durable => Err(e.clone()),
-                        _ => reply.result,
-                    })
-                    .collect())
+        // Grouped by account in the batch's order: one message per account, every one sent
+        // before the first answer is awaited (no await in between).
+        let mut groups: Vec<(AccountId, Vec<usize>, Vec<Request>)> = Vec::new();
+        let mut group_of: std::collections::HashMap<AccountId, usize> =
+            std::collections::HashMap::new();
+        for (index, (account, request)) in requests.into_iter().enumerate() {
+            let group = *group_of.entry(account).or_insert_with(|| {
+                groups.push((account, Vec::new(), Vec::new()));
+                groups.len() - 1
+            });
+            if let Some((_, indexes, requests)) = groups.get_mut(group) {
+                indexes.push(index);
+                requests.push(request);
             }
         }
+        let mut sent = Vec::with_capacity(groups.len());
+        for (account, indexes, requests) in groups {
+            let (reply, answer) = oneshot::channel();
+            let msg = Msg::ExecuteMany {
+                requests: requests.clone(),
+                reply,
+            };
+            let routed = supervisor::route(&self.shared, account, msg);
+            sent.push((account, indexes, requests, routed.map(|()| answer)));
+        }
+        let mut replies: Vec<Option<Reply<Outcome>>> = (0..count).map(|_| None).collect();
+        for (account, indexes, requests, routed) in sent {
+            let answered = match routed {
+                Err(e) => Err(e),
+                Ok(answer) => match answer.await {
+                    Ok(answered) => Ok(answered),
+                    // Its actor ended before answering (it failed): once more, through the
+                    // one path (what it had done replays by its idempotency keys).
+                    Err(_) => {
+                        self.ask(account, |reply| Msg::ExecuteMany {
+                            requests: requests.clone(),
+                            reply,
+                        })
+                        .await
+                    }
+                },
+            };
+            match answered {
+                Ok(answered) => {
+                    for (index, reply) in indexes.into_iter().zip(answered) {
+                        if let Some(slot) = replies.get_mut(index) {
+                            *slot = Some(reply);
+                        }
+                    }
+                }
+                Err(e) => {
+                    for index in indexes {
+                        if let Some(slot) = replies.get_mut(index) {
+                            *slot = Some(Reply::err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        let replies: Vec<Reply<Outcome>> = replies
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Reply::err(Error::Internal {
+                        reason: "a batch request went unanswered".into(),
+                    })
+                })
+            })
+            .collect();
+        let last = replies.iter().map(|r| r.wait_seq).max().unwrap_or(0);
+        let failure = self.shared.wait_durable(last).await.err();
+        let durable = self.shared.durable.borrow().seq;
+        Ok(replies
+            .into_iter()
+            .map(|reply| match &failure {
+                Some(e) if reply.wait_seq > durable => Err(e.clone()),
+                _ => reply.result,
+            })
+            .collect())
     }
 
     /// The account's balance: posted, pending and available.
@@ -908,20 +885,29 @@ impl Tally {
     /// many records it made.
     pub async fn expire_due(&self) -> Result<usize, Error> {
         self.admit()?;
-        let slots: Vec<_> = self
+        let routes: Vec<_> = self
             .shared
-            .resident
+            .routes
             .iter()
-            .map(|e| e.value().clone())
+            .map(|r| r.value().clone())
             .collect();
-        let mut expired = 0;
-        let mut seq = 0;
-        for slot in slots {
-            expired += self.shared.expire_due(&slot);
-            seq = seq.max(slot.state.lock().account.last_seq());
+        let mut answers = Vec::with_capacity(routes.len());
+        for route in routes {
+            let (reply, answer) = oneshot::channel();
+            // An actor gone meanwhile has nothing due: it ran its due work before leaving.
+            if route.tx.send(Msg::Due { reply }).await.is_ok() {
+                answers.push(answer);
+            }
+        }
+        let (mut made, mut seq) = (0, 0);
+        for answer in answers {
+            if let Ok(reply) = answer.await {
+                made += reply.result?;
+                seq = seq.max(reply.wait_seq);
+            }
         }
         self.shared.wait_durable(seq).await?;
-        Ok(expired)
+        Ok(made)
     }
 
     /// Totals over every account and a check of every invariant. Call it at a quiescent point
@@ -931,18 +917,17 @@ impl Tally {
         let ids: Vec<AccountId> = self.shared.directory.iter().map(|e| *e.key()).collect();
         let mut auditor = tally_core::Auditor::default();
         for id in ids {
-            let resident = self.shared.resident.get(&id).map(|s| s.clone());
-            match resident {
-                Some(slot) => {
-                    let mut state = slot.state.lock();
-                    self.shared.take_in_legs(&mut state.account)?;
-                    auditor.add(&state.account);
-                }
-                None => {
-                    if let Some(account) = self.shared.store.load(id)? {
-                        auditor.add(&account);
+            if self.shared.routes.contains_key(&id) {
+                match self.read(id, || Query::AsItStands).await? {
+                    Answer::State(account) => auditor.add(&account),
+                    _ => {
+                        return Err(Error::Internal {
+                            reason: "unexpected answer to an audit read".into(),
+                        })
                     }
                 }
+            } else if let Some(account) = self.shared.store.load(id)? {
+                auditor.add(&account);
             }
         }
         Ok(auditor.finish())
@@ -962,7 +947,7 @@ impl Tally {
 
     /// Accounts resident now.
     pub fn resident_accounts(&self) -> usize {
-        self.shared.resident.len()
+        self.shared.routes.len()
     }
 
     /// Accounts known.
@@ -996,31 +981,8 @@ impl Tally {
         self.shared.shutting_down.store(true, Ordering::Release);
         let all = u32::try_from(self.shared.config.inflight_max).unwrap_or(u32::MAX);
         let _drained = self.shared.admission.acquire_many(all).await;
-        let slots: Vec<_> = self
-            .shared
-            .resident
-            .iter()
-            .map(|e| e.value().clone())
-            .collect();
-        let mut result = Ok(());
-        for slot in slots {
-            let seq = slot.state.lock().account.last_seq();
-            self.shared.wait_durable(seq).await?;
-            let _stripe = self.shared.stripe(slot.id);
-            let mut state = slot.state.lock();
-            if let Err(e) = self.shared.store.save(&state.account) {
-                result = Err(e.into());
-            }
-            self.shared.retire(&slot, &mut state);
-        }
-        if result.is_ok() {
-            result = self
-                .shared
-                .store
-                .checkpoint()
-                .map(drop)
-                .map_err(Error::from);
-        }
+        // Every resident account's snapshot, once durable, then the journal trimmed.
+        let result = supervisor::checkpoint(&self.shared, true).await.map(drop);
         stop_all(&self.shared);
         // The store closes now, not when the last handle drops: the directory is free for a
         // new engine as soon as this returns, and other handles get `Shutdown`.
@@ -1040,23 +1002,14 @@ impl Tally {
     /// before a backup. Runs on a blocking thread; returns how many snapshots were saved.
     pub async fn checkpoint(&self) -> Result<usize, Error> {
         self.admit()?;
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.checkpoint())
-            .await
-            .map_err(|e| Error::Internal {
-                reason: format!("checkpointing: {e}").into(),
-            })?
+        supervisor::checkpoint(&self.shared, false).await
     }
 
     /// Test hook: makes the account's actor panic, as a bug would (feature `test-hooks`).
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub async fn inject_panic(&self, account: AccountId) -> Result<(), Error> {
-        let slot = self.shared.slot(account)?;
-        if let Some(actor) = slot.actor.get() {
-            let _ = actor.send_message(AccountMsg::Panic);
-        }
-        Ok(())
+        supervisor::route(&self.shared, account, Msg::Panic)
     }
 
     /// Admission of one request: refused while shutting down or past the engine's limit; the
@@ -1073,21 +1026,6 @@ impl Tally {
             })
     }
 
-    /// The account's slot, counted as one more request in flight on it (the caller decrements
-    /// `inflight` when done); refused past the per-account limit.
-    fn enter(&self, account: AccountId) -> Result<Arc<crate::shared::Slot>, Error> {
-        let limit = self.shared.config.account_inflight_max;
-        let slot = self.shared.slot(account)?;
-        if slot.inflight.fetch_add(1, Ordering::AcqRel) >= limit {
-            slot.inflight.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::Overloaded {
-                scope: "account",
-                limit,
-            });
-        }
-        Ok(slot)
-    }
-
     pub(crate) fn admit(&self) -> Result<(), Error> {
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
@@ -1100,130 +1038,61 @@ impl Tally {
         account: AccountId,
         query: impl Fn() -> Query,
     ) -> Result<Answer, Error> {
-        match self.shared.config.dispatch {
-            Dispatch::Actor => {
-                self.call(account, |reply| AccountMsg::Read {
-                    query: query(),
-                    reply,
-                })
-                .await
-            }
-            Dispatch::Inline => {
-                self.inline(account, |shared, slot| {
-                    shared.expire_due(slot);
-                    crate::actor::read(shared, slot, query())
-                })
-                .await
-            }
-        }
-    }
-
-    /// Runs `work` on the account's slot in the caller's task, under admission control,
-    /// re-routing if the slot was retired (passivated or failed) meanwhile, then waits for
-    /// durability of what the reply reflects.
-    async fn inline<T>(
-        &self,
-        account: AccountId,
-        work: impl Fn(&Arc<Shared>, &crate::shared::Slot) -> Reply<T>,
-    ) -> Result<T, Error> {
-        // A request that finds everything durable never awaits; spend the task's cooperative
-        // budget so a caller looping on such requests still lets timers and actors run.
-        tokio::task::consume_budget().await;
-        let _permit = self.admit_request()?;
-        for _ in 0..ROUTE_ATTEMPTS {
-            if let Some(reply) = self.inline_once(account, &work)? {
-                self.shared.wait_durable(reply.wait_seq).await?;
-                return reply.result;
-            }
-            tokio::task::yield_now().await;
-        }
-        Err(Error::Unavailable {
-            account,
-            attempts: ROUTE_ATTEMPTS,
+        self.call(account, |reply| Msg::Read {
+            query: query(),
+            reply,
         })
+        .await
     }
 
-    /// One attempt of [`Tally::inline`]'s work, not waiting for durability: `None` when the
-    /// account's slot was retired under it (route again).
-    fn inline_once<T>(
+    /// The one path of every call: admission, the message to the account's actor (re-routed
+    /// if the actor ended before answering), then a wait until what the reply reflects is
+    /// durable.
+    async fn call<T>(
         &self,
         account: AccountId,
-        work: &impl Fn(&Arc<Shared>, &crate::shared::Slot) -> Reply<T>,
-    ) -> Result<Option<Reply<T>>, Error> {
-        let slot = self.enter(account)?;
-        let reply = if slot.state.lock().retired {
-            None
-        } else {
-            // A panic here is a bug; treat it as the supervisor treats an actor's: retire
-            // the slot so the next request reloads the account from the store.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                work(&self.shared, &slot)
-            })) {
-                Ok(reply) => Some(reply),
-                Err(_) => {
-                    slot.inflight.fetch_sub(1, Ordering::AcqRel);
-                    let _stripe = self.shared.stripe(account);
-                    let mut state = slot.state.lock();
-                    self.shared.retire(&slot, &mut state);
-                    tracing::error!(%account, "request panicked; the account reloads from the store");
-                    return Err(Error::Internal {
-                        reason: format!("a request on {account} panicked").into(),
-                    });
+        make: impl Fn(oneshot::Sender<Reply<T>>) -> Msg,
+    ) -> Result<T, Error> {
+        let _permit = self.admit_request()?;
+        let reply = self.ask(account, make).await?;
+        self.shared.wait_durable(reply.wait_seq).await?;
+        reply.result
+    }
+
+    /// Sends a message made by `make` to the account's actor and waits for its reply,
+    /// sending it again if the actor ended first (it failed: a new one reloads the account).
+    ///
+    /// Activating an account while `resident_max + resident_max / 2` are resident waits for
+    /// the supervisor's eviction, up to [`RESIDENT_WAIT_MS`] ms, then is
+    /// `Overloaded { scope: "resident accounts" }`.
+    async fn ask<R>(
+        &self,
+        account: AccountId,
+        make: impl Fn(oneshot::Sender<R>) -> Msg,
+    ) -> Result<R, Error> {
+        let (mut attempts, mut waited_ms) = (0, 0);
+        loop {
+            let (reply, answer) = oneshot::channel();
+            match supervisor::route(&self.shared, account, make(reply)) {
+                Ok(()) => {}
+                Err(Error::Overloaded {
+                    scope: "resident accounts",
+                    ..
+                }) if waited_ms < RESIDENT_WAIT_MS => {
+                    waited_ms += 1;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
                 }
+                Err(e) => return Err(e),
             }
-        };
-        slot.inflight.fetch_sub(1, Ordering::AcqRel);
-        Ok(match reply {
-            Some(Reply {
-                result: Err(Error::Unavailable { account: a, .. }),
-                ..
-            }) if a == account => None,
-            other => other,
-        })
-    }
-
-    /// Sends one message to the account's actor under admission control, re-routing if the actor
-    /// stopped, then waits for durability of what the reply reflects.
-    async fn call<T: Send + 'static>(
-        &self,
-        account: AccountId,
-        make: impl Fn(RpcReplyPort<Reply<T>>) -> AccountMsg,
-    ) -> Result<T, Error> {
-        let _permit = self.admit_request()?;
-        self.call_admitted(account, make).await
-    }
-
-    /// [`Tally::call`] for a request already admitted (a batch takes its permits at once).
-    async fn call_admitted<T: Send + 'static>(
-        &self,
-        account: AccountId,
-        make: impl Fn(RpcReplyPort<Reply<T>>) -> AccountMsg,
-    ) -> Result<T, Error> {
-        for _ in 0..ROUTE_ATTEMPTS {
-            let slot = self.enter(account)?;
-            let (tx, rx) = oneshot::channel();
-            let sent = slot
-                .actor
-                .get()
-                .is_some_and(|actor| actor.send_message(make(tx.into())).is_ok());
-            let reply = if sent { rx.await.ok() } else { None };
-            slot.inflight.fetch_sub(1, Ordering::AcqRel);
-            if let Some(reply) = reply {
-                self.shared.wait_durable(reply.wait_seq).await?;
-                return reply.result;
+            if let Ok(reply) = answer.await {
+                return Ok(reply);
             }
-            // The actor stopped (passivated, or failed mid-request): retire its slot so the next
-            // attempt reloads the account from the store, where every journaled change is.
-            {
-                let _stripe = self.shared.stripe(account);
-                let mut state = slot.state.lock();
-                self.shared.retire(&slot, &mut state);
+            attempts += 1;
+            if attempts >= ROUTE_ATTEMPTS {
+                return Err(Error::Unavailable { account, attempts });
             }
             tokio::task::yield_now().await;
         }
-        Err(Error::Unavailable {
-            account,
-            attempts: ROUTE_ATTEMPTS,
-        })
     }
 }

@@ -20,20 +20,21 @@ mod events;
 mod grants;
 mod guard;
 mod handle;
+mod mailbox;
 mod metering;
 mod policy;
 mod shared;
 mod supervisor;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Dispatch, EngineConfig};
+pub use config::EngineConfig;
 pub use error::Error;
 pub use events::{Event, EventKind, Missed, Subscription, EVENTS_QUEUE};
 pub use grants::{GrantRequest, Grants};
 pub use guard::HoldGuard;
 pub use handle::{
     Committed, Extended, HistoryPage, ReserveRequest, Settled, Tally, HISTORY_PAGE_MAX,
-    SUBMIT_BATCH_MAX,
+    RESIDENT_WAIT_MS, SUBMIT_BATCH_MAX,
 };
 pub use metering::{Affordable, BalanceHistory, BalancePoint, MeterGuard};
 pub use policy::LimitScope;

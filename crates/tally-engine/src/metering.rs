@@ -107,12 +107,12 @@ impl Tally {
 
     /// An app's whole catalog: its newest version and every endpoint's entry (removed ones
     /// have no price).
-    pub async fn catalog(&self, app: AccountId) -> Result<Arc<crate::shared::Catalog>, Error> {
+    pub async fn catalog(&self, app: AccountId) -> Result<Arc<crate::mailbox::Catalog>, Error> {
         if let Some(cached) = self.shared.catalogs.get(&app) {
             return Ok(cached.clone());
         }
-        match self.read(app, || crate::actor::Query::Catalog).await? {
-            crate::actor::Answer::Catalog(catalog) => {
+        match self.read(app, || crate::mailbox::Query::Catalog).await? {
+            crate::mailbox::Answer::Catalog(catalog) => {
                 self.shared.cache_catalog(app, *catalog);
                 self.shared
                     .catalogs
@@ -169,14 +169,14 @@ impl Tally {
         period: tally_core::Period,
         now: tally_core::Timestamp,
     ) -> Result<tally_core::PeriodUse, Error> {
-        let query = || crate::actor::Query::PeriodUse {
+        let query = || crate::mailbox::Query::PeriodUse {
             app,
             endpoint: endpoint.to_owned(),
             period,
             now,
         };
         match self.read(account, query).await? {
-            crate::actor::Answer::PeriodUse(used) => Ok(used),
+            crate::mailbox::Answer::PeriodUse(used) => Ok(used),
             _ => Err(Error::Internal {
                 reason: "unexpected answer to period use".into(),
             }),
@@ -259,7 +259,7 @@ impl Tally {
             tally_core::Price::PeriodTiered { period, .. } => Some(*period),
             _ => None,
         };
-        let query = || crate::actor::Query::Room {
+        let query = || crate::mailbox::Query::Room {
             app,
             endpoint: endpoint.to_owned(),
             token,
@@ -268,7 +268,7 @@ impl Tally {
             period,
         };
         let (room, used) = match self.read(account, query).await? {
-            crate::actor::Answer::Room(room, used) => (room, used),
+            crate::mailbox::Answer::Room(room, used) => (room, used),
             _ => {
                 return Err(Error::Internal {
                     reason: "unexpected answer to room".into(),

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tally::{
-    AccountId, AccountSpec, Amount, Dispatch, Error, HoldId, HoldStatus, LedgerError, ManualClock,
-    MemStore, OpId, PostingId, Tally,
+    AccountId, AccountSpec, Amount, Error, HoldId, HoldStatus, LedgerError, ManualClock, MemStore,
+    OpId, PostingId, Tally,
 };
 
 use super::calls::{write_to, Answer, Write};
@@ -110,8 +110,6 @@ struct Workload {
     workers: usize,
     funds: [u64; 2],
     credit_limit: u64,
-    /// How the engine dispatches requests.
-    dispatch: Dispatch,
     /// Passivate accounts idle for a minute (of the manual clock, which `Advance` moves), so
     /// accounts leave memory and come back while other tasks use them.
     passivation: bool,
@@ -123,24 +121,18 @@ fn workload() -> impl Strategy<Value = Workload> {
         2..=4usize,
         [0..=6_000u64, 0..=6_000u64],
         prop_oneof![Just(0u64), 1..=2_000u64],
-        dispatch(),
         any::<bool>(),
         prop::collection::vec(prop::collection::vec(action(), 1..=10), 2..=8),
     )
         .prop_map(
-            |(workers, funds, credit_limit, dispatch, passivation, tasks)| Workload {
+            |(workers, funds, credit_limit, passivation, tasks)| Workload {
                 workers,
                 funds,
                 credit_limit,
-                dispatch,
                 passivation,
                 tasks,
             },
         )
-}
-
-fn dispatch() -> impl Strategy<Value = Dispatch> {
-    prop::sample::select(vec![Dispatch::Inline, Dispatch::Actor])
 }
 
 /// Everything the engine acknowledged, by operation id.
@@ -330,15 +322,11 @@ impl Ctx {
 
 /// Opens the world: a funding account, an app, and `users` (each with its spec and funds);
 /// with `passivation`, idle accounts leave memory after a minute of the manual clock.
-async fn open(
-    users: &[(AccountId, AccountSpec, u64)],
-    dispatch: Dispatch,
-    passivation: bool,
-) -> (Tally, ManualClock) {
+async fn open(users: &[(AccountId, AccountSpec, u64)], passivation: bool) -> (Tally, ManualClock) {
     let clock = ManualClock::new(START);
     let mut config = tally::EngineConfig {
         limits: tally::Limits::default(),
-        ..engine_config(&clock, dispatch)
+        ..engine_config(&clock)
     };
     if passivation {
         config.idle_passivate_after = Duration::from_secs(60);
@@ -573,7 +561,7 @@ fn run_workload(w: Workload) {
                 w.funds[1],
             ),
         ];
-        let (tally, clock) = open(&users, w.dispatch, w.passivation).await;
+        let (tally, clock) = open(&users, w.passivation).await;
         let ctx = Arc::new(Ctx {
             tally,
             clock,
@@ -999,7 +987,7 @@ async fn run_race(ctx: Arc<Ctx>, race: Race, user: AccountId) {
     }
 }
 
-fn run_races(workers: usize, dispatch: Dispatch, races: Vec<Race>) {
+fn run_races(workers: usize, races: Vec<Race>) {
     let rt = multi_thread(workers);
     rt.block_on(async {
         // Each race on its own account, funded with exactly what the race needs.
@@ -1014,7 +1002,7 @@ fn run_races(workers: usize, dispatch: Dispatch, races: Vec<Race>) {
                 )
             })
             .collect();
-        let (tally, clock) = open(&users, dispatch, false).await;
+        let (tally, clock) = open(&users, false).await;
         let ctx = Arc::new(Ctx {
             tally,
             clock,
@@ -1052,10 +1040,9 @@ proptest! {
     #[test]
     fn races_on_one_hold_or_posting_resolve_exactly_once(
         workers in 2..=4usize,
-        dispatch in dispatch(),
         races in prop::collection::vec(race(), 1..=6),
     ) {
-        run_races(workers, dispatch, races);
+        run_races(workers, races);
         super::case_passed("races_on_one_hold_or_posting_resolve_exactly_once");
     }
 }

@@ -18,8 +18,8 @@ use proptest::sample::select;
 use proptest::strategy::Union;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
 use tally::{
-    AccountFlags, AccountId, AccountSpec, Amount, Dispatch, EngineConfig, HoldId, ManualClock,
-    MemStore, OpId, PostingId, Store, Tally, Timestamp,
+    AccountFlags, AccountId, AccountSpec, Amount, EngineConfig, HoldId, ManualClock, MemStore,
+    OpId, PostingId, Store, Tally, Timestamp,
 };
 
 use super::calls::{write_to, Answer, Res, View, Write};
@@ -214,8 +214,6 @@ pub struct RefState {
     /// Recovery mode: moving the clock reads every account at once, so expiry never waits for
     /// a timer (whose real-time firing would make the point of expiry nondeterministic).
     pub settle_on_advance: bool,
-    /// How the engine under test dispatches requests (drawn per case; the model ignores it).
-    pub dispatch: Dispatch,
 }
 
 impl fmt::Debug for RefState {
@@ -223,8 +221,7 @@ impl fmt::Debug for RefState {
         // The initial state is always the `setup()` world: say so instead of printing it.
         write!(
             f,
-            "RefState {{ dispatch: {:?}, now: {}, accounts: {:?}, ops issued: {} }}",
-            self.dispatch,
+            "RefState {{ now: {}, accounts: {:?}, ops issued: {} }}",
             self.ledger.now,
             self.ledger.accounts.keys().collect::<Vec<_>>(),
             self.issued.len()
@@ -254,7 +251,6 @@ impl RefState {
             last_step: None,
             last: None,
             settle_on_advance,
-            dispatch: Dispatch::Inline,
         }
     }
 
@@ -696,24 +692,18 @@ pub fn step(s: &RefState) -> BoxedStrategy<Step> {
     Union::new_weighted(steps).boxed()
 }
 
-/// The `setup()` world, with the engine's dispatch drawn at random.
+/// The `setup()` world.
 pub fn initial(settle_on_advance: bool) -> BoxedStrategy<RefState> {
-    select(vec![Dispatch::Inline, Dispatch::Actor])
-        .prop_map(move |dispatch| RefState {
-            dispatch,
-            ..RefState::new(settle_on_advance)
-        })
-        .boxed()
+    Just(RefState::new(settle_on_advance)).boxed()
 }
 
 /// The engine's configuration in these tests: the small limits, the manual clock, and no
 /// passivation (an idle account keeps its actor, as the model assumes for `expire_due`).
-pub fn engine_config(clock: &ManualClock, dispatch: Dispatch) -> EngineConfig {
+pub fn engine_config(clock: &ManualClock) -> EngineConfig {
     EngineConfig {
         limits: super::small_limits(),
         clock: Arc::new(clock.clone()),
         idle_passivate_after: Duration::from_secs(10 * 365 * 24 * 3_600),
-        dispatch,
         ..EngineConfig::default()
     }
 }
@@ -869,12 +859,12 @@ impl StateMachineTest for ModelTest {
     type SystemUnderTest = Engine;
     type Reference = ModelRef;
 
-    fn init_test(state: &RefState) -> Engine {
+    fn init_test(_state: &RefState) -> Engine {
         let rt = runtime();
         let clock = ManualClock::new(START);
         let store = MemStore::new(super::small_limits());
         let tally = rt.block_on(async {
-            let config = engine_config(&clock, state.dispatch);
+            let config = engine_config(&clock);
             let tally = Tally::open(Arc::new(store.clone()), config)
                 .await
                 .expect("open");

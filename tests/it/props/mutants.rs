@@ -15,10 +15,10 @@ const BANK: AccountId = AccountId(1);
 const APP: AccountId = AccountId(2);
 const ALICE: AccountId = AccountId(10);
 
-async fn gated_world(dispatch: tally::Dispatch) -> (Tally, ProbeStore) {
+async fn gated_world() -> (Tally, ProbeStore) {
     let store = ProbeStore::new(super::small_limits());
     let clock = tally::ManualClock::new(START);
-    let config = engine_config(&clock, dispatch);
+    let config = engine_config(&clock);
     let tally = Tally::open(Arc::new(store.clone()), config).await.unwrap();
     super::open_alice_funded(&tally).await;
     (tally, store)
@@ -32,17 +32,13 @@ async fn let_others_run() {
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
-const DISPATCHES: [tally::Dispatch; 2] = [tally::Dispatch::Inline, tally::Dispatch::Actor];
-
 #[test]
 fn no_answer_and_no_read_before_the_record_is_durable() {
-    for dispatch in DISPATCHES {
-        runtime().block_on(no_answer_before_durable(dispatch));
-    }
+    runtime().block_on(no_answer_before_durable());
 }
 
-async fn no_answer_before_durable(dispatch: tally::Dispatch) {
-    let (tally, store) = gated_world(dispatch).await;
+async fn no_answer_before_durable() {
+    let (tally, store) = gated_world().await;
     store.hold();
     let charge = tokio::spawn({
         let tally = tally.clone();
@@ -83,13 +79,11 @@ async fn no_answer_before_durable(dispatch: tally::Dispatch) {
 
 #[test]
 fn a_failed_sync_answers_storage_failed_not_ok() {
-    for dispatch in DISPATCHES {
-        runtime().block_on(failed_sync(dispatch));
-    }
+    runtime().block_on(failed_sync());
 }
 
-async fn failed_sync(dispatch: tally::Dispatch) {
-    let (tally, store) = gated_world(dispatch).await;
+async fn failed_sync() {
+    let (tally, store) = gated_world().await;
     store.hold();
     let fund = tokio::spawn({
         let tally = tally.clone();

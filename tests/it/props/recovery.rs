@@ -20,8 +20,7 @@ use proptest::prelude::*;
 use proptest::strategy::Union;
 use proptest_state_machine::ReferenceStateMachine;
 use tally::{
-    Dispatch, DurableConfig, DurableStore, ManualClock, MemStore, OpId, Store, StoreError,
-    SyncMode, Tally,
+    DurableConfig, DurableStore, ManualClock, MemStore, OpId, Store, StoreError, SyncMode, Tally,
 };
 
 use super::calls::{answer, write_to, Write};
@@ -69,7 +68,6 @@ impl ReferenceStateMachine for RecoveryRef {
 /// An engine that can be closed and reopened on the same store.
 struct Engine {
     kind: Kind,
-    dispatch: Dispatch,
     dir: tempfile::TempDir,
     mem: MemStore,
     clock: ManualClock,
@@ -94,10 +92,9 @@ fn open_durable(dir: &Path) -> DurableStore {
 }
 
 impl Engine {
-    fn new(kind: Kind, dispatch: Dispatch) -> Engine {
+    fn new(kind: Kind) -> Engine {
         let mut engine = Engine {
             kind,
-            dispatch,
             dir: tempfile::tempdir().expect("a temporary directory"),
             mem: MemStore::new(super::small_limits()),
             clock: ManualClock::new(START),
@@ -120,7 +117,7 @@ impl Engine {
         let config = tally::EngineConfig {
             idle_passivate_after: Duration::from_secs(60),
             supervisor_tick: Duration::from_millis(2),
-            ..engine_config(&self.clock, self.dispatch)
+            ..engine_config(&self.clock)
         };
         let tally = rt
             .block_on(Tally::open(store.clone(), config))
@@ -190,9 +187,9 @@ impl Drop for Engine {
 }
 
 /// Runs a history on an engine over `kind`, reopening it where the history says.
-fn run_history(kind: Kind, initial: RefState, steps: Vec<Step>, seen: Option<Arc<AtomicUsize>>) {
+fn run_history(kind: Kind, _initial: RefState, steps: Vec<Step>, seen: Option<Arc<AtomicUsize>>) {
     let mut model = RefState::empty(true);
-    let mut engine = Engine::new(kind, initial.dispatch);
+    let mut engine = Engine::new(kind);
     for step in setup() {
         let expected = model.apply(&step);
         let got = engine.block_on(run(
