@@ -23,7 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AccountId, Amount, Period, Timestamp};
+use crate::{Account, AccountId, Amount, Period, Timestamp};
 
 /// The most unexpired grants one account may have; one more is `TooManyGrants`. (Expired grants
 /// are kept while a retained posting or a pending hold refers to them, so refunds find them.)
@@ -347,4 +347,33 @@ fn grant_add(a: Amount, b: Amount, id: GrantId) -> Amount {
 fn grant_sub(a: Amount, b: Amount, id: GrantId) -> Amount {
     a.checked_sub(b)
         .unwrap_or_else(|| panic!("{id}: {b} taken from {a}"))
+}
+
+/// An account's grants as of a moment: each grant, its allowance, and how its available
+/// balance splits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grants {
+    /// Its grants (unexpired ones, and expired ones still referred to), by id.
+    pub grants: Vec<Grant>,
+    /// Its recurring allowance.
+    pub allowance: Option<AllowanceState>,
+    /// What can be spent now (live grants and the general balance).
+    pub spendable: i128,
+    /// The general part of it (what a transfer out may take).
+    pub general: i128,
+    /// What the live grants have free.
+    pub granted: u128,
+}
+
+impl Grants {
+    /// The grants of `account` as of `now`.
+    pub fn of(account: &Account, now: Timestamp) -> Grants {
+        Grants {
+            grants: account.grants().cloned().collect(),
+            allowance: account.allowance().cloned(),
+            spendable: account.spendable(now),
+            general: account.general_available(now),
+            granted: account.granted_free(now).0,
+        }
+    }
 }

@@ -54,7 +54,7 @@ pub use command::{
 };
 pub use error::Error;
 pub use grant::{
-    Allowance, AllowanceState, Grant, GrantId, GrantShares, GRANTS_MAX, GRANT_LABEL_MAX,
+    Allowance, AllowanceState, Grant, GrantId, GrantShares, Grants, GRANTS_MAX, GRANT_LABEL_MAX,
 };
 pub use ids::{AccountId, HoldId, OpId, PostingId, Timestamp, TokenId};
 pub use ledger::{Counterparty, DecideCtx, Decision, SpendCaps, PRICES_MAX, TIERS_MAX};

@@ -32,6 +32,9 @@ use crate::Error;
 /// The most messages an actor takes from its mailbox in one turn.
 pub(crate) const BATCH_MAX: usize = 256;
 
+/// The messages an actor's drain buffer keeps room for between bursts.
+const IDLE_BATCH_CAPACITY: usize = 8;
+
 /// How long an account's grant timers wait after one failed (ms).
 const TIMER_RETRY_MS: u64 = 1_000;
 
@@ -116,6 +119,11 @@ async fn load(shared: &Arc<Shared>, id: AccountId) -> Result<Account, Error> {
         shared.wait_durable(seq).await?;
     }
     let store = shared.store.clone();
+    let _turn = shared
+        .store_io
+        .acquire()
+        .await
+        .map_err(|_| Error::Shutdown)?;
     let loaded = tokio::task::spawn_blocking(move || store.load(id))
         .await
         .map_err(|e| Error::Internal {
@@ -160,7 +168,8 @@ enum Flow {
 
 impl AccountActor {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut batch = Vec::with_capacity(BATCH_MAX);
+        // Grown by a burst, given back after it: an idle actor keeps a small buffer.
+        let mut batch = Vec::new();
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::ZERO));
         let mut armed: Option<u64> = None;
         loop {
@@ -174,6 +183,7 @@ impl AccountActor {
                     if self.turn(&mut batch, &rx).await == Flow::Stop {
                         return;
                     }
+                    batch.shrink_to(IDLE_BATCH_CAPACITY);
                 }
                 () = &mut timer, if armed.is_some() => {
                     armed = None;
@@ -288,7 +298,7 @@ impl AccountActor {
                 account.spend_room(app, &endpoint, token, caps, now),
                 period.map(|p| account.period_use(app, &endpoint, &p, now)),
             ),
-            Query::Grants(now) => Answer::Grants(Box::new(crate::grants::Grants::of(account, now))),
+            Query::Grants(now) => Answer::Grants(Box::new(tally_core::Grants::of(account, now))),
             Query::PeriodUse {
                 app,
                 endpoint,
@@ -504,6 +514,9 @@ impl AccountActor {
             return false;
         }
         // The snapshot is written on a blocking thread: the account goes there and comes back.
+        let Ok(_turn) = self.shared.store_io.acquire().await else {
+            return false;
+        };
         let placeholder = Account::new(self.id, self.account.spec);
         let account = std::mem::replace(&mut self.account, placeholder);
         let store = self.shared.store.clone();

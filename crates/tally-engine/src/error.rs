@@ -105,3 +105,10 @@ impl From<tally_store::StoreError> for Error {
         }
     }
 }
+
+/// The error for an outcome a call did not expect from its command (a bug).
+pub(crate) fn unexpected(outcome: tally_core::Outcome) -> Error {
+    Error::Internal {
+        reason: format!("unexpected outcome {outcome:?}").into(),
+    }
+}

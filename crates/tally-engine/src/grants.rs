@@ -11,8 +11,7 @@
 use std::time::Duration;
 
 use tally_core::{
-    Account, AccountId, Allowance, AllowanceState, Amount, Command, Grant, GrantId, OpId, Outcome,
-    Timestamp,
+    AccountId, Allowance, Amount, Command, GrantId, Grants, OpId, Outcome, Timestamp,
 };
 
 use crate::mailbox::{Answer, Query};
@@ -31,34 +30,6 @@ pub struct GrantRequest {
     pub ttl: Option<Duration>,
     /// What it is for (at most [`tally_core::GRANT_LABEL_MAX`] bytes).
     pub label: String,
-}
-
-/// An account's grants as of a moment: each grant, its allowance, and how its available
-/// balance splits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Grants {
-    /// Its grants (unexpired ones, and expired ones still referred to), by id.
-    pub grants: Vec<Grant>,
-    /// Its recurring allowance.
-    pub allowance: Option<AllowanceState>,
-    /// What can be spent now (live grants and the general balance).
-    pub spendable: i128,
-    /// The general part of it (what a transfer out may take).
-    pub general: i128,
-    /// What the live grants have free.
-    pub granted: u128,
-}
-
-impl Grants {
-    pub(crate) fn of(account: &Account, now: Timestamp) -> Grants {
-        Grants {
-            grants: account.grants().cloned().collect(),
-            allowance: account.allowance().cloned(),
-            spendable: account.spendable(now),
-            general: account.general_available(now),
-            granted: account.granted_free(now).0,
-        }
-    }
 }
 
 impl Tally {
@@ -83,7 +54,7 @@ impl Tally {
         };
         match self.execute(account, self.request(op, command)).await? {
             Outcome::GrantIssued { grant, expires_at } => Ok((grant, expires_at)),
-            other => Err(crate::handle::unexpected(other)),
+            other => Err(crate::error::unexpected(other)),
         }
     }
 
@@ -100,7 +71,7 @@ impl Tally {
         let command = Command::SetAllowance { allowance };
         match self.execute(account, self.request(op, command)).await? {
             Outcome::AllowanceSet => Ok(()),
-            other => Err(crate::handle::unexpected(other)),
+            other => Err(crate::error::unexpected(other)),
         }
     }
 

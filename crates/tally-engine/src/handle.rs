@@ -194,11 +194,7 @@ pub(crate) fn settled(outcome: Outcome) -> Result<Settled, Error> {
     }
 }
 
-pub(crate) fn unexpected(outcome: Outcome) -> Error {
-    Error::Internal {
-        reason: format!("unexpected outcome {outcome:?}").into(),
-    }
-}
+pub(crate) use crate::error::unexpected;
 
 impl Tally {
     /// An engine on a fresh in-memory store (nothing survives the process).

@@ -30,7 +30,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::EngineConfig;
 pub use error::Error;
 pub use events::{Event, EventKind, Missed, Subscription, EVENTS_QUEUE};
-pub use grants::{GrantRequest, Grants};
+pub use grants::GrantRequest;
 pub use guard::HoldGuard;
 pub use handle::{
     Committed, Extended, HistoryPage, ReserveRequest, Settled, Tally, HISTORY_PAGE_MAX,
@@ -39,5 +39,6 @@ pub use handle::{
 pub use metering::{Affordable, BalanceHistory, BalancePoint, MeterGuard};
 pub use policy::LimitScope;
 pub use tally_core::{
-    AccountPolicy, Allowance, AllowanceState, Grant, GrantId, PolicySetting, RateLimit, TokenRate,
+    AccountPolicy, Allowance, AllowanceState, Grant, GrantId, Grants, PolicySetting, RateLimit,
+    TokenRate,
 };

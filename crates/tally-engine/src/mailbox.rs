@@ -126,7 +126,7 @@ pub(crate) enum Answer {
     ),
     Catalog(Box<Catalog>),
     PeriodUse(tally_core::PeriodUse),
-    Grants(Box<crate::grants::Grants>),
+    Grants(Box<tally_core::Grants>),
 }
 
 /// Messages an account actor handles, in the order they arrive.

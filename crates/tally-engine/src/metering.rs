@@ -85,7 +85,7 @@ impl Tally {
         };
         match self.execute(app, self.request(op, command)).await? {
             Outcome::PriceSet { version } => Ok(version),
-            other => Err(crate::handle::unexpected(other)),
+            other => Err(crate::error::unexpected(other)),
         }
     }
 
@@ -344,7 +344,7 @@ impl Tally {
         let command = Command::UpdateFunding { from, old, new };
         match self.execute(account, self.request(op, command)).await? {
             Outcome::FundingUpdated { funded } => Ok(funded),
-            other => Err(crate::handle::unexpected(other)),
+            other => Err(crate::error::unexpected(other)),
         }
     }
 
@@ -388,7 +388,7 @@ impl Tally {
         };
         let hold = match self.execute(account, self.request(op, command)).await? {
             Outcome::Reserved { hold, amount, .. } => (hold, amount),
-            other => return Err(crate::handle::unexpected(other)),
+            other => return Err(crate::error::unexpected(other)),
         };
         let (hold, amount) = hold;
         let hold = HoldGuard::new(self.clone(), hold, amount, op);

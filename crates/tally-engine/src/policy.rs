@@ -389,37 +389,6 @@ pub(crate) fn scope_of(account: AccountId, kind: AccountKind) -> Option<LimitSco
     }
 }
 
-impl crate::shared::Shared {
-    /// Follows the policy an account has: at open (`opening`: its buckets start empty) and on
-    /// every setting it applies (a new rate limit's buckets start full).
-    pub(crate) fn install_policy(
-        &self,
-        account: AccountId,
-        policy: &AccountPolicy,
-        changed: Option<&PolicySetting>,
-    ) {
-        let Some(kind) = self.directory.get(&account).map(|s| s.kind) else {
-            return;
-        };
-        let Some(scope) = scope_of(account, kind) else {
-            return;
-        };
-        let now = self.now_ms();
-        let opening = changed.is_none();
-        if opening || matches!(changed, Some(PolicySetting::RateLimit(_))) {
-            self.policy
-                .install_rate(scope, policy.rate_limit, now, !opening);
-        }
-        if opening || matches!(changed, Some(PolicySetting::SpendCapPerDay(_))) {
-            self.policy.install_cap(scope, policy.spend_cap_per_day);
-        }
-        if opening || matches!(changed, Some(PolicySetting::LowBalance(_))) {
-            self.events
-                .install_threshold(account, policy.low_balance.map(Amount::get));
-        }
-    }
-}
-
 impl Tally {
     /// Changes one setting of an account's policy: a journaled change decided by the account,
     /// in force for the next request once this returns; returns the policy's new version. On a
@@ -443,7 +412,7 @@ impl Tally {
         let command = Command::SetPolicy { setting };
         match self.execute(account, self.request(op, command)).await? {
             Outcome::PolicySet { version } => Ok(version),
-            other => Err(crate::handle::unexpected(other)),
+            other => Err(crate::error::unexpected(other)),
         }
     }
 

@@ -24,6 +24,10 @@ pub(crate) enum SupervisorMsg {
 /// legs in on its next turn anyway).
 pub(crate) const SUPERVISOR_QUEUE: usize = 4_096;
 
+/// Account loads and passivation saves running at once (on blocking threads); more wait their
+/// turn (a bound on the blocking threads activation may occupy).
+pub(crate) const STORE_IO_MAX: usize = 8;
+
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: EngineConfig,
@@ -34,6 +38,8 @@ pub(crate) struct Shared {
     /// activation waits until that is durable before loading (a load reads durable records).
     pub(crate) failed: DashMap<AccountId, u64, FastHash>,
     pub(crate) admission: Arc<Semaphore>,
+    /// Turns at blocking store I/O for activation and passivation ([`STORE_IO_MAX`]).
+    pub(crate) store_io: Semaphore,
     pub(crate) durable: watch::Receiver<DurablePoint>,
     pub(crate) shutting_down: AtomicBool,
     /// Wakes the supervisor when more accounts are resident than the cap.
@@ -73,6 +79,7 @@ impl Shared {
         let shared = Shared {
             store,
             admission: Arc::new(Semaphore::new(config.inflight_max)),
+            store_io: Semaphore::new(STORE_IO_MAX),
             config,
             directory,
             routes: Routes::with_hasher(FastHash::default()),
@@ -167,5 +174,36 @@ impl Shared {
                 .clone()
                 .unwrap_or_else(|| Arc::from("unknown failure")),
         })
+    }
+}
+
+impl Shared {
+    /// Follows the policy an account has: at open (`opening`: its buckets start empty) and on
+    /// every setting it applies (a new rate limit's buckets start full).
+    pub(crate) fn install_policy(
+        &self,
+        account: AccountId,
+        policy: &tally_core::AccountPolicy,
+        changed: Option<&tally_core::PolicySetting>,
+    ) {
+        let Some(kind) = self.directory.get(&account).map(|s| s.kind) else {
+            return;
+        };
+        let Some(scope) = crate::policy::scope_of(account, kind) else {
+            return;
+        };
+        let now = self.now_ms();
+        let opening = changed.is_none();
+        if opening || matches!(changed, Some(tally_core::PolicySetting::RateLimit(_))) {
+            self.policy
+                .install_rate(scope, policy.rate_limit, now, !opening);
+        }
+        if opening || matches!(changed, Some(tally_core::PolicySetting::SpendCapPerDay(_))) {
+            self.policy.install_cap(scope, policy.spend_cap_per_day);
+        }
+        if opening || matches!(changed, Some(tally_core::PolicySetting::LowBalance(_))) {
+            self.events
+                .install_threshold(account, policy.low_balance.map(tally_core::Amount::get));
+        }
     }
 }
