@@ -237,7 +237,7 @@ impl AccountActor {
                         .then(|| Box::new(self.account.clone()));
                     let _ = reply.send(copy);
                 }
-                #[cfg(feature = "test-hooks")]
+                #[cfg(feature = "testing")]
                 Msg::Panic => panic!("injected panic in the actor of {}", self.id),
             }
         }

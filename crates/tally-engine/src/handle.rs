@@ -1001,8 +1001,8 @@ impl Tally {
         supervisor::checkpoint(&self.shared, false).await
     }
 
-    /// Test hook: makes the account's actor panic, as a bug would (feature `test-hooks`).
-    #[cfg(feature = "test-hooks")]
+    /// Test hook: makes the account's actor panic, as a bug would (feature `testing`).
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub async fn inject_panic(&self, account: AccountId) -> Result<(), Error> {
         supervisor::route(&self.shared, account, Msg::Panic)

@@ -161,7 +161,7 @@ pub(crate) enum Msg {
         reply: oneshot::Sender<Option<Box<Account>>>,
     },
     /// Test hook: panic inside the actor, as a bug would.
-    #[cfg(feature = "test-hooks")]
+    #[cfg(feature = "testing")]
     Panic,
 }
 
@@ -177,7 +177,7 @@ impl Msg {
             Msg::Due { reply } => drop(reply.send(Reply::err(e.clone()))),
             Msg::Snapshot { reply, .. } => drop(reply.send(None)),
             Msg::Legs | Msg::Passivate => {}
-            #[cfg(feature = "test-hooks")]
+            #[cfg(feature = "testing")]
             Msg::Panic => {}
         }
     }

@@ -107,9 +107,9 @@ pub struct DurableConfig {
     /// [`crate::journal::anchor`]); the window in which damage cannot be told from a torn
     /// tail. Default 100 ms.
     pub anchor_interval: Duration,
-    /// Test hook (feature `test-hooks`): the journal's sync after this many fails, as a
+    /// Test hook (feature `testing`): the journal's sync after this many fails, as a
     /// failing disk would.
-    #[cfg(feature = "test-hooks")]
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fail_after_syncs: Option<u64>,
 }
@@ -128,7 +128,7 @@ impl DurableConfig {
             snapshot_compact_slack: compact::GROWTH_SLACK,
             usage: UsageConfig::default(),
             anchor_interval: journal.anchor_interval,
-            #[cfg(feature = "test-hooks")]
+            #[cfg(feature = "testing")]
             fail_after_syncs: None,
         }
     }
@@ -510,7 +510,7 @@ impl DurableStore {
         journal_config.sync = config.sync;
         journal_config.segment_bytes_max = config.segment_bytes_max;
         journal_config.queue_records_max = config.queue_records_max;
-        #[cfg(feature = "test-hooks")]
+        #[cfg(feature = "testing")]
         {
             journal_config.fail_after_syncs = config.fail_after_syncs;
         }

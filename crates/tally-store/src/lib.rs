@@ -25,7 +25,7 @@ mod legs;
 mod mem;
 mod open_dirs;
 mod pg;
-#[cfg(feature = "test-hooks")]
+#[cfg(feature = "testing")]
 pub mod pg_testing;
 mod projection;
 pub mod salvage;

@@ -57,8 +57,8 @@ impl MemStore {
     }
 
     /// A store that fail-stops on the append after `appends` successful ones, as a disk that
-    /// fails would: for testing fail-stop (feature `test-hooks`).
-    #[cfg(feature = "test-hooks")]
+    /// fails would: for testing fail-stop (feature `testing`).
+    #[cfg(feature = "testing")]
     pub fn failing_after(limits: Limits, appends: u64) -> Self {
         Self::build(limits, Some(appends))
     }
@@ -311,9 +311,9 @@ impl MemStore {
         })
     }
 
-    /// Test hook (feature `test-hooks`): replaces record `seq` without updating its chain hash,
+    /// Test hook (feature `testing`): replaces record `seq` without updating its chain hash,
     /// as tampering would. Returns whether there was such a record.
-    #[cfg(feature = "test-hooks")]
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn tamper_record(&self, seq: u64, record: Record) -> bool {
         let mut journal = self.inner.journal.lock();

@@ -1,4 +1,4 @@
-//! A throwaway PostgreSQL server for the test suites (feature `test-hooks`): a cluster made by
+//! A throwaway PostgreSQL server for the test suites (feature `testing`): a cluster made by
 //! `initdb` in a temporary directory and started by `pg_ctl` on a Unix socket of its own
 //! (Debian's `postgresql` package; as root, both run as the `postgres` user), stopped when the
 //! value is dropped. With `TALLY_PG_URL` set, that server is used instead.

@@ -254,9 +254,9 @@ pub struct JournalConfig {
     /// this long after the last group when the journal goes idle: the window in which damage
     /// to acknowledged records cannot be told from a torn tail. Default 100 ms; at least 1 ms.
     pub anchor_interval: Duration,
-    /// Test hook (feature `test-hooks`): the sync after this many successful syncs fails as if
+    /// Test hook (feature `testing`): the sync after this many successful syncs fails as if
     /// the disk had errored, so that fail-stop can be tested.
-    #[cfg(feature = "test-hooks")]
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fail_after_syncs: Option<u64>,
 }
@@ -273,7 +273,7 @@ impl JournalConfig {
             queue_bytes_max: 64 << 20,
             sync: SyncMode::Data,
             anchor_interval: ANCHOR_INTERVAL_DEFAULT,
-            #[cfg(feature = "test-hooks")]
+            #[cfg(feature = "testing")]
             fail_after_syncs: None,
         }
     }
@@ -586,9 +586,9 @@ impl Journal {
                 group_records_max: config.group_records_max,
                 group_bytes_max: config.group_bytes_max,
                 sync: config.sync,
-                #[cfg(feature = "test-hooks")]
+                #[cfg(feature = "testing")]
                 fail_after_syncs: config.fail_after_syncs,
-                #[cfg(not(feature = "test-hooks"))]
+                #[cfg(not(feature = "testing"))]
                 fail_after_syncs: None,
             },
             syncs_ok: 0,
@@ -913,10 +913,10 @@ impl Journal {
         trail::walk(&dirs, Some(head.0), &all, pruned)
     }
 
-    /// Test hook (feature `test-hooks`): while paused, the committer takes no new records (a
+    /// Test hook (feature `testing`): while paused, the committer takes no new records (a
     /// group already taken completes), so tests can fill the queue deterministically. Close
     /// overrides a pause.
-    #[cfg(feature = "test-hooks")]
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn set_committer_paused(&self, paused: bool) {
         self.inner.shared.queue.lock().paused = paused;

@@ -1,13 +1,14 @@
 //! Micro-benchmarks of the three layers a request crosses, each alone:
 //!
-//! - `core/charge`: `Account::decide` + `apply` (+ the app's `apply_leg`) of one charge, the
+//! - `core/charge`: `Account::decide` + `apply` (+ the app's leg) of one charge, the
 //!   domain logic without actors or storage;
-//! - `engine/balance`: one actor round trip (`Tally::balance`) on an in-memory engine;
+//! - `engine/balance`: one round trip through an account actor's mailbox (`Tally::balance`)
+//!   on an in-memory engine;
 //! - `journal/group-1000`: one group commit: 1,000 journal appends and `wait_durable` on the
 //!   last, in a temporary directory (one write + one fdatasync if the committer takes them as
 //!   one group).
 //!
-//! Run with `cargo bench -p tally-bench`. The load test (`tally-bench`) measures the whole.
+//! Run with `cargo bench -p tally --bench micro`. The load test (`tally-bench`) measures the whole.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // criterion_group! makes an undocumented public function.
 #![allow(missing_docs)]
