@@ -213,10 +213,10 @@ impl AccountActor {
                     let _ = reply.send(replies);
                 }
                 Msg::Read { query, reply } => {
-                    if !matches!(query, Query::AsItStands) {
+                    if !matches!(*query, Query::AsItStands) {
                         self.run_due();
                     }
-                    let _ = reply.send(self.read(query));
+                    let _ = reply.send(self.read(*query));
                 }
                 Msg::Due { reply } => {
                     let made = self.run_due();

@@ -676,11 +676,17 @@ impl Tally {
     }
 
     /// Executes any write request on the account that must execute it (see [`Command`]).
+    ///
+    /// If the account's actor fails (a bug) with the request in its mailbox, the request is
+    /// answered `Unavailable` (it may or may not have been decided: retry it with the same
+    /// `op`, which replays it if it was).
     pub async fn execute(&self, account: AccountId, request: Request) -> Result<Outcome, Error> {
-        let request = Box::new(request);
-        self.call(account, |reply| Msg::Execute {
-            request: request.clone(),
-            reply,
+        // Moved into the message, not copied: a write is sent once.
+        let mut request = Some(Box::new(request));
+        self.call(account, |reply| {
+            request
+                .take()
+                .map(|request| Msg::Execute { request, reply })
         })
         .await
     }
@@ -740,29 +746,20 @@ impl Tally {
         let mut sent = Vec::with_capacity(groups.len());
         for (account, indexes, requests) in groups {
             let (reply, answer) = oneshot::channel();
-            let msg = Msg::ExecuteMany {
-                requests: requests.clone(),
-                reply,
-            };
+            let msg = Msg::ExecuteMany { requests, reply };
             let routed = supervisor::route(&self.shared, account, msg);
-            sent.push((account, indexes, requests, routed.map(|()| answer)));
+            sent.push((account, indexes, routed.map(|()| answer)));
         }
         let mut replies: Vec<Option<Reply<Outcome>>> = (0..count).map(|_| None).collect();
-        for (account, indexes, requests, routed) in sent {
+        for (account, indexes, routed) in sent {
             let answered = match routed {
                 Err(e) => Err(e),
-                Ok(answer) => match answer.await {
-                    Ok(answered) => Ok(answered),
-                    // Its actor ended before answering (it failed): once more, through the
-                    // one path (what it had done replays by its idempotency keys).
-                    Err(_) => {
-                        self.ask(account, |reply| Msg::ExecuteMany {
-                            requests: requests.clone(),
-                            reply,
-                        })
-                        .await
-                    }
-                },
+                // Its actor ended before answering (it failed): what it had decided replays
+                // by its idempotency keys when retried.
+                Ok(answer) => answer.await.map_err(|_| Error::Unavailable {
+                    account,
+                    attempts: 1,
+                }),
             };
             match answered {
                 Ok(answered) => {
@@ -1034,9 +1031,11 @@ impl Tally {
         account: AccountId,
         query: impl Fn() -> Query,
     ) -> Result<Answer, Error> {
-        self.call(account, |reply| Msg::Read {
-            query: query(),
-            reply,
+        self.call(account, |reply| {
+            Some(Msg::Read {
+                query: Box::new(query()),
+                reply,
+            })
         })
         .await
     }
@@ -1047,7 +1046,7 @@ impl Tally {
     async fn call<T>(
         &self,
         account: AccountId,
-        make: impl Fn(oneshot::Sender<Reply<T>>) -> Msg,
+        make: impl FnMut(oneshot::Sender<Reply<T>>) -> Option<Msg>,
     ) -> Result<T, Error> {
         let _permit = self.admit_request()?;
         let reply = self.ask(account, make).await?;
@@ -1061,25 +1060,39 @@ impl Tally {
     /// Activating an account while `resident_max + resident_max / 2` are resident waits for
     /// the supervisor's eviction, up to [`RESIDENT_WAIT_MS`] ms, then is
     /// `Overloaded { scope: "resident accounts" }`.
+    ///
+    /// `make` makes the message for each attempt; `None` (a write, which is sent once) ends
+    /// the attempts with `Unavailable`.
     async fn ask<R>(
         &self,
         account: AccountId,
-        make: impl Fn(oneshot::Sender<R>) -> Msg,
+        mut make: impl FnMut(oneshot::Sender<R>) -> Option<Msg>,
     ) -> Result<R, Error> {
         let (mut attempts, mut waited_ms) = (0, 0);
         loop {
             let (reply, answer) = oneshot::channel();
-            match supervisor::route(&self.shared, account, make(reply)) {
-                Ok(()) => {}
-                Err(Error::Overloaded {
-                    scope: "resident accounts",
-                    ..
-                }) if waited_ms < RESIDENT_WAIT_MS => {
-                    waited_ms += 1;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
+            let Some(mut msg) = make(reply) else {
+                return Err(Error::Unavailable { account, attempts });
+            };
+            // Past the hard resident bound: the same message again once eviction made room.
+            loop {
+                let Err(refused) = supervisor::route_or_return(&self.shared, account, msg) else {
+                    break;
+                };
+                match *refused {
+                    (
+                        Error::Overloaded {
+                            scope: "resident accounts",
+                            ..
+                        },
+                        back,
+                    ) if waited_ms < RESIDENT_WAIT_MS => {
+                        waited_ms += 1;
+                        msg = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    (e, _) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
             if let Ok(reply) = answer.await {
                 return Ok(reply);

@@ -143,7 +143,7 @@ pub(crate) enum Msg {
     },
     /// A read (due work runs first).
     Read {
-        query: Query,
+        query: Box<Query>,
         reply: oneshot::Sender<Reply<Answer>>,
     },
     /// Run what is due now (for a moved test clock); answers how many records it made.
@@ -180,5 +180,16 @@ impl Msg {
             #[cfg(feature = "testing")]
             Msg::Panic => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A mailbox allocates its slots 32 at a time, one block per resident account at least:
+    /// a small message keeps an idle account's mailbox near 1 KiB (the largest variants, a
+    /// request and a query, are boxed).
+    #[test]
+    fn a_message_is_a_few_words() {
+        assert!(std::mem::size_of::<super::Msg>() <= 32);
     }
 }

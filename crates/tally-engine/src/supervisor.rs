@@ -34,10 +34,23 @@ pub(crate) const ROUTE_ATTEMPTS: u32 = 16;
 /// Accounts a checkpoint copies and saves at a time (bounds the copies held at once).
 pub(crate) const CHECKPOINT_CHUNK: usize = 1_024;
 
-/// Sends `msg` to the actor of `id`, activating the account on a miss. Refused: the account
-/// is unknown, its mailbox is full (`Overloaded { scope: "account" }`), too many accounts are
-/// resident (`Overloaded { scope: "resident accounts" }`), or the engine is shutting down.
-pub(crate) fn route(shared: &Arc<Shared>, id: AccountId, mut msg: Msg) -> Result<(), Error> {
+/// Sends `msg` to the actor of `id`, activating the account on a miss. Refused, with the
+/// message back: the account is unknown, its mailbox is full (`Overloaded { scope: "account"
+/// }`), too many accounts are resident (`Overloaded { scope: "resident accounts" }`), or the
+/// engine is shutting down.
+pub(crate) fn route(shared: &Arc<Shared>, id: AccountId, msg: Msg) -> Result<(), Error> {
+    route_or_return(shared, id, msg).map_err(|refused| refused.0)
+}
+
+/// A refused message and why (boxed: a refusal is rare, a message is large).
+pub(crate) type Refused = Box<(Error, Msg)>;
+
+/// [`route`], giving the message back with the refusal.
+pub(crate) fn route_or_return(
+    shared: &Arc<Shared>,
+    id: AccountId,
+    mut msg: Msg,
+) -> Result<(), Refused> {
     for _ in 0..ROUTE_ATTEMPTS {
         if let Some(route) = shared.routes.get(&id) {
             route
@@ -45,11 +58,12 @@ pub(crate) fn route(shared: &Arc<Shared>, id: AccountId, mut msg: Msg) -> Result
                 .store(shared.now_ms(), Ordering::Relaxed);
             match route.tx.try_send(msg) {
                 Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    return Err(Error::Overloaded {
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    let full = Error::Overloaded {
                         scope: "account",
                         limit: shared.config.account_inflight_max,
-                    })
+                    };
+                    return Err(Box::new((full, back)));
                 }
                 Err(mpsc::error::TrySendError::Closed(back)) => {
                     // Its actor ended without leaving the map yet: drop the stale route.
@@ -61,12 +75,15 @@ pub(crate) fn route(shared: &Arc<Shared>, id: AccountId, mut msg: Msg) -> Result
                 }
             }
         }
-        activate(shared, id, None)?;
+        if let Err(e) = activate(shared, id, None) {
+            return Err(Box::new((e, msg)));
+        }
     }
-    Err(Error::Unavailable {
+    let gone = Error::Unavailable {
         account: id,
         attempts: ROUTE_ATTEMPTS,
-    })
+    };
+    Err(Box::new((gone, msg)))
 }
 
 /// Registers a mailbox for `id` and starts its actor (with `initial`, a newly opened
