@@ -84,6 +84,7 @@ impl Drop for Residency {
 async fn start(residency: Residency, mut rx: mpsc::Receiver<Msg>, initial: Option<Account>) {
     let shared = residency.shared.clone();
     let id = residency.id;
+    let appended = Arc::new(AtomicU64::new(0));
     let loaded = match initial {
         Some(account) => Ok(account),
         None => load(&shared, id).await,
@@ -95,10 +96,16 @@ async fn start(residency: Residency, mut rx: mpsc::Receiver<Msg>, initial: Optio
                 id,
                 account,
                 residency,
-                appended_seq: 0,
+                appended: appended.clone(),
                 timers_deferred_until_ms: 0,
             };
-            actor.run(rx).await;
+            let inbox = Inbox {
+                rx,
+                shared: actor.shared.clone(),
+                id,
+                appended,
+            };
+            actor.run(inbox).await;
         }
         Err(e) => {
             // Nothing more reaches this mailbox once it has left the map; answer what is in it.
@@ -142,7 +149,7 @@ pub(crate) struct AccountActor {
     account: Account,
     residency: Residency,
     /// The last sequence number it appended (what a successor waits for if this one fails).
-    appended_seq: u64,
+    appended: Arc<AtomicU64>,
     /// Until when (engine ms) its grant timers wait after a failure (0: they do not).
     timers_deferred_until_ms: u64,
 }
@@ -152,10 +159,40 @@ impl Drop for AccountActor {
         if std::thread::panicking() {
             // Before the residency leaves the map (fields drop after this): the next
             // activation must find the failure.
-            let seq = self.appended_seq.max(self.account.last_seq());
-            self.shared.failed.insert(self.id, seq);
-            tracing::error!(account = %self.id, "account actor failed; the account reloads from the store on next use");
+            let seq = self
+                .appended
+                .load(Ordering::Acquire)
+                .max(self.account.last_seq());
+            record_failure(&self.shared, self.id, seq);
         }
+    }
+}
+
+/// The actor's mailbox, which records a failure before it closes: a sender finding it closed
+/// starts a successor, which must find the failure (whichever of the mailbox and the actor
+/// unwinds first).
+struct Inbox {
+    rx: mpsc::Receiver<Msg>,
+    shared: Arc<Shared>,
+    id: AccountId,
+    appended: Arc<AtomicU64>,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            record_failure(&self.shared, self.id, self.appended.load(Ordering::Acquire));
+        }
+    }
+}
+
+/// Records that the actor of `id` failed having appended up to `seq`: its successor waits for
+/// `seq` to be durable before loading.
+fn record_failure(shared: &Shared, id: AccountId, seq: u64) {
+    let mut entry = shared.failed.entry(id).or_insert(0);
+    if seq > *entry {
+        *entry = seq;
+        tracing::error!(account = %id, "account actor failed; the account reloads from the store on next use");
     }
 }
 
@@ -167,7 +204,7 @@ enum Flow {
 }
 
 impl AccountActor {
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    async fn run(mut self, mut inbox: Inbox) {
         // Grown by a burst, given back after it: an idle actor keeps a small buffer.
         let mut batch = Vec::new();
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::ZERO));
@@ -176,11 +213,11 @@ impl AccountActor {
             self.arm(&mut timer, &mut armed);
             tokio::select! {
                 biased;
-                received = rx.recv_many(&mut batch, BATCH_MAX) => {
+                received = inbox.rx.recv_many(&mut batch, BATCH_MAX) => {
                     if received == 0 {
                         return; // the engine stopped: every sender is gone
                     }
-                    if self.turn(&mut batch, &rx).await == Flow::Stop {
+                    if self.turn(&mut batch, &inbox.rx).await == Flow::Stop {
                         return;
                     }
                     batch.shrink_to(IDLE_BATCH_CAPACITY);
@@ -397,7 +434,7 @@ impl AccountActor {
             }
             Ok(seq) => seq,
         };
-        self.appended_seq = seq;
+        self.appended.store(seq, Ordering::Release);
         self.account.apply(&record, seq, &shared.config.limits);
         match &record.change {
             tally_core::Change::PriceSet { .. } => {
@@ -487,7 +524,7 @@ impl AccountActor {
             let held = self.shared.events.before_append();
             match self.shared.store.append(&record) {
                 Ok(seq) => {
-                    self.appended_seq = seq;
+                    self.appended.store(seq, Ordering::Release);
                     self.account.apply(&record, seq, &self.shared.config.limits);
                     self.shared
                         .events
