@@ -762,3 +762,47 @@ async fn policies_are_in_force_after_a_crash_and_after_a_clean_shutdown() {
     );
     assert_eq!(tally.policy(ALICE).await.unwrap().version, 2);
 }
+
+/// The app's credits and the bank's debits are legs, summed by the store: across a checkpoint
+/// that trims the journal they cover, more work after it, and a crash (no shutdown), the
+/// reopened engine has every one of them, neither lost nor counted twice.
+#[tokio::test]
+async fn legs_survive_a_checkpoint_that_trims_their_records_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        checkpoint_interval: Duration::from_secs(3_600),
+        ..EngineConfig::default()
+    };
+    // Small segments, so that a checkpoint removes some.
+    let durable = || {
+        let mut durable = DurableConfig::new(dir.path());
+        durable.segment_bytes_max = 4_096;
+        durable
+    };
+    let (tally, store, _) = open_durable(durable(), config.clone()).await;
+    setup(&tally).await;
+    for i in 0..50u64 {
+        tally.charge(op(), ALICE, APP, 10 + i, "/x").await.unwrap();
+    }
+    let first_before = store.journal().first_seq();
+    tally.checkpoint().await.unwrap();
+    assert!(
+        store.journal().first_seq() > first_before,
+        "the checkpoint trimmed the journal the legs were in"
+    );
+    for i in 0..30u64 {
+        tally.charge(op(), ALICE, APP, 100 + i, "/x").await.unwrap();
+    }
+    let paid: i128 = (0..50).map(|i| 10 + i).sum::<i128>() + (0..30).map(|i| 100 + i).sum::<i128>();
+    assert_eq!(tally.balance(APP).await.unwrap().available, paid);
+    drop((tally, store));
+
+    let (tally, _, _) = open_durable(durable(), config).await;
+    assert_eq!(tally.balance(APP).await.unwrap().available, paid);
+    assert_eq!(tally.balance(BANK).await.unwrap().available, -100_000);
+    assert_eq!(
+        tally.balance(ALICE).await.unwrap().available,
+        100_000 - paid
+    );
+    assert!(tally.audit().await.unwrap().ok());
+}
