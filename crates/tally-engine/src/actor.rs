@@ -52,6 +52,7 @@ pub(crate) struct Residency {
     route: Weak<Route>,
     snapshot_seq: Arc<AtomicU64>,
     passivate_asked: Arc<AtomicBool>,
+    legs_asked: Arc<AtomicBool>,
 }
 
 impl Residency {
@@ -62,6 +63,7 @@ impl Residency {
             route: Arc::downgrade(route),
             snapshot_seq: route.snapshot_seq.clone(),
             passivate_asked: route.passivate_asked.clone(),
+            legs_asked: route.legs_asked.clone(),
         }
     }
 
@@ -139,6 +141,14 @@ async fn load(shared: &Arc<Shared>, id: AccountId) -> Result<Account, Error> {
     let account = loaded.ok_or(tally_core::Error::UnknownAccount { account: id })?;
     if let Some(seq) = failed_at {
         shared.failed.remove_if(&id, |_, s| *s <= seq);
+    }
+    // The load took in the legs that arrived while it was not resident: a crossing of its
+    // threshold by them is heard now.
+    if shared.events.watches(id) {
+        let durable = shared.durable.borrow().seq;
+        shared
+            .events
+            .on_legs(&account, shared.config.clock.now(), durable);
     }
     Ok(account)
 }
@@ -263,6 +273,7 @@ impl AccountActor {
                     });
                 }
                 Msg::Legs => {
+                    self.residency.legs_asked.store(false, Ordering::Release);
                     if let Err(e) = self.shared.take_in_legs(&mut self.account) {
                         tracing::error!(account = %self.id, error = %e, "taking in legs");
                     }

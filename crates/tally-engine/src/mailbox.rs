@@ -33,9 +33,19 @@ pub(crate) struct Route {
     /// A `Passivate` is in its mailbox or being tried (at most one is: a second would keep the
     /// first from finding the mailbox empty); the actor clears it after a try that kept it.
     pub(crate) passivate_asked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// A `Legs` is in its mailbox (one is enough: it takes in every leg summed so far).
+    pub(crate) legs_asked: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Route {
+    /// Asks the actor to take its legs in now, unless it was asked already.
+    pub(crate) fn ask_legs(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.legs_asked.swap(true, Ordering::AcqRel) && self.tx.try_send(Msg::Legs).is_err() {
+            self.legs_asked.store(false, Ordering::Release);
+        }
+    }
+
     /// Asks the actor to passivate, unless it was asked already.
     pub(crate) fn ask_passivate(&self) {
         use std::sync::atomic::Ordering;

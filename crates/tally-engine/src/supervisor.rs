@@ -110,12 +110,18 @@ pub(crate) fn activate(
         });
     }
     if let dashmap::Entry::Vacant(vacant) = shared.routes.entry(id) {
+        // Again under the entry: a stop that cleared the map meanwhile must not be outlived
+        // by an actor registered after it.
+        if shared.is_shutting_down() {
+            return Err(Error::Shutdown);
+        }
         let (tx, rx) = mpsc::channel(shared.config.account_inflight_max.max(1));
         let route = Arc::new(Route {
             tx,
             last_access_ms: shared.now_ms().into(),
             snapshot_seq: Arc::new(0.into()),
             passivate_asked: Arc::new(false.into()),
+            legs_asked: Arc::new(false.into()),
         });
         let residency = crate::actor::Residency::of(shared.clone(), id, &route);
         vacant.insert(route);
@@ -153,7 +159,11 @@ pub(crate) fn start(shared: Arc<Shared>) {
                 () = shared.eviction.notified() => evict_least_recent(&shared),
                 Some(msg) = rx.recv() => match msg {
                     SupervisorMsg::Legs(id) => {
-                        let _ = route(&shared, id, Msg::Legs);
+                        let resident = shared.routes.get(&id).map(|r| r.ask_legs());
+                        if resident.is_none() {
+                            // Its load takes the legs in (and checks its threshold).
+                            let _ = activate(&shared, id, None);
+                        }
                     }
                 },
             }

@@ -832,7 +832,7 @@ impl Replay<'_> {
             self.opened.push((record.account, encode_spec(spec)?));
         }
         // The counterparty's side goes to the book; the account replays its own records.
-        self.legs.replay(&record, seq)?;
+        self.legs.replay(&record, seq);
         let id = record.account;
         let current = match self.touched.remove(&id) {
             Some(account) => Some(account),
@@ -876,7 +876,7 @@ impl Store for DurableStore {
             Ok::<_, StoreError>((seq, gate))
         })?;
         self.inner.usage.fold(record);
-        self.inner.legs.fold(record, seq)?;
+        self.inner.legs.fold(record, seq);
         // Only the account that made it replays the record; its counterparty has the book.
         self.inner
             .dirty
@@ -950,6 +950,10 @@ impl Store for DurableStore {
             ));
         }
         let last_touch = self.inner.dirty.get(&id).map_or(0, |d| d.last_seq);
+        // The journal is read up to its durable point: wait until the account's own records
+        // are all there, or a load would return a prefix of them (and, once it took in newer
+        // legs, never replay the rest).
+        crate::projection::wait_durable(&self.inner.journal, last_touch)?;
         let mut account = snapshot;
         if last_touch <= covered {
             if let Some(account) = account.as_mut() {
@@ -1025,6 +1029,10 @@ impl Store for DurableStore {
         // The usage save waits for the cut to be durable; the legs' follows it. Both cover
         // the cut before anything up to it is trimmed.
         if let Err(e) = inner.usage.save(&snapshots.db, &inner.journal, cut, usage) {
+            inner.legs.return_changes(&legs);
+            return Err(e);
+        }
+        if let Err(e) = crate::projection::wait_durable(&inner.journal, cut) {
             inner.legs.return_changes(&legs);
             return Err(e);
         }

@@ -37,26 +37,26 @@ pub(crate) struct LegBook {
 pub(crate) type LegChanges = Vec<(AccountId, LegTotals)>;
 
 impl LegBook {
-    /// Folds the leg of record `seq`, if it carries one.
-    pub(crate) fn fold(&self, record: &Record, seq: u64) -> Result<(), StoreError> {
+    /// Folds the leg of record `seq`, if it carries one. Called after the record is
+    /// journaled, so it cannot be refused: fewer than 2^64 records of at most
+    /// [`tally_core::Amount::MAX`] (< 2^63) each sum below 2^127, so a sum passing `u128` means
+    /// the memory is damaged, and the store stops loudly rather than keep a wrong sum.
+    pub(crate) fn fold(&self, record: &Record, seq: u64) {
         let Some((id, leg)) = tally_core::legs::leg_of(record) else {
-            return Ok(());
+            return;
         };
         let mut entry = self.sums.entry(id).or_default();
-        entry
-            .totals
-            .add(leg, seq)
-            .map_err(|e| StoreError::Corrupt(format!("account {}: {e}", id.0).into()))?;
+        if let Err(e) = entry.totals.add(leg, seq) {
+            panic!("account {}: {e}: the leg sums are damaged", id.0);
+        }
         entry.changed = true;
-        Ok(())
     }
 
     /// Folds a record replayed at open, unless the saved sums cover it already.
-    pub(crate) fn replay(&self, record: &Record, seq: u64) -> Result<(), StoreError> {
+    pub(crate) fn replay(&self, record: &Record, seq: u64) {
         if seq > self.saved_seq {
-            self.fold(record, seq)?;
+            self.fold(record, seq);
         }
-        Ok(())
     }
 
     /// What `id` received so far.

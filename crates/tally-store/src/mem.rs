@@ -157,7 +157,7 @@ impl Store for MemStore {
         let prev = journal.chain.last().copied().unwrap_or(GENESIS);
         journal.chain.push(chain_next(&prev, index + 1, &payload));
         journal.usage.fold(record);
-        self.inner.legs.fold(record, index + 1)?;
+        self.inner.legs.fold(record, index + 1);
         journal
             .by_account
             .entry(record.account)

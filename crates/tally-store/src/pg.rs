@@ -352,7 +352,7 @@ impl PgStore {
                 }
                 let record = decode_record(body)?;
                 usage.fold(&record);
-                legs.fold(&record, seq)?;
+                legs.fold(&record, seq);
                 (last, head) = (seq, chain_of(chain, seq)?);
                 Ok(true)
             })?;
@@ -605,7 +605,7 @@ impl Store for PgStore {
         };
         self.inner.wake.notify_one();
         self.inner.usage.lock().fold(record);
-        self.inner.legs.fold(record, seq)?;
+        self.inner.legs.fold(record, seq);
         Ok(seq)
     }
 

@@ -216,7 +216,7 @@ impl Projection {
 }
 
 /// Waits (a bounded while) until the journal is durable up to `seq`.
-fn wait_durable(journal: &Journal, seq: u64) -> Result<(), StoreError> {
+pub(crate) fn wait_durable(journal: &Journal, seq: u64) -> Result<(), StoreError> {
     let durable = journal.durable();
     let started = Instant::now();
     loop {
