@@ -40,19 +40,19 @@ pub(crate) struct Route {
 impl Route {
     /// Asks the actor to take its legs in now, unless it was asked already.
     pub(crate) fn ask_legs(&self) {
-        use std::sync::atomic::Ordering;
-        if !self.legs_asked.swap(true, Ordering::AcqRel) && self.tx.try_send(Msg::Legs).is_err() {
-            self.legs_asked.store(false, Ordering::Release);
-        }
+        self.ask_once(&self.legs_asked, Msg::Legs);
     }
 
     /// Asks the actor to passivate, unless it was asked already.
     pub(crate) fn ask_passivate(&self) {
+        self.ask_once(&self.passivate_asked, Msg::Passivate);
+    }
+
+    /// Sends `msg` unless `asked` says one is waiting already (the actor clears it).
+    fn ask_once(&self, asked: &std::sync::atomic::AtomicBool, msg: Msg) {
         use std::sync::atomic::Ordering;
-        if !self.passivate_asked.swap(true, Ordering::AcqRel)
-            && self.tx.try_send(Msg::Passivate).is_err()
-        {
-            self.passivate_asked.store(false, Ordering::Release);
+        if !asked.swap(true, Ordering::AcqRel) && self.tx.try_send(msg).is_err() {
+            asked.store(false, Ordering::Release);
         }
     }
 }
