@@ -22,6 +22,33 @@ use crate::shared::Shared;
 use crate::supervisor::{self, ROUTE_ATTEMPTS};
 use crate::{EngineConfig, Error};
 
+/// An open of an account in progress; the claim ends when it drops.
+struct Opening<'a>(&'a Shared, AccountId);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.opening.remove(&self.1);
+    }
+}
+
+/// Opening an account that exists: `Ok` with the same spec, else `AccountExists` naming the
+/// first field that differs.
+fn same_spec(id: AccountId, existing: &AccountSpec, spec: &AccountSpec) -> Result<(), Error> {
+    let field = if existing.kind != spec.kind {
+        Some("kind")
+    } else if existing.credit_limit != spec.credit_limit {
+        Some("credit_limit")
+    } else if existing.flags != spec.flags {
+        Some("flags")
+    } else {
+        None
+    };
+    match field {
+        None => Ok(()),
+        Some(field) => Err(tally_core::Error::AccountExists { account: id, field }.into()),
+    }
+}
+
 /// How long (ms) activating an account past the hard resident bound waits for eviction.
 pub const RESIDENT_WAIT_MS: u32 = 100;
 
@@ -268,34 +295,28 @@ impl Tally {
     /// nothing; with a different spec it is `AccountExists` naming the field.
     pub async fn open_account(&self, id: AccountId, spec: AccountSpec) -> Result<(), Error> {
         self.admit()?;
-        let (record, seq) = match self.shared.directory.entry(id) {
-            dashmap::Entry::Occupied(existing) => {
-                let existing = existing.get();
-                let field = if existing.kind != spec.kind {
-                    Some("kind")
-                } else if existing.credit_limit != spec.credit_limit {
-                    Some("credit_limit")
-                } else if existing.flags != spec.flags {
-                    Some("flags")
-                } else {
-                    None
-                };
-                return match field {
-                    None => Ok(()),
-                    Some(field) => {
-                        Err(tally_core::Error::AccountExists { account: id, field }.into())
-                    }
-                };
+        // One open of an id at a time: claim it (waiting for another open of it to finish),
+        // then look at the directory; the append happens under no lock a request waits on.
+        let _claim = loop {
+            if let Some(existing) = self.shared.directory.get(&id).map(|e| *e) {
+                return same_spec(id, &existing, &spec);
             }
-            dashmap::Entry::Vacant(vacant) => {
-                // Appended under the directory's entry, so two opens of one id cannot both.
-                let now = self.shared.config.clock.now();
-                let record = tally_core::Account::open_record(id, spec, now);
-                let seq = self.shared.store.append(&record)?;
-                vacant.insert(spec);
-                (record, seq)
+            match self.shared.opening.entry(id) {
+                dashmap::Entry::Vacant(vacant) => {
+                    vacant.insert(());
+                    break Opening(&self.shared, id);
+                }
+                dashmap::Entry::Occupied(_) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
         };
+        if let Some(existing) = self.shared.directory.get(&id).map(|e| *e) {
+            return same_spec(id, &existing, &spec);
+        }
+        let record = tally_core::Account::open_record(id, spec, self.shared.config.clock.now());
+        let seq = self.shared.store.append(&record)?;
+        self.shared.directory.insert(id, spec);
         self.shared.wait_durable(seq).await?;
         // Its first snapshot, so the journal need not keep the Opened record of an account that
         // is never used (the store never replaces a newer snapshot with this one); written on

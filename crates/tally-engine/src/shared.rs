@@ -32,6 +32,9 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: EngineConfig,
     pub(crate) directory: DashMap<AccountId, AccountSpec, FastHash>,
+    /// Accounts being opened now (their `Opened` record appended, not yet in the directory):
+    /// one open of an id at a time, without holding the directory's lock across the append.
+    pub(crate) opening: DashMap<AccountId, (), FastHash>,
     /// Account → its actor's mailbox, for every resident account.
     pub(crate) routes: Routes,
     /// Accounts whose actor failed, with the last sequence number it appended: their next
@@ -82,6 +85,7 @@ impl Shared {
             store_io: Semaphore::new(STORE_IO_MAX),
             config,
             directory,
+            opening: DashMap::with_hasher(FastHash::default()),
             routes: Routes::with_hasher(FastHash::default()),
             failed: DashMap::with_hasher(FastHash::default()),
             durable,
