@@ -1,12 +1,17 @@
 //! tally-engine: the actors that own tally's accounts.
 //!
-//! - One [ractor] actor per resident account handles that account's requests one at a time:
-//!   that is what makes "no overspend" structural. Its state is a slot holding the account.
-//! - Routing goes through a concurrent map held by the [`Tally`] handle (spawn-and-load on a
-//!   miss), never through one mailbox. The supervisor supervises: it reloads failed accounts
-//!   and passivates idle ones under a cap on resident accounts.
-//! - Admission is bounded before the (unbounded) ractor mailboxes: a global limit on requests
-//!   in flight and a per-account one; past them a request is answered `Overloaded` at once.
+//! - One actor (a task) per resident account owns that account's state and handles its
+//!   messages one at a time, draining its mailbox in batches: that is what makes "no
+//!   overspend" structural, with no lock on any account (see `actor.rs`).
+//! - Routing goes through a concurrent map (account → mailbox); a miss registers a mailbox and
+//!   starts the actor, which loads the account on a blocking thread while messages queue. The
+//!   supervisor task passivates idle accounts and the least recently used past a cap, and
+//!   checkpoints; a failed actor's account reloads from the store on its next message.
+//! - Everything is bounded: admission limits the requests in flight in the engine; each
+//!   mailbox holds at most `account_inflight_max` messages; past either a request is answered
+//!   `Overloaded` at once.
+//! - A two-account change never waits for the counterparty: the store sums its leg, and the
+//!   counterparty takes it in on its next turn.
 //! - Durability is pipelined: the actor hands its record to the store and takes its next
 //!   message; the caller's reply waits until the record is durable.
 //!
