@@ -930,6 +930,7 @@ impl Tally {
         // One account at a time: a million accounts are audited without holding them all.
         let ids: Vec<AccountId> = self.shared.directory.iter().map(|e| *e.key()).collect();
         let mut auditor = tally_core::Auditor::default();
+        let mut stored = Vec::new();
         for id in ids {
             if self.shared.routes.contains_key(&id) {
                 match self.read(id, || Query::AsItStands).await? {
@@ -940,8 +941,27 @@ impl Tally {
                         })
                     }
                 }
-            } else if let Some(account) = self.shared.store.load(id)? {
-                auditor.add(&account);
+            } else {
+                stored.push(id);
+            }
+        }
+        // The others from the store, a chunk at a time on a blocking thread (store reads are
+        // blocking I/O; a chunk bounds the accounts held at once).
+        for chunk in stored.chunks(crate::supervisor::CHECKPOINT_CHUNK) {
+            let store = self.shared.store.clone();
+            let chunk = chunk.to_vec();
+            let accounts = tokio::task::spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .filter_map(|id| store.load(id).transpose())
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(|e| Error::Internal {
+                reason: format!("auditing: {e}").into(),
+            })??;
+            for account in &accounts {
+                auditor.add(account);
             }
         }
         Ok(auditor.finish())
