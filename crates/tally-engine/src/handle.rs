@@ -16,6 +16,7 @@ use tally_core::{
 };
 use tally_store::{DurableConfig, DurableRecovery, DurableStore, HistoryEntry, MemStore, Store};
 
+use crate::error::unexpected;
 use crate::guard::HoldGuard;
 use crate::mailbox::{Answer, Msg, Query, Reply};
 use crate::shared::Shared;
@@ -220,8 +221,6 @@ pub(crate) fn settled(outcome: Outcome) -> Result<Settled, Error> {
         other => Err(unexpected(other)),
     }
 }
-
-pub(crate) use crate::error::unexpected;
 
 impl Tally {
     /// An engine on a fresh in-memory store (nothing survives the process).
