@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use tally_core::{Account, AccountId, DecideCtx, Decision, Outcome, Request};
 
+use crate::acks::Ack;
 use crate::mailbox::{catalog_of, Answer, Msg, Query, Reply, Route};
 use crate::shared::Shared;
 use crate::Error;
@@ -247,7 +248,8 @@ impl AccountActor {
             match msg {
                 Msg::Execute { request, reply } => {
                     self.run_due();
-                    let _ = reply.send(self.execute(&request));
+                    let done = self.execute(&request);
+                    self.shared.acks.answer(self.id, reply, done, Ack::Outcome);
                 }
                 Msg::ExecuteMany { requests, reply } => {
                     let replies = requests
@@ -257,20 +259,21 @@ impl AccountActor {
                             self.execute(request)
                         })
                         .collect();
-                    let _ = reply.send(replies);
+                    self.shared.acks.answer_many(self.id, reply, replies);
                 }
                 Msg::Read { query, reply } => {
                     if !matches!(*query, Query::AsItStands) {
                         self.run_due();
                     }
-                    let _ = reply.send(self.read(*query));
+                    let answer = self.read(*query);
+                    self.shared.acks.answer(self.id, reply, answer, Ack::answer);
                 }
                 Msg::Due { reply } => {
-                    let made = self.run_due();
-                    let _ = reply.send(Reply {
-                        result: Ok(made),
+                    let made = Reply {
+                        result: Ok(self.run_due()),
                         wait_seq: self.account.last_seq(),
-                    });
+                    };
+                    self.shared.acks.answer(self.id, reply, made, Ack::Made);
                 }
                 Msg::Legs => {
                     self.residency.legs_asked.store(false, Ordering::Release);

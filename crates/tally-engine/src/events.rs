@@ -249,13 +249,17 @@ struct Threshold {
     below: AtomicBool,
 }
 
-/// The held events, locked.
-pub(crate) type Held<'a> = parking_lot::MutexGuard<'a, BTreeMap<u64, Vec<Event>>>;
+/// An appender's share of the append gate, held from before its append until its record's
+/// events are held.
+pub(crate) type Held<'a> = parking_lot::RwLockReadGuard<'a, ()>;
 
 /// The engine's side: events waiting for durability, the channel, the thresholds.
 pub(crate) struct Events {
     tx: broadcast::Sender<Event>,
     pending: Mutex<BTreeMap<u64, Vec<Event>>>,
+    /// Shared by appenders between their append and the holding of its events; a drain takes
+    /// it exclusively for a moment, so that every record it may publish has its events held.
+    appending: parking_lot::RwLock<()>,
     thresholds: DashMap<AccountId, Threshold>,
     any_thresholds: AtomicBool,
     /// Live subscriptions (read on every write; the channel's own count takes a lock).
@@ -270,6 +274,7 @@ impl Default for Events {
         Events {
             tx: broadcast::channel(EVENTS_QUEUE).0,
             pending: Mutex::new(BTreeMap::new()),
+            appending: parking_lot::RwLock::new(()),
             thresholds: DashMap::new(),
             any_thresholds: AtomicBool::new(false),
             subscribers: AtomicUsize::new(0),
@@ -315,11 +320,12 @@ impl Events {
         }
     }
 
-    /// Called before a record is appended: while anyone listens, the held events stay locked
-    /// from before the append (which fixes the record's sequence number) until its events are
-    /// in, so no drain can pass the record before its events are held.
+    /// Called before a record is appended: while anyone listens, the appender shares the
+    /// append gate from before the append (which fixes the record's sequence number) until its
+    /// events are held, so no drain can pass the record before its events are held. Appenders
+    /// never wait for each other on it.
     pub(crate) fn before_append(&self) -> Option<Held<'_>> {
-        self.listening().then(|| self.pending.lock())
+        self.listening().then(|| self.appending.read())
     }
 
     /// The events of `record` (journal sequence number `seq`), applied to `own` (the account
@@ -344,7 +350,7 @@ impl Events {
                 events.push(kind);
             }
         }
-        let Some(mut held) = held else {
+        let Some(_held) = held else {
             return;
         };
         if events.is_empty() {
@@ -359,7 +365,7 @@ impl Events {
                 kind,
             })
             .collect();
-        held.insert(seq, events);
+        self.pending.lock().insert(seq, events);
     }
 
     /// Whether `account` has a low-balance threshold (a leg to it should be taken in at once,
@@ -408,7 +414,11 @@ impl Events {
     /// Publishes, in journal order, every held event whose record is durable up to `durable`.
     /// Sends under the lock, so two drains never interleave their events.
     fn drain(&self, durable: u64) {
+        // No appender is between its append and the holding of its events: every record up
+        // to `durable` has its events held (a later append gets a later sequence number).
+        let all_in = self.appending.write();
         let mut pending = self.pending.lock();
+        drop(all_in);
         let later = pending.split_off(&durable.saturating_add(1));
         let ready = std::mem::replace(&mut *pending, later);
         for event in ready.into_values().flatten() {

@@ -87,6 +87,7 @@ fn stop_all(shared: &Shared) {
     shared.events.stop.notify_one();
     shared.stop.notify_one();
     shared.routes.clear();
+    shared.acks.close();
 }
 
 /// A reservation request: hold `amount` of `account` for work `app` is about to do.

@@ -17,6 +17,7 @@
 //!
 //! The engine knows storage only through [`tally_store::Store`].
 
+mod acks;
 mod actor;
 mod clock;
 mod config;

@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) policy: crate::policy::Policy,
     /// Subscribers and the events waiting for durability.
     pub(crate) events: Arc<crate::events::Events>,
+    /// Replies waiting for durability, sent by the durable point.
+    pub(crate) acks: Arc<crate::acks::Acks>,
 }
 
 impl Shared {
@@ -88,7 +90,7 @@ impl Shared {
             opening: DashMap::with_hasher(FastHash::default()),
             routes: Routes::with_hasher(FastHash::default()),
             failed: DashMap::with_hasher(FastHash::default()),
-            durable,
+            durable: durable.clone(),
             shutting_down: AtomicBool::new(false),
             eviction: Notify::new(),
             stop: Notify::new(),
@@ -96,6 +98,7 @@ impl Shared {
             catalogs: DashMap::with_hasher(FastHash::default()),
             policy: crate::policy::Policy::default(),
             events: Arc::new(crate::events::Events::default()),
+            acks: Arc::new(crate::acks::Acks::new(durable.clone())),
         };
         // Every policy is in force before its account is first loaded.
         for (id, policy) in &policies {

@@ -140,6 +140,7 @@ pub(crate) fn start(shared: Arc<Shared>) {
     if shared.supervisor.set(tx).is_err() {
         return;
     }
+    tokio::spawn(Arc::clone(&shared.acks).run());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(shared.config.supervisor_tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
