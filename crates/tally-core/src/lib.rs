@@ -38,8 +38,6 @@ mod usage;
 /// keys; the usage book): foldhash, seeded at random per process, several times cheaper per
 /// look-up than the standard SipHash on these small keys.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-/// The set of [`FastMap`]'s hasher.
-pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 pub use account::{
     signed_diff, Account, AccountFlags, AccountKind, AccountSpec, Balance, CatalogEntry, Estimate,

@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{FastMap, FastSet};
+use crate::FastMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -248,10 +248,6 @@ impl UsageQuery {
     fn matches_pair(&self, (account, app): (AccountId, AccountId)) -> bool {
         self.account.is_none_or(|a| a == account) && self.app.is_none_or(|a| a == app)
     }
-
-    fn matches_endpoint(&self, endpoint: &str) -> bool {
-        self.endpoint.as_deref().is_none_or(|e| e == endpoint)
-    }
 }
 
 /// A query's answer.
@@ -266,17 +262,103 @@ pub struct UsageReport {
     pub complete: bool,
 }
 
+/// One entry's key within a bucket: who paid which app, at which endpoint (by its interned
+/// number, see [`Endpoints`]): a fold hashes three integers per granularity, never a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct EntryKey {
+    account: AccountId,
+    app: AccountId,
+    endpoint: usize,
+}
+
+/// An entry's sums, and whether it changed since the last [`UsageBook::take_changes`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Entry {
+    totals: UsageTotals,
+    changed: bool,
+}
+
+/// One bucket's entries.
+type Bucket = FastMap<EntryKey, Entry>;
+
 #[derive(Clone, Debug, Default)]
 struct Series {
-    /// Bucket start → (account, app) → endpoint → sums: the current bucket is found by an
-    /// integer key and an entry by hashing, with no allocation when it exists.
-    buckets: BTreeMap<u64, ByPair>,
+    /// Bucket start → its entries: the current bucket is found by an integer key and an entry
+    /// by hashing integers, with no allocation when it exists.
+    buckets: BTreeMap<u64, Bucket>,
     /// Entries over all buckets.
     entries: usize,
     /// Buckets before this start were (partly) dropped.
     complete_from: u64,
     /// The newest bucket seen.
     newest: u64,
+}
+
+/// The endpoints' names, each a number while some entry uses it: a name is hashed once per
+/// fold, and a number whose last entry is dropped is given to the next new name (so the
+/// names held are never more than the entries, plus the one being folded).
+#[derive(Clone, Debug, Default)]
+struct Endpoints {
+    ids: FastMap<String, usize>,
+    /// Number → (name, entries using it); a free number's name is empty.
+    names: Vec<(String, usize)>,
+    free: Vec<usize>,
+}
+
+impl Endpoints {
+    /// The number of `name`, given one if it has none.
+    fn id(&mut self, name: &str) -> usize {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                if let Some(slot) = self.names.get_mut(id) {
+                    *slot = (name.to_owned(), 0);
+                }
+                id
+            }
+            None => {
+                self.names.push((name.to_owned(), 0));
+                self.names.len() - 1
+            }
+        };
+        self.ids.insert(name.to_owned(), id);
+        id
+    }
+
+    /// The number of `name`, if it has one.
+    fn find(&self, name: &str) -> Option<usize> {
+        self.ids.get(name).copied()
+    }
+
+    /// The name of a number some entry uses.
+    fn name(&self, id: usize) -> Option<&str> {
+        self.names
+            .get(id)
+            .filter(|(_, uses)| *uses > 0)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// One more use of `id` (an entry, or a fold in progress).
+    fn hold(&mut self, id: usize) {
+        if let Some((_, uses)) = self.names.get_mut(id) {
+            *uses += 1;
+        }
+    }
+
+    /// One use less of `id`; unused, its number is free again.
+    fn release(&mut self, id: usize) {
+        let Some((name, uses)) = self.names.get_mut(id) else {
+            return;
+        };
+        *uses = uses.saturating_sub(1);
+        if *uses == 0 && !name.is_empty() {
+            let name = std::mem::take(name);
+            self.ids.remove(&name);
+            self.free.push(id);
+        }
+    }
 }
 
 /// What the usage book takes of a commit or a charge: who, for which app and endpoint, when,
@@ -419,11 +501,13 @@ impl UsageSample {
 pub struct UsageBook {
     config: UsageConfig,
     series: [Series; 3],
-    /// Entries changed (or dropped) since [`UsageBook::take_changes`], for incremental saves:
-    /// (granularity, bucket, account, app) → endpoints, so marking an entry already marked
-    /// allocates nothing.
-    changed: FastMap<(Granularity, u64, AccountId, AccountId), FastSet<String>>,
-    /// Whether to keep `changed` at all (a book nobody saves does not).
+    endpoints: Endpoints,
+    /// Entries that changed since [`UsageBook::take_changes`], each listed once (its
+    /// `changed` flag says it is listed): for incremental saves.
+    changed: Vec<(Granularity, u64, EntryKey)>,
+    /// Entries dropped since then, by name (their endpoint's number may be reused).
+    dropped: Vec<(Granularity, UsageKey)>,
+    /// Whether to keep `changed` and `dropped` at all (a book nobody saves does not).
     track_changes: bool,
 }
 
@@ -489,6 +573,14 @@ impl UsageBook {
         endpoint: &str,
         update: impl Fn(&mut UsageTotals),
     ) {
+        let key = EntryKey {
+            account,
+            app,
+            endpoint: self.endpoints.id(endpoint),
+        };
+        // Held through the fold: a prune below may drop every other entry of the endpoint
+        // (even the one just made), and its number must not be given away meanwhile.
+        self.endpoints.hold(key.endpoint);
         for granularity in Granularity::ALL {
             let bucket = granularity.bucket(at);
             let series = &mut self.series[granularity.index()];
@@ -496,33 +588,23 @@ impl UsageBook {
                 // Older than what this granularity keeps: it would be dropped at once.
                 continue;
             }
-            let by_endpoint = series
-                .buckets
-                .entry(bucket)
-                .or_default()
-                .entry((account, app))
-                .or_default();
-            match by_endpoint.get_mut(endpoint) {
-                Some(totals) => update(totals),
-                None => {
-                    let mut totals = UsageTotals::default();
-                    update(&mut totals);
-                    by_endpoint.insert(endpoint.to_owned(), totals);
+            let entry = match series.buckets.entry(bucket).or_default().entry(key) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    self.endpoints.hold(key.endpoint);
                     series.entries += 1;
+                    slot.insert(Entry::default())
                 }
+            };
+            update(&mut entry.totals);
+            if self.track_changes && !entry.changed {
+                entry.changed = true;
+                self.changed.push((granularity, bucket, key));
             }
             series.newest = series.newest.max(bucket);
-            if self.track_changes {
-                let endpoints = self
-                    .changed
-                    .entry((granularity, bucket, account, app))
-                    .or_default();
-                if !endpoints.contains(endpoint) {
-                    endpoints.insert(endpoint.to_owned());
-                }
-            }
             self.prune(granularity);
         }
+        self.endpoints.release(key.endpoint);
     }
 
     /// Drops the oldest entries of a granularity past its retention or its entry bound: whole
@@ -540,63 +622,68 @@ impl UsageBook {
             if !too_old && series.entries <= self.config.entries_max {
                 break;
             }
-            let by_pair = oldest.get_mut();
-            let mut dropped = Vec::new();
+            let entries = oldest.get_mut();
+            let mut gone = Vec::new();
             if too_old {
-                for ((account, app), by_endpoint) in by_pair.drain() {
-                    for (endpoint, _) in by_endpoint {
-                        dropped.push((account, app, endpoint));
-                    }
-                }
-            } else if let Some(&pair) = by_pair.keys().next() {
-                if let Some(by_endpoint) = by_pair.get_mut(&pair) {
-                    if let Some(endpoint) = by_endpoint.keys().next().cloned() {
-                        by_endpoint.remove(&endpoint);
-                        dropped.push((pair.0, pair.1, endpoint));
-                    }
-                    if by_endpoint.is_empty() {
-                        by_pair.remove(&pair);
-                    }
-                }
+                gone.extend(entries.drain().map(|(key, _)| key));
+            } else if let Some(&key) = entries.keys().next() {
+                entries.remove(&key);
+                gone.push(key);
             }
-            if by_pair.is_empty() {
+            if entries.is_empty() {
                 oldest.remove();
             }
-            series.entries = series.entries.saturating_sub(dropped.len());
+            series.entries = series.entries.saturating_sub(gone.len());
             series.complete_from = series.complete_from.max(bucket.saturating_add(width));
-            if self.track_changes {
-                for (account, app, endpoint) in dropped {
-                    self.changed
-                        .entry((granularity, bucket, account, app))
-                        .or_default()
-                        .insert(endpoint);
+            for key in gone {
+                if self.track_changes {
+                    if let Some(endpoint) = self.endpoints.name(key.endpoint) {
+                        let key = UsageKey {
+                            bucket,
+                            account: key.account,
+                            app: key.app,
+                            endpoint: endpoint.to_owned(),
+                        };
+                        self.dropped.push((granularity, key));
+                    }
                 }
+                self.endpoints.release(key.endpoint);
             }
         }
     }
 
-    fn get(&self, granularity: Granularity, key: &UsageKey) -> Option<UsageTotals> {
+    /// The entry of `key`'s bucket and names, if it is kept.
+    fn entry_mut(&mut self, granularity: Granularity, key: &UsageKey) -> Option<&mut Entry> {
+        let endpoint = self.endpoints.find(&key.endpoint)?;
         self.series[granularity.index()]
             .buckets
-            .get(&key.bucket)?
-            .get(&(key.account, key.app))?
-            .get(key.endpoint.as_str())
-            .copied()
+            .get_mut(&key.bucket)?
+            .get_mut(&EntryKey {
+                account: key.account,
+                app: key.app,
+                endpoint,
+            })
     }
 
     /// Restores a saved entry (when a store reopens).
     pub fn restore(&mut self, granularity: Granularity, key: UsageKey, totals: UsageTotals) {
+        let endpoint = self.endpoints.id(&key.endpoint);
         let series = &mut self.series[granularity.index()];
         series.newest = series.newest.max(key.bucket);
-        let previous = series
-            .buckets
-            .entry(key.bucket)
-            .or_default()
-            .entry((key.account, key.app))
-            .or_default()
-            .insert(key.endpoint, totals);
+        let previous = series.buckets.entry(key.bucket).or_default().insert(
+            EntryKey {
+                account: key.account,
+                app: key.app,
+                endpoint,
+            },
+            Entry {
+                totals,
+                changed: false,
+            },
+        );
         if previous.is_none() {
             series.entries += 1;
+            self.endpoints.hold(endpoint);
         }
     }
 
@@ -612,39 +699,65 @@ impl UsageBook {
         [0, 1, 2].map(|i| self.series[i].complete_from)
     }
 
-    /// The entries changed or dropped since the last call, for an incremental save.
+    /// The entries changed or dropped since the last call, for an incremental save: each
+    /// once, in key order, with its sums as they are now (`None`: dropped).
     pub fn take_changes(&mut self) -> Vec<UsageChange> {
-        let mut changes: Vec<UsageChange> = std::mem::take(&mut self.changed)
-            .into_iter()
-            .flat_map(|((granularity, bucket, account, app), endpoints)| {
-                endpoints.into_iter().map(move |endpoint| {
-                    let key = UsageKey {
+        let mut keys = std::collections::BTreeSet::new();
+        for (granularity, bucket, key) in std::mem::take(&mut self.changed) {
+            let series = &mut self.series[granularity.index()];
+            if let Some(entry) = series
+                .buckets
+                .get_mut(&bucket)
+                .and_then(|entries| entries.get_mut(&key))
+            {
+                entry.changed = false;
+            }
+            // A dropped entry's number may name another endpoint now: listing that one too
+            // only saves its sums as they are.
+            if let Some(endpoint) = self.endpoints.name(key.endpoint) {
+                keys.insert((
+                    granularity,
+                    UsageKey {
                         bucket,
-                        account,
-                        app,
-                        endpoint,
-                    };
-                    (granularity, key)
-                })
-            })
+                        account: key.account,
+                        app: key.app,
+                        endpoint: endpoint.to_owned(),
+                    },
+                ));
+            }
+        }
+        keys.extend(std::mem::take(&mut self.dropped));
+        keys.into_iter()
             .map(|(granularity, key)| {
-                let totals = self.get(granularity, &key);
+                let totals = self.entry_mut(granularity, &key).map(|e| e.totals);
                 ((granularity, key), totals)
             })
-            .collect();
-        changes.sort_by(|(a, _), (b, _)| a.cmp(b));
-        changes
+            .collect()
     }
 
     /// Gives back changes [`UsageBook::take_changes`] took and a save could not store: the
     /// next take lists them again, with their sums as they are then (or as dropped).
     pub fn return_changes(&mut self, changes: Vec<UsageChange>) {
-        if self.track_changes {
-            for ((granularity, key), _) in changes {
-                self.changed
-                    .entry((granularity, key.bucket, key.account, key.app))
-                    .or_default()
-                    .insert(key.endpoint);
+        if !self.track_changes {
+            return;
+        }
+        for ((granularity, key), _) in changes {
+            let listed = match self.entry_mut(granularity, &key) {
+                Some(entry) => std::mem::replace(&mut entry.changed, true),
+                None => {
+                    self.dropped.push((granularity, key));
+                    continue;
+                }
+            };
+            if !listed {
+                if let Some(endpoint) = self.endpoints.find(&key.endpoint) {
+                    let entry = EntryKey {
+                        account: key.account,
+                        app: key.app,
+                        endpoint,
+                    };
+                    self.changed.push((granularity, key.bucket, entry));
+                }
             }
         }
     }
@@ -667,9 +780,12 @@ impl UsageBook {
             complete: from >= series.complete_from,
             ..UsageReport::default()
         };
-        for (bucket, by_pair) in self.buckets(query) {
+        let Some(endpoint) = self.endpoint_filter(query) else {
+            return report;
+        };
+        for (bucket, entries) in self.buckets(query) {
             let mut sums = UsageTotals::default();
-            for (_, totals) in matching(query, by_pair) {
+            for (_, totals) in matching(query, endpoint, entries) {
                 sums.merge(totals);
             }
             if sums.calls > 0 || sums.cost > 0 || sums.refunded > 0 {
@@ -683,9 +799,12 @@ impl UsageBook {
     /// The `n` accounts that spent most (net of refunds) at `query`'s app (and endpoint) in its
     /// range, most first (ties by account id); each with its sums.
     pub fn top_users(&self, query: &UsageQuery, n: usize) -> Vec<(AccountId, UsageTotals)> {
+        let Some(endpoint) = self.endpoint_filter(query) else {
+            return Vec::new();
+        };
         let mut by_account: BTreeMap<AccountId, UsageTotals> = BTreeMap::new();
-        for (_, by_pair) in self.buckets(query) {
-            for (account, totals) in matching(query, by_pair) {
+        for (_, entries) in self.buckets(query) {
+            for (account, totals) in matching(query, endpoint, entries) {
                 by_account.entry(account).or_default().merge(totals);
             }
         }
@@ -696,8 +815,17 @@ impl UsageBook {
         top
     }
 
+    /// The query's endpoint filter as a number: `Some(None)` for any endpoint, `None` when it
+    /// names an endpoint no entry has (nothing matches).
+    fn endpoint_filter(&self, query: &UsageQuery) -> Option<Option<usize>> {
+        match &query.endpoint {
+            None => Some(None),
+            Some(name) => self.endpoints.find(name).map(Some),
+        }
+    }
+
     /// The buckets of `query`'s granularity whose start lies in its range.
-    fn buckets<'a>(&'a self, query: &UsageQuery) -> impl Iterator<Item = (u64, &'a ByPair)> + 'a {
+    fn buckets<'a>(&'a self, query: &UsageQuery) -> impl Iterator<Item = (u64, &'a Bucket)> + 'a {
         let series = &self.series[query.granularity.index()];
         let from = query.granularity.bucket(query.from);
         let to = query.to.0;
@@ -705,25 +833,56 @@ impl UsageBook {
             .buckets
             .range(from..)
             .take_while(move |(bucket, _)| **bucket < to)
-            .map(|(bucket, by_pair)| (*bucket, by_pair))
+            .map(|(bucket, entries)| (*bucket, entries))
     }
 }
 
-/// One bucket's entries: (account, app) → endpoint → sums.
-type ByPair = FastMap<(AccountId, AccountId), FastMap<String, UsageTotals>>;
-
-/// The entries of one bucket that `query` selects, with their account.
+/// The entries of one bucket that `query` selects (at `endpoint`, if set), with their account.
 fn matching<'a>(
     query: &'a UsageQuery,
-    by_pair: &'a ByPair,
+    endpoint: Option<usize>,
+    entries: &'a Bucket,
 ) -> impl Iterator<Item = (AccountId, &'a UsageTotals)> + 'a {
-    by_pair
+    entries
         .iter()
-        .filter(move |(pair, _)| query.matches_pair(**pair))
-        .flat_map(move |((account, _), by_endpoint)| {
-            by_endpoint
-                .iter()
-                .filter(move |(endpoint, _)| query.matches_endpoint(endpoint))
-                .map(move |(_, totals)| (*account, totals))
+        .filter(move |(key, _)| {
+            query.matches_pair((key.account, key.app)) && endpoint.is_none_or(|e| e == key.endpoint)
         })
+        .map(|(key, entry)| (key.account, &entry.totals))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Endpoints that come and go under the entry bound reuse the numbers of those dropped:
+    /// the names kept stay within the entries kept.
+    #[test]
+    fn the_endpoint_names_kept_never_outgrow_the_entries() {
+        let mut book = UsageBook::new(UsageConfig {
+            retention_ms: [u64::MAX; 3],
+            entries_max: 4,
+        });
+        for i in 0..1_000u64 {
+            let record = Record {
+                account: AccountId(1),
+                op: None,
+                at: Timestamp(i * 60_000),
+                origin: crate::Origin::default(),
+                change: Change::Charged {
+                    app: AccountId(2),
+                    amount: Amount::new(1).unwrap_or(Amount::ZERO),
+                    endpoint: format!("/e{i}"),
+                    metadata: String::new(),
+                    posting: 1,
+                    token: None,
+                    usage: Usage::default(),
+                },
+            };
+            assert!(book.fold(&record));
+            assert!(book.endpoints.ids.len() <= book.len());
+            assert!(book.endpoints.names.len() <= 3 * 4 + 1);
+        }
+        assert_eq!(book.len(), 3 * 4);
+    }
 }

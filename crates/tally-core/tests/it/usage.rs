@@ -323,3 +323,74 @@ fn a_corrected_estimate_counts_one_call_its_real_usage_and_its_real_cost() {
     // The correction's minute has no call and is still reported.
     assert_eq!(up.report(&all(Granularity::Minute)).buckets.len(), 2);
 }
+
+/// Entries of ever new endpoints under a tight entry bound: the dropped ones' endpoint numbers
+/// are reused, and neither a report nor an incremental save ever shows an entry under another
+/// endpoint's name. A book rebuilt from the saves alone equals the live one.
+#[test]
+fn endpoints_that_come_and_go_under_the_bound_keep_their_names_in_reports_and_saves() {
+    let config = UsageConfig {
+        retention_ms: [u64::MAX; 3],
+        entries_max: 4,
+    };
+    let mut live = UsageBook::new(config.clone());
+    let mut saved: std::collections::BTreeMap<_, _> = std::collections::BTreeMap::new();
+    for i in 0..200u64 {
+        // A new endpoint every other call, an old one (often dropped by now) in between.
+        let endpoint = if i % 2 == 0 {
+            format!("/e{i}")
+        } else {
+            format!("/e{}", i / 3)
+        };
+        live.fold(&charge(i * MINUTE, i + 1, &endpoint, i));
+        if i % 7 == 0 {
+            for (key, totals) in live.take_changes() {
+                match totals {
+                    Some(totals) => saved.insert(key, totals),
+                    None => saved.remove(&key),
+                };
+            }
+        }
+    }
+    for (key, totals) in live.take_changes() {
+        match totals {
+            Some(totals) => saved.insert(key, totals),
+            None => saved.remove(&key),
+        };
+    }
+    let mut rebuilt = UsageBook::new(config);
+    for ((granularity, key), totals) in saved.clone() {
+        rebuilt.restore(granularity, key, totals);
+    }
+    for (granularity, from) in Granularity::ALL.into_iter().zip(live.complete_from()) {
+        rebuilt.restore_complete_from(granularity, from);
+    }
+    assert_eq!(rebuilt.len(), live.len());
+    assert_eq!(
+        saved.len(),
+        live.len(),
+        "the saves hold exactly the live entries"
+    );
+    for g in Granularity::ALL {
+        assert_eq!(rebuilt.report(&all(g)), live.report(&all(g)));
+    }
+    // Each kept minute entry is the one call made at its minute, under its own endpoint.
+    for ((granularity, key), totals) in &saved {
+        if *granularity == Granularity::Minute {
+            let i = key.bucket / MINUTE;
+            let endpoint = if i % 2 == 0 {
+                format!("/e{i}")
+            } else {
+                format!("/e{}", i / 3)
+            };
+            assert_eq!(key.endpoint, endpoint);
+            assert_eq!((totals.calls, totals.cost), (1, u128::from(i + 1)));
+            let only = all(Granularity::Minute).endpoint(endpoint);
+            assert!(live.report(&only).totals.cost >= u128::from(i + 1));
+        }
+    }
+    // An endpoint no entry has any more matches nothing.
+    let gone = all(Granularity::Minute).endpoint("/e0");
+    assert_eq!(live.report(&gone).totals.calls, 0);
+    assert!(live.top_users(&gone, 3).is_empty());
+}
