@@ -63,6 +63,8 @@ pub use tally_engine::{
     MeterGuard, Missed, RateLimit, ReserveRequest, Settled, Subscription, SystemClock, Tally,
     EVENTS_QUEUE, HISTORY_PAGE_MAX, SUBMIT_BATCH_MAX,
 };
+/// The local journal's running totals ([`Store::journal_stats`]).
+pub use tally_store::journal::JournalStats;
 pub use tally_store::journal::SyncMode;
 pub use tally_store::{
     verify_trail, DurableConfig, DurablePoint, DurableRecovery, DurableStore, HistoryBase,

@@ -39,6 +39,8 @@ pub struct Report {
     pub load: LoadFigures,
     /// CPU use during the load.
     pub cpu: Option<CpuFigures>,
+    /// What the journal wrote during the load (`None` without a local journal).
+    pub journal: Option<JournalFigures>,
     /// Accounts resident at the end of the load.
     pub resident_accounts: u64,
     /// Accounts known.
@@ -311,6 +313,42 @@ impl From<&tally::DurableRecovery> for RecoveryFigures {
     }
 }
 
+/// What the journal wrote during the load.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct JournalFigures {
+    /// Records made durable.
+    pub records: u64,
+    /// Groups they were written and synced in.
+    pub groups: u64,
+    /// Bytes of their frames.
+    pub bytes: u64,
+    /// `bytes / records`.
+    pub bytes_per_record: f64,
+    /// `bytes / writes_acked`: what one acknowledged write cost the journal (expiries and
+    /// other records the engine made by itself included).
+    pub bytes_per_write_acked: f64,
+    /// `records / groups`.
+    pub records_per_group: f64,
+    /// Mean time to write and sync a group, µs.
+    pub sync_us_mean: f64,
+}
+
+impl JournalFigures {
+    fn human(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "journal during the load: {} records in {} groups ({:.1} a group, {:.0} µs to \
+             write and sync one), {:.0} bytes a record, {:.0} bytes per acknowledged write",
+            thousands(self.records),
+            thousands(self.groups),
+            self.records_per_group,
+            self.sync_us_mean,
+            self.bytes_per_record,
+            self.bytes_per_write_acked,
+        );
+    }
+}
+
 /// Setup before the load.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Setup {
@@ -484,6 +522,9 @@ impl Report {
             self.cpu.as_ref(),
             "tally-bench (clients and engine)",
         );
+        if let Some(journal) = &self.journal {
+            journal.human(&mut out);
+        }
         let rss = self.rss_bytes.map(mib).unwrap_or_else(|| "-".to_owned());
         let peak = self
             .rss_bytes_peak

@@ -36,7 +36,9 @@ use crate::acklog::{outcome_kind, AckSender, AckWriter};
 use crate::ceiling::{self, Ceilings};
 use crate::cli::RunArgs;
 use crate::plan::Plan;
-use crate::report::{LoadFigures, Machine, RecoveryCheck, RecoveryFigures, Report, Setup};
+use crate::report::{
+    JournalFigures, LoadFigures, Machine, RecoveryCheck, RecoveryFigures, Report, Setup,
+};
 use crate::stats::ClientStats;
 use crate::store::{open_engine, open_store, Backend, StoreOptions};
 use crate::sys::{CpuFigures, CpuSample};
@@ -128,7 +130,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let ack = ack_writer.as_ref().and_then(AckWriter::sender);
 
     let setup = set_up(&tally, &plan, ack.clone(), show_progress).await?;
+    let journal_before = backend.journal_stats();
     let load = drive(&tally, &plan, ack, show_progress).await?;
+    let journal = journal_figures(journal_before, backend.journal_stats(), &load);
     if let Some(writer) = ack_writer {
         writer.finish().context("writing the acknowledgement log")?;
     }
@@ -160,6 +164,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         opened: opened.as_ref().map(RecoveryFigures::from),
         setup,
         load,
+        journal,
         ceilings,
         resident_accounts,
         known_accounts,
@@ -1102,6 +1107,7 @@ struct Assembly {
     opened: Option<RecoveryFigures>,
     setup: Setup,
     load: Load,
+    journal: Option<JournalFigures>,
     ceilings: Ceilings,
     resident_accounts: u64,
     known_accounts: u64,
@@ -1109,6 +1115,29 @@ struct Assembly {
     rss_bytes: Option<u64>,
     rss_bytes_peak: Option<u64>,
     checked: Checked,
+}
+
+/// What the journal wrote between two readings of its totals.
+fn journal_figures(
+    before: Option<tally::JournalStats>,
+    after: Option<tally::JournalStats>,
+    load: &Load,
+) -> Option<JournalFigures> {
+    let (before, after) = (before?, after?);
+    let records = after.records.saturating_sub(before.records);
+    let groups = after.groups.saturating_sub(before.groups);
+    let bytes = after.bytes.saturating_sub(before.bytes);
+    let sync_ns = after.sync_ns_total.saturating_sub(before.sync_ns_total);
+    let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+    Some(JournalFigures {
+        records,
+        groups,
+        bytes,
+        bytes_per_record: per(bytes, records),
+        bytes_per_write_acked: per(bytes, load.stats.writes_acked),
+        records_per_group: per(records, groups),
+        sync_us_mean: per(sync_ns, groups) / 1_000.0,
+    })
 }
 
 fn ratio(value: f64, ceiling: Option<f64>) -> Option<f64> {
@@ -1145,6 +1174,7 @@ fn assemble(a: Assembly) -> anyhow::Result<Report> {
         setup: a.setup,
         load,
         cpu: a.load.cpu,
+        journal: a.journal,
         resident_accounts: a.resident_accounts,
         known_accounts: a.known_accounts,
         rss_bytes: a.rss_bytes,

@@ -36,6 +36,14 @@ impl Backend {
         }
     }
 
+    /// The local journal's running totals (`None` in memory and on PostgreSQL).
+    pub fn journal_stats(&self) -> Option<tally::JournalStats> {
+        match self {
+            Backend::Durable(store) => store.journal_stats(),
+            Backend::Memory(_) | Backend::Postgres(_) => None,
+        }
+    }
+
     /// Bytes on disk (`None` in memory).
     pub fn data_bytes(&self) -> Option<u64> {
         match self {

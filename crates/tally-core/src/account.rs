@@ -350,6 +350,37 @@ pub struct Account {
     /// include exactly these.
     #[serde(default)]
     pub(crate) legs: crate::LegTotals,
+    /// The endpoint the last hold or posting named, shared with the next that names the same
+    /// (one allocation per endpoint change, not per call). A cache, not state.
+    #[serde(skip)]
+    pub(crate) last_endpoint: LastEndpoint,
+}
+
+/// [`Account::last_endpoint`]: equal whatever it holds, so two accounts in the same state
+/// compare equal however they came to it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LastEndpoint(Option<std::sync::Arc<str>>);
+
+impl PartialEq for LastEndpoint {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LastEndpoint {}
+
+impl LastEndpoint {
+    /// `endpoint`, shared with the last one if it is the same text.
+    pub(crate) fn share(&mut self, endpoint: &str) -> std::sync::Arc<str> {
+        match &self.0 {
+            Some(last) if &**last == endpoint => last.clone(),
+            _ => {
+                let shared: std::sync::Arc<str> = endpoint.into();
+                self.0 = Some(shared.clone());
+                shared
+            }
+        }
+    }
 }
 
 /// One endpoint's entry in an app's price catalog.
@@ -440,6 +471,7 @@ impl Account {
             grants: std::collections::BTreeMap::new(),
             allowance: None,
             legs: crate::LegTotals::default(),
+            last_endpoint: LastEndpoint::default(),
         }
     }
 
@@ -872,5 +904,25 @@ pub(crate) fn totals_fit(credits: u128, debits: u128, pending: u128, credit_limi
             signed_diff(credits, debits).is_some() && signed_diff(plus, minus).is_some()
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Calls at one endpoint share its text (one allocation, not one per hold or posting);
+    /// the cache is not state: two accounts equal in state compare equal whatever it holds.
+    #[test]
+    fn holds_and_postings_at_one_endpoint_share_its_text() {
+        let mut account = Account::new(AccountId(7), AccountSpec::user());
+        let a = account.last_endpoint.share("/v1/chat");
+        let b = account.last_endpoint.share("/v1/chat");
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = account.last_endpoint.share("/v1/embed");
+        assert_eq!(&*other, "/v1/embed");
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(account, Account::new(AccountId(7), AccountSpec::user()));
     }
 }

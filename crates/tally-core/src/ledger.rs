@@ -1109,7 +1109,7 @@ impl Account {
                         },
                         amount: *amount,
                         app: *app,
-                        endpoint: endpoint.as_str().into(),
+                        endpoint: self.last_endpoint.share(endpoint),
                         metadata: metadata.clone(),
                         created_at: record.at,
                         expires_at: *expires_at,
@@ -1390,14 +1390,8 @@ impl Account {
             } => {
                 self.token_use(*token, *amount);
                 let paid = self.grants_draw(*amount, record.at, true);
-                self.add_posting(
-                    *posting,
-                    *app,
-                    *amount,
-                    record.at,
-                    endpoint.as_str().into(),
-                    limits,
-                );
+                let endpoint = self.last_endpoint.share(endpoint);
+                self.add_posting(*posting, *app, *amount, record.at, endpoint, limits);
                 if let Some(p) = self.postings.get_mut(posting).filter(|_| !paid.is_empty()) {
                     p.grants = paid;
                 }
@@ -1680,10 +1674,10 @@ impl Account {
     }
 
     /// A hold's endpoint, shared (the record's text when the hold is gone).
-    fn hold_endpoint(&self, hold: u64, endpoint: &str) -> std::sync::Arc<str> {
+    fn hold_endpoint(&mut self, hold: u64, endpoint: &str) -> std::sync::Arc<str> {
         match self.holds.get(&hold) {
             Some(h) if &*h.endpoint == endpoint => h.endpoint.clone(),
-            _ => endpoint.into(),
+            _ => self.last_endpoint.share(endpoint),
         }
     }
 

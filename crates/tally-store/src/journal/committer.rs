@@ -44,6 +44,7 @@ pub(crate) struct Shared {
 pub(crate) struct Counters {
     pub(crate) groups: std::sync::atomic::AtomicU64,
     pub(crate) records: std::sync::atomic::AtomicU64,
+    pub(crate) bytes: std::sync::atomic::AtomicU64,
     pub(crate) sync_ns_total: std::sync::atomic::AtomicU64,
     pub(crate) sync_ns_last: std::sync::atomic::AtomicU64,
 }
@@ -207,6 +208,9 @@ impl Committer {
             stats
                 .records
                 .fetch_add(u64::try_from(records).unwrap_or(u64::MAX), Relaxed);
+            stats
+                .bytes
+                .fetch_add(u64::try_from(group.len()).unwrap_or(u64::MAX), Relaxed);
             stats.sync_ns_total.fetch_add(ns, Relaxed);
             stats.sync_ns_last.store(ns, Relaxed);
             self.publish(seq_last, group.len());

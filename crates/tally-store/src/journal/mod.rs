@@ -439,6 +439,8 @@ pub struct JournalStats {
     pub groups: u64,
     /// Records in them.
     pub records: u64,
+    /// Bytes of their frames (headers included; segment headers and anchors not).
+    pub bytes: u64,
     /// Nanoseconds spent writing and syncing them.
     pub sync_ns_total: u64,
     /// Nanoseconds the last group took.
@@ -861,6 +863,7 @@ impl Journal {
             durable_seq: self.inner.shared.durable_rx.borrow().seq,
             groups: c.groups.load(Relaxed),
             records: c.records.load(Relaxed),
+            bytes: c.bytes.load(Relaxed),
             sync_ns_total: c.sync_ns_total.load(Relaxed),
             sync_ns_last: c.sync_ns_last.load(Relaxed),
         }
