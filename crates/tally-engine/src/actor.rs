@@ -42,7 +42,7 @@ const TIMER_RETRY_MS: u64 = 1_000;
 /// Starts the actor of `id` on its mailbox `rx`: with `initial` (a newly opened account) or
 /// its state loaded from the store.
 pub(crate) fn spawn(residency: Residency, rx: mpsc::Receiver<Msg>, initial: Option<Account>) {
-    tokio::spawn(start(residency, rx, initial));
+    tokio::spawn(start(residency, rx, initial.map(Box::new)));
 }
 
 /// An actor's place in the routing map, which it leaves when it ends, however it ends.
@@ -84,13 +84,16 @@ impl Drop for Residency {
     }
 }
 
-async fn start(residency: Residency, mut rx: mpsc::Receiver<Msg>, initial: Option<Account>) {
+/// Every resident account is one of these tasks, so its future is kept small (see the test
+/// `an_idle_actor_is_small`): the account is boxed, and the rare, large steps (the load, a
+/// passivation) are boxed futures of their own.
+async fn start(residency: Residency, mut rx: mpsc::Receiver<Msg>, initial: Option<Box<Account>>) {
     let shared = residency.shared.clone();
     let id = residency.id;
     let appended = Arc::new(AtomicU64::new(0));
     let loaded = match initial {
         Some(account) => Ok(account),
-        None => load(&shared, id).await,
+        None => Box::pin(load(&shared, id)).await,
     };
     match loaded {
         Ok(account) => {
@@ -123,7 +126,7 @@ async fn start(residency: Residency, mut rx: mpsc::Receiver<Msg>, initial: Optio
 
 /// Loads the account's last durable state, off the async workers; first waits until the
 /// records a failed actor of the account appended are durable (a load reads durable records).
-async fn load(shared: &Arc<Shared>, id: AccountId) -> Result<Account, Error> {
+async fn load(shared: &Arc<Shared>, id: AccountId) -> Result<Box<Account>, Error> {
     let failed_at = shared.failed.get(&id).map(|seq| *seq);
     if let Some(seq) = failed_at {
         shared.wait_durable(seq).await?;
@@ -139,7 +142,7 @@ async fn load(shared: &Arc<Shared>, id: AccountId) -> Result<Account, Error> {
         .map_err(|e| Error::Internal {
             reason: format!("loading {id}: {e}").into(),
         })??;
-    let account = loaded.ok_or(tally_core::Error::UnknownAccount { account: id })?;
+    let account = Box::new(loaded.ok_or(tally_core::Error::UnknownAccount { account: id })?);
     if let Some(seq) = failed_at {
         shared.failed.remove_if(&id, |_, s| *s <= seq);
     }
@@ -157,7 +160,7 @@ async fn load(shared: &Arc<Shared>, id: AccountId) -> Result<Account, Error> {
 pub(crate) struct AccountActor {
     shared: Arc<Shared>,
     id: AccountId,
-    account: Account,
+    account: Box<Account>,
     residency: Residency,
     /// The last sequence number it appended (what a successor waits for if this one fails).
     appended: Arc<AtomicU64>,
@@ -284,8 +287,8 @@ impl AccountActor {
                 Msg::Passivate => passivate = true,
                 Msg::Snapshot { all, reply, .. } => {
                     let saved = self.residency.snapshot_seq.load(Ordering::Acquire);
-                    let copy = (all || self.account.last_seq() > saved)
-                        .then(|| Box::new(self.account.clone()));
+                    let copy =
+                        (all || self.account.last_seq() > saved).then(|| self.account.clone());
                     let _ = reply.send(copy);
                 }
                 #[cfg(feature = "testing")]
@@ -293,7 +296,7 @@ impl AccountActor {
             }
         }
         if passivate {
-            if self.passivate(rx).await {
+            if Box::pin(self.passivate(rx)).await {
                 return Flow::Stop;
             }
             // Asked again only after this attempt: one asked meanwhile would have kept it from
@@ -330,7 +333,7 @@ impl AccountActor {
         if let Err(e) = self.shared.take_in_legs(&mut self.account) {
             return Reply::err(e);
         }
-        let account = &self.account;
+        let account: &Account = &self.account;
         let answer = match query {
             Query::Balance => Answer::Balance(account.balance()),
             Query::Check(minimum) => Answer::Check(account.check(minimum)),
@@ -568,7 +571,7 @@ impl AccountActor {
         let Ok(_turn) = self.shared.store_io.acquire().await else {
             return false;
         };
-        let placeholder = Account::new(self.id, self.account.spec);
+        let placeholder = Box::new(Account::new(self.id, self.account.spec));
         let account = std::mem::replace(&mut self.account, placeholder);
         let store = self.shared.store.clone();
         let saved = tokio::task::spawn_blocking(move || {
@@ -606,3 +609,31 @@ impl AccountActor {
 /// What [`AccountActor::decide_and_append`] decides with: the record to make, if any.
 type DecideFn<'a> =
     dyn FnMut(&Account, &DecideCtx<'_>) -> Result<Option<Decision>, tally_core::Error> + 'a;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every resident account is one actor task: its future (what the task keeps while the
+    /// account is idle) stays a small part of the ≤ 10 KiB a resident account may cost. The
+    /// account itself is boxed, and the load and a passivation are boxed futures of their own.
+    #[tokio::test]
+    async fn an_idle_actor_is_small() {
+        let config = crate::EngineConfig::default();
+        let store = Arc::new(tally_store::MemStore::new(config.limits.clone()));
+        let shared = Arc::new(Shared::new(store, config).unwrap_or_else(|e| panic!("{e}")));
+        let (tx, rx) = mpsc::channel(1);
+        let route = Arc::new(Route {
+            tx,
+            last_access_ms: 0.into(),
+            snapshot_seq: Arc::new(0.into()),
+            passivate_asked: Arc::new(false.into()),
+            legs_asked: Arc::new(false.into()),
+        });
+        let residency = Residency::of(shared, AccountId(1), &route);
+        let future = start(residency, rx, None);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 1_024, "the actor's future is {size} bytes");
+        assert!(std::mem::size_of::<AccountActor>() <= 128);
+    }
+}
