@@ -195,6 +195,57 @@ async fn accounts_passivated_and_accounts_never_used_come_back_after_reopen() {
     assert!(tally.audit().await.unwrap().ok());
 }
 
+/// The directory of accounts is written in batches and by each checkpoint, not at each open:
+/// accounts opened before a checkpoint that trimmed their `Opened` records, more than one
+/// batch of them, and accounts opened after it (their records still in the journal) are all
+/// known again after a reopen without shutdown.
+#[tokio::test]
+async fn accounts_opened_around_a_trimming_checkpoint_are_all_known_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        checkpoint_interval: Duration::from_secs(3_600),
+        ..EngineConfig::default()
+    };
+    let (tally, _, _) = open(dir.path(), config.clone()).await;
+    let before = 4_200u64; // more than one batch of directory entries (4,096)
+    let mut opens = tokio::task::JoinSet::new();
+    for id in 0..before {
+        let tally = tally.clone();
+        opens.spawn(async move {
+            tally
+                .open_account(AccountId(10_000 + id), AccountSpec::user())
+                .await
+        });
+        if opens.len() >= 64 {
+            opens.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(opened) = opens.join_next().await {
+        opened.unwrap().unwrap();
+    }
+    tally.checkpoint().await.unwrap();
+    tally.checkpoint().await.unwrap();
+    for id in 0..3 {
+        tally
+            .open_account(AccountId(20_000 + id), AccountSpec::user())
+            .await
+            .unwrap();
+    }
+    let known = tally.known_accounts();
+    assert_eq!(known as u64, before + 3);
+    drop(tally);
+    let (tally, _, recovery) = open(dir.path(), config).await;
+    assert!(
+        recovery.records_replayed < before,
+        "the checkpoint trimmed the opens ({} records replayed)",
+        recovery.records_replayed
+    );
+    assert_eq!(tally.known_accounts(), known);
+    for id in [10_000, 10_000 + before - 1, 20_000, 20_002] {
+        assert_eq!(tally.balance(AccountId(id)).await.unwrap().available, 0);
+    }
+}
+
 #[tokio::test]
 async fn a_failing_disk_fail_stops_and_only_acknowledged_changes_survive() {
     let dir = tempfile::tempdir().unwrap();

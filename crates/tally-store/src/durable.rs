@@ -184,7 +184,14 @@ struct Inner {
     /// Held through a whole checkpoint: two at once (the periodic one and a shutdown's) would
     /// save usage cuts and trim points out of order.
     checkpointing: parking_lot::Mutex<()>,
+    /// Directory entries of accounts opened since they were last written (the directory is a
+    /// cache of the journal's `Opened` records): written [`DIRECTORY_BATCH`] at a time, and
+    /// by every checkpoint before it trims, so an open costs no snapshot-database commit.
+    opened: parking_lot::Mutex<Vec<(AccountId, Vec<u8>)>>,
 }
+
+/// Directory entries written together (one snapshot-database commit per this many opens).
+const DIRECTORY_BATCH: usize = 4_096;
 
 /// The snapshot database and what the store reads and writes in it.
 pub(crate) struct Snapshots {
@@ -328,6 +335,28 @@ fn write_account_in(w: &snapdb::Writer<'_>, account: &Account) -> Result<bool, S
 const SNAPSHOT_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 impl Inner {
+    /// Writes directory entries in one snapshot-database commit; on failure they stay queued
+    /// (before any queued since), for the next try.
+    fn write_directory(&self, entries: Vec<(AccountId, Vec<u8>)>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let written = self.snapshots().and_then(|snapshots| {
+            snapshots.db.write(|w| {
+                w.insert_all(
+                    Table::Directory,
+                    entries.iter().map(|(id, spec)| (key(*id), spec)),
+                )
+            })
+        });
+        if written.is_err() {
+            let mut opened = self.opened.lock();
+            let later = std::mem::replace(&mut *opened, entries);
+            opened.extend(later);
+        }
+        written
+    }
+
     /// The snapshot database, or [`StoreError::Closed`] once the store is closed. The guard is
     /// shared: [`DurableStore::close`] waits for the holders to finish.
     fn snapshots(&self) -> Result<parking_lot::MappedRwLockReadGuard<'_, Snapshots>, StoreError> {
@@ -478,6 +507,7 @@ impl DurableStore {
                         usage,
                         legs,
                         checkpointing: parking_lot::Mutex::new(()),
+                        opened: parking_lot::Mutex::new(Vec::new()),
                     }),
                 };
                 Ok((store, report))
@@ -887,12 +917,18 @@ impl Store for DurableStore {
                 last_seq: seq,
             });
         if let Change::Opened { spec } = &record.change {
-            // The directory is a cache of the journal's Opened records (recovery rebuilds it).
+            // The directory is a cache of the journal's Opened records (recovery rebuilds it
+            // from those after the trim point; a checkpoint writes what is queued before it
+            // trims past them).
             let spec = encode_spec(spec)?;
-            self.inner
-                .snapshots()?
-                .db
-                .write(|w| w.insert(Table::Directory, &key(record.account), &spec))?;
+            let full = {
+                let mut opened = self.inner.opened.lock();
+                opened.push((record.account, spec));
+                (opened.len() >= DIRECTORY_BATCH).then(|| std::mem::take(&mut *opened))
+            };
+            if let Some(entries) = full {
+                self.inner.write_directory(entries)?;
+            }
         }
         Ok(seq)
     }
@@ -902,6 +938,9 @@ impl Store for DurableStore {
     }
 
     fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError> {
+        // The entries still queued first, so the table is the whole directory.
+        let queued = std::mem::take(&mut *self.inner.opened.lock());
+        self.inner.write_directory(queued)?;
         let mut accounts = Vec::new();
         self.inner
             .snapshots()?
@@ -1009,7 +1048,7 @@ impl Store for DurableStore {
     fn checkpoint(&self) -> Result<usize, StoreError> {
         let inner = &self.inner;
         let _checkpointing = inner.checkpointing.lock();
-        let (dirty_min, cut, usage, legs) = {
+        let (dirty_min, cut, usage, legs, opened) = {
             let _gate = inner.append_gate.write();
             let cut = inner.journal.last_seq();
             let dirty_min = inner
@@ -1023,6 +1062,8 @@ impl Store for DurableStore {
                 cut,
                 inner.usage.take_changes(),
                 inner.legs.take_changes(),
+                // The directory entries of the accounts opened up to the cut.
+                std::mem::take(&mut *inner.opened.lock()),
             )
         };
         let snapshots = inner.snapshots()?;
@@ -1037,6 +1078,9 @@ impl Store for DurableStore {
             return Err(e);
         }
         inner.legs.save(&snapshots.db, cut, legs)?;
+        // Every account opened up to the cut is in the directory before its record may be
+        // trimmed (a failed write leaves them queued for the next checkpoint, and no trim).
+        inner.write_directory(opened)?;
         trim(&snapshots, &inner.journal, &inner.archive, dirty_min)
     }
 

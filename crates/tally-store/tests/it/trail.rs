@@ -700,6 +700,15 @@ fn open_compacts_a_grown_snapshot_database_and_keeps_every_account() {
         }
     }
     txn.commit().unwrap();
+    // Something written after it, so the freed pages are not the file's tail (which redb
+    // may give back by itself).
+    let tail = redb::TableDefinition::<u64, &[u8]>::new("tail");
+    let txn = db.begin_write().unwrap();
+    txn.open_table(tail)
+        .unwrap()
+        .insert(0, &[1u8; 64][..])
+        .unwrap();
+    txn.commit().unwrap();
     let txn = db.begin_write().unwrap();
     txn.delete_table(scratch).unwrap();
     txn.commit().unwrap();
