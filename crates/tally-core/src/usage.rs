@@ -300,7 +300,7 @@ struct Series {
 #[derive(Clone, Debug, Default)]
 struct Endpoints {
     ids: FastMap<String, usize>,
-    /// Number → (name, entries using it); a free number's name is empty.
+    /// Number → (name, uses); a free number has no uses (and an empty name).
     names: Vec<(String, usize)>,
     free: Vec<usize>,
 }
@@ -352,8 +352,11 @@ impl Endpoints {
         let Some((name, uses)) = self.names.get_mut(id) else {
             return;
         };
-        *uses = uses.saturating_sub(1);
-        if *uses == 0 && !name.is_empty() {
+        if *uses == 0 {
+            return; // free already
+        }
+        *uses -= 1;
+        if *uses == 0 {
             let name = std::mem::take(name);
             self.ids.remove(&name);
             self.free.push(id);

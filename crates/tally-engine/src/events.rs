@@ -356,7 +356,7 @@ impl Events {
         if events.is_empty() {
             return;
         }
-        let events = events
+        let events: Vec<Event> = events
             .into_iter()
             .map(|kind| Event {
                 seq,
@@ -365,7 +365,10 @@ impl Events {
                 kind,
             })
             .collect();
-        self.pending.lock().insert(seq, events);
+        // Others may be held at this seq already (a read's, a counterparty's `balance.low`):
+        // the record's own go first.
+        let mut pending = self.pending.lock();
+        pending.entry(seq).or_default().splice(0..0, events);
     }
 
     /// Whether `account` has a low-balance threshold (a leg to it should be taken in at once,
@@ -611,5 +614,55 @@ impl Tally {
             rx: events.tx.subscribe(),
             events,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_core::AccountSpec;
+
+    /// Between an append and the holding of its record's events, a read's event (held at the
+    /// durable point, which may already be the record's seq) or a counterparty's `balance.low`
+    /// (held at the seq of the record whose leg it took in) can be held under the same seq:
+    /// the record's events join them, first, and none is lost.
+    #[test]
+    fn events_held_at_a_records_seq_before_its_own_are_all_published() {
+        let events = Events::default();
+        events.subscribers.fetch_add(1, Ordering::AcqRel);
+        let mut rx = events.tx.subscribe();
+        let record = Record {
+            account: AccountId(1),
+            op: None,
+            at: Timestamp(1),
+            origin: Origin::default(),
+            change: Change::Funded {
+                from: AccountId(2),
+                amount: Amount::from_const(5),
+            },
+        };
+        let account = Account::new(AccountId(1), AccountSpec::user());
+        let held = events.before_append();
+        // The record got seq 5 and is durable at once; a read's event is held at 5 meanwhile
+        // (what `publish_read` holds before it drains).
+        let read = Event {
+            seq: 5,
+            at: Timestamp(1),
+            origin: Origin::default(),
+            kind: EventKind::CheckAvailable {
+                account: AccountId(3),
+                minimum: 1,
+                allowed: true,
+            },
+        };
+        events.pending.lock().entry(5).or_default().push(read);
+        events.on_record(held, &record, 5, &account);
+        events.drain(5);
+        let mut published = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            published.push(event.kind);
+        }
+        assert_eq!(published.len(), 2, "published: {published:?}");
+        assert!(matches!(published[1], EventKind::CheckAvailable { .. }));
     }
 }
