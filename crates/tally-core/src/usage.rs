@@ -657,15 +657,20 @@ impl UsageBook {
 
     /// The entry of `key`'s bucket and names, if it is kept.
     fn entry_mut(&mut self, granularity: Granularity, key: &UsageKey) -> Option<&mut Entry> {
-        let endpoint = self.endpoints.find(&key.endpoint)?;
+        let entry = self.entry_key(key)?;
         self.series[granularity.index()]
             .buckets
             .get_mut(&key.bucket)?
-            .get_mut(&EntryKey {
-                account: key.account,
-                app: key.app,
-                endpoint,
-            })
+            .get_mut(&entry)
+    }
+
+    /// `key` within its bucket, if its endpoint has a number.
+    fn entry_key(&self, key: &UsageKey) -> Option<EntryKey> {
+        Some(EntryKey {
+            account: key.account,
+            app: key.app,
+            endpoint: self.endpoints.find(&key.endpoint)?,
+        })
     }
 
     /// Restores a saved entry (when a store reopens).
@@ -752,15 +757,8 @@ impl UsageBook {
                     continue;
                 }
             };
-            if !listed {
-                if let Some(endpoint) = self.endpoints.find(&key.endpoint) {
-                    let entry = EntryKey {
-                        account: key.account,
-                        app: key.app,
-                        endpoint,
-                    };
-                    self.changed.push((granularity, key.bucket, entry));
-                }
+            if let Some(entry) = self.entry_key(&key).filter(|_| !listed) {
+                self.changed.push((granularity, key.bucket, entry));
             }
         }
     }
