@@ -66,10 +66,12 @@ pub use tally_engine::{
 /// The local journal's running totals ([`Store::journal_stats`]).
 pub use tally_store::journal::JournalStats;
 pub use tally_store::journal::SyncMode;
+/// The shard an account belongs to in a [`PgStore`] of so many shards.
+pub use tally_store::shard_of;
 pub use tally_store::{
     verify_trail, DurableConfig, DurablePoint, DurableRecovery, DurableStore, HistoryBase,
     HistoryEntry, MemStore, PgConfig, PgRecovery, PgStore, Pruned, SnapshotStats, Store,
-    StoreError, TrailProblem, TrailReport,
+    StoreError, TrailProblem, TrailReport, PG_LEASE_TTL, PG_RENEW_EVERY, PG_SHARDS,
 };
 
 /// The domain errors of the ledger (`tally::Error::Ledger` wraps them).

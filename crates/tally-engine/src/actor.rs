@@ -104,6 +104,7 @@ async fn start(residency: Residency, mut rx: mpsc::Receiver<Msg>, initial: Optio
                 residency,
                 appended: appended.clone(),
                 timers_deferred_until_ms: 0,
+                evicted: None,
             };
             let inbox = Inbox {
                 rx,
@@ -166,6 +167,9 @@ pub(crate) struct AccountActor {
     appended: Arc<AtomicU64>,
     /// Until when (engine ms) its grant timers wait after a failure (0: they do not).
     timers_deferred_until_ms: u64,
+    /// Set when the store said the account's shard is no longer this node's: the actor
+    /// answers what is queued with it and stops, saving nothing (its state may be stale).
+    evicted: Option<Box<Error>>,
 }
 
 impl Drop for AccountActor {
@@ -232,6 +236,15 @@ impl AccountActor {
                         return; // the engine stopped: every sender is gone
                     }
                     if self.turn(&mut batch, &inbox.rx).await == Flow::Stop {
+                        if let Some(e) = self.evicted.take() {
+                            // Out of the map first: what is sent from now on starts a
+                            // successor, whose load the store refuses the same way.
+                            self.residency.leave();
+                            inbox.rx.close();
+                            while let Ok(msg) = inbox.rx.try_recv() {
+                                msg.refuse(&e);
+                            }
+                        }
                         return;
                     }
                     batch.shrink_to(IDLE_BATCH_CAPACITY);
@@ -280,7 +293,7 @@ impl AccountActor {
                 }
                 Msg::Legs => {
                     self.residency.legs_asked.store(false, Ordering::Release);
-                    if let Err(e) = self.shared.take_in_legs(&mut self.account) {
+                    if let Err(e) = self.take_in_legs() {
                         tracing::error!(account = %self.id, error = %e, "taking in legs");
                     }
                 }
@@ -294,6 +307,9 @@ impl AccountActor {
                 #[cfg(feature = "testing")]
                 Msg::Panic => panic!("injected panic in the actor of {}", self.id),
             }
+        }
+        if self.evicted.is_some() {
+            return Flow::Stop;
         }
         if passivate {
             if Box::pin(self.passivate(rx)).await {
@@ -328,9 +344,22 @@ impl AccountActor {
         *armed = Some(at);
     }
 
+    /// Takes in the legs the account received; notes an eviction (the store says its shard
+    /// is no longer this node's).
+    fn take_in_legs(&mut self) -> Result<(), Error> {
+        let taken = self.shared.take_in_legs(&mut self.account);
+        if let Err(e @ Error::NotOwner { .. }) = &taken {
+            if self.evicted.is_none() {
+                tracing::info!(account = %self.id, error = %e, "the account's shard moved; its actor stops");
+                self.evicted = Some(Box::new(e.clone()));
+            }
+        }
+        taken
+    }
+
     /// Answers a query from the account's state, with the legs it received taken in.
     fn read(&mut self, query: Query) -> Reply<Answer> {
-        if let Err(e) = self.shared.take_in_legs(&mut self.account) {
+        if let Err(e) = self.take_in_legs() {
             return Reply::err(e);
         }
         let account: &Account = &self.account;
@@ -414,9 +443,10 @@ impl AccountActor {
         if let Some(id) = leg_id.filter(|id| !shared.directory.contains_key(id)) {
             return Reply::err(tally_core::Error::UnknownAccount { account: id }.into());
         }
-        if let Err(e) = shared.take_in_legs(&mut self.account) {
+        if let Err(e) = self.take_in_legs() {
             return Reply::err(e);
         }
+        let shared = &self.shared;
         let ctx = DecideCtx {
             now: shared.config.clock.now(),
             limits: &shared.config.limits,
@@ -583,6 +613,11 @@ impl AccountActor {
             Ok((account, result)) => {
                 self.account = account;
                 if let Err(e) = result {
+                    if matches!(e, tally_store::StoreError::NotOwner { .. }) {
+                        // Its shard is another node's now: nothing to save, nothing to serve.
+                        self.residency.leave();
+                        return true;
+                    }
                     tracing::warn!(account = %self.id, error = %e, "snapshot failed; account stays resident");
                     return false;
                 }

@@ -49,6 +49,16 @@ pub enum Error {
         /// What the store said.
         reason: Arc<str>,
     },
+    /// The account's shard is not served by this node (a store shared by several nodes):
+    /// another node owns it, or this node's lease on it lapsed. Nothing was changed; retry on
+    /// the shard's owner (with the same op id, which makes the retry safe).
+    #[error("shard {shard} is not served by this node: {reason}")]
+    NotOwner {
+        /// The shard.
+        shard: u16,
+        /// Why.
+        reason: Arc<str>,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     Shutdown,
@@ -99,6 +109,7 @@ impl From<tally_store::StoreError> for Error {
             S::Locked { path, holder } => Error::Locked { path, holder },
             S::Closed => Error::Shutdown,
             S::Io(reason) | S::Corrupt(reason) => Error::Storage { reason },
+            S::NotOwner { shard, reason } => Error::NotOwner { shard, reason },
             S::Trimmed => Error::Storage {
                 reason: "the journal was trimmed under the reader".into(),
             },

@@ -295,6 +295,8 @@ impl Tally {
     /// nothing; with a different spec it is `AccountExists` naming the field.
     pub async fn open_account(&self, id: AccountId, spec: AccountSpec) -> Result<(), Error> {
         self.admit()?;
+        // Opened by another node sharing the store: the same spec is no change here either.
+        self.learn(id).await?;
         // One open of an id at a time: claim it (waiting for another open of it to finish),
         // then look at the directory; the append happens under no lock a request waits on.
         let _claim = loop {
@@ -702,6 +704,9 @@ impl Tally {
     /// answered `Unavailable` (it may or may not have been decided: retry it with the same
     /// `op`, which replays it if it was).
     pub async fn execute(&self, account: AccountId, request: Request) -> Result<Outcome, Error> {
+        if let Some(other) = request.command.counterparty() {
+            self.learn(other).await?;
+        }
         // Moved into the message, not copied: a write is sent once.
         let mut request = Some(Box::new(request));
         self.call(account, |reply| {
@@ -749,6 +754,12 @@ impl Tally {
                 scope: "engine",
                 limit: self.shared.config.inflight_max,
             })?;
+        for (account, request) in &requests {
+            self.learn(*account).await?;
+            if let Some(other) = request.command.counterparty() {
+                self.learn(other).await?;
+            }
+        }
         // Grouped by account in the batch's order: one message per account, every one sent
         // before the first answer is awaited (no await in between).
         let mut groups: Vec<(AccountId, Vec<usize>, Vec<Request>)> = Vec::new();
@@ -1081,6 +1092,32 @@ impl Tally {
         .await
     }
 
+    /// Whether `id` is an account, asking the store when the directory does not have it: a
+    /// store shared by several nodes knows accounts another node opened after this engine
+    /// read the directory, and those join it. Without such a store the directory has every
+    /// account, and a miss costs nothing more.
+    async fn learn(&self, id: AccountId) -> Result<bool, Error> {
+        if self.shared.directory.contains_key(&id) {
+            return Ok(true);
+        }
+        if !self.shared.store.shares_directory() {
+            return Ok(false);
+        }
+        let store = self.shared.store.clone();
+        let found = tokio::task::spawn_blocking(move || store.find_account(id))
+            .await
+            .map_err(|e| Error::Internal {
+                reason: format!("looking {id} up: {e}").into(),
+            })??;
+        Ok(match found {
+            Some(spec) => {
+                self.shared.directory.entry(id).or_insert(spec);
+                true
+            }
+            None => false,
+        })
+    }
+
     /// The one path of every call: admission, the message to the account's actor (re-routed
     /// if the actor ended before answering), then a wait until what the reply reflects is
     /// durable.
@@ -1109,7 +1146,7 @@ impl Tally {
         account: AccountId,
         mut make: impl FnMut(oneshot::Sender<R>) -> Option<Msg>,
     ) -> Result<R, Error> {
-        let (mut attempts, mut waited_ms) = (0, 0);
+        let (mut attempts, mut waited_ms, mut learned) = (0, 0, false);
         loop {
             let (reply, answer) = oneshot::channel();
             let Some(mut msg) = make(reply) else {
@@ -1131,6 +1168,15 @@ impl Tally {
                         waited_ms += 1;
                         msg = back;
                         tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    (e @ Error::Ledger(tally_core::Error::UnknownAccount { .. }), back)
+                        if !learned =>
+                    {
+                        learned = true;
+                        if !self.learn(account).await? {
+                            return Err(e);
+                        }
+                        msg = back;
                     }
                     (e, _) => return Err(e),
                 }

@@ -139,11 +139,10 @@ impl Shared {
 
     /// Takes in the legs other accounts' records carried to `account` since it last did.
     pub(crate) fn take_in_legs(&self, account: &mut Account) -> Result<(), Error> {
-        let new = account
-            .absorb_legs(&self.store.legs(account.id))
-            .map_err(|e| Error::Internal {
-                reason: e.to_string().into(),
-            })?;
+        let legs = self.store.legs(account.id)?;
+        let new = account.absorb_legs(&legs).map_err(|e| Error::Internal {
+            reason: e.to_string().into(),
+        })?;
         if new {
             let durable = self.durable.borrow().seq;
             self.events

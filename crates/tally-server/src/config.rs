@@ -77,6 +77,12 @@ pub struct ServerConfig {
     pub postgres: Option<String>,
     /// The schema of the PostgreSQL ledger. Default `tally`.
     pub pg_schema: String,
+    /// This node's name among the nodes sharing the PostgreSQL schema (each needs its own).
+    /// Default `tally`.
+    pub pg_node: String,
+    /// The PostgreSQL ledger's shard leases: their length in ms (renewed every fifth of it).
+    /// Default 5,000.
+    pub pg_lease_ms: u64,
 }
 
 fn sync_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SyncMode, D::Error> {
@@ -119,6 +125,8 @@ impl Default for ServerConfig {
             cookie_secure: false,
             postgres: None,
             pg_schema: "tally".into(),
+            pg_node: "tally".into(),
+            pg_lease_ms: 5_000,
         }
     }
 }

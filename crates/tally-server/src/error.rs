@@ -304,6 +304,12 @@ impl From<EngineError> for ApiError {
                     .with("len", len)
                     .with("max", max)
             }
+            EngineError::NotOwner { shard, .. } => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_owner", message)
+                    .with("shard", shard);
+                e.retry_after_s = Some(1);
+                e
+            }
             EngineError::Unavailable { .. } => {
                 let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
                 e.retry_after_s = Some(1);

@@ -94,6 +94,12 @@ struct ServeArgs {
     /// The PostgreSQL ledger's schema. Default `tally`.
     #[arg(long, env = "TALLY_PG_SCHEMA", global = true)]
     pg_schema: Option<String>,
+    /// This node's name among the nodes sharing the PostgreSQL schema. Default `tally`.
+    #[arg(long, env = "TALLY_PG_NODE", global = true)]
+    pg_node: Option<String>,
+    /// The PostgreSQL shard leases' length in ms. Default 5,000.
+    #[arg(long, env = "TALLY_PG_LEASE_MS", global = true)]
+    pg_lease_ms: Option<u64>,
 }
 
 fn settings(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
@@ -121,6 +127,12 @@ fn settings(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(s) = &args.pg_schema {
         c.pg_schema = s.clone();
+    }
+    if let Some(n) = &args.pg_node {
+        c.pg_node = n.clone();
+    }
+    if let Some(ms) = args.pg_lease_ms {
+        c.pg_lease_ms = ms;
     }
     if c.log_format != "text" && c.log_format != "json" {
         bail!(
@@ -174,6 +186,9 @@ async fn open(args: &ServeArgs) -> anyhow::Result<(AppState, ServerConfig)> {
         Some(url) => {
             let mut config = tally::PgConfig::new(url.clone(), c.pg_schema.clone());
             config.limits = limits;
+            config.node = c.pg_node.clone();
+            config.lease_ttl = std::time::Duration::from_millis(c.pg_lease_ms);
+            config.renew_every = config.lease_ttl / 5;
             let (store, recovery) =
                 tokio::task::spawn_blocking(move || tally::PgStore::open(config))
                     .await?

@@ -1037,8 +1037,8 @@ impl Store for DurableStore {
         Ok(account)
     }
 
-    fn legs(&self, id: AccountId) -> tally_core::LegTotals {
-        self.inner.legs.get(id)
+    fn legs(&self, id: AccountId) -> Result<tally_core::LegTotals, StoreError> {
+        Ok(self.inner.legs.get(id))
     }
 
     fn save(&self, account: &Account) -> Result<(), StoreError> {

@@ -39,7 +39,10 @@ use tally_core::{Account, AccountId, AccountSpec, Record, UsageQuery, UsageRepor
 pub use durable::{DurableConfig, DurableRecovery, DurableStore, Pruned, SnapshotStats};
 pub use journal::{TrailProblem, TrailReport};
 pub use mem::MemStore;
-pub use pg::{PgConfig, PgRecovery, PgStore, PG_GROUP_MAX, PG_QUEUE_MAX};
+pub use pg::{
+    shard_of, PgConfig, PgRecovery, PgStore, PG_GROUP_MAX, PG_LEASE_TTL, PG_QUEUE_MAX,
+    PG_RENEW_EVERY, PG_SHARDS, PG_SHARDS_MAX,
+};
 pub use trail::verify_trail;
 
 /// The durable point of a store.
@@ -87,6 +90,16 @@ pub enum StoreError {
     /// The stored data is not what was written (checksum, sequence or decoding failure).
     #[error("stored data is corrupt: {0}")]
     Corrupt(Arc<str>),
+    /// The account's shard is not this node's (a store shared by several nodes, see
+    /// [`PgStore`]): another node owns it, its lease is being taken over, or this node's lease
+    /// lapsed. Nothing was read or written; retry, on the shard's owner.
+    #[error("shard {shard} is not served by this node: {reason}")]
+    NotOwner {
+        /// The shard.
+        shard: u16,
+        /// Why (who owns it, or that the lease lapsed).
+        reason: Arc<str>,
+    },
 }
 
 /// One record of an account's history, with its journal sequence number.
@@ -140,8 +153,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// The sums of the legs other accounts' records carried to `id` so far, every record
     /// appended included (see [`tally_core::legs`]): an account takes them in with
-    /// [`Account::absorb_legs`].
-    fn legs(&self, id: AccountId) -> tally_core::LegTotals;
+    /// [`Account::absorb_legs`]. Asked on every turn of a resident account, so it is answered
+    /// from memory; a store shared by several nodes refuses with [`StoreError::NotOwner`] once
+    /// `id`'s shard is no longer this node's, and the account's actor then stops.
+    fn legs(&self, id: AccountId) -> Result<tally_core::LegTotals, StoreError>;
+
+    /// An account the store knows that this process's engine may not have seen open (a store
+    /// shared by several nodes: opened by another node after this one read
+    /// [`Store::accounts`]). The default: every account is in [`Store::accounts`].
+    fn find_account(&self, id: AccountId) -> Result<Option<AccountSpec>, StoreError> {
+        let _ = id;
+        Ok(None)
+    }
+
+    /// Whether [`Store::find_account`] may know accounts [`Store::accounts`] did not list (a
+    /// store shared by several nodes); `false` by default, and the engine then never asks.
+    fn shares_directory(&self) -> bool {
+        false
+    }
 
     /// Stores a snapshot of an account (its `last_seq` says which records it covers). The
     /// engine saves only state that is durable up to its `last_seq`.

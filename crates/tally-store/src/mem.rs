@@ -205,8 +205,8 @@ impl Store for MemStore {
         self.rebuild(id)
     }
 
-    fn legs(&self, id: AccountId) -> tally_core::LegTotals {
-        self.inner.legs.get(id)
+    fn legs(&self, id: AccountId) -> Result<tally_core::LegTotals, StoreError> {
+        Ok(self.inner.legs.get(id))
     }
 
     fn save(&self, account: &Account) -> Result<(), StoreError> {

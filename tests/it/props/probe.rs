@@ -146,7 +146,7 @@ impl Store for ProbeStore {
     fn load(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
         self.inner.load(id)
     }
-    fn legs(&self, id: AccountId) -> tally::LegTotals {
+    fn legs(&self, id: AccountId) -> Result<tally::LegTotals, StoreError> {
         self.inner.legs(id)
     }
     fn save(&self, account: &Account) -> Result<(), StoreError> {

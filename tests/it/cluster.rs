@@ -1,0 +1,247 @@
+//! Several tally nodes on one PostgreSQL schema, against a real PostgreSQL (see `pg.rs`):
+//! shards shared out by leases, a dead node's shards taken over with every acknowledged write,
+//! a frozen node deposed with nothing it had not acknowledged kept, legs crossing nodes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tally::{
+    AccountId, AccountSpec, EngineConfig, Error, PgConfig, PgStore, Store, StoreError, Tally,
+};
+use tally_store::pg_testing::PgServer;
+
+use crate::support::*;
+
+/// Eight shards, leases of 600 ms renewed every 100 ms: moves happen within a second.
+fn node(pg: &PgServer, schema: &str, name: &str) -> PgConfig {
+    let mut config = pg.config(schema);
+    config.node = name.to_owned();
+    config.shards = 8;
+    config.lease_ttl = Duration::from_millis(600);
+    config.renew_every = Duration::from_millis(100);
+    config
+}
+
+async fn engine(store: &PgStore) -> Tally {
+    Tally::open(Arc::new(store.clone()), EngineConfig::default())
+        .await
+        .unwrap()
+}
+
+/// Polls `done` every 20 ms for up to `limit`; returns how long it took.
+async fn within(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// An account id (from `from` up) whose shard is one of `shards`.
+fn id_in(store: &PgStore, shards: &[(u16, u64)], from: u64) -> AccountId {
+    (from..)
+        .map(AccountId)
+        .find(|id| shards.iter().any(|(s, _)| *s == store.shard_of(*id)))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_the_shards_and_a_dead_nodes_shards_move_with_every_acknowledged_write() {
+    let pg = PgServer::start();
+    let (a, recovery) = PgStore::open(node(&pg, "share", "a")).unwrap();
+    assert_eq!(
+        recovery.shards_claimed, 8,
+        "alone, a node serves every shard"
+    );
+    let (b, recovery) = PgStore::open(node(&pg, "share", "b")).unwrap();
+    assert_eq!(recovery.shards_claimed, 0, "every shard is held");
+    // A sees a second live node and lets go of half; B claims them.
+    let moved = within(Duration::from_secs(10), "rebalancing", || {
+        a.shards_held().len() == 4 && b.shards_held().len() == 4
+    })
+    .await;
+    println!("rebalanced 8 shards over 2 nodes in {moved:?}");
+    let (held_a, held_b) = (a.shards_held(), b.shards_held());
+    assert!(held_a
+        .iter()
+        .all(|(s, _)| !held_b.iter().any(|(t, _)| t == s)));
+    assert!(
+        held_b.iter().all(|(_, epoch)| *epoch >= 2),
+        "claimed again: a new epoch"
+    );
+
+    let (tally_a, tally_b) = (engine(&a).await, engine(&b).await);
+    // A user served by A paying an app served by B, funded by a bank served by B.
+    let user = id_in(&a, &held_a, 100);
+    let app = id_in(&b, &held_b, 200);
+    let bank = id_in(&b, &held_b, 300);
+    tally_b
+        .open_account(bank, AccountSpec::funding())
+        .await
+        .unwrap();
+    tally_b
+        .open_account(app, AccountSpec::revenue())
+        .await
+        .unwrap();
+    tally_a
+        .open_account(user, AccountSpec::user())
+        .await
+        .unwrap();
+    // Each account is served by its shard's owner only.
+    let e = tally_b.open_account(user, AccountSpec::user()).await;
+    assert!(e.is_ok(), "the same spec again is no change: {e:?}");
+    let e = tally_b.balance(user).await.unwrap_err();
+    assert!(matches!(e, Error::NotOwner { .. }), "{e:?}");
+    let e = tally_a.balance(app).await.unwrap_err();
+    assert!(matches!(e, Error::NotOwner { .. }), "{e:?}");
+    // A learns of the bank that B opened after A's engine read the directory.
+    tally_a.fund(op(), user, bank, 10_000).await.unwrap();
+    let charged = op();
+    tally_a
+        .charge(charged, user, app, 2_500, "/chat")
+        .await
+        .unwrap();
+    let user_before = tally_a.balance(user).await.unwrap();
+    assert_eq!(user_before.available, 7_500);
+    // The legs A's records carried reach B's accounts within a lease tick.
+    {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(5);
+        loop {
+            let app_now = tally_b.balance(app).await.unwrap();
+            let bank_now = tally_b.balance(bank).await.unwrap();
+            if app_now.available == 2_500 && bank_now.available == -10_000 {
+                println!("legs crossed nodes in {:?}", started.elapsed());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "legs did not cross: app {app_now:?}, bank {bank_now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // A dies (nothing saved, nothing released): its leases lapse and B takes every shard.
+    drop(tally_a);
+    drop(a);
+    let took = within(Duration::from_secs(10), "takeover", || {
+        b.shards_held().len() == 8
+    })
+    .await;
+    println!("a dead node's 4 shards moved in {took:?} (lease 600 ms, tick 100 ms)");
+    assert_eq!(tally_b.balance(user).await.unwrap(), user_before);
+    // The retry of an acknowledged charge, now on B, is answered as first.
+    tally_b
+        .charge(charged, user, app, 2_500, "/chat")
+        .await
+        .unwrap();
+    assert_eq!(tally_b.balance(user).await.unwrap(), user_before);
+    tally_b.charge(op(), user, app, 500, "/chat").await.unwrap();
+    assert_eq!(tally_b.balance(user).await.unwrap().available, 7_000);
+    assert_eq!(tally_b.balance(app).await.unwrap().available, 3_000);
+    let report = b.verify_trail().unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert!(tally_b.audit().await.unwrap().ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_is_deposed_and_nothing_it_had_not_acknowledged_is_kept() {
+    let pg = PgServer::start();
+    let (a, _) = PgStore::open(node(&pg, "frozen", "a")).unwrap();
+    let tally_a = engine(&a).await;
+    open_accounts(&tally_a).await;
+    tally_a.fund(op(), ALICE, BANK, 1_000).await.unwrap();
+    // A freezes (as under SIGSTOP) with a charge appended but not committed.
+    a.freeze(true);
+    let charging = {
+        let tally = tally_a.clone();
+        tokio::spawn(async move { tally.charge(op(), ALICE, APP, 10, "/chat").await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Past its lease A serves nothing, reads included: B may own the accounts by now.
+    let e = tally_a.balance(BOB).await.unwrap_err();
+    assert!(matches!(e, Error::NotOwner { .. }), "{e:?}");
+    let (b, recovery) = PgStore::open(node(&pg, "frozen", "b")).unwrap();
+    assert_eq!(recovery.shards_claimed, 8, "A's leases lapsed");
+    let tally_b = engine(&b).await;
+    // A wakes: its group is refused by the fence, its renewal finds the leases gone.
+    a.freeze(false);
+    let charged = charging.await.unwrap();
+    assert!(
+        matches!(charged, Err(Error::StorageFailed { .. })),
+        "never acknowledged: {charged:?}"
+    );
+    let record =
+        tally::Account::open_record(AccountId(99), AccountSpec::user(), tally::Timestamp(1));
+    let refused = a.append(&record);
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::Failed(_) | StoreError::NotOwner { .. })
+        ),
+        "{refused:?}"
+    );
+    // What A had acknowledged is there; what it had not is not.
+    let alice = tally_b.balance(ALICE).await.unwrap();
+    assert_eq!(alice.available, 1_000);
+    assert_eq!(tally_b.balance(APP).await.unwrap().available, 0);
+    tally_b.charge(op(), ALICE, APP, 10, "/chat").await.unwrap();
+    assert_eq!(tally_b.balance(ALICE).await.unwrap().available, 990);
+    assert!(b.verify_trail().unwrap().problems.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_under_its_name_takes_its_shards_back_and_the_old_one_is_fenced() {
+    let pg = PgServer::start();
+    let (old, _) = PgStore::open(node(&pg, "restart", "a")).unwrap();
+    let tally_old = engine(&old).await;
+    open_accounts(&tally_old).await;
+    tally_old.fund(op(), ALICE, BANK, 500).await.unwrap();
+    // The same name again: it takes every shard at once, at new epochs.
+    let before: Vec<u64> = old.shards_held().iter().map(|(_, e)| *e).collect();
+    let (new, recovery) = PgStore::open(node(&pg, "restart", "a")).unwrap();
+    assert_eq!(recovery.shards_claimed, 8);
+    assert!(new
+        .shards_held()
+        .iter()
+        .zip(&before)
+        .all(|((_, now), was)| now > was));
+    // The old one stops at its next write or renewal, whichever comes first.
+    let e = tally_old
+        .charge(op(), ALICE, APP, 5, "/chat")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::StorageFailed { .. } | Error::NotOwner { .. }),
+        "{e:?}"
+    );
+    let tally_new = engine(&new).await;
+    assert_eq!(tally_new.balance(ALICE).await.unwrap().available, 500);
+    // A clean close lets go at once: a third node takes every shard without waiting.
+    tally_new.shutdown().await.unwrap();
+    new.close().unwrap();
+    let (third, recovery) = PgStore::open(node(&pg, "restart", "c")).unwrap();
+    assert_eq!(
+        recovery.shards_claimed, 8,
+        "released leases are free at once"
+    );
+    third.close().unwrap();
+}
+
+#[test]
+fn a_config_out_of_bounds_is_refused_before_anything_is_written() {
+    let mut config = PgConfig::new("host=/nonexistent", "bounds");
+    config.node = "has space".into();
+    assert!(matches!(PgStore::open(config.clone()), Err(StoreError::Io(r)) if r.contains("node")));
+    config.node = "a".into();
+    config.shards = 0;
+    assert!(
+        matches!(PgStore::open(config.clone()), Err(StoreError::Io(r)) if r.contains("shards"))
+    );
+    config.shards = 8;
+    config.lease_ttl = Duration::from_millis(100);
+    config.renew_every = Duration::from_millis(100);
+    assert!(matches!(PgStore::open(config), Err(StoreError::Io(r)) if r.contains("renew")));
+}
