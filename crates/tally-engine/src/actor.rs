@@ -614,8 +614,9 @@ impl AccountActor {
                 self.account = account;
                 if let Err(e) = result {
                     if matches!(e, tally_store::StoreError::NotOwner { .. }) {
-                        // Its shard is another node's now: nothing to save, nothing to serve.
-                        self.residency.leave();
+                        // Its shard is another node's now: nothing to save, nothing to serve;
+                        // the loop answers what is queued and leaves.
+                        self.evicted = Some(Box::new(e.into()));
                         return true;
                     }
                     tracing::warn!(account = %self.id, error = %e, "snapshot failed; account stays resident");

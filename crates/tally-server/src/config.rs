@@ -83,6 +83,11 @@ pub struct ServerConfig {
     /// The PostgreSQL ledger's shard leases: their length in ms (renewed every fifth of it).
     /// Default 5,000.
     pub pg_lease_ms: u64,
+    /// Exit (status 75) once the ledger's store fail-stops, for a supervisor to start the
+    /// server again, which reopens the ledger from what is durable (a cluster node whose
+    /// database failed over, or whose lease was taken). Default false: the server stays up,
+    /// answering writes 503 `storage_failed`.
+    pub exit_on_storage_failure: bool,
 }
 
 fn sync_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SyncMode, D::Error> {
@@ -127,6 +132,7 @@ impl Default for ServerConfig {
             pg_schema: "tally".into(),
             pg_node: "tally".into(),
             pg_lease_ms: 5_000,
+            exit_on_storage_failure: false,
         }
     }
 }

@@ -100,6 +100,10 @@ struct ServeArgs {
     /// The PostgreSQL shard leases' length in ms. Default 5,000.
     #[arg(long, env = "TALLY_PG_LEASE_MS", global = true)]
     pg_lease_ms: Option<u64>,
+    /// Exit with status 75 once the ledger's store fail-stops (for a supervisor to restart
+    /// the server). Default false.
+    #[arg(long, env = "TALLY_EXIT_ON_STORAGE_FAILURE", global = true)]
+    exit_on_storage_failure: Option<bool>,
 }
 
 fn settings(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
@@ -133,6 +137,9 @@ fn settings(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(ms) = args.pg_lease_ms {
         c.pg_lease_ms = ms;
+    }
+    if let Some(exit) = args.exit_on_storage_failure {
+        c.exit_on_storage_failure = exit;
     }
     if c.log_format != "text" && c.log_format != "json" {
         bail!(
@@ -272,15 +279,45 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let c = settings(&args)?;
     init_logs(&c.log_format);
     let (state, c) = open(&args).await?;
+    let tally = state.tally.clone();
     let server = Server::bind(state)
         .await
         .with_context(|| format!("binding {}", c.listen))?;
     let addr = server.local_addr()?;
     tracing::info!(%addr, data_dir = %c.data_dir.display(), "tally-server listening");
     println!("tally-server listening on http://{addr}");
-    server.run(signal()).await.map_err(anyhow::Error::msg)?;
+    let watch = c.exit_on_storage_failure;
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let failed = failed.clone();
+        async move {
+            tokio::select! {
+                () = signal() => {}
+                () = storage_failure(tally), if watch => {
+                    failed.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+        }
+    };
+    let ran = server.run(stop).await;
+    if failed.load(std::sync::atomic::Ordering::Acquire) {
+        tracing::error!(result = ?ran.err(), "the ledger's store fail-stopped: exiting (75) for a restart");
+        std::process::exit(75);
+    }
+    ran.map_err(anyhow::Error::msg)?;
     tracing::info!("tally-server stopped");
     Ok(())
+}
+
+/// Returns once the ledger's store is fail-stopped (checked every 100 ms).
+async fn storage_failure(tally: tally::Tally) {
+    loop {
+        if let Some(reason) = tally.storage_failed() {
+            tracing::error!(%reason, "the ledger's store fail-stopped");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 async fn keys(args: ServeArgs, command: KeysCommand) -> anyhow::Result<()> {

@@ -167,8 +167,10 @@ pub(crate) fn fair_share(
     Ok(shards.div_ceil(live))
 }
 
-/// Claims up to `want` shards whose lease lapsed (or that `node`'s name holds from an earlier
-/// run and this one does not), each at its next epoch. Returns them with their epochs.
+/// Claims up to `want` shards whose lease lapsed (a dead node's, a released one, or this
+/// node's own from before a crash: a process under the same name that still runs keeps its
+/// leases), each at its next epoch. Rows locked by a transaction are skipped until the next
+/// tick. Returns them with their epochs.
 pub(crate) fn claim(
     client: &mut Client,
     schema: &str,
@@ -183,7 +185,7 @@ pub(crate) fn claim(
             &format!(
                 "WITH free AS ( \
                      SELECT shard FROM {schema}.leases \
-                     WHERE (expires_at < now() OR node = $1) AND NOT (shard = ANY($3)) \
+                     WHERE expires_at < now() AND NOT (shard = ANY($3)) \
                      ORDER BY shard LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  UPDATE {schema}.leases l SET node = $1, epoch = l.epoch + 1, \
                      expires_at = now() + $4::BIGINT * interval '1 millisecond' \
@@ -218,10 +220,13 @@ pub(crate) fn renew(
     let rows = client
         .query(
             &format!(
-                "UPDATE {schema}.leases l SET expires_at = now() + $2::BIGINT * interval '1 millisecond' \
-                 FROM unnest($3::SMALLINT[], $4::BIGINT[]) AS o(shard, epoch) \
-                 WHERE l.shard = o.shard AND l.epoch = o.epoch AND l.node = $1 \
-                 RETURNING l.shard"
+                "WITH mine AS ( \
+                     SELECT l.shard FROM {schema}.leases l \
+                     JOIN unnest($3::SMALLINT[], $4::BIGINT[]) AS o(shard, epoch) \
+                         ON l.shard = o.shard AND l.epoch = o.epoch \
+                     WHERE l.node = $1 ORDER BY l.shard FOR UPDATE OF l) \
+                 UPDATE {schema}.leases l SET expires_at = now() + $2::BIGINT * interval '1 millisecond' \
+                 FROM mine WHERE l.shard = mine.shard RETURNING l.shard"
             ),
             &[&node, &millis(ttl), &shards, &epochs],
         )
@@ -268,9 +273,10 @@ pub(crate) fn release(
     Ok(())
 }
 
-/// In a transaction about to write records or a snapshot of `shards` (at the epochs this node
-/// claimed them at): locks their lease rows `FOR SHARE` and refuses if any moved to another
-/// epoch (this node was deposed).
+/// In a transaction about to write records or a snapshot of `shards` (pairs of a shard and
+/// the epoch a record or copy of it was made under; a shard may come twice): locks their
+/// lease rows `FOR SHARE`, in shard order, and refuses unless every pair's epoch is the
+/// shard's now (this node was deposed, or let go of the shard and claimed it again).
 pub(crate) fn fence(
     tx: &mut postgres::Transaction<'_>,
     schema: &str,
@@ -281,7 +287,7 @@ pub(crate) fn fence(
         .query(
             &format!(
                 "SELECT shard, epoch, coalesce(node, '') FROM {schema}.leases \
-                 WHERE shard = ANY($1) FOR SHARE"
+                 WHERE shard = ANY($1) ORDER BY shard FOR SHARE"
             ),
             &[&ids],
         )
@@ -290,20 +296,21 @@ pub(crate) fn fence(
         let shard = shard_of_sql(row.get(0))?;
         let epoch = super::unbig(row.get(1));
         let node: String = row.get(2);
-        let mine = shards.iter().find(|(s, _)| *s == shard).map(|(_, e)| *e);
-        if mine != Some(epoch) {
+        if let Some((_, mine)) = shards.iter().find(|(s, e)| *s == shard && *e != epoch) {
             return Err(StoreError::NotOwner {
                 shard,
                 reason: format!(
-                    "its lease moved to epoch {epoch} (node {node:?}); this node held epoch {}: \
-                     it was deposed",
-                    mine.unwrap_or(0)
+                    "its lease moved to epoch {epoch} (node {node:?}); this node wrote under \
+                     epoch {mine}: it was deposed"
                 )
                 .into(),
             });
         }
     }
-    if rows.len() != shards.len() {
+    let mut distinct: Vec<u16> = shards.iter().map(|(s, _)| *s).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if rows.len() != distinct.len() {
         return Err(StoreError::Corrupt(
             "a shard's lease row is missing from the leases table".into(),
         ));
@@ -338,17 +345,3 @@ pub(crate) fn shard_sql(shard: u16) -> i16 {
 pub(crate) fn shard_of_sql(v: i16) -> Result<u16, StoreError> {
     u16::try_from(v).map_err(|_| StoreError::Corrupt(format!("shard {v} is negative").into()))
 }
-
-/// The state the lease thread keeps between ticks.
-pub(crate) struct LeaseTicks {
-    /// Highest `legs.version` read so far, and the one read two ticks ago (reads restart from
-    /// there: a transaction that took a lower version may commit after a higher one was read).
-    pub(crate) seen: i64,
-    pub(crate) seen_before: [i64; 2],
-    /// Ticks since the last read of every other shard's legs (a backstop, every
-    /// `FULL_LEGS_EVERY` ticks).
-    pub(crate) since_full: u32,
-}
-
-/// Every this many ticks the lease thread reads all of the other shards' legs again.
-pub(crate) const FULL_LEGS_EVERY: u32 = 30;
