@@ -130,9 +130,12 @@ start_patroni() {
     patroni_yml "$i" >"$DIR/$name.yml"
     [ "$(id -u)" -eq 0 ] && chown -R postgres: "$DIR/$name" "$DIR/$name.yml"
     as_pg nohup /usr/bin/patroni "$DIR/$name.yml" >>"$DIR/$name.log" 2>&1 &
-    echo $! >"$DIR/$name.pid"
-    # The first one bootstraps the cluster before the second clones it.
-    [ "$i" -eq 0 ] && wait_for 90 "the PostgreSQL primary" curl -sf "http://127.0.0.1:${REST_PORTS[0]}/primary"
+    # The pid of Patroni itself (not of runuser): what a failover test kills.
+    wait_for 10 "Patroni $name" pgrep -f "patroni $DIR/$name.yml"
+    pgrep -f "^/usr/bin/python3 /usr/bin/patroni $DIR/$name.yml" | head -1 >"$DIR/$name.pid"
+    # The first one bootstraps the cluster (or, restarted, rejoins it) before the second.
+    [ "$i" -eq 0 ] && wait_for 90 "a PostgreSQL primary" sh -c \
+      "curl -sf http://127.0.0.1:${REST_PORTS[0]}/primary || curl -sf http://127.0.0.1:${REST_PORTS[1]}/primary"
   done
   wait_for 120 "a synchronous standby" sh -c \
     "curl -sf http://127.0.0.1:${REST_PORTS[0]}/cluster http://127.0.0.1:${REST_PORTS[1]}/cluster | grep -q sync_standby"
@@ -163,7 +166,7 @@ start_nodes() { # count
 }
 
 psql_cluster() {
-  PGPASSWORD=tally-pg "$(pg_bin)/psql" "host=127.0.0.1 port=5433,5434 user=postgres dbname=postgres target_session_attrs=read-write" -Atq "$@"
+  PGPASSWORD=tally-pg "$(pg_bin)/psql" "host=127.0.0.1,127.0.0.1 port=5433,5434 user=postgres dbname=postgres target_session_attrs=read-write" -Atq "$@"
 }
 
 status() {

@@ -39,6 +39,9 @@ pub enum CallError {
     /// No answer: the connection failed or was lost, or the request timed out. A write may or
     /// may not have happened.
     Transport(String),
+    /// No connection could be made (refused, unreachable): the request was never sent, so
+    /// nothing happened (a server restarting after a failover).
+    Unsent(String),
     /// An answer this client does not understand (no JSON, no error code, a missing field).
     BadResponse {
         /// The HTTP status.
@@ -55,6 +58,7 @@ impl CallError {
         match self {
             CallError::Answered { code, .. } => code,
             CallError::Transport(_) => "transport",
+            CallError::Unsent(_) => "unsent",
             CallError::BadResponse { .. } => "bad_response",
         }
     }
@@ -71,15 +75,22 @@ impl CallError {
     }
 
     /// Whether the write certainly did not happen: a 4xx answer (the request was refused as
-    /// it stood) or 503 `overloaded` (refused before it ran). Any other failure leaves the
-    /// outcome unknown.
+    /// it stood), 503 `overloaded` (refused before it ran) or `not_owner` (the node does not
+    /// serve the account: nothing was changed), or a request never sent. Any other failure
+    /// leaves the outcome unknown.
     pub fn changed_nothing(&self) -> bool {
         match self {
             CallError::Answered { status, code, .. } => {
-                (400..500).contains(status) || code == "overloaded"
+                (400..500).contains(status) || code == "overloaded" || code == "not_owner"
             }
+            CallError::Unsent(_) => true,
             CallError::Transport(_) | CallError::BadResponse { .. } => false,
         }
+    }
+
+    /// The server could not be reached or did not answer (a client backs off a moment).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, CallError::Transport(_) | CallError::Unsent(_))
     }
 
     /// The error an operation's `{"error": {...}}` body (or a whole error response) names.
@@ -108,6 +119,7 @@ impl fmt::Display for CallError {
                 message,
             } => write!(f, "{status} {code}: {message}"),
             CallError::Transport(e) => write!(f, "no answer: {e}"),
+            CallError::Unsent(e) => write!(f, "not sent (no connection): {e}"),
             CallError::BadResponse { status, detail } => {
                 write!(f, "an answer not understood ({status}): {detail}")
             }
@@ -224,11 +236,13 @@ impl Api {
                 detail: format!("building the request: {e}"),
             })?;
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| CallError::Transport(error_chain(&e)))?;
+            let response = self.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    CallError::Unsent(error_chain(&e))
+                } else {
+                    CallError::Transport(error_chain(&e))
+                }
+            })?;
             let status = response.status().as_u16();
             let bytes = response
                 .into_body()
@@ -317,6 +331,13 @@ mod tests {
         let odd = CallError::from_body(500, &json!({"oops": 1}));
         assert_eq!(odd.code(), "bad_response");
         assert!(!CallError::Transport("reset".into()).changed_nothing());
+        // Never sent (no connection) or refused by a node that does not serve the account:
+        // nothing happened, and the account stays in the comparison.
+        let unsent = CallError::Unsent("connection refused".into());
+        assert!(unsent.changed_nothing() && unsent.is_unreachable());
+        assert_eq!(unsent.code(), "unsent");
+        let moved = CallError::from_body(503, &json!({"error": {"code": "not_owner"}}));
+        assert!(moved.changed_nothing() && !moved.is_unreachable());
     }
 
     #[test]

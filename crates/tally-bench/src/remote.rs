@@ -1044,6 +1044,8 @@ impl HttpClient {
                 self.finish(OpKind::Fund, started.elapsed(), &result);
             }
             Err(e) if e.is_overloaded() => tokio::time::sleep(Duration::from_millis(1)).await,
+            // A server restarting (a failover): not a busy loop of refused connections.
+            Err(e) if e.is_unreachable() => tokio::time::sleep(Duration::from_millis(20)).await,
             _ => {}
         }
     }
