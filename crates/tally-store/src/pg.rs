@@ -468,8 +468,7 @@ fn create_tables(client: &mut Client, s: &str, shards: u16) -> Result<(), StoreE
              account BIGINT NOT NULL, shard SMALLINT NOT NULL, to_shard SMALLINT NOT NULL,
              credits NUMERIC(40, 0) NOT NULL, debits NUMERIC(40, 0) NOT NULL,
              last_seq BIGINT NOT NULL, version BIGINT NOT NULL,
-             PRIMARY KEY (account, shard));
-         CREATE INDEX IF NOT EXISTS legs_by_version ON {s}.legs (version);
+             PRIMARY KEY (account, shard)) WITH (fillfactor = 50);
          CREATE INDEX IF NOT EXISTS legs_by_shard ON {s}.legs (shard);
          CREATE INDEX IF NOT EXISTS legs_to_shard ON {s}.legs (to_shard);
          CREATE TABLE IF NOT EXISTS {s}.snapshots (
@@ -1009,7 +1008,9 @@ fn read_legs(
 }
 
 /// Reads the legs other shards' records carried (those whose version may be newer than the
-/// last read's, or all of them when `full`) into the book, skipping the shards this node
+/// last read's, or all of them when `full`; `version` has no index, so that a group's upsert
+/// of a counterparty's row is a heap-only update: a read scans the table, one row per
+/// counterparty and source shard) into the book, skipping the shards this node
 /// serves (their sums are its own). A version is taken when its group's transaction writes
 /// it and seen when that commits, so a read starts again from the newest version seen by a
 /// read older than the longest a group's transaction may take (`statement_timeout` and
