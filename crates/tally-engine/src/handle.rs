@@ -705,7 +705,9 @@ impl Tally {
     /// `op`, which replays it if it was).
     pub async fn execute(&self, account: AccountId, request: Request) -> Result<Outcome, Error> {
         if let Some(other) = request.command.counterparty() {
-            self.learn(other).await?;
+            if self.shared.store.shares_directory() {
+                self.learn(other).await?;
+            }
         }
         // Moved into the message, not copied: a write is sent once.
         let mut request = Some(Box::new(request));
@@ -754,10 +756,12 @@ impl Tally {
                 scope: "engine",
                 limit: self.shared.config.inflight_max,
             })?;
-        for (account, request) in &requests {
-            self.learn(*account).await?;
-            if let Some(other) = request.command.counterparty() {
-                self.learn(other).await?;
+        if self.shared.store.shares_directory() {
+            for (account, request) in &requests {
+                self.learn(*account).await?;
+                if let Some(other) = request.command.counterparty() {
+                    self.learn(other).await?;
+                }
             }
         }
         // Grouped by account in the batch's order: one message per account, every one sent
@@ -1095,13 +1099,13 @@ impl Tally {
     /// Whether `id` is an account, asking the store when the directory does not have it: a
     /// store shared by several nodes knows accounts another node opened after this engine
     /// read the directory, and those join it. Without such a store the directory has every
-    /// account, and a miss costs nothing more.
+    /// account, and the answer is the directory's (a write's path asks nothing more).
     async fn learn(&self, id: AccountId) -> Result<bool, Error> {
+        if !self.shared.store.shares_directory() {
+            return Ok(self.shared.directory.contains_key(&id));
+        }
         if self.shared.directory.contains_key(&id) {
             return Ok(true);
-        }
-        if !self.shared.store.shares_directory() {
-            return Ok(false);
         }
         let store = self.shared.store.clone();
         let found = tokio::task::spawn_blocking(move || store.find_account(id))

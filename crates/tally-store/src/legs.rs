@@ -15,6 +15,18 @@ use tally_core::{AccountId, LegTotals, Record};
 use crate::snapdb::{self, SnapshotDb, Table};
 use crate::StoreError;
 
+/// Gives `account` what `totals` (a store's sums of its legs) hold beyond what it took in; a
+/// store whose sums went backwards is damaged.
+pub(crate) fn give(
+    account: &mut tally_core::Account,
+    totals: &LegTotals,
+) -> Result<(), StoreError> {
+    account
+        .absorb_legs(totals)
+        .map(drop)
+        .map_err(|e| StoreError::Corrupt(e.to_string().into()))
+}
+
 /// The meta key of the journal point the saved sums cover (account keys are 8 bytes).
 const SEQ_KEY: &[u8] = b"\xffseq";
 
@@ -66,10 +78,7 @@ impl LegBook {
 
     /// Gives `account` the legs it received that it has not taken in yet.
     pub(crate) fn give(&self, account: &mut tally_core::Account) -> Result<(), StoreError> {
-        account
-            .absorb_legs(&self.get(account.id))
-            .map(drop)
-            .map_err(|e| StoreError::Corrupt(e.to_string().into()))
+        give(account, &self.get(account.id))
     }
 
     /// The sums changed since the last call (call it where no append folds meanwhile).

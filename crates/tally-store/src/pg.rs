@@ -282,6 +282,16 @@ struct Row {
     chain: Chain,
 }
 
+/// The spec of a record stored as an opening (`KIND_OPENED`).
+fn spec_of_opening(record: Record) -> Result<AccountSpec, StoreError> {
+    match record.change {
+        Change::Opened { spec } => Ok(spec),
+        _ => Err(StoreError::Corrupt(
+            "a record marked as an opening is another change".into(),
+        )),
+    }
+}
+
 /// `records.kind`: what the opening reads look for without decoding every record.
 const KIND_OTHER: i16 = 0;
 const KIND_OPENED: i16 = 1;
@@ -1362,12 +1372,7 @@ impl Store for PgStore {
     fn accounts(&self) -> Result<Vec<(AccountId, AccountSpec)>, StoreError> {
         self.records_of_kind(KIND_OPENED)?
             .into_iter()
-            .map(|record| match record.change {
-                Change::Opened { spec } => Ok((record.account, spec)),
-                _ => Err(StoreError::Corrupt(
-                    "a record marked as an opening is another change".into(),
-                )),
-            })
+            .map(|record| Ok((record.account, spec_of_opening(record)?)))
             .collect()
     }
 
@@ -1479,9 +1484,7 @@ impl Store for PgStore {
             account = replay_one(account, &record, unbig(seq), limits)?;
         }
         if let Some(account) = account.as_mut() {
-            account
-                .absorb_legs(&self.inner.legs.get(id))
-                .map_err(|e| StoreError::Corrupt(e.to_string().into()))?;
+            crate::legs::give(account, &self.inner.legs.get(id))?;
         }
         // Still the lease it was read under: otherwise another node may have written the
         // account meanwhile.
@@ -1525,16 +1528,8 @@ impl Store for PgStore {
                 .map_err(pg_err("looking an account up"))?
                 .map(|row| row.get(0)))
         })?;
-        match body.map(|b| decode_record(&b)).transpose()? {
-            None => Ok(None),
-            Some(Record {
-                change: Change::Opened { spec },
-                ..
-            }) => Ok(Some(spec)),
-            Some(_) => Err(StoreError::Corrupt(
-                "a record marked as an opening is another change".into(),
-            )),
-        }
+        body.map(|b| spec_of_opening(decode_record(&b)?))
+            .transpose()
     }
 
     fn save(&self, account: &Account) -> Result<(), StoreError> {
