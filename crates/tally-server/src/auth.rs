@@ -104,14 +104,18 @@ fn key_id(secret: &str) -> Option<u64> {
 
 /// Checks a bearer secret: the admin key, or a stored API key that is neither revoked nor
 /// expired.
-pub fn check_bearer(state: &AppState, secret: &str, now_ms: u64) -> Result<Principal, ApiError> {
+pub async fn check_bearer(
+    state: &AppState,
+    secret: &str,
+    now_ms: u64,
+) -> Result<Principal, ApiError> {
     let hash = hash_secret(secret);
     if bool::from(hash.ct_eq(&state.admin_hash)) {
         return Ok(Principal::Admin { key_id: 0 });
     }
     let refused = || ApiError::unauthenticated("the API key is not valid");
     let id = key_id(secret).ok_or_else(refused)?;
-    let key: ApiKey = state.registry.key(id).ok_or_else(refused)?;
+    let key: ApiKey = state.registry.key_fresh(id).await?.ok_or_else(refused)?;
     if !bool::from(key.hash.ct_eq(&hash)) {
         return Err(refused());
     }
@@ -142,7 +146,8 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
         .map_err(|e| ApiError::internal(format!("hashing a password: {e}")))
 }
 
-/// Passwords verified recently, by BLAKE3(email ‖ 0 ‖ password), with when they expire.
+/// Passwords verified recently, by BLAKE3(email ‖ 0 ‖ password ‖ 0 ‖ stored hash), with when
+/// they expire.
 #[derive(Default)]
 pub struct PasswordCache {
     verified: Mutex<HashMap<[u8; 32], (Instant, String)>>,
@@ -154,11 +159,15 @@ const PASSWORD_CACHE_TTL: Duration = Duration::from_secs(60);
 const PASSWORD_CACHE_MAX: usize = 10_000;
 
 impl PasswordCache {
-    fn key(email: &str, password: &str) -> [u8; 32] {
+    /// Over the stored hash too, so that a password changed on another node (sharing the
+    /// registry) is no longer taken once the change reaches this one.
+    fn key(email: &str, password: &str, stored_hash: &str) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
         h.update(email.as_bytes());
         h.update(&[0]);
         h.update(password.as_bytes());
+        h.update(&[0]);
+        h.update(stored_hash.as_bytes());
         *h.finalize().as_bytes()
     }
 
@@ -179,8 +188,12 @@ pub async fn check_basic(state: &AppState, value: &str) -> Result<Principal, Api
     let (email, password) = text
         .split_once(':')
         .ok_or_else(|| ApiError::unauthenticated("malformed Basic credentials"))?;
-    let user = state.registry.user(email).ok_or_else(refused)?;
-    let cache_key = PasswordCache::key(email, password);
+    let user = state
+        .registry
+        .user_fresh(email)
+        .await?
+        .ok_or_else(refused)?;
+    let cache_key = PasswordCache::key(email, password, &user.password_hash);
     {
         let cache = state.passwords.verified.lock();
         if let Some((until, _)) = cache.get(&cache_key) {
@@ -265,7 +278,7 @@ impl FromRequestParts<AppState> for Auth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match authorization(parts)? {
             Some((scheme, secret)) if scheme == "bearer" => {
-                check_bearer(state, &secret, state.now_ms()).map(Auth)
+                check_bearer(state, &secret, state.now_ms()).await.map(Auth)
             }
             Some(_) => Err(ApiError::unauthenticated(
                 "the native API takes `Authorization: Bearer <key>`",

@@ -71,9 +71,9 @@ pub struct ServerConfig {
     /// Dashboard: mark the session cookie `Secure` (set it when a TLS proxy fronts the
     /// server). Default false.
     pub cookie_secure: bool,
-    /// Keep the ledger in PostgreSQL (a libpq connection string) instead of `data_dir/ledger`;
-    /// the server's own state (names, keys, users, idempotency keys) stays in `data_dir`.
-    /// Default: none.
+    /// Keep the ledger in PostgreSQL (a libpq connection string) instead of `data_dir/ledger`,
+    /// and the server's own state (names, keys, users, idempotency keys, the tokens' secret)
+    /// there too, shared by every node on the schema. Default: none.
     pub postgres: Option<String>,
     /// The schema of the PostgreSQL ledger. Default `tally`.
     pub pg_schema: String,

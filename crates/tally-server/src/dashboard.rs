@@ -363,7 +363,7 @@ async fn account_holds(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
-    let id = state.account(&name)?;
+    let id = state.account(&name).await?;
     let account = state.tally.account(id).await?;
     let mut holds: Vec<&tally::Hold> = account.pending_holds().collect();
     holds.sort_by_key(|h| (h.expires_at, h.id.seq));
@@ -433,7 +433,7 @@ async fn account_queries(
     QueryParams(q): QueryParams<QueriesQuery>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
-    let id = state.account(&name)?;
+    let id = state.account(&name).await?;
     let limit = page_limit(q.limit, 100, ACCOUNTS_PAGE_MAX)?;
     let to_ms = q.to_ms.unwrap_or(u64::MAX);
     if to_ms <= q.from_ms {

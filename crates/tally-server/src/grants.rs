@@ -153,8 +153,8 @@ fn grants_json(state: &AppState, name: &str, g: &Grants, now: Timestamp) -> Valu
     })
 }
 
-fn user_of(state: &AppState, name: &str) -> Result<AccountId, ApiError> {
-    let id = state.account(name)?;
+async fn user_of(state: &AppState, name: &str) -> Result<AccountId, ApiError> {
+    let id = state.account(name).await?;
     match state.tally.spec(id).map(|s| s.kind) {
         Some(tally::AccountKind::User) => Ok(id),
         Some(kind) => Err(ApiError::new(
@@ -179,9 +179,9 @@ fn amount_of(field: &str, value: u64) -> Result<Amount, ApiError> {
     })
 }
 
-fn funding(state: &AppState, from: Option<String>) -> Result<AccountId, ApiError> {
+async fn funding(state: &AppState, from: Option<String>) -> Result<AccountId, ApiError> {
     let name = from.unwrap_or_else(|| crate::FUNDING_ACCOUNT_NAME.to_owned());
-    state.account(&name)
+    state.account(&name).await
 }
 
 /// Runs `f` under the request's `Idempotency-Key` (admin only; a retry is answered as first).
@@ -220,8 +220,8 @@ async fn issue_grant(
     let digest = body.digest.clone();
     admin_write(state, principal, headers, route, &digest, |op| async move {
         let req = body.value;
-        let id = user_of(&s, &name)?;
-        let from = funding(&s, req.from)?;
+        let id = user_of(&s, &name).await?;
+        let from = funding(&s, req.from).await?;
         let amount = amount_of("amount", req.amount)?;
         let ttl = match req.expires_in_s {
             None => None,
@@ -273,7 +273,7 @@ async fn list_grants(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
-    let id = user_of(&state, &name)?;
+    let id = user_of(&state, &name).await?;
     let g = state.tally.grants(id).await?;
     Ok(Json(grants_json(&state, &name, &g, state.tally.now())))
 }
@@ -297,9 +297,9 @@ async fn set_allowance(
     let digest = body.digest.clone();
     admin_write(state, principal, headers, route, &digest, |op| async move {
         let req = body.value;
-        let id = user_of(&s, &name)?;
+        let id = user_of(&s, &name).await?;
         let allowance = Allowance {
-            from: funding(&s, req.from)?,
+            from: funding(&s, req.from).await?,
             amount: amount_of("amount", req.amount)?,
             period: crate::metering::period_of(
                 "period",
@@ -332,7 +332,7 @@ async fn remove_allowance(
     let s = state.clone();
     let digest = crate::registry::BodyDigest::default();
     admin_write(state, principal, headers, route, &digest, |op| async move {
-        let id = user_of(&s, &name)?;
+        let id = user_of(&s, &name).await?;
         if s.tally.grants(id).await?.allowance.is_none() {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -102,9 +102,29 @@ impl AppState {
         admin_key: &str,
     ) -> Result<AppState, String> {
         let now_ms = tally.now().0;
-        let registry =
-            Registry::open(data_dir, config.sync, config.registry_limits(), now_ms).await?;
-        let jwt_secret = config::load_or_create_secret(&data_dir.join("jwt.secret"))?;
+        let registry = match &config.postgres {
+            Some(url) => {
+                let shared = registry::SharedConfig {
+                    url: url.clone(),
+                    schema: config.pg_schema.clone(),
+                };
+                Registry::open_shared(&shared, data_dir, config.registry_limits(), now_ms).await?
+            }
+            None => Registry::open(data_dir, config.sync, config.registry_limits(), now_ms).await?,
+        };
+        // Nodes sharing a registry share the tokens' signing secret (a token made on one is
+        // good on every other); a lone server keeps it in its data directory.
+        let jwt_path = data_dir.join("jwt.secret");
+        let mut fresh = [0u8; 32];
+        rand::fill(&mut fresh);
+        let jwt_secret = match registry
+            .shared_secret("jwt", &fresh)
+            .await
+            .map_err(|e| e.message)?
+        {
+            Some(secret) => secret,
+            None => config::load_or_create_secret(&jwt_path)?,
+        };
         let started_after = tally.trail_head().0;
         let state = AppState(Arc::new(StateInner {
             events: events::EventLog::new(started_after),
@@ -123,6 +143,9 @@ impl AppState {
             metrics: metrics::install(),
             config,
         }));
+        if state.registry.is_shared() {
+            spawn_registry_ticker(&state);
+        }
         let imported = metering::import_registry_prices(&state).await?;
         if imported > 0 {
             tracing::info!(
@@ -148,8 +171,13 @@ impl AppState {
         self.tally.now().0
     }
 
-    /// The account a name maps to, or 404 `unknown_account`.
-    pub fn account(&self, name: &str) -> Result<AccountId, ApiError> {
+    /// The account a name maps to, or 404 `unknown_account` (a shared registry is brought up
+    /// to date first: the name may have been mapped on another node a moment ago).
+    pub async fn account(&self, name: &str) -> Result<AccountId, ApiError> {
+        if let Some(id) = self.registry.account(name) {
+            return Ok(id);
+        }
+        self.registry.refresh().await?;
         self.registry.account(name).ok_or_else(|| {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
@@ -160,8 +188,32 @@ impl AppState {
         })
     }
 
-    /// The name of an account id (its number if it has none).
+    /// The name of an account id (its number if it has none; on a shared registry, a name
+    /// mapped on another node within the last poll may show as its number).
     pub fn name(&self, id: AccountId) -> String {
         self.registry.name(id).unwrap_or_else(|| id.0.to_string())
     }
+}
+
+/// Keeps a shared registry up to date with the other nodes (every
+/// [`registry::SHARED_POLL_EVERY`]) until the server closes or the state is dropped.
+fn spawn_registry_ticker(state: &AppState) {
+    let weak = Arc::downgrade(&state.0);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(registry::SHARED_POLL_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(state) = weak.upgrade() else {
+                return;
+            };
+            if *state.closing.borrow() {
+                return;
+            }
+            let now_ms = state.tally.now().0;
+            if let Err(e) = state.registry.tick(now_ms).await {
+                tracing::warn!(error = %e.message, "bringing the shared registry up to date failed");
+            }
+        }
+    });
 }

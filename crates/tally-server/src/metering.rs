@@ -355,9 +355,10 @@ async fn set_price(
     body: Body<SetPrice>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let checked = principal.require_admin().and_then(|()| {
+    let checked = async {
+        principal.require_admin()?;
         let req = &body.value;
-        let app = state.account(&req.app)?;
+        let app = state.account(&req.app).await?;
         if req.endpoint.len() > 128 {
             return Err(ApiError::invalid_field(
                 "endpoint",
@@ -365,7 +366,8 @@ async fn set_price(
             ));
         }
         Ok((app, to_price(&req.price)?))
-    });
+    }
+    .await;
     let (app, price) = match checked {
         Ok(checked) => checked,
         Err(e) => return e.into_response(),
@@ -418,7 +420,7 @@ async fn get_price(
     if let Principal::User { .. } = principal {
         return Err(ApiError::forbidden("this needs an admin or service key"));
     }
-    let app = state.account(&q.app)?;
+    let app = state.account(&q.app).await?;
     let pinned = state.tally.price(app, &q.endpoint).await?.ok_or_else(|| {
         ApiError::from(tally::Error::NoPrice {
             app,
@@ -459,12 +461,12 @@ async fn quote(
         return Err(ApiError::forbidden("this needs an admin or service key"));
     }
     let req = body.value;
-    let app = state.account(&req.app)?;
+    let app = state.account(&req.app).await?;
     let account = match &req.account {
         Some(name) => {
             // An app reads its own users' counts only.
             principal.require_app(app)?;
-            Some(state.account(name)?)
+            Some(state.account(name).await?)
         }
         None => None,
     };
@@ -512,8 +514,8 @@ async fn affordable(
     body: Body<AffordableRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let req = body.value;
-    let account = state.account(&req.account)?;
-    let app = state.account(&req.app)?;
+    let account = state.account(&req.account).await?;
+    let app = state.account(&req.app).await?;
     principal.require_app(app)?;
     let maximize = tally::UsageField::parse(&req.maximize).ok_or_else(|| {
         ApiError::new(
@@ -587,8 +589,8 @@ async fn start_meter(
         1,
         |op| async move {
             let req = body.value;
-            let account = s.account(&req.account)?;
-            let app = s.account(&req.app)?;
+            let account = s.account(&req.account).await?;
+            let app = s.account(&req.app).await?;
             p.require_app(app)?;
             let max_usage = Usage::from(req.max_usage);
             let price = s.tally.price(app, &req.endpoint).await?.ok_or_else(|| {
@@ -779,7 +781,7 @@ pub struct UsageParams {
     pub n: Option<usize>,
 }
 
-fn usage_query(state: &AppState, p: &UsageParams) -> Result<UsageQuery, ApiError> {
+async fn usage_query(state: &AppState, p: &UsageParams) -> Result<UsageQuery, ApiError> {
     let granularity = match p.granularity.as_str() {
         "minute" => Granularity::Minute,
         "hour" => Granularity::Hour,
@@ -798,8 +800,12 @@ fn usage_query(state: &AppState, p: &UsageParams) -> Result<UsageQuery, ApiError
         ));
     }
     let mut q = UsageQuery::new(granularity, Timestamp(p.from_ms), Timestamp(p.to_ms));
-    q.account = p.account.as_deref().map(|a| state.account(a)).transpose()?;
-    q.app = p.app.as_deref().map(|a| state.account(a)).transpose()?;
+    if let Some(a) = p.account.as_deref() {
+        q.account = Some(state.account(a).await?);
+    }
+    if let Some(a) = p.app.as_deref() {
+        q.app = Some(state.account(a).await?);
+    }
     q.endpoint = p.endpoint.clone();
     Ok(q)
 }
@@ -833,7 +839,7 @@ async fn usage(
     Auth(principal): Auth,
     QueryParams(p): QueryParams<UsageParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let q = usage_query(&state, &p)?;
+    let q = usage_query(&state, &p).await?;
     match (&principal, q.app) {
         (Principal::Admin { .. }, _) => {}
         (Principal::Service { app, .. }, Some(asked)) if *app == asked => {}
@@ -868,7 +874,7 @@ async fn top_users(
     QueryParams(p): QueryParams<UsageParams>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
-    let q = usage_query(&state, &p)?;
+    let q = usage_query(&state, &p).await?;
     let n = p.n.unwrap_or(10);
     if n == 0 || n > 1_000 {
         return Err(ApiError::invalid_field("n", "n must be 1 to 1,000"));
@@ -912,7 +918,7 @@ async fn balance_history(
     QueryParams(p): QueryParams<BalanceHistoryParams>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
-    let id = state.account(&name)?;
+    let id = state.account(&name).await?;
     let limit = p.limit.unwrap_or(1_000);
     if limit == 0 || limit > 10_000 {
         return Err(ApiError::invalid_field(
@@ -994,7 +1000,7 @@ async fn account_periods(
     if let Principal::User { .. } = principal {
         return Err(ApiError::forbidden("this needs an admin or service key"));
     }
-    let id = state.account(&name)?;
+    let id = state.account(&name).await?;
     let account = state.tally.account(id).await?;
     let mut rows = Vec::new();
     for (app, endpoint, _) in account.period_uses() {

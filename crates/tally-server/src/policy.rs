@@ -116,7 +116,7 @@ fn required(field: &str, value: Option<Option<u64>>) -> Result<Option<u64>, ApiE
 }
 
 async fn account_of(state: &AppState, name: &str) -> Result<(AccountId, Kind), ApiError> {
-    let id = state.account(name)?;
+    let id = state.account(name).await?;
     let spec = state
         .tally
         .spec(id)

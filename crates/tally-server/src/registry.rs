@@ -15,6 +15,15 @@
 //!
 //! Writes without a key get a fresh operation id: `epoch << 64 | counter`, where the epoch is
 //! journaled once per start, so no id is ever reused across restarts.
+//!
+//! A server whose ledger is in PostgreSQL keeps this state there instead, shared by every node
+//! over the same schema: see [`shared`].
+
+mod shared;
+
+pub use shared::{
+    SharedConfig, CONNECTIONS as SHARED_CONNECTIONS, POLL_EVERY as SHARED_POLL_EVERY,
+};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -320,13 +329,25 @@ pub const FIRST_NAMED_ID: u64 = 1_000;
 
 /// The server's durable state. See the module docs.
 pub struct Registry {
-    journal: Journal,
-    idem_journal: Journal,
+    backend: Backend,
     inner: RwLock<Inner>,
     op_next: AtomicU64,
     epoch: AtomicU64,
     limits: RegistryLimits,
 }
+
+enum Backend {
+    /// Two journals in the data directory.
+    Local {
+        journal: Journal,
+        idem_journal: Journal,
+    },
+    /// Tables in PostgreSQL, shared with the other nodes.
+    Shared(shared::Shared),
+}
+
+/// When the shared registry last swept its idempotency keys (ms), per registry.
+const SWEEP_EVERY_MS: u64 = 60_000;
 
 fn encode(entry: &Entry) -> Result<Vec<u8>, ApiError> {
     postcard::to_extend(entry, vec![FORMAT_VERSION])
@@ -372,6 +393,11 @@ impl Inner {
             Entry::Boot { epoch, .. } => self.epoch = self.epoch.max(epoch),
             Entry::Name { name, id } => {
                 self.id_next = self.id_next.max(id.0.saturating_add(1));
+                // The first mapping of a name (or of an id) stands: nodes sharing a registry
+                // may both propose one, and the log's order decides.
+                if self.names.contains_key(&name) || self.ids.contains_key(&id) {
+                    return;
+                }
                 self.ids.insert(id, name.clone());
                 self.names.insert(name, id);
             }
@@ -407,7 +433,8 @@ impl Inner {
                 );
             }
             Entry::User(user) => {
-                self.users.insert(user.email.clone(), user);
+                // The first sign-up of an email stands (see names).
+                self.users.entry(user.email.clone()).or_insert(user);
             }
             Entry::IdemResponse {
                 principal,
@@ -571,54 +598,186 @@ impl Registry {
             .epoch
             .checked_add(1)
             .ok_or("operation-id epochs exhausted")?;
-        let registry = Registry {
-            journal,
-            idem_journal,
-            inner: RwLock::new(inner),
-            op_next: AtomicU64::new(0),
-            epoch: AtomicU64::new(epoch),
-            limits,
-        };
         let boot = encode(&Entry::Boot {
             epoch,
             at_ms: now_ms,
         })
         .map_err(|e| e.message)?;
-        let seq = registry
-            .journal
+        let seq = journal
             .append(&boot)
             .map_err(|e| format!("recording the start: {e}"))?;
-        registry.inner.write().epoch = epoch;
+        inner.epoch = epoch;
         // The epoch must be durable before any id of it is handed out.
-        registry
-            .journal
+        journal
             .wait_durable(seq)
             .await
             .map_err(|e| format!("recording the start: {e}"))?;
+        Ok(Registry {
+            backend: Backend::Local {
+                journal,
+                idem_journal,
+            },
+            inner: RwLock::new(inner),
+            op_next: AtomicU64::new(0),
+            epoch: AtomicU64::new(epoch),
+            limits,
+        })
+    }
+
+    /// Opens the registry shared by the nodes over `config`'s schema, creating its tables if
+    /// missing. A new shared registry takes in what a local one in `data_dir` holds (names,
+    /// keys, users, Syft transactions), so a server moving its ledger to PostgreSQL keeps
+    /// them; idempotency keys stay behind (they live a day).
+    pub async fn open_shared(
+        config: &SharedConfig,
+        data_dir: &Path,
+        limits: RegistryLimits,
+        now_ms: u64,
+    ) -> Result<Registry, String> {
+        let (import, max_id, max_key) = local_entries(data_dir)?;
+        let shared = shared::Shared::open(config, &import, max_id, max_key).await?;
+        let epoch = shared.epoch().await.map_err(|e| e.message)?;
+        let inner = Inner {
+            id_next: FIRST_NAMED_ID,
+            idem_trimmed_ms: now_ms,
+            txns_max: limits.txns_max.max(1),
+            epoch,
+            ..Inner::default()
+        };
+        let registry = Registry {
+            backend: Backend::Shared(shared),
+            inner: RwLock::new(inner),
+            op_next: AtomicU64::new(0),
+            epoch: AtomicU64::new(epoch),
+            limits,
+        };
+        registry.refresh().await.map_err(|e| e.message)?;
         Ok(registry)
     }
 
-    /// Appends an entry and applies it to memory under one lock (so memory changes in journal
-    /// order, as a replay will), then waits until it is durable.
-    async fn record(&self, entry: Entry) -> Result<(), ApiError> {
-        let bytes = encode(&entry)?;
-        let seq = {
-            let mut inner = self.inner.write();
-            let seq = self.journal.append(&bytes).map_err(journal_error)?;
-            inner.apply(entry);
-            seq
+    /// Whether the registry is shared with other nodes (in PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Shared(_))
+    }
+
+    /// Applies what other nodes added to a shared registry since the last look (at most one
+    /// catch-up at a time; entries apply in the log's order). Nothing to do locally.
+    pub async fn refresh(&self) -> Result<(), ApiError> {
+        self.catch_up(None).await
+    }
+
+    async fn catch_up(&self, to: Option<i64>) -> Result<(), ApiError> {
+        let Backend::Shared(shared) = &self.backend else {
+            return Ok(());
         };
-        self.durable(seq).await
+        let asked = std::time::Instant::now();
+        let mut applied = shared.applied.lock().await;
+        // Misses that pile up share one read: one that began after this was asked saw all
+        // this one would.
+        if to.is_none() && applied.read_at.is_some_and(|at| at >= asked) {
+            return Ok(());
+        }
+        loop {
+            if to.is_some_and(|to| applied.seq >= to) {
+                return Ok(());
+            }
+            applied.read_at = Some(std::time::Instant::now());
+            let page = shared.read_after(applied.seq).await?;
+            if page.is_empty() {
+                return match to {
+                    Some(to) => Err(ApiError::internal(format!(
+                        "registry log entry {to} is committed but not found after {}",
+                        applied.seq
+                    ))),
+                    None => Ok(()),
+                };
+            }
+            let mut inner = self.inner.write();
+            for (seq, entry) in page {
+                inner.apply(entry);
+                applied.seq = seq;
+            }
+        }
+    }
+
+    /// A shared registry's periodic work: other nodes' changes, and every minute the sweep of
+    /// expired idempotency keys. Nothing to do locally.
+    pub async fn tick(&self, now_ms: u64) -> Result<(), ApiError> {
+        let Backend::Shared(shared) = &self.backend else {
+            return Ok(());
+        };
+        self.refresh().await?;
+        let sweep = {
+            let mut inner = self.inner.write();
+            let due = now_ms.saturating_sub(inner.idem_trimmed_ms) >= SWEEP_EVERY_MS;
+            if due {
+                inner.idem_trimmed_ms = now_ms;
+            }
+            due
+        };
+        if sweep {
+            let horizon = now_ms.saturating_sub(self.limits.idempotency_retention_ms);
+            shared.sweep(horizon).await?;
+        }
+        Ok(())
+    }
+
+    /// A secret every node shares (a shared registry), made from `fresh` by the first node to
+    /// ask; `None` for a local registry (the caller keeps its secret in the data directory).
+    pub async fn shared_secret(
+        &self,
+        name: &str,
+        fresh: &[u8],
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        match &self.backend {
+            Backend::Shared(shared) => shared.secret(name, fresh).await.map(Some),
+            Backend::Local { .. } => Ok(None),
+        }
+    }
+
+    /// Appends an entry and applies it to memory under one lock (so memory changes in journal
+    /// order, as a replay will), then waits until it is durable. Shared: appends it to the
+    /// log and applies the log up to it.
+    async fn record(&self, entry: Entry) -> Result<(), ApiError> {
+        match &self.backend {
+            Backend::Local { journal, .. } => {
+                let bytes = encode(&entry)?;
+                let seq = {
+                    let mut inner = self.inner.write();
+                    let seq = journal.append(&bytes).map_err(journal_error)?;
+                    inner.apply(entry);
+                    seq
+                };
+                self.durable(seq).await
+            }
+            Backend::Shared(shared) => {
+                let seq = shared.append(&entry).await?;
+                self.catch_up(Some(seq)).await
+            }
+        }
     }
 
     async fn durable(&self, seq: u64) -> Result<(), ApiError> {
-        self.journal.wait_durable(seq).await.map_err(journal_error)
+        match &self.backend {
+            Backend::Local { journal, .. } => {
+                journal.wait_durable(seq).await.map_err(journal_error)
+            }
+            Backend::Shared(_) => Ok(()),
+        }
     }
 
-    /// Closes the registry's journals (syncing what is queued).
+    /// Closes the registry's journals (syncing what is queued); a shared registry's
+    /// connections close as it drops.
     pub fn close(&self) -> Result<(), String> {
-        let idem = self.idem_journal.clone().close().map_err(|e| e.to_string());
-        self.journal.clone().close().map_err(|e| e.to_string())?;
+        let Backend::Local {
+            journal,
+            idem_journal,
+        } = &self.backend
+        else {
+            return Ok(());
+        };
+        let idem = idem_journal.clone().close().map_err(|e| e.to_string());
+        journal.clone().close().map_err(|e| e.to_string())?;
         idem
     }
 
@@ -660,6 +819,24 @@ impl Registry {
     /// The account a name maps to, mapping it (durably) to a new id if it is new. Returns the
     /// id and whether it was new.
     pub async fn map_name(&self, name: &str) -> Result<(AccountId, bool), ApiError> {
+        let journal = match &self.backend {
+            Backend::Local { journal, .. } => journal,
+            Backend::Shared(shared) => {
+                if let Some(id) = self.account(name) {
+                    return Ok((id, false));
+                }
+                let proposed = AccountId(shared.name_id().await?);
+                self.record(Entry::Name {
+                    name: name.to_owned(),
+                    id: proposed,
+                })
+                .await?;
+                let id = self.account(name).ok_or_else(|| {
+                    ApiError::internal(format!("name {name:?} is not mapped after its entry"))
+                })?;
+                return Ok((id, id == proposed));
+            }
+        };
         let (id, seq) = {
             let mut inner = self.inner.write();
             if let Some(id) = inner.names.get(name) {
@@ -670,10 +847,7 @@ impl Registry {
                 name: name.to_owned(),
                 id,
             };
-            let seq = self
-                .journal
-                .append(&encode(&entry)?)
-                .map_err(journal_error)?;
+            let seq = journal.append(&encode(&entry)?).map_err(journal_error)?;
             inner.apply(entry);
             (id, seq)
         };
@@ -704,29 +878,51 @@ impl Registry {
         width: u64,
         now_ms: u64,
     ) -> Result<Begin, ApiError> {
-        let (op, seq, trim) = match self.begin_locked(principal, key, route, body, width, now_ms)? {
-            Step::Cached(begin) => return Ok(begin),
-            Step::Wait { op, seq, trim } => (op, seq, trim),
+        let idem_journal = match &self.backend {
+            Backend::Local { idem_journal, .. } => idem_journal,
+            Backend::Shared(shared) => {
+                let horizon = now_ms.saturating_sub(self.limits.idempotency_retention_ms);
+                let op = self.fresh_ops(width);
+                return shared
+                    .begin(
+                        principal,
+                        key,
+                        route,
+                        body,
+                        op,
+                        now_ms,
+                        horizon,
+                        self.limits.idempotency_keys_max,
+                    )
+                    .await;
+            }
         };
+        let (op, seq, trim) =
+            match self.begin_locked(idem_journal, principal, key, route, body, width, now_ms)? {
+                Step::Cached(begin) => return Ok(begin),
+                Step::Wait { op, seq, trim } => (op, seq, trim),
+            };
         if let Some(before) = trim {
             // Whole segments of keys older than the oldest remembered one: a few unlinks and
             // a directory sync, off the request path.
-            let journal = self.idem_journal.clone();
+            let journal = idem_journal.clone();
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = journal.trim_before(before) {
                     tracing::warn!(error = %e, "trimming the idempotency journal failed");
                 }
             });
         }
-        self.idem_journal
+        idem_journal
             .wait_durable(seq)
             .await
             .map_err(journal_error)?;
         Ok(Begin::Run { op })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn begin_locked(
         &self,
+        idem_journal: &Journal,
         principal: &str,
         key: &str,
         route: &str,
@@ -742,7 +938,7 @@ impl Registry {
                 inner
                     .idem_order
                     .front()
-                    .map_or_else(|| self.idem_journal.last_seq().saturating_add(1), |f| f.1),
+                    .map_or_else(|| idem_journal.last_seq().saturating_add(1), |f| f.1),
             )
         } else {
             None
@@ -786,8 +982,7 @@ impl Registry {
         };
         // Appended under the lock, so a concurrent first use of the same key finds this entry
         // and waits for the same record.
-        let seq = self
-            .idem_journal
+        let seq = idem_journal
             .append(&encode(&entry)?)
             .map_err(journal_error)?;
         inner
@@ -812,6 +1007,15 @@ impl Registry {
     /// is appended to the idempotency journal (not waited for: if it is lost in a crash, a
     /// retry runs the same operation id again and the ledger answers with its first outcome).
     pub fn finish(&self, principal: &str, key: &str, status: u16, body: Vec<u8>) {
+        let idem_journal = match &self.backend {
+            Backend::Local { idem_journal, .. } => idem_journal,
+            Backend::Shared(shared) => {
+                if body.len() <= RESPONSE_BYTES_KEPT_MAX {
+                    shared.finish(principal, key, status, body);
+                }
+                return;
+            }
+        };
         let mut inner = self.inner.write();
         let k = (principal.to_owned(), key.to_owned());
         let Some(entry) = inner.idem.get_mut(&k) else {
@@ -830,7 +1034,7 @@ impl Registry {
             body,
         };
         if let Ok(bytes) = encode(&record) {
-            if let Err(e) = self.idem_journal.append(&bytes) {
+            if let Err(e) = idem_journal.append(&bytes) {
                 tracing::warn!(error = %e, "recording an idempotent response failed");
             }
         }
@@ -838,7 +1042,10 @@ impl Registry {
 
     /// Idempotency keys remembered now.
     pub fn idempotency_keys(&self) -> usize {
-        self.inner.read().idem.len()
+        match &self.backend {
+            Backend::Local { .. } => self.inner.read().idem.len(),
+            Backend::Shared(shared) => shared.keys_remembered(),
+        }
     }
 
     /// Stores a new API key.
@@ -853,6 +1060,14 @@ impl Registry {
         &self,
         make: impl FnOnce(u64) -> (ApiKey, T),
     ) -> Result<(ApiKey, T), ApiError> {
+        let journal = match &self.backend {
+            Backend::Local { journal, .. } => journal,
+            Backend::Shared(shared) => {
+                let (key, extra) = make(shared.key_id().await?);
+                self.record(Entry::Key(key.clone())).await?;
+                return Ok((key, extra));
+            }
+        };
         let (key, extra, seq) = {
             let mut inner = self.inner.write();
             let id = inner
@@ -862,10 +1077,7 @@ impl Registry {
                 .map_or(1, |id| id.saturating_add(1));
             let (key, extra) = make(id);
             let entry = Entry::Key(key.clone());
-            let seq = self
-                .journal
-                .append(&encode(&entry)?)
-                .map_err(journal_error)?;
+            let seq = journal.append(&encode(&entry)?).map_err(journal_error)?;
             inner.apply(entry);
             (key, extra, seq)
         };
@@ -878,6 +1090,34 @@ impl Registry {
         self.inner.read().keys.get(&id).cloned()
     }
 
+    /// A key by id, bringing a shared registry up to date first if it is not known here (it
+    /// may have been made on another node a moment ago).
+    pub async fn key_fresh(&self, id: u64) -> Result<Option<ApiKey>, ApiError> {
+        if let Some(key) = self.key(id) {
+            return Ok(Some(key));
+        }
+        self.refresh().await?;
+        Ok(self.key(id))
+    }
+
+    /// A user by email, bringing a shared registry up to date first if it is not known here.
+    pub async fn user_fresh(&self, email: &str) -> Result<Option<User>, ApiError> {
+        if let Some(user) = self.user(email) {
+            return Ok(Some(user));
+        }
+        self.refresh().await?;
+        Ok(self.user(email))
+    }
+
+    /// A Syft transaction, bringing a shared registry up to date first if it is not known here.
+    pub async fn txn_fresh(&self, hold: tally::HoldId) -> Result<Option<Txn>, ApiError> {
+        if let Some(txn) = self.txn(hold) {
+            return Ok(Some(txn));
+        }
+        self.refresh().await?;
+        Ok(self.txn(hold))
+    }
+
     /// Every key, revoked ones included.
     pub fn keys(&self) -> Vec<ApiKey> {
         self.inner.read().keys.values().cloned().collect()
@@ -885,7 +1125,10 @@ impl Registry {
 
     /// Revokes a key; false if there is none with that id.
     pub async fn revoke_key(&self, id: u64) -> Result<bool, ApiError> {
-        if !self.inner.write().keys.contains_key(&id) {
+        if self.key(id).is_none() {
+            self.refresh().await?;
+        }
+        if !self.inner.read().keys.contains_key(&id) {
             return Ok(false);
         }
         self.record(Entry::KeyRevoked { id }).await?;
@@ -904,16 +1147,25 @@ impl Registry {
 
     /// Stores a new user; false if the email is taken.
     pub async fn add_user(&self, user: User) -> Result<bool, ApiError> {
+        let journal = match &self.backend {
+            Backend::Local { journal, .. } => journal,
+            Backend::Shared(_) => {
+                if self.user(&user.email).is_some() {
+                    return Ok(false);
+                }
+                let (email, hash) = (user.email.clone(), user.password_hash.clone());
+                self.record(Entry::User(user)).await?;
+                // Ours stands unless another node's sign-up of the email came first.
+                return Ok(self.user(&email).is_some_and(|u| u.password_hash == hash));
+            }
+        };
         let seq = {
             let mut inner = self.inner.write();
             if inner.users.contains_key(&user.email) {
                 return Ok(false);
             }
             let entry = Entry::User(user);
-            let seq = self
-                .journal
-                .append(&encode(&entry)?)
-                .map_err(journal_error)?;
+            let seq = journal.append(&encode(&entry)?).map_err(journal_error)?;
             inner.apply(entry);
             seq
         };
@@ -1017,14 +1269,58 @@ impl Registry {
 
     /// The registry journals' queues: appended, not yet durable.
     pub fn durable_lag(&self) -> u64 {
+        let Backend::Local {
+            journal,
+            idem_journal,
+        } = &self.backend
+        else {
+            return 0;
+        };
         let lag = |j: &Journal| j.last_seq().saturating_sub(j.durable().borrow().seq);
-        lag(&self.journal).saturating_add(lag(&self.idem_journal))
+        lag(journal).saturating_add(lag(idem_journal))
     }
 
-    /// The oldest idempotency journal record still needed (for tests of the trim).
+    /// The oldest idempotency journal record still needed (for tests of the trim; 0 for a
+    /// shared registry).
     pub fn idempotency_first_seq(&self) -> u64 {
-        self.idem_journal.first_seq()
+        match &self.backend {
+            Backend::Local { idem_journal, .. } => idem_journal.first_seq(),
+            Backend::Shared(_) => 0,
+        }
     }
+}
+
+/// What a local registry in `data_dir` holds that a new shared one takes in (names, keys,
+/// users, Syft transactions; not the start records, idempotency keys or legacy prices), with
+/// the highest account id named and the highest key id.
+fn local_entries(data_dir: &Path) -> Result<(Vec<Vec<u8>>, u64, u64), String> {
+    let dir = data_dir.join("server");
+    let mut kept = Vec::new();
+    let (mut max_id, mut max_key) = (0, 0);
+    if !dir.exists() {
+        return Ok((kept, max_id, max_key));
+    }
+    let (journal, _) = Journal::open(JournalConfig::new(&dir), |_seq, payload| {
+        let entry = decode(payload)?;
+        match &entry {
+            Entry::Name { id, .. } => max_id = max_id.max(id.0),
+            Entry::Key(key) => max_key = max_key.max(key.id),
+            Entry::KeyRevoked { .. }
+            | Entry::User(_)
+            | Entry::UserPassword { .. }
+            | Entry::UserOrganization { .. }
+            | Entry::Txn(_)
+            | Entry::TxnResolved { .. } => {}
+            _ => return Ok(()),
+        }
+        kept.push(payload.to_vec());
+        Ok(())
+    })
+    .map_err(|e| format!("reading the local registry in {}: {e}", dir.display()))?;
+    journal
+        .close()
+        .map_err(|e| format!("closing the local registry: {e}"))?;
+    Ok((kept, max_id, max_key))
 }
 
 enum Step {

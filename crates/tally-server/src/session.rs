@@ -238,7 +238,7 @@ async fn sign_in(
         ));
     }
     let now_ms = state.now_ms();
-    let principal = check_bearer(&state, &body.value.key, now_ms)?;
+    let principal = check_bearer(&state, &body.value.key, now_ms).await?;
     let key_id = match principal {
         Principal::Admin { key_id } => key_id,
         _ => {

@@ -271,10 +271,12 @@ async fn basic_user(state: &AppState, headers: &HeaderMap) -> SyftResult<(String
     }
 }
 
-fn admin(state: &AppState, headers: &HeaderMap) -> SyftResult<()> {
+async fn admin(state: &AppState, headers: &HeaderMap) -> SyftResult<()> {
     match scheme(headers)? {
         Some((s, secret)) if s == "bearer" => {
-            auth::check_bearer(state, &secret, state.now_ms())?.require_admin()?;
+            auth::check_bearer(state, &secret, state.now_ms())
+                .await?
+                .require_admin()?;
             Ok(())
         }
         Some(_) => Err(ApiError::unauthenticated("this call takes `Bearer <admin key>`").into()),
@@ -392,7 +394,7 @@ async fn create_user(
     body: SyftBytes,
 ) -> SyftResult<Response> {
     if headers.contains_key(axum::http::header::AUTHORIZATION) || !state.config.open_signup {
-        admin(&state, &headers)?;
+        admin(&state, &headers).await?;
     }
     let req: CreateUser = parse_body(&body)?;
     check_email(&req.email)?;
@@ -458,8 +460,8 @@ async fn hash_blocking(state: &AppState, password: String) -> SyftResult<String>
         .map_err(SyftError)
 }
 
-fn user_named(state: &AppState, email: &str) -> SyftResult<User> {
-    state.registry.user(email).ok_or_else(|| {
+async fn user_named(state: &AppState, email: &str) -> SyftResult<User> {
+    state.registry.user_fresh(email).await?.ok_or_else(|| {
         SyftError(
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -484,10 +486,10 @@ async fn add_balance(
     headers: HeaderMap,
     body: SyftBytes,
 ) -> SyftResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let req: AddBalance = parse_body(&body)?;
     let amount = amount_of(&req.amount)?;
-    let user = user_named(&state, &req.recipient_email)?;
+    let user = user_named(&state, &req.recipient_email).await?;
     let request = Request {
         op: state.registry.fresh_op(),
         command: Command::Fund {
@@ -519,7 +521,7 @@ async fn wrapped_user(state: &AppState, user: &User) -> SyftResult<Response> {
 
 async fn v1_my_info(State(state): State<AppState>, headers: HeaderMap) -> SyftResult<Response> {
     let (email, _) = basic_user(&state, &headers).await?;
-    wrapped_user(&state, &user_named(&state, &email)?).await
+    wrapped_user(&state, &user_named(&state, &email).await?).await
 }
 
 async fn v1_get_user(
@@ -527,12 +529,12 @@ async fn v1_get_user(
     headers: HeaderMap,
     Path(email): Path<String>,
 ) -> SyftResult<Response> {
-    admin(&state, &headers)?;
-    wrapped_user(&state, &user_named(&state, &email)?).await
+    admin(&state, &headers).await?;
+    wrapped_user(&state, &user_named(&state, &email).await?).await
 }
 
 async fn v1_users(State(state): State<AppState>, headers: HeaderMap) -> SyftResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     #[derive(Serialize)]
     struct Users {
         users: Vec<UserOut>,
@@ -555,7 +557,7 @@ async fn update_password(state: &AppState, headers: &HeaderMap, body: &[u8]) -> 
     let (email, _) = basic_user(state, headers).await?;
     let req: UpdatePassword = parse_body(body)?;
     check_password(&req.new_password, "newPassword")?;
-    let user = user_named(state, &email)?;
+    let user = user_named(state, &email).await?;
     let stored = user.password_hash.clone();
     let old = req.old_password.clone();
     let slot = auth::argon2_slot(state)?;
@@ -578,7 +580,7 @@ async fn update_password(state: &AppState, headers: &HeaderMap, body: &[u8]) -> 
     let hash = hash_blocking(state, req.new_password).await?;
     state.registry.set_password(&email, hash).await?;
     state.passwords.forget(&email);
-    user_named(state, &email)
+    user_named(state, &email).await
 }
 
 #[derive(Deserialize)]
@@ -599,7 +601,7 @@ async fn update_organization(
         .registry
         .set_organization(&email, req.organization)
         .await?;
-    user_named(state, &email)
+    user_named(state, &email).await
 }
 
 async fn v1_update_password(
@@ -622,7 +624,7 @@ async fn v1_update_organization(
 
 async fn v2_user(State(state): State<AppState>, headers: HeaderMap) -> SyftResult<Response> {
     let (email, _) = basic_user(&state, &headers).await?;
-    let out = user_out(&state, &user_named(&state, &email)?).await?;
+    let out = user_out(&state, &user_named(&state, &email).await?).await?;
     Ok(json_out(StatusCode::OK, &out))
 }
 
@@ -670,7 +672,7 @@ async fn create_token(
 ) -> SyftResult<Response> {
     let (email, _) = basic_user(&state, &headers).await?;
     let req: CreateToken = parse_body(&body)?;
-    user_named(&state, &req.recipient_email)?;
+    user_named(&state, &req.recipient_email).await?;
     if req.recipient_email == email {
         return Err(unprocessable(
             "recipientEmail",
@@ -849,8 +851,8 @@ async fn create_txn(
     app_name: Option<String>,
     app_ep_path: Option<String>,
 ) -> SyftResult<Txn> {
-    let s = user_named(state, sender)?;
-    let r = user_named(state, recipient)?;
+    let s = user_named(state, sender).await?;
+    let r = user_named(state, recipient).await?;
     if s.account == r.account {
         return Err(unprocessable(
             "recipientEmail",
@@ -905,7 +907,7 @@ async fn create_txn(
     Ok(txn)
 }
 
-fn txn_for(state: &AppState, id: &str, email: &str) -> SyftResult<(HoldId, Txn, Party)> {
+async fn txn_for(state: &AppState, id: &str, email: &str) -> SyftResult<(HoldId, Txn, Party)> {
     let not_found = || {
         SyftError(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -914,7 +916,11 @@ fn txn_for(state: &AppState, id: &str, email: &str) -> SyftResult<(HoldId, Txn, 
         ))
     };
     let hold = parse_hold(id).map_err(|_| not_found())?;
-    let t = state.registry.txn(hold).ok_or_else(not_found)?;
+    let t = state
+        .registry
+        .txn_fresh(hold)
+        .await?
+        .ok_or_else(not_found)?;
     let party = if t.sender == email {
         Party::Sender
     } else if t.recipient == email {
@@ -935,7 +941,7 @@ enum Resolve {
 /// Confirms (posts) or cancels (voids) a transaction. Only its creator confirms it; either
 /// party may cancel it while it is pending.
 async fn resolve(state: &AppState, email: &str, id: &str, how: Resolve) -> SyftResult<Txn> {
-    let (hold, t, party) = txn_for(state, id, email)?;
+    let (hold, t, party) = txn_for(state, id, email).await?;
     if matches!(how, Resolve::Confirm) && party != t.created_by {
         return Err(
             ApiError::forbidden("only the party that created a transaction confirms it").into(),
@@ -1135,7 +1141,7 @@ async fn v2_transaction(
     Path(id): Path<String>,
 ) -> SyftResult<Response> {
     let (email, _) = basic_user(&state, &headers).await?;
-    let (_, t, _) = txn_for(&state, &id, &email)?;
+    let (_, t, _) = txn_for(&state, &id, &email).await?;
     Ok(json_out(
         StatusCode::OK,
         &txn_out(&state, &t, Dialect::V2).await,

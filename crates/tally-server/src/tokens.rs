@@ -139,8 +139,8 @@ async fn issue(
         1,
         |op| async move {
             let r = body.value;
-            let account = s.account(&r.account)?;
-            let app = s.account(&r.app)?;
+            let account = s.account(&r.account).await?;
+            let app = s.account(&r.app).await?;
             let cap =
                 tally::Amount::new(r.cap).map_err(|e| ApiError::from(e).with("field", "cap"))?;
             let ttl_ms = r.expires_in_s.checked_mul(1000).ok_or_else(|| {
@@ -205,7 +205,7 @@ async fn list(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
-    let id = state.account(&name)?;
+    let id = state.account(&name).await?;
     let account = state.tally.account(id).await?;
     let now = state.tally.now();
     let tokens: Vec<Value> = account

@@ -334,7 +334,7 @@ async fn get_balance(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
-    let id = state.account(&name)?;
+    let id = state.account(&name).await?;
     let b = state.tally.balance(id).await?;
     Ok(Json(balance_json(&name, &b)))
 }
@@ -361,7 +361,7 @@ async fn check(
     if let Principal::User { .. } = principal {
         return Err(ApiError::forbidden("this needs an admin or service key"));
     }
-    let id = state.account(&name)?;
+    let id = state.account(&name).await?;
     if let Some(m) = q.minimum {
         amount_field(m, "minimum")?;
     }
@@ -650,9 +650,9 @@ async fn prepare(
             from,
         } => {
             principal.require_admin()?;
-            let id = state.account(&account)?;
+            let id = state.account(&account).await?;
             let from_name = from.unwrap_or_else(|| crate::FUNDING_ACCOUNT_NAME.to_owned());
-            let from = state.account(&from_name)?;
+            let from = state.account(&from_name).await?;
             let command = Command::Fund {
                 from,
                 amount: amount_field(amount, "amount")?,
@@ -665,8 +665,8 @@ async fn prepare(
             }))
         }
         Op::Reserve(r) => {
-            let account = state.account(&r.account)?;
-            let app = state.account(&r.app)?;
+            let account = state.account(&r.account).await?;
+            let app = state.account(&r.app).await?;
             principal.require_app(app)?;
             let command = Command::Reserve {
                 app,
@@ -882,8 +882,8 @@ async fn prepare(
             ))
         }
         Op::Charge(r) => {
-            let account = state.account(&r.account)?;
-            let app = state.account(&r.app)?;
+            let account = state.account(&r.account).await?;
+            let app = state.account(&r.app).await?;
             principal.require_app(app)?;
             let command = Command::Charge {
                 app,
@@ -936,8 +936,8 @@ async fn prepare(
         }
         Op::Transfer(r) => {
             principal.require_admin()?;
-            let from = state.account(&r.from)?;
-            let to = state.account(&r.to)?;
+            let from = state.account(&r.from).await?;
+            let to = state.account(&r.to).await?;
             let command = Command::Transfer {
                 to,
                 amount: amount_field(r.amount, "amount")?,
@@ -1465,8 +1465,10 @@ pub async fn funding_update_op(
     old: u64,
     new: u64,
 ) -> Answer {
-    let id = state.account(account)?;
-    let from = state.account(from.unwrap_or(crate::FUNDING_ACCOUNT_NAME))?;
+    let id = state.account(account).await?;
+    let from = state
+        .account(from.unwrap_or(crate::FUNDING_ACCOUNT_NAME))
+        .await?;
     let funded = state
         .tally
         .record_funding_update(op, id, from, old.into(), new.into())
@@ -1533,7 +1535,7 @@ async fn history(
     QueryParams(q): QueryParams<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
-    let id = state.account(&name)?;
+    let id = state.account(&name).await?;
     let limit = crate::json::page_limit(q.limit, 100, tally::HISTORY_PAGE_MAX)?;
     let page = state.tally.history(id, q.after.unwrap_or(0), limit).await?;
     let entries: Vec<Value> = page
@@ -1696,7 +1698,7 @@ pub async fn make_key(
             ))
         }
         ("service", Some(app)) => {
-            let id = state.account(app)?;
+            let id = state.account(app).await?;
             let account = state.tally.account(id).await?;
             if account.spec.kind != AccountKind::Revenue {
                 return Err(ApiError::invalid_field(
@@ -1865,7 +1867,7 @@ async fn cost_funding_allowed(
         return Err(ApiError::forbidden("this needs an admin or service key"));
     }
     let r = body.value;
-    let id = state.account(&r.account)?;
+    let id = state.account(&r.account).await?;
     if let Some(m) = r.minimum {
         amount_field(m, "minimum")?;
     }

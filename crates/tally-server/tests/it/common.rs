@@ -55,6 +55,44 @@ impl Harness {
         }
     }
 
+    /// A node of a cluster: the ledger and the registry in `pg`'s schema `schema` (the same
+    /// for every node of the cluster), this node named `node`, its own data directory.
+    pub async fn on_postgres(
+        pg: &tally_store::pg_testing::PgServer,
+        schema: &str,
+        node: &str,
+    ) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(tally::Timestamp(1_790_000_000_000)));
+        let mut store_config = pg.config(schema);
+        store_config.node = node.to_owned();
+        let config = ServerConfig {
+            postgres: Some(pg.url().to_owned()),
+            pg_schema: store_config.schema.clone(),
+            pg_node: node.to_owned(),
+            ..ServerConfig::default()
+        };
+        let (store, _) = tokio::task::spawn_blocking(move || tally::PgStore::open(store_config))
+            .await
+            .unwrap()
+            .unwrap();
+        let engine = EngineConfig {
+            clock: clock.clone(),
+            ..EngineConfig::default()
+        };
+        let tally = Tally::open(Arc::new(store), engine).await.unwrap();
+        let state = AppState::open(tally, dir.path(), config, ADMIN)
+            .await
+            .unwrap();
+        let app = router(state.clone());
+        Harness {
+            dir,
+            state,
+            app,
+            clock,
+        }
+    }
+
     /// Shuts the server down and opens it again on the same directory.
     pub async fn restart(self) -> Harness {
         let Harness {

@@ -15,5 +15,6 @@ mod policy;
 mod process;
 mod sdk;
 mod session;
+mod shared;
 mod syft;
 mod tokens;

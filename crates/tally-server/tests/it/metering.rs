@@ -264,7 +264,7 @@ async fn a_price_change_mid_call_does_not_change_what_the_call_costs_and_prices_
 async fn a_price_an_earlier_build_kept_in_the_registry_moves_into_the_ledger_once() {
     let h = Harness::new().await;
     h.world(1_000).await;
-    let chat = h.state.account("chat").unwrap();
+    let chat = h.state.account("chat").await.unwrap();
     let old = tally::Price::PerRequest(tally::Amount::new(700).unwrap());
     h.state
         .registry
