@@ -83,6 +83,9 @@ pub struct ServerConfig {
     /// The PostgreSQL ledger's shard leases: their length in ms (renewed every fifth of it).
     /// Default 5,000.
     pub pg_lease_ms: u64,
+    /// The URL other nodes forward requests for this node's shards to (with the ledger in
+    /// PostgreSQL). Default: `http://` and the bound address, when `listen` names one IP.
+    pub advertise: Option<String>,
     /// Exit (status 75) once the ledger's store fail-stops, for a supervisor to start the
     /// server again, which reopens the ledger from what is durable (a cluster node whose
     /// database failed over, or whose lease was taken). Default false: the server stays up,
@@ -133,6 +136,7 @@ impl Default for ServerConfig {
             pg_node: "tally".into(),
             pg_lease_ms: 5_000,
             exit_on_storage_failure: false,
+            advertise: None,
         }
     }
 }

@@ -100,7 +100,28 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
         set_retry_after(&mut response, self.retry_after_s);
+        mark_not_owner(&mut response, &self);
         response
+    }
+}
+
+/// On the response to a request refused because another node serves the account's shard (and
+/// nothing changed): the shard, for [`crate::forward`] to re-send the request to its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotOwnerShard(pub u16);
+
+/// Marks `response` with [`NotOwnerShard`] when `err` is a `not_owner` refusal.
+pub fn mark_not_owner(response: &mut Response, err: &ApiError) {
+    if err.code != "not_owner" {
+        return;
+    }
+    if let Some(shard) = err
+        .details
+        .get("shard")
+        .and_then(Value::as_u64)
+        .and_then(|s| u16::try_from(s).ok())
+    {
+        response.extensions_mut().insert(NotOwnerShard(shard));
     }
 }
 

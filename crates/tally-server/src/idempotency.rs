@@ -112,9 +112,9 @@ where
         Ok(Begin::Run { op }) => op,
         Err(e) => return e.into_response(),
     };
-    let (status, body, retry_after) = match f(op).await {
-        Ok((status, body)) => (status, body, None),
-        Err(e) => (e.status, e.body(), e.retry_after_s),
+    let (status, body, retry_after, refusal) = match f(op).await {
+        Ok((status, body)) => (status, body, None, None),
+        Err(e) => (e.status, e.body(), e.retry_after_s, Some(e)),
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     // A batch answers 200 whatever its operations answered: one that failed in a way that may
@@ -135,5 +135,8 @@ where
     }
     let mut response = to_response(status, bytes, false);
     crate::error::set_retry_after(&mut response, retry_after);
+    if let Some(e) = &refusal {
+        crate::error::mark_not_owner(&mut response, e);
+    }
     response
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod events;
+pub mod forward;
 pub mod grants;
 pub mod idempotency;
 pub mod json;
@@ -81,6 +82,8 @@ pub struct StateInner {
     pub overview: dashboard::OverviewCache,
     /// Retained events for `/v1/events`.
     pub events: events::EventLog,
+    /// The client that re-sends a request refused `not_owner` to the shard's owner.
+    pub forwarder: forward::Forwarder,
     /// The task feeding `events` while anyone watches (stopped at shutdown).
     pub pump: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -131,6 +134,7 @@ impl AppState {
             sessions: session::Sessions::default(),
             overview: dashboard::OverviewCache::default(),
             pump: parking_lot::Mutex::new(None),
+            forwarder: forward::Forwarder::default(),
             in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
             event_streams: Arc::new(Semaphore::new(config.event_streams_max)),
             argon2: Semaphore::new(auth::ARGON2_AT_ONCE),

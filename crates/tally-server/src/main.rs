@@ -104,6 +104,10 @@ struct ServeArgs {
     /// the server). Default false.
     #[arg(long, env = "TALLY_EXIT_ON_STORAGE_FAILURE", global = true)]
     exit_on_storage_failure: Option<bool>,
+    /// The URL other nodes forward requests for this node's shards to. Default: `http://`
+    /// and the bound address, when the listen address names one IP.
+    #[arg(long, env = "TALLY_ADVERTISE", global = true)]
+    advertise: Option<String>,
 }
 
 fn settings(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
@@ -140,6 +144,9 @@ fn settings(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(exit) = args.exit_on_storage_failure {
         c.exit_on_storage_failure = exit;
+    }
+    if let Some(url) = &args.advertise {
+        c.advertise = Some(url.clone());
     }
     if c.log_format != "text" && c.log_format != "json" {
         bail!(

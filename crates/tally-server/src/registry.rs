@@ -735,6 +735,27 @@ impl Registry {
         }
     }
 
+    /// Records where other nodes reach this one (a shared registry; nothing to do locally).
+    pub async fn advertise(&self, node: &str, url: &str) -> Result<(), ApiError> {
+        match &self.backend {
+            Backend::Shared(shared) => shared.advertise(node, url).await,
+            Backend::Local { .. } => Ok(()),
+        }
+    }
+
+    /// The node serving `shard` now, other than `me`, and its advertised URL (a shared
+    /// registry; `None` locally, or when no other live node holds it).
+    pub async fn shard_owner(
+        &self,
+        shard: u16,
+        me: &str,
+    ) -> Result<Option<(String, String)>, ApiError> {
+        match &self.backend {
+            Backend::Shared(shared) => shared.owner(shard, me).await,
+            Backend::Local { .. } => Ok(None),
+        }
+    }
+
     /// Appends an entry and applies it to memory under one lock (so memory changes in journal
     /// order, as a replay will), then waits until it is durable. Shared: appends it to the
     /// log and applies the log up to it.

@@ -122,6 +122,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(crate::error::jsonify))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            crate::forward::forward,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(state.config.body_bytes_max))
@@ -233,9 +237,40 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `state.config.listen`.
+    /// Binds `state.config.listen`; with a shared registry, records where the other nodes
+    /// forward requests to this one (`advertise`, or `http://` and the bound address when it
+    /// is a specific IP; a node bound to every address that advertises nothing gets no
+    /// forwarded requests, and says so).
     pub async fn bind(state: AppState) -> io::Result<Server> {
         let listener = TcpListener::bind(&state.config.listen).await?;
+        if state.registry.is_shared() {
+            let addr = listener.local_addr()?;
+            let url = match &state.config.advertise {
+                Some(url) => Some(url.clone()),
+                None if addr.ip().is_unspecified() => None,
+                None => Some(format!("http://{addr}")),
+            };
+            if let Some(url) = url.as_ref().filter(|u| !u.starts_with("http://")) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "advertise must be an http:// URL (nodes talk plain HTTP), not {url:?}"
+                    ),
+                ));
+            }
+            match url {
+                Some(url) => state
+                    .registry
+                    .advertise(&state.config.pg_node, &url)
+                    .await
+                    .map_err(|e| io::Error::other(e.message))?,
+                None => tracing::warn!(
+                    %addr,
+                    "listening on every address with no `advertise` URL: other nodes cannot \
+                     forward requests here"
+                ),
+            }
+        }
         Ok(Server { state, listener })
     }
 

@@ -57,6 +57,7 @@ impl IntoResponse for SyftError {
         }
         let mut response = (self.0.status, axum::Json(body)).into_response();
         crate::error::set_retry_after(&mut response, self.0.retry_after_s);
+        crate::error::mark_not_owner(&mut response, &self.0);
         response
     }
 }
@@ -413,8 +414,21 @@ async fn create_user(
         None => random_password(),
     };
     // A name already mapped (a native account, or a Syft user) is never taken over by a
-    // sign-up: that would hand its funds to whoever signs up first.
-    if state.registry.user(&req.email).is_some() || state.registry.account(&req.email).is_some() {
+    // sign-up: that would hand its funds to whoever signs up first. A name mapped whose
+    // account was never opened (a sign-up or an open cut short: by a crash, or refused by a
+    // node that does not serve its shard before going on to the one that does) is taken up.
+    let taken = match state.registry.user_fresh(&req.email).await? {
+        Some(_) => true,
+        None => match state.registry.account(&req.email) {
+            None => false,
+            Some(id) => match state.tally.account(id).await {
+                Ok(_) => true,
+                Err(tally::Error::Ledger(tally_core::Error::UnknownAccount { .. })) => false,
+                Err(e) => return Err(SyftError(e.into())),
+            },
+        },
+    };
+    if taken {
         return Err(SyftError(
             ApiError::new(
                 StatusCode::CONFLICT,

@@ -221,6 +221,14 @@ impl Shared {
                 .map_err(|e| format!("importing the local registry: {e}"))?;
             }
         }
+        // Where each node takes requests forwarded to it (added after the other tables).
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {s}.registry_nodes (
+                 node TEXT PRIMARY KEY, url TEXT NOT NULL,
+                 at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        ))
+        .await
+        .map_err(|e| format!("creating the registry's tables: {e}"))?;
         tx.commit()
             .await
             .map_err(|e| format!("creating the registry's tables: {e}"))?;
@@ -441,6 +449,43 @@ impl Shared {
         let n = usize::try_from(row.get::<_, i64>(0)).unwrap_or(usize::MAX);
         self.keys_remembered.store(n, Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Records the URL other nodes forward requests for this node's shards to.
+    pub(super) async fn advertise(&self, node: &str, url: &str) -> Result<(), ApiError> {
+        let client = self.db.client(false).await?;
+        let sql = format!(
+            "INSERT INTO {}.registry_nodes (node, url) VALUES ($1, $2) \
+             ON CONFLICT (node) DO UPDATE SET url = EXCLUDED.url, at = now()",
+            self.s
+        );
+        bounded(
+            "advertising this node",
+            client.execute(&sql, &[&node, &url]),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The node holding `shard`'s lease now (not `me`) and its URL, if any node does.
+    pub(super) async fn owner(
+        &self,
+        shard: u16,
+        me: &str,
+    ) -> Result<Option<(String, String)>, ApiError> {
+        let client = self.db.client(false).await?;
+        let s = &self.s;
+        let sql = format!(
+            "SELECT l.node, n.url FROM {s}.leases l JOIN {s}.registry_nodes n ON n.node = l.node \
+             WHERE l.shard = $1 AND l.expires_at > now() AND l.node <> $2"
+        );
+        let shard = i16::try_from(shard).unwrap_or(i16::MAX);
+        let row = bounded(
+            "reading a shard's owner",
+            client.query_opt(&sql, &[&shard, &me]),
+        )
+        .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
     /// Idempotency keys remembered (as of the last sweep, plus this node's bindings since).

@@ -67,6 +67,7 @@ impl Harness {
         let mut store_config = pg.config(schema);
         store_config.node = node.to_owned();
         let config = ServerConfig {
+            listen: "127.0.0.1:0".into(),
             postgres: Some(pg.url().to_owned()),
             pg_schema: store_config.schema.clone(),
             pg_node: node.to_owned(),

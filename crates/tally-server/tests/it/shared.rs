@@ -289,3 +289,173 @@ async fn a_new_shared_registry_takes_in_the_local_one() {
     assert!(registry.account("chat").is_some_and(|c| c.0 < fresh.0));
     drop(store);
 }
+
+/// A node serving on a real listener: its URL, and the sender that stops it.
+async fn listen(h: &Harness) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let server = tally_server::Server::bind(h.state.clone()).await.unwrap();
+    let url = format!("http://{}", server.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (url, stop)
+}
+
+/// One request over HTTP: (status, the node that answered if another did, the JSON body).
+async fn call(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Option<String>, serde_json::Value) {
+    use http_body_util::BodyExt as _;
+    let client: hyper_util::client::legacy::Client<_, axum::body::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let mut req = axum::http::Request::builder()
+        .method(method)
+        .uri(format!("{url}{path}"))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let response = client
+        .request(req.body(axum::body::Body::from(bytes)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let by = response
+        .headers()
+        .get(tally_server::forward::ANSWERED_BY)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        by,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_node_takes_any_request_and_forwards_it_to_the_shards_owner() {
+    let pg = PgServer::start();
+    let (a, b) = pair(&pg, "shared_forward").await;
+    let (ua, _stop_a) = listen(&a).await;
+    let (ub, _stop_b) = listen(&b).await;
+    // Every account opened through a; those of b's shards are answered by b.
+    let users: Vec<String> = (0..24).map(|i| format!("user-{i}")).collect();
+    let mut answered_by_b = 0;
+    for (name, kind) in users
+        .iter()
+        .map(|u| (u.as_str(), "user"))
+        .chain([("chat", "revenue")])
+    {
+        let (status, by, body) = call(
+            &ua,
+            "POST",
+            "/v1/accounts",
+            Some(json!({"id": name, "kind": kind})),
+            &[],
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+        if by.as_deref() == Some("b") {
+            answered_by_b += 1;
+        }
+    }
+    assert!(
+        answered_by_b > 0 && answered_by_b < 25,
+        "both nodes serve shards: {answered_by_b} of 25 answered by b"
+    );
+    // Funded through b, charged through either with a key, retried through the other.
+    for (i, name) in users.iter().enumerate() {
+        let (status, _, body) = call(
+            &ub,
+            "POST",
+            &format!("/v1/accounts/{name}/fund"),
+            Some(json!({"amount": 10_000})),
+            &[],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{name}: {body}");
+        let (first, second) = if i % 2 == 0 { (&ua, &ub) } else { (&ub, &ua) };
+        let charge = json!({"account": name, "app": "chat", "amount": 100 + i});
+        let key = format!("charge-{name}");
+        let headers = [("idempotency-key", key.as_str())];
+        let (status, _, body) =
+            call(first, "POST", "/v1/charges", Some(charge.clone()), &headers).await;
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+        let (again, _, replay) = call(second, "POST", "/v1/charges", Some(charge), &headers).await;
+        assert_eq!(again, StatusCode::CREATED, "{name}: {replay}");
+        assert_eq!(
+            replay, body,
+            "the retry on the other node is the first answer"
+        );
+    }
+    // Each charged once, read through either node.
+    let mut revenue = 0;
+    for (i, name) in users.iter().enumerate() {
+        let via = if i % 3 == 0 { &ua } else { &ub };
+        let (status, _, body) = call(
+            via,
+            "GET",
+            &format!("/v1/accounts/{name}/balance"),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{name}: {body}");
+        assert_eq!(body["available"].as_i64(), Some(10_000 - 100 - i as i64));
+        revenue += 100 + i as i64;
+    }
+    let chat_balance = |url: String| async move {
+        call(&url, "GET", "/v1/accounts/chat/balance", None, &[]).await
+    };
+    let (status, _, body) = chat_balance(ua.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The credits reach chat's node through the legs (within a tick).
+    let started = Instant::now();
+    let mut body = body;
+    while body["available"].as_i64() != Some(revenue) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        body = chat_balance(ub.clone()).await.2;
+    }
+    // A request already forwarded is never forwarded again: the node that does not serve the
+    // account answers it not_owner itself.
+    let (a_owns, b_owns) = {
+        let mut a_owns = None;
+        let mut b_owns = None;
+        for name in &users {
+            let (_, by, _) = call(
+                &ua,
+                "GET",
+                &format!("/v1/accounts/{name}/balance"),
+                None,
+                &[],
+            )
+            .await;
+            match by.as_deref() {
+                Some("b") => b_owns = Some(name.clone()),
+                _ => a_owns = Some(name.clone()),
+            }
+        }
+        (a_owns.unwrap(), b_owns.unwrap())
+    };
+    for (url, name) in [(&ua, &b_owns), (&ub, &a_owns)] {
+        let (status, by, body) = call(
+            url,
+            "GET",
+            &format!("/v1/accounts/{name}/balance"),
+            None,
+            &[(tally_server::forward::FORWARDED, "elsewhere")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "not_owner", "{body}");
+        assert_eq!(by, None);
+    }
+}

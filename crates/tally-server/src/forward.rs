@@ -1,0 +1,194 @@
+//! Any node takes any request: one refused `not_owner` (another node serves the account's
+//! shard; nothing changed here) is sent again, once, to the node holding the shard's lease, and
+//! that node's answer is the client's.
+//!
+//! - Only with a shared registry (the ledger in PostgreSQL): the owner is read from the
+//!   `leases` table joined with the URLs nodes advertise (`registry_nodes`), remembered per
+//!   shard for [`OWNER_KEPT`] (forgotten when a forward fails or is refused again).
+//! - The request goes as it came (method, path, query, headers, the body buffered up to
+//!   `body_bytes_max`), with [`FORWARDED`] naming this node; a request carrying it is never
+//!   forwarded again, so a shard on the move costs the client at most one retryable 503, never
+//!   a loop. The owner authenticates the request itself (its `Authorization` goes along);
+//!   nodes trust each other with nothing.
+//! - A retry is safe on any node: an `Idempotency-Key` was bound (in the shared registry)
+//!   before the refused attempt, so the owner runs the same operation id; without a key the
+//!   refused attempt changed nothing.
+//! - At most [`FORWARD_TIMEOUT`] a forward; when the owner cannot be reached in it (or there is
+//!   none), the client gets the original `not_owner` answer, with its `Retry-After`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::error::{ApiError, NotOwnerShard};
+use crate::AppState;
+
+/// The header a forwarded request carries: the forwarding node's name.
+pub const FORWARDED: &str = "x-tally-forwarded-by";
+/// The header on an answer that another node gave: that node's name.
+pub const ANSWERED_BY: &str = "x-tally-answered-by";
+/// A forward taking longer is abandoned (the client gets the original refusal).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shard's owner is remembered.
+pub const OWNER_KEPT: Duration = Duration::from_secs(1);
+/// Idle connections kept to each other node.
+const IDLE_PER_NODE: usize = 64;
+
+/// The HTTP client to the other nodes and the owners it knows.
+pub struct Forwarder {
+    client: Client<HttpConnector, Body>,
+    owners: parking_lot::Mutex<HashMap<u16, (Instant, String, String)>>,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Forwarder {
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(IDLE_PER_NODE)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+            owners: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Forwarder {
+    async fn owner(&self, state: &AppState, shard: u16) -> Option<(String, String)> {
+        if let Some((at, node, url)) = self.owners.lock().get(&shard) {
+            if at.elapsed() < OWNER_KEPT {
+                return Some((node.clone(), url.clone()));
+            }
+        }
+        let found = state
+            .registry
+            .shard_owner(shard, &state.config.pg_node)
+            .await;
+        match found {
+            Ok(Some((node, url))) => {
+                self.owners
+                    .lock()
+                    .insert(shard, (Instant::now(), node.clone(), url.clone()));
+                Some((node, url))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(shard, error = %e.message, "finding a shard's owner failed");
+                None
+            }
+        }
+    }
+
+    fn forget(&self, shard: u16) {
+        self.owners.lock().remove(&shard);
+    }
+}
+
+/// The layer: runs the request here, and re-sends it to the owner when it was refused
+/// `not_owner`. See the module docs.
+pub async fn forward(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !state.registry.is_shared() || req.headers().contains_key(FORWARDED) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let limit = state.config.body_bytes_max;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is over {limit} bytes"),
+        )
+        .with("max", limit)
+        .into_response();
+    };
+    let (method, uri, headers) = (
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+    );
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes.clone())))
+        .await;
+    let Some(&NotOwnerShard(shard)) = response.extensions().get::<NotOwnerShard>() else {
+        return response;
+    };
+    let Some((node, url)) = state.forwarder.owner(&state, shard).await else {
+        return response;
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", url.trim_end_matches('/')));
+    for (name, value) in &headers {
+        if name != header::HOST && name != header::CONNECTION && name != header::CONTENT_LENGTH {
+            out = out.header(name, value);
+        }
+    }
+    let Ok(me) = HeaderValue::from_str(&state.config.pg_node) else {
+        return response;
+    };
+    let Ok(out) = out.header(FORWARDED, me).body(Body::from(bytes)) else {
+        return response;
+    };
+    let sent = tokio::time::timeout(FORWARD_TIMEOUT, state.forwarder.client.request(out)).await;
+    match sent {
+        Ok(Ok(answer)) => {
+            metrics::counter!("tally_forwarded_total").increment(1);
+            if answer.status() == StatusCode::SERVICE_UNAVAILABLE {
+                // Perhaps the shard moved again: look its owner up afresh next time.
+                state.forwarder.forget(shard);
+            }
+            let (mut head, body) = answer.into_parts();
+            if let Ok(node) = HeaderValue::from_str(&node) {
+                head.headers.insert(ANSWERED_BY, node);
+            }
+            Response::from_parts(head, Body::new(body))
+        }
+        // Never connected: the owner saw nothing, and the refusal stands as it was.
+        Ok(Err(e)) if e.is_connect() => {
+            tracing::warn!(shard, %url, error = %e, "the shard's owner could not be reached");
+            state.forwarder.forget(shard);
+            response
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(shard, %url, error = %e, "forwarding to a shard's owner failed");
+            state.forwarder.forget(shard);
+            lost(&node, "its answer was lost", e)
+        }
+        Err(_) => {
+            tracing::warn!(shard, %url, "forwarding to a shard's owner timed out");
+            state.forwarder.forget(shard);
+            lost(
+                &node,
+                "it did not answer",
+                format!("within {FORWARD_TIMEOUT:?}"),
+            )
+        }
+    }
+}
+
+/// The request reached the owner, which may have run it: the client must retry it (with the
+/// same `Idempotency-Key`, which makes the retry safe) rather than take it as refused.
+fn lost(node: &str, what: &str, why: impl std::fmt::Display) -> Response {
+    let mut e = ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "forward_failed",
+        format!(
+            "the request was forwarded to node {node}, which serves the account, and {what} \
+             ({why}): it may have run there; retry with the same Idempotency-Key"
+        ),
+    )
+    .with("node", node);
+    e.retry_after_s = Some(1);
+    e.into_response()
+}
