@@ -204,7 +204,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Drive a running tally-server at this base URL (plain `http://HOST:PORT`) instead of an
-    /// engine in this process; setup and checks go through its `/v1` API.
+    /// engine in this process; setup and checks go through its `/v1` API. Several URLs,
+    /// comma-separated (the nodes of a cluster): client i drives URL i mod their number, and
+    /// setup and checks go through the first.
     #[arg(
         long,
         value_name = "URL",

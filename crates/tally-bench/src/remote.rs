@@ -431,7 +431,13 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<HttpReport> {
         .clone()
         .unwrap_or_else(|| ACCOUNT_PREFIX_DEFAULT.to_owned());
     let names = Names::new(&prefix)?;
-    let endpoint = Arc::new(Endpoint::new(url, key)?);
+    let endpoints = url
+        .split(',')
+        .map(|u| Endpoint::new(u, key).map(Arc::new))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let Some(endpoint) = endpoints.first().cloned() else {
+        bail!("--http names no URL");
+    };
     let load_average_at_start = crate::sys::load_average();
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
 
@@ -461,7 +467,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<HttpReport> {
     let before = read_balances(&endpoint, &names, &sample).await?;
     let mut read_seconds = reads_started.elapsed().as_secs_f64();
 
-    let load = drive(&endpoint, &plan, &names, show_progress).await?;
+    let load = drive(&endpoints, &plan, &names, show_progress).await?;
 
     let reads_started = Instant::now();
     let after = read_balances(&endpoint, &names, &sample).await?;
@@ -487,7 +493,11 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<HttpReport> {
             load_average_at_start,
             ..Machine::here()
         },
-        server: endpoint.base().to_owned(),
+        server: endpoints
+            .iter()
+            .map(|e| e.base())
+            .collect::<Vec<_>>()
+            .join(","),
         account_prefix: prefix,
         setup,
         load: LoadFigures::from_stats(&load.stats, load.elapsed)?,
@@ -704,7 +714,8 @@ fn compare(
 
 /// What the clients share.
 struct Shared {
-    endpoint: Arc<Endpoint>,
+    /// Client i drives endpoint i mod their number.
+    endpoints: Vec<Arc<Endpoint>>,
     plan: Plan,
     picker: UserPicker,
     names: Names,
@@ -720,7 +731,7 @@ struct Load {
 }
 
 async fn drive(
-    endpoint: &Arc<Endpoint>,
+    endpoints: &[Arc<Endpoint>],
     plan: &Plan,
     names: &Names,
     show_progress: bool,
@@ -728,7 +739,7 @@ async fn drive(
     let started = Instant::now();
     let cpu_start = CpuSample::now();
     let shared = Arc::new(Shared {
-        endpoint: Arc::clone(endpoint),
+        endpoints: endpoints.to_vec(),
         plan: plan.clone(),
         picker: plan.picker()?,
         names: names.clone(),
@@ -817,7 +828,9 @@ impl HttpClient {
         let seed = shared.plan.seed ^ u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let postings_kept = POSTINGS_KEPT.max(shared.plan.batch as usize);
         Ok(HttpClient {
-            api: Api::new(Arc::clone(&shared.endpoint)),
+            api: Api::new(Arc::clone(
+                &shared.endpoints[id as usize % shared.endpoints.len().max(1)],
+            )),
             shared,
             rng: SmallRng::seed_from_u64(seed),
             postings: VecDeque::with_capacity(postings_kept),

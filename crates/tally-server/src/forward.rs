@@ -13,6 +13,12 @@
 //! - A retry is safe on any node: an `Idempotency-Key` was bound (in the shared registry)
 //!   before the refused attempt, so the owner runs the same operation id; without a key the
 //!   refused attempt changed nothing.
+//! - A batch (`POST /v1/batch`) is answered 200 whatever its operations answered, so the
+//!   layer leaves it alone: the batch itself sends the operations refused `not_owner` on, as
+//!   one sub-batch per owner ([`batch_rest`]), under the operation ids they were refused with
+//!   ([`OP_IDS`], MAC'd with a key derived from the secret the nodes share and bound to the
+//!   sub-batch's body), so that a retry of the whole batch (with its `Idempotency-Key`) runs
+//!   each operation under its first id again, wherever it lands.
 //! - At most [`FORWARD_TIMEOUT`] a forward; when the owner cannot be reached in it (or there is
 //!   none), the client gets the original `not_owner` answer, with its `Retry-After`.
 
@@ -41,6 +47,12 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const OWNER_KEPT: Duration = Duration::from_secs(1);
 /// Idle connections kept to each other node.
 const IDLE_PER_NODE: usize = 64;
+
+/// On a forwarded sub-batch: the operation ids to run its operations under (decimal,
+/// comma-separated, one per operation).
+pub const OP_IDS: &str = "x-tally-op-ids";
+/// Their MAC (hex BLAKE3 keyed hash over the ids and the sub-batch's body digest).
+pub const OP_IDS_MAC: &str = "x-tally-op-ids-mac";
 
 /// The HTTP client to the other nodes and the owners it knows.
 pub struct Forwarder {
@@ -91,6 +103,10 @@ impl Forwarder {
 
     fn forget(&self, shard: u16) {
         self.owners.lock().remove(&shard);
+    }
+
+    fn forget_all(&self) {
+        self.owners.lock().clear();
     }
 }
 
@@ -180,6 +196,10 @@ pub async fn forward(State(state): State<AppState>, req: Request, next: Next) ->
 /// The request reached the owner, which may have run it: the client must retry it (with the
 /// same `Idempotency-Key`, which makes the retry safe) rather than take it as refused.
 fn lost(node: &str, what: &str, why: impl std::fmt::Display) -> Response {
+    lost_error(node, what, why).into_response()
+}
+
+fn lost_error(node: &str, what: &str, why: impl std::fmt::Display) -> ApiError {
     let mut e = ApiError::new(
         StatusCode::BAD_GATEWAY,
         "forward_failed",
@@ -190,5 +210,159 @@ fn lost(node: &str, what: &str, why: impl std::fmt::Display) -> Response {
     )
     .with("node", node);
     e.retry_after_s = Some(1);
-    e.into_response()
+    e
+}
+
+/// Whether a request that arrived with `headers` may be forwarded from here.
+pub fn may_forward(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    state.registry.is_shared() && !headers.contains_key(FORWARDED)
+}
+
+fn op_ids_mac(state: &AppState, ids: &str, digest: &crate::registry::BodyDigest) -> String {
+    let key = blake3::derive_key("tally-server forwarded op ids v1", &state.jwt_secret);
+    let mut h = blake3::Hasher::new_keyed(&key);
+    h.update(ids.as_bytes());
+    h.update(&[0]);
+    h.update(digest.whole());
+    h.finalize().to_hex().to_string()
+}
+
+/// The operation ids a forwarded sub-batch must run under, when it carries them (checked: a
+/// node of the cluster made them for exactly this body); `None` for any other request.
+pub fn forced_ops(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    digest: &crate::registry::BodyDigest,
+    n: usize,
+) -> Result<Option<Vec<tally::OpId>>, ApiError> {
+    let Some(ids) = headers.get(OP_IDS) else {
+        return Ok(None);
+    };
+    let refused = || {
+        ApiError::unauthenticated("the forwarded operation ids failed their check")
+            .with("field", OP_IDS)
+    };
+    if !state.registry.is_shared() || !headers.contains_key(FORWARDED) {
+        return Err(refused());
+    }
+    let ids = ids.to_str().map_err(|_| refused())?;
+    let mac = headers
+        .get(OP_IDS_MAC)
+        .and_then(|m| m.to_str().ok())
+        .ok_or_else(refused)?;
+    let expected = op_ids_mac(state, ids, digest);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        expected.as_bytes(),
+        mac.as_bytes(),
+    )) {
+        return Err(refused());
+    }
+    let parsed: Vec<tally::OpId> = ids
+        .split(',')
+        .map(|id| id.parse::<u128>().map(tally::OpId))
+        .collect::<Result<_, _>>()
+        .map_err(|_| refused())?;
+    if parsed.len() != n {
+        return Err(refused());
+    }
+    Ok(Some(parsed))
+}
+
+/// The shard of a batch result refused `not_owner`.
+fn refused_shard(result: &serde_json::Value) -> Option<u16> {
+    let error = &result["body"]["error"];
+    if error["code"] != "not_owner" {
+        return None;
+    }
+    error["shard"].as_u64().and_then(|s| u16::try_from(s).ok())
+}
+
+/// Sends the operations of a batch that were refused `not_owner` on to their shards' owners,
+/// one sub-batch per owner under the operations' own ids, and puts the owners' answers in
+/// `results` in their place. An owner that cannot be connected to leaves its operations'
+/// refusals as they were; one whose answer is lost makes them `forward_failed`.
+pub async fn batch_rest(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    operations: &[serde_json::Value],
+    ids: &[tally::OpId],
+    results: &mut [serde_json::Value],
+) {
+    let mut by_owner: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    for (i, result) in results.iter().enumerate() {
+        let Some(shard) = refused_shard(result) else {
+            continue;
+        };
+        if let Some(owner) = state.forwarder.owner(state, shard).await {
+            by_owner.entry(owner).or_default().push(i);
+        }
+    }
+    for ((node, url), indices) in by_owner {
+        let body = serde_json::json!({
+            "operations": indices.iter().map(|&i| operations[i].clone()).collect::<Vec<_>>()
+        });
+        let digest = crate::registry::BodyDigest::of(&body);
+        let id_text = indices
+            .iter()
+            .map(|&i| ids[i].0.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mac = op_ids_mac(state, &id_text, &digest);
+        let mut out = Request::builder()
+            .method("POST")
+            .uri(format!("{}/v1/batch", url.trim_end_matches('/')))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(FORWARDED, state.config.pg_node.as_str())
+            .header(OP_IDS, id_text)
+            .header(OP_IDS_MAC, mac);
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            out = out.header(header::AUTHORIZATION, auth);
+        }
+        let Ok(out) = out.body(Body::from(body.to_string())) else {
+            continue;
+        };
+        let sent = tokio::time::timeout(FORWARD_TIMEOUT, async {
+            let answer = state.forwarder.client.request(out).await?;
+            let status = answer.status();
+            let bytes = http_body_util::BodyExt::collect(answer.into_body())
+                .await?
+                .to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, bytes))
+        })
+        .await;
+        let answered = match &sent {
+            Ok(Ok((StatusCode::OK, bytes))) => serde_json::from_slice::<serde_json::Value>(bytes)
+                .ok()
+                .and_then(|v| v["results"].as_array().cloned())
+                .filter(|r| r.len() == indices.len()),
+            _ => None,
+        };
+        match answered {
+            Some(answers) => {
+                metrics::counter!("tally_forwarded_total").increment(1);
+                for (&i, answer) in indices.iter().zip(answers) {
+                    results[i] = answer;
+                }
+            }
+            None => {
+                state.forwarder.forget_all();
+                let connect_failed = matches!(&sent, Ok(Err(e)) if e
+                    .downcast_ref::<hyper_util::client::legacy::Error>()
+                    .is_some_and(hyper_util::client::legacy::Error::is_connect));
+                let answer = match &sent {
+                    Ok(Ok((status, _))) => status.to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {FORWARD_TIMEOUT:?}"),
+                };
+                tracing::warn!(%node, %url, %answer, "forwarding part of a batch failed");
+                if connect_failed {
+                    continue;
+                }
+                let e = lost_error(&node, "its answer was lost or unreadable", answer);
+                for &i in &indices {
+                    results[i] = serde_json::json!({"status": e.status.as_u16(), "body": e.body()});
+                }
+            }
+        }
+    }
 }

@@ -197,8 +197,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        // Only a keyed write is compared with its retries.
-        let keyed = req.headers().contains_key(crate::idempotency::HEADER);
+        // Only a keyed write is compared with its retries (and a forwarded sub-batch's body
+        // with the MAC of its operation ids).
+        let keyed = req.headers().contains_key(crate::idempotency::HEADER)
+            || req.headers().contains_key(crate::forward::OP_IDS);
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             let status = e.status();
             if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {

@@ -229,6 +229,11 @@ impl BodyDigest {
         BodyDigest { whole, fields }
     }
 
+    /// The BLAKE3 of the whole canonical body.
+    pub fn whole(&self) -> &[u8; 32] {
+        &self.whole
+    }
+
     /// The first field (in name order) whose value differs, `body` when none can be named.
     fn first_difference(&self, other: &BodyDigest) -> String {
         let mut names: Vec<&String> = self

@@ -1321,6 +1321,13 @@ async fn batch(
         .with("max", max)
         .into_response();
     }
+    // A sub-batch another node forwarded runs under the ids its operations were refused with.
+    let forced = match crate::forward::forced_ops(&state, &headers, &body.digest, n) {
+        Ok(forced) => forced,
+        Err(e) => return e.into_response(),
+    };
+    let originals =
+        crate::forward::may_forward(&state, &headers).then(|| body.value.operations.clone());
     let mut ops = Vec::with_capacity(n);
     for (i, v) in body.value.operations.into_iter().enumerate() {
         match from_value::<Op>(v) {
@@ -1336,7 +1343,7 @@ async fn batch(
             }
         }
     }
-    let (s, p) = (state.clone(), principal.clone());
+    let (s, p, h) = (state.clone(), principal.clone(), headers.clone());
     idempotency::run(
         &state,
         &principal,
@@ -1349,9 +1356,13 @@ async fn batch(
             // engine batch: one wait for the journal, operations on one account in order.
             let mut answers: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
             let mut prepared = Vec::with_capacity(n);
+            let ids: Vec<OpId> = forced.unwrap_or_else(|| {
+                (0..n)
+                    .map(|i| OpId(base.0.wrapping_add(i as u128)))
+                    .collect()
+            });
             for (i, op) in ops.into_iter().enumerate() {
-                let id = OpId(base.0.wrapping_add(i as u128));
-                match prepare(&s, &p, id, op).await {
+                match prepare(&s, &p, ids[i], op).await {
                     Ok(ready) => prepared.push((i, ready)),
                     Err(e) => answers[i] = Some(Err(e)),
                 }
@@ -1382,7 +1393,7 @@ async fn batch(
                     }
                 }
             }
-            let results: Vec<Value> = answers
+            let mut results: Vec<Value> = answers
                 .into_iter()
                 .map(|answer| match answer {
                     Some(Ok((status, body))) => json!({"status": status.as_u16(), "body": body}),
@@ -1393,6 +1404,9 @@ async fn batch(
                     }
                 })
                 .collect();
+            if let Some(originals) = originals {
+                crate::forward::batch_rest(&s, &h, &originals, &ids, &mut results).await;
+            }
             Ok((StatusCode::OK, json!({"results": results})))
         },
     )

@@ -424,6 +424,68 @@ async fn any_node_takes_any_request_and_forwards_it_to_the_shards_owner() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         body = chat_balance(ub.clone()).await.2;
     }
+    // A batch through one node over every account: each operation refused there goes on to
+    // its owner under its own op id; the batch's retry through the other node (same key) is
+    // the first answer again, and nothing is charged twice.
+    let operations: Vec<serde_json::Value> = users
+        .iter()
+        .map(|u| json!({"op": "charge", "account": u, "app": "chat", "amount": 7}))
+        .collect();
+    let batch = json!({ "operations": operations });
+    let headers = [("idempotency-key", "batch-1")];
+    let (status, _, first) = call(&ua, "POST", "/v1/batch", Some(batch.clone()), &headers).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let statuses: Vec<u64> = first["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 201), "{first}");
+    // Once its answer is recorded, the retry through b is answered with it.
+    let started = Instant::now();
+    loop {
+        let (status, _, again) =
+            call(&ub, "POST", "/v1/batch", Some(batch.clone()), &headers).await;
+        assert_eq!(status, StatusCode::OK, "{again}");
+        if again == first {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{again} vs {first}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (i, name) in users.iter().enumerate() {
+        let (_, _, body) = call(
+            &ub,
+            "GET",
+            &format!("/v1/accounts/{name}/balance"),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(
+            body["available"].as_i64(),
+            Some(10_000 - 100 - i as i64 - 7),
+            "{name}: {body}"
+        );
+    }
+    // Operation ids a client makes up are refused (only a node's MAC'd ids are taken).
+    let (status, _, body) = call(
+        &ua,
+        "POST",
+        "/v1/batch",
+        Some(batch.clone()),
+        &[
+            (tally_server::forward::FORWARDED, "a"),
+            (tally_server::forward::OP_IDS, "1,2,3"),
+            (tally_server::forward::OP_IDS_MAC, "00"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     // A request already forwarded is never forwarded again: the node that does not serve the
     // account answers it not_owner itself.
     let (a_owns, b_owns) = {
