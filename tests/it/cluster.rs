@@ -105,6 +105,11 @@ async fn nodes_share_the_shards_and_a_dead_nodes_shards_move_with_every_acknowle
         .unwrap();
     let user_before = tally_a.balance(user).await.unwrap();
     assert_eq!(user_before.available, 7_500);
+    // Each node audits the accounts it serves and counts the others as served elsewhere
+    // (conservation is a property of all accounts at once: not checked over a part).
+    let audit_a = tally_a.audit().await.unwrap();
+    assert!(audit_a.ok(), "{audit_a:?}");
+    assert!(audit_a.accounts >= 1 && audit_a.elsewhere >= 2, "{audit_a:?}");
     // The legs A's records carried reach B's accounts within a lease tick.
     {
         let started = Instant::now();

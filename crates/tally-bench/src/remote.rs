@@ -475,10 +475,19 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<HttpReport> {
     let audit = patiently(|| probe.get("/v1/audit"))
         .await
         .context("GET /v1/audit")?;
+    // Each node of a cluster audits the accounts it serves: all of them must pass.
+    let mut others_ok = true;
+    for other in endpoints.iter().skip(1) {
+        let api = Api::new(Arc::clone(other));
+        let report = patiently(|| api.get("/v1/audit"))
+            .await
+            .with_context(|| format!("GET {}/v1/audit", other.base()))?;
+        others_ok &= report["ok"].as_bool() == Some(true);
+    }
 
     let mut balances = compare(&names, &sample, &before, &after, &load.book);
     balances.read_seconds = read_seconds;
-    let invariants_ok = audit["ok"].as_bool() == Some(true);
+    let invariants_ok = audit["ok"].as_bool() == Some(true) && others_ok;
     let balances_ok = balances.accounts_differing == 0
         && balances.accounts_compared > balances.accounts_uncertain;
     Ok(HttpReport {

@@ -948,9 +948,12 @@ impl Tally {
         let mut stored = Vec::new();
         for id in ids {
             if self.shared.routes.contains_key(&id) {
-                match self.read(id, || Query::AsItStands).await? {
-                    Answer::State(account) => auditor.add(&account),
-                    _ => {
+                match self.read(id, || Query::AsItStands).await {
+                    Ok(Answer::State(account)) => auditor.add(&account),
+                    // Its shard moved to another node meanwhile (a cluster).
+                    Err(Error::NotOwner { .. }) => auditor.elsewhere(),
+                    Err(e) => return Err(e),
+                    Ok(_) => {
                         return Err(Error::Internal {
                             reason: "unexpected answer to an audit read".into(),
                         })
@@ -965,18 +968,31 @@ impl Tally {
         for chunk in stored.chunks(crate::supervisor::CHECKPOINT_CHUNK) {
             let store = self.shared.store.clone();
             let chunk = chunk.to_vec();
+            // A store shared by several nodes refuses the accounts another node serves: each
+            // node audits its own (see `AuditReport::elsewhere`).
             let accounts = tokio::task::spawn_blocking(move || {
-                chunk
-                    .into_iter()
-                    .filter_map(|id| store.load(id).transpose())
-                    .collect::<Result<Vec<_>, _>>()
+                let mut elsewhere = 0u64;
+                let mut accounts = Vec::new();
+                for id in chunk {
+                    match store.load(id) {
+                        Ok(Some(account)) => accounts.push(account),
+                        Ok(None) => {}
+                        Err(tally_store::StoreError::NotOwner { .. }) => elsewhere += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok((accounts, elsewhere))
             })
             .await
             .map_err(|e| Error::Internal {
                 reason: format!("auditing: {e}").into(),
             })??;
+            let (accounts, elsewhere) = accounts;
             for account in &accounts {
                 auditor.add(account);
+            }
+            for _ in 0..elsewhere {
+                auditor.elsewhere();
             }
         }
         Ok(auditor.finish())

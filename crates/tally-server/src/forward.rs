@@ -113,19 +113,34 @@ impl Forwarder {
 /// The layer: runs the request here, and re-sends it to the owner when it was refused
 /// `not_owner`. See the module docs.
 pub async fn forward(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !state.registry.is_shared() || req.headers().contains_key(FORWARDED) {
+    // A dashboard session (a cookie, no `Authorization`) lives on the node that made it: its
+    // reads are not forwarded (the owner would not know the session).
+    if !may_forward(&state, req.headers()) || !req.headers().contains_key(header::AUTHORIZATION) {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
     let limit = state.config.body_bytes_max;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is over {limit} bytes"),
-        )
-        .with("max", limit)
-        .into_response();
+    let collected =
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await;
+    let bytes = match collected {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is over {limit} bytes"),
+            )
+            .with("max", limit)
+            .into_response();
+        }
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("reading the request body: {e}"),
+            )
+            .into_response();
+        }
     };
     let (method, uri, headers) = (
         parts.method.clone(),
@@ -146,7 +161,7 @@ pub async fn forward(State(state): State<AppState>, req: Request, next: Next) ->
         .method(method)
         .uri(format!("{}{path}", url.trim_end_matches('/')));
     for (name, value) in &headers {
-        if name != header::HOST && name != header::CONNECTION && name != header::CONTENT_LENGTH {
+        if !hop_by_hop(&headers, name) && name != header::HOST && name != header::CONTENT_LENGTH {
             out = out.header(name, value);
         }
     }
@@ -165,6 +180,12 @@ pub async fn forward(State(state): State<AppState>, req: Request, next: Next) ->
                 state.forwarder.forget(shard);
             }
             let (mut head, body) = answer.into_parts();
+            let answered = head.headers.clone();
+            for name in answered.keys() {
+                if hop_by_hop(&answered, name) {
+                    head.headers.remove(name);
+                }
+            }
             if let Ok(node) = HeaderValue::from_str(&node) {
                 head.headers.insert(ANSWERED_BY, node);
             }
@@ -211,6 +232,27 @@ fn lost_error(node: &str, what: &str, why: impl std::fmt::Display) -> ApiError {
     .with("node", node);
     e.retry_after_s = Some(1);
     e
+}
+
+/// The headers of one hop only (RFC 9110 §7.6.1): never passed on.
+fn hop_by_hop(headers: &axum::http::HeaderMap, name: &header::HeaderName) -> bool {
+    const HOP: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    HOP.contains(&name.as_str())
+        || headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|listed| listed.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
 /// Whether a request that arrived with `headers` may be forwarded from here.

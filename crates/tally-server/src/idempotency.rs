@@ -131,7 +131,7 @@ where
     if cacheable(status) && !retryable_inside {
         state
             .registry
-            .finish(&scope, &key, status.as_u16(), bytes.clone());
+            .finish(&scope, &key, op, status.as_u16(), bytes.clone());
     }
     let mut response = to_response(status, bytes, false);
     crate::error::set_retry_after(&mut response, retry_after);

@@ -203,6 +203,25 @@ impl AppState {
 /// [`registry::SHARED_POLL_EVERY`]) until the server closes or the state is dropped.
 fn spawn_registry_ticker(state: &AppState) {
     let weak = Arc::downgrade(&state.0);
+    // The sweep of expired idempotency keys on a task of its own: a long one never holds up
+    // following the log (revocations).
+    let sweeper = weak.clone();
+    tokio::spawn(async move {
+        let every = std::time::Duration::from_millis(registry::SHARED_SWEEP_EVERY_MS);
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(state) = sweeper.upgrade() else {
+                return;
+            };
+            if *state.closing.borrow() {
+                return;
+            }
+            let now_ms = state.tally.now().0;
+            if let Err(e) = state.registry.sweep(now_ms).await {
+                tracing::warn!(error = %e.message, "sweeping the shared idempotency keys failed");
+            }
+        }
+    });
     tokio::spawn(async move {
         let mut every = tokio::time::interval(registry::SHARED_POLL_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,8 +233,7 @@ fn spawn_registry_ticker(state: &AppState) {
             if *state.closing.borrow() {
                 return;
             }
-            let now_ms = state.tally.now().0;
-            if let Err(e) = state.registry.tick(now_ms).await {
+            if let Err(e) = state.registry.refresh().await {
                 tracing::warn!(error = %e.message, "bringing the shared registry up to date failed");
             }
         }

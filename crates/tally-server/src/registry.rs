@@ -351,8 +351,8 @@ enum Backend {
     Shared(shared::Shared),
 }
 
-/// When the shared registry last swept its idempotency keys (ms), per registry.
-const SWEEP_EVERY_MS: u64 = 60_000;
+/// How often a shared registry sweeps its expired idempotency keys (ms).
+pub const SHARED_SWEEP_EVERY_MS: u64 = 60_000;
 
 fn encode(entry: &Entry) -> Result<Vec<u8>, ApiError> {
     postcard::to_extend(entry, vec![FORMAT_VERSION])
@@ -657,6 +657,11 @@ impl Registry {
             limits,
         };
         registry.refresh().await.map_err(|e| e.message)?;
+        // The count of remembered idempotency keys (their bound) from the start.
+        if let Backend::Shared(shared) = &registry.backend {
+            let horizon = now_ms.saturating_sub(registry.limits.idempotency_retention_ms);
+            shared.sweep(horizon).await.map_err(|e| e.message)?;
+        }
         Ok(registry)
     }
 
@@ -677,17 +682,20 @@ impl Registry {
         };
         let asked = std::time::Instant::now();
         let mut applied = shared.applied.lock().await;
-        // Misses that pile up share one read: one that began after this was asked saw all
-        // this one would.
-        if to.is_none() && applied.read_at.is_some_and(|at| at >= asked) {
+        // Misses that pile up share one read: one that began after this was asked, and went
+        // on to the log's end without failing, saw all this one would.
+        if to.is_none() && applied.complete_at.is_some_and(|at| at >= asked) {
             return Ok(());
         }
         loop {
             if to.is_some_and(|to| applied.seq >= to) {
                 return Ok(());
             }
-            applied.read_at = Some(std::time::Instant::now());
+            let started = std::time::Instant::now();
             let page = shared.read_after(applied.seq).await?;
+            if page.len() < shared::PAGE_ENTRIES {
+                applied.complete_at = Some(started);
+            }
             if page.is_empty() {
                 return match to {
                     Some(to) => Err(ApiError::internal(format!(
@@ -699,28 +707,29 @@ impl Registry {
             }
             let mut inner = self.inner.write();
             for (seq, entry) in page {
-                inner.apply(entry);
+                if let Some(entry) = entry {
+                    inner.apply(entry);
+                }
                 applied.seq = seq;
             }
         }
     }
 
-    /// A shared registry's periodic work: other nodes' changes, and every minute the sweep of
-    /// expired idempotency keys. Nothing to do locally.
-    pub async fn tick(&self, now_ms: u64) -> Result<(), ApiError> {
+    /// A shared registry's sweep of expired idempotency keys (and count of those left), at
+    /// most once every [`SHARED_SWEEP_EVERY_MS`]. Nothing to do locally.
+    pub async fn sweep(&self, now_ms: u64) -> Result<(), ApiError> {
         let Backend::Shared(shared) = &self.backend else {
             return Ok(());
         };
-        self.refresh().await?;
-        let sweep = {
+        let due = {
             let mut inner = self.inner.write();
-            let due = now_ms.saturating_sub(inner.idem_trimmed_ms) >= SWEEP_EVERY_MS;
+            let due = now_ms.saturating_sub(inner.idem_trimmed_ms) >= SHARED_SWEEP_EVERY_MS;
             if due {
                 inner.idem_trimmed_ms = now_ms;
             }
             due
         };
-        if sweep {
+        if due {
             let horizon = now_ms.saturating_sub(self.limits.idempotency_retention_ms);
             shared.sweep(horizon).await?;
         }
@@ -1032,12 +1041,12 @@ impl Registry {
     /// Remembers the response to a keyed request, for its retries, also across a restart: it
     /// is appended to the idempotency journal (not waited for: if it is lost in a crash, a
     /// retry runs the same operation id again and the ledger answers with its first outcome).
-    pub fn finish(&self, principal: &str, key: &str, status: u16, body: Vec<u8>) {
+    pub fn finish(&self, principal: &str, key: &str, op: OpId, status: u16, body: Vec<u8>) {
         let idem_journal = match &self.backend {
             Backend::Local { idem_journal, .. } => idem_journal,
             Backend::Shared(shared) => {
                 if body.len() <= RESPONSE_BYTES_KEPT_MAX {
-                    shared.finish(principal, key, status, body);
+                    shared.finish(principal, key, op, status, body);
                 }
                 return;
             }

@@ -255,6 +255,16 @@ async fn create_account(
                     "names starting with `tally:` are reserved",
                 ));
             }
+            // A Syft user's name is theirs: a native open of it would hand an admin (who
+            // might fund it) an account someone else signs in to.
+            if s.registry.user_fresh(&req.id).await?.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "name_taken",
+                    format!("{:?} is a Syft user's account", req.id),
+                )
+                .with("field", "id"));
+            }
             open_named(&s, &req.id, req.kind, req.credit_limit).await?;
             Ok((
                 StatusCode::CREATED,
@@ -1590,6 +1600,9 @@ async fn audit(
         "revenue": wide(r.revenue),
         "user_balances": wide(r.user_balances),
         "violations": r.violations.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>(),
+        // On a cluster node: accounts other nodes serve (audit each node; conservation is
+        // checked only by a node that serves every account).
+        "accounts_elsewhere": r.elsewhere,
     })))
 }
 

@@ -42,7 +42,8 @@ pub const CONNECTIONS: usize = 4;
 /// A statement taking longer is abandoned (503).
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Entries read per round trip of a catch-up.
-const PAGE: i64 = 1_000;
+pub(super) const PAGE_ENTRIES: usize = 1_000;
+const PAGE: i64 = PAGE_ENTRIES as i64;
 /// Opening a connection taking longer is abandoned.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Expired idempotency keys deleted per statement of a sweep.
@@ -131,8 +132,8 @@ async fn bounded<T>(
 pub(super) struct Applied {
     /// The last entry applied.
     pub(super) seq: i64,
-    /// When the last read of the log began.
-    pub(super) read_at: Option<std::time::Instant>,
+    /// When the last read that reached the log's end (and did not fail) began.
+    pub(super) complete_at: Option<std::time::Instant>,
 }
 
 /// The shared backend. See the module docs.
@@ -156,6 +157,18 @@ impl Shared {
         import_max_key: u64,
     ) -> Result<Shared, String> {
         let s = config.schema.clone();
+        // Interpolated into statements: the same rule the ledger's store applies.
+        let valid = !s.is_empty()
+            && s.len() <= 63
+            && !s.as_bytes()[0].is_ascii_digit()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(format!(
+                "schema {s:?}: use lowercase letters, digits and _, at most 63 bytes, not \
+                 starting with a digit"
+            ));
+        }
         let mut init = Db::connect(&config.url)
             .await
             .map_err(|e| e.message.clone())?;
@@ -274,11 +287,13 @@ impl Shared {
     pub(super) async fn append(&self, entry: &Entry) -> Result<i64, ApiError> {
         let bytes = encode(entry)?;
         let client = self.db.client(true).await?;
-        // One implicit transaction: the lock first, then the number drawn under it.
+        // One implicit transaction: the lock first, then the number drawn under it. The
+        // entry goes as hex digits through decode(), which no setting (such as
+        // standard_conforming_strings) reads otherwise.
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let sql = format!(
             "SELECT pg_advisory_xact_lock(hashtextextended('tally-registry-log:{s}', 0)); \
-             INSERT INTO {s}.registry_log (entry) VALUES ('\\x{hex}'::bytea) RETURNING seq",
+             INSERT INTO {s}.registry_log (entry) VALUES (decode('{hex}', 'hex')) RETURNING seq",
             s = self.s
         );
         let messages = bounded("appending to the log", client.simple_query(&sql)).await?;
@@ -295,22 +310,33 @@ impl Shared {
     }
 
     /// Log entries after `after`, at most a page, in order.
-    pub(super) async fn read_after(&self, after: i64) -> Result<Vec<(i64, Entry)>, ApiError> {
+    pub(super) async fn read_after(
+        &self,
+        after: i64,
+    ) -> Result<Vec<(i64, Option<Entry>)>, ApiError> {
         let client = self.db.client(false).await?;
         let sql = format!(
             "SELECT seq, entry FROM {}.registry_log WHERE seq > $1 ORDER BY seq LIMIT {PAGE}",
             self.s
         );
         let rows = bounded("reading the log", client.query(&sql, &[&after])).await?;
-        rows.iter()
+        // An entry this build cannot read (written by a newer one, or damaged) is reported and
+        // passed over, so that it does not stop every node from following the log.
+        Ok(rows
+            .iter()
             .map(|row| {
                 let seq: i64 = row.get(0);
                 let bytes: &[u8] = row.get(1);
-                decode(bytes)
-                    .map(|entry| (seq, entry))
-                    .map_err(|e| ApiError::internal(format!("registry log entry {seq}: {e}")))
+                match decode(bytes) {
+                    Ok(entry) => (seq, Some(entry)),
+                    Err(e) => {
+                        metrics::counter!("tally_registry_entries_unreadable_total").increment(1);
+                        tracing::error!(seq, error = %e, "a shared registry entry is unreadable: passed over");
+                        (seq, None)
+                    }
+                }
             })
-            .collect()
+            .collect())
     }
 
     /// The signing secret `name`, made from `fresh` by the first node that asks.
@@ -402,13 +428,22 @@ impl Shared {
 
     /// Records a keyed request's answer for its retries, in the background (as locally: if it
     /// is lost, a retry runs the same operation id again).
-    pub(super) fn finish(&self, principal: &str, key: &str, status: u16, body: Vec<u8>) {
+    pub(super) fn finish(
+        &self,
+        principal: &str,
+        key: &str,
+        op: tally::OpId,
+        status: u16,
+        body: Vec<u8>,
+    ) {
         let db = Arc::clone(&self.db);
+        // Only the binding this answer is for (the key may have expired and been bound anew).
         let sql = format!(
             "UPDATE {}.registry_idempotency SET status = $3, response = $4 \
-             WHERE principal = $1 AND key = $2 AND status IS NULL",
+             WHERE principal = $1 AND key = $2 AND op = $5 AND status IS NULL",
             self.s
         );
+        let op = op.0.to_be_bytes().to_vec();
         let (principal, key) = (principal.to_owned(), key.to_owned());
         tokio::spawn(async move {
             let status = i32::from(status);
@@ -416,7 +451,7 @@ impl Shared {
                 Ok(client) => {
                     bounded(
                         "recording an answer",
-                        client.execute(&sql, &[&principal, &key, &status, &body]),
+                        client.execute(&sql, &[&principal, &key, &status, &body, &op]),
                     )
                     .await
                 }

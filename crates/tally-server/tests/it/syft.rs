@@ -169,3 +169,39 @@ async fn open_sign_up_never_takes_over_an_existing_account() {
     assert_eq!(me.status, StatusCode::UNAUTHORIZED);
     assert_eq!(h.available("alice@corp.com").await, 500_000_000);
 }
+
+/// The other way round: a name mapped whose account was never opened (an open cut short) is
+/// taken up by a sign-up, and a native open of it afterwards is refused (so an admin never
+/// funds, thinking it theirs, an account someone else signs in to).
+#[tokio::test]
+async fn a_native_open_of_a_syft_users_name_is_refused() {
+    let config = tally_server::ServerConfig {
+        open_signup: true,
+        ..tally_server::ServerConfig::default()
+    };
+    let h = Harness::with(config).await;
+    // As an open cut short leaves it: the name mapped, no account.
+    h.state.registry.map_name("bob@corp.com").await.unwrap();
+    let body = br#"{"email":"bob@corp.com","password":"bobs-own-password"}"#.to_vec();
+    let a = h
+        .raw(
+            "POST",
+            "/syft/v1/user/create",
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
+    assert!(a.status.is_success(), "{a:?}");
+    let open = h
+        .admin(
+            "POST",
+            "/v1/accounts",
+            Some(json!({"id": "bob@corp.com", "kind": "user"})),
+        )
+        .await;
+    assert_eq!(
+        (open.status, open.code()),
+        (StatusCode::CONFLICT, "name_taken"),
+        "{open:?}"
+    );
+}
