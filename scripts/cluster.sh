@@ -131,7 +131,8 @@ start_patroni() {
     [ "$(id -u)" -eq 0 ] && chown -R postgres: "$DIR/$name" "$DIR/$name.yml"
     as_pg nohup /usr/bin/patroni "$DIR/$name.yml" >>"$DIR/$name.log" 2>&1 &
     # The pid of Patroni itself (not of runuser): what a failover test kills.
-    wait_for 10 "Patroni $name" pgrep -f "patroni $DIR/$name.yml"
+    # (runuser's command line names the file too: wait for Patroni's own process.)
+    wait_for 10 "Patroni $name" pgrep -f "^/usr/bin/python3 /usr/bin/patroni $DIR/$name.yml"
     pgrep -f "^/usr/bin/python3 /usr/bin/patroni $DIR/$name.yml" | head -1 >"$DIR/$name.pid"
     # The first one bootstraps the cluster (or, restarted, rejoins it) before the second.
     [ "$i" -eq 0 ] && wait_for 90 "a PostgreSQL primary" sh -c \
@@ -204,6 +205,9 @@ down() {
     [ -f "$DIR/etcd$i.pid" ] && kill "$(cat "$DIR/etcd$i.pid")" 2>/dev/null || true
     rm -f "$DIR/etcd$i.pid"
   done
+  # An etcd still closing holds its data directory: an `up` right after would start members
+  # that cannot open theirs and leave the survivor without a quorum.
+  for _ in $(seq 1 100); do pgrep -f "etcd --name e[123] --data-dir $DIR" >/dev/null || break; sleep 0.2; done
   rm -f "$DIR/stopping"
 }
 

@@ -7,6 +7,10 @@
 #   scripts/failover.sh node [SECONDS]      kill -9 the tally node mid-load; its restart loop
 #                                           starts it again
 #   scripts/failover.sh freeze [SECONDS]    SIGSTOP the tally node past its lease, then SIGCONT
+#   scripts/failover.sh peer [SECONDS]      (on `up 3`) the bench drives all three nodes; kill -9
+#                                           node2; the others take its shards over; the prober
+#                                           reads 20 accounts through node1 (forwarded to their
+#                                           owners) and logs when any read is refused
 #
 # Each run has accounts of its own (a hold an earlier run left pending would expire during this
 # one, which its books cannot foresee). The HTTP bench keeps its own books of every acknowledged
@@ -21,16 +25,30 @@ DIR=${TALLY_CLUSTER_DIR:-/tmp/tally-cluster}
 what=${1:-primary}
 seconds=${2:-30}
 url=http://127.0.0.1:8081
+urls=$url
+victim=node1
+if [ "$what" = peer ]; then
+  urls=http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083
+  victim=node2
+fi
 [ -f "$DIR/admin.key" ] || { echo "no cluster in $DIR: run scripts/cluster.sh up 1" >&2; exit 2; }
 [ -x target/release/tally-bench ] || cargo build --release -q -p tally-bench
 out=$DIR/failover-$what-$(date +%s)
 mkdir -p "$out"
 
 # A prober: one read a 100 ms, logging when the node stops and starts answering.
+probe_once() {
+  if [ "$what" != peer ]; then curl -sf -m 1 "$url/readyz"; return; fi
+  local k
+  for k in $(seq 0 19); do
+    curl -sf -m 1 -H "Authorization: Bearer $(cat "$DIR/admin.key")" \
+      "$url/v1/accounts/${prefix}user-$k/balance" || return 1
+  done
+}
 probe() {
   local up=1
   while [ ! -f "$out/done" ]; do
-    if curl -sf -m 1 "$url/readyz" >/dev/null 2>&1; then
+    if probe_once >/dev/null 2>&1; then
       [ $up -eq 0 ] && echo "up $(date +%s.%N)" >>"$out/probe"
       up=1
     else
@@ -40,15 +58,16 @@ probe() {
     sleep 0.1
   done
 }
-probe &
-
-target/release/tally-bench --http "$url" --admin-key "$(cat "$DIR/admin.key")" \
+prefix="fo$(date +%s)-"
+target/release/tally-bench --http "$urls" --admin-key "$(cat "$DIR/admin.key")" \
   --accounts 1000 --clients 16 --duration "$seconds" --quiet --json "$out/bench.json" \
-  --account-prefix "fo$(date +%s)-" \
+  --account-prefix "$prefix" --settle-ms 2000 \
   >"$out/bench.txt" 2>&1 &
 bench=$!
-# Setup (1,000 accounts) takes a few seconds; strike a third into the load.
-sleep $((seconds / 3 + 5))
+# Setup (1,000 accounts) takes a few seconds: probe once it is done; strike a third into the load.
+sleep 5
+probe &
+sleep $((seconds / 3))
 case "$what" in
   primary)
     leader=$(patronictl -c "$DIR/pg1.yml" list -f json |
@@ -57,9 +76,9 @@ case "$what" in
     echo "killing the primary $leader (patroni $(cat "$DIR/$leader.pid"), postgres $pg) at $(date +%s.%N)" | tee "$out/action"
     kill -9 "$(cat "$DIR/$leader.pid")" "$pg"
     ;;
-  node)
-    pid=$(pgrep -f "^[^ ]*/tally-server .*--pg-node node1" | head -1)
-    echo "killing tally node1 ($pid) at $(date +%s.%N)" | tee "$out/action"
+  node|peer)
+    pid=$(pgrep -f "^[^ ]*/tally-server .*--pg-node $victim" | head -1)
+    echo "killing tally $victim ($pid) at $(date +%s.%N)" | tee "$out/action"
     kill -9 "$pid"
     ;;
   freeze)
@@ -67,14 +86,14 @@ case "$what" in
     echo "freezing tally node1 ($pid) for 8 s at $(date +%s.%N)" | tee "$out/action"
     kill -STOP "$pid"; sleep 8; kill -CONT "$pid"
     ;;
-  *) echo "usage: $0 primary|node|freeze [SECONDS]" >&2; exit 2 ;;
+  *) echo "usage: $0 primary|node|freeze|peer [SECONDS]" >&2; exit 2 ;;
 esac
 rc=0
 wait "$bench" || rc=$?
 touch "$out/done"
 wait
 echo "== bench (exit $rc)"; tail -25 "$out/bench.txt"
-echo "== the node answered nothing"
+echo "== the node answered nothing (peer: a read through node1 was refused)"
 /usr/bin/python3 - "$out/probe" <<'EOF' || true
 import sys
 try:

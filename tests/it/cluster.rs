@@ -109,7 +109,10 @@ async fn nodes_share_the_shards_and_a_dead_nodes_shards_move_with_every_acknowle
     // (conservation is a property of all accounts at once: not checked over a part).
     let audit_a = tally_a.audit().await.unwrap();
     assert!(audit_a.ok(), "{audit_a:?}");
-    assert!(audit_a.accounts >= 1 && audit_a.elsewhere >= 2, "{audit_a:?}");
+    assert!(
+        audit_a.accounts >= 1 && audit_a.elsewhere >= 2,
+        "{audit_a:?}"
+    );
     // The legs A's records carried reach B's accounts within a lease tick.
     {
         let started = Instant::now();

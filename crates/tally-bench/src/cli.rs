@@ -231,6 +231,11 @@ pub struct RunArgs {
     /// a run with the same prefix and layout reuses the accounts [default: `bench-`].
     #[arg(long, value_name = "PREFIX", requires = "http")]
     pub account_prefix: Option<String>,
+    /// With `--http`: wait this long before each read of the balances, for the legs another
+    /// node of a cluster acknowledged to reach their counterparties (within a lease tick)
+    /// [default: 2000 with several URLs, else 0].
+    #[arg(long, value_name = "MS", requires = "http")]
+    pub settle_ms: Option<u64>,
 }
 
 /// Options of `verify`.
