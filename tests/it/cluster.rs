@@ -113,6 +113,54 @@ async fn nodes_share_the_shards_and_a_dead_nodes_shards_move_with_every_acknowle
         audit_a.accounts >= 1 && audit_a.elsewhere >= 2,
         "{audit_a:?}"
     );
+    // A metered call on A prices at the catalog of an app B serves (read from what is durable,
+    // kept a moment), and follows a price B sets within that.
+    let per_request = |usd: &str| Some(tally::Price::PerRequest(tally::parse_usd(usd).unwrap()));
+    tally_b
+        .set_price(op(), app, "/m", per_request("0.00001"))
+        .await
+        .unwrap();
+    let one = tally::Usage {
+        requests: 1,
+        ..tally::Usage::default()
+    };
+    let metered = |_: ()| {
+        let tally_a = tally_a.clone();
+        async move {
+            let mut call = tally_a
+                .meter(op(), user, app, "/m", &one, Duration::from_secs(60))
+                .await
+                .unwrap();
+            let held = call.hold().amount().get();
+            call.finish(op(), &one).await.unwrap();
+            held
+        }
+    };
+    assert_eq!(metered(()).await, 1_000);
+    tally_b
+        .set_price(op(), app, "/m", per_request("0.00002"))
+        .await
+        .unwrap();
+    // Until the catalog A read is a second old, A still prices at 1,000; then at 2,000.
+    let started = Instant::now();
+    loop {
+        let price = tally_a.price(app, "/m").await.unwrap().unwrap();
+        if price.version == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the new price did not reach A: {price:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("a price set on B held on A after {:?}", started.elapsed());
+    assert_eq!(metered(()).await, 2_000);
+    let e = tally_a.price(bank, "/m").await;
+    assert!(
+        matches!(e, Ok(None)),
+        "no price at an unpriced account: {e:?}"
+    );
     // The legs A's records carried reach B's accounts within a lease tick.
     {
         let started = Instant::now();
@@ -120,7 +168,7 @@ async fn nodes_share_the_shards_and_a_dead_nodes_shards_move_with_every_acknowle
         loop {
             let app_now = tally_b.balance(app).await.unwrap();
             let bank_now = tally_b.balance(bank).await.unwrap();
-            if app_now.available == 2_500 && bank_now.available == -10_000 {
+            if app_now.available == 5_500 && bank_now.available == -10_000 {
                 println!("legs crossed nodes in {:?}", started.elapsed());
                 break;
             }
@@ -138,7 +186,7 @@ async fn nodes_share_the_shards_and_a_dead_nodes_shards_move_with_every_acknowle
         .await
         .unwrap();
     let user_before = tally_a.balance(user).await.unwrap();
-    assert_eq!(user_before.available, 6_500);
+    assert_eq!(user_before.available, 3_500);
     // A dies (nothing saved, nothing released): its leases lapse and B takes every shard.
     drop(tally_a);
     drop(a);
@@ -155,8 +203,8 @@ async fn nodes_share_the_shards_and_a_dead_nodes_shards_move_with_every_acknowle
         .unwrap();
     assert_eq!(tally_b.balance(user).await.unwrap(), user_before);
     tally_b.commit(op(), hold, 500).await.unwrap();
-    assert_eq!(tally_b.balance(user).await.unwrap().available, 7_000);
-    assert_eq!(tally_b.balance(app).await.unwrap().available, 3_000);
+    assert_eq!(tally_b.balance(user).await.unwrap().available, 4_000);
+    assert_eq!(tally_b.balance(app).await.unwrap().available, 6_000);
     let report = b.verify_trail().unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
     assert!(tally_b.audit().await.unwrap().ok());

@@ -22,6 +22,13 @@ use tally_core::{
 
 use crate::{Committed, Error, HoldGuard, Settled, Tally, HISTORY_PAGE_MAX};
 
+/// How long the catalog of an app another node serves is kept before it is read again.
+pub const REMOTE_CATALOG_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How many catalogs of apps other nodes serve are kept at most: past it, the stale ones are
+/// dropped first and then the whole map (each is read again on its next use).
+pub const REMOTE_CATALOGS_MAX: usize = 4_096;
+
 /// Why a metered call could not be priced.
 impl From<PricingError> for Error {
     fn from(e: PricingError) -> Self {
@@ -111,7 +118,41 @@ impl Tally {
         if let Some(cached) = self.shared.catalogs.get(&app) {
             return Ok(cached.clone());
         }
-        match self.read(app, || crate::mailbox::Query::Catalog).await? {
+        if let Some(cached) = self.shared.remote_catalogs.get(&app) {
+            if cached.0.elapsed() < REMOTE_CATALOG_KEPT {
+                return Ok(cached.1.clone());
+            }
+        }
+        let read = match self.read(app, || crate::mailbox::Query::Catalog).await {
+            // The app is served by another node (a store shared by several): its durable
+            // catalog, kept a moment (a price set there holds here within that, and a round
+            // trip), never cached as this node's own.
+            Err(Error::NotOwner { .. }) if self.shared.store.shares_directory() => {
+                let store = self.shared.store.clone();
+                let account = tokio::task::spawn_blocking(move || store.peek(app))
+                    .await
+                    .map_err(|e| Error::Internal {
+                        reason: format!("reading an app's catalog: {e}").into(),
+                    })??
+                    .ok_or(Error::Ledger(tally_core::Error::UnknownAccount {
+                        account: app,
+                    }))?;
+                let catalog = Arc::new(crate::mailbox::catalog_of(&account));
+                let remote = &self.shared.remote_catalogs;
+                if remote.len() >= REMOTE_CATALOGS_MAX {
+                    remote.retain(|_, (at, _)| at.elapsed() < REMOTE_CATALOG_KEPT);
+                    if remote.len() >= REMOTE_CATALOGS_MAX {
+                        remote.clear();
+                    }
+                }
+                self.shared
+                    .remote_catalogs
+                    .insert(app, (std::time::Instant::now(), catalog.clone()));
+                return Ok(catalog);
+            }
+            other => other?,
+        };
+        match read {
             crate::mailbox::Answer::Catalog(catalog) => {
                 self.shared.cache_catalog(app, *catalog);
                 self.shared

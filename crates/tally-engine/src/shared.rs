@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     /// state, in each app's account): app → (its newest version, endpoint → entry). Filled
     /// when an app's catalog is first needed and on every price change it applies.
     pub(crate) catalogs: DashMap<AccountId, Arc<Catalog>, FastHash>,
+    /// Catalogs of apps another node serves (a store shared by several), with when they were
+    /// read: kept [`crate::metering::REMOTE_CATALOG_KEPT`].
+    pub(crate) remote_catalogs: DashMap<AccountId, (std::time::Instant, Arc<Catalog>), FastHash>,
     /// Rate limits and spend caps.
     pub(crate) policy: crate::policy::Policy,
     /// Subscribers and the events waiting for durability.
@@ -96,6 +99,7 @@ impl Shared {
             stop: Notify::new(),
             supervisor: OnceLock::new(),
             catalogs: DashMap::with_hasher(FastHash::default()),
+            remote_catalogs: DashMap::with_hasher(FastHash::default()),
             policy: crate::policy::Policy::default(),
             events: Arc::new(crate::events::Events::default()),
             acks: Arc::new(crate::acks::Acks::new(durable.clone())),

@@ -166,6 +166,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// What is durable of an account, also of one whose shard another node serves (a store
+    /// shared by several nodes): behind by what that node has not committed yet, and nothing
+    /// is registered (the copy may not be written back). For reads that may be a moment old,
+    /// such as an app's price catalog; [`Store::load`] by default.
+    fn peek(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        self.load(id)
+    }
+
     /// Whether [`Store::find_account`] may know accounts [`Store::accounts`] did not list (a
     /// store shared by several nodes); `false` by default, and the engine then never asks.
     fn shares_directory(&self) -> bool {

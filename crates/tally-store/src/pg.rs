@@ -586,6 +586,104 @@ fn sum_of(text: &str) -> Result<u128, StoreError> {
 }
 
 impl PgStore {
+    /// What is durable of `id` (its snapshot, the idempotency keys it remembers, its records
+    /// since, the legs to it), read in one snapshot of the database; no lease is checked.
+    fn read_durable(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        let schema = self.schema();
+        let (snapshot, keys, records) = self.read(move |client| {
+            let mut tx = client
+                .build_transaction()
+                .read_only(true)
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .start()
+                .map_err(pg_err("BEGIN"))?;
+            let account = big(id.0);
+            let snapshot: Option<Vec<u8>> = tx
+                .query_opt(
+                    &format!("SELECT body FROM {schema}.snapshots WHERE account = $1"),
+                    &[&account],
+                )
+                .map_err(pg_err("reading a snapshot"))?
+                .map(|row| row.get(0));
+            let (covered, keys) = match &snapshot {
+                None => (0i64, Vec::new()),
+                Some(bytes) => {
+                    let window = snapshot_key_window(bytes)?;
+                    let covered = big(crate::codec::snapshot_seq(bytes)?);
+                    let keys: Vec<Vec<u8>> = if window.count == 0 {
+                        Vec::new()
+                    } else {
+                        tx.query(
+                            &format!(
+                                "SELECT body FROM {schema}.keys WHERE account = $1 AND seq >= $2 \
+                                 AND seq <= $3 ORDER BY seq"
+                            ),
+                            &[&account, &big(window.first), &covered],
+                        )
+                        .map_err(pg_err("reading idempotency keys"))?
+                        .iter()
+                        .map(|row| row.get(0))
+                        .collect()
+                    };
+                    (covered, keys)
+                }
+            };
+            let records: Vec<(i64, Vec<u8>)> = tx
+                .query(
+                    &format!(
+                        "SELECT seq, body FROM {schema}.records WHERE account = $1 \
+                         AND seq > $2 ORDER BY seq"
+                    ),
+                    &[&account, &covered],
+                )
+                .map_err(pg_err("reading an account's records"))?
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect();
+            tx.commit().map_err(pg_err("COMMIT"))?;
+            Ok((snapshot, keys, records))
+        })?;
+        let limits = &self.inner.config.limits;
+        let mut account = match snapshot {
+            None => None,
+            Some(bytes) => {
+                let mut account = decode_account(&bytes)?;
+                let window = snapshot_key_window(&bytes)?;
+                let keys = keys
+                    .iter()
+                    .map(|k| decode_key(k))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if keys.len() as u64 != window.count {
+                    return Err(StoreError::Corrupt(
+                        format!(
+                            "account {}'s snapshot remembers {} idempotency keys from seq {}, \
+                             but {} are stored",
+                            id.0,
+                            window.count,
+                            window.first,
+                            keys.len()
+                        )
+                        .into(),
+                    ));
+                }
+                if window.count > 0 {
+                    account
+                        .restore_remembered(keys, window.untrimmed_from, limits)
+                        .map_err(|e| StoreError::Corrupt(e.into()))?;
+                }
+                Some(account)
+            }
+        };
+        for (seq, body) in records {
+            let record = decode_record(&body)?;
+            account = replay_one(account, &record, unbig(seq), limits)?;
+        }
+        if let Some(account) = account.as_mut() {
+            crate::legs::give(account, &self.inner.legs.get(id))?;
+        }
+        Ok(account)
+    }
+
     /// Opens (creating its tables if missing) the store `config` names: reads the journal once
     /// to rebuild the usage aggregates, claims this node's fair share of the shards whose
     /// lease lapsed, then starts the committer and the lease keeper. A node that claims no
@@ -1394,98 +1492,7 @@ impl Store for PgStore {
         let shard = self.shard_of(id);
         let epoch = self.inner.leases.serving(shard)?;
         self.wait_all_committed()?;
-        let schema = self.schema();
-        let (snapshot, keys, records) = self.read(move |client| {
-            let mut tx = client
-                .build_transaction()
-                .read_only(true)
-                .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                .start()
-                .map_err(pg_err("BEGIN"))?;
-            let account = big(id.0);
-            let snapshot: Option<Vec<u8>> = tx
-                .query_opt(
-                    &format!("SELECT body FROM {schema}.snapshots WHERE account = $1"),
-                    &[&account],
-                )
-                .map_err(pg_err("reading a snapshot"))?
-                .map(|row| row.get(0));
-            let (covered, keys) = match &snapshot {
-                None => (0i64, Vec::new()),
-                Some(bytes) => {
-                    let window = snapshot_key_window(bytes)?;
-                    let covered = big(crate::codec::snapshot_seq(bytes)?);
-                    let keys: Vec<Vec<u8>> = if window.count == 0 {
-                        Vec::new()
-                    } else {
-                        tx.query(
-                            &format!(
-                                "SELECT body FROM {schema}.keys WHERE account = $1 AND seq >= $2 \
-                                 AND seq <= $3 ORDER BY seq"
-                            ),
-                            &[&account, &big(window.first), &covered],
-                        )
-                        .map_err(pg_err("reading idempotency keys"))?
-                        .iter()
-                        .map(|row| row.get(0))
-                        .collect()
-                    };
-                    (covered, keys)
-                }
-            };
-            let records: Vec<(i64, Vec<u8>)> = tx
-                .query(
-                    &format!(
-                        "SELECT seq, body FROM {schema}.records WHERE account = $1 \
-                         AND seq > $2 ORDER BY seq"
-                    ),
-                    &[&account, &covered],
-                )
-                .map_err(pg_err("reading an account's records"))?
-                .iter()
-                .map(|row| (row.get(0), row.get(1)))
-                .collect();
-            tx.commit().map_err(pg_err("COMMIT"))?;
-            Ok((snapshot, keys, records))
-        })?;
-        let limits = &self.inner.config.limits;
-        let mut account = match snapshot {
-            None => None,
-            Some(bytes) => {
-                let mut account = decode_account(&bytes)?;
-                let window = snapshot_key_window(&bytes)?;
-                let keys = keys
-                    .iter()
-                    .map(|k| decode_key(k))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if keys.len() as u64 != window.count {
-                    return Err(StoreError::Corrupt(
-                        format!(
-                            "account {}'s snapshot remembers {} idempotency keys from seq {}, \
-                             but {} are stored",
-                            id.0,
-                            window.count,
-                            window.first,
-                            keys.len()
-                        )
-                        .into(),
-                    ));
-                }
-                if window.count > 0 {
-                    account
-                        .restore_remembered(keys, window.untrimmed_from, limits)
-                        .map_err(|e| StoreError::Corrupt(e.into()))?;
-                }
-                Some(account)
-            }
-        };
-        for (seq, body) in records {
-            let record = decode_record(&body)?;
-            account = replay_one(account, &record, unbig(seq), limits)?;
-        }
-        if let Some(account) = account.as_mut() {
-            crate::legs::give(account, &self.inner.legs.get(id))?;
-        }
+        let mut account = self.read_durable(id)?;
         // Still the lease it was read under: otherwise another node may have written the
         // account meanwhile.
         if self.inner.leases.serving(shard)? != epoch {
@@ -1495,10 +1502,14 @@ impl Store for PgStore {
             });
         }
         self.inner.origin.insert(id, epoch);
-        if let Some(account) = &account {
+        if let Some(account) = account.as_mut() {
             self.inner.raise_floor(account.last_seq());
         }
         Ok(account)
+    }
+
+    fn peek(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        self.read_durable(id)
     }
 
     fn legs(&self, id: AccountId) -> Result<LegTotals, StoreError> {
